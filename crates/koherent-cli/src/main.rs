@@ -71,7 +71,8 @@ impl Opts {
         self.values.get(k).map(String::as_str)
     }
     fn req(&self, k: &str) -> Result<&str, String> {
-        self.get(k).ok_or_else(|| format!("--{k} is required\n\n{USAGE}"))
+        self.get(k)
+            .ok_or_else(|| format!("--{k} is required\n\n{USAGE}"))
     }
     fn int(&self, k: &str) -> Result<Option<i64>, String> {
         self.get(k)

@@ -142,7 +142,10 @@ impl TokenError {
                 format!("reason: issued_in_future; iat {iat} is after now {now} (leeway included)")
             }
             TokenError::Audience { expected } => {
-                format!("reason: wrong_audience; \"{}\" is not in aud", shown(expected))
+                format!(
+                    "reason: wrong_audience; \"{}\" is not in aud",
+                    shown(expected)
+                )
             }
             TokenError::ArgsMismatch { expected, actual } => format!(
                 "reason: args_mismatch; token ahs {}, arguments hash to {actual}",

@@ -95,7 +95,9 @@ fn kid_of(v: &Value) -> Result<Option<String>, KeyError> {
     match v.get("kid") {
         None => Ok(None),
         Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
-        Some(_) => Err(KeyError::NotEd25519("kid must be a non-empty string".into())),
+        Some(_) => Err(KeyError::NotEd25519(
+            "kid must be a non-empty string".into(),
+        )),
     }
 }
 
@@ -212,16 +214,24 @@ mod tests {
         nc[0] = 0xee;
         nc[31] = 0x7f;
         assert!(checked_key(&nc).is_err());
-        assert!(matches!(checked_key(&[1, 2, 3]), Err(KeyError::NotEd25519(_))));
+        assert!(matches!(
+            checked_key(&[1, 2, 3]),
+            Err(KeyError::NotEd25519(_))
+        ));
         let private = r#"{"kty":"OKP","crv":"Ed25519","x":"Q5ERwdSKvHLDx8swyRJzrofI4W567dx71oeH_uDH4g4","d":"PQ_Y54LpnaQZ24wKvkroJ3feOo4FJ2YcvKRmv8l9C5E"}"#;
         assert_eq!(parse_public_key(private), Err(KeyError::Private));
         assert!(matches!(
             parse_public_key(r#"{"kty":"RSA","n":"x","e":"AQAB"}"#),
             Err(KeyError::NotEd25519(_))
         ));
-        assert!(matches!(parse_public_key("hello"), Err(KeyError::Format(_))));
         assert!(matches!(
-            parse_jwks(&serde_json::json!({"keys":[{"kty":"OKP","crv":"Ed25519","x":"Q5ERwdSKvHLDx8swyRJzrofI4W567dx71oeH_uDH4g4"}]})),
+            parse_public_key("hello"),
+            Err(KeyError::Format(_))
+        ));
+        assert!(matches!(
+            parse_jwks(
+                &serde_json::json!({"keys":[{"kty":"OKP","crv":"Ed25519","x":"Q5ERwdSKvHLDx8swyRJzrofI4W567dx71oeH_uDH4g4"}]})
+            ),
             Err(KeyError::MissingKid)
         ));
     }

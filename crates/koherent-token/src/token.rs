@@ -340,11 +340,8 @@ impl Decoded {
             .try_into()
             .map_err(|_| TokenError::BadSignature)?;
         let sig = Signature::from_bytes(&sig);
-        key.verify_strict(
-            &self.token.as_bytes()[..self.signing_input_len],
-            &sig,
-        )
-        .map_err(|_| TokenError::BadSignature)?;
+        key.verify_strict(&self.token.as_bytes()[..self.signing_input_len], &sig)
+            .map_err(|_| TokenError::BadSignature)?;
         Claims::from_payload(self.payload)
     }
 }

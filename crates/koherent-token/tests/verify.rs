@@ -87,7 +87,10 @@ fn spec_token_verifies_inside_its_window_only() {
     p.now = 1_750_003_600; // exp == now still passes
     assert!(verify(SPEC_TOKEN, &keys(), &p).is_ok());
     p.now = 1_750_003_601;
-    assert_eq!(verify(SPEC_TOKEN, &keys(), &p).unwrap_err().reason(), "expired");
+    assert_eq!(
+        verify(SPEC_TOKEN, &keys(), &p).unwrap_err().reason(),
+        "expired"
+    );
     p.leeway = 1;
     assert!(verify(SPEC_TOKEN, &keys(), &p).is_ok());
     p.now = 1_749_999_999;
@@ -157,80 +160,402 @@ fn forgeries_and_malformations() {
     let tampered_payload = b64(payload.replace("task-1", "task-9").as_bytes());
 
     let cases: Vec<(&str, String, &str)> = vec![
-        ("alg none", raw(r#"{"alg":"none","kid":"koherent-test-key"}"#, &payload), "algorithm_not_accepted"),
-        ("alg HS256", raw(r#"{"alg":"HS256","kid":"koherent-test-key"}"#, &payload), "algorithm_not_accepted"),
-        ("alg RS256", raw(r#"{"alg":"RS256","kid":"koherent-test-key"}"#, &payload), "algorithm_not_accepted"),
-        ("alg ed25519 lowercase", raw(r#"{"alg":"ed25519","kid":"koherent-test-key"}"#, &payload), "algorithm_not_accepted"),
-        ("alg missing", raw(r#"{"kid":"koherent-test-key"}"#, &payload), "invalid_header"),
-        ("alg not a string", raw(r#"{"alg":1,"kid":"koherent-test-key"}"#, &payload), "invalid_header"),
-        ("kid missing", raw(r#"{"alg":"Ed25519"}"#, &payload), "invalid_header"),
-        ("kid empty", raw(r#"{"alg":"Ed25519","kid":""}"#, &payload), "invalid_header"),
-        ("kid not a string", raw(r#"{"alg":"Ed25519","kid":5}"#, &payload), "invalid_header"),
-        ("kid unknown", raw(r#"{"alg":"Ed25519","kid":"nope"}"#, &payload), "unknown_key"),
-        ("kid of another issuer", raw(r#"{"alg":"Ed25519","kid":"other-key"}"#, &payload), "unknown_key"),
-        ("kid unicode lookalike", raw("{\"alg\":\"Ed25519\",\"kid\":\"koherent-test-k\u{0435}y\"}", &payload), "unknown_key"),
-        ("kid with zero-width space", raw("{\"alg\":\"Ed25519\",\"kid\":\"koherent-test-key\u{200b}\"}", &payload), "unknown_key"),
-        ("kid NFD form", raw("{\"alg\":\"Ed25519\",\"kid\":\"koherent-test-ke\u{0079}\u{0301}\"}", &payload), "unknown_key"),
-        ("header member not allowed", raw(r#"{"alg":"Ed25519","kid":"koherent-test-key","zip":"DEF"}"#, &payload), "header_member_not_allowed"),
-        ("crit header", raw(r#"{"alg":"Ed25519","kid":"koherent-test-key","crit":["exp"]}"#, &payload), "invalid_header"),
-        ("b64 false", raw(r#"{"alg":"Ed25519","kid":"koherent-test-key","b64":false}"#, &payload), "invalid_header"),
-        ("duplicate alg", raw(r#"{"alg":"none","alg":"Ed25519","kid":"koherent-test-key"}"#, &payload), "duplicate_member"),
-        ("duplicate claim", raw(r#"{"alg":"Ed25519","kid":"koherent-test-key"}"#, &payload.replacen("{", r#"{"tsk":"evil","#, 1)), "duplicate_member"),
-        ("header not JSON", raw("not json", &payload), "malformed_json"),
+        (
+            "alg none",
+            raw(r#"{"alg":"none","kid":"koherent-test-key"}"#, &payload),
+            "algorithm_not_accepted",
+        ),
+        (
+            "alg HS256",
+            raw(r#"{"alg":"HS256","kid":"koherent-test-key"}"#, &payload),
+            "algorithm_not_accepted",
+        ),
+        (
+            "alg RS256",
+            raw(r#"{"alg":"RS256","kid":"koherent-test-key"}"#, &payload),
+            "algorithm_not_accepted",
+        ),
+        (
+            "alg ed25519 lowercase",
+            raw(r#"{"alg":"ed25519","kid":"koherent-test-key"}"#, &payload),
+            "algorithm_not_accepted",
+        ),
+        (
+            "alg missing",
+            raw(r#"{"kid":"koherent-test-key"}"#, &payload),
+            "invalid_header",
+        ),
+        (
+            "alg not a string",
+            raw(r#"{"alg":1,"kid":"koherent-test-key"}"#, &payload),
+            "invalid_header",
+        ),
+        (
+            "kid missing",
+            raw(r#"{"alg":"Ed25519"}"#, &payload),
+            "invalid_header",
+        ),
+        (
+            "kid empty",
+            raw(r#"{"alg":"Ed25519","kid":""}"#, &payload),
+            "invalid_header",
+        ),
+        (
+            "kid not a string",
+            raw(r#"{"alg":"Ed25519","kid":5}"#, &payload),
+            "invalid_header",
+        ),
+        (
+            "kid unknown",
+            raw(r#"{"alg":"Ed25519","kid":"nope"}"#, &payload),
+            "unknown_key",
+        ),
+        (
+            "kid of another issuer",
+            raw(r#"{"alg":"Ed25519","kid":"other-key"}"#, &payload),
+            "unknown_key",
+        ),
+        (
+            "kid unicode lookalike",
+            raw(
+                "{\"alg\":\"Ed25519\",\"kid\":\"koherent-test-k\u{0435}y\"}",
+                &payload,
+            ),
+            "unknown_key",
+        ),
+        (
+            "kid with zero-width space",
+            raw(
+                "{\"alg\":\"Ed25519\",\"kid\":\"koherent-test-key\u{200b}\"}",
+                &payload,
+            ),
+            "unknown_key",
+        ),
+        (
+            "kid NFD form",
+            raw(
+                "{\"alg\":\"Ed25519\",\"kid\":\"koherent-test-ke\u{0079}\u{0301}\"}",
+                &payload,
+            ),
+            "unknown_key",
+        ),
+        (
+            "header member not allowed",
+            raw(
+                r#"{"alg":"Ed25519","kid":"koherent-test-key","zip":"DEF"}"#,
+                &payload,
+            ),
+            "header_member_not_allowed",
+        ),
+        (
+            "crit header",
+            raw(
+                r#"{"alg":"Ed25519","kid":"koherent-test-key","crit":["exp"]}"#,
+                &payload,
+            ),
+            "invalid_header",
+        ),
+        (
+            "b64 false",
+            raw(
+                r#"{"alg":"Ed25519","kid":"koherent-test-key","b64":false}"#,
+                &payload,
+            ),
+            "invalid_header",
+        ),
+        (
+            "duplicate alg",
+            raw(
+                r#"{"alg":"none","alg":"Ed25519","kid":"koherent-test-key"}"#,
+                &payload,
+            ),
+            "duplicate_member",
+        ),
+        (
+            "duplicate claim",
+            raw(
+                r#"{"alg":"Ed25519","kid":"koherent-test-key"}"#,
+                &payload.replacen("{", r#"{"tsk":"evil","#, 1),
+            ),
+            "duplicate_member",
+        ),
+        (
+            "header not JSON",
+            raw("not json", &payload),
+            "malformed_json",
+        ),
         ("header a list", raw("[1]", &payload), "malformed_json"),
-        ("payload not JSON", raw(r#"{"alg":"Ed25519","kid":"koherent-test-key"}"#, "{"), "malformed_json"),
-        ("payload a string", raw(r#"{"alg":"Ed25519","kid":"koherent-test-key"}"#, "\"x\""), "malformed_json"),
-        ("payload trailing garbage", raw(r#"{"alg":"Ed25519","kid":"koherent-test-key"}"#, &format!("{payload} x")), "malformed_json"),
-        ("unknown issuer", with(|c| c["iss"] = json!("evil")), "untrusted_issuer"),
-        ("issuer missing", with(|c| { c.as_object_mut().unwrap().remove("iss"); }), "invalid_claim"),
-        ("issuer not a string", with(|c| c["iss"] = json!(1)), "invalid_claim"),
-        ("signature flipped", format!("{h}.{p}.{}", b64(&flipped)), "bad_signature"),
-        ("signature truncated", format!("{h}.{p}.{}", b64(&sig_bytes[..63])), "bad_signature"),
+        (
+            "payload not JSON",
+            raw(r#"{"alg":"Ed25519","kid":"koherent-test-key"}"#, "{"),
+            "malformed_json",
+        ),
+        (
+            "payload a string",
+            raw(r#"{"alg":"Ed25519","kid":"koherent-test-key"}"#, "\"x\""),
+            "malformed_json",
+        ),
+        (
+            "payload trailing garbage",
+            raw(
+                r#"{"alg":"Ed25519","kid":"koherent-test-key"}"#,
+                &format!("{payload} x"),
+            ),
+            "malformed_json",
+        ),
+        (
+            "unknown issuer",
+            with(|c| c["iss"] = json!("evil")),
+            "untrusted_issuer",
+        ),
+        (
+            "issuer missing",
+            with(|c| {
+                c.as_object_mut().unwrap().remove("iss");
+            }),
+            "invalid_claim",
+        ),
+        (
+            "issuer not a string",
+            with(|c| c["iss"] = json!(1)),
+            "invalid_claim",
+        ),
+        (
+            "signature flipped",
+            format!("{h}.{p}.{}", b64(&flipped)),
+            "bad_signature",
+        ),
+        (
+            "signature truncated",
+            format!("{h}.{p}.{}", b64(&sig_bytes[..63])),
+            "bad_signature",
+        ),
         ("signature empty", format!("{h}.{p}."), "bad_signature"),
-        ("signature of another key", format!("{h}.{p}.{other_sig}"), "bad_signature"),
-        ("signature non-canonical S", format!("{h}.{p}.{}", b64(&non_canonical)), "bad_signature"),
-        ("signature all zero", format!("{h}.{p}.{}", b64(&[0u8; 64])), "bad_signature"),
-        ("payload altered after signing", format!("{h}.{tampered_payload}.{s}"), "bad_signature"),
+        (
+            "signature of another key",
+            format!("{h}.{p}.{other_sig}"),
+            "bad_signature",
+        ),
+        (
+            "signature non-canonical S",
+            format!("{h}.{p}.{}", b64(&non_canonical)),
+            "bad_signature",
+        ),
+        (
+            "signature all zero",
+            format!("{h}.{p}.{}", b64(&[0u8; 64])),
+            "bad_signature",
+        ),
+        (
+            "payload altered after signing",
+            format!("{h}.{tampered_payload}.{s}"),
+            "bad_signature",
+        ),
         ("expired", with(|c| c["exp"] = json!(NOW - 1)), "expired"),
-        ("iat in the future", with(|c| c["iat"] = json!(NOW + 60)), "issued_in_future"),
-        ("nbf ahead", with(|c| c["nbf"] = json!(NOW + 60)), "not_yet_valid"),
-        ("nbf not an integer", with(|c| c["nbf"] = json!("soon")), "invalid_claim"),
-        ("audience missing", with(|c| { c.as_object_mut().unwrap().remove("aud"); }), "invalid_claim"),
-        ("audience empty", with(|c| c["aud"] = json!([])), "invalid_claim"),
-        ("audience other", with(|c| c["aud"] = json!(["elsewhere"])), "wrong_audience"),
-        ("audience of wrong type", with(|c| c["aud"] = json!({"a": 1})), "invalid_claim"),
-        ("audience list with number", with(|c| c["aud"] = json!(["koherent", 3])), "invalid_claim"),
-        ("exp missing", with(|c| { c.as_object_mut().unwrap().remove("exp"); }), "invalid_claim"),
-        ("exp a float", with(|c| c["exp"] = json!(1_750_003_600.5)), "invalid_claim"),
-        ("exp a string", with(|c| c["exp"] = json!("1750003600")), "invalid_claim"),
-        ("iat missing", with(|c| { c.as_object_mut().unwrap().remove("iat"); }), "invalid_claim"),
-        ("sub missing", with(|c| { c.as_object_mut().unwrap().remove("sub"); }), "invalid_claim"),
-        ("sub a number", with(|c| c["sub"] = json!(1)), "invalid_claim"),
-        ("act missing", with(|c| { c.as_object_mut().unwrap().remove("act"); }), "invalid_claim"),
-        ("act a string", with(|c| c["act"] = json!("agent")), "invalid_claim"),
-        ("act.cid missing", with(|c| c["act"] = json!({"sub": "1"})), "invalid_claim"),
-        ("act.sub a number", with(|c| c["act"] = json!({"sub": 1, "cid": "x"})), "invalid_claim"),
-        ("jti missing", with(|c| { c.as_object_mut().unwrap().remove("jti"); }), "invalid_claim"),
-        ("tsk missing", with(|c| { c.as_object_mut().unwrap().remove("tsk"); }), "invalid_claim"),
-        ("tsk a number", with(|c| c["tsk"] = json!(42)), "invalid_claim"),
-        ("ptk a number", with(|c| c["ptk"] = json!(1)), "invalid_claim"),
-        ("rtk missing", with(|c| { c.as_object_mut().unwrap().remove("rtk"); }), "invalid_claim"),
-        ("rcb missing", with(|c| { c.as_object_mut().unwrap().remove("rcb"); }), "invalid_claim"),
-        ("ahs missing", with(|c| { c.as_object_mut().unwrap().remove("ahs"); }), "invalid_claim"),
-        ("aha missing", with(|c| { c.as_object_mut().unwrap().remove("aha"); }), "invalid_claim"),
-        ("bad base64 in header", format!("{h}*.{p}.{s}"), "malformed_base64"),
-        ("bad base64 in payload", format!("{h}.{p}!.{s}"), "malformed_base64"),
-        ("standard base64 alphabet", format!("{h}.{p}.{}", s.replace('-', "+").replace('_', "/")), if s.contains(['-', '_']) { "malformed_base64" } else { "ok" }),
+        (
+            "iat in the future",
+            with(|c| c["iat"] = json!(NOW + 60)),
+            "issued_in_future",
+        ),
+        (
+            "nbf ahead",
+            with(|c| c["nbf"] = json!(NOW + 60)),
+            "not_yet_valid",
+        ),
+        (
+            "nbf not an integer",
+            with(|c| c["nbf"] = json!("soon")),
+            "invalid_claim",
+        ),
+        (
+            "audience missing",
+            with(|c| {
+                c.as_object_mut().unwrap().remove("aud");
+            }),
+            "invalid_claim",
+        ),
+        (
+            "audience empty",
+            with(|c| c["aud"] = json!([])),
+            "invalid_claim",
+        ),
+        (
+            "audience other",
+            with(|c| c["aud"] = json!(["elsewhere"])),
+            "wrong_audience",
+        ),
+        (
+            "audience of wrong type",
+            with(|c| c["aud"] = json!({"a": 1})),
+            "invalid_claim",
+        ),
+        (
+            "audience list with number",
+            with(|c| c["aud"] = json!(["koherent", 3])),
+            "invalid_claim",
+        ),
+        (
+            "exp missing",
+            with(|c| {
+                c.as_object_mut().unwrap().remove("exp");
+            }),
+            "invalid_claim",
+        ),
+        (
+            "exp a float",
+            with(|c| c["exp"] = json!(1_750_003_600.5)),
+            "invalid_claim",
+        ),
+        (
+            "exp a string",
+            with(|c| c["exp"] = json!("1750003600")),
+            "invalid_claim",
+        ),
+        (
+            "iat missing",
+            with(|c| {
+                c.as_object_mut().unwrap().remove("iat");
+            }),
+            "invalid_claim",
+        ),
+        (
+            "sub missing",
+            with(|c| {
+                c.as_object_mut().unwrap().remove("sub");
+            }),
+            "invalid_claim",
+        ),
+        (
+            "sub a number",
+            with(|c| c["sub"] = json!(1)),
+            "invalid_claim",
+        ),
+        (
+            "act missing",
+            with(|c| {
+                c.as_object_mut().unwrap().remove("act");
+            }),
+            "invalid_claim",
+        ),
+        (
+            "act a string",
+            with(|c| c["act"] = json!("agent")),
+            "invalid_claim",
+        ),
+        (
+            "act.cid missing",
+            with(|c| c["act"] = json!({"sub": "1"})),
+            "invalid_claim",
+        ),
+        (
+            "act.sub a number",
+            with(|c| c["act"] = json!({"sub": 1, "cid": "x"})),
+            "invalid_claim",
+        ),
+        (
+            "jti missing",
+            with(|c| {
+                c.as_object_mut().unwrap().remove("jti");
+            }),
+            "invalid_claim",
+        ),
+        (
+            "tsk missing",
+            with(|c| {
+                c.as_object_mut().unwrap().remove("tsk");
+            }),
+            "invalid_claim",
+        ),
+        (
+            "tsk a number",
+            with(|c| c["tsk"] = json!(42)),
+            "invalid_claim",
+        ),
+        (
+            "ptk a number",
+            with(|c| c["ptk"] = json!(1)),
+            "invalid_claim",
+        ),
+        (
+            "rtk missing",
+            with(|c| {
+                c.as_object_mut().unwrap().remove("rtk");
+            }),
+            "invalid_claim",
+        ),
+        (
+            "rcb missing",
+            with(|c| {
+                c.as_object_mut().unwrap().remove("rcb");
+            }),
+            "invalid_claim",
+        ),
+        (
+            "ahs missing",
+            with(|c| {
+                c.as_object_mut().unwrap().remove("ahs");
+            }),
+            "invalid_claim",
+        ),
+        (
+            "aha missing",
+            with(|c| {
+                c.as_object_mut().unwrap().remove("aha");
+            }),
+            "invalid_claim",
+        ),
+        (
+            "bad base64 in header",
+            format!("{h}*.{p}.{s}"),
+            "malformed_base64",
+        ),
+        (
+            "bad base64 in payload",
+            format!("{h}.{p}!.{s}"),
+            "malformed_base64",
+        ),
+        (
+            "standard base64 alphabet",
+            format!("{h}.{p}.{}", s.replace('-', "+").replace('_', "/")),
+            if s.contains(['-', '_']) {
+                "malformed_base64"
+            } else {
+                "ok"
+            },
+        ),
         ("padding", format!("{h}=.{p}.{s}"), "malformed_base64"),
-        ("padding in signature", format!("{h}.{p}.{s}=="), "malformed_base64"),
+        (
+            "padding in signature",
+            format!("{h}.{p}.{s}=="),
+            "malformed_base64",
+        ),
         ("whitespace", format!(" {good}"), "malformed_base64"),
         ("two segments", format!("{h}.{p}"), "malformed_segments"),
         ("four segments", format!("{good}.{s}"), "malformed_segments"),
         ("empty token", String::new(), "malformed_segments"),
-        ("Bearer prefix", format!("Bearer {good}"), "malformed_base64"),
-        ("oversized header", raw(&format!(r#"{{"alg":"Ed25519","kid":"{}"}}"#, "k".repeat(600)), &payload), "too_large"),
-        ("oversized payload", with(|c| c["pad"] = json!("p".repeat(130_000))), "too_large"),
-        ("oversized signature", format!("{h}.{p}.{}", b64(&[1u8; 1100])), "too_large"),
+        (
+            "Bearer prefix",
+            format!("Bearer {good}"),
+            "malformed_base64",
+        ),
+        (
+            "oversized header",
+            raw(
+                &format!(r#"{{"alg":"Ed25519","kid":"{}"}}"#, "k".repeat(600)),
+                &payload,
+            ),
+            "too_large",
+        ),
+        (
+            "oversized payload",
+            with(|c| c["pad"] = json!("p".repeat(130_000))),
+            "too_large",
+        ),
+        (
+            "oversized signature",
+            format!("{h}.{p}.{}", b64(&[1u8; 1100])),
+            "too_large",
+        ),
         ("huge input", "a".repeat(1_000_000), "too_large"),
     ];
     assert!(cases.len() >= 60, "{} cases", cases.len());
@@ -263,10 +588,7 @@ fn small_order_key_cannot_be_registered() {
     let mut ident = [0u8; 32];
     ident[0] = 1;
     let jwk = json!({"kty":"OKP","crv":"Ed25519","x": b64(&ident), "kid":"weak"});
-    assert_eq!(
-        keys::parse_public_jwk(&jwk).unwrap_err(),
-        KeyError::Weak
-    );
+    assert_eq!(keys::parse_public_jwk(&jwk).unwrap_err(), KeyError::Weak);
 }
 
 #[test]

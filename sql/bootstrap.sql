@@ -1,0 +1,102 @@
+-- koherent: catalog tables. Loaded first (bootstrap); functions and views follow in history.sql.
+--
+-- Nothing here is writable by PUBLIC. History, task and context rows are written only by the
+-- history triggers (SECURITY DEFINER, owned by the extension owner); keys only by the owner.
+
+CREATE SCHEMA IF NOT EXISTS koherent_history;
+COMMENT ON SCHEMA koherent_history IS
+  'koherent: one typed history table per tracked table (same column names and types).';
+REVOKE ALL ON SCHEMA koherent_history FROM PUBLIC;
+
+-- One number for every history entry of every table, in the order entries were recorded.
+CREATE SEQUENCE koherent.history_id_seq AS bigint;
+
+CREATE TABLE koherent.task (
+    issuer              text NOT NULL,
+    task_id             text NOT NULL,
+    parent_task_id      text,
+    root_task_id        text NOT NULL,
+    assigner_sub        text NOT NULL,
+    caller_sub          text NOT NULL,
+    agent_sub           text NOT NULL,
+    agent_client_id     text NOT NULL,
+    token_id            text NOT NULL,
+    args_hash           text NOT NULL,
+    args_hash_algorithm text NOT NULL,
+    claims              jsonb NOT NULL,
+    token               text NOT NULL,
+    created_at          timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (task_id, issuer)
+);
+CREATE INDEX task_parent_idx ON koherent.task (parent_task_id) WHERE parent_task_id IS NOT NULL;
+CREATE INDEX task_root_idx ON koherent.task (root_task_id);
+COMMENT ON TABLE koherent.task IS
+  'koherent: one row per task id (per issuer) that tracked rows were ever written under; created by the first write, reused by every later one. token is the signed token, so anyone can re-verify it.';
+
+CREATE TABLE koherent.transaction_auth_context (
+    id               uuid PRIMARY KEY,
+    txid             xid8 NOT NULL,
+    task_id          text,
+    issuer           text,
+    changed_by       text,
+    client_id        text,
+    db_role          text NOT NULL,
+    application_name text,
+    client_addr      inet,
+    backend_pid      integer NOT NULL,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    metadata         jsonb NOT NULL DEFAULT '{}'
+);
+CREATE INDEX transaction_auth_context_task_idx
+    ON koherent.transaction_auth_context (task_id, issuer) WHERE task_id IS NOT NULL;
+COMMENT ON TABLE koherent.transaction_auth_context IS
+  'koherent: one row per transaction that wrote tracked rows: its task (or none), agent, issuer, database role and client.';
+
+CREATE TABLE koherent.issuer_key_store (
+    issuer     text NOT NULL CHECK (issuer <> ''),
+    kid        text NOT NULL CHECK (kid <> ''),
+    public_key bytea NOT NULL CHECK (length(public_key) = 32),
+    added_at   timestamptz NOT NULL DEFAULT now(),
+    added_by   text NOT NULL DEFAULT current_user,
+    revoked_at timestamptz,
+    PRIMARY KEY (issuer, kid)
+);
+COMMENT ON TABLE koherent.issuer_key_store IS
+  'koherent: trusted Ed25519 public keys per issuer. Write through add_issuer_jwks / add_issuer_key / revoke_issuer_key.';
+
+-- What is tracked. One row per tracking of a table (a dropped table keeps its row).
+CREATE TABLE koherent.tracked_config (
+    id            integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    relid         oid NOT NULL,
+    schema_name   name NOT NULL,
+    table_name    name NOT NULL,
+    history_table name NOT NULL UNIQUE,
+    pk_columns    name[] NOT NULL,
+    exclude       text[] NOT NULL DEFAULT '{}',
+    require_task  boolean NOT NULL DEFAULT false,
+    active        boolean NOT NULL DEFAULT true,
+    tracked_since timestamptz NOT NULL DEFAULT now(),
+    untracked_at  timestamptz,
+    dropped_at    timestamptz
+);
+CREATE UNIQUE INDEX tracked_config_relid_idx ON koherent.tracked_config (relid) WHERE dropped_at IS NULL;
+
+-- The data columns of each history table. A live column is written; a retired one (its source
+-- column was dropped or excluded, or changed to an incompatible type) keeps earlier values.
+-- live_from / live_until are history_id bounds, so a CREATE entry lists only the fields that
+-- existed when it was recorded.
+CREATE TABLE koherent.tracked_column (
+    config_id   integer NOT NULL REFERENCES koherent.tracked_config ON DELETE CASCADE,
+    column_name name NOT NULL,
+    attnum      smallint,
+    type_sql    text NOT NULL,
+    live_from   bigint NOT NULL,
+    live_until  bigint,
+    PRIMARY KEY (config_id, column_name)
+);
+
+SELECT pg_catalog.pg_extension_config_dump('koherent.task', '');
+SELECT pg_catalog.pg_extension_config_dump('koherent.transaction_auth_context', '');
+SELECT pg_catalog.pg_extension_config_dump('koherent.issuer_key_store', '');
+SELECT pg_catalog.pg_extension_config_dump('koherent.tracked_config', '');
+SELECT pg_catalog.pg_extension_config_dump('koherent.tracked_column', '');

@@ -1,0 +1,568 @@
+-- koherent: history machinery, views, key management and grants. Loaded last (finalize).
+
+-------------------------------------------------------------------------------------------------
+-- Internal helpers
+-------------------------------------------------------------------------------------------------
+
+-- The columns of a table as history stores them: domains by their base type.
+CREATE FUNCTION koherent._source_columns(rel oid)
+RETURNS TABLE (attnum smallint, attname name, type_sql text)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT a.attnum, a.attname,
+           format_type(CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END,
+                       CASE WHEN t.typtype = 'd' THEN t.typtypmod ELSE a.atttypmod END)
+      FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+     WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped
+     ORDER BY a.attnum
+$$;
+
+CREATE FUNCTION koherent._pk_columns(rel oid) RETURNS name[]
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT array_agg(a.attname ORDER BY k.ord)
+      FROM pg_index i
+      CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+      JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+     WHERE i.indrelid = rel AND i.indisprimary
+$$;
+
+-- Give a retired history column a name of its own so that a new live column can take its name.
+CREATE FUNCTION koherent._free_name(cfg_id integer, col name) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    hist text := (SELECT format('koherent_history.%I', history_table)
+                    FROM koherent.tracked_config WHERE id = cfg_id);
+    c koherent.tracked_column;
+    newname name;
+BEGIN
+    SELECT * INTO c FROM koherent.tracked_column
+     WHERE config_id = cfg_id AND column_name = col AND live_until IS NOT NULL;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    newname := left(col, 40) || '@' || c.live_until;
+    EXECUTE format('ALTER TABLE %s RENAME COLUMN %I TO %I', hist, col, newname);
+    EXECUTE format('ALTER TABLE %s RENAME COLUMN %I TO %I', hist, 'old:' || col, 'old:' || newname);
+    UPDATE koherent.tracked_column SET column_name = newname
+     WHERE config_id = cfg_id AND column_name = col;
+END $$;
+
+-- Bring a history table's columns in line with its source table (after track, ALTER TABLE).
+CREATE FUNCTION koherent._sync(cfg_id integer) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cfg koherent.tracked_config;
+    hist text;
+    c koherent.tracked_column;
+    a record;
+    mark bigint := nextval('koherent.history_id_seq');
+BEGIN
+    UPDATE koherent.tracked_config t
+       SET schema_name = n.nspname, table_name = r.relname,
+           pk_columns = coalesce(koherent._pk_columns(t.relid), t.pk_columns)
+      FROM pg_class r JOIN pg_namespace n ON n.oid = r.relnamespace
+     WHERE t.id = cfg_id AND r.oid = t.relid;
+    SELECT * INTO cfg FROM koherent.tracked_config WHERE id = cfg_id;
+    hist := format('koherent_history.%I', cfg.history_table);
+
+    FOR c IN SELECT * FROM koherent.tracked_column
+              WHERE config_id = cfg_id AND live_until IS NULL ORDER BY attnum LOOP
+        SELECT * INTO a FROM koherent._source_columns(cfg.relid) s WHERE s.attnum = c.attnum;
+        IF NOT FOUND OR a.attname = ANY (cfg.exclude) THEN
+            -- dropped or newly excluded: keep what was recorded, write no more
+            UPDATE koherent.tracked_column SET live_until = mark, attnum = NULL
+             WHERE config_id = cfg_id AND column_name = c.column_name;
+            CONTINUE;
+        END IF;
+        IF a.attname <> c.column_name THEN
+            PERFORM koherent._free_name(cfg_id, a.attname);
+            EXECUTE format('ALTER TABLE %s RENAME COLUMN %I TO %I', hist, c.column_name, a.attname);
+            EXECUTE format('ALTER TABLE %s RENAME COLUMN %I TO %I', hist,
+                           'old:' || c.column_name, 'old:' || a.attname);
+            UPDATE koherent.tracked_column SET column_name = a.attname
+             WHERE config_id = cfg_id AND column_name = c.column_name;
+            c.column_name := a.attname;
+        END IF;
+        IF a.type_sql <> c.type_sql THEN
+            BEGIN
+                EXECUTE format('ALTER TABLE %s ALTER COLUMN %I TYPE %s USING %I::%s, '
+                               'ALTER COLUMN %I TYPE %s USING %I::%s', hist,
+                               c.column_name, a.type_sql, c.column_name, a.type_sql,
+                               'old:' || c.column_name, a.type_sql, 'old:' || c.column_name, a.type_sql);
+                UPDATE koherent.tracked_column SET type_sql = a.type_sql
+                 WHERE config_id = cfg_id AND column_name = c.column_name;
+            EXCEPTION WHEN OTHERS THEN
+                -- earlier values do not convert: keep them under a retired name, start anew
+                UPDATE koherent.tracked_column SET live_until = mark, attnum = NULL
+                 WHERE config_id = cfg_id AND column_name = c.column_name;
+            END;
+        END IF;
+    END LOOP;
+
+    FOR a IN SELECT * FROM koherent._source_columns(cfg.relid) s
+              WHERE NOT (s.attname = ANY (cfg.exclude))
+                AND NOT EXISTS (SELECT 1 FROM koherent.tracked_column t
+                                 WHERE t.config_id = cfg_id AND t.live_until IS NULL
+                                   AND t.attnum = s.attnum) LOOP
+        PERFORM koherent._free_name(cfg_id, a.attname);
+        EXECUTE format('ALTER TABLE %s ADD COLUMN %I %s, ADD COLUMN %I %s', hist,
+                       a.attname, a.type_sql, 'old:' || a.attname, a.type_sql);
+        INSERT INTO koherent.tracked_column (config_id, column_name, attnum, type_sql, live_from)
+        VALUES (cfg_id, a.attname, a.attnum, a.type_sql, mark);
+    END LOOP;
+END $$;
+
+-- (Re)write a tracked table's trigger function and put its triggers on the table and on every
+-- partition. One set-based INSERT ... SELECT over the statement's transition table per statement;
+-- PL/pgSQL keeps its plan per trigger, and PostgreSQL's plan cache invalidates it on DDL.
+CREATE FUNCTION koherent._install_triggers(cfg_id integer) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cfg koherent.tracked_config;
+    hist text;
+    fn text := format('koherent._trg_%s', cfg_id);
+    cols text;
+    ncols text;
+    ocols text;
+    oldcols text;
+    rel record;
+BEGIN
+    SELECT * INTO cfg FROM koherent.tracked_config WHERE id = cfg_id;
+    hist := format('koherent_history.%I', cfg.history_table);
+    SELECT string_agg(format('%I', column_name), ', ' ORDER BY attnum),
+           string_agg(format('n.%I', column_name), ', ' ORDER BY attnum),
+           string_agg(format('o.%I', column_name), ', ' ORDER BY attnum),
+           string_agg(format('%I', 'old:' || column_name), ', ' ORDER BY attnum)
+      INTO cols, ncols, ocols, oldcols
+      FROM koherent.tracked_column WHERE config_id = cfg_id AND live_until IS NULL;
+
+    EXECUTE format($f$
+CREATE OR REPLACE FUNCTION %1$s() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
+BEGIN
+    -- The context subquery runs once, and only when the statement changed at least one row.
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO %2$s (history_id, history_kind, history_date, history_context, %3$s)
+        SELECT nextval('koherent.history_id_seq'), 'CREATE', statement_timestamp(),
+               (SELECT koherent._write_context(%7$L, TG_RELID)), %4$s
+          FROM koherent_new n;
+    ELSIF TG_OP = 'UPDATE' THEN
+        -- Old and new images are paired by position: PostgreSQL appends them together, so
+        -- this also holds when the primary key itself changes.
+        INSERT INTO %2$s (history_id, history_kind, history_date, history_context, %3$s, %6$s)
+        SELECT nextval('koherent.history_id_seq'), 'UPDATE', statement_timestamp(),
+               (SELECT koherent._write_context(%7$L, TG_RELID)), %4$s, %5$s
+          FROM (SELECT row_number() OVER () AS koherent_ord, %3$s FROM koherent_old) o
+          JOIN (SELECT row_number() OVER () AS koherent_ord, %3$s FROM koherent_new) n
+         USING (koherent_ord)
+         WHERE pg_catalog.record_image_ne(ROW(%4$s), ROW(%5$s));
+    ELSIF TG_OP = 'DELETE' THEN
+        INSERT INTO %2$s (history_id, history_kind, history_date, history_context, %3$s)
+        SELECT nextval('koherent.history_id_seq'), 'DELETE', statement_timestamp(),
+               (SELECT koherent._write_context(%7$L, TG_RELID)), %5$s
+          FROM koherent_old o;
+    ELSIF TG_OP = 'TRUNCATE' THEN
+        EXECUTE format('INSERT INTO %2$s (history_id, history_kind, history_date, history_context, %3$s) '
+                       'SELECT nextval(''koherent.history_id_seq''), ''TRUNCATE'', statement_timestamp(), '
+                       '(SELECT koherent._write_context($1, $2)), %5$s FROM ONLY %%I.%%I o',
+                       TG_TABLE_SCHEMA, TG_TABLE_NAME)
+        USING %7$L::boolean, TG_RELID;
+    END IF;
+    RETURN NULL;
+END
+$body$;
+$f$, fn, hist, cols, ncols, ocols, oldcols, cfg.require_task);
+    EXECUTE format('REVOKE ALL ON FUNCTION %s() FROM PUBLIC', fn);
+
+    FOR rel IN
+        SELECT t.relid, t.isleaf,
+               (SELECT c.relkind FROM pg_class c WHERE c.oid = t.relid) AS relkind
+          FROM pg_partition_tree(cfg.relid) t
+        UNION ALL
+        SELECT cfg.relid, true, 'r'
+         WHERE NOT EXISTS (SELECT 1 FROM pg_partition_tree(cfg.relid))
+    LOOP
+        PERFORM koherent._drop_triggers(rel.relid);
+        EXECUTE format('CREATE TRIGGER koherent_history_insert AFTER INSERT ON %s '
+                       'REFERENCING NEW TABLE AS koherent_new FOR EACH STATEMENT EXECUTE FUNCTION %s()',
+                       rel.relid::regclass, fn);
+        EXECUTE format('CREATE TRIGGER koherent_history_update AFTER UPDATE ON %s '
+                       'REFERENCING OLD TABLE AS koherent_old NEW TABLE AS koherent_new '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION %s()', rel.relid::regclass, fn);
+        EXECUTE format('CREATE TRIGGER koherent_history_delete AFTER DELETE ON %s '
+                       'REFERENCING OLD TABLE AS koherent_old FOR EACH STATEMENT EXECUTE FUNCTION %s()',
+                       rel.relid::regclass, fn);
+        IF rel.relkind = 'r' THEN
+            -- TRUNCATE keeps every removed row: each table copies its own rows before it goes.
+            EXECUTE format('CREATE TRIGGER koherent_history_truncate BEFORE TRUNCATE ON %s '
+                           'FOR EACH STATEMENT EXECUTE FUNCTION %s()', rel.relid::regclass, fn);
+        END IF;
+    END LOOP;
+END $$;
+
+CREATE FUNCTION koherent._drop_triggers(rel oid) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t name;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['koherent_history_insert', 'koherent_history_update',
+                             'koherent_history_delete', 'koherent_history_truncate']::name[] LOOP
+        IF EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = rel AND tgname = t) THEN
+            EXECUTE format('DROP TRIGGER %I ON %s', t, rel::regclass);
+        END IF;
+    END LOOP;
+END $$;
+
+-- Rebuild the views over all history tables (after track, untrack, ALTER TABLE, DROP TABLE).
+CREATE FUNCTION koherent._rebuild_views() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cfg koherent.tracked_config;
+    entries text[] := '{}';
+    changes text[] := '{}';
+    rowkey text;
+    meta text;
+    vals text;
+BEGIN
+    FOR cfg IN SELECT * FROM koherent.tracked_config ORDER BY id LOOP
+        SELECT string_agg(format('%L, h.%I', k, k), ', ') INTO rowkey FROM unnest(cfg.pk_columns) k;
+        SELECT string_agg(format('%L', 'old:' || column_name), ', ') INTO meta
+          FROM koherent.tracked_column WHERE config_id = cfg.id;
+        SELECT string_agg(format('(%L::text, to_jsonb(h.%I), to_jsonb(h.%I), %s::bigint, %s::bigint)',
+                                 column_name, column_name, 'old:' || column_name, live_from,
+                                 coalesce(live_until::text, 'NULL')), ', ' ORDER BY attnum NULLS LAST, column_name)
+          INTO vals FROM koherent.tracked_column WHERE config_id = cfg.id;
+        entries := entries || format(
+            'SELECT h.history_id, %s::oid::regclass AS table_name, jsonb_build_object(%s) AS row_key, '
+            'h.history_kind AS kind, h.history_date AS date, h.history_context AS context_id, '
+            '(to_jsonb(h) - ARRAY[''history_id'', ''history_kind'', ''history_date'', ''history_context''%s]) AS row_data, '
+            '%L::text AS table_ident FROM koherent_history.%I h',
+            cfg.relid, rowkey, coalesce(', ' || meta, ''),
+            format('%I.%I', cfg.schema_name, cfg.table_name), cfg.history_table);
+        IF vals IS NOT NULL THEN
+            changes := changes || format(
+                'SELECT h.history_id, f.field, '
+                'CASE h.history_kind WHEN ''CREATE'' THEN NULL WHEN ''UPDATE'' THEN f.old ELSE f.cur END AS old_value, '
+                'CASE WHEN h.history_kind IN (''DELETE'', ''TRUNCATE'') THEN NULL ELSE f.cur END AS new_value '
+                'FROM koherent_history.%I h CROSS JOIN LATERAL (VALUES %s) AS f(field, cur, old, live_from, live_until) '
+                'WHERE h.history_id >= f.live_from AND (f.live_until IS NULL OR h.history_id < f.live_until) '
+                'AND (h.history_kind <> ''UPDATE'' OR f.cur::text IS DISTINCT FROM f.old::text)',
+                cfg.history_table, vals);
+        END IF;
+    END LOOP;
+    entries := entries || 'SELECT NULL::bigint, NULL::regclass, NULL::jsonb, NULL::text, NULL::timestamptz, NULL::uuid, NULL::jsonb, NULL::text WHERE false'::text;
+    changes := changes || 'SELECT NULL::bigint, NULL::text, NULL::jsonb, NULL::jsonb WHERE false'::text;
+    EXECUTE 'CREATE OR REPLACE VIEW koherent._history_all AS ' || array_to_string(entries, E'\nUNION ALL\n');
+    EXECUTE 'CREATE OR REPLACE VIEW koherent.effective_change AS ' || array_to_string(changes, E'\nUNION ALL\n');
+END $$;
+
+-------------------------------------------------------------------------------------------------
+-- track / untrack
+-------------------------------------------------------------------------------------------------
+
+CREATE FUNCTION koherent.track(tbl regclass, exclude text[] DEFAULT '{}', require_task boolean DEFAULT false)
+RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r pg_class;
+    nsp name;
+    pk name[];
+    cfg koherent.tracked_config;
+    hname name;
+    bad text;
+BEGIN
+    IF tbl IS NULL THEN
+        RAISE EXCEPTION 'koherent.track: table must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    SELECT * INTO r FROM pg_class WHERE oid = tbl;
+    nsp := (SELECT nspname FROM pg_namespace WHERE oid = r.relnamespace);
+    IF r.relkind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION 'koherent.track: % is not a table', tbl
+            USING ERRCODE = 'wrong_object_type',
+                  DETAIL = format('Its kind is %s; only ordinary and partitioned tables can be tracked.',
+                                  CASE r.relkind WHEN 'v' THEN 'view' WHEN 'm' THEN 'materialized view'
+                                       WHEN 'f' THEN 'foreign table' WHEN 'S' THEN 'sequence'
+                                       WHEN 'i' THEN 'index' ELSE r.relkind::text END);
+    END IF;
+    IF nsp IN ('pg_catalog', 'information_schema', 'pg_toast', 'koherent', 'koherent_history') THEN
+        RAISE EXCEPTION 'koherent.track: % is a system or koherent table and cannot be tracked', tbl
+            USING ERRCODE = 'feature_not_supported';
+    END IF;
+    IF r.relpersistence = 't' THEN
+        RAISE EXCEPTION 'koherent.track: % is a temporary table and cannot be tracked', tbl
+            USING ERRCODE = 'feature_not_supported';
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = tbl) THEN
+        RAISE EXCEPTION 'koherent.track: % is a partition or child table', tbl
+            USING ERRCODE = 'feature_not_supported',
+                  HINT = 'Track the partitioned table itself; its partitions are covered.';
+    END IF;
+    pk := koherent._pk_columns(tbl);
+    IF pk IS NULL THEN
+        RAISE EXCEPTION 'koherent.track: table % has no primary key', tbl
+            USING ERRCODE = 'invalid_table_definition',
+                  HINT = 'History identifies rows by their primary key; add one first.';
+    END IF;
+    exclude := coalesce(exclude, '{}');
+    SELECT string_agg(x, ', ') INTO bad FROM unnest(exclude) x
+     WHERE NOT EXISTS (SELECT 1 FROM koherent._source_columns(tbl) s WHERE s.attname = x);
+    IF bad IS NOT NULL THEN
+        RAISE EXCEPTION 'koherent.track: % has no column(s) %', tbl, bad USING ERRCODE = 'undefined_column';
+    END IF;
+    SELECT string_agg(x, ', ') INTO bad FROM unnest(exclude) x WHERE x = ANY (pk);
+    IF bad IS NOT NULL THEN
+        RAISE EXCEPTION 'koherent.track: primary key column(s) % cannot be excluded', bad
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT string_agg(s.attname, ', ') INTO bad FROM koherent._source_columns(tbl) s
+     WHERE s.attname IN ('history_id', 'history_kind', 'history_date', 'history_context')
+        OR s.attname LIKE 'old:%' OR s.attname LIKE '%@%';
+    IF bad IS NOT NULL THEN
+        RAISE EXCEPTION 'koherent.track: column name(s) % are reserved by koherent history tables', bad
+            USING ERRCODE = 'duplicate_column';
+    END IF;
+
+    LOCK TABLE koherent.tracked_config IN SHARE ROW EXCLUSIVE MODE;
+    SELECT * INTO cfg FROM koherent.tracked_config WHERE relid = tbl AND dropped_at IS NULL;
+    IF FOUND THEN
+        IF cfg.active AND cfg.exclude = exclude AND cfg.require_task = track.require_task THEN
+            RETURN;  -- already tracked exactly so
+        END IF;
+        UPDATE koherent.tracked_config
+           SET exclude = track.exclude, require_task = track.require_task, active = true,
+               untracked_at = NULL
+         WHERE id = cfg.id;
+    ELSE
+        hname := CASE WHEN nsp = 'public' THEN r.relname::text ELSE nsp || '__' || r.relname END;
+        IF length(hname) > 50 OR EXISTS (SELECT 1 FROM koherent.tracked_config WHERE history_table = hname)
+           OR to_regclass(format('koherent_history.%I', hname)) IS NOT NULL THEN
+            hname := left(hname, 50) || '_' || tbl::oid;
+        END IF;
+        INSERT INTO koherent.tracked_config (relid, schema_name, table_name, history_table, pk_columns,
+                                             exclude, require_task)
+        VALUES (tbl, nsp, r.relname, hname, pk, exclude, require_task)
+        RETURNING * INTO cfg;
+        EXECUTE format('CREATE TABLE koherent_history.%I (history_id bigint NOT NULL, '
+                       'history_kind text NOT NULL, history_date timestamptz NOT NULL, '
+                       'history_context uuid)', hname);
+        EXECUTE format('COMMENT ON TABLE koherent_history.%I IS %L', hname,
+                       format('koherent: history of %s. history_kind is CREATE, UPDATE, DELETE or TRUNCATE; '
+                              'the data columns hold the row after the change (before it for DELETE and '
+                              'TRUNCATE); "old:<column>" holds the value before an UPDATE.', tbl));
+    END IF;
+    PERFORM koherent._sync(cfg.id);
+    IF NOT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = format('koherent_history.%I', cfg.history_table)::regclass) THEN
+        EXECUTE format('CREATE INDEX ON koherent_history.%I (%s, history_id)', cfg.history_table,
+                       (SELECT string_agg(format('%I', k), ', ') FROM unnest(pk) k));
+        EXECUTE format('CREATE INDEX ON koherent_history.%I USING brin (history_id)', cfg.history_table);
+        EXECUTE format('CREATE INDEX ON koherent_history.%I (history_context)', cfg.history_table);
+    END IF;
+    PERFORM koherent._install_triggers(cfg.id);
+    PERFORM koherent._rebuild_views();
+END $$;
+
+COMMENT ON FUNCTION koherent.track(regclass, text[], boolean) IS
+  'Start recording every row change of a table (idempotent; a second call applies a changed exclude or require_task).';
+
+CREATE FUNCTION koherent.untrack(tbl regclass) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cfg koherent.tracked_config;
+    rel oid;
+BEGIN
+    SELECT * INTO cfg FROM koherent.tracked_config WHERE relid = tbl AND dropped_at IS NULL AND active;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'koherent.untrack: % is not tracked', tbl USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    FOR rel IN SELECT relid FROM pg_partition_tree(tbl) UNION SELECT tbl::oid LOOP
+        PERFORM koherent._drop_triggers(rel);
+    END LOOP;
+    EXECUTE format('DROP FUNCTION IF EXISTS koherent._trg_%s()', cfg.id);
+    UPDATE koherent.tracked_config SET active = false, untracked_at = now() WHERE id = cfg.id;
+END $$;
+
+COMMENT ON FUNCTION koherent.untrack(regclass) IS
+  'Stop recording a table; its history stays readable.';
+
+-------------------------------------------------------------------------------------------------
+-- DDL on tracked tables
+-------------------------------------------------------------------------------------------------
+
+CREATE FUNCTION koherent._on_ddl_end() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cmd record;
+    cfg_id integer;
+    changed boolean := false;
+BEGIN
+    FOR cmd IN SELECT DISTINCT objid FROM pg_event_trigger_ddl_commands()
+                WHERE classid = 'pg_class'::regclass AND object_type IN ('table', 'table column') LOOP
+        SELECT c.id INTO cfg_id
+          FROM koherent.tracked_config c
+         WHERE c.dropped_at IS NULL AND c.active
+           AND c.relid IN (SELECT cmd.objid UNION ALL SELECT relid FROM pg_partition_ancestors(cmd.objid));
+        IF cfg_id IS NOT NULL THEN
+            PERFORM koherent._sync(cfg_id);
+            PERFORM koherent._install_triggers(cfg_id);
+            changed := true;
+        END IF;
+    END LOOP;
+    IF changed THEN
+        PERFORM koherent._rebuild_views();
+    END IF;
+END $$;
+
+CREATE FUNCTION koherent._on_sql_drop() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cfg koherent.tracked_config;
+    changed boolean := false;
+BEGIN
+    FOR cfg IN SELECT c.* FROM koherent.tracked_config c
+                 JOIN pg_event_trigger_dropped_objects() d ON d.objid = c.relid
+                WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0
+                  AND d.object_type = 'table' AND c.dropped_at IS NULL LOOP
+        UPDATE koherent.tracked_config SET dropped_at = now(), active = false,
+               untracked_at = coalesce(untracked_at, now())
+         WHERE id = cfg.id;
+        UPDATE koherent.tracked_column SET live_until = coalesce(live_until, nextval('koherent.history_id_seq')),
+               attnum = NULL
+         WHERE config_id = cfg.id;
+        EXECUTE format('DROP FUNCTION IF EXISTS koherent._trg_%s()', cfg.id);
+        changed := true;
+    END LOOP;
+    IF changed THEN
+        PERFORM koherent._rebuild_views();
+    END IF;
+END $$;
+
+CREATE EVENT TRIGGER koherent_ddl_end ON ddl_command_end
+    WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE')
+    EXECUTE FUNCTION koherent._on_ddl_end();
+CREATE EVENT TRIGGER koherent_sql_drop ON sql_drop
+    EXECUTE FUNCTION koherent._on_sql_drop();
+
+-------------------------------------------------------------------------------------------------
+-- Views
+-------------------------------------------------------------------------------------------------
+
+CREATE VIEW koherent._history_all AS
+SELECT NULL::bigint AS history_id, NULL::regclass AS table_name, NULL::jsonb AS row_key,
+       NULL::text AS kind, NULL::timestamptz AS date, NULL::uuid AS context_id,
+       NULL::jsonb AS row_data, NULL::text AS table_ident
+ WHERE false;
+
+CREATE VIEW koherent.effective_change AS
+SELECT NULL::bigint AS history_id, NULL::text AS field, NULL::jsonb AS old_value,
+       NULL::jsonb AS new_value
+ WHERE false;
+COMMENT ON VIEW koherent.effective_change IS
+  'koherent: one row per field a history entry changed (CREATE: every field, old null; DELETE/TRUNCATE: every field, new null; UPDATE: the fields whose value changed).';
+
+CREATE VIEW koherent.provenance_entry AS
+SELECT e.history_id, e.table_name, e.row_key, e.kind, e.date, e.context_id, c.db_role, e.row_data,
+       c.task_id, c.client_id AS agent_client_id, c.issuer, c.changed_by, e.table_ident
+  FROM koherent._history_all e
+  LEFT JOIN koherent.transaction_auth_context c ON c.id = e.context_id;
+COMMENT ON VIEW koherent.provenance_entry IS
+  'koherent: one row per recorded change across all tracked tables, with its attribution.';
+
+CREATE VIEW koherent.tracked_table AS
+SELECT c.relid::regclass AS table_name, c.exclude, c.tracked_since, c.require_task,
+       format('koherent_history.%I', c.history_table)::regclass AS history_table,
+       c.pk_columns, c.id AS config_id
+  FROM koherent.tracked_config c
+ WHERE c.active AND c.dropped_at IS NULL;
+COMMENT ON VIEW koherent.tracked_table IS 'koherent: the tables being recorded now.';
+
+-------------------------------------------------------------------------------------------------
+-- Tasks and keys
+-------------------------------------------------------------------------------------------------
+
+CREATE FUNCTION koherent.current_task() RETURNS koherent.task
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT ROW(c->>'iss', c->>'tsk', c->>'ptk', c->>'rtk', c->>'rcb', c->>'sub',
+               c->'act'->>'sub', c->'act'->>'cid', c->>'jti', c->>'ahs', c->>'aha',
+               c - '__token', c->>'__token', NULL)::koherent.task
+      FROM koherent._current_task_claims() c
+$$;
+COMMENT ON FUNCTION koherent.current_task() IS
+  'The verified task of the current transaction (null when none); created_at is null until its row is written.';
+
+CREATE VIEW koherent.issuer_key AS
+SELECT issuer, kid,
+       jsonb_build_object('kty', 'OKP', 'crv', 'Ed25519', 'kid', kid, 'use', 'sig', 'alg', 'Ed25519',
+                          'x', translate(rtrim(encode(public_key, 'base64'), '='), '+/', '-_')) AS jwk,
+       added_at, added_by, revoked_at, revoked_at IS NULL AS active
+  FROM koherent.issuer_key_store;
+COMMENT ON VIEW koherent.issuer_key IS 'koherent: trusted issuer keys (public), revoked ones included.';
+
+CREATE FUNCTION koherent.add_issuer_jwks(issuer text, jwks jsonb) RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n integer;
+BEGIN
+    IF coalesce(issuer, '') = '' THEN
+        RAISE EXCEPTION 'koherent.add_issuer_jwks: issuer must be a non-empty text' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    INSERT INTO koherent.issuer_key_store AS s (issuer, kid, public_key)
+    SELECT add_issuer_jwks.issuer, k.kid, k.x FROM koherent._parse_jwks(jwks) k
+    ON CONFLICT (issuer, kid) DO UPDATE
+       SET public_key = EXCLUDED.public_key, revoked_at = NULL, added_at = now(), added_by = current_user;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END $$;
+COMMENT ON FUNCTION koherent.add_issuer_jwks(text, jsonb) IS
+  'Trust the Ed25519 keys of a JWKS for an issuer; returns the number of keys added or replaced.';
+
+CREATE FUNCTION koherent.add_issuer_key(issuer text, kid text, public_key text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF coalesce(issuer, '') = '' OR coalesce(kid, '') = '' THEN
+        RAISE EXCEPTION 'koherent.add_issuer_key: issuer and kid must be non-empty texts' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    INSERT INTO koherent.issuer_key_store AS s (issuer, kid, public_key)
+    SELECT add_issuer_key.issuer, add_issuer_key.kid, k.x FROM koherent._parse_public_key(public_key) k
+    ON CONFLICT (issuer, kid) DO UPDATE
+       SET public_key = EXCLUDED.public_key, revoked_at = NULL, added_at = now(), added_by = current_user;
+END $$;
+COMMENT ON FUNCTION koherent.add_issuer_key(text, text, text) IS
+  'Trust one Ed25519 public key (a JWK JSON text or an SPKI PEM) for an issuer under a kid.';
+
+CREATE FUNCTION koherent.revoke_issuer_key(issuer text, kid text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    UPDATE koherent.issuer_key_store s SET revoked_at = now()
+     WHERE s.issuer = revoke_issuer_key.issuer AND s.kid = revoke_issuer_key.kid AND s.revoked_at IS NULL;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'koherent.revoke_issuer_key: no active key "%" for issuer "%"', kid, issuer
+            USING ERRCODE = 'undefined_object';
+    END IF;
+END $$;
+COMMENT ON FUNCTION koherent.revoke_issuer_key(text, text) IS
+  'Stop trusting a key; tokens it signed are refused from the next transaction on, in every session.';
+
+CREATE FUNCTION koherent._keys_changed() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM koherent._invalidate_keys(TG_RELID);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER koherent_keys_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+    ON koherent.issuer_key_store FOR EACH STATEMENT EXECUTE FUNCTION koherent._keys_changed();
+
+-------------------------------------------------------------------------------------------------
+-- Privileges: application roles may call the task functions; nothing else by default.
+-------------------------------------------------------------------------------------------------
+
+GRANT USAGE ON SCHEMA koherent TO PUBLIC;
+REVOKE ALL ON ALL TABLES IN SCHEMA koherent FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA koherent FROM PUBLIC;
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA koherent FROM PUBLIC;
+-- Public keys are public: set_task reads them with the caller's rights.
+GRANT SELECT ON koherent.issuer_key_store, koherent.issuer_key TO PUBLIC;
+GRANT EXECUTE ON FUNCTION
+    koherent.set_task(text), koherent.set_task(text, jsonb), koherent.verify_token(text),
+    koherent.current_task(), koherent._current_task_claims(), koherent.current_context_id(),
+    koherent.set_context_id(uuid), koherent.set_context(jsonb), koherent.canonical_args(jsonb),
+    koherent.args_hash(jsonb)
+  TO PUBLIC;

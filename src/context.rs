@@ -1,0 +1,412 @@
+//! The transaction's verified state, in backend memory only.
+//!
+//! `set_task` (or a token arriving by setting) puts a verified task here; the history triggers
+//! ask [`write_context`] once per statement for the transaction's context id, and the first
+//! such call writes the task row (once per task id) and the context row. Transaction callbacks
+//! clear everything at commit, abort and prepare, and undo what a rolled-back savepoint did, so
+//! nothing leaks into the next transaction on the same connection (poolers included).
+//!
+//! No GUC, table or function a client can reach writes this state: `set_task` only stores what
+//! it verified, and a token given by setting is verified before it is used.
+
+use koherent_token::Claims;
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use pgrx::spi::{OwnedPreparedStatement, Spi};
+use pgrx::{JsonB, PgOid, Uuid};
+use serde_json::{Map, Value};
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use crate::error::{KoherentError, OrRaise};
+use crate::{guc, verify};
+
+/// A verified task: its claims and the signed token they came from.
+#[derive(Debug)]
+pub struct Task {
+    pub claims: Claims,
+    pub token: String,
+}
+
+impl Task {
+    fn label(&self) -> String {
+        format!(
+            "task \"{}\" of issuer \"{}\"",
+            self.claims.tsk, self.claims.iss
+        )
+    }
+    fn same_as(&self, other: &Task) -> bool {
+        self.claims.tsk == other.claims.tsk && self.claims.iss == other.claims.iss
+    }
+}
+
+/// The context row, once written in this transaction.
+struct Written {
+    subid: pg_sys::SubTransactionId,
+    task: Option<Rc<Task>>,
+}
+
+#[derive(Default)]
+struct Xact {
+    /// Set by set_task.
+    task: Option<Rc<Task>>,
+    /// (subtransaction that called set_task, task before it), to undo on ROLLBACK TO.
+    task_undo: Vec<(pg_sys::SubTransactionId, Option<Rc<Task>>)>,
+    context_id: Option<[u8; 16]>,
+    written: Option<Written>,
+    metadata: Map<String, Value>,
+}
+
+struct Plans {
+    context: OwnedPreparedStatement,
+    context_with_task: OwnedPreparedStatement,
+    metadata: OwnedPreparedStatement,
+}
+
+thread_local! {
+    static XACT: RefCell<Xact> = RefCell::new(Xact::default());
+    static PLANS: RefCell<Option<Rc<Plans>>> = const { RefCell::new(None) };
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn xact_callback(
+    event: pg_sys::XactEvent::Type,
+    _arg: *mut std::ffi::c_void,
+) {
+    use pg_sys::XactEvent::*;
+    if matches!(
+        event,
+        XACT_EVENT_COMMIT
+            | XACT_EVENT_PARALLEL_COMMIT
+            | XACT_EVENT_ABORT
+            | XACT_EVENT_PARALLEL_ABORT
+            | XACT_EVENT_PREPARE
+    ) {
+        XACT.with(|x| *x.borrow_mut() = Xact::default());
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn subxact_callback(
+    event: pg_sys::SubXactEvent::Type,
+    my_subid: pg_sys::SubTransactionId,
+    _parent: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    if event != pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
+        return;
+    }
+    // Subtransaction ids only grow, and whatever was started after `my_subid` while it was open
+    // is its descendant: so everything done at a subid >= my_subid is rolled back now.
+    XACT.with(|x| {
+        let mut x = x.borrow_mut();
+        if x.written.as_ref().is_some_and(|w| w.subid >= my_subid) {
+            x.written = None;
+        }
+        while x.task_undo.last().is_some_and(|(s, _)| *s >= my_subid) {
+            let (_, prev) = x.task_undo.pop().expect("checked");
+            x.task = prev;
+        }
+    });
+}
+
+pub fn init() {
+    unsafe {
+        pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut());
+        pg_sys::RegisterSubXactCallback(Some(subxact_callback), std::ptr::null_mut());
+    }
+}
+
+fn in_transaction_block() -> bool {
+    unsafe { pg_sys::IsTransactionBlock() }
+}
+
+fn warn_outside_block(what: &str) {
+    if !in_transaction_block() {
+        pgrx::pg_sys::panic::ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_NO_ACTIVE_SQL_TRANSACTION,
+            format!("koherent: {what} outside a transaction block has no lasting effect"),
+            "koherent",
+        )
+        .set_detail("The transaction it applies to ends with this statement.")
+        .set_hint("Call it after BEGIN, or use set_config('koherent.task_token', token, true) in the same transaction.")
+        .report(PgLogLevel::WARNING);
+    }
+}
+
+fn claims_json(task: &Task) -> JsonB {
+    JsonB(Value::Object(task.claims.payload.clone()))
+}
+
+fn parse_args(args: Option<JsonB>) -> Option<Value> {
+    args.map(|a| a.0)
+}
+
+/// `koherent.set_task(token)`: verify and make it the transaction's task.
+pub fn set_task(token: &str, args: Option<Option<JsonB>>) -> JsonB {
+    let task = verify::verify_token(token).or_raise();
+    if let Some(args) = args {
+        task.claims
+            .check_args(parse_args(args).as_ref())
+            .map_err(KoherentError::from)
+            .or_raise();
+    }
+    let fixed = XACT.with(|x| {
+        let x = x.borrow();
+        x.written.as_ref().map(|w| w.task.clone())
+    });
+    if let Some(current) = fixed {
+        match current {
+            Some(c) if c.same_as(&task) => {}
+            Some(c) => KoherentError::TaskAlreadyFixed { current: c.label() }.raise(),
+            None => KoherentError::TaskAlreadyFixed {
+                current: "no task".into(),
+            }
+            .raise(),
+        }
+    }
+    let subid = unsafe { pg_sys::GetCurrentSubTransactionId() };
+    let out = claims_json(&task);
+    XACT.with(|x| {
+        let mut x = x.borrow_mut();
+        let prev = x.task.replace(task);
+        x.task_undo.push((subid, prev));
+    });
+    warn_outside_block("koherent.set_task");
+    out
+}
+
+/// The task this transaction writes under: set_task's, else a token given by setting.
+fn resolve_task() -> Option<Rc<Task>> {
+    if let Some(t) = XACT.with(|x| x.borrow().task.clone()) {
+        return Some(t);
+    }
+    let token = guc::task_token().or_else(guc::request_header_token)?;
+    Some(verify::verify_token(&token).or_raise())
+}
+
+pub fn current_task_claims() -> Option<JsonB> {
+    let written = XACT.with(|x| x.borrow().written.as_ref().map(|w| w.task.clone()));
+    let task = match written {
+        Some(t) => t,
+        None => resolve_task(),
+    };
+    task.map(|t| {
+        let mut v = claims_json(&t).0;
+        v["__token"] = Value::String(t.token.clone());
+        JsonB(v)
+    })
+}
+
+fn context_id() -> [u8; 16] {
+    XACT.with(|x| {
+        let mut x = x.borrow_mut();
+        *x.context_id
+            .get_or_insert_with(|| *uuid::Uuid::now_v7().as_bytes())
+    })
+}
+
+pub fn current_context_id() -> Uuid {
+    Uuid::from_bytes(context_id())
+}
+
+pub fn set_context_id(id: Uuid) {
+    let bytes: [u8; 16] = *id.as_bytes();
+    XACT.with(|x| {
+        let mut x = x.borrow_mut();
+        if x.written.is_some() {
+            let current = x.context_id.expect("written implies an id");
+            if current != bytes {
+                drop(x);
+                KoherentError::ContextAlreadyWritten {
+                    current: uuid::Uuid::from_bytes(current).to_string(),
+                }
+                .raise();
+            }
+        }
+        x.context_id = Some(bytes);
+    });
+    warn_outside_block("koherent.set_context_id");
+}
+
+pub fn set_context(metadata: JsonB) {
+    let Value::Object(m) = metadata.0 else {
+        KoherentError::InvalidArgument("context metadata must be a JSON object".into()).raise()
+    };
+    let written = XACT.with(|x| {
+        let mut x = x.borrow_mut();
+        for (k, v) in m.iter() {
+            x.metadata.insert(k.clone(), v.clone());
+        }
+        x.written
+            .is_some()
+            .then(|| x.context_id.expect("written implies an id"))
+    });
+    if let Some(id) = written {
+        let plans = plans();
+        Spi::connect_mut(|c| {
+            c.update(
+                &plans.metadata,
+                None,
+                &[Uuid::from_bytes(id).into(), JsonB(Value::Object(m)).into()],
+            )
+            .map(|_| ())
+        })
+        .map_err(|e| KoherentError::Internal(e.to_string()))
+        .or_raise();
+    }
+    warn_outside_block("koherent.set_context");
+}
+
+const CONTEXT_COLUMNS: &str = "INSERT INTO koherent.transaction_auth_context
+   (id, txid, task_id, issuer, changed_by, client_id, db_role, application_name, client_addr,
+    backend_pid, created_at, metadata)
+ VALUES ($1, pg_catalog.pg_current_xact_id(), $2, $3, $4, $5, pg_catalog.session_user(),
+    pg_catalog.current_setting('application_name'), pg_catalog.inet_client_addr(),
+    pg_catalog.pg_backend_pid(), pg_catalog.now(), $6)";
+
+fn plans() -> Rc<Plans> {
+    if let Some(p) = PLANS.with(|p| p.borrow().clone()) {
+        return p;
+    }
+    let text = PgOid::from_untagged(pg_sys::TEXTOID);
+    let uuid = PgOid::from_untagged(pg_sys::UUIDOID);
+    let jsonb = PgOid::from_untagged(pg_sys::JSONBOID);
+    let with_task = format!(
+        "WITH t AS (
+           INSERT INTO koherent.task (issuer, task_id, parent_task_id, root_task_id, assigner_sub,
+             caller_sub, agent_sub, agent_client_id, token_id, args_hash, args_hash_algorithm,
+             claims, token)
+           VALUES ($3, $2, $7, $8, $9, $10, $4, $5, $11, $12, $13, $14, $15)
+           ON CONFLICT (issuer, task_id) DO NOTHING)
+         {CONTEXT_COLUMNS}"
+    );
+    let plans = Spi::connect(|c| -> Result<Plans, pgrx::spi::Error> {
+        let context = c
+            .prepare_mut(CONTEXT_COLUMNS, &[uuid, text, text, text, text, jsonb])?
+            .keep();
+        let mut types = vec![uuid, text, text, text, text, jsonb];
+        types.extend([text; 7]);
+        types.extend([jsonb, text]);
+        let context_with_task = c.prepare_mut(with_task.as_str(), &types)?.keep();
+        let metadata = c
+            .prepare_mut(
+                "UPDATE koherent.transaction_auth_context SET metadata = metadata || $2 WHERE id = $1",
+                &[uuid, jsonb],
+            )?
+            .keep();
+        Ok(Plans {
+            context,
+            context_with_task,
+            metadata,
+        })
+    })
+    .map_err(|e| KoherentError::Internal(e.to_string()))
+    .or_raise();
+    let plans = Rc::new(plans);
+    PLANS.with(|p| *p.borrow_mut() = Some(plans.clone()));
+    plans
+}
+
+fn rel_name(relid: pg_sys::Oid) -> String {
+    unsafe {
+        let ns = pg_sys::get_namespace_name(pg_sys::get_rel_namespace(relid));
+        let n = pg_sys::get_rel_name(relid);
+        if n.is_null() {
+            return format!("{}", relid.to_u32());
+        }
+        let name = std::ffi::CStr::from_ptr(n).to_string_lossy().into_owned();
+        if ns.is_null() {
+            name
+        } else {
+            format!(
+                "{}.{}",
+                std::ffi::CStr::from_ptr(ns).to_string_lossy(),
+                name
+            )
+        }
+    }
+}
+
+/// Called by the history triggers once per statement: the transaction's context id, writing
+/// the task and context rows on the first tracked write.
+pub fn write_context(require_task: bool, relid: pg_sys::Oid) -> Uuid {
+    let fast = XACT.with(|x| {
+        let x = x.borrow();
+        x.written.as_ref().map(|w| {
+            (
+                x.context_id.expect("written implies an id"),
+                w.task.is_some(),
+            )
+        })
+    });
+    if let Some((id, attributed)) = fast {
+        if require_task && !attributed {
+            KoherentError::TaskRequired {
+                table: rel_name(relid),
+            }
+            .raise();
+        }
+        return Uuid::from_bytes(id);
+    }
+
+    let task = resolve_task();
+    if require_task && task.is_none() {
+        KoherentError::TaskRequired {
+            table: rel_name(relid),
+        }
+        .raise();
+    }
+    let id = context_id();
+    let metadata = XACT.with(|x| JsonB(Value::Object(x.borrow().metadata.clone())));
+    let plans = plans();
+    let uuid = Uuid::from_bytes(id);
+    let res = Spi::connect_mut(|c| match &task {
+        None => c
+            .update(
+                &plans.context,
+                None,
+                &[
+                    uuid.into(),
+                    Option::<String>::None.into(),
+                    Option::<String>::None.into(),
+                    Option::<String>::None.into(),
+                    Option::<String>::None.into(),
+                    metadata.into(),
+                ],
+            )
+            .map(|_| ()),
+        Some(t) => {
+            let cl = &t.claims;
+            c.update(
+                &plans.context_with_task,
+                None,
+                &[
+                    uuid.into(),
+                    cl.tsk.clone().into(),
+                    cl.iss.clone().into(),
+                    cl.act.sub.clone().into(),
+                    cl.act.cid.clone().into(),
+                    metadata.into(),
+                    cl.ptk.clone().into(),
+                    cl.rtk.clone().into(),
+                    cl.rcb.clone().into(),
+                    cl.sub.clone().into(),
+                    cl.jti.clone().into(),
+                    cl.ahs.clone().into(),
+                    cl.aha.clone().into(),
+                    JsonB(Value::Object(cl.payload.clone())).into(),
+                    t.token.clone().into(),
+                ],
+            )
+            .map(|_| ())
+        }
+    });
+    res.map_err(|e| KoherentError::Internal(e.to_string()))
+        .or_raise();
+    let subid = unsafe { pg_sys::GetCurrentSubTransactionId() };
+    XACT.with(|x| {
+        x.borrow_mut().written = Some(Written { subid, task });
+    });
+    uuid
+}

@@ -1,0 +1,112 @@
+//! The one place where koherent's typed errors become SQL errors with a SQLSTATE, detail and hint.
+
+use koherent_token::{Class, KeyError, TokenError};
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum KoherentError {
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error("invalid issuer key: {0}")]
+    Key(#[from] KeyError),
+    #[error("table {table} requires a verified task: this write has none")]
+    TaskRequired { table: String },
+    #[error(
+        "the transaction already wrote tracked rows under {current}; its task cannot change now"
+    )]
+    TaskAlreadyFixed { current: String },
+    #[error("the transaction's context {current} is already written; its id cannot change now")]
+    ContextAlreadyWritten { current: String },
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl KoherentError {
+    fn sqlstate(&self) -> PgSqlErrorCode {
+        use PgSqlErrorCode::*;
+        match self {
+            KoherentError::Token(t) => match t.class() {
+                Class::Malformed => ERRCODE_INVALID_PARAMETER_VALUE,
+                Class::Unauthorized => ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
+            },
+            KoherentError::Key(_) | KoherentError::InvalidArgument(_) => {
+                ERRCODE_INVALID_PARAMETER_VALUE
+            }
+            KoherentError::TaskRequired { .. } => ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
+            KoherentError::TaskAlreadyFixed { .. }
+            | KoherentError::ContextAlreadyWritten { .. } => {
+                ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
+            }
+            KoherentError::Internal(_) => ERRCODE_INTERNAL_ERROR,
+        }
+    }
+
+    fn detail(&self) -> Option<String> {
+        match self {
+            KoherentError::Token(t) => Some(t.detail()),
+            KoherentError::TaskRequired { .. } => Some("reason: task_required".into()),
+            _ => None,
+        }
+    }
+
+    fn hint(&self) -> Option<&'static str> {
+        match self {
+            KoherentError::Token(t) => match t.reason() {
+                "audience_not_configured" => Some(
+                    "A superuser sets it: ALTER DATABASE ... SET koherent.audience = 'koherent' (or '*' for any).",
+                ),
+                "untrusted_issuer" | "unknown_key" => Some(
+                    "Register the issuer's public keys with koherent.add_issuer_jwks(issuer, jwks).",
+                ),
+                "expired" | "not_yet_valid" | "issued_in_future" => Some(
+                    "Check the clocks of the issuer and the database; koherent.clock_skew allows leeway.",
+                ),
+                "algorithm_not_accepted" => Some(
+                    "Tokens must be signed with Ed25519; koherent.accept_eddsa_alg admits alg EdDSA.",
+                ),
+                _ => None,
+            },
+            KoherentError::TaskRequired { .. } => Some(
+                "Call koherent.set_task(token) at the start of the transaction, or set koherent.task_token.",
+            ),
+            KoherentError::TaskAlreadyFixed { .. } => {
+                Some("Call koherent.set_task(token) before the transaction's first tracked write.")
+            }
+            KoherentError::ContextAlreadyWritten { .. } => Some(
+                "Call koherent.set_context_id(uuid) before the transaction's first tracked write.",
+            ),
+            _ => None,
+        }
+    }
+
+    /// Raise as a PostgreSQL ERROR (never returns).
+    pub fn raise(self) -> ! {
+        let mut report = ErrorReport::new(self.sqlstate(), format!("koherent: {self}"), "koherent");
+        if let Some(d) = self.detail() {
+            report = report.set_detail(d);
+        }
+        if let Some(h) = self.hint() {
+            report = report.set_hint(h);
+        }
+        report.report(PgLogLevel::ERROR);
+        unreachable!("ERROR does not return")
+    }
+}
+
+/// Unwrap a koherent result at the SQL boundary.
+pub trait OrRaise<T> {
+    fn or_raise(self) -> T;
+}
+
+impl<T, E: Into<KoherentError>> OrRaise<T> for Result<T, E> {
+    fn or_raise(self) -> T {
+        match self {
+            Ok(v) => v,
+            Err(e) => e.into().raise(),
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! Every koherent setting, documented in one place.
+//!
+//! | setting | type | default | who may set it |
+//! |---|---|---|---|
+//! | `koherent.audience` | text | unset | superuser, `ALTER DATABASE/ROLE ... SET` by a superuser |
+//! | `koherent.clock_skew` | int (s) | 0 | superuser, as above |
+//! | `koherent.accept_eddsa_alg` | bool | off | superuser, as above |
+//! | `koherent.task_token` | text | unset | anyone (it carries a token in, never a verdict out) |
+//!
+//! The first three weaken or define verification, so they are `PGC_SUSET`: an application
+//! session cannot change them. A value a non-superuser set as a placeholder before the library
+//! was loaded is refused by PostgreSQL when the library defines the setting.
+
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use std::ffi::CString;
+
+pub static AUDIENCE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static CLOCK_SKEW: GucSetting<i32> = GucSetting::<i32>::new(0);
+pub static ACCEPT_EDDSA: GucSetting<bool> = GucSetting::<bool>::new(false);
+pub static TASK_TOKEN: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+pub fn init() {
+    GucRegistry::define_string_guc(
+        c"koherent.audience",
+        c"The audience this database accepts provenance tokens for ('*' accepts any).",
+        c"While unset, every provenance token is refused.",
+        &AUDIENCE,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"koherent.clock_skew",
+        c"Seconds of clock leeway allowed when checking exp, iat and nbf of provenance tokens.",
+        c"",
+        &CLOCK_SKEW,
+        0,
+        3600,
+        GucContext::Suset,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_bool_guc(
+        c"koherent.accept_eddsa_alg",
+        c"Accept provenance tokens whose header says alg EdDSA (older issuers) as well as Ed25519.",
+        c"",
+        &ACCEPT_EDDSA,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"koherent.task_token",
+        c"A provenance token for the current transaction, verified at its first tracked write.",
+        c"Set it with set_config('koherent.task_token', token, true), as PostGraphile's pgSettings does.",
+        &TASK_TOKEN,
+        GucContext::Userset,
+        GucFlags::NO_SHOW_ALL,
+    );
+    #[cfg(any(feature = "pg15", feature = "pg16", feature = "pg17"))]
+    unsafe {
+        pgrx::pg_sys::MarkGUCPrefixReserved(c"koherent".as_ptr());
+    }
+}
+
+pub fn audience() -> Option<String> {
+    AUDIENCE
+        .get()
+        .and_then(|c| c.into_string().ok())
+        .filter(|s| !s.is_empty())
+}
+
+pub fn task_token() -> Option<String> {
+    TASK_TOKEN
+        .get()
+        .and_then(|c| c.into_string().ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// PostgREST's per-request headers (`request.headers`, a JSON object with lowercased names).
+pub fn request_header_token() -> Option<String> {
+    let raw = unsafe {
+        let p = pgrx::pg_sys::GetConfigOption(c"request.headers".as_ptr(), true, false);
+        if p.is_null() {
+            return None;
+        }
+        std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+    };
+    let v: serde_json::Value = serde_json::from_str(&raw).ok()?;
+    v.get("rekuest-task")
+        .and_then(|t| t.as_str())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
