@@ -63,6 +63,9 @@ BEGIN
      WHERE t.id = cfg_id AND r.oid = t.relid;
     SELECT * INTO cfg FROM koherent.tracked_config WHERE id = cfg_id;
     hist := format('koherent_history.%I', cfg.history_table);
+    -- The views over all history tables depend on its columns' types: empty them until the
+    -- caller rebuilds them (_rebuild_views), so that ALTER COLUMN TYPE can proceed.
+    PERFORM koherent._rebuild_views(true);
 
     FOR c IN SELECT * FROM koherent.tracked_column
               WHERE config_id = cfg_id AND live_until IS NULL ORDER BY attnum LOOP
@@ -213,7 +216,7 @@ BEGIN
 END $$;
 
 -- Rebuild the views over all history tables (after track, untrack, ALTER TABLE, DROP TABLE).
-CREATE FUNCTION koherent._rebuild_views() RETURNS void
+CREATE FUNCTION koherent._rebuild_views(empty boolean DEFAULT false) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     cfg koherent.tracked_config;
@@ -223,7 +226,7 @@ DECLARE
     meta text;
     vals text;
 BEGIN
-    FOR cfg IN SELECT * FROM koherent.tracked_config ORDER BY id LOOP
+    FOR cfg IN SELECT * FROM koherent.tracked_config WHERE NOT empty ORDER BY id LOOP
         SELECT string_agg(format('%L, h.%I', k, k), ', ') INTO rowkey FROM unnest(cfg.pk_columns) k;
         SELECT string_agg(format('%L', 'old:' || column_name), ', ') INTO meta
           FROM koherent.tracked_column WHERE config_id = cfg.id;
@@ -249,8 +252,11 @@ BEGIN
                 cfg.history_table, vals);
         END IF;
     END LOOP;
-    entries := entries || 'SELECT NULL::bigint, NULL::regclass, NULL::jsonb, NULL::text, NULL::timestamptz, NULL::uuid, NULL::jsonb, NULL::text WHERE false'::text;
-    changes := changes || 'SELECT NULL::bigint, NULL::text, NULL::jsonb, NULL::jsonb WHERE false'::text;
+    entries := entries || ('SELECT NULL::bigint AS history_id, NULL::regclass AS table_name, NULL::jsonb AS row_key, '
+                           'NULL::text AS kind, NULL::timestamptz AS date, NULL::uuid AS context_id, '
+                           'NULL::jsonb AS row_data, NULL::text AS table_ident WHERE false')::text;
+    changes := changes || ('SELECT NULL::bigint AS history_id, NULL::text AS field, NULL::jsonb AS old_value, '
+                           'NULL::jsonb AS new_value WHERE false')::text;
     EXECUTE 'CREATE OR REPLACE VIEW koherent._history_all AS ' || array_to_string(entries, E'\nUNION ALL\n');
     EXECUTE 'CREATE OR REPLACE VIEW koherent.effective_change AS ' || array_to_string(changes, E'\nUNION ALL\n');
 END $$;
@@ -498,6 +504,7 @@ COMMENT ON VIEW koherent.issuer_key IS 'koherent: trusted issuer keys (public), 
 
 CREATE FUNCTION koherent.add_issuer_jwks(issuer text, jwks jsonb) RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
 DECLARE
     n integer;
 BEGIN
@@ -506,7 +513,7 @@ BEGIN
     END IF;
     INSERT INTO koherent.issuer_key_store AS s (issuer, kid, public_key)
     SELECT add_issuer_jwks.issuer, k.kid, k.x FROM koherent._parse_jwks(jwks) k
-    ON CONFLICT (issuer, kid) DO UPDATE
+    ON CONFLICT ON CONSTRAINT issuer_key_store_pkey DO UPDATE
        SET public_key = EXCLUDED.public_key, revoked_at = NULL, added_at = now(), added_by = current_user;
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;
@@ -516,13 +523,14 @@ COMMENT ON FUNCTION koherent.add_issuer_jwks(text, jsonb) IS
 
 CREATE FUNCTION koherent.add_issuer_key(issuer text, kid text, public_key text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
 BEGIN
     IF coalesce(issuer, '') = '' OR coalesce(kid, '') = '' THEN
         RAISE EXCEPTION 'koherent.add_issuer_key: issuer and kid must be non-empty texts' USING ERRCODE = 'invalid_parameter_value';
     END IF;
     INSERT INTO koherent.issuer_key_store AS s (issuer, kid, public_key)
     SELECT add_issuer_key.issuer, add_issuer_key.kid, k.x FROM koherent._parse_public_key(public_key) k
-    ON CONFLICT (issuer, kid) DO UPDATE
+    ON CONFLICT ON CONSTRAINT issuer_key_store_pkey DO UPDATE
        SET public_key = EXCLUDED.public_key, revoked_at = NULL, added_at = now(), added_by = current_user;
 END $$;
 COMMENT ON FUNCTION koherent.add_issuer_key(text, text, text) IS
@@ -530,6 +538,7 @@ COMMENT ON FUNCTION koherent.add_issuer_key(text, text, text) IS
 
 CREATE FUNCTION koherent.revoke_issuer_key(issuer text, kid text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
 BEGIN
     UPDATE koherent.issuer_key_store s SET revoked_at = now()
      WHERE s.issuer = revoke_issuer_key.issuer AND s.kid = revoke_issuer_key.kid AND s.revoked_at IS NULL;
