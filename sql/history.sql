@@ -140,7 +140,7 @@ BEGIN
 
     EXECUTE format($f$
 CREATE OR REPLACE FUNCTION %1$s() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off AS $body$
 BEGIN
     -- The context subquery runs once, and only when the statement changed at least one row.
     IF TG_OP = 'INSERT' THEN
@@ -149,31 +149,44 @@ BEGIN
                (SELECT koherent._write_context(%7$L, TG_RELID)), %4$s
           FROM koherent_new n;
     ELSIF TG_OP = 'UPDATE' THEN
-        -- Old and new images are paired by position: PostgreSQL appends them together, so
-        -- this also holds when the primary key itself changes.
-        INSERT INTO %2$s (history_id, history_kind, history_date, history_context, %3$s, %6$s)
-        SELECT nextval('koherent.history_id_seq'), 'UPDATE', statement_timestamp(),
-               (SELECT koherent._write_context(%7$L, TG_RELID)), %4$s, %5$s
-          FROM (SELECT row_number() OVER () AS koherent_ord, %3$s FROM koherent_old) o
-          JOIN (SELECT row_number() OVER () AS koherent_ord, %3$s FROM koherent_new) n
-         USING (koherent_ord)
-         WHERE pg_catalog.record_image_ne(ROW(%4$s), ROW(%5$s));
+        -- Old and new images are paired by position: PostgreSQL appends them together, so this
+        -- also holds when the primary key itself changes. A one-row statement (the common case)
+        -- uses a cached plan; a larger one is planned for its real size (a plan cached for one
+        -- row would pair a large statement's rows in quadratic time).
+        IF (SELECT count(*) FROM koherent_new) = 1 THEN
+            INSERT INTO %2$s (history_id, history_kind, history_date, history_context, %3$s, %6$s)
+            SELECT nextval('koherent.history_id_seq'), 'UPDATE', statement_timestamp(),
+                   (SELECT koherent._write_context(%7$L, TG_RELID)), %4$s, %5$s
+              FROM koherent_old o CROSS JOIN koherent_new n
+             WHERE pg_catalog.record_image_ne(ROW(%4$s), ROW(%5$s));
+        ELSE
+            EXECUTE %8$L
+            USING %7$L::boolean, TG_RELID;
+        END IF;
     ELSIF TG_OP = 'DELETE' THEN
         INSERT INTO %2$s (history_id, history_kind, history_date, history_context, %3$s)
         SELECT nextval('koherent.history_id_seq'), 'DELETE', statement_timestamp(),
                (SELECT koherent._write_context(%7$L, TG_RELID)), %5$s
           FROM koherent_old o;
     ELSIF TG_OP = 'TRUNCATE' THEN
-        EXECUTE format('INSERT INTO %2$s (history_id, history_kind, history_date, history_context, %3$s) '
-                       'SELECT nextval(''koherent.history_id_seq''), ''TRUNCATE'', statement_timestamp(), '
-                       '(SELECT koherent._write_context($1, $2)), %5$s FROM ONLY %%I.%%I o',
+        EXECUTE format(%9$L,
                        TG_TABLE_SCHEMA, TG_TABLE_NAME)
         USING %7$L::boolean, TG_RELID;
     END IF;
     RETURN NULL;
 END
 $body$;
-$f$, fn, hist, cols, ncols, ocols, oldcols, cfg.require_task);
+$f$, fn, hist, cols, ncols, ocols, oldcols, cfg.require_task, format(
+        'INSERT INTO %1$s (history_id, history_kind, history_date, history_context, %2$s, %5$s) '
+        'SELECT nextval(''koherent.history_id_seq''), ''UPDATE'', statement_timestamp(), '
+        '(SELECT koherent._write_context($1, $2)), %3$s, %4$s '
+        'FROM (SELECT row_number() OVER () AS koherent_ord, %2$s FROM koherent_old) o '
+        'JOIN (SELECT row_number() OVER () AS koherent_ord, %2$s FROM koherent_new) n '
+        'USING (koherent_ord) WHERE pg_catalog.record_image_ne(ROW(%3$s), ROW(%4$s))',
+        hist, cols, ncols, ocols, oldcols), format(
+        'INSERT INTO %s (history_id, history_kind, history_date, history_context, %s) '
+        'SELECT nextval(''koherent.history_id_seq''), ''TRUNCATE'', statement_timestamp(), '
+        '(SELECT koherent._write_context($1, $2)), %s FROM ONLY %%I.%%I o', hist, cols, ocols));
     EXECUTE format('REVOKE ALL ON FUNCTION %s() FROM PUBLIC', fn);
 
     FOR rel IN
@@ -360,7 +373,7 @@ BEGIN
         EXECUTE format('CREATE INDEX ON koherent_history.%I (%s, history_id)', cfg.history_table,
                        (SELECT string_agg(format('%I', k), ', ') FROM unnest(pk) k));
         EXECUTE format('CREATE INDEX ON koherent_history.%I USING brin (history_id)', cfg.history_table);
-        EXECUTE format('CREATE INDEX ON koherent_history.%I (history_context)', cfg.history_table);
+        EXECUTE format('CREATE INDEX ON koherent_history.%I USING brin (history_context)', cfg.history_table);
     END IF;
     PERFORM koherent._install_triggers(cfg.id);
     PERFORM koherent._rebuild_views();

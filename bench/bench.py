@@ -1,0 +1,126 @@
+"""koherent write-path benchmark: tracked time / untracked time, measured in the same run.
+
+Run through bench/bench.sh (it builds and installs the extension and starts a cluster with
+synchronous_commit = off). Prints one line per figure; ratios are tracked / untracked time,
+or untracked tps / tracked tps for pgbench.
+"""
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import psycopg
+
+HOST = os.environ.get("BENCH_HOST", "127.0.0.1")
+PORT = os.environ.get("BENCH_PORT", "5497")
+DB = "bench"
+ROWS = int(os.environ.get("BENCH_ROWS", "100000"))
+REPS = int(os.environ.get("BENCH_REPS", "3"))
+PGBENCH_SECONDS = int(os.environ.get("BENCH_PGBENCH_SECONDS", "15"))
+TOKEN = os.environ["BENCH_TOKEN"]
+JWKS = os.environ["BENCH_JWKS"]
+
+DDL = """
+CREATE TABLE {t} (
+    id bigint PRIMARY KEY,
+    name text,
+    qty integer,
+    price numeric,
+    note text,
+    updated timestamptz
+)"""
+
+
+def conn(db=DB):
+    return psycopg.connect(host=HOST, port=PORT, dbname=db, user="postgres", autocommit=True)
+
+
+def timed(c, sql):
+    t = time.perf_counter()
+    c.execute(sql)
+    return time.perf_counter() - t
+
+
+def fresh(c, t, tracked):
+    c.execute(f"DROP TABLE IF EXISTS {t}")
+    c.execute(DDL.format(t=t))
+    if tracked:
+        c.execute(f"SELECT koherent.track('{t}')")
+    c.execute("CHECKPOINT")
+
+
+def bulk(c):
+    res = {"insert": ([], []), "update": ([], []), "delete": ([], [])}
+    for rep in range(REPS):
+        order = [("plain", False), ("tracked", True)]
+        if rep % 2:
+            order.reverse()
+        for t, tracked in order:
+            i = 1 if tracked else 0
+            fresh(c, t, tracked)
+            res["insert"][i].append(timed(c, f"INSERT INTO {t} SELECT g, 'name ' || g, g % 1000, g * 1.5, "
+                                             f"'note', now() FROM generate_series(1, {ROWS}) g"))
+            c.execute(f"VACUUM ANALYZE {t}")
+            res["update"][i].append(timed(c, f"UPDATE {t} SET qty = qty + 1, updated = now()"))
+            c.execute(f"VACUUM ANALYZE {t}")
+            res["delete"][i].append(timed(c, f"DELETE FROM {t} WHERE id <= {ROWS // 2}"))
+    return {k: (statistics.median(p), statistics.median(tr)) for k, (p, tr) in res.items()}
+
+
+def pgbench(script, seconds=PGBENCH_SECONDS):
+    with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as f:
+        f.write(script)
+    out = subprocess.run(
+        ["pgbench", "-n", "-h", HOST, "-p", PORT, "-U", "postgres", "-c", "2", "-j", "2",
+         "-T", str(seconds), "-f", f.name, DB],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    os.unlink(f.name)
+    for line in out.splitlines():
+        if line.startswith("tps ="):
+            return float(line.split()[2])
+    raise RuntimeError(out)
+
+
+def main():
+    with conn("postgres") as c:
+        c.execute(f"DROP DATABASE IF EXISTS {DB}")
+        c.execute(f"CREATE DATABASE {DB}")
+        c.execute(f"ALTER DATABASE {DB} SET koherent.audience = 'koherent'")
+    with conn() as c:
+        c.execute("CREATE EXTENSION koherent")
+        c.execute("SELECT koherent.add_issuer_jwks('rekuest', %s::jsonb)", [JWKS])
+    with conn() as c:
+        print(f"koherent benchmark: {ROWS} rows, median of {REPS}, 6-column table, synchronous_commit=off")
+        r = bulk(c)
+        for op, n in (("insert", ROWS), ("update", ROWS), ("delete", ROWS // 2)):
+            p, t = r[op]
+            print(f"{op:<28} {n:>7} rows  untracked {p * 1000:8.1f} ms  tracked {t * 1000:8.1f} ms  ratio {t / p:5.2f}")
+        for t, tracked in (("plain", False), ("tracked", True)):
+            fresh(c, t, tracked)
+            c.execute(f"INSERT INTO {t} SELECT g, 'name ' || g, g % 1000, g * 1.5, 'note', now() "
+                      f"FROM generate_series(1, {ROWS}) g")
+            c.execute(f"VACUUM ANALYZE {t}")
+        micros = c.execute("SELECT koherent._cold_verify_micros(%s, 2000)", [TOKEN]).fetchone()[0]
+
+    upd = "\\set id random(1, %d)\nUPDATE {t} SET qty = qty + 1 WHERE id = :id;\n" % ROWS
+    task = ("\\set id random(1, %d)\nBEGIN;\nSELECT koherent.set_task('%s');\n"
+            "UPDATE tracked SET qty = qty + 1 WHERE id = :id;\nCOMMIT;\n" % (ROWS, TOKEN))
+    pgbench(upd.format(t="plain"), 3)  # warm up
+    plain = [pgbench(upd.format(t="plain"))]
+    tracked = [pgbench(upd.format(t="tracked"))]
+    with_task = [pgbench(task)]
+    plain.append(pgbench(upd.format(t="plain")))
+    p = statistics.mean(plain)
+    t = tracked[0]
+    w = with_task[0]
+    print(f"{'single-row update (pgbench)':<28} untracked {p:8.0f} tps  tracked {t:8.0f} tps  ratio {p / t:5.2f}")
+    print(f"{'set_task + single-row update':<28} untracked {p:8.0f} tps  tracked {w:8.0f} tps  ratio {p / w:5.2f}")
+    print(f"{'cold token verification':<28} {micros:8.1f} us")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

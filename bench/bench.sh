@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# koherent benchmark: builds and installs the extension (release), starts a throwaway cluster on
+# port 5497 with synchronous_commit = off, and prints tracked/untracked ratios measured in the
+# same run (bulk INSERT/UPDATE/DELETE, pgbench single-row UPDATE with and without set_task) and
+# the cost of one cold token verification. Usage: bench/bench.sh
+source "$(dirname "$0")/../scripts/lib.sh"
+ensure_apt
+ensure_pgrx
+ensure_python
+install_extension
+build_cli
+
+BENCH_DIR="$ROOT/.tmp/bench"
+stop_cluster "$BENCH_DIR"
+as_root rm -rf "$BENCH_DIR"
+start_cluster "$BENCH_DIR" 5497 "synchronous_commit = off" "shared_buffers = 512MB" \
+    "max_wal_size = 4GB" "checkpoint_timeout = 30min" "autovacuum = off"
+trap 'stop_cluster "$BENCH_DIR"' EXIT
+
+KEY="$ROOT/tests/fixtures/test-key.private.jwk"
+export BENCH_JWKS=$("$KOHERENT" jwks --key "$KEY")
+export BENCH_TOKEN=$("$KOHERENT" mint --key "$KEY" --tsk bench-task --ttl 86400 --args '{"x":1}')
+export PATH="$PG_BIN:$PATH"
+"$ROOT/.venv/bin/python" "$ROOT/bench/bench.py"
