@@ -503,6 +503,7 @@ LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
                c->'act'->>'sub', c->'act'->>'cid', c->>'jti', c->>'ahs', c->>'aha',
                c - '__token', c->>'__token', NULL)::koherent.task
       FROM koherent._current_task_claims() c
+     WHERE c IS NOT NULL
 $$;
 COMMENT ON FUNCTION koherent.current_task() IS
   'The verified task of the current transaction (null when none); created_at is null until its row is written.';
