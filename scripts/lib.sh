@@ -50,9 +50,9 @@ ensure_python() {
 }
 
 ensure_node() {
-    if [ ! -d "$ROOT/tests/e2e/node_modules/postgraphile" ] || [ ! -d "$ROOT/tests/e2e/node_modules/pg" ]; then
+    if [ ! -d "$ROOT/graphql/node_modules/postgraphile" ] || [ ! -d "$ROOT/graphql/node_modules/pg" ]; then
         say "installing PostGraphile 4 and node-postgres (npm ci)"
-        (cd "$ROOT/tests/e2e" && npm ci --no-audit --no-fund --loglevel=error)
+        (cd "$ROOT/graphql" && npm ci --no-audit --no-fund --loglevel=error)
     fi
 }
 

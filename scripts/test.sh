@@ -11,7 +11,7 @@ source "$(dirname "$0")/lib.sh"
 ensure_apt
 ensure_pgrx
 ensure_python
-[ -f "$ROOT/tests/e2e/package.json" ] && ensure_node
+ensure_node
 
 say "cargo test (koherent-token, koherent-cli)"
 (cd "$ROOT" && cargo test -q -p koherent-token -p koherent-cli)
@@ -23,7 +23,7 @@ TEST_DIR="$ROOT/.tmp/test"
 TEST_PORT=5498
 stop_cluster "$TEST_DIR"
 as_root rm -rf "$TEST_DIR"
-start_cluster "$TEST_DIR" "$TEST_PORT" "max_connections = 200"
+start_cluster "$TEST_DIR" "$TEST_PORT" "max_connections = 200" "shared_preload_libraries = 'pg_stat_statements'"
 trap 'stop_cluster "$TEST_DIR"' EXIT
 
 export KOHERENT_TEST_HOST=127.0.0.1 KOHERENT_TEST_PORT=$TEST_PORT KOHERENT_TEST_PGDATA=$TEST_DIR
@@ -32,8 +32,8 @@ export KOHERENT_CLI="$KOHERENT" PATH="$PG_BIN:$PATH"
 say "client tests (pytest)"
 (cd "$ROOT/tests" && "$ROOT/.venv/bin/python" -m pytest -q -p no:cacheprovider "$@")
 
-if [ -f "$ROOT/tests/e2e/package.json" ] && [ $# -eq 0 ]; then
-    say "GraphQL end-to-end tests (node --test)"
-    (cd "$ROOT/tests/e2e" && node --test --test-concurrency=1 ./*.test.mjs)
+if [ $# -eq 0 ]; then
+    say "GraphQL end-to-end tests (node --test: PostGraphile, node-postgres)"
+    (cd "$ROOT/graphql" && node --test --test-concurrency=1 ./*.test.mjs)
 fi
 say "all tests passed"

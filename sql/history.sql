@@ -589,3 +589,181 @@ GRANT EXECUTE ON FUNCTION
     koherent.set_context_id(uuid), koherent.set_context(jsonb), koherent.canonical_args(jsonb),
     koherent.args_hash(jsonb)
   TO PUBLIC;
+
+-------------------------------------------------------------------------------------------------
+-- GraphQL-facing objects (PostGraphile and pg_graphql conventions)
+-------------------------------------------------------------------------------------------------
+
+COMMENT ON VIEW koherent.provenance_entry IS
+E'koherent: one row per recorded change across all tracked tables, with its attribution.\n@graphql({"primary_key_columns": ["history_id"]})';
+
+CREATE FUNCTION koherent.provenance_entry_effective_changes(e koherent.provenance_entry)
+RETURNS SETOF koherent.effective_change
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT c.* FROM koherent.effective_change c WHERE c.history_id = e.history_id ORDER BY c.field
+$$;
+COMMENT ON FUNCTION koherent.provenance_entry_effective_changes(koherent.provenance_entry) IS
+  'The fields this entry changed, with their old and new values.';
+
+CREATE FUNCTION koherent.provenance_entry_task(e koherent.provenance_entry) RETURNS koherent.task
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT t FROM koherent.task t
+      JOIN koherent.transaction_auth_context c ON c.task_id = t.task_id AND c.issuer = t.issuer
+     WHERE c.id = e.context_id
+$$;
+COMMENT ON FUNCTION koherent.provenance_entry_task(koherent.provenance_entry) IS
+  'The verified task this entry was made under (null when unattributed).';
+
+-- pg_graphql names: computed fields are functions _<field>(rec <type>).
+CREATE FUNCTION koherent._effective_changes(rec koherent.provenance_entry)
+RETURNS SETOF koherent.effective_change LANGUAGE sql STABLE AS $$
+    SELECT * FROM koherent.provenance_entry_effective_changes(rec)
+$$;
+CREATE FUNCTION koherent._task(rec koherent.provenance_entry) RETURNS koherent.task
+LANGUAGE sql STABLE AS $$ SELECT koherent.provenance_entry_task(rec) $$;
+COMMENT ON FUNCTION koherent._effective_changes(koherent.provenance_entry) IS E'@omit';
+COMMENT ON FUNCTION koherent._task(koherent.provenance_entry) IS E'@omit';
+REVOKE EXECUTE ON FUNCTION koherent._effective_changes(koherent.provenance_entry),
+    koherent._task(koherent.provenance_entry) FROM PUBLIC;
+COMMENT ON VIEW koherent.effective_change IS
+E'koherent: one row per field a history entry changed (CREATE: every field, old null; DELETE/TRUNCATE: every field, new null; UPDATE: the fields whose value changed).\n@graphql({"primary_key_columns": ["history_id", "field"]})';
+
+-- Everything one task changed, across all tables, in order.
+CREATE FUNCTION koherent.task_changes(task_id text, include_subtasks boolean DEFAULT false)
+RETURNS SETOF koherent.provenance_entry
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    WITH RECURSIVE tasks(task_id, issuer) AS (
+        SELECT t.task_id, t.issuer FROM koherent.task t WHERE t.task_id = task_changes.task_id
+        UNION
+        SELECT t.task_id, t.issuer FROM koherent.task t JOIN tasks p
+            ON (t.parent_task_id = p.task_id OR t.root_task_id = p.task_id) AND t.issuer = p.issuer
+         WHERE include_subtasks
+    )
+    SELECT e.* FROM koherent.provenance_entry e
+     WHERE e.context_id IN (SELECT c.id FROM koherent.transaction_auth_context c
+                              JOIN tasks USING (task_id, issuer))
+     ORDER BY e.history_id
+$$;
+COMMENT ON FUNCTION koherent.task_changes(text, boolean) IS
+  'Every change one task made, across all tracked tables, in order; include_subtasks follows parent_task_id and root_task_id.';
+
+CREATE FUNCTION koherent._entry_select(cfg koherent.tracked_config) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT format(
+        'SELECT h.history_id, %s::oid::regclass, jsonb_build_object(%s), h.history_kind, h.history_date, '
+        'h.history_context, c.db_role, (to_jsonb(h) - ARRAY[''history_id'', ''history_kind'', '
+        '''history_date'', ''history_context''%s]), c.task_id, c.client_id, c.issuer, c.changed_by, %L::text '
+        'FROM koherent_history.%I h LEFT JOIN koherent.transaction_auth_context c ON c.id = h.history_context',
+        cfg.relid,
+        (SELECT string_agg(format('%L, h.%I', k, k), ', ') FROM unnest(cfg.pk_columns) k),
+        coalesce((SELECT ', ' || string_agg(format('%L', 'old:' || column_name), ', ')
+                    FROM koherent.tracked_column WHERE config_id = cfg.id), ''),
+        format('%I.%I', cfg.schema_name, cfg.table_name), cfg.history_table)
+$$;
+
+CREATE FUNCTION koherent.expose(tbl regclass, grant_to regrole DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cfg koherent.tracked_config;
+    t text := tbl::text;
+    nsp name;
+    rel name;
+    keymatch text;
+    keycols text;
+    keytypes text;
+BEGIN
+    SELECT * INTO cfg FROM koherent.tracked_config WHERE relid = tbl AND dropped_at IS NULL;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'koherent.expose: % is not tracked', tbl
+            USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'Call koherent.track first.';
+    END IF;
+    SELECT n.nspname, c.relname INTO nsp, rel FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.oid = tbl;
+    SELECT string_agg(format('h.%I = rec.%I', k, k), ' AND '),
+           string_agg(format('%I', k), ', '),
+           string_agg(format('%I %s', k, (SELECT s.type_sql FROM koherent._source_columns(tbl) s WHERE s.attname = k)), ', ')
+      INTO keymatch, keycols, keytypes FROM unnest(cfg.pk_columns) k;
+
+    -- computed column: <table>_provenance(<table>) (PostGraphile), _provenance(<table>) (pg_graphql)
+    EXECUTE format($f$
+        CREATE OR REPLACE FUNCTION %1$I.%2$I(rec %3$s) RETURNS SETOF koherent.provenance_entry
+        LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $b$
+            SELECT * FROM (%4$s WHERE %5$s) e ORDER BY 1
+        $b$ $f$, nsp, rel || '_provenance', t, koherent._entry_select(cfg), keymatch);
+    EXECUTE format('COMMENT ON FUNCTION %I.%I(%s) IS %L', nsp, rel || '_provenance', t,
+                   'koherent: every recorded change of this row, oldest first, with its attribution.');
+    EXECUTE format($f$
+        CREATE OR REPLACE FUNCTION %1$I._provenance(rec %2$s) RETURNS SETOF koherent.provenance_entry
+        LANGUAGE sql STABLE AS $b$ SELECT * FROM %1$I.%3$I(rec) $b$ $f$, nsp, t, rel || '_provenance');
+    EXECUTE format('COMMENT ON FUNCTION %I._provenance(%s) IS %L', nsp, t, E'@omit');
+
+    -- filter: <table>_by_provenance(...) RETURNS SETOF <table>. The history lookup runs with the
+    -- extension owner's rights; the rows themselves are read with the caller's rights (and RLS).
+    EXECUTE format($f$
+        CREATE OR REPLACE FUNCTION koherent.%1$I(task_id text, agent_client_id text, issuer text,
+            changed_by text, kind text, changed_since timestamptz, changed_before timestamptz)
+        RETURNS TABLE (%2$s)
+        LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $b$
+            SELECT DISTINCT %3$s FROM koherent_history.%4$I h
+              LEFT JOIN koherent.transaction_auth_context c ON c.id = h.history_context
+             WHERE ($1 IS NULL OR c.task_id = $1) AND ($2 IS NULL OR c.client_id = $2)
+               AND ($3 IS NULL OR c.issuer = $3) AND ($4 IS NULL OR c.changed_by = $4)
+               AND ($5 IS NULL OR h.history_kind = $5) AND ($6 IS NULL OR h.history_date >= $6)
+               AND ($7 IS NULL OR h.history_date < $7)
+        $b$ $f$, '_keys_' || cfg.id, keytypes,
+        (SELECT string_agg(format('h.%I', k), ', ') FROM unnest(cfg.pk_columns) k), cfg.history_table);
+    EXECUTE format('COMMENT ON FUNCTION koherent.%I(text, text, text, text, text, timestamptz, timestamptz) IS %L',
+                   '_keys_' || cfg.id, E'@omit');
+    EXECUTE format($f$
+        CREATE OR REPLACE FUNCTION %1$I.%2$I(task_id text DEFAULT NULL, agent_client_id text DEFAULT NULL,
+            issuer text DEFAULT NULL, changed_by text DEFAULT NULL, kind text DEFAULT NULL,
+            changed_since timestamptz DEFAULT NULL, changed_before timestamptz DEFAULT NULL)
+        RETURNS SETOF %3$s LANGUAGE sql STABLE AS $b$
+            SELECT t.* FROM %3$s t
+             WHERE (%4$s) IN (SELECT %4$s FROM koherent.%5$I($1, $2, $3, $4, $5, $6, $7))
+        $b$ $f$, nsp, rel || '_by_provenance', t, keycols, '_keys_' || cfg.id);
+    -- History is readable only when granted: none of these is executable by PUBLIC.
+    EXECUTE format('REVOKE ALL ON FUNCTION %I.%I(%s), %I._provenance(%s), '
+                   '%I.%I(text, text, text, text, text, timestamptz, timestamptz), '
+                   'koherent.%I(text, text, text, text, text, timestamptz, timestamptz) FROM PUBLIC',
+                   nsp, rel || '_provenance', t, nsp, t, nsp, rel || '_by_provenance', '_keys_' || cfg.id);
+    IF grant_to IS NOT NULL THEN
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %I.%I(%s), %I._provenance(%s), '
+                       '%I.%I(text, text, text, text, text, timestamptz, timestamptz), '
+                       'koherent.%I(text, text, text, text, text, timestamptz, timestamptz), '
+                       'koherent.provenance_entry_effective_changes(koherent.provenance_entry), '
+                       'koherent.provenance_entry_task(koherent.provenance_entry), '
+                       'koherent._effective_changes(koherent.provenance_entry), '
+                       'koherent._task(koherent.provenance_entry) TO %s',
+                       nsp, rel || '_provenance', t, nsp, t, nsp, rel || '_by_provenance', '_keys_' || cfg.id,
+                       grant_to);
+    END IF;
+    EXECUTE format('COMMENT ON FUNCTION %I.%I(text, text, text, text, text, timestamptz, timestamptz) IS %L',
+                   nsp, rel || '_by_provenance',
+                   'koherent: the current rows with at least one recorded change matching all given conditions (exact matches; changedSince inclusive, changedBefore exclusive).');
+END $$;
+COMMENT ON FUNCTION koherent.expose(regclass, regrole) IS
+  'Create the GraphQL-facing functions of a tracked table: <table>_provenance, _provenance and <table>_by_provenance.';
+
+CREATE FUNCTION koherent.unexpose(tbl regclass) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    nsp name;
+    rel name;
+    cfg_id integer;
+BEGIN
+    SELECT n.nspname, c.relname INTO nsp, rel FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.oid = tbl;
+    SELECT id INTO cfg_id FROM koherent.tracked_config WHERE relid = tbl AND dropped_at IS NULL;
+    EXECUTE format('DROP FUNCTION IF EXISTS %I.%I(%s)', nsp, rel || '_provenance', tbl);
+    EXECUTE format('DROP FUNCTION IF EXISTS %I._provenance(%s)', nsp, tbl);
+    EXECUTE format('DROP FUNCTION IF EXISTS %I.%I(text, text, text, text, text, timestamptz, timestamptz)',
+                   nsp, rel || '_by_provenance');
+    EXECUTE format('DROP FUNCTION IF EXISTS koherent.%I(text, text, text, text, text, timestamptz, timestamptz)',
+                   '_keys_' || cfg_id);
+END $$;
+
+REVOKE EXECUTE ON FUNCTION koherent.expose(regclass, regrole), koherent.unexpose(regclass),
+    koherent.task_changes(text, boolean), koherent.provenance_entry_effective_changes(koherent.provenance_entry),
+    koherent.provenance_entry_task(koherent.provenance_entry), koherent._entry_select(koherent.tracked_config)
+  FROM PUBLIC;
