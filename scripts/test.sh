@@ -4,6 +4,7 @@
 #   1. cargo test for the pure-Rust crates (token verification, args hashing, CLI),
 #   2. the client tests (pytest: psycopg, psql, pgbench, PgBouncer; tokens minted by joserfc),
 #   3. the GraphQL end-to-end tests (node --test: a real PostGraphile server, node-postgres),
+#   4. a short cargo-fuzz run of the token parser and the args canonicalizer,
 # and stops the cluster. Exits non-zero when any test fails.
 # Extra arguments go to pytest (e.g. scripts/test.sh -k history).
 source "$(dirname "$0")/lib.sh"
@@ -35,5 +36,9 @@ say "client tests (pytest)"
 if [ $# -eq 0 ]; then
     say "GraphQL end-to-end tests (node --test: PostGraphile, node-postgres)"
     (cd "$ROOT/graphql" && node --test --test-concurrency=1 ./*.test.mjs)
+fi
+if [ $# -eq 0 ]; then
+    say "fuzzing (cargo fuzz: token parser/verifier, args canonicalizer; ${KOHERENT_FUZZ_SECONDS:-30}s each)"
+    "$ROOT/fuzz/run.sh" "${KOHERENT_FUZZ_SECONDS:-30}"
 fi
 say "all tests passed"
