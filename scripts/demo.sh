@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# The koherent demo: a throwaway cluster under .tmp/demo (port 5433), the extension installed,
+# a tracked table written by two verified tasks and by plain psql, the attributed history printed,
+# and a PostGraphile server (GraphiQL) left running on port 5678.
+#   scripts/demo.sh         run the demo (installs what is missing)
+#   scripts/demo.sh stop    stop the demo's PostGraphile server and cluster
+source "$(dirname "$0")/lib.sh"
+
+DEMO_DIR="$ROOT/.tmp/demo"
+DEMO_PORT=5433
+GQL_PORT=5678
+DB=koherent_demo
+PIDFILE="$ROOT/.tmp/demo-graphql.pid"
+
+stop_demo() {
+    if [ -f "$PIDFILE" ]; then
+        kill "$(cat "$PIDFILE")" 2>/dev/null || true
+        rm -f "$PIDFILE"
+    fi
+    stop_cluster "$DEMO_DIR"
+}
+
+if [ "${1:-}" = "stop" ]; then
+    stop_demo
+    say "demo stopped (data stays in $DEMO_DIR; remove it with: rm -rf $DEMO_DIR)"
+    exit 0
+fi
+
+ensure_apt
+ensure_pgrx
+ensure_node
+install_extension
+build_cli
+
+stop_demo
+start_cluster "$DEMO_DIR" "$DEMO_PORT"
+PSQL=(psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$DEMO_PORT" -U postgres)
+
+say "creating database $DB with the koherent extension"
+"${PSQL[@]}" -d postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB" \
+    -c "ALTER DATABASE $DB SET koherent.audience = 'koherent'"
+"${PSQL[@]}" -d postgres -c "DO \$\$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'koherent_gql') THEN CREATE ROLE koherent_gql LOGIN; END IF; END \$\$"
+
+say "an issuer key (koherent keygen) and its JWKS registered as issuer 'rekuest'"
+KEY="$ROOT/.tmp/demo-issuer-key.json"
+[ -f "$KEY" ] || "$KOHERENT" keygen --kid demo-key > "$KEY"
+JWKS=$("$KOHERENT" jwks --key "$KEY")
+"${PSQL[@]}" -d "$DB" <<SQL
+CREATE EXTENSION koherent;
+SELECT koherent.add_issuer_jwks('rekuest', '$JWKS') AS keys_added;
+CREATE TABLE inventory (
+    id serial PRIMARY KEY,
+    name text NOT NULL,
+    qty integer NOT NULL,
+    location text
+);
+SELECT koherent.track('inventory');
+SELECT koherent.expose('inventory', 'koherent_gql');
+GRANT SELECT, INSERT, UPDATE, DELETE ON inventory TO koherent_gql;
+GRANT USAGE ON SEQUENCE inventory_id_seq TO koherent_gql;
+GRANT SELECT ON koherent.provenance_entry, koherent.effective_change, koherent.task TO koherent_gql;
+SQL
+
+say "task-101 (agent client 'inventory-bot') stocks the shelves"
+T1=$("$KOHERENT" mint --key "$KEY" --tsk task-101 --sub alice --act-sub bot-7 --cid inventory-bot --rcb alice --args '{"shelf": "A"}')
+"${PSQL[@]}" -d "$DB" <<SQL
+BEGIN;
+SELECT koherent.set_task('$T1', '{"shelf": "A"}') ->> 'tsk' AS task;
+INSERT INTO inventory (name, qty, location) VALUES ('bolt', 100, 'A1'), ('nut', 250, 'A2'), ('washer', 80, 'A3');
+UPDATE inventory SET qty = 90 WHERE name = 'bolt';
+COMMIT;
+SQL
+
+say "task-102, a subtask of task-101, moves and sells"
+T2=$("$KOHERENT" mint --key "$KEY" --tsk task-102 --ptk task-101 --rtk task-101 --sub bot-7 --act-sub bot-7 --cid inventory-bot --rcb alice)
+"${PSQL[@]}" -d "$DB" <<SQL
+BEGIN;
+SELECT koherent.set_task('$T2') ->> 'tsk' AS task;
+UPDATE inventory SET location = 'B1', qty = qty - 5 WHERE name = 'nut';
+DELETE FROM inventory WHERE name = 'washer';
+COMMIT;
+SQL
+
+say "a person fixes a count with plain psql (no token: recorded, unattributed)"
+"${PSQL[@]}" -d "$DB" -c "UPDATE inventory SET qty = 91 WHERE name = 'bolt'"
+
+say "a forged token is refused and nothing is written"
+"${PSQL[@]}" -d "$DB" -c "BEGIN" -c "SELECT koherent.set_task('${T1%?????}AAAAA')" 2>&1 | sed 's/^/    /' || true
+
+say "koherent.provenance_entry"
+psql -X -h 127.0.0.1 -p "$DEMO_PORT" -U postgres -d "$DB" -P pager=off -c "
+SELECT history_id, table_name, row_key, kind, to_char(date, 'HH24:MI:SS') AS at, task_id,
+       agent_client_id, changed_by, db_role
+  FROM koherent.provenance_entry ORDER BY history_id"
+
+say "koherent.effective_change"
+psql -X -h 127.0.0.1 -p "$DEMO_PORT" -U postgres -d "$DB" -P pager=off -c "
+SELECT c.history_id, e.kind, e.row_key, c.field, c.old_value, c.new_value
+  FROM koherent.effective_change c JOIN koherent.provenance_entry e USING (history_id)
+ ORDER BY c.history_id, c.field"
+
+say "koherent.task_changes('task-101', include_subtasks => true)"
+psql -X -h 127.0.0.1 -p "$DEMO_PORT" -U postgres -d "$DB" -P pager=off -c "
+SELECT history_id, task_id, kind, row_key FROM koherent.task_changes('task-101', include_subtasks => true)"
+
+say "starting PostGraphile (GraphiQL) on port $GQL_PORT"
+(cd "$ROOT/graphql" && DATABASE_URL="postgres://koherent_gql@127.0.0.1:$DEMO_PORT/$DB" PORT=$GQL_PORT \
+    exec nohup node server.mjs > "$ROOT/.tmp/demo-graphql.log" 2>&1 < /dev/null) &
+echo $! > "$PIDFILE"
+for _ in $(seq 1 50); do
+    curl -fsS -o /dev/null "http://127.0.0.1:$GQL_PORT/graphiql" 2>/dev/null && break
+    sleep 0.2
+done
+QUERY='{ inventoryById(id: 1) { name qty provenance { nodes { kind changedBy taskId agentClientId task { taskId parentTaskId } effectiveChanges { nodes { field oldValue newValue } } } } } }'
+echo "query: $QUERY"
+curl -fsS "http://127.0.0.1:$GQL_PORT/graphql" -H 'content-type: application/json' \
+    -d "$(printf '{"query": %s}' "$(printf '%s' "$QUERY" | python3 -c 'import json,sys; print(json.dumps(sys.stdin.read()))')")" |
+    python3 -m json.tool
+
+cat <<EOF
+
+The demo is running.
+  psql:      psql -h 127.0.0.1 -p $DEMO_PORT -U postgres $DB
+  GraphiQL:  http://127.0.0.1:$GQL_PORT/graphiql   (GraphQL endpoint: http://127.0.0.1:$GQL_PORT/graphql)
+  a mutation as a task: curl http://127.0.0.1:$GQL_PORT/graphql -H 'content-type: application/json' \\
+      -H "Rekuest-Task: \$(target/release/koherent mint --key .tmp/demo-issuer-key.json --tsk task-103)" \\
+      -d '{"query": "mutation { createInventory(input: {inventory: {name: \\"gear\\", qty: 3}}) { inventory { id } } }"}'
+  stop:      scripts/demo.sh stop
+EOF
