@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every test of koherent, from a fresh machine: installs what is missing, builds and installs
 # the extension, starts a throwaway PostgreSQL 15 cluster on port 5498 (under .tmp/test), runs
+#   0. cargo fmt --check and cargo clippy,
 #   1. cargo test for the pure-Rust crates (token verification, args hashing, CLI),
 #   2. the client tests (pytest: psycopg, psql, pgbench, PgBouncer; tokens minted by joserfc),
 #   3. the GraphQL end-to-end tests (node --test: a real PostGraphile server, node-postgres),
@@ -13,6 +14,9 @@ ensure_apt
 ensure_pgrx
 ensure_python
 ensure_node
+
+say "lint (cargo fmt --check, cargo clippy -D warnings)"
+(cd "$ROOT" && cargo fmt --all --check && cargo clippy -q --workspace --all-targets -- -D warnings)
 
 say "cargo test (koherent-token, koherent-cli)"
 (cd "$ROOT" && cargo test -q -p koherent-token -p koherent-cli)

@@ -22,10 +22,13 @@ use crate::guc;
 
 const TOKEN_CACHE_MAX: usize = 1024;
 
+/// sha256(token) -> the verified task and the alg it was signed with.
+type TokenCache = HashMap<[u8; 32], (Rc<Task>, Alg)>;
+
 thread_local! {
     static KEYS: RefCell<Option<Rc<KeySet>>> = const { RefCell::new(None) };
     static KEY_TABLE: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
-    static TOKENS: RefCell<HashMap<[u8; 32], (Rc<Task>, Alg)>> = RefCell::new(HashMap::new());
+    static TOKENS: RefCell<TokenCache> = RefCell::new(HashMap::new());
 }
 
 #[pg_guard]
