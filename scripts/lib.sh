@@ -83,6 +83,10 @@ start_cluster() {
         } | as_root tee -a "$dir/postgresql.conf" >/dev/null
     fi
     if ! as_root runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$dir" status >/dev/null 2>&1; then
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            echo "port $port is in use by another server; stop it first" >&2
+            return 1
+        fi
         as_root runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$dir" -l "$dir/server.log" -w start >/dev/null
     fi
 }

@@ -25,6 +25,16 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
      WHERE i.indrelid = rel AND i.indisprimary
 $$;
 
+-- Rename a history column: its data column and its "old:" twin, and its catalog row.
+CREATE FUNCTION koherent._rename_column(cfg_id integer, hist text, col name, newname name) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    EXECUTE format('ALTER TABLE %s RENAME COLUMN %I TO %I', hist, col, newname);
+    EXECUTE format('ALTER TABLE %s RENAME COLUMN %I TO %I', hist, 'old:' || col, 'old:' || newname);
+    UPDATE koherent.tracked_column SET column_name = newname
+     WHERE config_id = cfg_id AND column_name = col;
+END $$;
+
 -- Give a retired history column a name of its own so that a new live column can take its name.
 CREATE FUNCTION koherent._free_name(cfg_id integer, col name) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -32,18 +42,12 @@ DECLARE
     hist text := (SELECT format('koherent_history.%I', history_table)
                     FROM koherent.tracked_config WHERE id = cfg_id);
     c koherent.tracked_column;
-    newname name;
 BEGIN
     SELECT * INTO c FROM koherent.tracked_column
      WHERE config_id = cfg_id AND column_name = col AND live_until IS NOT NULL;
-    IF NOT FOUND THEN
-        RETURN;
+    IF FOUND THEN
+        PERFORM koherent._rename_column(cfg_id, hist, col, left(col, 40) || '@' || c.live_until);
     END IF;
-    newname := left(col, 40) || '@' || c.live_until;
-    EXECUTE format('ALTER TABLE %s RENAME COLUMN %I TO %I', hist, col, newname);
-    EXECUTE format('ALTER TABLE %s RENAME COLUMN %I TO %I', hist, 'old:' || col, 'old:' || newname);
-    UPDATE koherent.tracked_column SET column_name = newname
-     WHERE config_id = cfg_id AND column_name = col;
 END $$;
 
 -- Bring a history table's columns in line with its source table (after track, ALTER TABLE).
@@ -78,11 +82,7 @@ BEGIN
         END IF;
         IF a.attname <> c.column_name THEN
             PERFORM koherent._free_name(cfg_id, a.attname);
-            EXECUTE format('ALTER TABLE %s RENAME COLUMN %I TO %I', hist, c.column_name, a.attname);
-            EXECUTE format('ALTER TABLE %s RENAME COLUMN %I TO %I', hist,
-                           'old:' || c.column_name, 'old:' || a.attname);
-            UPDATE koherent.tracked_column SET column_name = a.attname
-             WHERE config_id = cfg_id AND column_name = c.column_name;
+            PERFORM koherent._rename_column(cfg_id, hist, c.column_name, a.attname);
             c.column_name := a.attname;
         END IF;
         IF a.type_sql <> c.type_sql THEN
