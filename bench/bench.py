@@ -120,6 +120,41 @@ def main():
     print(f"{'single-row update (pgbench)':<28} untracked {p:8.0f} tps  tracked {t:8.0f} tps  ratio {p / t:5.2f}")
     print(f"{'set_task + single-row update':<28} untracked {p:8.0f} tps  tracked {w:8.0f} tps  ratio {p / w:5.2f}")
     print(f"{'cold token verification':<28} {micros:8.1f} us")
+    lookups()
+
+
+def lookups():
+    """Provenance of one row and task_changes of one task among >= 1M history entries."""
+    n = int(os.environ.get("BENCH_LOOKUP_ROWS", "1000000"))
+    with conn() as c:
+        fresh(c, "big", True)
+        c.execute("SELECT koherent.expose('big')")
+        c.execute(f"INSERT INTO big SELECT g, 'n', 0, 1, 'x', now() FROM generate_series(1, {n}) g")
+        c.execute("BEGIN")
+        c.execute("SELECT koherent.set_task(%s)", [TOKEN])
+        c.execute("UPDATE big SET qty = 1 WHERE id = 4242")
+        c.execute("COMMIT")
+        c.execute("ANALYZE")
+        entries = c.execute("SELECT count(*) FROM koherent.provenance_entry").fetchone()[0]
+        row = "SELECT * FROM big_provenance((SELECT b FROM big b WHERE id = 777777))"
+        task = "SELECT * FROM koherent.task_changes('bench-task')"
+        for label, q in (("row provenance lookup", row), ("task_changes of one task", task)):
+            c.execute(q)
+            times = []
+            for _ in range(50):
+                t = time.perf_counter()
+                c.execute(q).fetchall()
+                times.append(time.perf_counter() - t)
+            print(f"{label:<28} {statistics.median(times) * 1000:8.2f} ms  (median of 50, {entries} entries)")
+        print("EXPLAIN of the row lookup inside big_provenance():")
+        for (line,) in c.execute("EXPLAIN (COSTS OFF) SELECT * FROM koherent_history.big h "
+                                 "LEFT JOIN koherent.transaction_auth_context c ON c.id = h.history_context "
+                                 "WHERE h.id = 777777 ORDER BY h.history_id"):
+            print("   ", line)
+        print("EXPLAIN of task_changes('bench-task') (its body):")
+        for (line,) in c.execute("EXPLAIN (COSTS OFF) SELECT e.* FROM koherent.provenance_entry e WHERE e.context_id IN "
+                                 "(SELECT c.id FROM koherent.transaction_auth_context c WHERE c.task_id = 'bench-task')"):
+            print("   ", line)
 
 
 if __name__ == "__main__":

@@ -283,7 +283,8 @@ def test_key_management(db):
     with pytest.raises(psycopg.Error) as e:
         db.sql("SELECT koherent.revoke_issuer_key('rekuest', 'koherent-test-key')")
     assert e.value.sqlstate == "42704"
-    for bad, state in [('{"kty":"RSA"}', "22023"), ("not a key", "22023"),
+    small_order = json.dumps({"kty": "OKP", "crv": "Ed25519", "x": "AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"})
+    for bad, state in [('{"kty":"RSA"}', "22023"), ("not a key", "22023"), (small_order, "22023"),
                        (json.dumps({**TEST_PUBLIC_JWK, "d": "PQ_Y54LpnaQZ24wKvkroJ3feOo4FJ2YcvKRmv8l9C5E"}), "22023")]:
         with pytest.raises(psycopg.Error) as e:
             db.sql("SELECT koherent.add_issuer_key('x', 'k', %s)", [bad])

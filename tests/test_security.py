@@ -275,9 +275,14 @@ def test_error_in_one_transaction_leaves_the_next_clean(item):
         c.execute("SELECT koherent.set_task(%s)", [mint("t-ok")])
         c.execute("INSERT INTO item (id) VALUES (2)")
         c.commit()
-        # panics in Rust (here: a JSON number too large for any parser path) surface as errors
-        with pytest.raises(psycopg.Error):
+        # an error raised inside Rust code surfaces as an SQL error, and the session goes on
+        with pytest.raises(psycopg.Error) as e:
             c.execute("SELECT koherent.set_context(%s::jsonb)", ["[" * 10 + "]" * 10])
+        assert e.value.sqlstate == "22023"
+        c.rollback()
+        with pytest.raises(psycopg.Error) as e:
+            c.execute("SELECT * FROM koherent._parse_jwks('{\"keys\": 5}')")
+        assert e.value.sqlstate in ("22023", "42501")
         c.rollback()
         assert c.execute("SELECT 1").fetchone()[0] == 1
     assert item.sql("SELECT row_key, task_id FROM koherent.provenance_entry") == [({"id": 2}, "t-ok")]
