@@ -20,5 +20,6 @@ trap 'stop_cluster "$BENCH_DIR"' EXIT
 KEY="$ROOT/tests/fixtures/test-key.private.jwk"
 export BENCH_JWKS=$("$KOHERENT" jwks --key "$KEY")
 export BENCH_TOKEN=$("$KOHERENT" mint --key "$KEY" --tsk bench-task --ttl 86400 --args '{"x":1}')
+export BENCH_LOOKUP_TOKEN=$("$KOHERENT" mint --key "$KEY" --tsk lookup-task --ttl 86400)
 export PATH="$PG_BIN:$PATH"
 "$ROOT/.venv/bin/python" "$ROOT/bench/bench.py"

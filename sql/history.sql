@@ -373,7 +373,7 @@ BEGIN
         EXECUTE format('CREATE INDEX ON koherent_history.%I (%s, history_id)', cfg.history_table,
                        (SELECT string_agg(format('%I', k), ', ') FROM unnest(pk) k));
         EXECUTE format('CREATE INDEX ON koherent_history.%I USING brin (history_id)', cfg.history_table);
-        EXECUTE format('CREATE INDEX ON koherent_history.%I USING brin (history_context)', cfg.history_table);
+        EXECUTE format('CREATE INDEX ON koherent_history.%I (history_context)', cfg.history_table);
     END IF;
     PERFORM koherent._install_triggers(cfg.id);
     PERFORM koherent._rebuild_views();
@@ -628,10 +628,15 @@ REVOKE EXECUTE ON FUNCTION koherent._effective_changes(koherent.provenance_entry
 COMMENT ON VIEW koherent.effective_change IS
 E'koherent: one row per field a history entry changed (CREATE: every field, old null; DELETE/TRUNCATE: every field, new null; UPDATE: the fields whose value changed).\n@graphql({"primary_key_columns": ["history_id", "field"]})';
 
--- Everything one task changed, across all tables, in order.
+-- Everything one task changed, across all tables, in order: the task's contexts first (index on
+-- transaction_auth_context.task_id), then each history table by its history_context index.
 CREATE FUNCTION koherent.task_changes(task_id text, include_subtasks boolean DEFAULT false)
 RETURNS SETOF koherent.provenance_entry
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    ctx uuid[];
+    branches text;
+BEGIN
     WITH RECURSIVE tasks(task_id, issuer) AS (
         SELECT t.task_id, t.issuer FROM koherent.task t WHERE t.task_id = task_changes.task_id
         UNION
@@ -639,11 +644,15 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
             ON (t.parent_task_id = p.task_id OR t.root_task_id = p.task_id) AND t.issuer = p.issuer
          WHERE include_subtasks
     )
-    SELECT e.* FROM koherent.provenance_entry e
-     WHERE e.context_id IN (SELECT c.id FROM koherent.transaction_auth_context c
-                              JOIN tasks USING (task_id, issuer))
-     ORDER BY e.history_id
-$$;
+    SELECT array_agg(c.id) INTO ctx
+      FROM koherent.transaction_auth_context c JOIN tasks t ON t.task_id = c.task_id AND t.issuer = c.issuer;
+    IF ctx IS NULL THEN
+        RETURN;
+    END IF;
+    SELECT string_agg(koherent._entry_select(cfg) || ' WHERE h.history_context = ANY ($1)', E'\nUNION ALL\n')
+      INTO branches FROM koherent.tracked_config cfg;
+    RETURN QUERY EXECUTE 'SELECT * FROM (' || branches || ') e ORDER BY 1' USING ctx;
+END $$;
 COMMENT ON FUNCTION koherent.task_changes(text, boolean) IS
   'Every change one task made, across all tracked tables, in order; include_subtasks follows parent_task_id and root_task_id.';
 
