@@ -157,3 +157,7 @@ def lookups():
         for (line,) in c.execute("EXPLAIN (COSTS OFF) SELECT * FROM koherent_history.big h "
                                  f"WHERE h.history_context = ANY ('{ctx}'::uuid[])"):
             print("   ", line)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
