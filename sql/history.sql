@@ -373,7 +373,7 @@ BEGIN
         EXECUTE format('CREATE INDEX ON koherent_history.%I (%s, history_id)', cfg.history_table,
                        (SELECT string_agg(format('%I', k), ', ') FROM unnest(pk) k));
         EXECUTE format('CREATE INDEX ON koherent_history.%I USING brin (history_id)', cfg.history_table);
-        EXECUTE format('CREATE INDEX ON koherent_history.%I USING brin (history_context)', cfg.history_table);
+        EXECUTE format('CREATE INDEX ON koherent_history.%I (history_context)', cfg.history_table);
     END IF;
     PERFORM koherent._install_triggers(cfg.id);
     PERFORM koherent._rebuild_views();
@@ -629,8 +629,7 @@ COMMENT ON VIEW koherent.effective_change IS
 E'koherent: one row per field a history entry changed (CREATE: every field, old null; DELETE/TRUNCATE: every field, new null; UPDATE: the fields whose value changed).\n@graphql({"primary_key_columns": ["history_id", "field"]})';
 
 -- Everything one task changed, across all tables, in order: the task's contexts first (index on
--- transaction_auth_context.task_id), then each history table by its history_context index (BRIN:
--- context ids are UUIDv7, so they grow with time as history rows are appended).
+-- transaction_auth_context.task_id), then each history table by its history_context index.
 CREATE FUNCTION koherent.task_changes(task_id text, include_subtasks boolean DEFAULT false)
 RETURNS SETOF koherent.provenance_entry
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
