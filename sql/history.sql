@@ -228,6 +228,27 @@ BEGIN
     END LOOP;
 END $$;
 
+-- The SELECT of one history table's entries, shaped as koherent._history_all (attributed =
+-- false) or as koherent.provenance_entry (attributed = true: joined with its context row).
+-- The one place that knows how row_key, row_data and table_ident are made.
+CREATE FUNCTION koherent._entry_select(cfg koherent.tracked_config, attributed boolean DEFAULT true)
+RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT format(
+        'SELECT h.history_id, %s::oid::regclass AS table_name, jsonb_build_object(%s) AS row_key, '
+        'h.history_kind AS kind, h.history_date AS date, h.history_context AS context_id, %s'
+        '(to_jsonb(h) - ARRAY[''history_id'', ''history_kind'', ''history_date'', ''history_context''%s]) AS row_data, '
+        '%s%L::text AS table_ident FROM koherent_history.%I h%s',
+        cfg.relid,
+        (SELECT string_agg(format('%L, h.%I', k, k), ', ') FROM unnest(cfg.pk_columns) k),
+        CASE WHEN attributed THEN 'c.db_role, ' ELSE '' END,
+        coalesce((SELECT ', ' || string_agg(format('%L', 'old:' || column_name), ', ')
+                    FROM koherent.tracked_column WHERE config_id = cfg.id), ''),
+        CASE WHEN attributed THEN 'c.task_id, c.client_id AS agent_client_id, c.issuer, c.changed_by, ' ELSE '' END,
+        format('%I.%I', cfg.schema_name, cfg.table_name), cfg.history_table,
+        CASE WHEN attributed
+             THEN ' LEFT JOIN koherent.transaction_auth_context c ON c.id = h.history_context' ELSE '' END)
+$$;
+
 -- Rebuild the views over all history tables (after track, untrack, ALTER TABLE, DROP TABLE).
 CREATE FUNCTION koherent._rebuild_views(empty boolean DEFAULT false) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -235,25 +256,14 @@ DECLARE
     cfg koherent.tracked_config;
     entries text[] := '{}';
     changes text[] := '{}';
-    rowkey text;
-    meta text;
     vals text;
 BEGIN
     FOR cfg IN SELECT * FROM koherent.tracked_config WHERE NOT empty ORDER BY id LOOP
-        SELECT string_agg(format('%L, h.%I', k, k), ', ') INTO rowkey FROM unnest(cfg.pk_columns) k;
-        SELECT string_agg(format('%L', 'old:' || column_name), ', ') INTO meta
-          FROM koherent.tracked_column WHERE config_id = cfg.id;
         SELECT string_agg(format('(%L::text, to_jsonb(h.%I), to_jsonb(h.%I), %s::bigint, %s::bigint)',
                                  column_name, column_name, 'old:' || column_name, live_from,
                                  coalesce(live_until::text, 'NULL')), ', ' ORDER BY attnum NULLS LAST, column_name)
           INTO vals FROM koherent.tracked_column WHERE config_id = cfg.id;
-        entries := entries || format(
-            'SELECT h.history_id, %s::oid::regclass AS table_name, jsonb_build_object(%s) AS row_key, '
-            'h.history_kind AS kind, h.history_date AS date, h.history_context AS context_id, '
-            '(to_jsonb(h) - ARRAY[''history_id'', ''history_kind'', ''history_date'', ''history_context''%s]) AS row_data, '
-            '%L::text AS table_ident FROM koherent_history.%I h',
-            cfg.relid, rowkey, coalesce(', ' || meta, ''),
-            format('%I.%I', cfg.schema_name, cfg.table_name), cfg.history_table);
+        entries := entries || koherent._entry_select(cfg, false);
         IF vals IS NOT NULL THEN
             changes := changes || format(
                 'SELECT h.history_id, f.field, '
@@ -656,20 +666,6 @@ END $$;
 COMMENT ON FUNCTION koherent.task_changes(text, boolean) IS
   'Every change one task made, across all tracked tables, in order; include_subtasks follows parent_task_id and root_task_id.';
 
-CREATE FUNCTION koherent._entry_select(cfg koherent.tracked_config) RETURNS text
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT format(
-        'SELECT h.history_id, %s::oid::regclass, jsonb_build_object(%s), h.history_kind, h.history_date, '
-        'h.history_context, c.db_role, (to_jsonb(h) - ARRAY[''history_id'', ''history_kind'', '
-        '''history_date'', ''history_context''%s]), c.task_id, c.client_id, c.issuer, c.changed_by, %L::text '
-        'FROM koherent_history.%I h LEFT JOIN koherent.transaction_auth_context c ON c.id = h.history_context',
-        cfg.relid,
-        (SELECT string_agg(format('%L, h.%I', k, k), ', ') FROM unnest(cfg.pk_columns) k),
-        coalesce((SELECT ', ' || string_agg(format('%L', 'old:' || column_name), ', ')
-                    FROM koherent.tracked_column WHERE config_id = cfg.id), ''),
-        format('%I.%I', cfg.schema_name, cfg.table_name), cfg.history_table)
-$$;
-
 CREATE FUNCTION koherent.expose(tbl regclass, grant_to regrole DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -774,5 +770,5 @@ END $$;
 
 REVOKE EXECUTE ON FUNCTION koherent.expose(regclass, regrole), koherent.unexpose(regclass),
     koherent.task_changes(text, boolean), koherent.provenance_entry_effective_changes(koherent.provenance_entry),
-    koherent.provenance_entry_task(koherent.provenance_entry), koherent._entry_select(koherent.tracked_config)
+    koherent.provenance_entry_task(koherent.provenance_entry), koherent._entry_select(koherent.tracked_config, boolean)
   FROM PUBLIC;
