@@ -13,6 +13,7 @@ mod context;
 mod error;
 mod guc;
 mod verify;
+mod writer;
 
 use error::{KoherentError, OrRaise};
 

@@ -1,0 +1,538 @@
+//! The history writer: one C-level statement trigger for every tracked table.
+//!
+//! `koherent._history_trigger` fires AFTER INSERT / UPDATE / DELETE FOR EACH STATEMENT with
+//! the statement's transition tables. It reads them straight from their tuplestores, forms one
+//! history tuple per changed row and inserts them the way COPY does: in batches with
+//! `table_multi_insert` (one WAL record per page, not per row), then index entries per tuple.
+//! No SQL is planned or executed on this path except the transaction's context row, which
+//! [`context::write_context`] writes once per transaction.
+//!
+//! Trigger arguments (written by `koherent._install_triggers`, rewritten on every DDL that
+//! changes the table): the history table's name in schema `koherent_history`, `t`/`f` for
+//! require_task, then the names of the live (recorded) columns. History columns are found by
+//! name, so partitions whose column order differs from their parent's are handled.
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use pgrx::PgTupleDesc;
+use std::ffi::{CStr, CString};
+
+use crate::context;
+use crate::error::KoherentError;
+
+/// Rows buffered per `table_multi_insert` call (COPY uses 1000 too).
+const BATCH: usize = 1000;
+
+const TRIGGER_EVENT_OPMASK: u32 = 0x3;
+const TRIGGER_EVENT_INSERT: u32 = 0x0;
+const TRIGGER_EVENT_DELETE: u32 = 0x1;
+const TRIGGER_EVENT_UPDATE: u32 = 0x2;
+const TRIGGER_EVENT_ROW: u32 = 0x4;
+const TRIGGER_EVENT_BEFORE: u32 = 0x8;
+
+/// Where a history column's value comes from.
+#[derive(Clone, Copy)]
+enum Source {
+    Null,
+    HistoryId,
+    Kind,
+    Date,
+    Context,
+    /// The row image (after the change; before it for DELETE), source attribute index (0-based).
+    Image(usize),
+    /// The row before an UPDATE.
+    Old(usize),
+}
+
+/// A recorded source column: index and the facts needed to compare two values of it.
+struct Compared {
+    att: usize,
+    byval: bool,
+    len: i16,
+}
+
+fn internal(msg: impl Into<String>) -> ! {
+    KoherentError::Internal(msg.into()).raise()
+}
+
+unsafe fn att_name(att: &pg_sys::FormData_pg_attribute) -> &str {
+    CStr::from_ptr(att.attname.data.as_ptr())
+        .to_str()
+        .unwrap_or("")
+}
+
+unsafe fn find_att(desc: &PgTupleDesc, name: &str) -> Option<usize> {
+    (0..desc.len()).find(|&i| {
+        let a = desc.get(i).expect("in range");
+        !a.attisdropped && att_name(a) == name
+    })
+}
+
+/// Binary equality of two non-null values of one type (what `record_image_eq` compares).
+unsafe fn image_eq(a: pg_sys::Datum, b: pg_sys::Datum, c: &Compared) -> bool {
+    if c.byval {
+        return a == b;
+    }
+    if a == b {
+        return true;
+    }
+    match c.len {
+        -1 => {
+            let (pa, pb) = (a.cast_mut_ptr::<pg_sys::varlena>(), b.cast_mut_ptr());
+            if pg_sys::toast_raw_datum_size(a) != pg_sys::toast_raw_datum_size(b) {
+                return false;
+            }
+            let (da, db) = (
+                pg_sys::pg_detoast_datum_packed(pa),
+                pg_sys::pg_detoast_datum_packed(pb),
+            );
+            let (la, lb) = (pgrx::varsize_any_exhdr(da), pgrx::varsize_any_exhdr(db));
+            la == lb
+                && std::slice::from_raw_parts(pgrx::vardata_any(da) as *const u8, la)
+                    == std::slice::from_raw_parts(pgrx::vardata_any(db) as *const u8, lb)
+        }
+        -2 => CStr::from_ptr(a.cast_mut_ptr()) == CStr::from_ptr(b.cast_mut_ptr()),
+        n => {
+            let n = n as usize;
+            std::slice::from_raw_parts(a.cast_mut_ptr::<u8>(), n)
+                == std::slice::from_raw_parts(b.cast_mut_ptr::<u8>(), n)
+        }
+    }
+}
+
+/// A reader over a transition table (its own read pointer, from the start).
+struct Reader {
+    store: *mut pg_sys::Tuplestorestate,
+    ptr: i32,
+    slot: *mut pg_sys::TupleTableSlot,
+}
+
+impl Reader {
+    unsafe fn new(store: *mut pg_sys::Tuplestorestate, desc: pg_sys::TupleDesc) -> Reader {
+        let ptr = pg_sys::tuplestore_alloc_read_pointer(store, 0);
+        pg_sys::tuplestore_select_read_pointer(store, ptr);
+        pg_sys::tuplestore_rescan(store);
+        let slot = pg_sys::MakeSingleTupleTableSlot(desc, &pg_sys::TTSOpsMinimalTuple);
+        Reader { store, ptr, slot }
+    }
+
+    /// The next row, deformed (valid until the next call).
+    unsafe fn next(&mut self) -> bool {
+        pg_sys::tuplestore_select_read_pointer(self.store, self.ptr);
+        if !pg_sys::tuplestore_gettupleslot(self.store, true, false, self.slot) {
+            return false;
+        }
+        pg_sys::slot_getallattrs(self.slot);
+        true
+    }
+
+    unsafe fn value(&self, att: usize) -> (pg_sys::Datum, bool) {
+        (
+            *(*self.slot).tts_values.add(att),
+            *(*self.slot).tts_isnull.add(att),
+        )
+    }
+}
+
+/// The history table, its indexes and the slots of the batch being written.
+struct Sink {
+    rel: pg_sys::Relation,
+    estate: *mut pg_sys::EState,
+    rri: *mut pg_sys::ResultRelInfo,
+    slots: Vec<*mut pg_sys::TupleTableSlot>,
+    used: usize,
+    batch_cxt: pg_sys::MemoryContext,
+    bistate: pg_sys::BulkInsertState,
+    cid: pg_sys::CommandId,
+    /// First and last heap block this statement wrote.
+    blocks: Option<(u32, u32)>,
+}
+
+/// brin.h's BrinOptions (the parsed reloptions of a BRIN index).
+#[repr(C)]
+struct BrinOptions {
+    vl_len: i32,
+    pages_per_range: u32,
+    autosummarize: bool,
+}
+
+impl Sink {
+    unsafe fn open(histoid: pg_sys::Oid, bulk: bool) -> Sink {
+        let rel = pg_sys::table_open(histoid, pg_sys::RowExclusiveLock as _);
+        let estate = pg_sys::CreateExecutorState();
+        let rri = pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>())
+            as *mut pg_sys::ResultRelInfo;
+        (*rri).type_ = pg_sys::NodeTag::T_ResultRelInfo;
+        pg_sys::InitResultRelInfo(rri, rel, 1, std::ptr::null_mut(), 0);
+        pg_sys::ExecOpenIndices(rri, false);
+        let batch_cxt = pg_sys::AllocSetContextCreateInternal(
+            pg_sys::CurrentMemoryContext,
+            c"koherent history batch".as_ptr(),
+            pg_sys::ALLOCSET_DEFAULT_MINSIZE as _,
+            pg_sys::ALLOCSET_DEFAULT_INITSIZE as _,
+            pg_sys::ALLOCSET_DEFAULT_MAXSIZE as _,
+        );
+        Sink {
+            rel,
+            estate,
+            rri,
+            slots: Vec::new(),
+            used: 0,
+            batch_cxt,
+            bistate: if bulk {
+                pg_sys::GetBulkInsertState()
+            } else {
+                std::ptr::null_mut()
+            },
+            cid: pg_sys::GetCurrentCommandId(true),
+            blocks: None,
+        }
+    }
+
+    /// Form a tuple from `values` / `nulls` and buffer it; writes the batch when full.
+    unsafe fn push(&mut self, values: &mut [pg_sys::Datum], nulls: &mut [bool]) {
+        if self.used == self.slots.len() {
+            self.slots.push(pg_sys::MakeSingleTupleTableSlot(
+                (*self.rel).rd_att,
+                &pg_sys::TTSOpsHeapTuple,
+            ));
+        }
+        let old = pg_sys::MemoryContextSwitchTo(self.batch_cxt);
+        let tuple =
+            pg_sys::heap_form_tuple((*self.rel).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr());
+        pg_sys::MemoryContextSwitchTo(old);
+        pg_sys::ExecStoreHeapTuple(tuple, self.slots[self.used], false);
+        self.used += 1;
+        if self.used == BATCH {
+            self.flush();
+        }
+    }
+
+    unsafe fn flush(&mut self) {
+        if self.used == 0 {
+            return;
+        }
+        pg_sys::table_multi_insert(
+            self.rel,
+            self.slots.as_mut_ptr(),
+            self.used as _,
+            self.cid,
+            0,
+            self.bistate,
+        );
+        for &slot in &self.slots[..self.used] {
+            let tid = (*slot).tts_tid.ip_blkid;
+            let blk = (u32::from(tid.bi_hi) << 16) | u32::from(tid.bi_lo);
+            self.blocks = Some(match self.blocks {
+                None => (blk, blk),
+                Some((lo, hi)) => (lo.min(blk), hi.max(blk)),
+            });
+            insert_index_tuples(self.rri, slot, self.estate);
+            pg_sys::ExecClearTuple(slot);
+        }
+        let econtext = (*self.estate).es_per_tuple_exprcontext;
+        if !econtext.is_null() {
+            pg_sys::MemoryContextReset((*econtext).ecxt_per_tuple_memory);
+        }
+        pg_sys::MemoryContextReset(self.batch_cxt);
+        self.used = 0;
+    }
+
+    /// Summarize the BRIN block ranges this statement completed, so that lookups by
+    /// history_id and history_context never have to scan an unsummarized tail. Ranges are
+    /// summarized once, when full; a range still being filled is left alone (summarizing it
+    /// would make every later insert into it update its summary). Skipped, not waited for,
+    /// while another backend or VACUUM summarizes this table (`autosummarize` and VACUUM pick
+    /// up what is left).
+    unsafe fn summarize(&self) {
+        let Some((lo, hi)) = self.blocks else { return };
+        let heap = (*self.rel).rd_id;
+        let nblocks =
+            pg_sys::RelationGetNumberOfBlocksInFork(self.rel, pg_sys::ForkNumber::MAIN_FORKNUM);
+        let mut locked = false;
+        for i in 0..(*self.rri).ri_NumIndices as usize {
+            let index = *(*self.rri).ri_IndexRelationDescs.add(i);
+            if (*(*index).rd_rel).relam != pg_sys::BRIN_AM_OID {
+                continue;
+            }
+            let opts = (*index).rd_options as *const BrinOptions;
+            let ppr = if opts.is_null() {
+                128
+            } else {
+                (*opts).pages_per_range.max(1)
+            };
+            let complete = nblocks / ppr * ppr;
+            let mut start = lo / ppr * ppr;
+            while start <= hi && start + ppr <= complete {
+                if !locked {
+                    if !pg_sys::ConditionalLockRelationOid(
+                        heap,
+                        pg_sys::ShareUpdateExclusiveLock as _,
+                    ) {
+                        return;
+                    }
+                    locked = true;
+                }
+                pg_sys::ffi::pg_guard_ffi_boundary(|| {
+                    pg_sys::DirectFunctionCall2Coll(
+                        Some(ffi::brin_summarize_range),
+                        pg_sys::InvalidOid,
+                        pg_sys::Datum::from((*index).rd_id),
+                        pg_sys::Datum::from(i64::from(start)),
+                    )
+                });
+                start += ppr;
+            }
+        }
+        if locked {
+            pg_sys::UnlockRelationOid(heap, pg_sys::ShareUpdateExclusiveLock as _);
+        }
+    }
+
+    unsafe fn close(mut self) {
+        self.flush();
+        self.summarize();
+        for &slot in &self.slots {
+            pg_sys::ExecDropSingleTupleTableSlot(slot);
+        }
+        if !self.bistate.is_null() {
+            pg_sys::FreeBulkInsertState(self.bistate);
+        }
+        pg_sys::ExecCloseIndices(self.rri);
+        pg_sys::FreeExecutorState(self.estate);
+        pg_sys::MemoryContextDelete(self.batch_cxt);
+        pg_sys::table_close(self.rel, pg_sys::RowExclusiveLock as _);
+    }
+}
+
+#[cfg(feature = "pg13")]
+unsafe fn insert_index_tuples(
+    rri: *mut pg_sys::ResultRelInfo,
+    slot: *mut pg_sys::TupleTableSlot,
+    estate: *mut pg_sys::EState,
+) {
+    (*estate).es_result_relation_info = rri;
+    pg_sys::ExecInsertIndexTuples(
+        slot,
+        estate,
+        false,
+        std::ptr::null_mut(),
+        std::ptr::null_mut(),
+    );
+}
+
+#[cfg(any(feature = "pg14", feature = "pg15"))]
+unsafe fn insert_index_tuples(
+    rri: *mut pg_sys::ResultRelInfo,
+    slot: *mut pg_sys::TupleTableSlot,
+    estate: *mut pg_sys::EState,
+) {
+    pg_sys::ExecInsertIndexTuples(
+        rri,
+        slot,
+        estate,
+        false,
+        false,
+        std::ptr::null_mut(),
+        std::ptr::null_mut(),
+    );
+}
+
+#[cfg(any(feature = "pg16", feature = "pg17"))]
+unsafe fn insert_index_tuples(
+    rri: *mut pg_sys::ResultRelInfo,
+    slot: *mut pg_sys::TupleTableSlot,
+    estate: *mut pg_sys::EState,
+) {
+    pg_sys::ExecInsertIndexTuples(
+        rri,
+        slot,
+        estate,
+        false,
+        false,
+        std::ptr::null_mut(),
+        std::ptr::null_mut(),
+        false,
+    );
+}
+
+mod ffi {
+    use pgrx::pg_sys;
+    extern "C-unwind" {
+        // commands/sequence.h; not in pgrx's bindings.
+        pub fn nextval_internal(relid: pg_sys::Oid, check_permissions: bool) -> i64;
+        // access/brin.h; pgrx binds a Rust wrapper, DirectFunctionCall needs the C symbol.
+        pub fn brin_summarize_range(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum;
+    }
+}
+
+/// One value of `koherent.history_id_seq` (no permission check: the writer is the extension).
+unsafe fn next_history_id(seqoid: pg_sys::Oid) -> i64 {
+    pg_sys::ffi::pg_guard_ffi_boundary(|| ffi::nextval_internal(seqoid, false))
+}
+
+unsafe fn trigger_args(trigger: *const pg_sys::Trigger) -> Vec<String> {
+    (0..(*trigger).tgnargs as usize)
+        .map(|i| {
+            CStr::from_ptr(*(*trigger).tgargs.add(i))
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect()
+}
+
+unsafe fn namespace_oid(name: &CStr) -> pg_sys::Oid {
+    pg_sys::get_namespace_oid(name.as_ptr(), false)
+}
+
+unsafe fn relation_oid(name: &str, nsp: pg_sys::Oid) -> pg_sys::Oid {
+    let c = CString::new(name).unwrap_or_else(|_| internal("bad relation name"));
+    let oid = pg_sys::get_relname_relid(c.as_ptr(), nsp);
+    if oid == pg_sys::InvalidOid {
+        internal(format!(
+            "history relation \"{name}\" is missing; run koherent.track() on the table again"
+        ));
+    }
+    oid
+}
+
+/// The statement trigger that records history. See the module documentation.
+#[no_mangle]
+#[doc(hidden)]
+pub extern "C" fn pg_finfo_koherent_history_trigger() -> &'static pg_sys::Pg_finfo_record {
+    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1
+}
+
+#[no_mangle]
+#[pg_guard]
+pub unsafe extern "C-unwind" fn koherent_history_trigger(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    let td = (*fcinfo).context as *mut pg_sys::TriggerData;
+    if td.is_null() || (*(td as *mut pg_sys::Node)).type_ != pg_sys::NodeTag::T_TriggerData {
+        internal("koherent._history_trigger must be called as a trigger");
+    }
+    let event = (*td).tg_event;
+    if event & (TRIGGER_EVENT_ROW | TRIGGER_EVENT_BEFORE) != 0 {
+        internal("koherent._history_trigger must fire AFTER ... FOR EACH STATEMENT");
+    }
+    record(td, event & TRIGGER_EVENT_OPMASK);
+    pg_sys::Datum::from(0usize)
+}
+
+unsafe fn record(td: *mut pg_sys::TriggerData, op: u32) {
+    let (kind, image_store, old_store) = match op {
+        TRIGGER_EVENT_INSERT => (c"CREATE", (*td).tg_newtable, std::ptr::null_mut()),
+        TRIGGER_EVENT_DELETE => (c"DELETE", (*td).tg_oldtable, std::ptr::null_mut()),
+        TRIGGER_EVENT_UPDATE => (c"UPDATE", (*td).tg_newtable, (*td).tg_oldtable),
+        _ => internal("koherent._history_trigger handles INSERT, UPDATE and DELETE"),
+    };
+    if image_store.is_null() || (op == TRIGGER_EVENT_UPDATE && old_store.is_null()) {
+        internal("koherent._history_trigger needs the statement's transition tables");
+    }
+    let rows = pg_sys::tuplestore_tuple_count(image_store);
+    if rows == 0 {
+        return;
+    }
+    let args = trigger_args((*td).tg_trigger);
+    if args.len() < 2 {
+        internal("koherent._history_trigger: missing arguments");
+    }
+    let require_task = args[1] == "t";
+    let srcrel = (*td).tg_relation;
+    let relid = (*srcrel).rd_id;
+    let histoid = relation_oid(&args[0], namespace_oid(c"koherent_history"));
+    let seqoid = relation_oid("history_id_seq", namespace_oid(c"koherent"));
+
+    let sink = Sink::open(histoid, rows >= BATCH as i64);
+    let srcdesc = PgTupleDesc::from_pg_unchecked((*srcrel).rd_att);
+    let histdesc = PgTupleDesc::from_pg_unchecked((*sink.rel).rd_att);
+
+    // Where each history column's value comes from.
+    let mut plan = vec![Source::Null; histdesc.len()];
+    for (name, src) in [
+        ("history_id", Source::HistoryId),
+        ("history_kind", Source::Kind),
+        ("history_date", Source::Date),
+        ("history_context", Source::Context),
+    ] {
+        let i = find_att(&histdesc, name)
+            .unwrap_or_else(|| internal(format!("history table lacks {name}")));
+        plan[i] = src;
+    }
+    let mut compared = Vec::with_capacity(args.len() - 2);
+    for col in &args[2..] {
+        let s = find_att(&srcdesc, col).unwrap_or_else(|| {
+            internal(format!(
+                "recorded column \"{col}\" is missing from the table; run koherent.track() again"
+            ))
+        });
+        let h = find_att(&histdesc, col)
+            .unwrap_or_else(|| internal(format!("history column \"{col}\" is missing")));
+        plan[h] = Source::Image(s);
+        if op == TRIGGER_EVENT_UPDATE {
+            let o = find_att(&histdesc, &format!("old:{col}"))
+                .unwrap_or_else(|| internal(format!("history column \"old:{col}\" is missing")));
+            plan[o] = Source::Old(s);
+        }
+        let a = srcdesc.get(s).expect("in range");
+        compared.push(Compared {
+            att: s,
+            byval: a.attbyval,
+            len: a.attlen,
+        });
+    }
+
+    let kind = pg_sys::Datum::from(pg_sys::cstring_to_text(kind.as_ptr()));
+    let date = pg_sys::Datum::from(pg_sys::GetCurrentStatementStartTimestamp());
+    let mut context: Option<pg_sys::Datum> = None;
+    let mut values = vec![pg_sys::Datum::from(0usize); plan.len()];
+    let mut nulls = vec![true; plan.len()];
+    let mut image = Reader::new(image_store, (*srcrel).rd_att);
+    let mut old = (!old_store.is_null()).then(|| Reader::new(old_store, (*srcrel).rd_att));
+    let mut sink = sink;
+
+    while image.next() {
+        if let Some(old) = old.as_mut() {
+            // Old and new images are appended pairwise, so position pairs them, also when
+            // the primary key changes.
+            if !old.next() {
+                internal("transition tables of an UPDATE differ in length");
+            }
+            let changed = compared.iter().any(|c| {
+                let (a, an) = old.value(c.att);
+                let (b, bn) = image.value(c.att);
+                an != bn || (!an && !image_eq(a, b, c))
+            });
+            if !changed {
+                continue;
+            }
+        }
+        let ctx = *context.get_or_insert_with(|| {
+            let id = context::write_context(require_task, relid);
+            let p = pg_sys::palloc(16) as *mut u8;
+            std::ptr::copy_nonoverlapping(id.as_bytes().as_ptr(), p, 16);
+            pg_sys::Datum::from(p)
+        });
+        for (i, src) in plan.iter().enumerate() {
+            let (v, n) = match *src {
+                Source::Null => (pg_sys::Datum::from(0usize), true),
+                Source::HistoryId => (pg_sys::Datum::from(next_history_id(seqoid)), false),
+                Source::Kind => (kind, false),
+                Source::Date => (date, false),
+                Source::Context => (ctx, false),
+                Source::Image(a) => image.value(a),
+                Source::Old(a) => old.as_ref().expect("update").value(a),
+            };
+            values[i] = v;
+            nulls[i] = n;
+        }
+        sink.push(&mut values, &mut nulls);
+    }
+    pg_sys::ExecDropSingleTupleTableSlot(image.slot);
+    if let Some(o) = old {
+        pg_sys::ExecDropSingleTupleTableSlot(o.slot);
+    }
+    sink.close();
+}
