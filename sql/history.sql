@@ -114,9 +114,18 @@ BEGIN
     END LOOP;
 END $$;
 
--- (Re)write a tracked table's trigger function and put its triggers on the table and on every
--- partition. One set-based INSERT ... SELECT over the statement's transition table per statement;
--- PL/pgSQL keeps its plan per trigger, and PostgreSQL's plan cache invalidates it on DDL.
+-- The history writer (Rust, src/writer.rs): an AFTER ... FOR EACH STATEMENT trigger over the
+-- statement's transition tables that inserts history tuples in batches, as COPY does. Its
+-- arguments: history table name, require_task (t/f), the recorded columns' names.
+CREATE FUNCTION koherent._history_trigger() RETURNS trigger
+LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'koherent_history_trigger';
+REVOKE ALL ON FUNCTION koherent._history_trigger() FROM PUBLIC;
+
+-- Put a tracked table's triggers on the table and on every partition: the Rust writer for
+-- INSERT / UPDATE / DELETE (its arguments carry the recorded columns, so this runs again after
+-- every DDL that changes them), and a generated PL/pgSQL function that copies every row before
+-- TRUNCATE removes it.
 CREATE FUNCTION koherent._install_triggers(cfg_id integer) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -124,69 +133,34 @@ DECLARE
     hist text;
     fn text := format('koherent._trg_%s', cfg_id);
     cols text;
-    ncols text;
     ocols text;
-    oldcols text;
+    args text;
     rel record;
 BEGIN
     SELECT * INTO cfg FROM koherent.tracked_config WHERE id = cfg_id;
     hist := format('koherent_history.%I', cfg.history_table);
     SELECT string_agg(format('%I', column_name), ', ' ORDER BY attnum),
-           string_agg(format('n.%I', column_name), ', ' ORDER BY attnum),
            string_agg(format('o.%I', column_name), ', ' ORDER BY attnum),
-           string_agg(format('%I', 'old:' || column_name), ', ' ORDER BY attnum)
-      INTO cols, ncols, ocols, oldcols
+           string_agg(format('%L', column_name), ', ' ORDER BY attnum)
+      INTO cols, ocols, args
       FROM koherent.tracked_column WHERE config_id = cfg_id AND live_until IS NULL;
+    args := concat_ws(', ', format('%L, %L', cfg.history_table,
+                                   CASE WHEN cfg.require_task THEN 't' ELSE 'f' END), args);
 
     EXECUTE format($f$
 CREATE OR REPLACE FUNCTION %1$s() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off AS $body$
 BEGIN
-    -- The context subquery runs once, and only when the statement changed at least one row.
-    IF TG_OP = 'INSERT' THEN
-        INSERT INTO %2$s (history_id, history_kind, history_date, history_context, %3$s)
-        SELECT nextval('koherent.history_id_seq'), 'CREATE', statement_timestamp(),
-               (SELECT koherent._write_context(%7$L, TG_RELID)), %4$s
-          FROM koherent_new n;
-    ELSIF TG_OP = 'UPDATE' THEN
-        -- Old and new images are paired by position: PostgreSQL appends them together, so this
-        -- also holds when the primary key itself changes. A one-row statement (the common case)
-        -- uses a cached plan; a larger one is planned for its real size (a plan cached for one
-        -- row would pair a large statement's rows in quadratic time).
-        IF (SELECT count(*) FROM koherent_new) = 1 THEN
-            INSERT INTO %2$s (history_id, history_kind, history_date, history_context, %3$s, %6$s)
-            SELECT nextval('koherent.history_id_seq'), 'UPDATE', statement_timestamp(),
-                   (SELECT koherent._write_context(%7$L, TG_RELID)), %4$s, %5$s
-              FROM koherent_old o CROSS JOIN koherent_new n
-             WHERE pg_catalog.record_image_ne(ROW(%4$s), ROW(%5$s));
-        ELSE
-            EXECUTE %8$L
-            USING %7$L::boolean, TG_RELID;
-        END IF;
-    ELSIF TG_OP = 'DELETE' THEN
-        INSERT INTO %2$s (history_id, history_kind, history_date, history_context, %3$s)
-        SELECT nextval('koherent.history_id_seq'), 'DELETE', statement_timestamp(),
-               (SELECT koherent._write_context(%7$L, TG_RELID)), %5$s
-          FROM koherent_old o;
-    ELSIF TG_OP = 'TRUNCATE' THEN
-        EXECUTE format(%9$L,
-                       TG_TABLE_SCHEMA, TG_TABLE_NAME)
-        USING %7$L::boolean, TG_RELID;
-    END IF;
+    -- TRUNCATE keeps every removed row: this table's rows are copied before they go.
+    EXECUTE format(%2$L, TG_TABLE_SCHEMA, TG_TABLE_NAME) USING %3$L::boolean, TG_RELID;
     RETURN NULL;
 END
 $body$;
-$f$, fn, hist, cols, ncols, ocols, oldcols, cfg.require_task, format(
-        'INSERT INTO %1$s (history_id, history_kind, history_date, history_context, %2$s, %5$s) '
-        'SELECT nextval(''koherent.history_id_seq''), ''UPDATE'', statement_timestamp(), '
-        '(SELECT koherent._write_context($1, $2)), %3$s, %4$s '
-        'FROM (SELECT row_number() OVER () AS koherent_ord, %2$s FROM koherent_old) o '
-        'JOIN (SELECT row_number() OVER () AS koherent_ord, %2$s FROM koherent_new) n '
-        'USING (koherent_ord) WHERE pg_catalog.record_image_ne(ROW(%3$s), ROW(%4$s))',
-        hist, cols, ncols, ocols, oldcols), format(
+$f$, fn, format(
         'INSERT INTO %s (history_id, history_kind, history_date, history_context, %s) '
         'SELECT nextval(''koherent.history_id_seq''), ''TRUNCATE'', statement_timestamp(), '
-        '(SELECT koherent._write_context($1, $2)), %s FROM ONLY %%I.%%I o', hist, cols, ocols));
+        '(SELECT koherent._write_context($1, $2)), %s FROM ONLY %%I.%%I o', hist, cols, ocols),
+        cfg.require_task);
     EXECUTE format('REVOKE ALL ON FUNCTION %s() FROM PUBLIC', fn);
 
     FOR rel IN
@@ -199,16 +173,16 @@ $f$, fn, hist, cols, ncols, ocols, oldcols, cfg.require_task, format(
     LOOP
         PERFORM koherent._drop_triggers(rel.relid);
         EXECUTE format('CREATE TRIGGER koherent_history_insert AFTER INSERT ON %s '
-                       'REFERENCING NEW TABLE AS koherent_new FOR EACH STATEMENT EXECUTE FUNCTION %s()',
-                       rel.relid::regclass, fn);
+                       'REFERENCING NEW TABLE AS koherent_new FOR EACH STATEMENT '
+                       'EXECUTE FUNCTION koherent._history_trigger(%s)', rel.relid::regclass, args);
         EXECUTE format('CREATE TRIGGER koherent_history_update AFTER UPDATE ON %s '
                        'REFERENCING OLD TABLE AS koherent_old NEW TABLE AS koherent_new '
-                       'FOR EACH STATEMENT EXECUTE FUNCTION %s()', rel.relid::regclass, fn);
+                       'FOR EACH STATEMENT EXECUTE FUNCTION koherent._history_trigger(%s)',
+                       rel.relid::regclass, args);
         EXECUTE format('CREATE TRIGGER koherent_history_delete AFTER DELETE ON %s '
-                       'REFERENCING OLD TABLE AS koherent_old FOR EACH STATEMENT EXECUTE FUNCTION %s()',
-                       rel.relid::regclass, fn);
+                       'REFERENCING OLD TABLE AS koherent_old FOR EACH STATEMENT '
+                       'EXECUTE FUNCTION koherent._history_trigger(%s)', rel.relid::regclass, args);
         IF rel.relkind = 'r' THEN
-            -- TRUNCATE keeps every removed row: each table copies its own rows before it goes.
             EXECUTE format('CREATE TRIGGER koherent_history_truncate BEFORE TRUNCATE ON %s '
                            'FOR EACH STATEMENT EXECUTE FUNCTION %s()', rel.relid::regclass, fn);
         END IF;
@@ -382,8 +356,17 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = format('koherent_history.%I', cfg.history_table)::regclass) THEN
         EXECUTE format('CREATE INDEX ON koherent_history.%I (%s, history_id)', cfg.history_table,
                        (SELECT string_agg(format('%I', k), ', ') FROM unnest(pk) k));
-        EXECUTE format('CREATE INDEX ON koherent_history.%I USING brin (history_id)', cfg.history_table);
-        EXECUTE format('CREATE INDEX ON koherent_history.%I (history_context)', cfg.history_table);
+        -- history_id (min-max) and history_context (bloom) in one BRIN index: nothing to
+        -- maintain per row; the writer summarizes each block range it fills (src/writer.rs).
+        IF current_setting('server_version_num')::int >= 140000 THEN
+            EXECUTE format('CREATE INDEX ON koherent_history.%I USING brin '
+                           '(history_id, history_context uuid_bloom_ops) '
+                           'WITH (pages_per_range = 16, autosummarize = on)', cfg.history_table);
+        ELSE
+            EXECUTE format('CREATE INDEX ON koherent_history.%I USING brin (history_id) '
+                           'WITH (pages_per_range = 16, autosummarize = on)', cfg.history_table);
+            EXECUTE format('CREATE INDEX ON koherent_history.%I (history_context)', cfg.history_table);
+        END IF;
     END IF;
     PERFORM koherent._install_triggers(cfg.id);
     PERFORM koherent._rebuild_views();
