@@ -360,7 +360,7 @@ BEGIN
         -- maintain per row; the writer summarizes each block range it fills (src/writer.rs).
         IF current_setting('server_version_num')::int >= 140000 THEN
             EXECUTE format('CREATE INDEX ON koherent_history.%I USING brin '
-                           '(history_id, history_context uuid_bloom_ops) '
+                           '(history_id, history_context uuid_bloom_ops (n_distinct_per_range = -1)) '
                            'WITH (pages_per_range = 16, autosummarize = on)', cfg.history_table);
         ELSE
             EXECUTE format('CREATE INDEX ON koherent_history.%I USING brin (history_id) '

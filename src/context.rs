@@ -16,6 +16,7 @@ use pgrx::spi::{OwnedPreparedStatement, Spi};
 use pgrx::{JsonB, PgOid, Uuid};
 use serde_json::{Map, Value};
 use std::cell::RefCell;
+use std::collections::HashSet;
 use std::rc::Rc;
 
 use crate::error::{KoherentError, OrRaise};
@@ -34,6 +35,9 @@ impl Task {
             "task \"{}\" of issuer \"{}\"",
             self.claims.tsk, self.claims.iss
         )
+    }
+    fn key(&self) -> (String, String) {
+        (self.claims.iss.clone(), self.claims.tsk.clone())
     }
     fn same_as(&self, other: &Task) -> bool {
         self.claims.tsk == other.claims.tsk && self.claims.iss == other.claims.iss
@@ -63,8 +67,13 @@ struct Plans {
     metadata: OwnedPreparedStatement,
 }
 
+/// Tasks whose row this backend saw committed, by (issuer, task id). Their later transactions
+/// write only the context row: the task row exists (task rows are never deleted). Bounded.
+const KNOWN_TASKS_MAX: usize = 10_000;
+
 thread_local! {
     static XACT: RefCell<Xact> = RefCell::new(Xact::default());
+    static KNOWN_TASKS: RefCell<HashSet<(String, String)>> = RefCell::new(HashSet::new());
     static PLANS: RefCell<Option<Rc<Plans>>> = const { RefCell::new(None) };
 }
 
@@ -74,6 +83,23 @@ unsafe extern "C-unwind" fn xact_callback(
     _arg: *mut std::ffi::c_void,
 ) {
     use pg_sys::XactEvent::*;
+    if matches!(event, XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT) {
+        let written = XACT.with(|x| {
+            x.borrow()
+                .written
+                .as_ref()
+                .and_then(|w| w.task.as_ref().map(|t| t.key()))
+        });
+        if let Some(key) = written {
+            KNOWN_TASKS.with(|k| {
+                let mut k = k.borrow_mut();
+                if k.len() >= KNOWN_TASKS_MAX {
+                    k.clear();
+                }
+                k.insert(key);
+            });
+        }
+    }
     if matches!(
         event,
         XACT_EVENT_COMMIT
@@ -361,6 +387,9 @@ pub fn write_context(require_task: bool, relid: pg_sys::Oid) -> Uuid {
     let metadata = XACT.with(|x| JsonB(Value::Object(x.borrow().metadata.clone())));
     let plans = plans();
     let uuid = Uuid::from_bytes(id);
+    let known = task
+        .as_ref()
+        .is_some_and(|t| KNOWN_TASKS.with(|k| k.borrow().contains(&t.key())));
     let res = Spi::connect_mut(|c| match &task {
         None => c
             .update(
@@ -376,6 +405,22 @@ pub fn write_context(require_task: bool, relid: pg_sys::Oid) -> Uuid {
                 ],
             )
             .map(|_| ()),
+        Some(t) if known => {
+            let cl = &t.claims;
+            c.update(
+                &plans.context,
+                None,
+                &[
+                    uuid.into(),
+                    cl.tsk.clone().into(),
+                    cl.iss.clone().into(),
+                    cl.act.sub.clone().into(),
+                    cl.act.cid.clone().into(),
+                    metadata.into(),
+                ],
+            )
+            .map(|_| ())
+        }
         Some(t) => {
             let cl = &t.claims;
             c.update(

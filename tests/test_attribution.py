@@ -67,6 +67,23 @@ def test_task_row_is_created_once_and_reused(item):
     assert item.one("SELECT count(DISTINCT task_id) FROM koherent.provenance_entry") == 1
 
 
+def test_backend_remembers_committed_tasks_only(item):
+    # One connection: a rolled-back first write leaves no task row, so the next transaction
+    # must still create it; after a commit the backend skips the task upsert, and attribution
+    # is the same either way.
+    token = mint("task-k")
+    with item.app(autocommit=False) as c:
+        for i, end in enumerate(["rollback", "commit", "commit", "commit"]):
+            c.execute("SELECT koherent.set_task(%s)", [token])
+            c.execute("INSERT INTO item (id) VALUES (%s)", [i])
+            getattr(c, end)()
+            assert item.count("koherent.task") == (0 if end == "rollback" else 1)
+    assert item.sql("SELECT task_id FROM koherent.task") == [("task-k",)]
+    assert item.sql("SELECT row_key->>'id', task_id, agent_client_id, changed_by FROM koherent.provenance_entry "
+                    "ORDER BY history_id") == [(str(i), "task-k", "agent-client-9", "agent-user-3") for i in (1, 2, 3)]
+    assert item.count("koherent.transaction_auth_context") == 3
+
+
 def test_args_check(item):
     tok = mint("task-a")
     with item.app() as c:
