@@ -360,11 +360,11 @@ BEGIN
         -- maintain per row; the writer summarizes each block range it fills (src/writer.rs).
         IF current_setting('server_version_num')::int >= 140000 THEN
             EXECUTE format('CREATE INDEX ON koherent_history.%I USING brin '
-                           '(history_id, history_context uuid_bloom_ops (n_distinct_per_range = -1)) '
-                           'WITH (pages_per_range = 16, autosummarize = on)', cfg.history_table);
+                           '(history_id, history_context uuid_bloom_ops (n_distinct_per_range = 1000)) '
+                           'WITH (pages_per_range = 8, autosummarize = on)', cfg.history_table);
         ELSE
             EXECUTE format('CREATE INDEX ON koherent_history.%I USING brin (history_id) '
-                           'WITH (pages_per_range = 16, autosummarize = on)', cfg.history_table);
+                           'WITH (pages_per_range = 8, autosummarize = on)', cfg.history_table);
             EXECUTE format('CREATE INDEX ON koherent_history.%I (history_context)', cfg.history_table);
         END IF;
     END IF;

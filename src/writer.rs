@@ -15,10 +15,18 @@
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::PgTupleDesc;
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::ffi::{CStr, CString};
 
 use crate::context;
 use crate::error::KoherentError;
+
+thread_local! {
+    /// Per BRIN index of a history table: the block where the ranges this backend has not yet
+    /// summarized begin.
+    static SUMMARIZED: RefCell<HashMap<pg_sys::Oid, u32>> = RefCell::new(HashMap::new());
+}
 
 /// Rows buffered per `table_multi_insert` call (COPY uses 1000 too).
 const BATCH: usize = 1000;
@@ -238,12 +246,14 @@ impl Sink {
         self.used = 0;
     }
 
-    /// Summarize the BRIN block ranges this statement completed, so that lookups by
-    /// history_id and history_context never have to scan an unsummarized tail. Ranges are
-    /// summarized once, when full; a range still being filled is left alone (summarizing it
-    /// would make every later insert into it update its summary). Skipped, not waited for,
-    /// while another backend or VACUUM summarizes this table (`autosummarize` and VACUUM pick
-    /// up what is left).
+    /// Summarize the BRIN block ranges this statement's writes completed, so that lookups by
+    /// history_id and history_context never scan a long unsummarized tail. A range counts as
+    /// complete once the table has grown past it (summarizing the range still being filled
+    /// would make every later insert into it rewrite its summary). The range before the one a
+    /// statement starts in is included: single-row statements complete ranges that way. Each
+    /// backend remembers how far it has summarized each index, so a statement that completes
+    /// nothing costs no call. Skipped, not waited for, while another backend or VACUUM holds
+    /// the summarization lock (`autosummarize` and VACUUM pick up what is left).
     unsafe fn summarize(&self) {
         let Some((lo, hi)) = self.blocks else { return };
         let heap = (*self.rel).rd_id;
@@ -261,9 +271,13 @@ impl Sink {
             } else {
                 (*opts).pages_per_range.max(1)
             };
-            let complete = nblocks / ppr * ppr;
-            let mut start = lo / ppr * ppr;
-            while start <= hi && start + ppr <= complete {
+            let ioid = (*index).rd_id;
+            let done = SUMMARIZED.with(|m| m.borrow().get(&ioid).copied());
+            let mut start = (lo / ppr).saturating_sub(1) * ppr;
+            if let Some(d) = done.filter(|&d| d < nblocks) {
+                start = start.max(d);
+            }
+            while start <= hi && start + ppr < nblocks {
                 if !locked {
                     if !pg_sys::ConditionalLockRelationOid(
                         heap,
@@ -273,15 +287,14 @@ impl Sink {
                     }
                     locked = true;
                 }
-                pg_sys::ffi::pg_guard_ffi_boundary(|| {
-                    pg_sys::DirectFunctionCall2Coll(
-                        Some(ffi::brin_summarize_range),
-                        pg_sys::InvalidOid,
-                        pg_sys::Datum::from((*index).rd_id),
-                        pg_sys::Datum::from(i64::from(start)),
-                    )
-                });
+                pg_sys::DirectFunctionCall2Coll(
+                    Some(ffi::brin_summarize_range),
+                    pg_sys::InvalidOid,
+                    pg_sys::Datum::from(ioid),
+                    pg_sys::Datum::from(i64::from(start)),
+                );
                 start += ppr;
+                SUMMARIZED.with(|m| m.borrow_mut().insert(ioid, start));
             }
         }
         if locked {
