@@ -625,7 +625,9 @@ E'koherent: one row per field a history entry changed (CREATE: every field, old 
 -- transaction_auth_context.task_id), then each history table by its history_context index.
 CREATE FUNCTION koherent.task_changes(task_id text, include_subtasks boolean DEFAULT false)
 RETURNS SETOF koherent.provenance_entry
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- index lookups: starting parallel workers for them costs more than it saves
+SET max_parallel_workers_per_gather = 0 AS $$
 DECLARE
     ctx uuid[];
     branches text;
@@ -637,8 +639,11 @@ BEGIN
             ON (t.parent_task_id = p.task_id OR t.root_task_id = p.task_id) AND t.issuer = p.issuer
          WHERE include_subtasks
     )
+    -- LATERAL: one index probe per task (a hash join would read every context of the database)
     SELECT array_agg(c.id) INTO ctx
-      FROM koherent.transaction_auth_context c JOIN tasks t ON t.task_id = c.task_id AND t.issuer = c.issuer;
+      FROM tasks t CROSS JOIN LATERAL (
+            SELECT x.id FROM koherent.transaction_auth_context x
+             WHERE x.task_id = t.task_id AND x.issuer = t.issuer) c;
     IF ctx IS NULL THEN
         RETURN;
     END IF;
