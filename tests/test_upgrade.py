@@ -1,0 +1,112 @@
+"""Upgrading from the previous release: CREATE EXTENSION koherent VERSION '0.1.0' (its install
+script, tests/fixtures/koherent--0.1.0.sql, as 0.1.0's `cargo pgrx install` wrote it), history
+written by 0.1.0, then ALTER EXTENSION koherent UPDATE. The result must match a fresh install of
+the current version, keep the old history, and record new writes with the new writer."""
+
+import json
+import os
+import shutil
+import subprocess
+import uuid
+
+import pytest
+
+from conftest import APP_ROLE, AUDIENCE, ISSUER, ITEM_DDL, ROOT, TEST_PUBLIC_JWK, Db, connect, mint
+
+PREVIOUS = "0.1.0"
+
+
+def current_version():
+    for line in open(os.path.join(ROOT, "Cargo.toml")):
+        if line.startswith("version"):
+            return line.split('"')[1]
+    raise AssertionError("no version in Cargo.toml")
+
+
+@pytest.fixture
+def old_db():
+    sharedir = subprocess.run(["pg_config", "--sharedir"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    target = os.path.join(sharedir, "extension", f"koherent--{PREVIOUS}.sql")
+    shutil.copy(os.path.join(ROOT, "tests", "fixtures", f"koherent--{PREVIOUS}.sql"), target)
+    dbs = [f"t_upgrade_{uuid.uuid4().hex[:8]}", f"t_fresh_{uuid.uuid4().hex[:8]}"]
+    with connect() as c:
+        for name in dbs:
+            c.execute(f"CREATE DATABASE {name}")
+            c.execute(f"ALTER DATABASE {name} SET koherent.audience = '{AUDIENCE}'")
+    yield Db(dbs[0]), Db(dbs[1])
+    with connect() as c:
+        for name in dbs:
+            c.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def members(db):
+    """The extension's objects, and the definitions of its functions."""
+    objs = db.sql("SELECT pg_describe_object(classid, objid, objsubid) FROM pg_depend d "
+                  "JOIN pg_extension e ON e.oid = d.refobjid "
+                  "WHERE e.extname = 'koherent' AND d.deptype = 'e' ORDER BY 1")
+    defs = db.sql("SELECT p.oid::regprocedure::text, pg_get_functiondef(p.oid), "
+                  "coalesce(p.proacl::text, '') FROM pg_proc p "
+                  "JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'koherent' "
+                  "AND p.prokind = 'f' ORDER BY 1")
+    return objs, defs
+
+
+def history_indexes(db, table="item"):
+    return db.sql("SELECT a.amname, pg_get_indexdef(i.indexrelid) ~ 'uuid_bloom_ops' FROM pg_index i "
+                  "JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam "
+                  f"WHERE i.indrelid = 'koherent_history.{table}'::regclass ORDER BY 1, 2")
+
+
+def trigger_functions(db, table="item"):
+    return db.sql("SELECT p.proname, count(*)::int FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid "
+                  f"WHERE t.tgrelid = '{table}'::regclass GROUP BY 1 ORDER BY 1")
+
+
+def write_under(db, tsk, statements):
+    with db.app(autocommit=False) as c:
+        c.execute("SELECT koherent.set_task(%s)", [mint(tsk)])
+        for s in statements:
+            c.execute(s)
+        c.commit()
+
+
+def test_upgrade_from_previous_release(old_db):
+    old, fresh = old_db
+    old.sql(f"CREATE EXTENSION koherent VERSION '{PREVIOUS}'")
+    assert old.one("SELECT extversion FROM pg_extension WHERE extname = 'koherent'") == PREVIOUS
+    if not old.sql("SELECT 1 FROM pg_roles WHERE rolname = %s", [APP_ROLE]):
+        old.sql(f"CREATE ROLE {APP_ROLE} LOGIN")
+    for d in (old, fresh):
+        d.sql(ITEM_DDL)
+        d.sql(f"GRANT SELECT, INSERT, UPDATE, DELETE ON item TO {APP_ROLE}")
+    old.sql("SELECT koherent.add_issuer_jwks(%s, %s::jsonb)", [ISSUER, json.dumps({"keys": [TEST_PUBLIC_JWK]})])
+    old.sql("SELECT koherent.track('item')")
+    # 0.1.0 wrote history with generated PL/pgSQL triggers and a btree on history_context
+    assert not old.sql("SELECT 1 FROM pg_proc WHERE proname = '_history_trigger'")
+    assert trigger_functions(old) == [("_trg_1", 4)]
+    assert ("btree", False) in history_indexes(old) and len(history_indexes(old)) == 3
+    write_under(old, "before-upgrade", ["INSERT INTO item (id, qty) VALUES (1, 1), (2, 2)",
+                                        "UPDATE item SET qty = 10 WHERE id = 1"])
+
+    old.sql("ALTER EXTENSION koherent UPDATE")
+    assert old.one("SELECT extversion FROM pg_extension WHERE extname = 'koherent'") == current_version()
+    # the table now runs the Rust writer and has the new indexes
+    assert trigger_functions(old) == [("_history_trigger", 3), ("_trg_1", 1)]
+    assert history_indexes(old) == [("brin", True), ("btree", False)]
+    write_under(old, "after-upgrade", ["UPDATE item SET qty = 20 WHERE id = 1", "DELETE FROM item WHERE id = 2"])
+    assert old.sql("SELECT kind, row_key->>'id', task_id FROM koherent.provenance_entry ORDER BY history_id") == [
+        ("CREATE", "1", "before-upgrade"), ("CREATE", "2", "before-upgrade"),
+        ("UPDATE", "1", "before-upgrade"), ("UPDATE", "1", "after-upgrade"), ("DELETE", "2", "after-upgrade")]
+    assert old.sql("SELECT field, old_value, new_value FROM koherent.effective_change c "
+                   "JOIN koherent.provenance_entry e USING (history_id) "
+                   "WHERE e.task_id = 'after-upgrade' AND e.kind = 'UPDATE'") == [("qty", 10, 20)]
+    assert old.one("SELECT count(*) FROM koherent.task_changes('before-upgrade')") == 3
+    assert old.one("SELECT count(*) FROM koherent.task") == 2
+
+    # the upgraded schema is the fresh install's: same objects, same function definitions and grants
+    fresh.sql("CREATE EXTENSION koherent")
+    fresh.sql("SELECT koherent.track('item')")
+    assert members(old) == members(fresh)
+    assert history_indexes(old) == history_indexes(fresh)
+
