@@ -262,6 +262,23 @@ END $$;
 -- track / untrack
 -------------------------------------------------------------------------------------------------
 
+-- A history table's lookup indexes besides the row btree: history_id (min-max) and
+-- history_context (bloom) in one BRIN index, nothing to maintain per row while a block range
+-- fills; the writer summarizes each range once the table has grown past it (src/writer.rs).
+CREATE FUNCTION koherent._create_lookup_indexes(hist regclass) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF current_setting('server_version_num')::int >= 140000 THEN
+        EXECUTE format('CREATE INDEX ON %s USING brin '
+                       '(history_id, history_context uuid_bloom_ops (n_distinct_per_range = 1000)) '
+                       'WITH (pages_per_range = 8, autosummarize = on)', hist);
+    ELSE  -- no bloom opclass before 14
+        EXECUTE format('CREATE INDEX ON %s USING brin (history_id) '
+                       'WITH (pages_per_range = 8, autosummarize = on)', hist);
+        EXECUTE format('CREATE INDEX ON %s (history_context)', hist);
+    END IF;
+END $$;
+
 CREATE FUNCTION koherent.track(tbl regclass, exclude text[] DEFAULT '{}', require_task boolean DEFAULT false)
 RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -356,17 +373,7 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = format('koherent_history.%I', cfg.history_table)::regclass) THEN
         EXECUTE format('CREATE INDEX ON koherent_history.%I (%s, history_id)', cfg.history_table,
                        (SELECT string_agg(format('%I', k), ', ') FROM unnest(pk) k));
-        -- history_id (min-max) and history_context (bloom) in one BRIN index: nothing to
-        -- maintain per row; the writer summarizes each block range it fills (src/writer.rs).
-        IF current_setting('server_version_num')::int >= 140000 THEN
-            EXECUTE format('CREATE INDEX ON koherent_history.%I USING brin '
-                           '(history_id, history_context uuid_bloom_ops (n_distinct_per_range = 1000)) '
-                           'WITH (pages_per_range = 8, autosummarize = on)', cfg.history_table);
-        ELSE
-            EXECUTE format('CREATE INDEX ON koherent_history.%I USING brin (history_id) '
-                           'WITH (pages_per_range = 8, autosummarize = on)', cfg.history_table);
-            EXECUTE format('CREATE INDEX ON koherent_history.%I (history_context)', cfg.history_table);
-        END IF;
+        PERFORM koherent._create_lookup_indexes(format('koherent_history.%I', cfg.history_table)::regclass);
     END IF;
     PERFORM koherent._install_triggers(cfg.id);
     PERFORM koherent._rebuild_views();

@@ -77,6 +77,20 @@ $f$, fn, format(
 END $$;
 
 
+CREATE FUNCTION koherent._create_lookup_indexes(hist regclass) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF current_setting('server_version_num')::int >= 140000 THEN
+        EXECUTE format('CREATE INDEX ON %s USING brin '
+                       '(history_id, history_context uuid_bloom_ops (n_distinct_per_range = 1000)) '
+                       'WITH (pages_per_range = 8, autosummarize = on)', hist);
+    ELSE  -- no bloom opclass before 14
+        EXECUTE format('CREATE INDEX ON %s USING brin (history_id) '
+                       'WITH (pages_per_range = 8, autosummarize = on)', hist);
+        EXECUTE format('CREATE INDEX ON %s (history_context)', hist);
+    END IF;
+END $$;
+
 CREATE OR REPLACE FUNCTION koherent.track(tbl regclass, exclude text[] DEFAULT '{}', require_task boolean DEFAULT false)
 RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -171,17 +185,7 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = format('koherent_history.%I', cfg.history_table)::regclass) THEN
         EXECUTE format('CREATE INDEX ON koherent_history.%I (%s, history_id)', cfg.history_table,
                        (SELECT string_agg(format('%I', k), ', ') FROM unnest(pk) k));
-        -- history_id (min-max) and history_context (bloom) in one BRIN index: nothing to
-        -- maintain per row; the writer summarizes each block range it fills (src/writer.rs).
-        IF current_setting('server_version_num')::int >= 140000 THEN
-            EXECUTE format('CREATE INDEX ON koherent_history.%I USING brin '
-                           '(history_id, history_context uuid_bloom_ops (n_distinct_per_range = 1000)) '
-                           'WITH (pages_per_range = 8, autosummarize = on)', cfg.history_table);
-        ELSE
-            EXECUTE format('CREATE INDEX ON koherent_history.%I USING brin (history_id) '
-                           'WITH (pages_per_range = 8, autosummarize = on)', cfg.history_table);
-            EXECUTE format('CREATE INDEX ON koherent_history.%I (history_context)', cfg.history_table);
-        END IF;
+        PERFORM koherent._create_lookup_indexes(format('koherent_history.%I', cfg.history_table)::regclass);
     END IF;
     PERFORM koherent._install_triggers(cfg.id);
     PERFORM koherent._rebuild_views();
@@ -221,7 +225,7 @@ COMMENT ON FUNCTION koherent.track(regclass, text[], boolean) IS
   'Start recording every row change of a table (idempotent; a second call applies a changed exclude or require_task).';
 COMMENT ON FUNCTION koherent.task_changes(text, boolean) IS
   'Every change one task made, across all tracked tables, in order; include_subtasks follows parent_task_id and root_task_id.';
-REVOKE EXECUTE ON FUNCTION koherent._install_triggers(integer), koherent.track(regclass, text[], boolean),
+REVOKE EXECUTE ON FUNCTION koherent._create_lookup_indexes(regclass), koherent._install_triggers(integer), koherent.track(regclass, text[], boolean),
     koherent.task_changes(text, boolean) FROM PUBLIC;
 
 DO $migrate$
@@ -244,15 +248,7 @@ BEGIN
         LOOP
             EXECUTE format('DROP INDEX %s', idx);
         END LOOP;
-        IF current_setting('server_version_num')::int >= 140000 THEN
-            EXECUTE format('CREATE INDEX ON %s USING brin '
-                           '(history_id, history_context uuid_bloom_ops (n_distinct_per_range = 1000)) '
-                           'WITH (pages_per_range = 8, autosummarize = on)', hist);
-        ELSE
-            EXECUTE format('CREATE INDEX ON %s USING brin (history_id) '
-                           'WITH (pages_per_range = 8, autosummarize = on)', hist);
-            EXECUTE format('CREATE INDEX ON %s (history_context)', hist);
-        END IF;
+        PERFORM koherent._create_lookup_indexes(hist);
         -- 0.1.0's per-table trigger function is not an extension member, so it cannot be
         -- replaced from this script: drop it with its triggers, let _install_triggers create the
         -- new ones, and keep the new function out of the extension, as track() leaves it.

@@ -390,63 +390,35 @@ pub fn write_context(require_task: bool, relid: pg_sys::Oid) -> Uuid {
     let known = task
         .as_ref()
         .is_some_and(|t| KNOWN_TASKS.with(|k| k.borrow().contains(&t.key())));
-    let res = Spi::connect_mut(|c| match &task {
-        None => c
-            .update(
-                &plans.context,
-                None,
-                &[
-                    uuid.into(),
-                    Option::<String>::None.into(),
-                    Option::<String>::None.into(),
-                    Option::<String>::None.into(),
-                    Option::<String>::None.into(),
-                    metadata.into(),
-                ],
-            )
-            .map(|_| ()),
-        Some(t) if known => {
+    // $1..$6: the context row; a task not yet known to exist adds its row's values ($7..$15).
+    let cl = task.as_ref().map(|t| &t.claims);
+    let mut args: Vec<pgrx::datum::DatumWithOid> = vec![
+        uuid.into(),
+        cl.map(|c| c.tsk.clone()).into(),
+        cl.map(|c| c.iss.clone()).into(),
+        cl.map(|c| c.act.sub.clone()).into(),
+        cl.map(|c| c.act.cid.clone()).into(),
+        metadata.into(),
+    ];
+    let plan = match &task {
+        Some(t) if !known => {
             let cl = &t.claims;
-            c.update(
-                &plans.context,
-                None,
-                &[
-                    uuid.into(),
-                    cl.tsk.clone().into(),
-                    cl.iss.clone().into(),
-                    cl.act.sub.clone().into(),
-                    cl.act.cid.clone().into(),
-                    metadata.into(),
-                ],
-            )
-            .map(|_| ())
+            args.extend([
+                cl.ptk.clone().into(),
+                cl.rtk.clone().into(),
+                cl.rcb.clone().into(),
+                cl.sub.clone().into(),
+                cl.jti.clone().into(),
+                cl.ahs.clone().into(),
+                cl.aha.clone().into(),
+                JsonB(Value::Object(cl.payload.clone())).into(),
+                t.token.clone().into(),
+            ]);
+            &plans.context_with_task
         }
-        Some(t) => {
-            let cl = &t.claims;
-            c.update(
-                &plans.context_with_task,
-                None,
-                &[
-                    uuid.into(),
-                    cl.tsk.clone().into(),
-                    cl.iss.clone().into(),
-                    cl.act.sub.clone().into(),
-                    cl.act.cid.clone().into(),
-                    metadata.into(),
-                    cl.ptk.clone().into(),
-                    cl.rtk.clone().into(),
-                    cl.rcb.clone().into(),
-                    cl.sub.clone().into(),
-                    cl.jti.clone().into(),
-                    cl.ahs.clone().into(),
-                    cl.aha.clone().into(),
-                    JsonB(Value::Object(cl.payload.clone())).into(),
-                    t.token.clone().into(),
-                ],
-            )
-            .map(|_| ())
-        }
-    });
+        _ => &plans.context,
+    };
+    let res = Spi::connect_mut(|c| c.update(plan, None, &args).map(|_| ()));
     res.map_err(|e| KoherentError::Internal(e.to_string()))
         .or_raise();
     let subid = unsafe { pg_sys::GetCurrentSubTransactionId() };

@@ -466,3 +466,22 @@ def test_nulls_and_partition_with_other_column_order(db):
     assert db.sql("SELECT history_kind, id, k, v, \"old:v\" FROM koherent_history.m ORDER BY history_id") == [
         ("CREATE", 1, "a", None, None), ("CREATE", 2, "b", 2.5, None),
         ("UPDATE", 2, "b", None, 2.5), ("UPDATE", 2, "b", 7, None)]
+
+
+def test_large_statement_reserves_one_block_of_ids(item):
+    item.sql("INSERT INTO item (id, qty) VALUES (0, 0)")  # one row: one nextval
+    item.sql("INSERT INTO item (id, qty) SELECT g, g FROM generate_series(1, 500) g")
+    item.sql("UPDATE item SET qty = -1 WHERE id = 0")
+    ids = [r[0] for r in item.sql("SELECT history_id FROM koherent_history.item ORDER BY history_id")]
+    block = ids[1:501]
+    assert block == list(range(block[0], block[0] + 500))  # consecutive, in row order
+    assert item.sql("SELECT id FROM koherent_history.item WHERE history_kind = 'CREATE' AND id > 0 "
+                    "ORDER BY history_id") == [(g,) for g in range(1, 501)]
+    assert ids[0] < block[0] and ids[-1] > block[-1]  # recorded before and after the block
+    # an UPDATE reserves for every row it touched; rows it did not change leave a gap
+    item.sql("UPDATE item SET qty = CASE WHEN id <= 100 THEN qty + 1 ELSE qty END WHERE id > 0")
+    upd = [r[0] for r in item.sql("SELECT history_id FROM koherent_history.item "
+                                  "WHERE history_kind = 'UPDATE' AND id > 0 ORDER BY history_id")]
+    assert len(upd) == 100 and upd == list(range(upd[0], upd[0] + 100))
+    item.sql("INSERT INTO item (id, qty) VALUES (1000, 0)")
+    assert item.one("SELECT max(history_id) FROM koherent_history.item") >= upd[0] + 500
