@@ -195,8 +195,9 @@ END $$;
 CREATE OR REPLACE FUNCTION koherent.task_changes(task_id text, include_subtasks boolean DEFAULT false)
 RETURNS SETOF koherent.provenance_entry
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
--- index lookups: starting parallel workers for them costs more than it saves
-SET max_parallel_workers_per_gather = 0 AS $$
+-- index lookups: parallel workers and JIT compilation cost more than they save (a task with
+-- many contexts makes estimates large enough to trigger both)
+SET max_parallel_workers_per_gather = 0 SET jit = off AS $$
 DECLARE
     ctx uuid[];
     branches text;
@@ -208,11 +209,12 @@ BEGIN
             ON (t.parent_task_id = p.task_id OR t.root_task_id = p.task_id) AND t.issuer = p.issuer
          WHERE include_subtasks
     )
-    -- LATERAL: one index probe per task (a hash join would read every context of the database)
+    -- One index probe per task: a join would be planned as a hash join over every context of
+    -- the database (OFFSET 0 keeps the LATERAL subquery from being flattened into one).
     SELECT array_agg(c.id) INTO ctx
       FROM tasks t CROSS JOIN LATERAL (
             SELECT x.id FROM koherent.transaction_auth_context x
-             WHERE x.task_id = t.task_id AND x.issuer = t.issuer) c;
+             WHERE x.task_id = t.task_id AND x.issuer = t.issuer OFFSET 0) c;
     IF ctx IS NULL THEN
         RETURN;
     END IF;

@@ -229,13 +229,14 @@ impl Sink {
             self.bistate,
         );
         for &slot in &self.slots[..self.used] {
-            let tid = (*slot).tts_tid.ip_blkid;
-            let blk = (u32::from(tid.bi_hi) << 16) | u32::from(tid.bi_lo);
+            let blk = block_of(slot);
             self.blocks = Some(match self.blocks {
                 None => (blk, blk),
                 Some((lo, hi)) => (lo.min(blk), hi.max(blk)),
             });
-            insert_index_tuples(self.rri, slot, self.estate);
+        }
+        insert_index_entries(self.rri, &self.slots[..self.used], self.estate);
+        for &slot in &self.slots[..self.used] {
             pg_sys::ExecClearTuple(slot);
         }
         let econtext = (*self.estate).es_per_tuple_exprcontext;
@@ -318,55 +319,141 @@ impl Sink {
     }
 }
 
-#[cfg(feature = "pg13")]
-unsafe fn insert_index_tuples(
-    rri: *mut pg_sys::ResultRelInfo,
-    slot: *mut pg_sys::TupleTableSlot,
-    estate: *mut pg_sys::EState,
-) {
-    (*estate).es_result_relation_info = rri;
-    pg_sys::ExecInsertIndexTuples(
-        slot,
-        estate,
-        false,
-        std::ptr::null_mut(),
-        std::ptr::null_mut(),
-    );
+unsafe fn block_of(slot: *mut pg_sys::TupleTableSlot) -> u32 {
+    let b = (*slot).tts_tid.ip_blkid;
+    (u32::from(b.bi_hi) << 16) | u32::from(b.bi_lo)
 }
 
-#[cfg(any(feature = "pg14", feature = "pg15"))]
-unsafe fn insert_index_tuples(
+/// Index entries for a batch of history tuples already in the heap.
+///
+/// PostgreSQL 15: per index, per tuple, as `ExecInsertIndexTuples` would, except that a BRIN
+/// index is not called for tuples whose block range has no summary yet: `brininsert` would
+/// only look that up and return (paying a revmap initialization per tuple), so it is looked up
+/// once per range and batch here. This is safe because the tuples are already in the heap: a
+/// summarization that has not placed its placeholder in the revmap when we look will scan
+/// them; one that has is seen as a summary, and then its tuples are inserted as usual.
+#[cfg(feature = "pg15")]
+unsafe fn insert_index_entries(
     rri: *mut pg_sys::ResultRelInfo,
-    slot: *mut pg_sys::TupleTableSlot,
+    slots: &[*mut pg_sys::TupleTableSlot],
     estate: *mut pg_sys::EState,
 ) {
-    pg_sys::ExecInsertIndexTuples(
-        rri,
-        slot,
-        estate,
-        false,
-        false,
-        std::ptr::null_mut(),
-        std::ptr::null_mut(),
-    );
+    let heap = (*rri).ri_RelationDesc;
+    let econtext = pg_sys::MakePerTupleExprContext(estate);
+    let mut values = [pg_sys::Datum::from(0usize); pg_sys::INDEX_MAX_KEYS as usize];
+    let mut isnull = [false; pg_sys::INDEX_MAX_KEYS as usize];
+    for i in 0..(*rri).ri_NumIndices as usize {
+        let index = *(*rri).ri_IndexRelationDescs.add(i);
+        let info = *(*rri).ri_IndexRelationInfo.add(i);
+        let brin = (*(*index).rd_rel).relam == pg_sys::BRIN_AM_OID;
+        let mut revmap: *mut std::ffi::c_void = std::ptr::null_mut();
+        let mut ppr: pg_sys::BlockNumber = 0;
+        let mut ranges: Vec<(u32, bool)> = Vec::new();
+        for &slot in slots {
+            if brin {
+                if revmap.is_null() {
+                    revmap = pg_sys::ffi::pg_guard_ffi_boundary(|| {
+                        ffi::brinRevmapInitialize(index, &mut ppr, std::ptr::null_mut())
+                    });
+                }
+                let start = block_of(slot) / ppr * ppr;
+                let summarized = match ranges.iter().find(|(s, _)| *s == start) {
+                    Some(&(_, known)) => known,
+                    None => {
+                        let known = range_summarized(revmap, start);
+                        ranges.push((start, known));
+                        known
+                    }
+                };
+                if !summarized {
+                    continue;
+                }
+            }
+            (*econtext).ecxt_scantuple = slot;
+            pg_sys::FormIndexDatum(info, slot, estate, values.as_mut_ptr(), isnull.as_mut_ptr());
+            pg_sys::index_insert(
+                index,
+                values.as_mut_ptr(),
+                isnull.as_mut_ptr(),
+                &mut (*slot).tts_tid,
+                heap,
+                pg_sys::IndexUniqueCheck::UNIQUE_CHECK_NO,
+                false,
+                info,
+            );
+        }
+        if !revmap.is_null() {
+            pg_sys::ffi::pg_guard_ffi_boundary(|| ffi::brinRevmapTerminate(revmap));
+        }
+    }
 }
 
-#[cfg(any(feature = "pg16", feature = "pg17"))]
-unsafe fn insert_index_tuples(
+/// Whether the BRIN range starting at `start` has a summary (or a summarization's placeholder).
+#[cfg(feature = "pg15")]
+unsafe fn range_summarized(revmap: *mut std::ffi::c_void, start: u32) -> bool {
+    let mut buf: pg_sys::Buffer = 0;
+    let mut off: pg_sys::OffsetNumber = 0;
+    let tuple = pg_sys::ffi::pg_guard_ffi_boundary(|| {
+        ffi::brinGetTupleForHeapBlock(
+            revmap,
+            start,
+            &mut buf,
+            &mut off,
+            std::ptr::null_mut(),
+            pg_sys::BUFFER_LOCK_SHARE as _,
+            std::ptr::null_mut(),
+        )
+    });
+    if !tuple.is_null() {
+        pg_sys::LockBuffer(buf, pg_sys::BUFFER_LOCK_UNLOCK as _);
+    }
+    if buf != 0 {
+        pg_sys::ReleaseBuffer(buf);
+    }
+    !tuple.is_null()
+}
+
+/// Other versions: `ExecInsertIndexTuples` per tuple (its signature differs per version).
+#[cfg(not(feature = "pg15"))]
+unsafe fn insert_index_entries(
     rri: *mut pg_sys::ResultRelInfo,
-    slot: *mut pg_sys::TupleTableSlot,
+    slots: &[*mut pg_sys::TupleTableSlot],
     estate: *mut pg_sys::EState,
 ) {
-    pg_sys::ExecInsertIndexTuples(
-        rri,
-        slot,
-        estate,
-        false,
-        false,
-        std::ptr::null_mut(),
-        std::ptr::null_mut(),
-        false,
-    );
+    for &slot in slots {
+        #[cfg(feature = "pg13")]
+        {
+            (*estate).es_result_relation_info = rri;
+            pg_sys::ExecInsertIndexTuples(
+                slot,
+                estate,
+                false,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            );
+        }
+        #[cfg(feature = "pg14")]
+        pg_sys::ExecInsertIndexTuples(
+            rri,
+            slot,
+            estate,
+            false,
+            false,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        );
+        #[cfg(any(feature = "pg16", feature = "pg17"))]
+        pg_sys::ExecInsertIndexTuples(
+            rri,
+            slot,
+            estate,
+            false,
+            false,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            false,
+        );
+    }
 }
 
 mod ffi {
@@ -378,6 +465,25 @@ mod ffi {
         pub fn brin_summarize_range(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum;
         // commands/sequence.h, the C symbol of setval(regclass, bigint).
         pub fn setval_oid(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum;
+        // access/brin_revmap.h (PostgreSQL 15 signatures; BrinRevmap is opaque).
+        #[cfg(feature = "pg15")]
+        pub fn brinRevmapInitialize(
+            idxrel: pg_sys::Relation,
+            pages_per_range: *mut pg_sys::BlockNumber,
+            snapshot: pg_sys::Snapshot,
+        ) -> *mut std::ffi::c_void;
+        #[cfg(feature = "pg15")]
+        pub fn brinRevmapTerminate(revmap: *mut std::ffi::c_void);
+        #[cfg(feature = "pg15")]
+        pub fn brinGetTupleForHeapBlock(
+            revmap: *mut std::ffi::c_void,
+            heap_blk: pg_sys::BlockNumber,
+            buf: *mut pg_sys::Buffer,
+            off: *mut pg_sys::OffsetNumber,
+            size: *mut pg_sys::Size,
+            mode: std::ffi::c_int,
+            snapshot: pg_sys::Snapshot,
+        ) -> *mut std::ffi::c_void;
     }
 }
 
