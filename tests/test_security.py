@@ -220,6 +220,10 @@ APP_DENIED = [
     "DROP TRIGGER koherent_history_update ON item",
     "SET session_replication_role = replica",
     "ALTER TABLE koherent_history.item DROP COLUMN qty",
+    # the history writer on a table of one's own would write rows into item's history
+    "DO $$ BEGIN CREATE TABLE mine (id bigint PRIMARY KEY, qty int); "
+    "CREATE TRIGGER forge AFTER INSERT ON mine REFERENCING NEW TABLE AS n FOR EACH STATEMENT "
+    "EXECUTE FUNCTION koherent._history_trigger('item', 'f', 'id', 'qty'); END $$",
 ]
 
 
