@@ -44,30 +44,33 @@ def timed(c, sql):
     return time.perf_counter() - t
 
 
-def fresh(c, t, tracked):
+def fresh(c, t, tracked, row_index=True):
     c.execute(f"DROP TABLE IF EXISTS {t}")
     c.execute(DDL.format(t=t))
     if tracked:
-        c.execute(f"SELECT koherent.track('{t}')")
+        c.execute(f"SELECT koherent.track('{t}', row_index => {row_index})")
     c.execute("CHECKPOINT")
 
 
+# (table, tracked, row_index): untracked, tracked (default), tracked without the row index
+VARIANTS = [("plain", False, True), ("tracked", True, True), ("lean", True, False)]
+
+
 def bulk(c):
-    res = {"insert": ([], []), "update": ([], []), "delete": ([], [])}
+    res = {op: [[] for _ in VARIANTS] for op in ("insert", "update", "delete")}
     for rep in range(REPS):
-        order = [("plain", False), ("tracked", True)]
+        order = list(enumerate(VARIANTS))
         if rep % 2:
             order.reverse()
-        for t, tracked in order:
-            i = 1 if tracked else 0
-            fresh(c, t, tracked)
+        for i, (t, tracked, row_index) in order:
+            fresh(c, t, tracked, row_index)
             res["insert"][i].append(timed(c, f"INSERT INTO {t} SELECT g, 'name ' || g, g % 1000, g * 1.5, "
                                              f"'note', now() FROM generate_series(1, {ROWS}) g"))
             c.execute(f"VACUUM ANALYZE {t}")
             res["update"][i].append(timed(c, f"UPDATE {t} SET qty = qty + 1, updated = now()"))
             c.execute(f"VACUUM ANALYZE {t}")
             res["delete"][i].append(timed(c, f"DELETE FROM {t} WHERE id <= {ROWS // 2}"))
-    return {k: (statistics.median(p), statistics.median(tr)) for k, (p, tr) in res.items()}
+    return {k: [statistics.median(v) for v in runs] for k, runs in res.items()}
 
 
 def pgbench(script, seconds=PGBENCH_SECONDS):
@@ -97,8 +100,9 @@ def main():
         print(f"koherent benchmark: {ROWS} rows, median of {REPS}, 6-column table, synchronous_commit=off")
         r = bulk(c)
         for op, n in (("insert", ROWS), ("update", ROWS), ("delete", ROWS // 2)):
-            p, t = r[op]
-            print(f"{op:<28} {n:>7} rows  untracked {p * 1000:8.1f} ms  tracked {t * 1000:8.1f} ms  ratio {t / p:5.2f}")
+            p, t, lean = r[op]
+            print(f"{op:<28} {n:>7} rows  untracked {p * 1000:8.1f} ms  tracked {t * 1000:8.1f} ms  ratio {t / p:5.2f}"
+                  f"  (row_index => false: {lean * 1000:6.1f} ms, ratio {lean / p:5.2f})")
         for t, tracked in (("plain", False), ("tracked", True)):
             fresh(c, t, tracked)
             c.execute(f"INSERT INTO {t} SELECT g, 'name ' || g, g % 1000, g * 1.5, 'note', now() "

@@ -91,7 +91,20 @@ BEGIN
     END IF;
 END $$;
 
-CREATE OR REPLACE FUNCTION koherent.track(tbl regclass, exclude text[] DEFAULT '{}', require_task boolean DEFAULT false)
+-- track() gains row_index: a new signature, so the old function goes.
+DROP FUNCTION koherent.track(regclass, text[], boolean);
+CREATE FUNCTION koherent._row_index(hist regclass) RETURNS regclass
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT i.indexrelid::regclass
+      FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam
+     WHERE i.indrelid = hist AND a.amname = 'btree' AND i.indnatts >= 2
+       AND i.indkey[i.indnatts - 1] = (SELECT attnum FROM pg_attribute
+                                        WHERE attrelid = hist AND attname = 'history_id')
+     LIMIT 1
+$$;
+
+CREATE FUNCTION koherent.track(tbl regclass, exclude text[] DEFAULT '{}', require_task boolean DEFAULT false,
+                               row_index boolean DEFAULT true)
 RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -100,6 +113,8 @@ DECLARE
     pk name[];
     cfg koherent.tracked_config;
     hname name;
+    hist regclass;
+    idx regclass;
     bad text;
 BEGIN
     IF tbl IS NULL THEN
@@ -156,7 +171,9 @@ BEGIN
     LOCK TABLE koherent.tracked_config IN SHARE ROW EXCLUSIVE MODE;
     SELECT * INTO cfg FROM koherent.tracked_config WHERE relid = tbl AND dropped_at IS NULL;
     IF FOUND THEN
-        IF cfg.active AND cfg.exclude = exclude AND cfg.require_task = track.require_task THEN
+        IF cfg.active AND cfg.exclude = exclude AND cfg.require_task = track.require_task
+           AND (koherent._row_index(format('koherent_history.%I', cfg.history_table)::regclass) IS NOT NULL)
+               = coalesce(track.row_index, true) THEN
             RETURN;  -- already tracked exactly so
         END IF;
         UPDATE koherent.tracked_config
@@ -182,10 +199,19 @@ BEGIN
                               'TRUNCATE); "old:<column>" holds the value before an UPDATE.', tbl));
     END IF;
     PERFORM koherent._sync(cfg.id);
-    IF NOT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = format('koherent_history.%I', cfg.history_table)::regclass) THEN
-        EXECUTE format('CREATE INDEX ON koherent_history.%I (%s, history_id)', cfg.history_table,
+    hist := format('koherent_history.%I', cfg.history_table)::regclass;
+    IF NOT EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+                     JOIN pg_am a ON a.oid = c.relam WHERE i.indrelid = hist AND a.amname = 'brin') THEN
+        PERFORM koherent._create_lookup_indexes(hist);
+    END IF;
+    -- The row index makes a row's provenance an index lookup; it is also the largest part of
+    -- what history costs a bulk write. row_index => false leaves it out (write-mostly tables).
+    idx := koherent._row_index(hist);
+    IF coalesce(row_index, true) AND idx IS NULL THEN
+        EXECUTE format('CREATE INDEX ON %s (%s, history_id)', hist,
                        (SELECT string_agg(format('%I', k), ', ') FROM unnest(pk) k));
-        PERFORM koherent._create_lookup_indexes(format('koherent_history.%I', cfg.history_table)::regclass);
+    ELSIF NOT coalesce(row_index, true) AND idx IS NOT NULL THEN
+        EXECUTE format('DROP INDEX %s', idx);
     END IF;
     PERFORM koherent._install_triggers(cfg.id);
     PERFORM koherent._rebuild_views();
@@ -223,12 +249,20 @@ BEGIN
     RETURN QUERY EXECUTE 'SELECT * FROM (' || branches || ') e ORDER BY 1' USING ctx;
 END $$;
 
-COMMENT ON FUNCTION koherent.track(regclass, text[], boolean) IS
-  'Start recording every row change of a table (idempotent; a second call applies a changed exclude or require_task).';
+COMMENT ON FUNCTION koherent.track(regclass, text[], boolean, boolean) IS
+  'Start recording every row change of a table (idempotent; a second call applies a changed exclude, require_task or row_index).';
 COMMENT ON FUNCTION koherent.task_changes(text, boolean) IS
   'Every change one task made, across all tracked tables, in order; include_subtasks follows parent_task_id and root_task_id.';
-REVOKE EXECUTE ON FUNCTION koherent._create_lookup_indexes(regclass), koherent._install_triggers(integer), koherent.track(regclass, text[], boolean),
+REVOKE EXECUTE ON FUNCTION koherent._create_lookup_indexes(regclass), koherent._install_triggers(integer), koherent._row_index(regclass), koherent.track(regclass, text[], boolean, boolean),
     koherent.task_changes(text, boolean) FROM PUBLIC;
+
+CREATE OR REPLACE VIEW koherent.tracked_table AS
+SELECT c.relid::regclass AS table_name, c.exclude, c.tracked_since, c.require_task,
+       format('koherent_history.%I', c.history_table)::regclass AS history_table,
+       c.pk_columns, c.id AS config_id,
+       koherent._row_index(format('koherent_history.%I', c.history_table)::regclass) IS NOT NULL AS row_index
+  FROM koherent.tracked_config c
+ WHERE c.active AND c.dropped_at IS NULL;
 
 DO $migrate$
 DECLARE

@@ -485,3 +485,32 @@ def test_large_statement_reserves_one_block_of_ids(item):
     assert len(upd) == 100 and upd == list(range(upd[0], upd[0] + 100))
     item.sql("INSERT INTO item (id, qty) VALUES (1000, 0)")
     assert item.one("SELECT max(history_id) FROM koherent_history.item") >= upd[0] + 500
+
+
+def test_row_index_can_be_left_out_and_added_back(item):
+    def row_index():
+        return item.one("SELECT row_index FROM koherent.tracked_table")
+
+    def btrees():
+        return item.sql("SELECT pg_get_indexdef(i.indexrelid) FROM pg_index i JOIN pg_class c "
+                        "ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam "
+                        "WHERE i.indrelid = 'koherent_history.item'::regclass AND a.amname = 'btree'")
+
+    assert row_index() is True and len(btrees()) == 1 and "(id, history_id)" in btrees()[0][0]
+    item.sql("SELECT koherent.track('item', row_index => false)")
+    assert row_index() is False and btrees() == []
+    item.sql("INSERT INTO item (id, qty) VALUES (1, 1)")
+    item.sql("UPDATE item SET qty = 2")
+    item.sql("SELECT koherent.expose('item')")
+    # without the index a row's provenance is found by a scan: same answer
+    assert item.sql("SELECT kind FROM item_provenance((SELECT i FROM item i WHERE id = 1))") == [
+        ("CREATE",), ("UPDATE",)]
+    item.sql("SELECT koherent.track('item', row_index => false)")  # idempotent
+    assert btrees() == []
+    item.sql("SELECT koherent.track('item')")
+    assert row_index() is True and len(btrees()) == 1
+    with item.conn() as c:
+        c.execute("SET enable_seqscan = off")
+        body = "\n".join(r[0] for r in c.execute(
+            "EXPLAIN (COSTS OFF) SELECT * FROM koherent_history.item h WHERE h.id = 1").fetchall())
+    assert "item_id_history_id_idx" in body, body
