@@ -209,7 +209,9 @@ impl Sink {
         let tuple =
             pg_sys::heap_form_tuple((*self.rel).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr());
         pg_sys::MemoryContextSwitchTo(old);
-        pg_sys::ExecStoreHeapTuple(tuple, self.slots[self.used], false);
+        // The slot owns the tuple (freed when the batch's slots are cleared, before the
+        // batch context is reset): heap_multi_insert then finds it materialized, no copy.
+        pg_sys::ExecStoreHeapTuple(tuple, self.slots[self.used], true);
         self.used += 1;
         if self.used == BATCH {
             self.flush();
@@ -338,6 +340,15 @@ unsafe fn insert_index_entries(
     slots: &[*mut pg_sys::TupleTableSlot],
     estate: *mut pg_sys::EState,
 ) {
+    // Indexes koherent does not make (an admin's partial, unique or exclusion index) take the
+    // executor's general path, which checks predicates and constraints.
+    let plain = (0..(*rri).ri_NumIndices as usize).all(|i| {
+        let info = *(*rri).ri_IndexRelationInfo.add(i);
+        (*info).ii_Predicate.is_null() && !(*info).ii_Unique && (*info).ii_ExclusionOps.is_null()
+    });
+    if !plain {
+        return exec_insert_index_tuples(rri, slots, estate);
+    }
     let heap = (*rri).ri_RelationDesc;
     let econtext = pg_sys::MakePerTupleExprContext(estate);
     let mut values = [pg_sys::Datum::from(0usize); pg_sys::INDEX_MAX_KEYS as usize];
@@ -413,9 +424,18 @@ unsafe fn range_summarized(revmap: *mut std::ffi::c_void, start: u32) -> bool {
     !tuple.is_null()
 }
 
-/// Other versions: `ExecInsertIndexTuples` per tuple (its signature differs per version).
+/// Other versions: `ExecInsertIndexTuples` per tuple.
 #[cfg(not(feature = "pg15"))]
 unsafe fn insert_index_entries(
+    rri: *mut pg_sys::ResultRelInfo,
+    slots: &[*mut pg_sys::TupleTableSlot],
+    estate: *mut pg_sys::EState,
+) {
+    exec_insert_index_tuples(rri, slots, estate)
+}
+
+/// `ExecInsertIndexTuples` per tuple (its signature differs per version).
+unsafe fn exec_insert_index_tuples(
     rri: *mut pg_sys::ResultRelInfo,
     slots: &[*mut pg_sys::TupleTableSlot],
     estate: *mut pg_sys::EState,
@@ -432,7 +452,7 @@ unsafe fn insert_index_entries(
                 std::ptr::null_mut(),
             );
         }
-        #[cfg(feature = "pg14")]
+        #[cfg(any(feature = "pg14", feature = "pg15"))]
         pg_sys::ExecInsertIndexTuples(
             rri,
             slot,
