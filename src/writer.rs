@@ -628,7 +628,7 @@ unsafe fn record(td: *mut pg_sys::TriggerData, op: u32) {
     let histoid = relation_oid(&args[0], namespace_oid(c"koherent_history"));
     let seqoid = relation_oid("history_id_seq", namespace_oid(c"koherent"));
 
-    let sink = Sink::open(histoid, rows >= BATCH as i64);
+    let mut sink = Sink::open(histoid, rows >= BATCH as i64);
     let srcdesc = PgTupleDesc::from_pg_unchecked((*srcrel).rd_att);
     let histdesc = PgTupleDesc::from_pg_unchecked((*sink.rel).rd_att);
 
@@ -674,7 +674,6 @@ unsafe fn record(td: *mut pg_sys::TriggerData, op: u32) {
     let mut nulls = vec![true; plan.len()];
     let mut image = Reader::new(image_store, (*srcrel).rd_att);
     let mut old = (!old_store.is_null()).then(|| Reader::new(old_store, (*srcrel).rd_att));
-    let mut sink = sink;
     let mut ids = Ids {
         seqoid,
         rows,
