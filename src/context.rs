@@ -27,6 +27,63 @@ use crate::{guc, verify};
 pub struct Task {
     pub claims: Claims,
     pub token: String,
+    /// The claims as a flat jsonb value, made on first use (set_task returns it every time).
+    claims_jsonb: std::cell::OnceCell<Rc<[u8]>>,
+}
+
+/// A jsonb value already in its on-disk form: returning it is one palloc and copy, where
+/// returning a `JsonB` serializes the JSON to text and parses it again (`jsonb_in`), every call.
+pub struct FlatJsonb(Rc<[u8]>);
+
+unsafe impl pgrx::pgrx_sql_entity_graph::metadata::SqlTranslatable for FlatJsonb {
+    const TYPE_IDENT: &'static str = pgrx::pgrx_resolved_type!(FlatJsonb);
+    const TYPE_ORIGIN: pgrx::pgrx_sql_entity_graph::metadata::TypeOrigin =
+        pgrx::pgrx_sql_entity_graph::metadata::TypeOrigin::External;
+    const ARGUMENT_SQL: Result<
+        pgrx::pgrx_sql_entity_graph::metadata::SqlMappingRef,
+        pgrx::pgrx_sql_entity_graph::metadata::ArgumentError,
+    > = Ok(pgrx::pgrx_sql_entity_graph::metadata::SqlMappingRef::literal("jsonb"));
+    const RETURN_SQL: Result<
+        pgrx::pgrx_sql_entity_graph::metadata::ReturnsRef,
+        pgrx::pgrx_sql_entity_graph::metadata::ReturnsError,
+    > = Ok(pgrx::pgrx_sql_entity_graph::metadata::ReturnsRef::One(
+        pgrx::pgrx_sql_entity_graph::metadata::SqlMappingRef::literal("jsonb"),
+    ));
+}
+
+unsafe impl pgrx::callconv::BoxRet for FlatJsonb {
+    unsafe fn box_into<'fcx>(
+        self,
+        fcinfo: &mut pgrx::callconv::FcInfo<'fcx>,
+    ) -> pgrx::datum::Datum<'fcx> {
+        unsafe { fcinfo.return_raw_datum(varlena_datum(&self.0)) }
+    }
+}
+
+impl Task {
+    pub fn new(claims: Claims, token: String) -> Task {
+        Task {
+            claims,
+            token,
+            claims_jsonb: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// The claims as jsonb, flattened once per verified token.
+    pub fn claims_jsonb(&self) -> FlatJsonb {
+        use pgrx::IntoDatum;
+        let bytes = self.claims_jsonb.get_or_init(|| unsafe {
+            let d = claims_json(self)
+                .into_datum()
+                .expect("jsonb_in returns a value");
+            let p = d.cast_mut_ptr::<pg_sys::varlena>();
+            let flat = pg_sys::pg_detoast_datum(p);
+            let bytes: Rc<[u8]> =
+                std::slice::from_raw_parts(flat as *const u8, pgrx::varsize_any(flat)).into();
+            bytes
+        });
+        FlatJsonb(bytes.clone())
+    }
 }
 
 impl Task {
@@ -62,7 +119,6 @@ struct Xact {
 }
 
 struct Plans {
-    context: OwnedPreparedStatement,
     context_with_task: OwnedPreparedStatement,
     metadata: OwnedPreparedStatement,
 }
@@ -169,7 +225,7 @@ fn parse_args(args: Option<JsonB>) -> Option<Value> {
 }
 
 /// `koherent.set_task(token)`: verify and make it the transaction's task.
-pub fn set_task(token: &str, args: Option<Option<JsonB>>) -> JsonB {
+pub fn set_task(token: &str, args: Option<Option<JsonB>>) -> FlatJsonb {
     let task = verify::verify_token(token).or_raise();
     if let Some(args) = args {
         task.claims
@@ -192,7 +248,7 @@ pub fn set_task(token: &str, args: Option<Option<JsonB>>) -> JsonB {
         }
     }
     let subid = unsafe { pg_sys::GetCurrentSubTransactionId() };
-    let out = claims_json(&task);
+    let out = task.claims_jsonb();
     XACT.with(|x| {
         let mut x = x.borrow_mut();
         let prev = x.task.replace(task);
@@ -224,11 +280,27 @@ pub fn current_task_claims() -> Option<JsonB> {
     })
 }
 
+/// A UUIDv7 (RFC 9562: 48-bit Unix milliseconds, then random bits) from PostgreSQL's strong
+/// random source (OpenSSL's generator, in user space; the uuid crate asks the kernel each time).
+fn new_context_id() -> [u8; 16] {
+    let mut b = [0u8; 16];
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    b[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    if !unsafe { pg_sys::pg_strong_random(b[6..].as_mut_ptr().cast(), 10) } {
+        return *uuid::Uuid::now_v7().as_bytes();
+    }
+    b[6] = (b[6] & 0x0f) | 0x70; // version 7
+    b[8] = (b[8] & 0x3f) | 0x80; // RFC variant
+    b
+}
+
 fn context_id() -> [u8; 16] {
     XACT.with(|x| {
         let mut x = x.borrow_mut();
-        *x.context_id
-            .get_or_insert_with(|| *uuid::Uuid::now_v7().as_bytes())
+        *x.context_id.get_or_insert_with(new_context_id)
     })
 }
 
@@ -308,9 +380,6 @@ fn plans() -> Rc<Plans> {
          {CONTEXT_COLUMNS}"
     );
     let plans = Spi::connect(|c| -> Result<Plans, pgrx::spi::Error> {
-        let context = c
-            .prepare_mut(CONTEXT_COLUMNS, &[uuid, text, text, text, text, jsonb])?
-            .keep();
         let mut types = vec![uuid, text, text, text, text, jsonb];
         types.extend([text; 7]);
         types.extend([jsonb, text]);
@@ -322,7 +391,6 @@ fn plans() -> Rc<Plans> {
             )?
             .keep();
         Ok(Plans {
-            context,
             context_with_task,
             metadata,
         })
@@ -332,6 +400,108 @@ fn plans() -> Rc<Plans> {
     let plans = Rc::new(plans);
     PLANS.with(|p| *p.borrow_mut() = Some(plans.clone()));
     plans
+}
+
+thread_local! {
+    /// inet_client_addr() of this backend (null for a Unix socket), as a flat varlena.
+    static CLIENT_ADDR: RefCell<Option<Option<Vec<u8>>>> = const { RefCell::new(None) };
+}
+
+fn text_datum(s: &str) -> pg_sys::Datum {
+    unsafe {
+        pg_sys::Datum::from(pg_sys::cstring_to_text_with_len(
+            s.as_ptr().cast(),
+            s.len() as i32,
+        ))
+    }
+}
+
+/// A palloc'd copy of a flat varlena.
+unsafe fn varlena_datum(bytes: &[u8]) -> pg_sys::Datum {
+    let p = pg_sys::palloc(bytes.len()) as *mut u8;
+    std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len());
+    pg_sys::Datum::from(p)
+}
+
+unsafe fn client_addr() -> Option<pg_sys::Datum> {
+    let cached = CLIENT_ADDR.with(|c| c.borrow().clone());
+    let addr = match cached {
+        Some(a) => a,
+        None => {
+            // inet_client_addr() takes no arguments and reads only MyProcPort.
+            let fcinfo = pg_sys::palloc0(std::mem::size_of::<pg_sys::FunctionCallInfoBaseData>())
+                as pg_sys::FunctionCallInfo;
+            let d = pg_sys::inet_client_addr(fcinfo);
+            let a = (!(*fcinfo).isnull).then(|| {
+                let p = d.cast_mut_ptr::<pg_sys::varlena>();
+                let len = pgrx::varsize_any(p);
+                std::slice::from_raw_parts(p as *const u8, len).to_vec()
+            });
+            CLIENT_ADDR.with(|c| *c.borrow_mut() = Some(a.clone()));
+            a
+        }
+    };
+    addr.map(|a| varlena_datum(&a))
+}
+
+/// The context row, inserted directly (see writer::insert_row): what the SQL insert of
+/// CONTEXT_COLUMNS writes, without planning and executing a statement per transaction.
+fn insert_context_row(id: [u8; 16], task: Option<&Task>, metadata: JsonB) {
+    use pgrx::IntoDatum;
+    unsafe {
+        let relid = pg_sys::get_relname_relid(
+            c"transaction_auth_context".as_ptr(),
+            pg_sys::get_namespace_oid(c"koherent".as_ptr(), false),
+        );
+        if relid == pg_sys::InvalidOid {
+            KoherentError::Internal("koherent.transaction_auth_context is missing".into()).raise();
+        }
+        let cl = task.map(|t| &t.claims);
+        let role = pg_sys::GetUserNameFromId(pg_sys::GetSessionUserId(), false);
+        let app = if pg_sys::application_name.is_null() {
+            c"".as_ptr()
+        } else {
+            pg_sys::application_name.cast_const()
+        };
+        let columns = [
+            ("id", Some(uuid_datum(&id))),
+            (
+                "txid",
+                Some(pg_sys::Datum::from(
+                    pg_sys::GetTopFullTransactionId().value as i64,
+                )),
+            ),
+            ("task_id", cl.map(|c| text_datum(&c.tsk))),
+            ("issuer", cl.map(|c| text_datum(&c.iss))),
+            ("changed_by", cl.map(|c| text_datum(&c.act.sub))),
+            ("client_id", cl.map(|c| text_datum(&c.act.cid))),
+            (
+                "db_role",
+                Some(pg_sys::Datum::from(pg_sys::cstring_to_text(role))),
+            ),
+            (
+                "application_name",
+                Some(pg_sys::Datum::from(pg_sys::cstring_to_text(app))),
+            ),
+            ("client_addr", client_addr()),
+            ("backend_pid", Some(pg_sys::Datum::from(pg_sys::MyProcPid))),
+            (
+                "created_at",
+                Some(pg_sys::Datum::from(
+                    pg_sys::GetCurrentTransactionStartTimestamp(),
+                )),
+            ),
+            ("metadata", metadata.into_datum()),
+        ];
+        crate::writer::insert_row(relid, &columns);
+    }
+}
+
+/// A uuid datum (16 bytes, by reference).
+unsafe fn uuid_datum(id: &[u8; 16]) -> pg_sys::Datum {
+    let p = pg_sys::palloc(16) as *mut u8;
+    std::ptr::copy_nonoverlapping(id.as_ptr(), p, 16);
+    pg_sys::Datum::from(p)
 }
 
 fn rel_name(relid: pg_sys::Oid) -> String {
@@ -385,25 +555,23 @@ pub fn write_context(require_task: bool, relid: pg_sys::Oid) -> Uuid {
     }
     let id = context_id();
     let metadata = XACT.with(|x| JsonB(Value::Object(x.borrow().metadata.clone())));
-    let plans = plans();
     let uuid = Uuid::from_bytes(id);
     let known = task
         .as_ref()
         .is_some_and(|t| KNOWN_TASKS.with(|k| k.borrow().contains(&t.key())));
-    // $1..$6: the context row; a task not yet known to exist adds its row's values ($7..$15).
-    let cl = task.as_ref().map(|t| &t.claims);
-    let mut args: Vec<pgrx::datum::DatumWithOid> = vec![
-        uuid.into(),
-        cl.map(|c| c.tsk.clone()).into(),
-        cl.map(|c| c.iss.clone()).into(),
-        cl.map(|c| c.act.sub.clone()).into(),
-        cl.map(|c| c.act.cid.clone()).into(),
-        metadata.into(),
-    ];
-    let plan = match &task {
+    match task.as_deref() {
+        // A task not yet known to exist: one statement inserts its row (if missing) and the
+        // context row. $1..$6: the context row; $7..$15: the task row.
         Some(t) if !known => {
+            let plans = plans();
             let cl = &t.claims;
-            args.extend([
+            let args: Vec<pgrx::datum::DatumWithOid> = vec![
+                uuid.into(),
+                cl.tsk.clone().into(),
+                cl.iss.clone().into(),
+                cl.act.sub.clone().into(),
+                cl.act.cid.clone().into(),
+                metadata.into(),
                 cl.ptk.clone().into(),
                 cl.rtk.clone().into(),
                 cl.rcb.clone().into(),
@@ -413,14 +581,13 @@ pub fn write_context(require_task: bool, relid: pg_sys::Oid) -> Uuid {
                 cl.aha.clone().into(),
                 JsonB(Value::Object(cl.payload.clone())).into(),
                 t.token.clone().into(),
-            ]);
-            &plans.context_with_task
+            ];
+            Spi::connect_mut(|c| c.update(&plans.context_with_task, None, &args).map(|_| ()))
+                .map_err(|e| KoherentError::Internal(e.to_string()))
+                .or_raise();
         }
-        _ => &plans.context,
-    };
-    let res = Spi::connect_mut(|c| c.update(plan, None, &args).map(|_| ()));
-    res.map_err(|e| KoherentError::Internal(e.to_string()))
-        .or_raise();
+        t => insert_context_row(id, t, metadata),
+    }
     let subid = unsafe { pg_sys::GetCurrentSubTransactionId() };
     XACT.with(|x| {
         x.borrow_mut().written = Some(Written { subid, task });

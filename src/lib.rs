@@ -31,13 +31,13 @@ pub extern "C-unwind" fn _PG_init() {
 
 /// Verify a provenance token and make it the current transaction's task. Returns its claims.
 #[pg_extern(name = "set_task", volatile, parallel_unsafe)]
-fn set_task(token: &str) -> JsonB {
+fn set_task(token: &str) -> context::FlatJsonb {
     context::set_task(token, None)
 }
 
 /// As set_task(token), and refuse the token unless its `ahs` is the hash of `args`.
 #[pg_extern(name = "set_task", volatile, parallel_unsafe)]
-fn set_task_with_args(token: &str, args: Option<JsonB>) -> JsonB {
+fn set_task_with_args(token: &str, args: Option<JsonB>) -> context::FlatJsonb {
     context::set_task(token, Some(args))
 }
 

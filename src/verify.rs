@@ -131,10 +131,7 @@ pub fn verify_token(token: &str) -> Result<Rc<Task>, KoherentError> {
     let keys = load_keys()?;
     let claims = decoded.verify(&keys, policy.accept_eddsa)?;
     claims.check(&policy)?;
-    let task = Rc::new(Task {
-        claims,
-        token: token.to_string(),
-    });
+    let task = Rc::new(Task::new(claims, token.to_string()));
     TOKENS.with(|t| {
         let mut t = t.borrow_mut();
         if t.len() >= TOKEN_CACHE_MAX {
