@@ -290,8 +290,20 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
      LIMIT 1
 $$;
 
+-- The row index: a btree on (primary key, history_id) of a history table. It makes one row's
+-- provenance an index lookup, and it is the largest part of what history costs a bulk write
+-- (every entry is one more btree descent). expose() creates it; track(..., row_index) sets it.
+CREATE FUNCTION koherent._create_row_index(hist regclass, pk name[]) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF koherent._row_index(hist) IS NULL THEN
+        EXECUTE format('CREATE INDEX ON %s (%s, history_id)', hist,
+                       (SELECT string_agg(format('%I', k), ', ') FROM unnest(pk) k));
+    END IF;
+END $$;
+
 CREATE FUNCTION koherent.track(tbl regclass, exclude text[] DEFAULT '{}', require_task boolean DEFAULT false,
-                               row_index boolean DEFAULT true)
+                               row_index boolean DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -359,8 +371,9 @@ BEGIN
     SELECT * INTO cfg FROM koherent.tracked_config WHERE relid = tbl AND dropped_at IS NULL;
     IF FOUND THEN
         IF cfg.active AND cfg.exclude = exclude AND cfg.require_task = track.require_task
-           AND (koherent._row_index(format('koherent_history.%I', cfg.history_table)::regclass) IS NOT NULL)
-               = coalesce(track.row_index, true) THEN
+           AND (track.row_index IS NULL
+                OR (koherent._row_index(format('koherent_history.%I', cfg.history_table)::regclass) IS NOT NULL)
+                   = track.row_index) THEN
             RETURN;  -- already tracked exactly so
         END IF;
         UPDATE koherent.tracked_config
@@ -391,13 +404,12 @@ BEGIN
                      JOIN pg_am a ON a.oid = c.relam WHERE i.indrelid = hist AND a.amname = 'brin') THEN
         PERFORM koherent._create_lookup_indexes(hist);
     END IF;
-    -- The row index makes a row's provenance an index lookup; it is also the largest part of
-    -- what history costs a bulk write. row_index => false leaves it out (write-mostly tables).
+    -- row_index: true creates the row index, false drops it, NULL leaves it as it is (a new
+    -- history table starts without; expose() creates it).
     idx := koherent._row_index(hist);
-    IF coalesce(row_index, true) AND idx IS NULL THEN
-        EXECUTE format('CREATE INDEX ON %s (%s, history_id)', hist,
-                       (SELECT string_agg(format('%I', k), ', ') FROM unnest(pk) k));
-    ELSIF NOT coalesce(row_index, true) AND idx IS NOT NULL THEN
+    IF row_index AND idx IS NULL THEN
+        PERFORM koherent._create_row_index(hist, cfg.pk_columns);
+    ELSIF NOT row_index AND idx IS NOT NULL THEN
         EXECUTE format('DROP INDEX %s', idx);
     END IF;
     PERFORM koherent._install_triggers(cfg.id);
@@ -405,7 +417,7 @@ BEGIN
 END $$;
 
 COMMENT ON FUNCTION koherent.track(regclass, text[], boolean, boolean) IS
-  'Start recording every row change of a table (idempotent; a second call applies a changed exclude, require_task or row_index).';
+  'Start recording every row change of a table (idempotent; a second call applies a changed exclude, require_task or row_index). row_index => true adds the (primary key, history_id) index of its history table, false drops it; by default it is left as it is (none for a new table; expose() adds it).';
 
 CREATE FUNCTION koherent.untrack(tbl regclass) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -707,6 +719,9 @@ BEGIN
     END IF;
     SELECT n.nspname, c.relname INTO nsp, rel FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
      WHERE c.oid = tbl;
+    -- <table>_provenance(row) looks a row up by its key: that needs the row index.
+    PERFORM koherent._create_row_index(format('koherent_history.%I', cfg.history_table)::regclass,
+                                       cfg.pk_columns);
     SELECT string_agg(format('h.%I = rec.%I', k, k), ' AND '),
            string_agg(format('%I', k), ', '),
            string_agg(format('%I %s', k, (SELECT s.type_sql FROM koherent._source_columns(tbl) s WHERE s.attname = k)), ', ')
@@ -771,7 +786,7 @@ BEGIN
                    'koherent: the current rows with at least one recorded change matching all given conditions (exact matches; changedSince inclusive, changedBefore exclusive).');
 END $$;
 COMMENT ON FUNCTION koherent.expose(regclass, regrole) IS
-  'Create the GraphQL-facing functions of a tracked table: <table>_provenance, _provenance and <table>_by_provenance.';
+  'Create the GraphQL-facing functions of a tracked table: <table>_provenance, _provenance and <table>_by_provenance; adds the row index of its history table if missing.';
 
 CREATE FUNCTION koherent.unexpose(tbl regclass) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$

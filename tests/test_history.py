@@ -487,7 +487,7 @@ def test_large_statement_reserves_one_block_of_ids(item):
     assert item.one("SELECT max(history_id) FROM koherent_history.item") >= upd[0] + 500
 
 
-def test_row_index_can_be_left_out_and_added_back(item):
+def test_row_index_is_added_on_request_or_by_expose(item):
     def row_index():
         return item.one("SELECT row_index FROM koherent.tracked_table")
 
@@ -496,24 +496,44 @@ def test_row_index_can_be_left_out_and_added_back(item):
                         "ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam "
                         "WHERE i.indrelid = 'koherent_history.item'::regclass AND a.amname = 'btree'")
 
-    assert row_index() is True and len(btrees()) == 1 and "(id, history_id)" in btrees()[0][0]
-    item.sql("SELECT koherent.track('item', row_index => false)")
+    def uses_row_index():
+        with item.conn() as c:
+            c.execute("SET enable_seqscan = off")
+            body = "\n".join(r[0] for r in c.execute(
+                "EXPLAIN (COSTS OFF) SELECT * FROM koherent_history.item h WHERE h.id = 1").fetchall())
+        return "item_id_history_id_idx" in body
+
+    # a new history table has no row index: bulk writes pay no btree descent per entry
     assert row_index() is False and btrees() == []
     item.sql("INSERT INTO item (id, qty) VALUES (1, 1)")
     item.sql("UPDATE item SET qty = 2")
+    item.sql("SELECT koherent.track('item')")  # idempotent, and the default leaves it as it is
+    assert btrees() == []
+    item.sql("SELECT koherent.track('item', row_index => true)")
+    assert row_index() is True and len(btrees()) == 1 and "(id, history_id)" in btrees()[0][0]
+    assert uses_row_index()
+    item.sql("SELECT koherent.track('item')")  # still idempotent: the index stays
+    assert row_index() is True and len(btrees()) == 1
+    item.sql("SELECT koherent.track('item', row_index => false)")
+    assert row_index() is False and btrees() == []
+    # expose() serves <table>_provenance(row), a lookup by key: it adds the row index
     item.sql("SELECT koherent.expose('item')")
+    assert row_index() is True and len(btrees()) == 1 and uses_row_index()
+    item.sql("SELECT koherent.expose('item')")  # a second expose() adds nothing
+    assert len(btrees()) == 1
     # without the index a row's provenance is found by a scan: same answer
+    item.sql("SELECT koherent.track('item', row_index => false)")
     assert item.sql("SELECT kind FROM item_provenance((SELECT i FROM item i WHERE id = 1))") == [
         ("CREATE",), ("UPDATE",)]
-    item.sql("SELECT koherent.track('item', row_index => false)")  # idempotent
-    assert btrees() == []
-    item.sql("SELECT koherent.track('item')")
-    assert row_index() is True and len(btrees()) == 1
+    item.sql("SELECT koherent.track('item', row_index => true)")
+    assert item.sql("SELECT kind FROM item_provenance((SELECT i FROM item i WHERE id = 1))") == [
+        ("CREATE",), ("UPDATE",)]
+    # entries written while the index was absent are in it (it is built from the table)
+    item.sql("DELETE FROM item")
     with item.conn() as c:
         c.execute("SET enable_seqscan = off")
-        body = "\n".join(r[0] for r in c.execute(
-            "EXPLAIN (COSTS OFF) SELECT * FROM koherent_history.item h WHERE h.id = 1").fetchall())
-    assert "item_id_history_id_idx" in body, body
+        assert c.execute("SELECT history_kind FROM koherent_history.item WHERE id = 1 "
+                         "ORDER BY history_id").fetchall() == [("CREATE",), ("UPDATE",), ("DELETE",)]
 
 
 def test_indexes_an_admin_adds_to_a_history_table_are_maintained(item):

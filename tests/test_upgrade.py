@@ -1,7 +1,8 @@
-"""Upgrading from the previous release: CREATE EXTENSION koherent VERSION '0.1.0' (its install
-script, tests/fixtures/koherent--0.1.0.sql, as 0.1.0's `cargo pgrx install` wrote it), history
-written by 0.1.0, then ALTER EXTENSION koherent UPDATE. The result must match a fresh install of
-the current version, keep the old history, and record new writes with the new writer."""
+"""Upgrading from earlier releases: CREATE EXTENSION koherent VERSION '0.1.0' or '0.2.0' (their
+install scripts, tests/fixtures/koherent--<version>.sql, as that release's `cargo pgrx install`
+wrote them), history written by that release, then ALTER EXTENSION koherent UPDATE (through every
+upgrade script in between). The result must match a fresh install of the current version, keep
+the old history, and record new writes with the current writer."""
 
 import json
 import os
@@ -13,7 +14,7 @@ import pytest
 
 from conftest import APP_ROLE, AUDIENCE, ISSUER, ITEM_DDL, ROOT, TEST_PUBLIC_JWK, Db, connect, mint
 
-PREVIOUS = "0.1.0"
+RELEASES = ["0.1.0", "0.2.0"]
 
 
 def current_version():
@@ -27,8 +28,9 @@ def current_version():
 def old_db():
     sharedir = subprocess.run(["pg_config", "--sharedir"], capture_output=True, text=True,
                               check=True).stdout.strip()
-    target = os.path.join(sharedir, "extension", f"koherent--{PREVIOUS}.sql")
-    shutil.copy(os.path.join(ROOT, "tests", "fixtures", f"koherent--{PREVIOUS}.sql"), target)
+    for release in RELEASES:
+        target = os.path.join(sharedir, "extension", f"koherent--{release}.sql")
+        shutil.copy(os.path.join(ROOT, "tests", "fixtures", f"koherent--{release}.sql"), target)
     dbs = [f"t_upgrade_{uuid.uuid4().hex[:8]}", f"t_fresh_{uuid.uuid4().hex[:8]}"]
     with connect() as c:
         for name in dbs:
@@ -71,10 +73,10 @@ def write_under(db, tsk, statements):
         c.commit()
 
 
-def test_upgrade_from_previous_release(old_db):
+def test_upgrade_from_0_1_0(old_db):
     old, fresh = old_db
-    old.sql(f"CREATE EXTENSION koherent VERSION '{PREVIOUS}'")
-    assert old.one("SELECT extversion FROM pg_extension WHERE extname = 'koherent'") == PREVIOUS
+    old.sql("CREATE EXTENSION koherent VERSION '0.1.0'")
+    assert old.one("SELECT extversion FROM pg_extension WHERE extname = 'koherent'") == "0.1.0"
     if not old.sql("SELECT 1 FROM pg_roles WHERE rolname = %s", [APP_ROLE]):
         old.sql(f"CREATE ROLE {APP_ROLE} LOGIN")
     for d in (old, fresh):
@@ -104,9 +106,61 @@ def test_upgrade_from_previous_release(old_db):
     assert old.one("SELECT count(*) FROM koherent.task_changes('before-upgrade')") == 3
     assert old.one("SELECT count(*) FROM koherent.task") == 2
 
-    # the upgraded schema is the fresh install's: same objects, same function definitions and grants
+    # the upgraded schema is the fresh install's: same objects, same function definitions and
+    # grants; the table keeps the row index it had (a fresh track() adds it only when asked)
     fresh.sql("CREATE EXTENSION koherent")
-    fresh.sql("SELECT koherent.track('item')")
+    fresh.sql("SELECT koherent.track('item', row_index => true)")
     assert members(old) == members(fresh)
     assert history_indexes(old) == history_indexes(fresh)
+
+
+def test_upgrade_from_0_2_0(old_db):
+    old, fresh = old_db
+    old.sql("CREATE EXTENSION koherent VERSION '0.2.0'")
+    if not old.sql("SELECT 1 FROM pg_roles WHERE rolname = %s", [APP_ROLE]):
+        old.sql(f"CREATE ROLE {APP_ROLE} LOGIN")
+    for d in (old, fresh):
+        d.sql(ITEM_DDL)
+        d.sql("CREATE TABLE other (k text PRIMARY KEY, v int)")
+        d.sql(f"GRANT SELECT, INSERT, UPDATE, DELETE ON item, other TO {APP_ROLE}")
+    old.sql("SELECT koherent.add_issuer_jwks(%s, %s::jsonb)", [ISSUER, json.dumps({"keys": [TEST_PUBLIC_JWK]})])
+    old.sql("SELECT koherent.track('item')")
+    # 0.2.0 gave every tracked table the row index
+    assert history_indexes(old) == [("brin", True), ("btree", False)]
+    assert old.one("SELECT row_index FROM koherent.tracked_table") is True
+    write_under(old, "before-upgrade", ["INSERT INTO item (id, qty) VALUES (1, 1), (2, 2)",
+                                        "UPDATE item SET qty = 10 WHERE id = 1"])
+
+    old.sql("ALTER EXTENSION koherent UPDATE")
+    assert old.one("SELECT extversion FROM pg_extension WHERE extname = 'koherent'") == current_version()
+    # nothing was dropped, and track() with the new default leaves the index as it is
+    old.sql("SELECT koherent.track('item')")
+    assert history_indexes(old) == [("brin", True), ("btree", False)]
+    # a table tracked now starts without the row index; expose() adds it
+    old.sql("SELECT koherent.track('other')")
+    assert history_indexes(old, "other") == [("brin", True)]
+    assert old.sql("SELECT table_name::text, row_index FROM koherent.tracked_table ORDER BY 1") == [
+        ("item", True), ("other", False)]
+    old.sql("SELECT koherent.expose('other')")
+    assert history_indexes(old, "other") == [("brin", True), ("btree", False)]
+    write_under(old, "after-upgrade", ["UPDATE item SET qty = 20 WHERE id = 1", "DELETE FROM item WHERE id = 2",
+                                       "INSERT INTO other VALUES ('a', 1)"])
+    write_under(old, "after-upgrade", ["UPDATE other SET v = 2"])  # a known task: direct context row
+    assert old.sql("SELECT table_name::text, kind, row_key::text, task_id FROM koherent.provenance_entry "
+                   "ORDER BY history_id") == [
+        ("item", "CREATE", '{"id": 1}', "before-upgrade"), ("item", "CREATE", '{"id": 2}', "before-upgrade"),
+        ("item", "UPDATE", '{"id": 1}', "before-upgrade"), ("item", "UPDATE", '{"id": 1}', "after-upgrade"),
+        ("item", "DELETE", '{"id": 2}', "after-upgrade"), ("other", "CREATE", '{"k": "a"}', "after-upgrade"),
+        ("other", "UPDATE", '{"k": "a"}', "after-upgrade")]
+    assert old.one("SELECT count(*) FROM koherent.transaction_auth_context WHERE task_id = 'after-upgrade'") == 2
+    assert old.sql("SELECT kind FROM other_provenance((SELECT o FROM other o WHERE k = 'a'))") == [
+        ("CREATE",), ("UPDATE",)]
+
+    fresh.sql("CREATE EXTENSION koherent")
+    fresh.sql("SELECT koherent.track('item', row_index => true)")
+    fresh.sql("SELECT koherent.track('other')")
+    fresh.sql("SELECT koherent.expose('other')")
+    assert members(old) == members(fresh)
+    for t in ("item", "other"):
+        assert history_indexes(old, t) == history_indexes(fresh, t)
 
