@@ -449,13 +449,7 @@ unsafe fn client_addr() -> Option<pg_sys::Datum> {
 fn insert_context_row(id: [u8; 16], task: Option<&Task>, metadata: JsonB) {
     use pgrx::IntoDatum;
     unsafe {
-        let relid = pg_sys::get_relname_relid(
-            c"transaction_auth_context".as_ptr(),
-            pg_sys::get_namespace_oid(c"koherent".as_ptr(), false),
-        );
-        if relid == pg_sys::InvalidOid {
-            KoherentError::Internal("koherent.transaction_auth_context is missing".into()).raise();
-        }
+        let relid = crate::writer::names().2;
         let cl = task.map(|t| &t.claims);
         let role = pg_sys::GetUserNameFromId(pg_sys::GetSessionUserId(), false);
         let app = if pg_sys::application_name.is_null() {

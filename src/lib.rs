@@ -27,6 +27,7 @@ pub extern "C-unwind" fn _PG_init() {
     guc::init();
     context::init();
     verify::init();
+    writer::init();
 }
 
 /// Verify a provenance token and make it the current transaction's task. Returns its claims.

@@ -15,9 +15,10 @@
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::PgTupleDesc;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::ffi::{CStr, CString};
+use std::rc::Rc;
 
 use crate::context;
 use crate::error::KoherentError;
@@ -26,6 +27,52 @@ thread_local! {
     /// Per BRIN index of a history table: the block where the ranges this backend has not yet
     /// summarized begin.
     static SUMMARIZED: RefCell<HashMap<pg_sys::Oid, u32>> = RefCell::new(HashMap::new());
+    /// Per (trigger, event): what the writer needs to know of its tables. See [`TriggerPlan`].
+    static PLANS: RefCell<HashMap<(pg_sys::Oid, u32), Rc<TriggerPlan>>> =
+        RefCell::new(HashMap::new());
+    /// The oids of schema koherent_history, koherent.history_id_seq and
+    /// koherent.transaction_auth_context, when known.
+    static NAMES: Cell<Option<(pg_sys::Oid, pg_sys::Oid, pg_sys::Oid)>> = const { Cell::new(None) };
+}
+
+/// What one history trigger needs on every statement: the history table, the sequence, and
+/// where each history column's value comes from. Built on the trigger's first statement in a
+/// backend (name lookups, column matching by name) and kept until a relcache invalidation of
+/// the tracked table (any DDL, and every change of its triggers, whose arguments carry the
+/// recorded columns), of the history table or of the sequence. A plan is only used after the
+/// history table is locked, so invalidations that came before are already applied.
+struct TriggerPlan {
+    src: pg_sys::Oid,
+    hist: pg_sys::Oid,
+    seq: pg_sys::Oid,
+    require_task: bool,
+    plan: Vec<Source>,
+    compared: Vec<Compared>,
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    PLANS.with(|p| {
+        let mut p = p.borrow_mut();
+        if relid == pg_sys::InvalidOid {
+            p.clear();
+        } else {
+            p.retain(|_, t| t.src != relid && t.hist != relid && t.seq != relid);
+        }
+    });
+    if relid == pg_sys::InvalidOid
+        || NAMES
+            .with(|n| n.get())
+            .is_some_and(|(_, seq, ctx)| seq == relid || ctx == relid)
+    {
+        NAMES.with(|n| n.set(None));
+    }
+}
+
+pub fn init() {
+    unsafe {
+        pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0));
+    }
 }
 
 /// Rows buffered per `table_multi_insert` call (COPY uses 1000 too).
@@ -165,8 +212,8 @@ struct BrinOptions {
 }
 
 impl Sink {
-    unsafe fn open(histoid: pg_sys::Oid, bulk: bool) -> Sink {
-        let rel = pg_sys::table_open(histoid, pg_sys::RowExclusiveLock as _);
+    /// `rel`: the table, opened with RowExclusiveLock (closed by `close`).
+    unsafe fn open(rel: pg_sys::Relation, bulk: bool) -> Sink {
         let estate = pg_sys::CreateExecutorState();
         let rri = pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>())
             as *mut pg_sys::ResultRelInfo;
@@ -329,7 +376,10 @@ impl Sink {
 /// internal error. Index entries go through `ExecInsertIndexTuples`, which checks unique and
 /// partial indexes.
 pub(crate) unsafe fn insert_row(relid: pg_sys::Oid, columns: &[(&str, Option<pg_sys::Datum>)]) {
-    let mut sink = Sink::open(relid, false);
+    let mut sink = Sink::open(
+        pg_sys::table_open(relid, pg_sys::RowExclusiveLock as _),
+        false,
+    );
     let desc = PgTupleDesc::from_pg_unchecked((*sink.rel).rd_att);
     let mut values = vec![pg_sys::Datum::from(0usize); desc.len()];
     let mut nulls = vec![true; desc.len()];
@@ -585,6 +635,75 @@ impl Ids {
     }
 }
 
+/// The oids of schema koherent_history, koherent.history_id_seq and
+/// koherent.transaction_auth_context (cached; a relcache invalidation of either table forgets
+/// them, as dropping the extension does).
+pub(crate) unsafe fn names() -> (pg_sys::Oid, pg_sys::Oid, pg_sys::Oid) {
+    if let Some(n) = NAMES.with(|n| n.get()) {
+        return n;
+    }
+    let koherent = namespace_oid(c"koherent");
+    let n = (
+        namespace_oid(c"koherent_history"),
+        relation_oid("history_id_seq", koherent),
+        relation_oid("transaction_auth_context", koherent),
+    );
+    NAMES.with(|c| c.set(Some(n)));
+    n
+}
+
+/// Match the history table's columns to their sources by name.
+unsafe fn build_plan(
+    srcrel: pg_sys::Relation,
+    histrel: pg_sys::Relation,
+    op: u32,
+    args: &[String],
+) -> TriggerPlan {
+    let srcdesc = PgTupleDesc::from_pg_unchecked((*srcrel).rd_att);
+    let histdesc = PgTupleDesc::from_pg_unchecked((*histrel).rd_att);
+    let mut plan = vec![Source::Null; histdesc.len()];
+    for (name, src) in [
+        ("history_id", Source::HistoryId),
+        ("history_kind", Source::Kind),
+        ("history_date", Source::Date),
+        ("history_context", Source::Context),
+    ] {
+        let i = find_att(&histdesc, name)
+            .unwrap_or_else(|| internal(format!("history table lacks {name}")));
+        plan[i] = src;
+    }
+    let mut compared = Vec::with_capacity(args.len() - 2);
+    for col in &args[2..] {
+        let s = find_att(&srcdesc, col).unwrap_or_else(|| {
+            internal(format!(
+                "recorded column \"{col}\" is missing from the table; run koherent.track() again"
+            ))
+        });
+        let h = find_att(&histdesc, col)
+            .unwrap_or_else(|| internal(format!("history column \"{col}\" is missing")));
+        plan[h] = Source::Image(s);
+        if op == TRIGGER_EVENT_UPDATE {
+            let o = find_att(&histdesc, &format!("old:{col}"))
+                .unwrap_or_else(|| internal(format!("history column \"old:{col}\" is missing")));
+            plan[o] = Source::Old(s);
+        }
+        let a = srcdesc.get(s).expect("in range");
+        compared.push(Compared {
+            att: s,
+            byval: a.attbyval,
+            len: a.attlen,
+        });
+    }
+    TriggerPlan {
+        src: (*srcrel).rd_id,
+        hist: (*histrel).rd_id,
+        seq: names().1,
+        require_task: args[1] == "t",
+        plan,
+        compared,
+    }
+}
+
 unsafe fn trigger_args(trigger: *const pg_sys::Trigger) -> Vec<String> {
     (0..(*trigger).tgnargs as usize)
         .map(|i| {
@@ -649,54 +768,46 @@ unsafe fn record(td: *mut pg_sys::TriggerData, op: u32) {
     if rows == 0 {
         return;
     }
-    let args = trigger_args((*td).tg_trigger);
-    if args.len() < 2 {
-        internal("koherent._history_trigger: missing arguments");
-    }
-    let require_task = args[1] == "t";
     let srcrel = (*td).tg_relation;
     let relid = (*srcrel).rd_id;
-    let histoid = relation_oid(&args[0], namespace_oid(c"koherent_history"));
-    let seqoid = relation_oid("history_id_seq", namespace_oid(c"koherent"));
-
-    let mut sink = Sink::open(histoid, rows >= BATCH as i64);
-    let srcdesc = PgTupleDesc::from_pg_unchecked((*srcrel).rd_att);
-    let histdesc = PgTupleDesc::from_pg_unchecked((*sink.rel).rd_att);
-
-    // Where each history column's value comes from.
-    let mut plan = vec![Source::Null; histdesc.len()];
-    for (name, src) in [
-        ("history_id", Source::HistoryId),
-        ("history_kind", Source::Kind),
-        ("history_date", Source::Date),
-        ("history_context", Source::Context),
-    ] {
-        let i = find_att(&histdesc, name)
-            .unwrap_or_else(|| internal(format!("history table lacks {name}")));
-        plan[i] = src;
-    }
-    let mut compared = Vec::with_capacity(args.len() - 2);
-    for col in &args[2..] {
-        let s = find_att(&srcdesc, col).unwrap_or_else(|| {
-            internal(format!(
-                "recorded column \"{col}\" is missing from the table; run koherent.track() again"
-            ))
-        });
-        let h = find_att(&histdesc, col)
-            .unwrap_or_else(|| internal(format!("history column \"{col}\" is missing")));
-        plan[h] = Source::Image(s);
-        if op == TRIGGER_EVENT_UPDATE {
-            let o = find_att(&histdesc, &format!("old:{col}"))
-                .unwrap_or_else(|| internal(format!("history column \"old:{col}\" is missing")));
-            plan[o] = Source::Old(s);
+    let key = ((*(*td).tg_trigger).tgoid, op);
+    let lock = pg_sys::RowExclusiveLock as pg_sys::LOCKMODE;
+    // The history table: as the kept plan knows it, else by name.
+    let cached = PLANS.with(|p| p.borrow().get(&key).map(|t| t.hist));
+    let mut rel = match cached {
+        Some(oid) => pg_sys::try_table_open(oid, lock),
+        None => std::ptr::null_mut(),
+    };
+    let tp = loop {
+        // Locking the history table applied every invalidation sent before: a plan still kept
+        // now is current.
+        if !rel.is_null() {
+            if let Some(tp) = PLANS.with(|p| p.borrow().get(&key).cloned()) {
+                if tp.hist == (*rel).rd_id {
+                    break tp;
+                }
+            }
         }
-        let a = srcdesc.get(s).expect("in range");
-        compared.push(Compared {
-            att: s,
-            byval: a.attbyval,
-            len: a.attlen,
-        });
-    }
+        let args = trigger_args((*td).tg_trigger);
+        if args.len() < 2 {
+            internal("koherent._history_trigger: missing arguments");
+        }
+        let histoid = relation_oid(&args[0], names().0);
+        if rel.is_null() || (*rel).rd_id != histoid {
+            if !rel.is_null() {
+                pg_sys::table_close(rel, lock);
+            }
+            rel = pg_sys::table_open(histoid, lock);
+            if PLANS.with(|p| p.borrow().get(&key).is_some_and(|t| t.hist == histoid)) {
+                continue;
+            }
+        }
+        let tp = Rc::new(build_plan(srcrel, rel, op, &args));
+        PLANS.with(|p| p.borrow_mut().insert(key, tp.clone()));
+        break tp;
+    };
+    let mut sink = Sink::open(rel, rows >= BATCH as i64);
+    let (plan, compared) = (&tp.plan, &tp.compared);
 
     let kind = pg_sys::Datum::from(pg_sys::cstring_to_text(kind.as_ptr()));
     let date = pg_sys::Datum::from(pg_sys::GetCurrentStatementStartTimestamp());
@@ -706,7 +817,7 @@ unsafe fn record(td: *mut pg_sys::TriggerData, op: u32) {
     let mut image = Reader::new(image_store, (*srcrel).rd_att);
     let mut old = (!old_store.is_null()).then(|| Reader::new(old_store, (*srcrel).rd_att));
     let mut ids = Ids {
-        seqoid,
+        seqoid: tp.seq,
         rows,
         next: 0,
         left: 0,
@@ -729,7 +840,7 @@ unsafe fn record(td: *mut pg_sys::TriggerData, op: u32) {
             }
         }
         let ctx = *context.get_or_insert_with(|| {
-            let id = context::write_context(require_task, relid);
+            let id = context::write_context(tp.require_task, relid);
             let p = pg_sys::palloc(16) as *mut u8;
             std::ptr::copy_nonoverlapping(id.as_bytes().as_ptr(), p, 16);
             pg_sys::Datum::from(p)

@@ -306,6 +306,51 @@ def test_alter_table_keeps_writes_and_history(item):
     assert [r[0] for r in changes(item, h[0])] == ["id", "note", "price", "qty", "title"]
 
 
+def test_a_long_lived_session_follows_ddl_and_track_changes(item):
+    """The writer keeps what it learned of a trigger's tables per backend: DDL and track() changes
+    made by other sessions, and by the writing session itself, must reach a session that wrote
+    before them."""
+    with item.conn() as w:
+        w.execute("INSERT INTO item (id, name, qty, note) VALUES (1, 'a', 1, 'n')")
+        item.sql("ALTER TABLE item ADD COLUMN color text")
+        w.execute("INSERT INTO item (id, name, color) VALUES (2, 'b', 'red')")
+        item.sql("ALTER TABLE item RENAME COLUMN name TO title")
+        w.execute("UPDATE item SET title = 'A' WHERE id = 1")
+        item.sql("ALTER TABLE item DROP COLUMN note")
+        w.execute("UPDATE item SET qty = 5 WHERE id = 2")
+        item.sql("SELECT koherent.track('item', exclude => '{qty}')")
+        w.execute("UPDATE item SET qty = 6, color = 'blue' WHERE id = 2")
+        w.execute("UPDATE item SET qty = 7 WHERE id = 2")  # only an excluded column: no entry
+        w.execute("ALTER TABLE item ALTER COLUMN price TYPE text USING price::text")
+        w.execute("UPDATE item SET price = 'cheap' WHERE id = 1")
+        item.sql("SELECT koherent.untrack('item')")
+        w.execute("UPDATE item SET price = 'free' WHERE id = 1")  # not tracked: not recorded
+        item.sql("SELECT koherent.track('item', exclude => '{qty}')")
+        w.execute("DELETE FROM item WHERE id = 2")
+        # the history table itself changed under the session (no trigger changed): seen at once
+        item.sql("ALTER TABLE koherent_history.item ADD COLUMN reviewed text")
+        w.execute("INSERT INTO item (id, title) VALUES (3, 'c')")
+        w.execute("UPDATE item SET title = 'cc' WHERE id = 3")  # the UPDATE trigger's plan is kept
+        item.sql('ALTER TABLE koherent_history.item RENAME COLUMN "old:title" TO archived')
+        with pytest.raises(psycopg.Error) as e:  # loud, not written into the renamed column
+            w.execute("UPDATE item SET title = 'C' WHERE id = 3")
+        assert 'history column "old:title" is missing' in str(e.value)
+    assert item.sql("SELECT history_kind, id, title, color, qty, price FROM koherent_history.item "
+                    "ORDER BY history_id") == [
+        ("CREATE", 1, "a", None, 1, None),
+        ("CREATE", 2, "b", "red", None, None),
+        ("UPDATE", 1, "A", None, 1, None),
+        ("UPDATE", 2, "b", "red", 5, None),
+        ("UPDATE", 2, "b", "blue", None, None),
+        ("UPDATE", 1, "A", None, None, "cheap"),
+        ("DELETE", 2, "b", "blue", None, None),
+        ("CREATE", 3, "c", None, None, None),
+        ("UPDATE", 3, "cc", None, None, None)]
+    assert item.sql("SELECT reviewed FROM koherent_history.item WHERE id = 3") == [(None,), (None,)]
+    h = ids(item)
+    assert changes(item, h[4]) == [("color", "red", "blue")]
+
+
 def test_alter_type_that_does_not_convert_keeps_old_values(item):
     item.sql("INSERT INTO item (id, name) VALUES (1, 'not a number')")
     item.sql("UPDATE item SET name = NULL")
