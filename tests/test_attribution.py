@@ -82,6 +82,32 @@ def test_backend_remembers_committed_tasks_only(item):
     assert item.sql("SELECT row_key->>'id', task_id, agent_client_id, changed_by FROM koherent.provenance_entry "
                     "ORDER BY history_id") == [(str(i), "task-k", "agent-client-9", "agent-user-3") for i in (1, 2, 3)]
     assert item.count("koherent.transaction_auth_context") == 3
+    # the first context row went with the task row's upsert (SQL), the later ones were written
+    # directly: every column the same way
+    assert item.sql("SELECT task_id, issuer, changed_by, client_id, db_role, application_name, "
+                    "client_addr::text, metadata::text, created_at IS NOT NULL FROM "
+                    "koherent.transaction_auth_context ORDER BY txid") == [
+        ("task-k", ISSUER, "agent-user-3", "agent-client-9", APP_ROLE, "", "127.0.0.1/32", "{}", True)] * 3
+    assert item.one("SELECT count(DISTINCT backend_pid)::int * 10 + count(DISTINCT txid)::int "
+                    "FROM koherent.transaction_auth_context") == 13
+    assert item.one("SELECT bool_and(txid < pg_current_xact_id()) FROM koherent.transaction_auth_context")
+
+
+def test_set_task_in_pipeline_mode(item):
+    # Statements sent without waiting for each answer (one round trip): attribution as usual.
+    token = mint("task-p")
+    with item.app(autocommit=False) as c:
+        for i in range(3):
+            with c.pipeline():
+                c.execute("SELECT koherent.set_task(%s)", [token])
+                c.execute("UPDATE item SET qty = %s WHERE id = 1", [i]) if i else \
+                    c.execute("INSERT INTO item (id, qty) VALUES (1, 0)")
+                c.execute("SELECT koherent.current_context_id()")
+            c.commit()
+    assert item.sql("SELECT kind, task_id, changed_by FROM koherent.provenance_entry ORDER BY history_id") == [
+        ("CREATE", "task-p", "agent-user-3"), ("UPDATE", "task-p", "agent-user-3"),
+        ("UPDATE", "task-p", "agent-user-3")]
+    assert item.count("koherent.transaction_auth_context") == 3
 
 
 def test_args_check(item):
