@@ -351,6 +351,22 @@ def test_a_long_lived_session_follows_ddl_and_track_changes(item):
     assert changes(item, h[4]) == [("color", "red", "blue")]
 
 
+def test_extension_recreated_under_a_writing_session(item):
+    # What a backend keeps of koherent's objects (oids of the history schema, sequence, context
+    # table, per-trigger plans) must not outlive them.
+    with item.conn() as w:
+        w.execute("INSERT INTO item (id, qty) VALUES (1, 1)")
+        w.execute("UPDATE item SET qty = 2")
+        w.execute("DROP EXTENSION koherent CASCADE")
+        w.execute("CREATE EXTENSION koherent")
+        w.execute("SELECT koherent.track('item')")
+        w.execute("UPDATE item SET qty = 3")
+        w.execute("INSERT INTO item (id, qty) VALUES (2, 1)")
+    assert item.sql("SELECT kind, row_key->>'id', row_data->>'qty' FROM koherent.provenance_entry "
+                    "ORDER BY history_id") == [("UPDATE", "1", "3"), ("CREATE", "2", "1")]
+    assert item.count("koherent.transaction_auth_context") == 2
+
+
 def test_alter_type_that_does_not_convert_keeps_old_values(item):
     item.sql("INSERT INTO item (id, name) VALUES (1, 'not a number')")
     item.sql("UPDATE item SET name = NULL")
