@@ -71,7 +71,14 @@ def bulk(c):
             res["update"][i].append(timed(c, f"UPDATE {t} SET qty = qty + 1, updated = now()"))
             c.execute(f"VACUUM ANALYZE {t}")
             res["delete"][i].append(timed(c, f"DELETE FROM {t} WHERE id <= {ROWS // 2}"))
-    return {k: [statistics.median(v) for v in runs] for k, runs in res.items()}
+    return res
+
+
+def paired(tracked, plain):
+    """Ratios of the runs measured side by side (same repetition): the machine's drift from
+    one repetition to the next cancels out. Returns (median, min, max)."""
+    r = [t / p for t, p in zip(tracked, plain)]
+    return statistics.median(r), min(r), max(r)
 
 
 def pgbench(script, seconds=PGBENCH_SECONDS):
@@ -98,12 +105,17 @@ def main():
         c.execute("CREATE EXTENSION koherent")
         c.execute("SELECT koherent.add_issuer_jwks('rekuest', %s::jsonb)", [JWKS])
     with conn() as c:
-        print(f"koherent benchmark: {ROWS} rows, median of {REPS}, 6-column table, synchronous_commit=off")
+        print(f"koherent benchmark: {ROWS} rows, {REPS} runs (times: medians; ratios: median of the "
+              "runs' own ratios, range in brackets), 6-column table, synchronous_commit=off")
         r = bulk(c)
         for op, n in (("insert", ROWS), ("update", ROWS), ("delete", ROWS // 2)):
             p, t, ix = r[op]
-            print(f"{op:<28} {n:>7} rows  untracked {p * 1000:8.1f} ms  tracked {t * 1000:8.1f} ms  ratio {t / p:5.2f}"
-                  f"  (with the row index: {ix * 1000:6.1f} ms, ratio {ix / p:5.2f})")
+            rt, lo, hi = paired(t, p)
+            ri, ilo, ihi = paired(ix, p)
+            med = statistics.median
+            print(f"{op:<28} {n:>7} rows  untracked {med(p) * 1000:8.1f} ms  tracked {med(t) * 1000:8.1f} ms  "
+                  f"ratio {rt:5.2f} [{lo:4.2f}-{hi:4.2f}]  (with the row index: {med(ix) * 1000:6.1f} ms, "
+                  f"ratio {ri:5.2f} [{ilo:4.2f}-{ihi:4.2f}])")
         for t, tracked in (("plain", False), ("tracked", True)):
             fresh(c, t, tracked)
             c.execute(f"INSERT INTO {t} SELECT g, 'name ' || g, g % 1000, g * 1.5, 'note', now() "

@@ -668,9 +668,10 @@ E'koherent: one row per field a history entry changed (CREATE: every field, old 
 
 -- Everything one task changed, across all tables, in order: the task's contexts first (index on
 -- transaction_auth_context.task_id), then each history table by its history_context index.
+-- VOLATILE: it may summarize BRIN ranges (koherent._summarize) before it reads.
 CREATE FUNCTION koherent.task_changes(task_id text, include_subtasks boolean DEFAULT false)
 RETURNS SETOF koherent.provenance_entry
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 -- index lookups: parallel workers and JIT compilation cost more than they save (a task with
 -- many contexts makes estimates large enough to trigger both)
 SET max_parallel_workers_per_gather = 0 SET jit = off AS $$
@@ -694,6 +695,10 @@ BEGIN
     IF ctx IS NULL THEN
         RETURN;
     END IF;
+    -- The writer leaves BRIN summarization to VACUUM and to readers: summarize what is complete
+    -- and still unsummarized, so that the lookups below read no long unsummarized tail.
+    PERFORM koherent._summarize(to_regclass(format('koherent_history.%I', cfg.history_table))::oid)
+       FROM koherent.tracked_config cfg;
     SELECT string_agg(koherent._entry_select(cfg) || ' WHERE h.history_context = ANY ($1)', E'\nUNION ALL\n')
       INTO branches FROM koherent.tracked_config cfg;
     RETURN QUERY EXECUTE 'SELECT * FROM (' || branches || ') e ORDER BY 1' USING ctx;

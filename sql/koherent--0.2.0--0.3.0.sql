@@ -4,8 +4,10 @@
 -- track(..., row_index) now defaults to NULL, "leave it as it is", and expose() creates it,
 -- since <table>_provenance(row) looks rows up by key. Tables tracked before keep their row index
 -- (nothing is dropped here); track(t, row_index => false) drops it.
--- The Rust side (same SQL signatures): the context row is written without SPI once its task is
--- known, and set_task returns a jsonb flattened once per verified token.
+-- BRIN summarization leaves the write path: VACUUM and readers (task_changes, through the new
+-- koherent._summarize) summarize complete ranges. The Rust side (same SQL signatures): the
+-- context row is written without SPI once its task is known, set_task returns a jsonb flattened
+-- once per verified token, the writer keeps a plan per trigger.
 
 \echo Use "ALTER EXTENSION koherent UPDATE TO '0.3.0'" to load this file. \quit
 
@@ -226,3 +228,45 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION koherent.expose(regclass, regrole) IS
   'Create the GraphQL-facing functions of a tracked table: <table>_provenance, _provenance and <table>_by_provenance; adds the row index of its history table if missing.';
+
+-- Readers summarize BRIN ranges the writer left (see src/writer.rs, summarize_history).
+CREATE FUNCTION koherent._summarize(history_table oid) RETURNS void
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c AS 'MODULE_PATHNAME', '_summarize_wrapper';
+REVOKE ALL ON FUNCTION koherent._summarize(oid) FROM PUBLIC;
+
+-- VOLATILE: it may summarize BRIN ranges (koherent._summarize) before it reads.
+CREATE OR REPLACE FUNCTION koherent.task_changes(task_id text, include_subtasks boolean DEFAULT false)
+RETURNS SETOF koherent.provenance_entry
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- index lookups: parallel workers and JIT compilation cost more than they save (a task with
+-- many contexts makes estimates large enough to trigger both)
+SET max_parallel_workers_per_gather = 0 SET jit = off AS $$
+DECLARE
+    ctx uuid[];
+    branches text;
+BEGIN
+    WITH RECURSIVE tasks(task_id, issuer) AS (
+        SELECT t.task_id, t.issuer FROM koherent.task t WHERE t.task_id = task_changes.task_id
+        UNION
+        SELECT t.task_id, t.issuer FROM koherent.task t JOIN tasks p
+            ON (t.parent_task_id = p.task_id OR t.root_task_id = p.task_id) AND t.issuer = p.issuer
+         WHERE include_subtasks
+    )
+    -- One index probe per task: a join would be planned as a hash join over every context of
+    -- the database (OFFSET 0 keeps the LATERAL subquery from being flattened into one).
+    SELECT array_agg(c.id) INTO ctx
+      FROM tasks t CROSS JOIN LATERAL (
+            SELECT x.id FROM koherent.transaction_auth_context x
+             WHERE x.task_id = t.task_id AND x.issuer = t.issuer OFFSET 0) c;
+    IF ctx IS NULL THEN
+        RETURN;
+    END IF;
+    -- The writer leaves BRIN summarization to VACUUM and to readers: summarize what is complete
+    -- and still unsummarized, so that the lookups below read no long unsummarized tail.
+    PERFORM koherent._summarize(to_regclass(format('koherent_history.%I', cfg.history_table))::oid)
+       FROM koherent.tracked_config cfg;
+    SELECT string_agg(koherent._entry_select(cfg) || ' WHERE h.history_context = ANY ($1)', E'\nUNION ALL\n')
+      INTO branches FROM koherent.tracked_config cfg;
+    RETURN QUERY EXECUTE 'SELECT * FROM (' || branches || ') e ORDER BY 1' USING ctx;
+END $$;

@@ -79,6 +79,13 @@ fn _write_context(require_task: bool, relid: pg_sys::Oid) -> Uuid {
     context::write_context(require_task, relid)
 }
 
+/// Internal: summarize the complete, unsummarized BRIN ranges of a history table (readers call
+/// it before a BRIN lookup; see writer::summarize_history).
+#[pg_extern(volatile, parallel_unsafe)]
+fn _summarize(history_table: pg_sys::Oid) {
+    unsafe { writer::summarize_history(history_table) }
+}
+
 /// The `sha256-canonical-v1` canonical JSON text of task arguments.
 #[pg_extern(immutable, parallel_safe)]
 fn canonical_args(args: JsonB) -> String {

@@ -24,8 +24,8 @@ use crate::context;
 use crate::error::KoherentError;
 
 thread_local! {
-    /// Per BRIN index of a history table: the block where the ranges this backend has not yet
-    /// summarized begin.
+    /// Per BRIN index of a history table: the block up to which this backend found every range
+    /// summarized.
     static SUMMARIZED: RefCell<HashMap<pg_sys::Oid, u32>> = RefCell::new(HashMap::new());
     /// Per (trigger, event): what the writer needs to know of its tables. See [`TriggerPlan`].
     static PLANS: RefCell<HashMap<(pg_sys::Oid, u32), Rc<TriggerPlan>>> =
@@ -199,8 +199,6 @@ struct Sink {
     batch_cxt: pg_sys::MemoryContext,
     bistate: pg_sys::BulkInsertState,
     cid: pg_sys::CommandId,
-    /// First and last heap block this statement wrote.
-    blocks: Option<(u32, u32)>,
 }
 
 /// brin.h's BrinOptions (the parsed reloptions of a BRIN index).
@@ -240,7 +238,6 @@ impl Sink {
                 std::ptr::null_mut()
             },
             cid: pg_sys::GetCurrentCommandId(true),
-            blocks: None,
         }
     }
 
@@ -277,13 +274,6 @@ impl Sink {
             0,
             self.bistate,
         );
-        for &slot in &self.slots[..self.used] {
-            let blk = block_of(slot);
-            self.blocks = Some(match self.blocks {
-                None => (blk, blk),
-                Some((lo, hi)) => (lo.min(blk), hi.max(blk)),
-            });
-        }
         insert_index_entries(self.rri, &self.slots[..self.used], self.estate);
         for &slot in &self.slots[..self.used] {
             pg_sys::ExecClearTuple(slot);
@@ -296,67 +286,8 @@ impl Sink {
         self.used = 0;
     }
 
-    /// Summarize the BRIN block ranges this statement's writes completed, so that lookups by
-    /// history_id and history_context never scan a long unsummarized tail. A range counts as
-    /// complete once the table has grown past it (summarizing the range still being filled
-    /// would make every later insert into it rewrite its summary). The range before the one a
-    /// statement starts in is included: single-row statements complete ranges that way. Each
-    /// backend remembers how far it has summarized each index, so a statement that completes
-    /// nothing costs no call. Skipped, not waited for, while another backend or VACUUM holds
-    /// the summarization lock (`autosummarize` and VACUUM pick up what is left).
-    unsafe fn summarize(&self) {
-        let Some((lo, hi)) = self.blocks else { return };
-        let heap = (*self.rel).rd_id;
-        // The table has at least the blocks this statement wrote into: a range it wrote past is
-        // complete. (Ranges that only other backends grew past are theirs to summarize; asking
-        // the kernel for the file's size would cost a system call per statement.)
-        let nblocks = hi + 1;
-        let mut locked = false;
-        for i in 0..(*self.rri).ri_NumIndices as usize {
-            let index = *(*self.rri).ri_IndexRelationDescs.add(i);
-            if (*(*index).rd_rel).relam != pg_sys::BRIN_AM_OID {
-                continue;
-            }
-            let opts = (*index).rd_options as *const BrinOptions;
-            let ppr = if opts.is_null() {
-                128
-            } else {
-                (*opts).pages_per_range.max(1)
-            };
-            let ioid = (*index).rd_id;
-            let done = SUMMARIZED.with(|m| m.borrow().get(&ioid).copied());
-            let mut start = (lo / ppr).saturating_sub(1) * ppr;
-            if let Some(d) = done.filter(|&d| d < nblocks) {
-                start = start.max(d);
-            }
-            while start <= hi && start + ppr < nblocks {
-                if !locked {
-                    if !pg_sys::ConditionalLockRelationOid(
-                        heap,
-                        pg_sys::ShareUpdateExclusiveLock as _,
-                    ) {
-                        return;
-                    }
-                    locked = true;
-                }
-                pg_sys::DirectFunctionCall2Coll(
-                    Some(ffi::brin_summarize_range),
-                    pg_sys::InvalidOid,
-                    pg_sys::Datum::from(ioid),
-                    pg_sys::Datum::from(i64::from(start)),
-                );
-                start += ppr;
-                SUMMARIZED.with(|m| m.borrow_mut().insert(ioid, start));
-            }
-        }
-        if locked {
-            pg_sys::UnlockRelationOid(heap, pg_sys::ShareUpdateExclusiveLock as _);
-        }
-    }
-
     unsafe fn close(mut self) {
         self.flush();
-        self.summarize();
         for &slot in &self.slots {
             pg_sys::ExecDropSingleTupleTableSlot(slot);
         }
@@ -400,6 +331,97 @@ pub(crate) unsafe fn insert_row(relid: pg_sys::Oid, columns: &[(&str, Option<pg_
     drop(desc);
     sink.push(&mut values, &mut nulls);
     sink.close();
+}
+
+/// Summarize the BRIN ranges of a history table that are complete (the table has grown past
+/// them) and have no summary yet. The writer never does this: summarizing reads every tuple of
+/// a range again (a quarter of what history costs a bulk INSERT), so it is left to VACUUM
+/// (autovacuum's insert-driven runs summarize new ranges in the background) and to the readers
+/// that look history up by BRIN (`koherent.task_changes`), which call this first so that they
+/// never scan a long unsummarized tail. Each backend remembers up to where it found every range
+/// summarized (ranges stay summarized), so a call with nothing new costs a revmap lookup or
+/// two. Skipped, not waited for, while VACUUM or another backend holds the summarization lock,
+/// and on a standby or in a read-only transaction: the BRIN index then answers as always, with
+/// the unsummarized ranges read whole. The range still being filled is left alone: summarizing
+/// it would make every later insert into it rewrite its summary.
+pub(crate) unsafe fn summarize_history(heap: pg_sys::Oid) {
+    if pg_sys::RecoveryInProgress() || pg_sys::XactReadOnly {
+        return;
+    }
+    let rel = pg_sys::try_table_open(heap, pg_sys::AccessShareLock as _);
+    if rel.is_null() {
+        return;
+    }
+    let nblocks = pg_sys::RelationGetNumberOfBlocksInFork(rel, pg_sys::ForkNumber::MAIN_FORKNUM);
+    let list = pg_sys::RelationGetIndexList(rel);
+    let owner_ok = pg_sys::superuser() || (*(*rel).rd_rel).relowner == pg_sys::GetUserId();
+    let mut locked = false;
+    let n = if list.is_null() { 0 } else { (*list).length };
+    for k in 0..n {
+        let ioid = pg_sys::list_nth_oid(list, k);
+        let index = pg_sys::index_open(ioid, pg_sys::AccessShareLock as _);
+        let brin = (*(*index).rd_rel).relam == pg_sys::BRIN_AM_OID;
+        let opts = (*index).rd_options as *const BrinOptions;
+        let ppr = if opts.is_null() {
+            128
+        } else {
+            (*opts).pages_per_range.max(1)
+        };
+        if !brin || !owner_ok {
+            pg_sys::index_close(index, pg_sys::AccessShareLock as _);
+            continue;
+        }
+        if nblocks <= ppr {
+            pg_sys::index_close(index, pg_sys::AccessShareLock as _);
+            continue;
+        }
+        let revmap = revmap_open(index);
+        let mut start = match SUMMARIZED
+            .with(|m| m.borrow().get(&ioid).copied())
+            .filter(|&d| d < nblocks)
+        {
+            Some(d) => d,
+            None => {
+                // This backend's first look: VACUUM and earlier readers summarize from the
+                // start, so what is left is a tail. Find where it begins, walking back from the
+                // last complete range. (A range left behind earlier, when the lock was busy, is
+                // VACUUM's; it costs lookups time, never answers.)
+                let last = (nblocks - 1) / ppr * ppr - ppr;
+                let mut s = last as i64;
+                while s >= 0 && !range_has_summary(revmap, s as u32) {
+                    s -= i64::from(ppr);
+                }
+                (s + i64::from(ppr)) as u32
+            }
+        };
+        while start + ppr < nblocks {
+            if !range_has_summary(revmap, start) {
+                if !locked {
+                    if !pg_sys::ConditionalLockRelationOid(
+                        heap,
+                        pg_sys::ShareUpdateExclusiveLock as _,
+                    ) {
+                        break;
+                    }
+                    locked = true;
+                }
+                pg_sys::DirectFunctionCall2Coll(
+                    Some(ffi::brin_summarize_range),
+                    pg_sys::InvalidOid,
+                    pg_sys::Datum::from(ioid),
+                    pg_sys::Datum::from(i64::from(start)),
+                );
+            }
+            start += ppr;
+            SUMMARIZED.with(|m| m.borrow_mut().insert(ioid, start));
+        }
+        revmap_close(revmap);
+        pg_sys::index_close(index, pg_sys::AccessShareLock as _);
+    }
+    if locked {
+        pg_sys::UnlockRelationOid(heap, pg_sys::ShareUpdateExclusiveLock as _);
+    }
+    pg_sys::table_close(rel, pg_sys::AccessShareLock as _);
 }
 
 unsafe fn block_of(slot: *mut pg_sys::TupleTableSlot) -> u32 {
@@ -478,6 +500,40 @@ unsafe fn insert_index_entries(
             pg_sys::ffi::pg_guard_ffi_boundary(|| ffi::brinRevmapTerminate(revmap));
         }
     }
+}
+
+#[cfg(feature = "pg15")]
+unsafe fn revmap_open(index: pg_sys::Relation) -> *mut std::ffi::c_void {
+    let mut ppr: pg_sys::BlockNumber = 0;
+    pg_sys::ffi::pg_guard_ffi_boundary(|| {
+        ffi::brinRevmapInitialize(index, &mut ppr, std::ptr::null_mut())
+    })
+}
+
+#[cfg(feature = "pg15")]
+unsafe fn revmap_close(revmap: *mut std::ffi::c_void) {
+    pg_sys::ffi::pg_guard_ffi_boundary(|| ffi::brinRevmapTerminate(revmap));
+}
+
+#[cfg(feature = "pg15")]
+unsafe fn range_has_summary(revmap: *mut std::ffi::c_void, start: u32) -> bool {
+    range_summarized(revmap, start)
+}
+
+/// Other versions (their brin_revmap.h is not declared here): every complete range is handed
+/// to brin_summarize_range, which returns at once for a range that has a summary (a backend's
+/// first call walks the whole index that way; later calls start where it stopped).
+#[cfg(not(feature = "pg15"))]
+unsafe fn revmap_open(_index: pg_sys::Relation) -> *mut std::ffi::c_void {
+    std::ptr::NonNull::dangling().as_ptr()
+}
+
+#[cfg(not(feature = "pg15"))]
+unsafe fn revmap_close(_revmap: *mut std::ffi::c_void) {}
+
+#[cfg(not(feature = "pg15"))]
+unsafe fn range_has_summary(_revmap: *mut std::ffi::c_void, _start: u32) -> bool {
+    false
 }
 
 /// Whether the BRIN range starting at `start` has a summary (or a summarization's placeholder).
