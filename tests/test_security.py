@@ -208,6 +208,7 @@ APP_DENIED = [
     "SELECT koherent.revoke_issuer_key('rekuest', 'koherent-test-key')",
     "SELECT koherent._write_context(false, 'item'::regclass)",
     "SELECT koherent._invalidate_keys('item'::regclass)",
+    "SELECT koherent._summarize('koherent_history.item'::regclass::oid)",
     "SELECT koherent.track('item')",
     "SELECT koherent.untrack('item')",
     "SELECT * FROM koherent.provenance_entry",
