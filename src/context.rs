@@ -56,7 +56,7 @@ unsafe impl pgrx::callconv::BoxRet for FlatJsonb {
         self,
         fcinfo: &mut pgrx::callconv::FcInfo<'fcx>,
     ) -> pgrx::datum::Datum<'fcx> {
-        unsafe { fcinfo.return_raw_datum(varlena_datum(&self.0)) }
+        unsafe { fcinfo.return_raw_datum(palloc_copy(&self.0)) }
     }
 }
 
@@ -416,8 +416,8 @@ fn text_datum(s: &str) -> pg_sys::Datum {
     }
 }
 
-/// A palloc'd copy of a flat varlena.
-unsafe fn varlena_datum(bytes: &[u8]) -> pg_sys::Datum {
+/// A datum pointing at a palloc'd copy of `bytes` (a flat varlena, a uuid).
+pub(crate) unsafe fn palloc_copy(bytes: &[u8]) -> pg_sys::Datum {
     let p = pg_sys::palloc(bytes.len()) as *mut u8;
     std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len());
     pg_sys::Datum::from(p)
@@ -441,7 +441,7 @@ unsafe fn client_addr() -> Option<pg_sys::Datum> {
             a
         }
     };
-    addr.map(|a| varlena_datum(&a))
+    addr.map(|a| palloc_copy(&a))
 }
 
 /// The context row, inserted directly (see writer::insert_row): what the SQL insert of
@@ -458,7 +458,7 @@ fn insert_context_row(id: [u8; 16], task: Option<&Task>, metadata: JsonB) {
             pg_sys::application_name.cast_const()
         };
         let columns = [
-            ("id", Some(uuid_datum(&id))),
+            ("id", Some(palloc_copy(&id))),
             (
                 "txid",
                 Some(pg_sys::Datum::from(
@@ -489,13 +489,6 @@ fn insert_context_row(id: [u8; 16], task: Option<&Task>, metadata: JsonB) {
         ];
         crate::writer::insert_row(relid, &columns);
     }
-}
-
-/// A uuid datum (16 bytes, by reference).
-unsafe fn uuid_datum(id: &[u8; 16]) -> pg_sys::Datum {
-    let p = pg_sys::palloc(16) as *mut u8;
-    std::ptr::copy_nonoverlapping(id.as_ptr(), p, 16);
-    pg_sys::Datum::from(p)
 }
 
 fn rel_name(relid: pg_sys::Oid) -> String {
@@ -573,7 +566,7 @@ pub fn write_context(require_task: bool, relid: pg_sys::Oid) -> Uuid {
                 cl.jti.clone().into(),
                 cl.ahs.clone().into(),
                 cl.aha.clone().into(),
-                JsonB(Value::Object(cl.payload.clone())).into(),
+                claims_json(t).into(),
                 t.token.clone().into(),
             ];
             Spi::connect_mut(|c| c.update(&plans.context_with_task, None, &args).map(|_| ()))

@@ -44,9 +44,8 @@ fn set_task_with_args(token: &str, args: Option<JsonB>) -> context::FlatJsonb {
 
 /// Verify a provenance token without using it; returns its claims or raises the refusal.
 #[pg_extern(volatile, parallel_unsafe)]
-fn verify_token(token: &str) -> JsonB {
-    let task = verify::verify_token(token).or_raise();
-    JsonB(serde_json::Value::Object(task.claims.payload.clone()))
+fn verify_token(token: &str) -> context::FlatJsonb {
+    verify::verify_token(token).or_raise().claims_jsonb()
 }
 
 #[pg_extern(volatile, parallel_unsafe)]

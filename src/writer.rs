@@ -202,6 +202,7 @@ struct Sink {
 }
 
 /// brin.h's BrinOptions (the parsed reloptions of a BRIN index).
+#[cfg(not(feature = "pg15"))]
 #[repr(C)]
 struct BrinOptions {
     vl_len: i32,
@@ -352,30 +353,40 @@ pub(crate) unsafe fn summarize_history(heap: pg_sys::Oid) {
     if rel.is_null() {
         return;
     }
+    // brin_summarize_range wants the index's owner (task_changes runs as the extension's)
+    if !pg_sys::superuser() && (*(*rel).rd_rel).relowner != pg_sys::GetUserId() {
+        pg_sys::table_close(rel, pg_sys::AccessShareLock as _);
+        return;
+    }
     let nblocks = pg_sys::RelationGetNumberOfBlocksInFork(rel, pg_sys::ForkNumber::MAIN_FORKNUM);
     let list = pg_sys::RelationGetIndexList(rel);
-    let owner_ok = pg_sys::superuser() || (*(*rel).rd_rel).relowner == pg_sys::GetUserId();
     let mut locked = false;
     let n = if list.is_null() { 0 } else { (*list).length };
     for k in 0..n {
         let ioid = pg_sys::list_nth_oid(list, k);
         let index = pg_sys::index_open(ioid, pg_sys::AccessShareLock as _);
-        let brin = (*(*index).rd_rel).relam == pg_sys::BRIN_AM_OID;
-        let opts = (*index).rd_options as *const BrinOptions;
-        let ppr = if opts.is_null() {
-            128
-        } else {
-            (*opts).pages_per_range.max(1)
-        };
-        if !brin || !owner_ok {
-            pg_sys::index_close(index, pg_sys::AccessShareLock as _);
-            continue;
+        if (*(*index).rd_rel).relam == pg_sys::BRIN_AM_OID {
+            locked = summarize_index(heap, index, nblocks, locked);
         }
-        if nblocks <= ppr {
-            pg_sys::index_close(index, pg_sys::AccessShareLock as _);
-            continue;
-        }
-        let revmap = revmap_open(index);
+        pg_sys::index_close(index, pg_sys::AccessShareLock as _);
+    }
+    if locked {
+        pg_sys::UnlockRelationOid(heap, pg_sys::ShareUpdateExclusiveLock as _);
+    }
+    pg_sys::table_close(rel, pg_sys::AccessShareLock as _);
+}
+
+/// summarize_history for one BRIN index of `heap` (`nblocks` long); `locked`: whether this
+/// backend already holds the summarization lock. Returns whether it holds it now.
+unsafe fn summarize_index(
+    heap: pg_sys::Oid,
+    index: pg_sys::Relation,
+    nblocks: pg_sys::BlockNumber,
+    mut locked: bool,
+) -> bool {
+    let ioid = (*index).rd_id;
+    let (revmap, ppr) = revmap_open(index);
+    if nblocks > ppr {
         let mut start = match SUMMARIZED
             .with(|m| m.borrow().get(&ioid).copied())
             .filter(|&d| d < nblocks)
@@ -415,13 +426,9 @@ pub(crate) unsafe fn summarize_history(heap: pg_sys::Oid) {
             start += ppr;
             SUMMARIZED.with(|m| m.borrow_mut().insert(ioid, start));
         }
-        revmap_close(revmap);
-        pg_sys::index_close(index, pg_sys::AccessShareLock as _);
     }
-    if locked {
-        pg_sys::UnlockRelationOid(heap, pg_sys::ShareUpdateExclusiveLock as _);
-    }
-    pg_sys::table_close(rel, pg_sys::AccessShareLock as _);
+    revmap_close(revmap);
+    locked
 }
 
 unsafe fn block_of(slot: *mut pg_sys::TupleTableSlot) -> u32 {
@@ -460,21 +467,16 @@ unsafe fn insert_index_entries(
         let index = *(*rri).ri_IndexRelationDescs.add(i);
         let info = *(*rri).ri_IndexRelationInfo.add(i);
         let brin = (*(*index).rd_rel).relam == pg_sys::BRIN_AM_OID;
-        let mut revmap: *mut std::ffi::c_void = std::ptr::null_mut();
-        let mut ppr: pg_sys::BlockNumber = 0;
+        let mut revmap: Option<(*mut std::ffi::c_void, pg_sys::BlockNumber)> = None;
         let mut ranges: Vec<(u32, bool)> = Vec::new();
         for &slot in slots {
             if brin {
-                if revmap.is_null() {
-                    revmap = pg_sys::ffi::pg_guard_ffi_boundary(|| {
-                        ffi::brinRevmapInitialize(index, &mut ppr, std::ptr::null_mut())
-                    });
-                }
+                let (map, ppr) = *revmap.get_or_insert_with(|| revmap_open(index));
                 let start = block_of(slot) / ppr * ppr;
                 let summarized = match ranges.iter().find(|(s, _)| *s == start) {
                     Some(&(_, known)) => known,
                     None => {
-                        let known = range_summarized(revmap, start);
+                        let known = range_has_summary(map, start);
                         ranges.push((start, known));
                         known
                     }
@@ -496,18 +498,20 @@ unsafe fn insert_index_entries(
                 info,
             );
         }
-        if !revmap.is_null() {
-            pg_sys::ffi::pg_guard_ffi_boundary(|| ffi::brinRevmapTerminate(revmap));
+        if let Some((map, _)) = revmap {
+            revmap_close(map);
         }
     }
 }
 
+/// A BRIN index's revmap, and its pages per range (from the index's metapage).
 #[cfg(feature = "pg15")]
-unsafe fn revmap_open(index: pg_sys::Relation) -> *mut std::ffi::c_void {
+unsafe fn revmap_open(index: pg_sys::Relation) -> (*mut std::ffi::c_void, pg_sys::BlockNumber) {
     let mut ppr: pg_sys::BlockNumber = 0;
-    pg_sys::ffi::pg_guard_ffi_boundary(|| {
+    let revmap = pg_sys::ffi::pg_guard_ffi_boundary(|| {
         ffi::brinRevmapInitialize(index, &mut ppr, std::ptr::null_mut())
-    })
+    });
+    (revmap, ppr)
 }
 
 #[cfg(feature = "pg15")]
@@ -515,17 +519,18 @@ unsafe fn revmap_close(revmap: *mut std::ffi::c_void) {
     pg_sys::ffi::pg_guard_ffi_boundary(|| ffi::brinRevmapTerminate(revmap));
 }
 
-#[cfg(feature = "pg15")]
-unsafe fn range_has_summary(revmap: *mut std::ffi::c_void, start: u32) -> bool {
-    range_summarized(revmap, start)
-}
-
 /// Other versions (their brin_revmap.h is not declared here): every complete range is handed
 /// to brin_summarize_range, which returns at once for a range that has a summary (a backend's
 /// first call walks the whole index that way; later calls start where it stopped).
 #[cfg(not(feature = "pg15"))]
-unsafe fn revmap_open(_index: pg_sys::Relation) -> *mut std::ffi::c_void {
-    std::ptr::NonNull::dangling().as_ptr()
+unsafe fn revmap_open(index: pg_sys::Relation) -> (*mut std::ffi::c_void, pg_sys::BlockNumber) {
+    let opts = (*index).rd_options as *const BrinOptions;
+    let ppr = if opts.is_null() {
+        128
+    } else {
+        (*opts).pages_per_range.max(1)
+    };
+    (std::ptr::NonNull::dangling().as_ptr(), ppr)
 }
 
 #[cfg(not(feature = "pg15"))]
@@ -538,7 +543,7 @@ unsafe fn range_has_summary(_revmap: *mut std::ffi::c_void, _start: u32) -> bool
 
 /// Whether the BRIN range starting at `start` has a summary (or a summarization's placeholder).
 #[cfg(feature = "pg15")]
-unsafe fn range_summarized(revmap: *mut std::ffi::c_void, start: u32) -> bool {
+unsafe fn range_has_summary(revmap: *mut std::ffi::c_void, start: u32) -> bool {
     let mut buf: pg_sys::Buffer = 0;
     let mut off: pg_sys::OffsetNumber = 0;
     let tuple = pg_sys::ffi::pg_guard_ffi_boundary(|| {
@@ -897,9 +902,7 @@ unsafe fn record(td: *mut pg_sys::TriggerData, op: u32) {
         }
         let ctx = *context.get_or_insert_with(|| {
             let id = context::write_context(tp.require_task, relid);
-            let p = pg_sys::palloc(16) as *mut u8;
-            std::ptr::copy_nonoverlapping(id.as_bytes().as_ptr(), p, 16);
-            pg_sys::Datum::from(p)
+            context::palloc_copy(id.as_bytes())
         });
         for (i, src) in plan.iter().enumerate() {
             let (v, n) = match *src {

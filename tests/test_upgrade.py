@@ -73,17 +73,24 @@ def write_under(db, tsk, statements):
         c.commit()
 
 
-def test_upgrade_from_0_1_0(old_db):
-    old, fresh = old_db
-    old.sql("CREATE EXTENSION koherent VERSION '0.1.0'")
-    assert old.one("SELECT extversion FROM pg_extension WHERE extname = 'koherent'") == "0.1.0"
+def install_release(old, fresh, release, tables):
+    """`old` gets koherent `release` with the test key and `item` tracked; both databases get
+    the tables (DDL) and the application role's grants on them."""
+    old.sql(f"CREATE EXTENSION koherent VERSION '{release}'")
+    assert old.one("SELECT extversion FROM pg_extension WHERE extname = 'koherent'") == release
     if not old.sql("SELECT 1 FROM pg_roles WHERE rolname = %s", [APP_ROLE]):
         old.sql(f"CREATE ROLE {APP_ROLE} LOGIN")
     for d in (old, fresh):
-        d.sql(ITEM_DDL)
-        d.sql(f"GRANT SELECT, INSERT, UPDATE, DELETE ON item TO {APP_ROLE}")
+        for name, ddl in tables.items():
+            d.sql(ddl)
+            d.sql(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {name} TO {APP_ROLE}")
     old.sql("SELECT koherent.add_issuer_jwks(%s, %s::jsonb)", [ISSUER, json.dumps({"keys": [TEST_PUBLIC_JWK]})])
     old.sql("SELECT koherent.track('item')")
+
+
+def test_upgrade_from_0_1_0(old_db):
+    old, fresh = old_db
+    install_release(old, fresh, "0.1.0", {"item": ITEM_DDL})
     # 0.1.0 wrote history with generated PL/pgSQL triggers and a btree on history_context
     assert not old.sql("SELECT 1 FROM pg_proc WHERE proname = '_history_trigger'")
     assert trigger_functions(old) == [("_trg_1", 4)]
@@ -116,15 +123,8 @@ def test_upgrade_from_0_1_0(old_db):
 
 def test_upgrade_from_0_2_0(old_db):
     old, fresh = old_db
-    old.sql("CREATE EXTENSION koherent VERSION '0.2.0'")
-    if not old.sql("SELECT 1 FROM pg_roles WHERE rolname = %s", [APP_ROLE]):
-        old.sql(f"CREATE ROLE {APP_ROLE} LOGIN")
-    for d in (old, fresh):
-        d.sql(ITEM_DDL)
-        d.sql("CREATE TABLE other (k text PRIMARY KEY, v int)")
-        d.sql(f"GRANT SELECT, INSERT, UPDATE, DELETE ON item, other TO {APP_ROLE}")
-    old.sql("SELECT koherent.add_issuer_jwks(%s, %s::jsonb)", [ISSUER, json.dumps({"keys": [TEST_PUBLIC_JWK]})])
-    old.sql("SELECT koherent.track('item')")
+    install_release(old, fresh, "0.2.0",
+                    {"item": ITEM_DDL, "other": "CREATE TABLE other (k text PRIMARY KEY, v int)"})
     # 0.2.0 gave every tracked table the row index
     assert history_indexes(old) == [("brin", True), ("btree", False)]
     assert old.one("SELECT row_index FROM koherent.tracked_table") is True
