@@ -41,6 +41,7 @@ CREATE TABLE koherent.transaction_auth_context (
     changed_by       text,
     client_id        text,
     db_role          text NOT NULL,
+    effective_role   text,
     application_name text,
     client_addr      inet,
     backend_pid      integer NOT NULL,
@@ -50,7 +51,7 @@ CREATE TABLE koherent.transaction_auth_context (
 CREATE INDEX transaction_auth_context_task_idx
     ON koherent.transaction_auth_context (task_id, issuer) WHERE task_id IS NOT NULL;
 COMMENT ON TABLE koherent.transaction_auth_context IS
-  'koherent: one row per transaction that wrote tracked rows: its task (or none), agent, issuer, database role and client.';
+  'koherent: one row per transaction that wrote tracked rows: its task (or none), agent, issuer, database role (session user, and effective_role: the role SET ROLE chose) and client.';
 
 CREATE TABLE koherent.issuer_key_store (
     issuer     text NOT NULL CHECK (issuer <> ''),
@@ -100,3 +101,7 @@ SELECT pg_catalog.pg_extension_config_dump('koherent.transaction_auth_context', 
 SELECT pg_catalog.pg_extension_config_dump('koherent.issuer_key_store', '');
 SELECT pg_catalog.pg_extension_config_dump('koherent.tracked_config', '');
 SELECT pg_catalog.pg_extension_config_dump('koherent.tracked_column', '');
+-- Sequences too: a restored database continues their numbers (history ids stay unique and
+-- increasing across a dump and restore; configuration ids stay unique).
+SELECT pg_catalog.pg_extension_config_dump('koherent.history_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('koherent.tracked_config_id_seq', '');

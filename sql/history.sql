@@ -6,11 +6,12 @@
 
 -- The columns of a table as history stores them: domains by their base type.
 CREATE FUNCTION koherent._source_columns(rel oid)
-RETURNS TABLE (attnum smallint, attname name, type_sql text)
+RETURNS TABLE (attnum smallint, attname name, type_sql text, atttypid oid)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT a.attnum, a.attname,
            format_type(CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END,
-                       CASE WHEN t.typtype = 'd' THEN t.typtypmod ELSE a.atttypmod END)
+                       CASE WHEN t.typtype = 'd' THEN t.typtypmod ELSE a.atttypmod END),
+           CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END
       FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
      WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped
      ORDER BY a.attnum
@@ -58,7 +59,7 @@ DECLARE
     hist text;
     c koherent.tracked_column;
     a record;
-    mark bigint := nextval('koherent.history_id_seq');
+    mark bigint := koherent._next_history_id();
 BEGIN
     UPDATE koherent.tracked_config t
        SET schema_name = n.nspname, table_name = r.relname,
@@ -86,18 +87,28 @@ BEGIN
             c.column_name := a.attname;
         END IF;
         IF a.type_sql <> c.type_sql THEN
-            BEGIN
-                EXECUTE format('ALTER TABLE %s ALTER COLUMN %I TYPE %s USING %I::%s, '
-                               'ALTER COLUMN %I TYPE %s USING %I::%s', hist,
-                               c.column_name, a.type_sql, c.column_name, a.type_sql,
-                               'old:' || c.column_name, a.type_sql, 'old:' || c.column_name, a.type_sql);
-                UPDATE koherent.tracked_column SET type_sql = a.type_sql
-                 WHERE config_id = cfg_id AND column_name = c.column_name;
-            EXCEPTION WHEN OTHERS THEN
-                -- earlier values do not convert: keep them under a retired name, start anew
-                UPDATE koherent.tracked_column SET live_until = mark, attnum = NULL
-                 WHERE config_id = cfg_id AND column_name = c.column_name;
-            END;
+            -- Converting earlier values runs the cast between the two types as the extension
+            -- owner: only when both are PostgreSQL's own (a cast between built-in types can only
+            -- be created by a superuser). Any other type change keeps the earlier values under a
+            -- retired name and starts a new column, so no cast a table owner wrote runs here.
+            IF koherent._is_builtin_type(a.atttypid)
+               AND koherent._is_builtin_type((SELECT h.atttypid FROM pg_attribute h
+                                               WHERE h.attrelid = hist::regclass AND h.attname = c.column_name
+                                                 AND NOT h.attisdropped)) THEN
+                BEGIN
+                    EXECUTE format('ALTER TABLE %s ALTER COLUMN %I TYPE %s USING %I::%s, '
+                                   'ALTER COLUMN %I TYPE %s USING %I::%s', hist,
+                                   c.column_name, a.type_sql, c.column_name, a.type_sql,
+                                   'old:' || c.column_name, a.type_sql, 'old:' || c.column_name, a.type_sql);
+                    UPDATE koherent.tracked_column SET type_sql = a.type_sql
+                     WHERE config_id = cfg_id AND column_name = c.column_name;
+                    CONTINUE;
+                EXCEPTION WHEN OTHERS THEN
+                    NULL;  -- earlier values do not convert: retire them below
+                END;
+            END IF;
+            UPDATE koherent.tracked_column SET live_until = mark, attnum = NULL
+             WHERE config_id = cfg_id AND column_name = c.column_name;
         END IF;
     END LOOP;
 
@@ -151,14 +162,18 @@ BEGIN
 CREATE OR REPLACE FUNCTION %1$s() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off AS $body$
 BEGIN
-    -- TRUNCATE keeps every removed row: this table's rows are copied before they go.
+    -- TRUNCATE keeps every removed row: this table's rows are copied before they go. A table
+    -- tracked with require_task needs a task for every TRUNCATE, an empty table's included.
+    IF %3$L::boolean THEN
+        PERFORM koherent._require_task(TG_RELID);
+    END IF;
     EXECUTE format(%2$L, TG_TABLE_SCHEMA, TG_TABLE_NAME) USING %3$L::boolean, TG_RELID;
     RETURN NULL;
 END
 $body$;
 $f$, fn, format(
         'INSERT INTO %s (history_id, history_kind, history_date, history_context, %s) '
-        'SELECT nextval(''koherent.history_id_seq''), ''TRUNCATE'', statement_timestamp(), '
+        'SELECT koherent._next_history_id(), ''TRUNCATE'', statement_timestamp(), '
         '(SELECT koherent._write_context($1, $2)), %s FROM ONLY %%I.%%I o', hist, cols, ocols),
         cfg.require_task);
     EXECUTE format('REVOKE ALL ON FUNCTION %s() FROM PUBLIC', fn);
@@ -202,26 +217,93 @@ BEGIN
     END LOOP;
 END $$;
 
+-- A history column as jsonb, without running code a non-superuser can define. to_jsonb
+-- consults casts to json for types outside pg_catalog (and for such fields of composites and
+-- elements of arrays), and whoever owns a type may create such a cast: it would run as the reader,
+-- or as the extension owner inside koherent's SECURITY DEFINER readers. Built-in types go
+-- through to_jsonb (only built-in code); every other type is shown as the JSON string of its
+-- output function's text (koherent._text_out; output functions are C, written by superusers).
+CREATE FUNCTION koherent._json_expr(hist regclass, col name, alias text DEFAULT 'h') RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN koherent._is_builtin_type(a.atttypid)
+                THEN format('to_jsonb(%s.%I)', alias, col)
+                ELSE format('to_jsonb(koherent._text_out(%s.%I))', alias, col) END
+      FROM pg_attribute a WHERE a.attrelid = hist AND a.attname = col AND NOT a.attisdropped
+$$;
+
+-- The text of a history column by its type's output function (for key values; see _json_expr).
+CREATE FUNCTION koherent._text_expr(col name, alias text DEFAULT 'h') RETURNS text
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT format('koherent._text_out(%s.%I)', alias, col)
+$$;
+
+-- row_data of a history table's entries: its data columns (live and retired) as one jsonb
+-- object, built without casts (see _json_expr).
+CREATE FUNCTION koherent._row_data_expr(hist regclass) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cols name[];
+    safe boolean;
+    parts text[] := '{}';
+    i integer;
+BEGIN
+    SELECT array_agg(a.attname ORDER BY a.attnum), bool_and(koherent._is_builtin_type(a.atttypid))
+      INTO cols, safe
+      FROM pg_attribute a
+     WHERE a.attrelid = hist AND a.attnum > 0 AND NOT a.attisdropped
+       AND a.attname NOT IN ('history_id', 'history_kind', 'history_date', 'history_context')
+       AND a.attname NOT LIKE 'old:%';
+    IF cols IS NULL THEN
+        RETURN '''{}''::jsonb';
+    END IF;
+    IF safe THEN  -- every column built-in: the whole row at once (fast)
+        RETURN format('(to_jsonb(h) - ARRAY[''history_id'', ''history_kind'', ''history_date'', ''history_context''%s])',
+                      coalesce((SELECT ', ' || string_agg(format('%L', a.attname), ', ')
+                                  FROM pg_attribute a
+                                 WHERE a.attrelid = hist AND a.attname LIKE 'old:%' AND NOT a.attisdropped), ''));
+    END IF;
+    -- jsonb_build_object takes at most 100 arguments: 50 columns per call, joined by ||
+    FOR i IN 0 .. (array_length(cols, 1) - 1) / 50 LOOP
+        parts := parts || (SELECT format('jsonb_build_object(%s)',
+                                         string_agg(format('%L, %s', c, koherent._json_expr(hist, c)), ', ' ORDER BY o))
+                             FROM unnest(cols[i * 50 + 1 : i * 50 + 50]) WITH ORDINALITY AS u(c, o));
+    END LOOP;
+    RETURN '(' || array_to_string(parts, ' || ') || ')';
+END $$;
+
+-- How generated SQL names a tracked table: by name while it exists (a dump restored elsewhere
+-- gives it another oid; names survive), by its old oid once dropped.
+CREATE FUNCTION koherent._table_literal(cfg koherent.tracked_config) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN cfg.dropped_at IS NULL
+                THEN format('%L::regclass', format('%I.%I', cfg.schema_name, cfg.table_name))
+                ELSE format('%s::oid::regclass', cfg.relid) END
+$$;
+
 -- The SELECT of one history table's entries, shaped as koherent._history_all (attributed =
 -- false) or as koherent.provenance_entry (attributed = true: joined with its context row).
 -- The one place that knows how row_key, row_data and table_ident are made.
 CREATE FUNCTION koherent._entry_select(cfg koherent.tracked_config, attributed boolean DEFAULT true)
-RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT format(
-        'SELECT h.history_id, %s::oid::regclass AS table_name, jsonb_build_object(%s) AS row_key, '
+RETURNS text LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    hist regclass := format('koherent_history.%I', cfg.history_table)::regclass;
+BEGIN
+    RETURN format(
+        'SELECT h.history_id, %s AS table_name, jsonb_build_object(%s) AS row_key, '
         'h.history_kind AS kind, h.history_date AS date, h.history_context AS context_id, %s'
-        '(to_jsonb(h) - ARRAY[''history_id'', ''history_kind'', ''history_date'', ''history_context''%s]) AS row_data, '
-        '%s%L::text AS table_ident FROM koherent_history.%I h%s',
-        cfg.relid,
-        (SELECT string_agg(format('%L, h.%I', k, k), ', ') FROM unnest(cfg.pk_columns) k),
+        '%s AS row_data, '
+        '%s%L::text AS table_ident%s FROM koherent_history.%I h%s',
+        koherent._table_literal(cfg),
+        (SELECT string_agg(format('%L, %s', k, koherent._json_expr(hist, k)), ', ') FROM unnest(cfg.pk_columns) k),
         CASE WHEN attributed THEN 'c.db_role, ' ELSE '' END,
-        coalesce((SELECT ', ' || string_agg(format('%L', 'old:' || column_name), ', ')
-                    FROM koherent.tracked_column WHERE config_id = cfg.id), ''),
+        koherent._row_data_expr(hist),
         CASE WHEN attributed THEN 'c.task_id, c.client_id AS agent_client_id, c.issuer, c.changed_by, ' ELSE '' END,
-        format('%I.%I', cfg.schema_name, cfg.table_name), cfg.history_table,
+        format('%I.%I', cfg.schema_name, cfg.table_name),
+        CASE WHEN attributed THEN ', c.effective_role' ELSE '' END,
+        cfg.history_table,
         CASE WHEN attributed
-             THEN ' LEFT JOIN koherent.transaction_auth_context c ON c.id = h.history_context' ELSE '' END)
-$$;
+             THEN ' LEFT JOIN koherent.transaction_auth_context c ON c.id = h.history_context' ELSE '' END);
+END $$;
 
 -- Rebuild the views over all history tables (after track, untrack, ALTER TABLE, DROP TABLE).
 CREATE FUNCTION koherent._rebuild_views(empty boolean DEFAULT false) RETURNS void
@@ -233,9 +315,11 @@ DECLARE
     vals text;
 BEGIN
     FOR cfg IN SELECT * FROM koherent.tracked_config WHERE NOT empty ORDER BY id LOOP
-        SELECT string_agg(format('(%L::text, to_jsonb(h.%I), to_jsonb(h.%I), %s::bigint, %s::bigint)',
-                                 column_name, column_name, 'old:' || column_name, live_from,
-                                 coalesce(live_until::text, 'NULL')), ', ' ORDER BY attnum NULLS LAST, column_name)
+        SELECT string_agg(format('(%L::text, %s, %s, %s::bigint, %s::bigint)',
+                                 column_name,
+                                 koherent._json_expr(format('koherent_history.%I', cfg.history_table)::regclass, column_name),
+                                 koherent._json_expr(format('koherent_history.%I', cfg.history_table)::regclass, 'old:' || column_name),
+                                 live_from, coalesce(live_until::text, 'NULL')), ', ' ORDER BY attnum NULLS LAST, column_name)
           INTO vals FROM koherent.tracked_column WHERE config_id = cfg.id;
         entries := entries || koherent._entry_select(cfg, false);
         IF vals IS NOT NULL THEN
@@ -342,6 +426,13 @@ BEGIN
             USING ERRCODE = 'feature_not_supported',
                   HINT = 'Track the partitioned table itself; its partitions are covered.';
     END IF;
+    IF EXISTS (SELECT 1 FROM pg_inherits i JOIN pg_class k ON k.oid = i.inhrelid
+                WHERE i.inhparent = tbl AND NOT k.relispartition) THEN
+        RAISE EXCEPTION 'koherent.track: % has inheritance children', tbl
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = 'Rows written into an inheritance child do not fire the parent''s history triggers.',
+                  HINT = 'Use a partitioned table (its partitions are tracked), or track the child tables themselves.';
+    END IF;
     pk := koherent._pk_columns(tbl);
     IF pk IS NULL THEN
         RAISE EXCEPTION 'koherent.track: table % has no primary key', tbl
@@ -368,6 +459,9 @@ BEGIN
     END IF;
 
     LOCK TABLE koherent.tracked_config IN SHARE ROW EXCLUSIVE MODE;
+    IF koherent._relink() THEN
+        PERFORM koherent._rebuild_views();
+    END IF;
     SELECT * INTO cfg FROM koherent.tracked_config WHERE relid = tbl AND dropped_at IS NULL;
     IF FOUND THEN
         IF cfg.active AND cfg.exclude = exclude AND cfg.require_task = track.require_task
@@ -443,12 +537,54 @@ COMMENT ON FUNCTION koherent.untrack(regclass) IS
 -- DDL on tracked tables
 -------------------------------------------------------------------------------------------------
 
+-- After a dump is restored into another database, tracked tables have new oids: find each
+-- still-live configuration's table again by its recorded name. Returns whether anything moved
+-- (the caller then rebuilds the views). Called by the DDL event trigger (a restore's post-data
+-- ALTER TABLE ... ADD CONSTRAINT of every tracked table's primary key fires it), by track() and
+-- by expose().
+CREATE FUNCTION koherent._relink() RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    moved integer;
+BEGIN
+    UPDATE koherent.tracked_config c
+       SET relid = to_regclass(format('%I.%I', c.schema_name, c.table_name))
+     WHERE c.dropped_at IS NULL
+       AND NOT EXISTS (SELECT 1 FROM pg_class r JOIN pg_namespace n ON n.oid = r.relnamespace
+                        WHERE r.oid = c.relid AND n.nspname = c.schema_name AND r.relname = c.table_name)
+       AND to_regclass(format('%I.%I', c.schema_name, c.table_name)) IS NOT NULL;
+    GET DIAGNOSTICS moved = ROW_COUNT;
+    RETURN moved > 0;
+END $$;
+
+-- Plain inheritance children of a tracked table (not partitions): their rows would escape
+-- history, so koherent refuses them.
+CREATE FUNCTION koherent._refuse_inheritance(rel oid DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    bad record;
+BEGIN
+    SELECT c.relid::regclass AS parent, i.inhrelid::regclass AS child INTO bad
+      FROM koherent.tracked_config c
+      JOIN pg_inherits i ON i.inhparent = c.relid
+      JOIN pg_class k ON k.oid = i.inhrelid
+     WHERE c.dropped_at IS NULL AND c.active AND NOT k.relispartition
+       AND (rel IS NULL OR c.relid = rel)
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'koherent: tracked table % cannot have inheritance child %', bad.parent, bad.child
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = 'Rows written into an inheritance child do not fire the parent''s history triggers.',
+                  HINT = 'Use a partitioned table (its partitions are tracked), or track the child tables themselves.';
+    END IF;
+END $$;
+
 CREATE FUNCTION koherent._on_ddl_end() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     cmd record;
     cfg_id integer;
-    changed boolean := false;
+    changed boolean := koherent._relink();
 BEGIN
     FOR cmd IN SELECT DISTINCT objid FROM pg_event_trigger_ddl_commands()
                 WHERE classid = 'pg_class'::regclass AND object_type IN ('table', 'table column') LOOP
@@ -456,12 +592,20 @@ BEGIN
           FROM koherent.tracked_config c
          WHERE c.dropped_at IS NULL AND c.active
            AND c.relid IN (SELECT cmd.objid UNION ALL SELECT relid FROM pg_partition_ancestors(cmd.objid));
+        -- A dump being restored (pg_dump's output sets check_function_bodies off) creates the
+        -- history triggers itself after the primary key: leave the table to it until then.
+        IF cfg_id IS NOT NULL AND current_setting('check_function_bodies') = 'off'
+           AND NOT EXISTS (SELECT 1 FROM pg_trigger t JOIN koherent.tracked_config c ON c.relid = t.tgrelid
+                            WHERE c.id = cfg_id AND t.tgname LIKE 'koherent\_history\_%') THEN
+            CONTINUE;
+        END IF;
         IF cfg_id IS NOT NULL THEN
             PERFORM koherent._sync(cfg_id);
             PERFORM koherent._install_triggers(cfg_id);
             changed := true;
         END IF;
     END LOOP;
+    PERFORM koherent._refuse_inheritance();
     IF changed THEN
         PERFORM koherent._rebuild_views();
     END IF;
@@ -480,7 +624,7 @@ BEGIN
         UPDATE koherent.tracked_config SET dropped_at = now(), active = false,
                untracked_at = coalesce(untracked_at, now())
          WHERE id = cfg.id;
-        UPDATE koherent.tracked_column SET live_until = coalesce(live_until, nextval('koherent.history_id_seq')),
+        UPDATE koherent.tracked_column SET live_until = coalesce(live_until, koherent._next_history_id()),
                attnum = NULL
          WHERE config_id = cfg.id;
         EXECUTE format('DROP FUNCTION IF EXISTS koherent._trg_%s()', cfg.id);
@@ -516,7 +660,8 @@ COMMENT ON VIEW koherent.effective_change IS
 
 CREATE VIEW koherent.provenance_entry AS
 SELECT e.history_id, e.table_name, e.row_key, e.kind, e.date, e.context_id, c.db_role, e.row_data,
-       c.task_id, c.client_id AS agent_client_id, c.issuer, c.changed_by, e.table_ident
+       c.task_id, c.client_id AS agent_client_id, c.issuer, c.changed_by, e.table_ident,
+       c.effective_role
   FROM koherent._history_all e
   LEFT JOIN koherent.transaction_auth_context c ON c.id = e.context_id;
 COMMENT ON VIEW koherent.provenance_entry IS
@@ -546,6 +691,36 @@ $$;
 COMMENT ON FUNCTION koherent.current_task() IS
   'The verified task of the current transaction (null when none); created_at is null until its row is written.';
 
+-- Functions that take JSON from clients take it as jsonb and hand its text to Rust, which
+-- parses it with a nesting limit: malformed or too deeply nested input is 22023, never a panic.
+CREATE FUNCTION koherent.set_task(token text, args jsonb) RETURNS jsonb
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT koherent._set_task_args(token, args::text)
+$$;
+COMMENT ON FUNCTION koherent.set_task(text, jsonb) IS
+  'As set_task(token), and refuse the token unless its ahs claim is the sha256-canonical-v1 hash of args.';
+
+CREATE FUNCTION koherent.set_context(metadata jsonb) RETURNS void
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT koherent._set_context(metadata::text)
+$$;
+COMMENT ON FUNCTION koherent.set_context(jsonb) IS
+  'Add free-form metadata (a JSON object, merged) to the current transaction''s auth context.';
+
+CREATE FUNCTION koherent.canonical_args(args jsonb) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT koherent._canonical_args(args::text)
+$$;
+COMMENT ON FUNCTION koherent.canonical_args(jsonb) IS
+  'The sha256-canonical-v1 canonical JSON text of task arguments.';
+
+CREATE FUNCTION koherent.args_hash(args jsonb) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT koherent._args_hash(args::text)
+$$;
+COMMENT ON FUNCTION koherent.args_hash(jsonb) IS
+  'The sha256-canonical-v1 hash of task arguments (what a token''s ahs claim holds; null hashes as {}).';
+
 CREATE VIEW koherent.issuer_key AS
 SELECT issuer, kid,
        jsonb_build_object('kty', 'OKP', 'crv', 'Ed25519', 'kid', kid, 'use', 'sig', 'alg', 'Ed25519',
@@ -564,7 +739,7 @@ BEGIN
         RAISE EXCEPTION 'koherent.add_issuer_jwks: issuer must be a non-empty text' USING ERRCODE = 'invalid_parameter_value';
     END IF;
     INSERT INTO koherent.issuer_key_store AS s (issuer, kid, public_key)
-    SELECT add_issuer_jwks.issuer, k.kid, k.x FROM koherent._parse_jwks(jwks) k
+    SELECT add_issuer_jwks.issuer, k.kid, k.x FROM koherent._parse_jwks(jwks::text) k
     ON CONFLICT ON CONSTRAINT issuer_key_store_pkey DO UPDATE
        SET public_key = EXCLUDED.public_key, revoked_at = NULL, added_at = now(), added_by = current_user;
     GET DIAGNOSTICS n = ROW_COUNT;
@@ -622,10 +797,13 @@ REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA koherent FROM PUBLIC;
 -- Public keys are public: set_task reads them with the caller's rights.
 GRANT SELECT ON koherent.issuer_key_store, koherent.issuer_key TO PUBLIC;
 GRANT EXECUTE ON FUNCTION
-    koherent.set_task(text), koherent.set_task(text, jsonb), koherent.verify_token(text),
-    koherent.current_task(), koherent._current_task_claims(), koherent.current_context_id(),
-    koherent.set_context_id(uuid), koherent.set_context(jsonb), koherent.canonical_args(jsonb),
-    koherent.args_hash(jsonb)
+    koherent.set_task(text), koherent.set_task(text, jsonb), koherent._set_task_args(text, text),
+    koherent.verify_token(text), koherent.current_task(), koherent._current_task_claims(),
+    koherent.current_context_id(), koherent.set_context_id(uuid), koherent.set_context(jsonb),
+    koherent._set_context(text), koherent.canonical_args(jsonb), koherent._canonical_args(text),
+    koherent.args_hash(jsonb), koherent._args_hash(text),
+    -- called by the views with the reader's rights: a value's text by its output function
+    koherent._text_out(anyelement)
   TO PUBLIC;
 
 -------------------------------------------------------------------------------------------------
@@ -635,22 +813,110 @@ GRANT EXECUTE ON FUNCTION
 COMMENT ON VIEW koherent.provenance_entry IS
 E'koherent: one row per recorded change across all tracked tables, with its attribution.\n@graphql({"primary_key_columns": ["history_id"]})';
 
+-- The check that a client may read one row of a tracked table itself: `SELECT 1 FROM <table> t
+-- WHERE <key column> OPERATOR(<the primary key's own equality>) $n ...`, and the types of its
+-- parameters (the key columns' base types). koherent._visible_to_caller runs it as the client.
+CREATE FUNCTION koherent._visibility_check(tbl regclass, OUT query text, OUT types oid[])
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT format('SELECT 1 FROM %I.%I t WHERE %s', n.nspname, r.relname,
+                  string_agg(format('t.%I OPERATOR(%I.%s) $%s', a.attname, opn.nspname, o.oprname, k.ord),
+                             ' AND ' ORDER BY k.ord)),
+           array_agg(koherent._base_type(a.atttypid)
+                     ORDER BY k.ord)
+      FROM pg_index x
+      JOIN pg_class r ON r.oid = x.indrelid
+      JOIN pg_namespace n ON n.oid = r.relnamespace
+      CROSS JOIN LATERAL unnest(x.indkey::int2[], x.indclass::oid[]) WITH ORDINALITY AS k(attnum, opclass, ord)
+      JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum
+      JOIN pg_type ty ON ty.oid = a.atttypid
+      JOIN pg_opclass oc ON oc.oid = k.opclass
+      JOIN pg_amop ao ON ao.amopfamily = oc.opcfamily AND ao.amoplefttype = oc.opcintype
+                     AND ao.amoprighttype = oc.opcintype AND ao.amopstrategy = 3
+      JOIN pg_operator o ON o.oid = ao.amopopr
+      JOIN pg_namespace opn ON opn.oid = o.oprnamespace
+     WHERE x.indrelid = tbl AND x.indisprimary
+     GROUP BY n.nspname, r.relname
+$$;
+
+-- An auditor may read every entry and the signed tokens: a role with SELECT on koherent.task's
+-- token column (granted by an administrator; see README, "Who reads history").
+CREATE FUNCTION koherent._caller_is_auditor() RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT pg_catalog.has_column_privilege(koherent._caller(), 'koherent.task'::regclass, 'token', 'SELECT')
+$$;
+
+-- Whether the client may see history entry `history_id` of `table_name` (it exists there and
+-- the client can read its row now, or is an auditor), and the entry's real context. The
+-- readers below take an entry value from the client: nothing in it but these two fields is
+-- used, and neither is trusted.
+CREATE FUNCTION koherent._visible_entry(history_id bigint, table_name regclass,
+                                        OUT visible boolean, OUT context_id uuid)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cfg koherent.tracked_config;
+    key text[];
+    chk record;
+BEGIN
+    visible := false;
+    SELECT * INTO cfg FROM koherent.tracked_config c WHERE c.relid = _visible_entry.table_name
+     ORDER BY c.dropped_at IS NULL DESC LIMIT 1;
+    IF NOT FOUND OR to_regclass(format('koherent_history.%I', cfg.history_table)) IS NULL THEN
+        RETURN;
+    END IF;
+    EXECUTE format('SELECT ARRAY[%s], h.history_context FROM koherent_history.%I h WHERE h.history_id = $1',
+                   (SELECT string_agg(koherent._text_expr(k), ', ') FROM unnest(cfg.pk_columns) k),
+                   cfg.history_table)
+       INTO key, context_id USING _visible_entry.history_id;
+    IF key IS NULL THEN
+        context_id := NULL;
+        RETURN;
+    END IF;
+    IF koherent._caller_is_auditor() THEN
+        visible := true;
+    ELSIF cfg.dropped_at IS NULL THEN
+        chk := koherent._visibility_check(cfg.relid);
+        visible := koherent._visible_to_caller(chk.query, key, chk.types);
+    END IF;
+    IF NOT visible THEN
+        context_id := NULL;
+    END IF;
+END $$;
+
 CREATE FUNCTION koherent.provenance_entry_effective_changes(e koherent.provenance_entry)
 RETURNS SETOF koherent.effective_change
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT c.* FROM koherent.effective_change c WHERE c.history_id = e.history_id ORDER BY c.field
-$$;
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT (koherent._visible_entry(e.history_id, e.table_name)).visible THEN
+        RETURN;
+    END IF;
+    RETURN QUERY SELECT c.* FROM koherent.effective_change c WHERE c.history_id = e.history_id ORDER BY c.field;
+END $$;
 COMMENT ON FUNCTION koherent.provenance_entry_effective_changes(koherent.provenance_entry) IS
-  'The fields this entry changed, with their old and new values.';
+  'The fields this entry changed, with their old and new values (nothing unless the caller may read the entry''s row).';
 
 CREATE FUNCTION koherent.provenance_entry_task(e koherent.provenance_entry) RETURNS koherent.task
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT t FROM koherent.task t
-      JOIN koherent.transaction_auth_context c ON c.task_id = t.task_id AND c.issuer = t.issuer
-     WHERE c.id = e.context_id
-$$;
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    ctx uuid := (koherent._visible_entry(e.history_id, e.table_name)).context_id;
+    t koherent.task;
+BEGIN
+    IF ctx IS NULL THEN
+        RETURN NULL;
+    END IF;
+    SELECT k.* INTO t FROM koherent.task k
+      JOIN koherent.transaction_auth_context c ON c.task_id = k.task_id AND c.issuer = k.issuer
+     WHERE c.id = ctx;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    -- the signed token is a bearer credential until it expires: auditors only
+    IF NOT koherent._caller_is_auditor() THEN
+        t.token := NULL;
+    END IF;
+    RETURN t;
+END $$;
 COMMENT ON FUNCTION koherent.provenance_entry_task(koherent.provenance_entry) IS
-  'The verified task this entry was made under (null when unattributed).';
+  'The verified task this entry was made under (null when unattributed, or when the caller may not read the entry''s row); its token only for auditors.';
 
 -- pg_graphql names: computed fields are functions _<field>(rec <type>).
 CREATE FUNCTION koherent._effective_changes(rec koherent.provenance_entry)
@@ -716,7 +982,11 @@ DECLARE
     keymatch text;
     keycols text;
     keytypes text;
+    chk record;
 BEGIN
+    IF koherent._relink() THEN
+        PERFORM koherent._rebuild_views();
+    END IF;
     SELECT * INTO cfg FROM koherent.tracked_config WHERE relid = tbl AND dropped_at IS NULL;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'koherent.expose: % is not tracked', tbl
@@ -732,12 +1002,22 @@ BEGIN
            string_agg(format('%I %s', k, (SELECT s.type_sql FROM koherent._source_columns(tbl) s WHERE s.attname = k)), ', ')
       INTO keymatch, keycols, keytypes FROM unnest(cfg.pk_columns) k;
 
-    -- computed column: <table>_provenance(<table>) (PostGraphile), _provenance(<table>) (pg_graphql)
+    -- computed column: <table>_provenance(<table>) (PostGraphile), _provenance(<table>) (pg_graphql).
+    -- It shows the history of a row only if the caller can read that row itself: the row value
+    -- passed in is not trusted (its key is looked up as the caller, with its privileges and
+    -- row-level security).
+    chk := koherent._visibility_check(tbl);
     EXECUTE format($f$
         CREATE OR REPLACE FUNCTION %1$I.%2$I(rec %3$s) RETURNS SETOF koherent.provenance_entry
-        LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $b$
-            SELECT * FROM (%4$s WHERE %5$s) e ORDER BY 1
-        $b$ $f$, nsp, rel || '_provenance', t, koherent._entry_select(cfg), keymatch);
+        LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $b$
+        BEGIN
+            IF NOT koherent._visible_to_caller(%6$L, ARRAY[%7$s], %8$L::oid[]) THEN
+                RETURN;
+            END IF;
+            RETURN QUERY SELECT * FROM (%4$s WHERE %5$s) e ORDER BY 1;
+        END $b$ $f$, nsp, rel || '_provenance', t, koherent._entry_select(cfg), keymatch,
+        chk.query, (SELECT string_agg(koherent._text_expr(k, 'rec'), ', ') FROM unnest(cfg.pk_columns) k),
+        chk.types);
     EXECUTE format('COMMENT ON FUNCTION %I.%I(%s) IS %L', nsp, rel || '_provenance', t,
                    'koherent: every recorded change of this row, oldest first, with its attribution.');
     EXECUTE format($f$
@@ -746,20 +1026,25 @@ BEGIN
     EXECUTE format('COMMENT ON FUNCTION %I._provenance(%s) IS %L', nsp, t, E'@omit');
 
     -- filter: <table>_by_provenance(...) RETURNS SETOF <table>. The history lookup runs with the
-    -- extension owner's rights; the rows themselves are read with the caller's rights (and RLS).
+    -- extension owner's rights and returns only keys of rows the caller can read itself; the
+    -- rows themselves are read with the caller's rights (and RLS).
     EXECUTE format($f$
         CREATE OR REPLACE FUNCTION koherent.%1$I(task_id text, agent_client_id text, issuer text,
             changed_by text, kind text, changed_since timestamptz, changed_before timestamptz)
         RETURNS TABLE (%2$s)
         LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $b$
-            SELECT DISTINCT %3$s FROM koherent_history.%4$I h
-              LEFT JOIN koherent.transaction_auth_context c ON c.id = h.history_context
-             WHERE ($1 IS NULL OR c.task_id = $1) AND ($2 IS NULL OR c.client_id = $2)
-               AND ($3 IS NULL OR c.issuer = $3) AND ($4 IS NULL OR c.changed_by = $4)
-               AND ($5 IS NULL OR h.history_kind = $5) AND ($6 IS NULL OR h.history_date >= $6)
-               AND ($7 IS NULL OR h.history_date < $7)
+            SELECT k.* FROM (
+              SELECT DISTINCT %3$s FROM koherent_history.%4$I h
+                LEFT JOIN koherent.transaction_auth_context c ON c.id = h.history_context
+               WHERE ($1 IS NULL OR c.task_id = $1) AND ($2 IS NULL OR c.client_id = $2)
+                 AND ($3 IS NULL OR c.issuer = $3) AND ($4 IS NULL OR c.changed_by = $4)
+                 AND ($5 IS NULL OR h.history_kind = $5) AND ($6 IS NULL OR h.history_date >= $6)
+                 AND ($7 IS NULL OR h.history_date < $7)) k
+             WHERE koherent._visible_to_caller(%5$L, ARRAY[%6$s], %7$L::oid[])
         $b$ $f$, '_keys_' || cfg.id, keytypes,
-        (SELECT string_agg(format('h.%I', k), ', ') FROM unnest(cfg.pk_columns) k), cfg.history_table);
+        (SELECT string_agg(format('h.%I', k), ', ') FROM unnest(cfg.pk_columns) k), cfg.history_table,
+        chk.query, (SELECT string_agg(koherent._text_expr(k, 'k'), ', ') FROM unnest(cfg.pk_columns) k),
+        chk.types);
     EXECUTE format('COMMENT ON FUNCTION koherent.%I(text, text, text, text, text, timestamptz, timestamptz) IS %L',
                    '_keys_' || cfg.id, E'@omit');
     EXECUTE format($f$
@@ -813,5 +1098,6 @@ END $$;
 
 REVOKE EXECUTE ON FUNCTION koherent.expose(regclass, regrole), koherent.unexpose(regclass),
     koherent.task_changes(text, boolean), koherent.provenance_entry_effective_changes(koherent.provenance_entry),
-    koherent.provenance_entry_task(koherent.provenance_entry), koherent._entry_select(koherent.tracked_config, boolean)
+    koherent.provenance_entry_task(koherent.provenance_entry), koherent._entry_select(koherent.tracked_config, boolean),
+    koherent._visibility_check(regclass), koherent._caller_is_auditor(), koherent._visible_entry(bigint, regclass)
   FROM PUBLIC;

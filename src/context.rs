@@ -27,6 +27,9 @@ use crate::{guc, verify};
 pub struct Task {
     pub claims: Claims,
     pub token: String,
+    /// The key that verified it: (kid, public key), checked again at every write.
+    pub kid: String,
+    pub key: [u8; 32],
     /// The claims as a flat jsonb value, made on first use (set_task returns it every time).
     claims_jsonb: std::cell::OnceCell<Rc<[u8]>>,
 }
@@ -61,10 +64,12 @@ unsafe impl pgrx::callconv::BoxRet for FlatJsonb {
 }
 
 impl Task {
-    pub fn new(claims: Claims, token: String) -> Task {
+    pub fn new(claims: Claims, token: String, kid: String, key: [u8; 32]) -> Task {
         Task {
             claims,
             token,
+            kid,
+            key,
             claims_jsonb: std::cell::OnceCell::new(),
         }
     }
@@ -357,9 +362,9 @@ pub fn set_context(metadata: JsonB) {
 }
 
 const CONTEXT_COLUMNS: &str = "INSERT INTO koherent.transaction_auth_context
-   (id, txid, task_id, issuer, changed_by, client_id, db_role, application_name, client_addr,
-    backend_pid, created_at, metadata)
- VALUES ($1, pg_catalog.pg_current_xact_id(), $2, $3, $4, $5, pg_catalog.session_user(),
+   (id, txid, task_id, issuer, changed_by, client_id, db_role, effective_role, application_name,
+    client_addr, backend_pid, created_at, metadata)
+ VALUES ($1, pg_catalog.pg_current_xact_id(), $2, $3, $4, $5, pg_catalog.session_user(), $16,
     pg_catalog.current_setting('application_name'), pg_catalog.inet_client_addr(),
     pg_catalog.pg_backend_pid(), pg_catalog.now(), $6)";
 
@@ -382,7 +387,7 @@ fn plans() -> Rc<Plans> {
     let plans = Spi::connect(|c| -> Result<Plans, pgrx::spi::Error> {
         let mut types = vec![uuid, text, text, text, text, jsonb];
         types.extend([text; 7]);
-        types.extend([jsonb, text]);
+        types.extend([jsonb, text, text]);
         let context_with_task = c.prepare_mut(with_task.as_str(), &types)?.keep();
         let metadata = c
             .prepare_mut(
@@ -473,6 +478,7 @@ fn insert_context_row(id: [u8; 16], task: Option<&Task>, metadata: JsonB) {
                 "db_role",
                 Some(pg_sys::Datum::from(pg_sys::cstring_to_text(role))),
             ),
+            ("effective_role", Some(text_datum(&effective_role()))),
             (
                 "application_name",
                 Some(pg_sys::Datum::from(pg_sys::cstring_to_text(app))),
@@ -491,7 +497,20 @@ fn insert_context_row(id: [u8; 16], task: Option<&Task>, metadata: JsonB) {
     }
 }
 
-fn rel_name(relid: pg_sys::Oid) -> String {
+/// The role the client acts as: `SET ROLE`'s (the history writer itself runs as the extension
+/// owner, so current_user inside it says nothing of the client).
+pub(crate) fn effective_role() -> String {
+    unsafe {
+        let r = pg_sys::GetUserNameFromId(pg_sys::GetOuterUserId(), true);
+        if r.is_null() {
+            String::new()
+        } else {
+            std::ffi::CStr::from_ptr(r).to_string_lossy().into_owned()
+        }
+    }
+}
+
+pub(crate) fn rel_name(relid: pg_sys::Oid) -> String {
     unsafe {
         let ns = pg_sys::get_namespace_name(pg_sys::get_rel_namespace(relid));
         let n = pg_sys::get_rel_name(relid);
@@ -511,29 +530,55 @@ fn rel_name(relid: pg_sys::Oid) -> String {
     }
 }
 
+/// The task of this transaction's writes: the one its context row was written with, else the
+/// one set_task or a setting gives now. Checked again (time, audience, key) on every call.
+fn write_task() -> Option<Rc<Task>> {
+    let written = XACT.with(|x| x.borrow().written.as_ref().map(|w| w.task.clone()));
+    let task = match written {
+        Some(t) => t,
+        None => resolve_task(),
+    };
+    if let Some(t) = task.as_deref() {
+        verify::recheck(t).or_raise();
+    }
+    task
+}
+
+/// Called by the history writer for a statement that changed rows of a table tracked with
+/// require_task, before anything is recorded: fail unless the write has a valid task.
+pub fn require_task(relid: pg_sys::Oid) {
+    if write_task().is_none() {
+        KoherentError::TaskRequired {
+            table: rel_name(relid),
+        }
+        .raise();
+    }
+}
+
 /// Called by the history triggers once per statement: the transaction's context id, writing
-/// the task and context rows on the first tracked write.
+/// the task and context rows on the first tracked write. Every statement checks the task's
+/// token again (see verify::recheck): a token that expired or whose key was revoked since the
+/// transaction began fails the write.
 pub fn write_context(require_task: bool, relid: pg_sys::Oid) -> Uuid {
     let fast = XACT.with(|x| {
         let x = x.borrow();
-        x.written.as_ref().map(|w| {
-            (
-                x.context_id.expect("written implies an id"),
-                w.task.is_some(),
-            )
-        })
+        x.written
+            .as_ref()
+            .map(|w| (x.context_id.expect("written implies an id"), w.task.clone()))
     });
-    if let Some((id, attributed)) = fast {
-        if require_task && !attributed {
-            KoherentError::TaskRequired {
+    if let Some((id, task)) = fast {
+        match task.as_deref() {
+            Some(t) => verify::recheck(t).or_raise(),
+            None if require_task => KoherentError::TaskRequired {
                 table: rel_name(relid),
             }
-            .raise();
+            .raise(),
+            None => {}
         }
         return Uuid::from_bytes(id);
     }
 
-    let task = resolve_task();
+    let task = write_task();
     if require_task && task.is_none() {
         KoherentError::TaskRequired {
             table: rel_name(relid),
@@ -548,7 +593,7 @@ pub fn write_context(require_task: bool, relid: pg_sys::Oid) -> Uuid {
         .is_some_and(|t| KNOWN_TASKS.with(|k| k.borrow().contains(&t.key())));
     match task.as_deref() {
         // A task not yet known to exist: one statement inserts its row (if missing) and the
-        // context row. $1..$6: the context row; $7..$15: the task row.
+        // context row. $1..$6 and $16: the context row; $7..$15: the task row.
         Some(t) if !known => {
             let plans = plans();
             let cl = &t.claims;
@@ -568,6 +613,7 @@ pub fn write_context(require_task: bool, relid: pg_sys::Oid) -> Uuid {
                 cl.aha.clone().into(),
                 claims_json(t).into(),
                 t.token.clone().into(),
+                effective_role().into(),
             ];
             Spi::connect_mut(|c| c.update(&plans.context_with_task, None, &args).map(|_| ()))
                 .map_err(|e| KoherentError::Internal(e.to_string()))

@@ -19,6 +19,12 @@ pub enum KoherentError {
     TaskAlreadyFixed { current: String },
     #[error("the transaction's context {current} is already written; its id cannot change now")]
     ContextAlreadyWritten { current: String },
+    #[error("the key \"{kid}\" of issuer \"{issuer}\" that signed this transaction's token is no longer trusted")]
+    KeyRevoked { issuer: String, kid: String },
+    #[error(
+        "an UPDATE of {table} has {old} old and {new} new row images: a row moved to another partition was dropped by a trigger there, and history cannot pair the images"
+    )]
+    UnpairedUpdate { table: String, old: i64, new: i64 },
     #[error("{0}")]
     InvalidArgument(String),
     #[error("internal error: {0}")]
@@ -36,7 +42,10 @@ impl KoherentError {
             KoherentError::Key(_) | KoherentError::InvalidArgument(_) => {
                 ERRCODE_INVALID_PARAMETER_VALUE
             }
-            KoherentError::TaskRequired { .. } => ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
+            KoherentError::TaskRequired { .. } | KoherentError::KeyRevoked { .. } => {
+                ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION
+            }
+            KoherentError::UnpairedUpdate { .. } => ERRCODE_TRIGGERED_DATA_CHANGE_VIOLATION,
             KoherentError::TaskAlreadyFixed { .. }
             | KoherentError::ContextAlreadyWritten { .. } => {
                 ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
@@ -49,6 +58,8 @@ impl KoherentError {
         match self {
             KoherentError::Token(t) => Some(t.detail()),
             KoherentError::TaskRequired { .. } => Some("reason: task_required".into()),
+            KoherentError::KeyRevoked { .. } => Some("reason: key_revoked".into()),
+            KoherentError::UnpairedUpdate { .. } => Some("reason: unpaired_update".into()),
             _ => None,
         }
     }
@@ -72,6 +83,12 @@ impl KoherentError {
             },
             KoherentError::TaskRequired { .. } => Some(
                 "Call koherent.set_task(token) at the start of the transaction, or set koherent.task_token.",
+            ),
+            KoherentError::KeyRevoked { .. } => Some(
+                "Each tracked write checks its token again; start a new transaction with a token signed by a trusted key.",
+            ),
+            KoherentError::UnpairedUpdate { .. } => Some(
+                "Move such rows with DELETE and INSERT, or let the destination partition's BEFORE INSERT trigger keep them.",
             ),
             KoherentError::TaskAlreadyFixed { .. } => {
                 Some("Call koherent.set_task(token) before the transaction's first tracked write.")

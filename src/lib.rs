@@ -12,6 +12,7 @@ use pgrx::{pg_sys, JsonB, Uuid};
 mod context;
 mod error;
 mod guc;
+mod security;
 mod verify;
 mod writer;
 
@@ -24,6 +25,9 @@ extension_sql_file!("../sql/history.sql", name = "history", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    // A panic's report never carries a Rust backtrace to a client, whatever RUST_BACKTRACE the
+    // server was started with (std reads RUST_LIB_BACKTRACE first, once).
+    std::env::set_var("RUST_LIB_BACKTRACE", "0");
     guc::init();
     context::init();
     verify::init();
@@ -36,10 +40,24 @@ fn set_task(token: &str) -> context::FlatJsonb {
     context::set_task(token, None)
 }
 
-/// As set_task(token), and refuse the token unless its `ahs` is the hash of `args`.
-#[pg_extern(name = "set_task", volatile, parallel_unsafe)]
-fn set_task_with_args(token: &str, args: Option<JsonB>) -> context::FlatJsonb {
-    context::set_task(token, Some(args))
+/// Internal: set_task(token, args jsonb) (sql/history.sql passes args as jsonb's text).
+#[pg_extern(volatile, parallel_unsafe)]
+fn _set_task_args(token: &str, args: Option<&str>) -> context::FlatJsonb {
+    context::set_task(token, Some(args.map(|a| JsonB(parse_json(a)))))
+}
+
+/// JSON text (jsonb's own output) as a value; nesting beyond serde_json's limit (128 levels)
+/// or anything else malformed is 22023, never a panic.
+fn parse_json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text)
+        .map_err(|e| {
+            KoherentError::InvalidArgument(if e.to_string().contains("recursion limit") {
+                "JSON nested deeper than 128 levels is not accepted".into()
+            } else {
+                format!("malformed JSON: {e}")
+            })
+        })
+        .or_raise()
 }
 
 /// Verify a provenance token without using it; returns its claims or raises the refusal.
@@ -65,11 +83,12 @@ fn set_context_id(id: Uuid) {
     context::set_context_id(id)
 }
 
-/// Add free-form metadata (a JSON object, merged) to the current transaction's auth context.
+/// Internal: set_context(metadata jsonb): add free-form metadata (a JSON object, merged) to the
+/// current transaction's auth context.
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
-fn set_context(metadata: JsonB) {
-    context::set_context(metadata)
+fn _set_context(metadata: &str) {
+    context::set_context(JsonB(parse_json(metadata)))
 }
 
 /// Internal: called by history triggers once per statement.
@@ -85,16 +104,71 @@ fn _summarize(history_table: pg_sys::Oid) {
     unsafe { writer::summarize_history(history_table) }
 }
 
-/// The `sha256-canonical-v1` canonical JSON text of task arguments.
+/// Internal: canonical_args(jsonb), the `sha256-canonical-v1` canonical JSON text.
 #[pg_extern(immutable, parallel_safe)]
-fn canonical_args(args: JsonB) -> String {
-    koherent_token::canonical_json(&args.0)
+fn _canonical_args(args: &str) -> String {
+    koherent_token::canonical_json(&parse_json(args))
 }
 
-/// The `sha256-canonical-v1` hash of task arguments (what a token's `ahs` claim holds).
+/// Internal: args_hash(jsonb), the `sha256-canonical-v1` hash (a token's `ahs`).
 #[pg_extern(immutable, parallel_safe)]
-fn args_hash(args: Option<JsonB>) -> String {
-    koherent_token::args_hash(args.as_ref().map(|a| &a.0))
+fn _args_hash(args: Option<&str>) -> String {
+    koherent_token::args_hash(args.map(parse_json).as_ref())
+}
+
+/// Internal: called by the TRUNCATE copy of a table tracked with require_task, before it
+/// copies anything (an empty table's TRUNCATE is a write too).
+#[pg_extern(volatile, parallel_unsafe)]
+fn _require_task(relid: pg_sys::Oid) {
+    context::require_task(relid)
+}
+
+/// Internal: one history id, allocated as the writer allocates them (see writer::reserve_ids).
+#[pg_extern(volatile, parallel_unsafe)]
+fn _next_history_id() -> i64 {
+    unsafe { writer::reserve_ids(writer::names().1, 1) }
+}
+
+/// Internal: a value's text by its type's output function, never by a cast. Casts (to text, to
+/// json) can be defined by whoever owns a type; output functions are C, written by superusers.
+#[pg_extern(stable, parallel_safe, strict)]
+fn _text_out(value: pgrx::AnyElement) -> String {
+    unsafe {
+        let mut func = pg_sys::InvalidOid;
+        let mut varlena = false;
+        pg_sys::getTypeOutputInfo(value.oid(), &mut func, &mut varlena);
+        let c = pg_sys::OidOutputFunctionCall(func, value.datum());
+        std::ffi::CStr::from_ptr(c).to_string_lossy().into_owned()
+    }
+}
+
+/// Internal: whether a type (domains by their base type) is one of PostgreSQL's own, so that
+/// to_jsonb and casts of it run only built-in code.
+#[pg_extern(stable, parallel_safe, strict)]
+fn _is_builtin_type(typ: pg_sys::Oid) -> bool {
+    unsafe { pg_sys::getBaseType(typ).to_u32() < pg_sys::FirstNormalObjectId }
+}
+
+/// Internal: a type's base type (domains, also of domains, resolved).
+#[pg_extern(stable, parallel_safe, strict)]
+fn _base_type(typ: pg_sys::Oid) -> pg_sys::Oid {
+    unsafe { pg_sys::getBaseType(typ) }
+}
+
+/// Internal: the role the client acts as (SET ROLE's), also inside SECURITY DEFINER functions.
+#[pg_extern(stable, parallel_safe)]
+fn _caller() -> pg_sys::Oid {
+    unsafe { pg_sys::GetOuterUserId() }
+}
+
+/// Internal: run `query` (`SELECT 1 FROM <table> WHERE <key> = $1...`, generated by koherent)
+/// with the rights of the client (SET ROLE's role), with `key` converted to `types` by their
+/// input functions; whether it returns a row. The history readers call it so that a reader sees
+/// the history of exactly the rows it may see (privileges and row-level security), whatever
+/// row value it passes.
+#[pg_extern(volatile, parallel_unsafe)]
+fn _visible_to_caller(query: &str, key: Vec<Option<String>>, types: Vec<pg_sys::Oid>) -> bool {
+    security::visible_to_caller(query, &key, &types)
 }
 
 /// Internal: parse a public key (JWK JSON or SPKI PEM) into (kid, raw 32 bytes).
@@ -110,8 +184,8 @@ fn _parse_public_key(
 
 /// Internal: parse a JWKS into (kid, raw 32 bytes) rows.
 #[pg_extern(immutable, parallel_safe)]
-fn _parse_jwks(jwks: JsonB) -> TableIterator<'static, (name!(kid, String), name!(x, Vec<u8>))> {
-    let keys = koherent_token::keys::parse_jwks(&jwks.0)
+fn _parse_jwks(jwks: &str) -> TableIterator<'static, (name!(kid, String), name!(x, Vec<u8>))> {
+    let keys = koherent_token::keys::parse_jwks(&parse_json(jwks))
         .map_err(KoherentError::from)
         .or_raise();
     TableIterator::new(

@@ -9,7 +9,7 @@
 use koherent_token::{decode, Alg, KeySet, Policy, TokenError};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use pgrx::spi::Spi;
+use pgrx::PgTupleDesc;
 use sha2::{Digest, Sha256};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -56,35 +56,18 @@ pub fn invalidate_keys(table: pg_sys::Oid) {
     clear();
 }
 
+/// The trusted keys, read from the latest committed state of the key table.
+///
+/// Not from the statement's snapshot: a statement (or a REPEATABLE READ transaction) whose
+/// snapshot predates a revocation would otherwise cache the revoked key after the invalidation
+/// was processed, and trust it until the next change of the key table. Invalidations are
+/// accepted first, and a committing transaction's invalidation is sent only after it became
+/// visible: so every revocation whose invalidation this backend processed is in what it reads.
 fn load_keys() -> Result<Rc<KeySet>, KoherentError> {
     if let Some(k) = KEYS.with(|k| k.borrow().clone()) {
         return Ok(k);
     }
-    let rows = Spi::connect(|c| -> Result<_, pgrx::spi::Error> {
-        let oid = c
-            .select(
-                "SELECT 'koherent.issuer_key_store'::pg_catalog.regclass::pg_catalog.oid",
-                None,
-                &[],
-            )?
-            .first()
-            .get_one::<pg_sys::Oid>()?;
-        let mut keys = vec![];
-        for row in c.select(
-            "SELECT issuer, kid, public_key FROM koherent.issuer_key_store WHERE revoked_at IS NULL",
-            None,
-            &[],
-        )? {
-            keys.push((
-                row.get::<String>(1)?.unwrap_or_default(),
-                row.get::<String>(2)?.unwrap_or_default(),
-                row.get::<Vec<u8>>(3)?.unwrap_or_default(),
-            ));
-        }
-        Ok((oid, keys))
-    })
-    .map_err(|e| KoherentError::Internal(e.to_string()))?;
-    let (oid, rows) = rows;
+    let rows = unsafe { read_key_table() }?;
     let mut set = KeySet::new();
     for (iss, kid, bytes) in rows {
         // Keys were checked when added; a row that no longer parses is skipped, not trusted.
@@ -93,11 +76,79 @@ fn load_keys() -> Result<Rc<KeySet>, KoherentError> {
         }
     }
     let set = Rc::new(set);
-    if let Some(oid) = oid {
-        KEY_TABLE.with(|k| k.set(oid));
-    }
     KEYS.with(|k| *k.borrow_mut() = Some(set.clone()));
     Ok(set)
+}
+
+/// (issuer, kid, public key) of every key not revoked, read with a fresh snapshot.
+unsafe fn read_key_table() -> Result<Vec<(String, String, Vec<u8>)>, KoherentError> {
+    use pgrx::FromDatum;
+    let nsp = pg_sys::get_namespace_oid(c"koherent".as_ptr(), true);
+    let oid = if nsp == pg_sys::InvalidOid {
+        pg_sys::InvalidOid
+    } else {
+        pg_sys::get_relname_relid(c"issuer_key_store".as_ptr(), nsp)
+    };
+    if oid == pg_sys::InvalidOid {
+        return Err(KoherentError::Internal(
+            "koherent.issuer_key_store is missing".into(),
+        ));
+    }
+    KEY_TABLE.with(|k| k.set(oid));
+    let rel = pg_sys::table_open(oid, pg_sys::AccessShareLock as _);
+    // The lock accepted pending invalidations; now take the snapshot.
+    pg_sys::AcceptInvalidationMessages();
+    let desc = PgTupleDesc::from_pg_unchecked((*rel).rd_att);
+    let col = |name: &str| {
+        (0..desc.len())
+            .find(|&i| {
+                let a = desc.get(i).expect("in range");
+                !a.attisdropped && a.name() == name
+            })
+            .ok_or_else(|| KoherentError::Internal(format!("issuer_key_store lacks {name}")))
+    };
+    let (ci, ck, cx, cr) = (
+        col("issuer")?,
+        col("kid")?,
+        col("public_key")?,
+        col("revoked_at")?,
+    );
+    let natts = desc.len();
+    drop(desc);
+    let snapshot = pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot());
+    let scan = pg_sys::systable_beginscan(
+        rel,
+        pg_sys::InvalidOid,
+        false,
+        snapshot,
+        0,
+        std::ptr::null_mut(),
+    );
+    let mut values = vec![pg_sys::Datum::from(0usize); natts];
+    let mut nulls = vec![true; natts];
+    let mut out = vec![];
+    loop {
+        let tuple = pg_sys::systable_getnext(scan);
+        if tuple.is_null() {
+            break;
+        }
+        pg_sys::heap_deform_tuple(
+            tuple,
+            (*rel).rd_att,
+            values.as_mut_ptr(),
+            nulls.as_mut_ptr(),
+        );
+        if !nulls[cr] {
+            continue; // revoked
+        }
+        let text = |i: usize| String::from_datum(values[i], nulls[i]).unwrap_or_default();
+        let bytes = Vec::<u8>::from_datum(values[cx], nulls[cx]).unwrap_or_default();
+        out.push((text(ci), text(ck), bytes));
+    }
+    pg_sys::systable_endscan(scan);
+    pg_sys::UnregisterSnapshot(snapshot);
+    pg_sys::table_close(rel, pg_sys::AccessShareLock as _);
+    Ok(out)
 }
 
 fn policy() -> Policy {
@@ -114,6 +165,9 @@ fn policy() -> Policy {
 
 /// Verify a token (cached), then check its time and audience against the current settings.
 pub fn verify_token(token: &str) -> Result<Rc<Task>, KoherentError> {
+    // A revocation committed since this backend last looked is honoured now, not at its next
+    // lock acquisition.
+    unsafe { pg_sys::AcceptInvalidationMessages() };
     let policy = policy();
     if policy.audience.is_none() {
         return Err(TokenError::AudienceNotConfigured.into());
@@ -128,10 +182,12 @@ pub fn verify_token(token: &str) -> Result<Rc<Task>, KoherentError> {
     }
     let decoded = decode(token)?;
     let alg = decoded.alg;
+    let kid = decoded.kid.clone();
     let keys = load_keys()?;
     let claims = decoded.verify(&keys, policy.accept_eddsa)?;
     claims.check(&policy)?;
-    let task = Rc::new(Task::new(claims, token.to_string()));
+    let key = key_bytes(&keys, &claims.iss, &kid).unwrap_or_default();
+    let task = Rc::new(Task::new(claims, token.to_string(), kid, key));
     TOKENS.with(|t| {
         let mut t = t.borrow_mut();
         if t.len() >= TOKEN_CACHE_MAX {
@@ -140,6 +196,32 @@ pub fn verify_token(token: &str) -> Result<Rc<Task>, KoherentError> {
         t.insert(digest, (task.clone(), alg));
     });
     Ok(task)
+}
+
+fn key_bytes(keys: &KeySet, iss: &str, kid: &str) -> Option<[u8; 32]> {
+    keys.get(iss, kid).map(|k| k.to_bytes())
+}
+
+/// Check again, at a write, a task verified earlier in the transaction: its token must still
+/// be within its time (exp, nbf, iat, with `koherent.clock_skew`), for the configured audience,
+/// and signed by a key still trusted. The transaction is not the unit of verification: each
+/// tracked write statement is. Cheap: a clock read, the settings, and a hash lookup in the key
+/// cache (refilled only after the key table changed).
+pub fn recheck(task: &Task) -> Result<(), KoherentError> {
+    unsafe { pg_sys::AcceptInvalidationMessages() };
+    let policy = policy();
+    if policy.audience.is_none() {
+        return Err(TokenError::AudienceNotConfigured.into());
+    }
+    task.claims.check(&policy)?;
+    let keys = load_keys()?;
+    if key_bytes(&keys, &task.claims.iss, &task.kid) != Some(task.key) {
+        return Err(KoherentError::KeyRevoked {
+            issuer: task.claims.iss.clone(),
+            kid: task.kid.clone(),
+        });
+    }
+    Ok(())
 }
 
 /// Cold verification cost in microseconds (decode + strict Ed25519 verify + claims), for the

@@ -649,15 +649,17 @@ mod ffi {
     }
 }
 
-/// Statements with at least this many rows reserve their history ids in one block.
-const RESERVE_FROM: i64 = 64;
-
-/// History ids from `koherent.history_id_seq`, in the order rows are recorded. A statement of
-/// many rows reserves one block of consecutive ids (nextval, then setval to the block's end,
-/// under a lock that holds other backends' nextval for those few microseconds) instead of
-/// paying one nextval per row; a small statement takes them one by one. An UPDATE reserves
-/// for all its rows, so rows that did not change leave gaps (ids are unique and increasing,
-/// never dense).
+/// History ids from `koherent.history_id_seq`, in the order rows are recorded. A statement
+/// reserves the block of consecutive ids it needs at once (nextval, then setval to the block's
+/// end) instead of paying one nextval per row; rows that do not change (UPDATE) leave gaps: ids
+/// are unique and increasing, never dense.
+///
+/// Every allocation of history ids, here and from SQL (`koherent._next_history_id()`), happens
+/// under [`IdLock`]: a ShareUpdateExclusiveLock on the sequence held for the few microseconds
+/// of the nextval/setval pair. That mode conflicts with itself (so no other allocation can fall
+/// inside a block between its nextval and its setval) and not with the RowExclusiveLock that
+/// nextval leaves on the sequence until the end of its transaction: a reservation never waits
+/// for another transaction, however long it stays open.
 struct Ids {
     seqoid: pg_sys::Oid,
     rows: i64,
@@ -665,29 +667,48 @@ struct Ids {
     left: i64,
 }
 
+/// The allocation lock (see [`Ids`]), released on drop. An ERROR unwinding past it leaves the
+/// lock to the transaction's abort, which releases every lock.
+struct IdLock(pg_sys::Oid);
+
+impl IdLock {
+    unsafe fn take(seqoid: pg_sys::Oid) -> IdLock {
+        pg_sys::LockRelationOid(seqoid, pg_sys::ShareUpdateExclusiveLock as _);
+        IdLock(seqoid)
+    }
+}
+
+impl Drop for IdLock {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            unsafe { pg_sys::UnlockRelationOid(self.0, pg_sys::ShareUpdateExclusiveLock as _) };
+        }
+    }
+}
+
+/// Reserve `n` (>= 1) consecutive history ids under the allocation lock; returns the first.
+pub(crate) unsafe fn reserve_ids(seqoid: pg_sys::Oid, n: i64) -> i64 {
+    let _lock = IdLock::take(seqoid);
+    // (no permission check: the writer is the extension)
+    let first = pg_sys::ffi::pg_guard_ffi_boundary(|| ffi::nextval_internal(seqoid, false));
+    if n > 1 {
+        pg_sys::DirectFunctionCall2Coll(
+            Some(ffi::setval_oid),
+            pg_sys::InvalidOid,
+            pg_sys::Datum::from(seqoid),
+            pg_sys::Datum::from(first + n - 1),
+        );
+    }
+    first
+}
+
 impl Ids {
     unsafe fn take(&mut self) -> i64 {
         if self.left == 0 {
-            if self.rows >= RESERVE_FROM {
-                pg_sys::LockRelationOid(self.seqoid, pg_sys::ExclusiveLock as _);
-                self.next = pg_sys::ffi::pg_guard_ffi_boundary(|| {
-                    ffi::nextval_internal(self.seqoid, false)
-                });
-                pg_sys::DirectFunctionCall2Coll(
-                    Some(ffi::setval_oid),
-                    pg_sys::InvalidOid,
-                    pg_sys::Datum::from(self.seqoid),
-                    pg_sys::Datum::from(self.next + self.rows - 1),
-                );
-                pg_sys::UnlockRelationOid(self.seqoid, pg_sys::ExclusiveLock as _);
-                self.left = self.rows;
-                self.rows = 0;
-            } else {
-                // (no permission check: the writer is the extension)
-                return pg_sys::ffi::pg_guard_ffi_boundary(|| {
-                    ffi::nextval_internal(self.seqoid, false)
-                });
-            }
+            let n = self.rows.max(1);
+            self.next = reserve_ids(self.seqoid, n);
+            self.left = n;
+            self.rows = 0;
         }
         let id = self.next;
         self.next += 1;
@@ -826,11 +847,25 @@ unsafe fn record(td: *mut pg_sys::TriggerData, op: u32) {
         internal("koherent._history_trigger needs the statement's transition tables");
     }
     let rows = pg_sys::tuplestore_tuple_count(image_store);
+    let srcrel = (*td).tg_relation;
+    let relid = (*srcrel).rd_id;
+    if op == TRIGGER_EVENT_UPDATE {
+        // Old and new images are paired by position. They line up unless a row moved to another
+        // partition and a BEFORE INSERT trigger there dropped it: its old image then has no new
+        // one, and every later pair would be shifted. Refuse rather than record a lie.
+        let old_rows = pg_sys::tuplestore_tuple_count(old_store);
+        if old_rows != rows {
+            KoherentError::UnpairedUpdate {
+                table: context::rel_name(relid),
+                old: old_rows,
+                new: rows,
+            }
+            .raise();
+        }
+    }
     if rows == 0 {
         return;
     }
-    let srcrel = (*td).tg_relation;
-    let relid = (*srcrel).rd_id;
     let key = ((*(*td).tg_trigger).tgoid, op);
     let lock = pg_sys::RowExclusiveLock as pg_sys::LOCKMODE;
     // The history table: as the kept plan knows it, else by name.
@@ -867,6 +902,11 @@ unsafe fn record(td: *mut pg_sys::TriggerData, op: u32) {
         PLANS.with(|p| p.borrow_mut().insert(key, tp.clone()));
         break tp;
     };
+    if tp.require_task {
+        // Every write needs a task, also one whose changes record nothing (an UPDATE of excluded
+        // columns only, or one that changes no value).
+        context::require_task(relid);
+    }
     let mut sink = Sink::open(rel, rows >= BATCH as i64);
     let (plan, compared) = (&tp.plan, &tp.compared);
 
