@@ -271,11 +271,13 @@ BEGIN
     RETURN '(' || array_to_string(parts, ' || ') || ')';
 END $$;
 
--- How generated SQL names a tracked table: by name while it exists (a dump restored elsewhere
--- gives it another oid; names survive), by its old oid once dropped.
-CREATE FUNCTION koherent._table_literal(cfg koherent.tracked_config) RETURNS text
+-- How generated SQL names a tracked table. Function bodies (the exposed functions, dumped as
+-- text and restored elsewhere, where the table has another oid) name it, while it exists. Views
+-- use its oid, converted at run time: a regclass constant would make the view (an extension
+-- member) depend on the table and block DROP TABLE; the views are rebuilt after a restore.
+CREATE FUNCTION koherent._table_literal(cfg koherent.tracked_config, by_name boolean) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT CASE WHEN cfg.dropped_at IS NULL
+    SELECT CASE WHEN by_name AND cfg.dropped_at IS NULL
                 THEN format('%L::regclass', format('%I.%I', cfg.schema_name, cfg.table_name))
                 ELSE format('%s::oid::regclass', cfg.relid) END
 $$;
@@ -293,7 +295,7 @@ BEGIN
         'h.history_kind AS kind, h.history_date AS date, h.history_context AS context_id, %s'
         '%s AS row_data, '
         '%s%L::text AS table_ident%s FROM koherent_history.%I h%s',
-        koherent._table_literal(cfg),
+        koherent._table_literal(cfg, attributed),  -- unattributed: the view _history_all
         (SELECT string_agg(format('%L, %s', k, koherent._json_expr(hist, k)), ', ') FROM unnest(cfg.pk_columns) k),
         CASE WHEN attributed THEN 'c.db_role, ' ELSE '' END,
         koherent._row_data_expr(hist),

@@ -124,6 +124,9 @@ struct Xact {
 }
 
 struct Plans {
+    /// Whether the context table has effective_role (0.4.0 on; a 0.3.0 schema under the new
+    /// library, before ALTER EXTENSION UPDATE, has not).
+    effective_role: bool,
     context_with_task: OwnedPreparedStatement,
     metadata: OwnedPreparedStatement,
 }
@@ -368,13 +371,31 @@ const CONTEXT_COLUMNS: &str = "INSERT INTO koherent.transaction_auth_context
     pg_catalog.current_setting('application_name'), pg_catalog.inet_client_addr(),
     pg_catalog.pg_backend_pid(), pg_catalog.now(), $6)";
 
+/// Whether the context table has the effective_role column (see [`Plans`]).
+fn context_has_effective_role() -> bool {
+    unsafe {
+        let relid = crate::writer::names().2;
+        pg_sys::get_attnum(relid, c"effective_role".as_ptr()) != pg_sys::InvalidAttrNumber as i16
+    }
+}
+
 fn plans() -> Rc<Plans> {
+    let effective_role = context_has_effective_role();
     if let Some(p) = PLANS.with(|p| p.borrow().clone()) {
-        return p;
+        if p.effective_role == effective_role {
+            return p;
+        }
     }
     let text = PgOid::from_untagged(pg_sys::TEXTOID);
     let uuid = PgOid::from_untagged(pg_sys::UUIDOID);
     let jsonb = PgOid::from_untagged(pg_sys::JSONBOID);
+    let context_insert = if effective_role {
+        CONTEXT_COLUMNS.to_string()
+    } else {
+        CONTEXT_COLUMNS
+            .replace(" effective_role,", "")
+            .replace(" $16,", "")
+    };
     let with_task = format!(
         "WITH t AS (
            INSERT INTO koherent.task (issuer, task_id, parent_task_id, root_task_id, assigner_sub,
@@ -382,12 +403,15 @@ fn plans() -> Rc<Plans> {
              claims, token)
            VALUES ($3, $2, $7, $8, $9, $10, $4, $5, $11, $12, $13, $14, $15)
            ON CONFLICT (issuer, task_id) DO NOTHING)
-         {CONTEXT_COLUMNS}"
+         {context_insert}"
     );
     let plans = Spi::connect(|c| -> Result<Plans, pgrx::spi::Error> {
         let mut types = vec![uuid, text, text, text, text, jsonb];
         types.extend([text; 7]);
-        types.extend([jsonb, text, text]);
+        types.extend([jsonb, text]);
+        if effective_role {
+            types.push(text);
+        }
         let context_with_task = c.prepare_mut(with_task.as_str(), &types)?.keep();
         let metadata = c
             .prepare_mut(
@@ -396,6 +420,7 @@ fn plans() -> Rc<Plans> {
             )?
             .keep();
         Ok(Plans {
+            effective_role,
             context_with_task,
             metadata,
         })
@@ -478,7 +503,10 @@ fn insert_context_row(id: [u8; 16], task: Option<&Task>, metadata: JsonB) {
                 "db_role",
                 Some(pg_sys::Datum::from(pg_sys::cstring_to_text(role))),
             ),
-            ("effective_role", Some(text_datum(&effective_role()))),
+            (
+                "effective_role",
+                context_has_effective_role().then(|| text_datum(&effective_role())),
+            ),
             (
                 "application_name",
                 Some(pg_sys::Datum::from(pg_sys::cstring_to_text(app))),
@@ -597,7 +625,7 @@ pub fn write_context(require_task: bool, relid: pg_sys::Oid) -> Uuid {
         Some(t) if !known => {
             let plans = plans();
             let cl = &t.claims;
-            let args: Vec<pgrx::datum::DatumWithOid> = vec![
+            let mut args: Vec<pgrx::datum::DatumWithOid> = vec![
                 uuid.into(),
                 cl.tsk.clone().into(),
                 cl.iss.clone().into(),
@@ -613,8 +641,10 @@ pub fn write_context(require_task: bool, relid: pg_sys::Oid) -> Uuid {
                 cl.aha.clone().into(),
                 claims_json(t).into(),
                 t.token.clone().into(),
-                effective_role().into(),
             ];
+            if plans.effective_role {
+                args.push(effective_role().into());
+            }
             Spi::connect_mut(|c| c.update(&plans.context_with_task, None, &args).map(|_| ()))
                 .map_err(|e| KoherentError::Internal(e.to_string()))
                 .or_raise();

@@ -183,8 +183,8 @@ fn _parse_public_key(
 }
 
 /// Internal: parse a JWKS into (kid, raw 32 bytes) rows.
-#[pg_extern(immutable, parallel_safe)]
-fn _parse_jwks(jwks: &str) -> TableIterator<'static, (name!(kid, String), name!(x, Vec<u8>))> {
+#[pg_extern(immutable, parallel_safe, name = "_parse_jwks")]
+fn _parse_jwks_text(jwks: &str) -> TableIterator<'static, (name!(kid, String), name!(x, Vec<u8>))> {
     let keys = koherent_token::keys::parse_jwks(&parse_json(jwks))
         .map_err(KoherentError::from)
         .or_raise();
@@ -204,6 +204,38 @@ fn _invalidate_keys(key_table: pg_sys::Oid) {
 #[pg_extern(volatile, parallel_unsafe)]
 fn _cold_verify_micros(token: &str, iterations: i32) -> f64 {
     verify::cold_verify_micros(token, iterations)
+}
+
+/// Entry points of earlier releases' install scripts (0.1.0 to 0.3.0 declare these C symbols;
+/// an upgrade starts by creating an old version with the current library). 0.4.0's SQL does not
+/// use them: the upgrade script replaces each by its 0.4.0 form.
+mod legacy {
+    use super::*;
+
+    #[pg_extern(sql = false)]
+    fn set_task_with_args(token: &str, args: Option<JsonB>) -> context::FlatJsonb {
+        context::set_task(token, Some(args))
+    }
+
+    #[pg_extern(sql = false)]
+    fn set_context(metadata: JsonB) {
+        context::set_context(metadata)
+    }
+
+    #[pg_extern(sql = false)]
+    fn canonical_args(args: JsonB) -> String {
+        koherent_token::canonical_json(&args.0)
+    }
+
+    #[pg_extern(sql = false)]
+    fn args_hash(args: Option<JsonB>) -> String {
+        koherent_token::args_hash(args.as_ref().map(|a| &a.0))
+    }
+
+    #[pg_extern(sql = false)]
+    fn _parse_jwks(jwks: JsonB) -> TableIterator<'static, (name!(kid, String), name!(x, Vec<u8>))> {
+        _parse_jwks_text(&jwks.0.to_string())
+    }
 }
 
 #[cfg(test)]

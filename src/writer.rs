@@ -316,8 +316,12 @@ pub(crate) unsafe fn insert_row(relid: pg_sys::Oid, columns: &[(&str, Option<pg_
     let mut values = vec![pg_sys::Datum::from(0usize); desc.len()];
     let mut nulls = vec![true; desc.len()];
     for &(name, value) in columns {
-        let i =
-            find_att(&desc, name).unwrap_or_else(|| internal(format!("column {name} is missing")));
+        let Some(i) = find_att(&desc, name) else {
+            if value.is_none() {
+                continue; // a column the table's (older) schema does not have, and no value
+            }
+            internal(format!("column {name} is missing"))
+        };
         if let Some(v) = value {
             values[i] = v;
             nulls[i] = false;

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import APP_ROLE, AUDIENCE, ISSUER, ITEM_DDL, ROOT, TEST_PUBLIC_JWK, Db, connect, mint
 
-RELEASES = ["0.1.0", "0.2.0"]
+RELEASES = ["0.1.0", "0.2.0", "0.3.0"]
 
 
 def current_version():
@@ -164,3 +164,51 @@ def test_upgrade_from_0_2_0(old_db):
     for t in ("item", "other"):
         assert history_indexes(old, t) == history_indexes(fresh, t)
 
+
+
+def test_upgrade_from_0_3_0(old_db):
+    """0.4.0's hardening reaches existing installations: the TRUNCATE copy and the exposed
+    functions are generated again (grants kept), views are cast-free, context rows get
+    effective_role, and old history stays readable."""
+    old, fresh = old_db
+    reader = "koherent_upgrade_reader"
+    with connect() as c:
+        if not c.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [reader]).fetchone():
+            c.execute(f"CREATE ROLE {reader} LOGIN")
+    install_release(old, fresh, "0.3.0", {"item": ITEM_DDL})
+    old.sql("SELECT koherent.track('item', require_task => true)")
+    old.sql(f"SELECT koherent.expose('item', '{reader}')")
+    old.sql(f"GRANT SELECT ON item TO {reader}")
+    write_under(old, "before-upgrade", ["INSERT INTO item (id, qty) VALUES (1, 1), (2, 2)",
+                                        "UPDATE item SET qty = 10 WHERE id = 1"])
+    # 0.3.0's exposed function trusted the row value it was given
+    with old.conn(user=reader) as c:
+        assert c.execute("SELECT count(*) FROM item_provenance(row(2, null, null, null, null, null)::item)").fetchone()[0] == 1
+
+    old.sql("ALTER EXTENSION koherent UPDATE")
+    assert old.one("SELECT extversion FROM pg_extension WHERE extname = 'koherent'") == current_version()
+    assert old.one("SELECT prosrc ~ '_require_task' FROM pg_proc WHERE proname = '_trg_1'") is True
+    assert old.one("SELECT count(*) FROM pg_depend d JOIN pg_proc p ON p.oid = d.objid "
+                   "WHERE d.deptype = 'e' AND p.proname IN ('_trg_1', 'item_provenance', '_keys_1')") == 0
+    old.sql("ALTER TABLE item ENABLE ROW LEVEL SECURITY")
+    old.sql(f"CREATE POLICY only_one ON item FOR SELECT TO {reader} USING (id = 1)")
+    old.sql(f"CREATE POLICY app ON item TO {APP_ROLE} USING (true) WITH CHECK (true)")
+    with old.conn(user=reader) as c:
+        # the grant survived; the function now checks the caller's own view of the row
+        assert c.execute("SELECT count(*) FROM item_provenance(row(2, null, null, null, null, null)::item)").fetchone()[0] == 0
+        assert c.execute("SELECT kind FROM item_provenance((SELECT i FROM item i)) ORDER BY history_id").fetchall() == [
+            ("CREATE",), ("UPDATE",)]
+    write_under(old, "after-upgrade", ["UPDATE item SET qty = 20 WHERE id = 1"])
+    assert old.sql("SELECT task_id, effective_role FROM koherent.provenance_entry ORDER BY history_id") == [
+        ("before-upgrade", None), ("before-upgrade", None), ("before-upgrade", None), ("after-upgrade", APP_ROLE)]
+    old.sql(f"GRANT TRUNCATE ON item TO {APP_ROLE}")
+    with old.app() as c:
+        with pytest.raises(Exception) as e:
+            c.execute("TRUNCATE item")
+        assert e.value.sqlstate == "28000"
+
+    fresh.sql("CREATE EXTENSION koherent")
+    fresh.sql("SELECT koherent.track('item', require_task => true)")
+    fresh.sql(f"SELECT koherent.expose('item', '{reader}')")
+    assert members(old) == members(fresh)
+    assert history_indexes(old) == history_indexes(fresh)

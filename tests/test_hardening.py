@@ -1,0 +1,465 @@
+"""Issue 10: the holes a hostile tester found in 0.3.0, each attacked again (with variants) as
+the role that found it: a non-superuser table owner, an application role, a GraphQL reader
+under row-level security. Every test here fails on 0.3.0."""
+
+import json
+import os
+import subprocess
+import threading
+import time
+import uuid
+
+import psycopg
+import pytest
+from joserfc import jwt
+from joserfc.jwk import OKPKey
+
+from conftest import APP_ROLE, ISSUER, PORT, HOST, Db, claims, connect, mint, sqlstate
+
+OWNER = "koherent_owner"
+READER = "koherent_gql"
+AUDITOR = "koherent_auditor"
+
+
+def ensure_role(name, *opts):
+    with connect() as c:
+        if not c.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [name]).fetchone():
+            c.execute(f"CREATE ROLE {name} LOGIN {' '.join(opts)}")
+
+
+@pytest.fixture
+def owner_schema(db):
+    """Schema ts owned by a non-superuser table owner, with a log its functions write into."""
+    ensure_role(OWNER)
+    db.sql(f"CREATE SCHEMA ts AUTHORIZATION {OWNER}")
+    with db.conn(user=OWNER) as c:
+        c.execute("CREATE TABLE ts.log (who text, what text)")
+        c.execute("GRANT INSERT, SELECT ON ts.log TO PUBLIC")
+    return db
+
+
+def log(db):
+    return db.sql("SELECT who, what FROM ts.log ORDER BY 1, 2")
+
+
+# --- 1. no code a non-superuser defines runs with koherent's rights (or a reader's) -----------
+
+def test_owner_cast_in_ddl_follow_up_never_runs_as_superuser(owner_schema):
+    db = owner_schema
+    with db.conn(user=OWNER) as c:
+        c.execute("CREATE TABLE ts.t (id int PRIMARY KEY, v int)")
+        c.execute("INSERT INTO ts.t VALUES (1, 10)")
+    db.sql("SELECT koherent.track('ts.t')")
+    with db.conn(user=OWNER) as c:
+        c.execute("UPDATE ts.t SET v = 11")
+        c.execute("CREATE TYPE ts.comp AS (x int)")
+        c.execute("""CREATE FUNCTION ts.to_comp(i int) RETURNS ts.comp LANGUAGE plpgsql AS $$
+                     BEGIN INSERT INTO ts.log VALUES (current_user, 'to_comp'); RETURN row(i)::ts.comp; END $$""")
+        c.execute("CREATE CAST (int AS ts.comp) WITH FUNCTION ts.to_comp(int)")
+        # the owner's own USING runs as the owner (that is its right); history's conversion must not run it
+        c.execute("ALTER TABLE ts.t ALTER COLUMN v TYPE ts.comp USING row(v)::ts.comp")
+        c.execute("UPDATE ts.t SET v = row(12)::ts.comp")
+        # variant: a cast from a built-in type to a domain over the owner's type
+        c.execute("CREATE TABLE ts.u (id int PRIMARY KEY, w text)")
+    db.sql("SELECT koherent.track('ts.u')")
+    with db.conn(user=OWNER) as c:
+        c.execute("INSERT INTO ts.u VALUES (1, '5')")
+        c.execute("CREATE FUNCTION ts.txt_comp(t text) RETURNS ts.comp LANGUAGE plpgsql AS $$"
+                  " BEGIN INSERT INTO ts.log VALUES (current_user, 'txt_comp'); RETURN row(t::int)::ts.comp; END $$")
+        c.execute("CREATE CAST (text AS ts.comp) WITH FUNCTION ts.txt_comp(text) AS ASSIGNMENT")
+        c.execute("ALTER TABLE ts.u ALTER COLUMN w TYPE ts.comp USING row(w::int)::ts.comp")
+    assert ("postgres", "to_comp") not in log(db) and ("postgres", "txt_comp") not in log(db)
+    assert {w for w, _ in log(db)} <= {OWNER}
+    # history kept the old values under a retired column and records the new type from now on
+    rows = db.sql("SELECT kind, row_data FROM koherent.provenance_entry "
+                  "WHERE table_name = 'ts.t'::regclass ORDER BY history_id")
+    assert [k for k, _ in rows] == ["UPDATE", "UPDATE"]
+    retired = [k for k in rows[0][1] if k.startswith("v@")]
+    assert len(retired) == 1 and rows[0][1][retired[0]] == 11
+    assert rows[1][1]["v"] == "(12)"   # shown by its output function, never a cast
+
+
+def test_owner_cast_to_json_never_runs_in_readers(owner_schema, item):
+    db = owner_schema
+    ensure_role(READER)
+    with db.conn(user=OWNER) as c:
+        c.execute("CREATE TYPE ts.e AS ENUM ('a', 'b')")
+        c.execute("CREATE TYPE ts.pair AS (l ts.e, n int)")
+        c.execute("CREATE TABLE ts.t (id ts.e PRIMARY KEY, v ts.e, p ts.pair, arr ts.e[])")
+        for fn, typ in (("e_json", "ts.e"), ("pair_json", "ts.pair")):
+            c.execute(f"""CREATE FUNCTION ts.{fn}(x {typ}) RETURNS json LANGUAGE plpgsql AS $$
+                          BEGIN INSERT INTO ts.log VALUES (current_user, '{fn}'); RETURN '"pwned"'::json; END $$""")
+            c.execute(f"CREATE CAST ({typ} AS json) WITH FUNCTION ts.{fn}({typ})")
+        c.execute("CREATE FUNCTION ts.e_text(x ts.e) RETURNS text LANGUAGE plpgsql AS $$"
+                  " BEGIN INSERT INTO ts.log VALUES (current_user, 'e_text'); RETURN 'pwned'; END $$")
+        c.execute("CREATE CAST (ts.e AS text) WITH FUNCTION ts.e_text(ts.e)")
+        c.execute(f"GRANT USAGE ON SCHEMA ts TO {READER}")
+        c.execute(f"GRANT SELECT ON ts.t TO {READER}")
+    db.sql("SELECT koherent.track('ts.t')")
+    db.sql(f"SELECT koherent.expose('ts.t', '{READER}')")
+    with db.app(autocommit=False) as c:
+        c.execute("SELECT koherent.set_task(%s)", [mint("t-enum")])
+        db.sql(f"GRANT INSERT, UPDATE ON ts.t TO {APP_ROLE}; GRANT USAGE ON SCHEMA ts TO {APP_ROLE}")
+        c.execute("INSERT INTO ts.t VALUES ('a', 'b', row('a', 1), ARRAY['a','b']::ts.e[])")
+        c.execute("UPDATE ts.t SET v = 'a'")
+        c.commit()
+    assert log(db) == []
+    # every reader: the views, task_changes, effective_change, the exposed functions
+    rows = db.sql("SELECT row_key, row_data FROM koherent.provenance_entry WHERE table_name = 'ts.t'::regclass "
+                  "ORDER BY history_id")
+    assert rows[0] == ({"id": "a"}, {"id": "a", "v": "b", "p": "(a,1)", "arr": "{a,b}"})
+    assert db.one("SELECT count(*) FROM koherent.task_changes('t-enum')") == 2
+    assert db.sql("SELECT field, old_value, new_value FROM koherent.effective_change c "
+                  "JOIN koherent.provenance_entry e USING (history_id) WHERE e.kind = 'UPDATE'") == [("v", "b", "a")]
+    with db.conn(user=READER) as c:
+        got = c.execute("SELECT kind, row_data->>'v' FROM ts.t_provenance((SELECT t FROM ts.t t)) ORDER BY history_id").fetchall()
+        assert got == [("CREATE", "b"), ("UPDATE", "a")]
+        e = c.execute("SELECT e FROM ts.t_provenance((SELECT t FROM ts.t t)) e LIMIT 1").fetchone()[0]
+        assert c.execute("SELECT count(*) FROM ts.t_by_provenance(task_id => 't-enum')").fetchone()[0] == 1
+    assert log(db) == []
+
+
+# --- 2. a GraphQL reader sees the history of exactly the rows it may see, and no token --------
+
+@pytest.fixture
+def tenants(db):
+    ensure_role(READER)
+    ensure_role(AUDITOR)
+    db.sql("CREATE TABLE tdoc (id int PRIMARY KEY, tenant text NOT NULL, body text)")
+    db.sql("SELECT koherent.track('tdoc')")
+    db.sql(f"SELECT koherent.expose('tdoc', '{READER}')")
+    db.sql(f"GRANT SELECT ON tdoc TO {READER}, {AUDITOR}")
+    db.sql("ALTER TABLE tdoc ENABLE ROW LEVEL SECURITY")
+    db.sql("CREATE POLICY own ON tdoc FOR SELECT USING (tenant = current_setting('app.tenant', true))")
+    db.sql(f"GRANT INSERT, UPDATE, SELECT ON tdoc TO {APP_ROLE}")
+    db.sql(f"CREATE POLICY app ON tdoc TO {APP_ROLE} USING (true) WITH CHECK (true)")
+    with db.app(autocommit=False) as c:
+        c.execute("SELECT koherent.set_task(%s)", [mint("t-a")])
+        c.execute("INSERT INTO tdoc VALUES (1, 'a', 'mine'), (2, 'b', 'secret of b')")
+        c.execute("UPDATE tdoc SET body = 'secret of b, v2' WHERE id = 2")
+        c.commit()
+    # the auditor: a role an administrator granted the tokens (SELECT on koherent.task)
+    db.sql(f"GRANT SELECT ON koherent.task TO {AUDITOR}")
+    db.sql(f"GRANT EXECUTE ON FUNCTION tdoc_provenance(tdoc), koherent.provenance_entry_task(koherent.provenance_entry), "
+           f"koherent.provenance_entry_effective_changes(koherent.provenance_entry) TO {AUDITOR}")
+    return db
+
+
+def as_reader(db, tenant, role=READER):
+    c = db.conn(user=role, autocommit=False)
+    c.execute("SELECT set_config('app.tenant', %s, false)", [tenant])
+    return c
+
+
+def fabricated(hid, table="tdoc", key='{"id": 1}'):
+    return (f"ROW({hid}::bigint, '{table}'::regclass, '{key}'::jsonb, 'CREATE', now(), "
+            "NULL::uuid, NULL, NULL::jsonb, NULL, NULL, NULL, NULL, NULL, NULL)::koherent.provenance_entry")
+
+
+def test_reader_gets_history_only_of_rows_it_can_see(tenants):
+    db = tenants
+    hid_b = db.one("SELECT max(history_id) FROM koherent_history.tdoc WHERE id = 2")
+    hid_a = db.one("SELECT max(history_id) FROM koherent_history.tdoc WHERE id = 1")
+    keys_fn = db.one("SELECT format('koherent._keys_%s', config_id) FROM koherent.tracked_table "
+                     "WHERE table_name = 'tdoc'::regclass")
+    with as_reader(db, "a") as c:
+        assert c.execute("SELECT id FROM tdoc").fetchall() == [(1,)]
+        # a row value made up for a row RLS hides: nothing
+        assert c.execute("SELECT count(*) FROM tdoc_provenance(row(2, null, null)::tdoc)").fetchone()[0] == 0
+        assert c.execute("SELECT count(*) FROM tdoc_provenance(row(2, 'a', 'x')::tdoc)").fetchone()[0] == 0
+        assert c.execute("SELECT count(*) FROM _provenance(row(2, 'a', null)::tdoc)").fetchone()[0] == 0
+        # its own row: its history
+        assert c.execute("SELECT kind, row_data->>'body' FROM tdoc_provenance((SELECT t FROM tdoc t))").fetchall() == [
+            ("CREATE", "mine")]
+        # the filter and its internal key function give only visible keys
+        assert c.execute("SELECT id FROM tdoc_by_provenance(task_id => 't-a')").fetchall() == [(1,)]
+        assert c.execute(f"SELECT * FROM {keys_fn}(NULL, NULL, NULL, NULL, NULL, NULL, NULL)").fetchall() == [(1,)]
+        # fabricated entries: another tenant's entry, an entry claimed for the wrong table
+        assert c.execute(f"SELECT count(*) FROM koherent.provenance_entry_effective_changes({fabricated(hid_b)})").fetchone()[0] == 0
+        assert c.execute(f"SELECT koherent.provenance_entry_task({fabricated(hid_b)}) IS NULL").fetchone()[0]
+        # a real, visible entry: its changes, its task without the token
+        assert c.execute(f"SELECT count(*) FROM koherent.provenance_entry_effective_changes({fabricated(hid_a)})").fetchone()[0] == 3
+        t = c.execute(f"SELECT (koherent.provenance_entry_task({fabricated(hid_a)})).*").fetchone()
+        cols = [d.name for d in c.execute(f"SELECT (koherent.provenance_entry_task({fabricated(hid_a)})).*").description]
+        task = dict(zip(cols, t))
+        assert task["task_id"] == "t-a" and task["token"] is None
+        # no direct read of tokens or history
+        for q in ("SELECT token FROM koherent.task", "SELECT * FROM koherent_history.tdoc",
+                  "SELECT * FROM koherent.provenance_entry"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                c.execute(q)
+            c.rollback()
+            c.execute("SELECT set_config('app.tenant', 'a', false)")
+    with as_reader(db, "b") as c:
+        got = c.execute("SELECT kind, row_data->>'body' FROM tdoc_provenance((SELECT t FROM tdoc t)) ORDER BY history_id").fetchall()
+        assert got == [("CREATE", "secret of b"), ("UPDATE", "secret of b, v2")]
+    # the auditor sees tokens
+    with as_reader(db, "a", AUDITOR) as c:
+        tok = c.execute(f"SELECT (koherent.provenance_entry_task({fabricated(hid_a)})).token").fetchone()[0]
+        assert tok and tok.count(".") == 2
+
+
+# --- 3. a revoked key is never trusted again; each write checks its token ------------------
+
+@pytest.fixture
+def k3(db):
+    key = OKPKey.generate_key("Ed25519", parameters={"kid": "k3"})
+    db.sql("SELECT koherent.add_issuer_jwks(%s, %s::jsonb)",
+           [ISSUER, json.dumps({"keys": [key.as_dict(private=False)]})])
+    return key
+
+
+def test_key_revoked_during_a_statement_is_not_cached(db, k3):
+    tok = mint("t-k3", key=k3, kid="k3")
+    with db.conn() as a:
+        assert a.execute("SELECT koherent.verify_token(%s)->>'tsk'", [tok]).fetchone()[0] == "t-k3"
+        # a statement whose snapshot predates the revocation; the cache is emptied first by
+        # another key change, so this statement reloads the keys
+        db.sql("SELECT koherent.add_issuer_key(%s, 'k4', %s)", [ISSUER, json.dumps(
+            OKPKey.generate_key("Ed25519").as_dict(private=False))])
+
+        def revoke():
+            time.sleep(0.7)
+            db.sql("SELECT koherent.revoke_issuer_key(%s, 'k3')", [ISSUER])
+
+        t = threading.Thread(target=revoke)
+        t.start()
+        # the revocation committed during the sleep: seen by the verification after it (0.3.0
+        # accepted here, cached the revoked key, and accepted it in every later transaction)
+        with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification):
+            a.execute("SELECT s.x, koherent.verify_token(%s) FROM (SELECT pg_sleep(1.5)::text x OFFSET 0) s", [tok])
+        t.join()
+        for _ in range(3):
+            with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification):
+                a.execute("SELECT koherent.verify_token(%s)", [tok])
+
+
+def test_key_revoked_under_repeatable_read(db, k3):
+    tok = mint("t-k3rr", key=k3, kid="k3")
+    with db.conn(autocommit=False) as a:
+        a.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        a.execute("SELECT count(*) FROM koherent.issuer_key")  # the snapshot is taken
+        db.sql("SELECT koherent.revoke_issuer_key(%s, 'k3')", [ISSUER])
+        with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification):
+            a.execute("SELECT koherent.verify_token(%s)", [tok])
+        a.rollback()
+        with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification):
+            a.execute("SELECT koherent.verify_token(%s)", [tok])
+
+
+def test_each_write_checks_the_token_again(item, k3):
+    db = item
+    tok = mint("t-recheck", key=k3, kid="k3")
+    with db.app(autocommit=False) as c:
+        c.execute("SELECT koherent.set_task(%s)", [tok])
+        c.execute("INSERT INTO item (id) VALUES (1)")
+        db.sql("SELECT koherent.revoke_issuer_key(%s, 'k3')", [ISSUER])
+        with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification) as e:
+            c.execute("INSERT INTO item (id) VALUES (2)")
+        assert "reason: key_revoked" in e.value.diag.message_detail
+        c.rollback()
+    now = int(time.time())
+    tok = mint("t-expiring", iat=now - 5, exp=now + 2)
+    with db.app(autocommit=False) as c:
+        c.execute("SELECT koherent.set_task(%s)", [tok])
+        c.execute("INSERT INTO item (id) VALUES (3)")
+        time.sleep(2.5)
+        with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification) as e:
+            c.execute("UPDATE item SET qty = 1 WHERE id = 3")
+        assert "reason: expired" in e.value.diag.message_detail
+        c.rollback()
+    assert db.count("koherent.provenance_entry") == 0
+
+
+# --- 4. reserving history ids never waits for another transaction ---------------------------
+
+def test_idle_transaction_does_not_stall_bulk_writes(item):
+    db = item
+    with db.app(autocommit=False) as idle, db.app(autocommit=False) as other:
+        idle.execute("INSERT INTO item (id) VALUES (1)")          # took a history id, stays open
+        other.execute("SET lock_timeout = '3s'")
+        other.execute("INSERT INTO item (id) SELECT g FROM generate_series(100, 200) g")  # 101 rows
+        other.commit()
+        # the deadlock of 0.3.0: each holds a nextval, then reserves a block
+        other.execute("SET lock_timeout = '3s'")
+        other.execute("INSERT INTO item (id) VALUES (2)")
+        idle.execute("SET lock_timeout = '3s'")
+        idle.execute("INSERT INTO item (id) SELECT g FROM generate_series(300, 400) g")
+        other.execute("INSERT INTO item (id) SELECT g FROM generate_series(500, 600) g")
+        idle.commit()
+        other.commit()
+    assert db.one("SELECT count(*), count(DISTINCT history_id) FROM koherent_history.item") == (305, 305)
+
+
+def test_concurrent_reservations_and_single_ids_never_overlap(item):
+    db = item
+    errors = []
+
+    def work(n):
+        try:
+            with db.app() as c:
+                for i in range(30):
+                    base = n * 100000 + i * 1000
+                    rows = 1 if i % 2 else 70
+                    c.execute("INSERT INTO item (id) SELECT g FROM generate_series(%s::int, %s::int) g", [base, base + rows - 1])
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert errors == []
+    total = 4 * (15 * 70 + 15)
+    assert db.one("SELECT count(*), count(DISTINCT history_id) FROM koherent_history.item") == (total, total)
+
+
+# --- 5. history never pairs the wrong images ------------------------------------------------
+
+def test_cross_partition_update_with_dropped_row_fails(db):
+    db.sql("CREATE TABLE pt (id int, part text, v text, PRIMARY KEY (id, part)) PARTITION BY LIST (part)")
+    db.sql("CREATE TABLE pt_a PARTITION OF pt FOR VALUES IN ('a')")
+    db.sql("CREATE TABLE pt_b PARTITION OF pt FOR VALUES IN ('b')")
+    db.sql("CREATE FUNCTION skip_it() RETURNS trigger LANGUAGE plpgsql AS $$"
+           " BEGIN IF NEW.v = 'skip' THEN RETURN NULL; END IF; RETURN NEW; END $$")
+    db.sql("CREATE TRIGGER skip BEFORE INSERT ON pt_b FOR EACH ROW EXECUTE FUNCTION skip_it()")
+    db.sql("SELECT koherent.track('pt')")
+    db.sql("INSERT INTO pt VALUES (1, 'a', 'x'), (2, 'a', 'y'), (3, 'a', 'z')")
+    before = db.count("koherent.provenance_entry")
+    with pytest.raises(psycopg.errors.TriggeredDataChangeViolation) as e:
+        db.sql("UPDATE pt SET part = 'b', v = CASE id WHEN 1 THEN 'skip' ELSE v || '!' END")
+    assert "reason: unpaired_update" in e.value.diag.message_detail
+    assert db.count("koherent.provenance_entry") == before
+    assert db.sql("SELECT id, part, v FROM pt ORDER BY id") == [(1, "a", "x"), (2, "a", "y"), (3, "a", "z")]
+    # every row skipped: still refused (no silent deletion)
+    with pytest.raises(psycopg.errors.TriggeredDataChangeViolation):
+        db.sql("UPDATE pt SET part = 'b', v = 'skip' WHERE id = 1")
+    # a move that keeps every row is recorded pair by pair
+    db.sql("UPDATE pt SET part = 'b', v = v || '!'")
+    assert db.sql("SELECT row_key, row_data->>'v' FROM koherent.provenance_entry WHERE kind = 'UPDATE' "
+                  "ORDER BY row_key->>'id'") == [({"id": 1, "part": "b"}, "x!"), ({"id": 2, "part": "b"}, "y!"),
+                                                 ({"id": 3, "part": "b"}, "z!")]
+
+
+# --- 6. require_task means every write -----------------------------------------------------
+
+def test_require_task_covers_every_write(db):
+    db.sql("CREATE TABLE rt (id int PRIMARY KEY, v int, secret text)")
+    db.sql("INSERT INTO rt VALUES (1, 1, 's')")
+    db.sql("SELECT koherent.track('rt', exclude => '{secret}', require_task => true)")
+    db.sql(f"GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON rt TO {APP_ROLE}")
+    db.sql("CREATE TABLE rt_empty (id int PRIMARY KEY)")
+    db.sql("SELECT koherent.track('rt_empty', require_task => true)")
+    db.sql(f"GRANT TRUNCATE ON rt_empty TO {APP_ROLE}")
+    with db.app() as c:
+        for q in ("UPDATE rt SET secret = 'changed'",     # only excluded columns
+                  "UPDATE rt SET v = v",                   # no value changes
+                  "TRUNCATE rt_empty"):                    # nothing to copy
+            with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification) as e:
+                c.execute(q)
+            assert "reason: task_required" in e.value.diag.message_detail
+    assert db.one("SELECT secret FROM rt") == "s"
+    with db.app(autocommit=False) as c:
+        c.execute("SELECT koherent.set_task(%s)", [mint("t-rt")])
+        c.execute("UPDATE rt SET secret = 'changed'")
+        c.execute("TRUNCATE rt_empty")
+        c.commit()
+    assert db.one("SELECT secret FROM rt") == "changed"
+
+
+# --- 7. inheritance children ----------------------------------------------------------------
+
+def test_inheritance_children_are_refused(item):
+    db = item
+    with pytest.raises(psycopg.errors.FeatureNotSupported):
+        db.sql("CREATE TABLE item_child (extra int) INHERITS (item)")
+    db.sql("CREATE TABLE loose (LIKE item INCLUDING ALL)")
+    with pytest.raises(psycopg.errors.FeatureNotSupported):
+        db.sql("ALTER TABLE loose INHERIT item")
+    assert db.one("SELECT count(*) FROM pg_inherits WHERE inhparent = 'item'::regclass") == 0
+    db.sql("CREATE TABLE par (id int PRIMARY KEY)")
+    db.sql("CREATE TABLE kid () INHERITS (par)")
+    with pytest.raises(psycopg.errors.FeatureNotSupported) as e:
+        db.sql("SELECT koherent.track('par')")
+    assert "inheritance" in str(e.value)
+    assert db.one("SELECT count(*) FROM koherent.tracked_table WHERE table_name = 'par'::regclass") == 0
+
+
+# --- 8. a dump restored elsewhere keeps its history readable and keeps recording -----------
+
+def test_dump_and_restore_keeps_tracking(item):
+    db = item
+    db.sql(f"SELECT koherent.expose('item', '{APP_ROLE}')")
+    with db.app(autocommit=False) as c:
+        c.execute("SELECT koherent.set_task(%s)", [mint("t-dump")])
+        c.execute("INSERT INTO item (id, qty) SELECT g, g FROM generate_series(1, 100) g")
+        c.execute("UPDATE item SET qty = 0 WHERE id <= 3")
+        c.commit()
+    before = db.sql("SELECT history_id, table_name::text, row_key, kind, row_data, task_id "
+                    "FROM koherent.provenance_entry ORDER BY 1")
+    dump = subprocess.run([os.path.join(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"), "pg_dump"),
+                           "-h", HOST, "-p", str(PORT), "-U", "postgres", "-d", db.name],
+                          capture_output=True, text=True, check=True).stdout
+    target = Db("t_restored_" + uuid.uuid4().hex[:8])
+    with connect() as c:
+        # other oids: objects created in between
+        c.execute(f"CREATE DATABASE {target.name}")
+        c.execute(f"ALTER DATABASE {target.name} SET koherent.audience = 'koherent'")
+    try:
+        target.sql("CREATE TABLE filler (a int); CREATE TABLE filler2 (a int); DROP TABLE filler, filler2")
+        r = subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", HOST, "-p", str(PORT), "-U", "postgres",
+                            "-d", target.name], input=dump, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        assert target.one("SELECT relid = 'item'::regclass::oid FROM koherent.tracked_config") is True
+        after = target.sql("SELECT history_id, table_name::text, row_key, kind, row_data, task_id "
+                           "FROM koherent.provenance_entry ORDER BY 1")
+        assert after == before and len(after) == 103
+        # keeps recording, with ids after the old ones; DDL follow-up works
+        with target.app(autocommit=False) as c:
+            c.execute("SELECT koherent.set_task(%s)", [mint("t-after")])
+            c.execute("UPDATE item SET qty = 7 WHERE id = 1")
+            c.commit()
+        target.sql("ALTER TABLE item ADD COLUMN extra text")
+        target.sql("UPDATE item SET extra = 'e' WHERE id = 2")
+        new = target.sql("SELECT history_id, kind, task_id, row_data->>'extra' FROM koherent.provenance_entry "
+                         "WHERE history_id > %s ORDER BY 1", [before[-1][0]])
+        assert [(k, t, e) for _, k, t, e in new] == [("UPDATE", "t-after", None), ("UPDATE", None, "e")]
+        assert target.one("SELECT count(*) FROM koherent.task_changes('t-dump')") == 103
+        with target.app() as c:
+            assert c.execute("SELECT count(*) FROM item_provenance((SELECT i FROM item i WHERE id = 1))").fetchone()[0] == 3
+    finally:
+        with connect() as c:
+            c.execute(f"DROP DATABASE IF EXISTS {target.name} WITH (FORCE)")
+
+
+# --- smaller ---------------------------------------------------------------------------------
+
+def deep(n):
+    return "[" * n + "]" * n
+
+
+@pytest.mark.parametrize("call", ["SELECT koherent.set_context(%s::jsonb)", "SELECT koherent.args_hash(%s::jsonb)",
+                                  "SELECT koherent.canonical_args(%s::jsonb)"])
+def test_deep_json_is_22023_without_backtrace(db, call):
+    with db.app(autocommit=False) as c:
+        with pytest.raises(psycopg.errors.InvalidParameterValue) as e:
+            c.execute(call, [json.dumps({"a": json.loads(deep(300))})])
+        text = " ".join(filter(None, [e.value.diag.message_primary, e.value.diag.message_detail,
+                                      e.value.diag.message_hint, e.value.diag.context]))
+        assert e.value.diag.message_primary.startswith("koherent: JSON nested deeper than 128 levels")
+        assert "backtrace" not in text and ".rs:" not in text
+        c.rollback()
+        with pytest.raises(psycopg.errors.InvalidParameterValue):
+            c.execute("SELECT koherent.set_task(%s, %s::jsonb)", [mint("t-deep"), deep(200)])
+
+
+def test_effective_role_records_set_role(item):
+    db = item
+    ensure_role("koherent_app_admin")
+    db.sql(f"GRANT {APP_ROLE} TO koherent_app_admin")
+    with db.conn(user="koherent_app_admin", autocommit=False) as c:
+        c.execute(f"SET ROLE {APP_ROLE}")
+        c.execute("SELECT koherent.set_task(%s)", [mint("t-role")])
+        c.execute("INSERT INTO item (id) VALUES (1)")
+        c.commit()
+    assert db.one("SELECT db_role || '/' || effective_role FROM koherent.provenance_entry") == f"koherent_app_admin/{APP_ROLE}"
+    assert db.one("SELECT effective_role FROM koherent.transaction_auth_context") == APP_ROLE
