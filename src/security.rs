@@ -69,7 +69,7 @@ pub fn visible_to_caller(query: &str, key: &[Option<String>], types: &[pg_sys::O
                 }
             }
         }
-        if nulls.iter().any(|&n| n == b'n' as std::ffi::c_char) {
+        if nulls.contains(&(b'n' as std::ffi::c_char)) {
             return false; // a primary key is never null
         }
         let q = CString::new(query)
