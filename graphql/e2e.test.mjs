@@ -61,7 +61,7 @@ before(async () => {
     SELECT koherent.expose('widget', '${ROLE}'), koherent.expose('vault', '${ROLE}');
     GRANT SELECT, INSERT, UPDATE, DELETE ON widget, vault TO ${ROLE};
     GRANT USAGE ON SEQUENCE widget_id_seq, vault_id_seq TO ${ROLE};
-    GRANT SELECT ON koherent.provenance_entry, koherent.effective_change, koherent.task TO ${ROLE};
+    -- no SELECT on koherent.task or the views: the exposed functions show what the role may see
   `);
   await admin.query("SELECT koherent.add_issuer_jwks('rekuest', $1::jsonb)", [jwks]);
 
@@ -152,6 +152,25 @@ test("the provenance filter returns current rows with a matching entry", async (
   assert.deepEqual(res.data.b.nodes, []);
   assert.equal(res.data.c.totalCount, 3);
   assert.equal(res.data.d.totalCount, 0);
+});
+
+test("the GraphQL role reads no token and no history but through the exposed functions", async () => {
+  const created = await gql(`mutation { createWidget(input: { widget: { name: "tok" } }) { widget { id } } }`,
+    { "Rekuest-Task": mint("gql-token") });
+  assert.equal(created.errors, undefined, JSON.stringify(created.errors));
+  const id = created.data.createWidget.widget.id;
+  const res = await gql(`{ widgetById(id: ${id}) { provenance { nodes { taskId task { taskId token } } } } }`);
+  assert.equal(res.errors, undefined, JSON.stringify(res.errors));
+  assert.deepEqual(res.data.widgetById.provenance.nodes, [{ taskId: "gql-token", task: { taskId: "gql-token", token: null } }]);
+  // the view and the task table are not readable (no root fields, no direct SQL)
+  const root = await gql(`{ allProvenanceEntries { totalCount } }`);
+  assert.ok(root.errors && /allProvenanceEntries/.test(root.errors[0].message), JSON.stringify(root));
+  const c = new pg.Client({ host: HOST, port: PORT, user: ROLE, database: DB });
+  await c.connect();
+  for (const q of ["SELECT token FROM koherent.task", "SELECT * FROM koherent.provenance_entry"]) {
+    await assert.rejects(c.query(q), (e) => e.code === "42501");
+  }
+  await c.end();
 });
 
 test("a forged token fails the mutation and writes nothing", async () => {

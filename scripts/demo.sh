@@ -58,7 +58,7 @@ SELECT koherent.track('inventory');
 SELECT koherent.expose('inventory', 'koherent_gql');
 GRANT SELECT, INSERT, UPDATE, DELETE ON inventory TO koherent_gql;
 GRANT USAGE ON SEQUENCE inventory_id_seq TO koherent_gql;
-GRANT SELECT ON koherent.provenance_entry, koherent.effective_change, koherent.task TO koherent_gql;
+-- no SELECT on koherent.task or the views: exposed functions show what the role may see (SECURITY.md)
 SQL
 
 say "task-101 (agent client 'inventory-bot') stocks the shelves"

@@ -896,11 +896,20 @@ END $$;
 COMMENT ON FUNCTION koherent.provenance_entry_effective_changes(koherent.provenance_entry) IS
   'The fields this entry changed, with their old and new values (nothing unless the caller may read the entry''s row).';
 
-CREATE FUNCTION koherent.provenance_entry_task(e koherent.provenance_entry) RETURNS koherent.task
+-- A task as readers see it: koherent.task's columns, the token null for all but auditors (a
+-- type of its own, so GraphQL types the token as nullable).
+CREATE TYPE koherent.task_info AS (
+    issuer text, task_id text, parent_task_id text, root_task_id text, assigner_sub text,
+    caller_sub text, agent_sub text, agent_client_id text, token_id text, args_hash text,
+    args_hash_algorithm text, claims jsonb, token text, created_at timestamptz);
+COMMENT ON TYPE koherent.task_info IS
+  'koherent: the verified task of a history entry (token only for auditors).';
+
+CREATE FUNCTION koherent.provenance_entry_task(e koherent.provenance_entry) RETURNS koherent.task_info
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     ctx uuid := (koherent._visible_entry(e.history_id, e.table_name)).context_id;
-    t koherent.task;
+    t koherent.task_info;
 BEGIN
     IF ctx IS NULL THEN
         RETURN NULL;
@@ -925,7 +934,7 @@ CREATE FUNCTION koherent._effective_changes(rec koherent.provenance_entry)
 RETURNS SETOF koherent.effective_change LANGUAGE sql STABLE AS $$
     SELECT * FROM koherent.provenance_entry_effective_changes(rec)
 $$;
-CREATE FUNCTION koherent._task(rec koherent.provenance_entry) RETURNS koherent.task
+CREATE FUNCTION koherent._task(rec koherent.provenance_entry) RETURNS koherent.task_info
 LANGUAGE sql STABLE AS $$ SELECT koherent.provenance_entry_task(rec) $$;
 COMMENT ON FUNCTION koherent._effective_changes(koherent.provenance_entry) IS E'@omit';
 COMMENT ON FUNCTION koherent._task(koherent.provenance_entry) IS E'@omit';

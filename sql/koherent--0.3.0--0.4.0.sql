@@ -18,6 +18,16 @@ DROP FUNCTION koherent._parse_jwks(jsonb);
 -- _source_columns returns the base type's oid too.
 DROP FUNCTION koherent._source_columns(oid);
 
+-- Readers return a task without its token for all but auditors, typed nullable.
+DROP FUNCTION koherent._task(koherent.provenance_entry);
+DROP FUNCTION koherent.provenance_entry_task(koherent.provenance_entry);
+CREATE TYPE koherent.task_info AS (
+    issuer text, task_id text, parent_task_id text, root_task_id text, assigner_sub text,
+    caller_sub text, agent_sub text, agent_client_id text, token_id text, args_hash text,
+    args_hash_algorithm text, claims jsonb, token text, created_at timestamptz);
+COMMENT ON TYPE koherent.task_info IS
+  'koherent: the verified task of a history entry (token only for auditors).';
+
 -- New functions in Rust.
 -- src/lib.rs:44
 -- koherent::_set_task_args
@@ -855,11 +865,11 @@ BEGIN
     RETURN QUERY SELECT c.* FROM koherent.effective_change c WHERE c.history_id = e.history_id ORDER BY c.field;
 END $$;
 
-CREATE OR REPLACE FUNCTION koherent.provenance_entry_task(e koherent.provenance_entry) RETURNS koherent.task
+CREATE OR REPLACE FUNCTION koherent.provenance_entry_task(e koherent.provenance_entry) RETURNS koherent.task_info
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     ctx uuid := (koherent._visible_entry(e.history_id, e.table_name)).context_id;
-    t koherent.task;
+    t koherent.task_info;
 BEGIN
     IF ctx IS NULL THEN
         RETURN NULL;
@@ -882,7 +892,7 @@ RETURNS SETOF koherent.effective_change LANGUAGE sql STABLE AS $$
     SELECT * FROM koherent.provenance_entry_effective_changes(rec)
 $$;
 
-CREATE OR REPLACE FUNCTION koherent._task(rec koherent.provenance_entry) RETURNS koherent.task
+CREATE OR REPLACE FUNCTION koherent._task(rec koherent.provenance_entry) RETURNS koherent.task_info
 LANGUAGE sql STABLE AS $$ SELECT koherent.provenance_entry_task(rec) $$;
 
 CREATE OR REPLACE FUNCTION koherent.task_changes(task_id text, include_subtasks boolean DEFAULT false)
@@ -1142,7 +1152,8 @@ BEGIN
                 EXECUTE format('ALTER EXTENSION koherent DROP FUNCTION %s', f);
             END LOOP;
             FOREACH g IN ARRAY coalesce(grantees, '{}') LOOP
-                EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %s', array_to_string(fns, ', '), g);
+                EXECUTE format('GRANT EXECUTE ON FUNCTION %s, koherent.provenance_entry_task(koherent.provenance_entry), '
+                               'koherent._task(koherent.provenance_entry) TO %s', array_to_string(fns, ', '), g);
             END LOOP;
         END IF;
     END LOOP;
