@@ -659,6 +659,20 @@ BEGIN
                   DETAIL = 'Rows written into an inheritance child do not fire the parent''s history triggers.',
                   HINT = 'Use a partitioned table (its partitions are tracked), or track the child tables themselves.';
     END IF;
+    -- nor become one: an UPDATE or DELETE through the parent fires only the parent's statement
+    -- triggers, so changes of the tracked table's rows made that way would escape history
+    SELECT i.inhparent::regclass AS parent, c.relid::regclass AS child INTO bad
+      FROM koherent.tracked_config c
+      JOIN pg_inherits i ON i.inhrelid = c.relid
+      JOIN pg_class k ON k.oid = c.relid
+     WHERE c.dropped_at IS NULL AND c.active AND NOT k.relispartition
+       AND (rel IS NULL OR c.relid = rel)
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'koherent: tracked table % cannot inherit from %', bad.child, bad.parent
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = 'Changes made through the parent do not fire the tracked table''s statement triggers.';
+    END IF;
 END $$;
 
 CREATE OR REPLACE FUNCTION koherent._on_ddl_end() RETURNS event_trigger

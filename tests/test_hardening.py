@@ -376,6 +376,11 @@ def test_inheritance_children_are_refused(item):
     with pytest.raises(psycopg.errors.FeatureNotSupported):
         db.sql("ALTER TABLE loose INHERIT item")
     assert db.one("SELECT count(*) FROM pg_inherits WHERE inhparent = 'item'::regclass") == 0
+    # nor may a tracked table become a child: writes through the parent would escape history
+    db.sql("CREATE TABLE grandparent (LIKE item)")
+    with pytest.raises(psycopg.errors.FeatureNotSupported):
+        db.sql("ALTER TABLE item INHERIT grandparent")
+    assert db.one("SELECT count(*) FROM pg_inherits WHERE inhrelid = 'item'::regclass") == 0
     db.sql("CREATE TABLE par (id int PRIMARY KEY)")
     db.sql("CREATE TABLE kid () INHERITS (par)")
     with pytest.raises(psycopg.errors.FeatureNotSupported) as e:
