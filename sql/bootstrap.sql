@@ -65,6 +65,21 @@ CREATE TABLE koherent.issuer_key_store (
 COMMENT ON TABLE koherent.issuer_key_store IS
   'koherent: trusted Ed25519 public keys per issuer. Write through add_issuer_jwks / add_issuer_key / revoke_issuer_key.';
 
+-- Optional: the database roles that may present the tokens of an agent (per issuer and agent
+-- client id, act.cid). With a binding in place, a token of that agent presented by any other
+-- role is refused (28000, presenter_not_bound); an agent without one is presented by anyone.
+CREATE TABLE koherent.agent_binding_store (
+    issuer     text NOT NULL CHECK (issuer <> ''),
+    client_id  text NOT NULL CHECK (client_id <> ''),
+    role_name  text NOT NULL,
+    added_at   timestamptz NOT NULL DEFAULT now(),
+    added_by   text NOT NULL DEFAULT current_user,
+    PRIMARY KEY (issuer, client_id, role_name)
+);
+COMMENT ON TABLE koherent.agent_binding_store IS
+  'koherent: roles allowed to present the tokens of an agent (issuer, act.cid). Write through bind_agent / unbind_agent.';
+SELECT pg_catalog.pg_extension_config_dump('koherent.agent_binding_store', '');
+
 -- What is tracked. One row per tracking of a table (a dropped table keeps its row).
 CREATE TABLE koherent.tracked_config (
     id            integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

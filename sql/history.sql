@@ -802,6 +802,43 @@ END $$;
 CREATE TRIGGER koherent_keys_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
     ON koherent.issuer_key_store FOR EACH STATEMENT EXECUTE FUNCTION koherent._keys_changed();
 
+CREATE FUNCTION koherent.bind_agent(issuer text, client_id text, role regrole) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+BEGIN
+    IF coalesce(issuer, '') = '' OR coalesce(client_id, '') = '' OR role IS NULL THEN
+        RAISE EXCEPTION 'koherent.bind_agent: issuer, client_id and role must be given' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    INSERT INTO koherent.agent_binding_store (issuer, client_id, role_name)
+    VALUES (bind_agent.issuer, bind_agent.client_id, (SELECT rolname::text FROM pg_roles WHERE oid = bind_agent.role))
+    ON CONFLICT DO NOTHING;
+END $$;
+COMMENT ON FUNCTION koherent.bind_agent(text, text, regrole) IS
+  'Allow role (and roles with its privileges) to present the tokens of agent client_id of issuer; once an agent has a binding, no other role may.';
+
+CREATE FUNCTION koherent.unbind_agent(issuer text, client_id text, role regrole DEFAULT NULL) RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    n integer;
+BEGIN
+    DELETE FROM koherent.agent_binding_store s
+     WHERE s.issuer = unbind_agent.issuer AND s.client_id = unbind_agent.client_id
+       AND (unbind_agent.role IS NULL
+            OR s.role_name = (SELECT rolname::text FROM pg_roles WHERE oid = unbind_agent.role));
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END $$;
+COMMENT ON FUNCTION koherent.unbind_agent(text, text, regrole) IS
+  'Remove a binding (all of the agent''s when role is null); returns how many were removed.';
+
+CREATE VIEW koherent.agent_binding AS
+SELECT issuer, client_id, role_name, added_at, added_by FROM koherent.agent_binding_store;
+COMMENT ON VIEW koherent.agent_binding IS 'koherent: which roles may present which agents'' tokens.';
+
+CREATE TRIGGER koherent_bindings_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+    ON koherent.agent_binding_store FOR EACH STATEMENT EXECUTE FUNCTION koherent._keys_changed();
+
 -------------------------------------------------------------------------------------------------
 -- Privileges: application roles may call the task functions; nothing else by default.
 -------------------------------------------------------------------------------------------------

@@ -18,6 +18,27 @@ DROP FUNCTION koherent._parse_jwks(jsonb);
 -- _source_columns returns the base type's oid too.
 DROP FUNCTION koherent._source_columns(oid);
 
+-- Optional: the database roles that may present the tokens of an agent (per issuer and agent
+-- client id, act.cid). With a binding in place, a token of that agent presented by any other
+-- role is refused (28000, presenter_not_bound); an agent without one is presented by anyone.
+CREATE TABLE koherent.agent_binding_store (
+    issuer     text NOT NULL CHECK (issuer <> ''),
+    client_id  text NOT NULL CHECK (client_id <> ''),
+    role_name  text NOT NULL,
+    added_at   timestamptz NOT NULL DEFAULT now(),
+    added_by   text NOT NULL DEFAULT current_user,
+    PRIMARY KEY (issuer, client_id, role_name)
+);
+COMMENT ON TABLE koherent.agent_binding_store IS
+  'koherent: roles allowed to present the tokens of an agent (issuer, act.cid). Write through bind_agent / unbind_agent.';
+SELECT pg_catalog.pg_extension_config_dump('koherent.agent_binding_store', '');
+
+CREATE VIEW koherent.agent_binding AS
+SELECT issuer, client_id, role_name, added_at, added_by FROM koherent.agent_binding_store;
+COMMENT ON VIEW koherent.agent_binding IS 'koherent: which roles may present which agents'' tokens.';
+CREATE TRIGGER koherent_bindings_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+    ON koherent.agent_binding_store FOR EACH STATEMENT EXECUTE FUNCTION koherent._keys_changed();
+
 -- Readers return a task without its token for all but auditors, typed nullable.
 DROP FUNCTION koherent._task(koherent.provenance_entry);
 DROP FUNCTION koherent.provenance_entry_task(koherent.provenance_entry);
@@ -809,6 +830,32 @@ BEGIN
     RETURN NULL;
 END $$;
 
+CREATE OR REPLACE FUNCTION koherent.bind_agent(issuer text, client_id text, role regrole) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+BEGIN
+    IF coalesce(issuer, '') = '' OR coalesce(client_id, '') = '' OR role IS NULL THEN
+        RAISE EXCEPTION 'koherent.bind_agent: issuer, client_id and role must be given' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    INSERT INTO koherent.agent_binding_store (issuer, client_id, role_name)
+    VALUES (bind_agent.issuer, bind_agent.client_id, (SELECT rolname::text FROM pg_roles WHERE oid = bind_agent.role))
+    ON CONFLICT DO NOTHING;
+END $$;
+
+CREATE OR REPLACE FUNCTION koherent.unbind_agent(issuer text, client_id text, role regrole DEFAULT NULL) RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    n integer;
+BEGIN
+    DELETE FROM koherent.agent_binding_store s
+     WHERE s.issuer = unbind_agent.issuer AND s.client_id = unbind_agent.client_id
+       AND (unbind_agent.role IS NULL
+            OR s.role_name = (SELECT rolname::text FROM pg_roles WHERE oid = unbind_agent.role));
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END $$;
+
 CREATE OR REPLACE FUNCTION koherent._visibility_check(tbl regclass, OUT query text, OUT types oid[])
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT format('SELECT 1 FROM %I.%I t WHERE %s', n.nspname, r.relname,
@@ -1093,6 +1140,10 @@ COMMENT ON FUNCTION koherent.add_issuer_key(text, text, text) IS
   'Trust one Ed25519 public key (a JWK JSON text or an SPKI PEM) for an issuer under a kid.';
 COMMENT ON FUNCTION koherent.revoke_issuer_key(text, text) IS
   'Stop trusting a key; tokens it signed are refused from the next transaction on, in every session.';
+COMMENT ON FUNCTION koherent.bind_agent(text, text, regrole) IS
+  'Allow role (and roles with its privileges) to present the tokens of agent client_id of issuer; once an agent has a binding, no other role may.';
+COMMENT ON FUNCTION koherent.unbind_agent(text, text, regrole) IS
+  'Remove a binding (all of the agent''s when role is null); returns how many were removed.';
 COMMENT ON FUNCTION koherent.provenance_entry_effective_changes(koherent.provenance_entry) IS
   'The fields this entry changed, with their old and new values (nothing unless the caller may read the entry''s row).';
 COMMENT ON FUNCTION koherent.provenance_entry_task(koherent.provenance_entry) IS

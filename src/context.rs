@@ -235,6 +235,7 @@ fn parse_args(args: Option<JsonB>) -> Option<Value> {
 /// `koherent.set_task(token)`: verify and make it the transaction's task.
 pub fn set_task(token: &str, args: Option<Option<JsonB>>) -> FlatJsonb {
     let task = verify::verify_token(token).or_raise();
+    verify::check_presenter(&task).or_raise();
     if let Some(args) = args {
         task.claims
             .check_args(parse_args(args).as_ref())

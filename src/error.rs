@@ -21,6 +21,8 @@ pub enum KoherentError {
     ContextAlreadyWritten { current: String },
     #[error("the key \"{kid}\" of issuer \"{issuer}\" that signed this transaction's token is no longer trusted")]
     KeyRevoked { issuer: String, kid: String },
+    #[error("tokens of agent \"{client_id}\" may not be presented by role \"{role}\"")]
+    PresenterNotBound { client_id: String, role: String },
     #[error(
         "an UPDATE of {table} has {old} old and {new} new row images: a row moved to another partition was dropped by a trigger there, and history cannot pair the images"
     )]
@@ -42,7 +44,9 @@ impl KoherentError {
             KoherentError::Key(_) | KoherentError::InvalidArgument(_) => {
                 ERRCODE_INVALID_PARAMETER_VALUE
             }
-            KoherentError::TaskRequired { .. } | KoherentError::KeyRevoked { .. } => {
+            KoherentError::TaskRequired { .. }
+            | KoherentError::KeyRevoked { .. }
+            | KoherentError::PresenterNotBound { .. } => {
                 ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION
             }
             KoherentError::UnpairedUpdate { .. } => ERRCODE_TRIGGERED_DATA_CHANGE_VIOLATION,
@@ -59,6 +63,7 @@ impl KoherentError {
             KoherentError::Token(t) => Some(t.detail()),
             KoherentError::TaskRequired { .. } => Some("reason: task_required".into()),
             KoherentError::KeyRevoked { .. } => Some("reason: key_revoked".into()),
+            KoherentError::PresenterNotBound { .. } => Some("reason: presenter_not_bound".into()),
             KoherentError::UnpairedUpdate { .. } => Some("reason: unpaired_update".into()),
             _ => None,
         }
@@ -86,6 +91,9 @@ impl KoherentError {
             ),
             KoherentError::KeyRevoked { .. } => Some(
                 "Each tracked write checks its token again; start a new transaction with a token signed by a trusted key.",
+            ),
+            KoherentError::PresenterNotBound { .. } => Some(
+                "koherent.agent_binding lists the roles that may present this agent's tokens (koherent.bind_agent).",
             ),
             KoherentError::UnpairedUpdate { .. } => Some(
                 "Move such rows with DELETE and INSERT, or let the destination partition's BEFORE INSERT trigger keep them.",

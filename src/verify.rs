@@ -24,23 +24,32 @@ const TOKEN_CACHE_MAX: usize = 1024;
 
 /// sha256(token) -> the verified task and the alg it was signed with.
 type TokenCache = HashMap<[u8; 32], (Rc<Task>, Alg)>;
+type Bindings = HashMap<(String, String), Vec<String>>;
 
 thread_local! {
     static KEYS: RefCell<Option<Rc<KeySet>>> = const { RefCell::new(None) };
     static KEY_TABLE: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
+    /// (issuer, agent client id) -> the roles that may present its tokens (see [`check_presenter`]).
+    static BINDINGS: RefCell<Option<Rc<Bindings>>> = const { RefCell::new(None) };
+    static BINDING_TABLE: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
     static TOKENS: RefCell<TokenCache> = RefCell::new(HashMap::new());
 }
 
 #[pg_guard]
 unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
     let key_table = KEY_TABLE.with(|k| k.get());
-    if relid == pg_sys::InvalidOid || (key_table != pg_sys::InvalidOid && relid == key_table) {
+    let binding_table = BINDING_TABLE.with(|k| k.get());
+    if relid == pg_sys::InvalidOid
+        || (key_table != pg_sys::InvalidOid && relid == key_table)
+        || (binding_table != pg_sys::InvalidOid && relid == binding_table)
+    {
         clear();
     }
 }
 
 fn clear() {
     KEYS.with(|k| *k.borrow_mut() = None);
+    BINDINGS.with(|b| *b.borrow_mut() = None);
     TOKENS.with(|t| t.borrow_mut().clear());
 }
 
@@ -83,36 +92,64 @@ fn load_keys() -> Result<Rc<KeySet>, KoherentError> {
 /// (issuer, kid, public key) of every key not revoked, read with a fresh snapshot.
 unsafe fn read_key_table() -> Result<Vec<(String, String, Vec<u8>)>, KoherentError> {
     use pgrx::FromDatum;
+    let mut out = vec![];
+    scan_latest(
+        c"issuer_key_store",
+        &["issuer", "kid", "public_key", "revoked_at"],
+        &KEY_TABLE,
+        |v, n| {
+            if n[3] {
+                let text = |i: usize| String::from_datum(v[i], n[i]).unwrap_or_default();
+                let bytes = Vec::<u8>::from_datum(v[2], n[2]).unwrap_or_default();
+                out.push((text(0), text(1), bytes));
+            }
+        },
+    )?;
+    Ok(out)
+}
+
+/// Read every row of `koherent.<table>` with a snapshot taken after accepting pending
+/// invalidations (see [`load_keys`]), handing `f` the values of `columns`, in that order.
+unsafe fn scan_latest(
+    table: &std::ffi::CStr,
+    columns: &[&str],
+    remember: &'static std::thread::LocalKey<Cell<pg_sys::Oid>>,
+    mut f: impl FnMut(&[pg_sys::Datum], &[bool]),
+) -> Result<(), KoherentError> {
     let nsp = pg_sys::get_namespace_oid(c"koherent".as_ptr(), true);
     let oid = if nsp == pg_sys::InvalidOid {
         pg_sys::InvalidOid
     } else {
-        pg_sys::get_relname_relid(c"issuer_key_store".as_ptr(), nsp)
+        pg_sys::get_relname_relid(table.as_ptr(), nsp)
     };
     if oid == pg_sys::InvalidOid {
-        return Err(KoherentError::Internal(
-            "koherent.issuer_key_store is missing".into(),
-        ));
+        return Err(KoherentError::Internal(format!(
+            "koherent.{} is missing",
+            table.to_string_lossy()
+        )));
     }
-    KEY_TABLE.with(|k| k.set(oid));
+    remember.with(|k| k.set(oid));
     let rel = pg_sys::table_open(oid, pg_sys::AccessShareLock as _);
     // The lock accepted pending invalidations; now take the snapshot.
     pg_sys::AcceptInvalidationMessages();
     let desc = PgTupleDesc::from_pg_unchecked((*rel).rd_att);
-    let col = |name: &str| {
-        (0..desc.len())
-            .find(|&i| {
-                let a = desc.get(i).expect("in range");
-                !a.attisdropped && a.name() == name
-            })
-            .ok_or_else(|| KoherentError::Internal(format!("issuer_key_store lacks {name}")))
-    };
-    let (ci, ck, cx, cr) = (
-        col("issuer")?,
-        col("kid")?,
-        col("public_key")?,
-        col("revoked_at")?,
-    );
+    let mut idx = Vec::with_capacity(columns.len());
+    for name in columns {
+        let i = (0..desc.len()).find(|&i| {
+            let a = desc.get(i).expect("in range");
+            !a.attisdropped && a.name() == *name
+        });
+        match i {
+            Some(i) => idx.push(i),
+            None => {
+                pg_sys::table_close(rel, pg_sys::AccessShareLock as _);
+                return Err(KoherentError::Internal(format!(
+                    "koherent.{} lacks {name}",
+                    table.to_string_lossy()
+                )));
+            }
+        }
+    }
     let natts = desc.len();
     drop(desc);
     let snapshot = pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot());
@@ -126,7 +163,8 @@ unsafe fn read_key_table() -> Result<Vec<(String, String, Vec<u8>)>, KoherentErr
     );
     let mut values = vec![pg_sys::Datum::from(0usize); natts];
     let mut nulls = vec![true; natts];
-    let mut out = vec![];
+    let mut v = vec![pg_sys::Datum::from(0usize); idx.len()];
+    let mut n = vec![true; idx.len()];
     loop {
         let tuple = pg_sys::systable_getnext(scan);
         if tuple.is_null() {
@@ -138,17 +176,71 @@ unsafe fn read_key_table() -> Result<Vec<(String, String, Vec<u8>)>, KoherentErr
             values.as_mut_ptr(),
             nulls.as_mut_ptr(),
         );
-        if !nulls[cr] {
-            continue; // revoked
+        for (k, &i) in idx.iter().enumerate() {
+            v[k] = values[i];
+            n[k] = nulls[i];
         }
-        let text = |i: usize| String::from_datum(values[i], nulls[i]).unwrap_or_default();
-        let bytes = Vec::<u8>::from_datum(values[cx], nulls[cx]).unwrap_or_default();
-        out.push((text(ci), text(ck), bytes));
+        f(&v, &n);
     }
     pg_sys::systable_endscan(scan);
     pg_sys::UnregisterSnapshot(snapshot);
     pg_sys::table_close(rel, pg_sys::AccessShareLock as _);
-    Ok(out)
+    Ok(())
+}
+
+fn load_bindings() -> Result<Rc<Bindings>, KoherentError> {
+    use pgrx::FromDatum;
+    if let Some(b) = BINDINGS.with(|b| b.borrow().clone()) {
+        return Ok(b);
+    }
+    let mut map = Bindings::new();
+    unsafe {
+        let nsp = pg_sys::get_namespace_oid(c"koherent".as_ptr(), true);
+        if nsp == pg_sys::InvalidOid
+            || pg_sys::get_relname_relid(c"agent_binding_store".as_ptr(), nsp) == pg_sys::InvalidOid
+        {
+            // an older schema under this library (before ALTER EXTENSION UPDATE): no bindings,
+            // and nothing cached, so the table is found once the update creates it
+            return Ok(Rc::new(map));
+        }
+        scan_latest(
+            c"agent_binding_store",
+            &["issuer", "client_id", "role_name"],
+            &BINDING_TABLE,
+            |v, n| {
+                let text = |i: usize| String::from_datum(v[i], n[i]).unwrap_or_default();
+                map.entry((text(0), text(1))).or_default().push(text(2));
+            },
+        )?;
+    }
+    let map = Rc::new(map);
+    BINDINGS.with(|b| *b.borrow_mut() = Some(map.clone()));
+    Ok(map)
+}
+
+/// A token bound to roles (koherent.bind_agent) may be presented only by those roles, or by
+/// roles that have their privileges: the presenting role is the one the client acts as (SET
+/// ROLE's, else the session user). An agent with no binding: any role, as before.
+pub fn check_presenter(task: &Task) -> Result<(), KoherentError> {
+    let bindings = load_bindings()?;
+    let key = (task.claims.iss.clone(), task.claims.act.cid.clone());
+    let Some(roles) = bindings.get(&key) else {
+        return Ok(());
+    };
+    let presenter = unsafe { pg_sys::GetOuterUserId() };
+    let allowed = roles.iter().any(|r| unsafe {
+        let c = std::ffi::CString::new(r.as_str()).unwrap_or_default();
+        let oid = pg_sys::get_role_oid(c.as_ptr(), true);
+        oid != pg_sys::InvalidOid && pg_sys::has_privs_of_role(presenter, oid)
+    });
+    if allowed {
+        Ok(())
+    } else {
+        Err(KoherentError::PresenterNotBound {
+            client_id: task.claims.act.cid.clone(),
+            role: crate::context::effective_role(),
+        })
+    }
 }
 
 fn policy() -> Policy {
@@ -214,6 +306,7 @@ pub fn recheck(task: &Task) -> Result<(), KoherentError> {
         return Err(TokenError::AudienceNotConfigured.into());
     }
     task.claims.check(&policy)?;
+    check_presenter(task)?;
     let keys = load_keys()?;
     if key_bytes(&keys, &task.claims.iss, &task.kid) != Some(task.key) {
         return Err(KoherentError::KeyRevoked {

@@ -482,3 +482,65 @@ def test_errors_inside_the_writer_carry_no_backtrace(item):
                                       e.value.diag.message_hint]))
         assert "lock timeout" in text
         assert "backtrace" not in text and "koherent::" not in text and "pgrx" not in text
+
+
+# --- binding a token to the roles that may present it ------------------------------------------
+
+def test_agent_binding_refuses_a_token_presented_by_another_role(item):
+    db = item
+    agent_role = "koherent_agent_role"
+    ensure_role(agent_role)
+    db.sql(f"GRANT SELECT, INSERT, UPDATE, DELETE ON item TO {agent_role}")
+    tok = mint("t-bound")   # act.cid = agent-client-9
+    # without a binding: anyone presents it (as before)
+    with db.app(autocommit=False) as c:
+        c.execute("SELECT koherent.set_task(%s)", [tok])
+        c.rollback()
+    db.sql("SELECT koherent.bind_agent('rekuest', 'agent-client-9', %s)", [agent_role])
+    assert db.sql("SELECT issuer, client_id, role_name FROM koherent.agent_binding") == [
+        ("rekuest", "agent-client-9", agent_role)]
+    before = db.state_counts()
+    with db.app(autocommit=False) as c:
+        with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification) as e:
+            c.execute("SELECT koherent.set_task(%s)", [tok])
+        assert "reason: presenter_not_bound" in e.value.diag.message_detail
+        c.rollback()
+        # by setting, at the write
+        c.execute("SELECT set_config('koherent.task_token', %s, true)", [tok])
+        with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification):
+            c.execute("INSERT INTO item (id) VALUES (1)")
+        c.rollback()
+    assert db.state_counts() == before
+    # the bound role presents it; so does a login role acting as it (SET ROLE)
+    with db.conn(user=agent_role, autocommit=False) as c:
+        c.execute("SELECT koherent.set_task(%s)", [tok])
+        c.execute("INSERT INTO item (id) VALUES (1)")
+        c.commit()
+    db.sql(f"GRANT {agent_role} TO {APP_ROLE}")
+    with db.app(autocommit=False) as c:
+        c.execute(f"SET ROLE {agent_role}")
+        c.execute("SELECT koherent.set_task(%s)", [tok])
+        c.execute("INSERT INTO item (id) VALUES (2)")
+        # leaving the role inside the transaction: the next write presents the token as another role
+        c.execute("RESET ROLE")
+        db.sql(f"REVOKE {agent_role} FROM {APP_ROLE}")
+        with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification):
+            c.execute("INSERT INTO item (id) VALUES (3)")
+        c.rollback()
+    # other agents are not affected; unbinding restores the old behaviour
+    with db.app(autocommit=False) as c:
+        c.execute("SELECT koherent.set_task(%s)", [mint("t-other", act={"sub": "u", "cid": "other-agent"})])
+        c.rollback()
+    assert db.one("SELECT koherent.unbind_agent('rekuest', 'agent-client-9')") == 1
+    with db.app(autocommit=False) as c:
+        c.execute("SELECT koherent.set_task(%s)", [tok])
+        c.execute("INSERT INTO item (id) VALUES (4)")
+        c.commit()
+    assert db.sql("SELECT row_key->>'id', task_id FROM koherent.provenance_entry ORDER BY history_id") == [
+        ("1", "t-bound"), ("4", "t-bound")]
+    # application roles cannot bind
+    with db.app() as c:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            c.execute(f"SELECT koherent.bind_agent('rekuest', 'agent-client-9', '{APP_ROLE}')")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            c.execute(f"INSERT INTO koherent.agent_binding_store VALUES ('rekuest', 'x', '{APP_ROLE}')")
