@@ -13,7 +13,8 @@ build_cli
 BENCH_DIR="$ROOT/.tmp/bench"
 stop_cluster "$BENCH_DIR"
 as_root rm -rf "$BENCH_DIR"
-start_cluster "$BENCH_DIR" 5497 "synchronous_commit = off" "shared_buffers = 512MB" \
+export BENCH_PORT=${BENCH_PORT:-5497}
+start_cluster "$BENCH_DIR" "$BENCH_PORT" "synchronous_commit = off" "shared_buffers = 512MB" \
     "max_wal_size = 4GB" "checkpoint_timeout = 30min" "autovacuum = off"
 trap 'stop_cluster "$BENCH_DIR"' EXIT
 
