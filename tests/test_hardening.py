@@ -391,7 +391,8 @@ def test_inheritance_children_are_refused(item):
 
 # --- 8. a dump restored elsewhere keeps its history readable and keeps recording -----------
 
-def test_dump_and_restore_keeps_tracking(item):
+@pytest.mark.parametrize("fmt", ["plain", "custom"])
+def test_dump_and_restore_keeps_tracking(item, fmt):
     db = item
     db.sql(f"SELECT koherent.expose('item', '{APP_ROLE}')")
     with db.app(autocommit=False) as c:
@@ -401,9 +402,10 @@ def test_dump_and_restore_keeps_tracking(item):
         c.commit()
     before = db.sql("SELECT history_id, table_name::text, row_key, kind, row_data, task_id "
                     "FROM koherent.provenance_entry ORDER BY 1")
-    dump = subprocess.run([os.path.join(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"), "pg_dump"),
-                           "-h", HOST, "-p", str(PORT), "-U", "postgres", "-d", db.name],
-                          capture_output=True, text=True, check=True).stdout
+    bindir = os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin")
+    dump = subprocess.run([os.path.join(bindir, "pg_dump"), "-h", HOST, "-p", str(PORT), "-U", "postgres",
+                           "-d", db.name] + (["-Fc"] if fmt == "custom" else []),
+                          capture_output=True, check=True).stdout
     target = Db("t_restored_" + uuid.uuid4().hex[:8])
     with connect() as c:
         # other oids: objects created in between
@@ -411,9 +413,13 @@ def test_dump_and_restore_keeps_tracking(item):
         c.execute(f"ALTER DATABASE {target.name} SET koherent.audience = 'koherent'")
     try:
         target.sql("CREATE TABLE filler (a int); CREATE TABLE filler2 (a int); DROP TABLE filler, filler2")
-        r = subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", HOST, "-p", str(PORT), "-U", "postgres",
-                            "-d", target.name], input=dump, capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr
+        if fmt == "plain":
+            cmd = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1"]
+        else:
+            cmd = [os.path.join(bindir, "pg_restore"), "--exit-on-error"]
+        r = subprocess.run(cmd + ["-h", HOST, "-p", str(PORT), "-U", "postgres", "-d", target.name],
+                           input=dump, capture_output=True)
+        assert r.returncode == 0, r.stderr.decode()
         assert target.one("SELECT relid = 'item'::regclass::oid FROM koherent.tracked_config") is True
         after = target.sql("SELECT history_id, table_name::text, row_key, kind, row_data, task_id "
                            "FROM koherent.provenance_entry ORDER BY 1")
