@@ -53,14 +53,14 @@ COMMENT ON TYPE koherent.task_info IS
 -- src/lib.rs:44
 -- koherent::_set_task_args
 CREATE  FUNCTION "_set_task_args"(
-	"token" TEXT, /* & str */
+	"token" TEXT, /* Option < & str > */
 	"args" TEXT /* Option < & str > */
 ) RETURNS jsonb /* context :: FlatJsonb */
 VOLATILE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_set_task_args_wrapper';
 
--- src/lib.rs:88
+-- src/lib.rs:91
 -- koherent::_set_context
 CREATE  FUNCTION "_set_context"(
 	"metadata" TEXT /* & str */
@@ -70,7 +70,7 @@ SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_set_context_wrapper';
 
--- src/lib.rs:108
+-- src/lib.rs:111
 -- koherent::_canonical_args
 CREATE  FUNCTION "_canonical_args"(
 	"args" TEXT /* & str */
@@ -79,7 +79,7 @@ IMMUTABLE STRICT PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_canonical_args_wrapper';
 
--- src/lib.rs:114
+-- src/lib.rs:117
 -- koherent::_args_hash
 CREATE  FUNCTION "_args_hash"(
 	"args" TEXT /* Option < & str > */
@@ -88,7 +88,7 @@ IMMUTABLE PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_args_hash_wrapper';
 
--- src/lib.rs:121
+-- src/lib.rs:124
 -- koherent::_require_task
 CREATE  FUNCTION "_require_task"(
 	"relid" oid /* pg_sys :: Oid */
@@ -97,14 +97,14 @@ STRICT VOLATILE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_require_task_wrapper';
 
--- src/lib.rs:127
+-- src/lib.rs:130
 -- koherent::_next_history_id
 CREATE  FUNCTION "_next_history_id"() RETURNS bigint /* i64 */
 STRICT VOLATILE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_next_history_id_wrapper';
 
--- src/lib.rs:134
+-- src/lib.rs:137
 -- koherent::_text_out
 CREATE  FUNCTION "_text_out"(
 	"value" anyelement /* pgrx :: AnyElement */
@@ -113,7 +113,7 @@ STRICT STABLE PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_text_out_wrapper';
 
--- src/lib.rs:147
+-- src/lib.rs:150
 -- koherent::_is_builtin_type
 CREATE  FUNCTION "_is_builtin_type"(
 	"typ" oid /* pg_sys :: Oid */
@@ -122,7 +122,7 @@ STRICT STABLE PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_is_builtin_type_wrapper';
 
--- src/lib.rs:153
+-- src/lib.rs:156
 -- koherent::_base_type
 CREATE  FUNCTION "_base_type"(
 	"typ" oid /* pg_sys :: Oid */
@@ -131,25 +131,34 @@ STRICT STABLE PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_base_type_wrapper';
 
--- src/lib.rs:159
+-- src/lib.rs:178
+-- koherent::_base_type_sql
+CREATE  FUNCTION "_base_type_sql"(
+	"typ" oid, /* pg_sys :: Oid */
+	"typmod" INT /* i32 */
+) RETURNS TEXT /* String */
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_base_type_sql_wrapper';
+
+-- src/lib.rs:162
 -- koherent::_caller
 CREATE  FUNCTION "_caller"() RETURNS oid /* pg_sys :: Oid */
 STRICT STABLE PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_caller_wrapper';
 
--- src/lib.rs:169
+-- src/lib.rs:172
 -- koherent::_visible_to_caller
 CREATE  FUNCTION "_visible_to_caller"(
 	"query" TEXT, /* & str */
-	"key" TEXT[], /* Vec < Option < String > > */
-	"types" oid[] /* Vec < pg_sys :: Oid > */
+	"key" anyelement /* pgrx :: AnyElement */
 ) RETURNS bool /* bool */
 STRICT VOLATILE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_visible_to_caller_wrapper';
 
--- src/lib.rs:186
+-- src/lib.rs:200
 -- koherent::_parse_jwks
 CREATE  FUNCTION "_parse_jwks"(
 	"jwks" TEXT /* & str */
@@ -165,11 +174,11 @@ AS 'MODULE_PATHNAME', '_parse_jwks_text_wrapper';
 CREATE OR REPLACE FUNCTION koherent._source_columns(rel oid)
 RETURNS TABLE (attnum smallint, attname name, type_sql text, atttypid oid)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT a.attnum, a.attname,
-           format_type(CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END,
-                       CASE WHEN t.typtype = 'd' THEN t.typtypmod ELSE a.atttypmod END),
-           CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END
-      FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+    -- every level of a domain resolved: history never stores a domain, so no domain CHECK runs
+    -- when earlier values are converted or copied (they run with the extension owner's rights)
+    SELECT a.attnum, a.attname, koherent._base_type_sql(a.atttypid, a.atttypmod),
+           koherent._base_type(a.atttypid)
+      FROM pg_attribute a
      WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped
      ORDER BY a.attnum
 $$;
@@ -324,6 +333,21 @@ $f$, fn, format(
         cfg.require_task);
     EXECUTE format('REVOKE ALL ON FUNCTION %s() FROM PUBLIC', fn);
 
+    -- a partition detached since the last call keeps no trigger of this table (it would record
+    -- its own writes as the parent's history)
+    FOR rel IN
+        SELECT DISTINCT g.tgrelid AS relid FROM pg_trigger g
+         WHERE g.tgname IN ('koherent_history_insert', 'koherent_history_update',
+                            'koherent_history_delete', 'koherent_history_truncate')
+           AND (g.tgfoid = to_regprocedure(fn || '()')
+                OR (g.tgnargs > 0 AND g.tgfoid = 'koherent._history_trigger()'::regprocedure
+                    AND convert_from(substring(g.tgargs FROM 1 FOR position('\x00'::bytea IN g.tgargs) - 1), 'UTF8')
+                        = cfg.history_table))
+           AND g.tgrelid NOT IN (SELECT p.relid FROM pg_partition_tree(cfg.relid) p UNION SELECT cfg.relid)
+    LOOP
+        PERFORM koherent._drop_triggers(rel.relid);
+    END LOOP;
+
     FOR rel IN
         SELECT t.relid, t.isleaf,
                (SELECT c.relkind FROM pg_class c WHERE c.oid = t.relid) AS relkind
@@ -369,11 +393,6 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                 THEN format('to_jsonb(%s.%I)', alias, col)
                 ELSE format('to_jsonb(koherent._text_out(%s.%I))', alias, col) END
       FROM pg_attribute a WHERE a.attrelid = hist AND a.attname = col AND NOT a.attisdropped
-$$;
-
-CREATE OR REPLACE FUNCTION koherent._text_expr(col name, alias text DEFAULT 'h') RETURNS text
-LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT format('koherent._text_out(%s.%I)', alias, col)
 $$;
 
 CREATE OR REPLACE FUNCTION koherent._row_data_expr(hist regclass) RETURNS text
@@ -680,13 +699,13 @@ BEGIN
                   DETAIL = 'Rows written into an inheritance child do not fire the parent''s history triggers.',
                   HINT = 'Use a partitioned table (its partitions are tracked), or track the child tables themselves.';
     END IF;
-    -- nor become one: an UPDATE or DELETE through the parent fires only the parent's statement
-    -- triggers, so changes of the tracked table's rows made that way would escape history
+    -- nor become one, nor a partition (ATTACH PARTITION): a write through the parent fires only
+    -- the parent's statement triggers, so changes of the tracked table's rows made that way
+    -- would escape history (track the parent instead)
     SELECT i.inhparent::regclass AS parent, c.relid::regclass AS child INTO bad
       FROM koherent.tracked_config c
       JOIN pg_inherits i ON i.inhrelid = c.relid
-      JOIN pg_class k ON k.oid = c.relid
-     WHERE c.dropped_at IS NULL AND c.active AND NOT k.relispartition
+     WHERE c.dropped_at IS NULL AND c.active
        AND (rel IS NULL OR c.relid = rel)
      LIMIT 1;
     IF FOUND THEN
@@ -856,19 +875,16 @@ BEGIN
     RETURN n;
 END $$;
 
-CREATE OR REPLACE FUNCTION koherent._visibility_check(tbl regclass, OUT query text, OUT types oid[])
+CREATE OR REPLACE FUNCTION koherent._visibility_check(tbl regclass) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT format('SELECT 1 FROM %I.%I t WHERE %s', n.nspname, r.relname,
                   string_agg(format('t.%I OPERATOR(%I.%s) $%s', a.attname, opn.nspname, o.oprname, k.ord),
-                             ' AND ' ORDER BY k.ord)),
-           array_agg(koherent._base_type(a.atttypid)
-                     ORDER BY k.ord)
+                             ' AND ' ORDER BY k.ord))
       FROM pg_index x
       JOIN pg_class r ON r.oid = x.indrelid
       JOIN pg_namespace n ON n.oid = r.relnamespace
       CROSS JOIN LATERAL unnest(x.indkey::int2[], x.indclass::oid[]) WITH ORDINALITY AS k(attnum, opclass, ord)
       JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum
-      JOIN pg_type ty ON ty.oid = a.atttypid
       JOIN pg_opclass oc ON oc.oid = k.opclass
       JOIN pg_amop ao ON ao.amopfamily = oc.opcfamily AND ao.amoplefttype = oc.opcintype
                      AND ao.amoprighttype = oc.opcintype AND ao.amopstrategy = 3
@@ -876,6 +892,15 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
       JOIN pg_namespace opn ON opn.oid = o.oprnamespace
      WHERE x.indrelid = tbl AND x.indisprimary
      GROUP BY n.nspname, r.relname
+$$;
+
+CREATE OR REPLACE FUNCTION koherent._current_life(cfg koherent.tracked_config, entry text, keyexpr text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT format('NOT EXISTS (SELECT 1 FROM koherent_history.%I d WHERE %s '
+                  'AND d.history_kind IN (''DELETE'', ''TRUNCATE'') AND d.history_id >= %s.history_id)',
+                  cfg.history_table,
+                  (SELECT string_agg(format('d.%I = %s.%I', k, keyexpr, k), ' AND ') FROM unnest(cfg.pk_columns) k),
+                  entry)
 $$;
 
 CREATE OR REPLACE FUNCTION koherent._caller_is_auditor() RETURNS boolean
@@ -888,8 +913,8 @@ CREATE OR REPLACE FUNCTION koherent._visible_entry(history_id bigint, table_name
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     cfg koherent.tracked_config;
-    key text[];
-    chk record;
+    auditor boolean := koherent._caller_is_auditor();
+    caller oid := koherent._caller();
 BEGIN
     visible := false;
     SELECT * INTO cfg FROM koherent.tracked_config c WHERE c.relid = _visible_entry.table_name
@@ -897,20 +922,24 @@ BEGIN
     IF NOT FOUND OR to_regclass(format('koherent_history.%I', cfg.history_table)) IS NULL THEN
         RETURN;
     END IF;
-    EXECUTE format('SELECT ARRAY[%s], h.history_context FROM koherent_history.%I h WHERE h.history_id = $1',
-                   (SELECT string_agg(koherent._text_expr(k), ', ') FROM unnest(cfg.pk_columns) k),
+    IF NOT auditor THEN
+        -- no privilege to read the table's keys: nothing, and no error that would tell which
+        -- history ids belong to it
+        IF cfg.dropped_at IS NOT NULL
+           OR NOT (has_table_privilege(caller, cfg.relid, 'SELECT')
+                   OR (SELECT bool_and(has_column_privilege(caller, cfg.relid, k, 'SELECT'))
+                         FROM unnest(cfg.pk_columns) k)) THEN
+            RETURN;
+        END IF;
+    END IF;
+    EXECUTE format('SELECT h.history_context, $3 OR (%s AND koherent._visible_to_caller($2, ROW(%s))) '
+                   'FROM koherent_history.%I h WHERE h.history_id = $1',
+                   koherent._current_life(cfg, 'h', 'h'),
+                   (SELECT string_agg(format('h.%I', k), ', ') FROM unnest(cfg.pk_columns) k),
                    cfg.history_table)
-       INTO key, context_id USING _visible_entry.history_id;
-    IF key IS NULL THEN
-        context_id := NULL;
-        RETURN;
-    END IF;
-    IF koherent._caller_is_auditor() THEN
-        visible := true;
-    ELSIF cfg.dropped_at IS NULL THEN
-        chk := koherent._visibility_check(cfg.relid);
-        visible := koherent._visible_to_caller(chk.query, key, chk.types);
-    END IF;
+       INTO context_id, visible
+      USING _visible_entry.history_id, koherent._visibility_check(cfg.relid), auditor;
+    visible := coalesce(visible, false);
     IF NOT visible THEN
         context_id := NULL;
     END IF;
@@ -1001,7 +1030,7 @@ DECLARE
     keymatch text;
     keycols text;
     keytypes text;
-    chk record;
+    chk text;
 BEGIN
     IF koherent._relink() THEN
         PERFORM koherent._rebuild_views();
@@ -1030,18 +1059,19 @@ BEGIN
         CREATE OR REPLACE FUNCTION %1$I.%2$I(rec %3$s) RETURNS SETOF koherent.provenance_entry
         LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $b$
         BEGIN
-            IF NOT koherent._visible_to_caller(%6$L, ARRAY[%7$s], %8$L::oid[]) THEN
+            IF NOT koherent._visible_to_caller(%6$L, ROW(%7$s)) THEN
                 RETURN;
             END IF;
-            RETURN QUERY SELECT * FROM (%4$s WHERE %5$s) e ORDER BY 1;
+            RETURN QUERY SELECT * FROM (%4$s WHERE %5$s AND %8$s) e ORDER BY 1;
         END $b$ $f$, nsp, rel || '_provenance', t, koherent._entry_select(cfg), keymatch,
-        chk.query, (SELECT string_agg(koherent._text_expr(k, 'rec'), ', ') FROM unnest(cfg.pk_columns) k),
-        chk.types);
+        chk, (SELECT string_agg(format('rec.%I', k), ', ') FROM unnest(cfg.pk_columns) k),
+        koherent._current_life(cfg, 'h', 'rec'));
     EXECUTE format('COMMENT ON FUNCTION %I.%I(%s) IS %L', nsp, rel || '_provenance', t,
                    'koherent: every recorded change of this row, oldest first, with its attribution.');
     EXECUTE format($f$
         CREATE OR REPLACE FUNCTION %1$I._provenance(rec %2$s) RETURNS SETOF koherent.provenance_entry
-        LANGUAGE sql STABLE AS $b$ SELECT * FROM %1$I.%3$I(rec) $b$ $f$, nsp, t, rel || '_provenance');
+        LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $b$ SELECT * FROM %1$I.%3$I(rec) $b$ $f$,
+        nsp, t, rel || '_provenance');
     EXECUTE format('COMMENT ON FUNCTION %I._provenance(%s) IS %L', nsp, t, E'@omit');
 
     -- filter: <table>_by_provenance(...) RETURNS SETOF <table>. The history lookup runs with the
@@ -1058,19 +1088,20 @@ BEGIN
                WHERE ($1 IS NULL OR c.task_id = $1) AND ($2 IS NULL OR c.client_id = $2)
                  AND ($3 IS NULL OR c.issuer = $3) AND ($4 IS NULL OR c.changed_by = $4)
                  AND ($5 IS NULL OR h.history_kind = $5) AND ($6 IS NULL OR h.history_date >= $6)
-                 AND ($7 IS NULL OR h.history_date < $7)) k
-             WHERE koherent._visible_to_caller(%5$L, ARRAY[%6$s], %7$L::oid[])
+                 AND ($7 IS NULL OR h.history_date < $7)
+                 AND %7$s) k
+             WHERE koherent._visible_to_caller(%5$L, ROW(%6$s))
         $b$ $f$, '_keys_' || cfg.id, keytypes,
         (SELECT string_agg(format('h.%I', k), ', ') FROM unnest(cfg.pk_columns) k), cfg.history_table,
-        chk.query, (SELECT string_agg(koherent._text_expr(k, 'k'), ', ') FROM unnest(cfg.pk_columns) k),
-        chk.types);
+        chk, (SELECT string_agg(format('k.%I', k), ', ') FROM unnest(cfg.pk_columns) k),
+        koherent._current_life(cfg, 'h', 'h'));
     EXECUTE format('COMMENT ON FUNCTION koherent.%I(text, text, text, text, text, timestamptz, timestamptz) IS %L',
                    '_keys_' || cfg.id, E'@omit');
     EXECUTE format($f$
         CREATE OR REPLACE FUNCTION %1$I.%2$I(task_id text DEFAULT NULL, agent_client_id text DEFAULT NULL,
             issuer text DEFAULT NULL, changed_by text DEFAULT NULL, kind text DEFAULT NULL,
             changed_since timestamptz DEFAULT NULL, changed_before timestamptz DEFAULT NULL)
-        RETURNS SETOF %3$s LANGUAGE sql STABLE AS $b$
+        RETURNS SETOF %3$s LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $b$
             SELECT t.* FROM %3$s t
              WHERE (%4$s) IN (SELECT %4$s FROM koherent.%5$I($1, $2, $3, $4, $5, $6, $7))
         $b$ $f$, nsp, rel || '_by_provenance', t, keycols, '_keys_' || cfg.id);
@@ -1175,7 +1206,8 @@ GRANT EXECUTE ON FUNCTION
 REVOKE EXECUTE ON FUNCTION koherent.expose(regclass, regrole), koherent.unexpose(regclass),
     koherent.task_changes(text, boolean), koherent.provenance_entry_effective_changes(koherent.provenance_entry),
     koherent.provenance_entry_task(koherent.provenance_entry), koherent._entry_select(koherent.tracked_config, boolean),
-    koherent._visibility_check(regclass), koherent._caller_is_auditor(), koherent._visible_entry(bigint, regclass)
+    koherent._visibility_check(regclass), koherent._caller_is_auditor(), koherent._visible_entry(bigint, regclass),
+    koherent._current_life(koherent.tracked_config, text, text)
   FROM PUBLIC;
 
 -- Existing installations: regenerate every tracked table's triggers (the TRUNCATE copy checks

@@ -29,6 +29,8 @@ pub enum KoherentError {
     UnpairedUpdate { table: String, old: i64, new: i64 },
     #[error("{0}")]
     InvalidArgument(String),
+    #[error("{0} must not be null")]
+    NullArgument(&'static str),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -54,6 +56,7 @@ impl KoherentError {
             | KoherentError::ContextAlreadyWritten { .. } => {
                 ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
             }
+            KoherentError::NullArgument(_) => ERRCODE_NULL_VALUE_NOT_ALLOWED,
             KoherentError::Internal(_) => ERRCODE_INTERNAL_ERROR,
         }
     }

@@ -5,6 +5,10 @@
 //! they show anything of a row, they ask whether the client could read that row itself, by
 //! running a generated `SELECT 1 FROM <table> WHERE <primary key> = $n` as the client: its
 //! privileges and the table's row-level security decide, not the row value it passed in.
+//!
+//! The key values arrive as one composite value (`ROW(k1, k2, ...)`) and are bound as
+//! parameters of their own types, as they are: no input or output function, no cast and no
+//! domain check runs, and no value is rounded through text.
 
 use pgrx::pg_sys;
 use std::ffi::CString;
@@ -37,60 +41,51 @@ impl Drop for AsCaller {
     }
 }
 
-pub fn visible_to_caller(query: &str, key: &[Option<String>], types: &[pg_sys::Oid]) -> bool {
-    if key.len() != types.len() {
-        KoherentError::Internal("key and types differ in length".into()).raise();
+/// `key`: a composite datum of type `typoid` whose fields are the key values, in the order of
+/// the query's parameters.
+pub unsafe fn visible_to_caller(query: &str, key: pg_sys::Datum, typoid: pg_sys::Oid) -> bool {
+    let header = pg_sys::pg_detoast_datum(key.cast_mut_ptr()) as pg_sys::HeapTupleHeader;
+    let (typ, typmod) = if typoid == pg_sys::RECORDOID {
+        (
+            (*header).t_choice.t_datum.datum_typeid,
+            (*header).t_choice.t_datum.datum_typmod,
+        )
+    } else {
+        (typoid, -1)
+    };
+    let desc = pg_sys::lookup_rowtype_tupdesc(typ, typmod);
+    let natts = (*desc).natts as usize;
+    let mut tuple: pg_sys::HeapTupleData = std::mem::zeroed();
+    tuple.t_len = pgrx::varsize_any(header as *const pg_sys::varlena) as u32;
+    tuple.t_data = header;
+    let mut values = vec![pg_sys::Datum::from(0usize); natts];
+    let mut isnull = vec![true; natts];
+    pg_sys::heap_deform_tuple(&mut tuple, desc, values.as_mut_ptr(), isnull.as_mut_ptr());
+    let mut argtypes: Vec<pg_sys::Oid> = (0..natts)
+        .map(|i| (*(*desc).attrs.as_ptr().add(i)).atttypid)
+        .collect();
+    pg_sys::DecrTupleDescRefCount(desc);
+    if isnull.iter().any(|&n| n) {
+        return false; // a primary key is never null
     }
-    unsafe {
-        // Key values arrive as text made by output functions; input functions (C, written by
-        // superusers) turn them back into values: no cast runs.
-        let mut values = Vec::with_capacity(key.len());
-        let mut nulls = Vec::with_capacity(key.len());
-        for (k, &t) in key.iter().zip(types) {
-            match k {
-                None => {
-                    values.push(pg_sys::Datum::from(0usize));
-                    nulls.push(b'n' as std::ffi::c_char);
-                }
-                Some(text) => {
-                    let c = CString::new(text.as_str())
-                        .map_err(|_| KoherentError::InvalidArgument("NUL in a key value".into()))
-                        .or_raise();
-                    let mut func = pg_sys::InvalidOid;
-                    let mut ioparam = pg_sys::InvalidOid;
-                    pg_sys::getTypeInputInfo(t, &mut func, &mut ioparam);
-                    values.push(pg_sys::OidInputFunctionCall(
-                        func,
-                        c.as_ptr() as *mut _,
-                        ioparam,
-                        -1,
-                    ));
-                    nulls.push(b' ' as std::ffi::c_char);
-                }
-            }
-        }
-        if nulls.contains(&(b'n' as std::ffi::c_char)) {
-            return false; // a primary key is never null
-        }
-        let q = CString::new(query)
-            .map_err(|_| KoherentError::Internal("NUL in a query".into()))
-            .or_raise();
-        let mut argtypes = types.to_vec();
-        let _as_caller = AsCaller::enter();
-        if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
-            KoherentError::Internal("SPI_connect failed".into()).raise();
-        }
-        let rc = pg_sys::SPI_execute_with_args(
-            q.as_ptr(),
-            argtypes.len() as i32,
-            argtypes.as_mut_ptr(),
-            values.as_mut_ptr(),
-            nulls.as_ptr(),
-            true,
-            1,
-        );
-        let found = rc == pg_sys::SPI_OK_SELECT as i32 && pg_sys::SPI_processed > 0;
-        pg_sys::SPI_finish();
-        found
+    let nulls = vec![b' ' as std::ffi::c_char; natts];
+    let q = CString::new(query)
+        .map_err(|_| KoherentError::Internal("NUL in a query".into()))
+        .or_raise();
+    let _as_caller = AsCaller::enter();
+    if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
+        KoherentError::Internal("SPI_connect failed".into()).raise();
     }
+    let rc = pg_sys::SPI_execute_with_args(
+        q.as_ptr(),
+        natts as i32,
+        argtypes.as_mut_ptr(),
+        values.as_mut_ptr(),
+        nulls.as_ptr(),
+        true,
+        1,
+    );
+    let found = rc == pg_sys::SPI_OK_SELECT as i32 && pg_sys::SPI_processed > 0;
+    pg_sys::SPI_finish();
+    found
 }

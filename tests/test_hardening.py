@@ -550,3 +550,146 @@ def test_agent_binding_refuses_a_token_presented_by_another_role(item):
             c.execute(f"SELECT koherent.bind_agent('rekuest', 'agent-client-9', '{APP_ROLE}')")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             c.execute(f"INSERT INTO koherent.agent_binding_store VALUES ('rekuest', 'x', '{APP_ROLE}')")
+
+
+# --- second round: what the first fixes missed -------------------------------------------------
+
+SPY = """CREATE FUNCTION ts.spy(what text) RETURNS boolean LANGUAGE plpgsql AS $$
+         BEGIN INSERT INTO ts.log VALUES (current_user, what); RETURN true; END $$"""
+
+
+def test_domain_of_a_domain_never_checks_as_superuser(owner_schema):
+    db = owner_schema
+    with db.conn(user=OWNER) as c:
+        c.execute("CREATE TABLE ts.t (id int PRIMARY KEY, v int)")
+    db.sql("SELECT koherent.track('ts.t')")
+    with db.conn(user=OWNER) as c:
+        c.execute("INSERT INTO ts.t VALUES (1, 1), (2, 2)")
+        c.execute(SPY)
+        c.execute("CREATE DOMAIN ts.d0 AS int CHECK (ts.spy('check'))")
+        c.execute("CREATE DOMAIN ts.d1 AS ts.d0")
+        c.execute("ALTER TABLE ts.t ADD COLUMN w ts.d1")           # history column: int, not ts.d0
+        c.execute("ALTER TABLE ts.t ALTER COLUMN v TYPE ts.d1")     # converted in place: int to int
+        c.execute("UPDATE ts.t SET w = 5")
+        c.execute("TRUNCATE ts.t")                                  # the copy into history
+    assert {w for w, _ in log(db)} <= {OWNER}
+    assert db.sql("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = "
+                  "'koherent_history.ts__t'::regclass AND attname IN ('v', 'w') ORDER BY attname") == [
+        ("integer",), ("integer",)]
+    assert db.one("SELECT count(*) FROM koherent.provenance_entry WHERE kind = 'TRUNCATE'") == 2
+
+
+@pytest.mark.parametrize("keytype", ["composite", "array"])
+def test_key_values_run_no_domain_check_as_superuser(owner_schema, keytype):
+    db = owner_schema
+    ensure_role(READER)
+    with db.conn(user=OWNER) as c:
+        c.execute(SPY)
+        c.execute("CREATE DOMAIN ts.d AS int CHECK (ts.spy('check'))")
+        if keytype == "composite":
+            c.execute("CREATE TYPE ts.k AS (a int, b ts.d)")
+            c.execute("CREATE TABLE ts.t (k ts.k PRIMARY KEY, v text)")
+            c.execute("INSERT INTO ts.t VALUES (row(1, 1), 'x')")
+        else:
+            c.execute("CREATE TABLE ts.t (k ts.d[] PRIMARY KEY, v text)")
+            c.execute("INSERT INTO ts.t VALUES (ARRAY[1]::ts.d[], 'x')")
+        c.execute(f"GRANT USAGE ON SCHEMA ts TO {READER}; GRANT SELECT ON ts.t TO {READER}")
+    db.sql("SELECT koherent.track('ts.t')")
+    db.sql(f"SELECT koherent.expose('ts.t', '{READER}')")
+    with db.conn(user=OWNER) as c:
+        c.execute("UPDATE ts.t SET v = 'y'")
+        c.execute("DELETE FROM ts.log")
+    with db.conn(user=READER) as c:
+        assert c.execute("SELECT kind FROM ts.t_provenance((SELECT t FROM ts.t t))").fetchall() == [("UPDATE",)]
+        assert c.execute("SELECT count(*) FROM ts.t_by_provenance()").fetchone()[0] == 1
+        hid = db.one("SELECT max(history_id) FROM koherent_history.ts__t")
+        assert c.execute(f"SELECT count(*) FROM koherent.provenance_entry_effective_changes({fabricated(hid, 'ts.t')})").fetchone()[0] == 1
+    assert {w for w, _ in log(db)} <= {READER, OWNER}
+    assert "postgres" not in {w for w, _ in log(db)}
+
+
+def test_float_keys_are_compared_exactly(owner_schema):
+    db = owner_schema
+    ensure_role(READER)
+    with db.conn(user=OWNER) as c:
+        c.execute("CREATE TABLE ts.fl (k float8 PRIMARY KEY, tenant text, secret text)")
+        c.execute("ALTER TABLE ts.fl ENABLE ROW LEVEL SECURITY")
+        c.execute("CREATE POLICY p ON ts.fl USING (tenant = current_user)")
+        c.execute(f"GRANT USAGE ON SCHEMA ts TO {READER}; GRANT SELECT ON ts.fl TO {READER}")
+    db.sql("SELECT koherent.track('ts.fl')")
+    db.sql(f"SELECT koherent.expose('ts.fl', '{READER}')")
+    db.sql(f"INSERT INTO ts.fl VALUES (0.1, '{READER}', 'visible'), (0.10000000000000002, 'other', 'SECRET')")
+    with db.conn(user=READER) as c:
+        for digits in (1, 0, -15):
+            c.execute(f"SET extra_float_digits = {digits}")
+            assert c.execute("SELECT count(*) FROM ts.fl_provenance(row(0.10000000000000002, null, null)::ts.fl)").fetchone()[0] == 0
+        assert c.execute("SELECT row_data->>'secret' FROM ts.fl_provenance((SELECT f FROM ts.fl f))").fetchall() == [("visible",)]
+
+
+def test_reader_search_path_never_picks_an_owner_operator(owner_schema):
+    db = owner_schema
+    ensure_role(READER)
+    with db.conn(user=OWNER) as c:
+        c.execute(SPY)
+        c.execute("CREATE TYPE ts.e AS ENUM ('x', 'y')")
+        c.execute("CREATE TABLE ts.et (k ts.e PRIMARY KEY, v int)")
+        c.execute(f"GRANT USAGE ON SCHEMA ts TO {READER}; GRANT SELECT ON ts.et TO {READER}")
+    db.sql("SELECT koherent.track('ts.et')")
+    db.sql(f"SELECT koherent.expose('ts.et', '{READER}')")
+    db.sql("INSERT INTO ts.et VALUES ('x', 1), ('y', 2)")
+    with db.conn(user=OWNER) as c:
+        c.execute("CREATE FUNCTION ts.eqf(ts.e, ts.e) RETURNS boolean LANGUAGE plpgsql AS $$"
+                  " BEGIN PERFORM ts.spy('op'); RETURN $1::text = $2::text; END $$")
+        c.execute("CREATE OPERATOR ts.= (leftarg = ts.e, rightarg = ts.e, function = ts.eqf)")
+    with db.conn(user=READER) as c:
+        c.execute("SET search_path = ts, public")
+        assert sorted(c.execute("SELECT k::text FROM ts.et_by_provenance()").fetchall()) == [("x",), ("y",)]
+        assert c.execute("SELECT count(*) FROM ts.et_provenance((SELECT e FROM ts.et e WHERE k::text = 'x'))").fetchone()[0] == 1
+    assert log(db) == []
+
+
+def test_attach_and_detach_never_let_writes_escape(item):
+    db = item
+    db.sql("CREATE TABLE wrap (LIKE item INCLUDING ALL) PARTITION BY RANGE (id)")
+    with pytest.raises(psycopg.errors.FeatureNotSupported):
+        db.sql("ALTER TABLE wrap ATTACH PARTITION item FOR VALUES FROM (MINVALUE) TO (MAXVALUE)")
+    assert db.one("SELECT relispartition FROM pg_class WHERE oid = 'item'::regclass") is False
+    db.sql("CREATE TABLE pp (id int, part int, v text, PRIMARY KEY (id, part)) PARTITION BY LIST (part)")
+    db.sql("CREATE TABLE pp1 PARTITION OF pp FOR VALUES IN (1)")
+    db.sql("CREATE TABLE pp2 PARTITION OF pp FOR VALUES IN (2)")
+    db.sql("SELECT koherent.track('pp')")
+    db.sql("INSERT INTO pp VALUES (1, 1, 'a'), (2, 2, 'b')")
+    db.sql("ALTER TABLE pp DETACH PARTITION pp2")
+    assert db.one("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'pp2'::regclass AND tgname LIKE 'koherent%'") == 0
+    assert db.one("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'pp1'::regclass AND tgname LIKE 'koherent%'") == 4
+    db.sql("INSERT INTO pp2 VALUES (3, 2, 'detached'); UPDATE pp2 SET v = 'upd' WHERE id = 2")
+    assert db.sql("SELECT kind, row_key FROM koherent.provenance_entry WHERE table_name = 'pp'::regclass "
+                  "ORDER BY history_id") == [("CREATE", {"id": 1, "part": 1}), ("CREATE", {"id": 2, "part": 2})]
+
+
+def test_null_token_is_22004_not_internal(db):
+    with db.app() as c:
+        for q in ("SELECT koherent.set_task(NULL, '{\"x\": 1}'::jsonb)", "SELECT koherent._set_task_args(NULL, NULL)"):
+            with pytest.raises(psycopg.errors.NullValueNotAllowed):
+                c.execute(q)
+
+
+def test_no_error_oracle_and_no_earlier_life_of_a_key(tenants):
+    db = tenants
+    db.sql("CREATE TABLE secret (id int PRIMARY KEY, v text)")
+    db.sql("SELECT koherent.track('secret')")
+    db.sql("INSERT INTO secret VALUES (1, 's')")
+    hid = db.one("SELECT max(history_id) FROM koherent_history.secret")
+    with as_reader(db, "a") as c:
+        # no privilege on secret: nothing, not a permission error, for ids that exist and not
+        for h in (hid, hid + 1000, 1):
+            assert c.execute(f"SELECT count(*) FROM koherent.provenance_entry_effective_changes({fabricated(h, 'secret')})").fetchone()[0] == 0
+    # tenant b's row 2 is deleted; tenant a gets a new row with key 2
+    db.sql("DELETE FROM tdoc WHERE id = 2")
+    old = db.one("SELECT min(history_id) FROM koherent_history.tdoc WHERE id = 2")
+    db.sql("INSERT INTO tdoc VALUES (2, 'a', 'new life')")
+    with as_reader(db, "a") as c:
+        got = c.execute("SELECT kind, row_data->>'body' FROM tdoc_provenance((SELECT t FROM tdoc t WHERE id = 2))").fetchall()
+        assert got == [("CREATE", "new life")]
+        assert c.execute(f"SELECT count(*) FROM koherent.provenance_entry_effective_changes({fabricated(old, 'tdoc', '{}')})").fetchone()[0] == 0
+        assert c.execute("SELECT id FROM tdoc_by_provenance(task_id => 't-a') ORDER BY id").fetchall() == [(1,)]
