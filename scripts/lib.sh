@@ -49,6 +49,29 @@ ensure_python() {
     fi
 }
 
+# The reference verifier (authentikate, Python >= 3.12) for tests/test_verifier_differential.py,
+# in its own venv: the project venv's Python is too old for it.
+ensure_authentikate_venv() {
+    local venv="$ROOT/.venv-authentikate"
+    local python=${KOHERENT_PYTHON312:-/root/.pyenv/versions/3.12.1/bin/python3}
+    if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import authentikate.provenance.decode" 2>/dev/null; then
+        return 0
+    fi
+    if [ ! -x "$python" ]; then
+        python=$(command -v python3.12 || true)
+    fi
+    if [ -z "$python" ] || [ ! -x "$python" ]; then
+        echo "ensure_authentikate_venv: Python 3.12 not found (set KOHERENT_PYTHON312)" >&2
+        return 1
+    fi
+    say "creating the authentikate venv for the differential test"
+    rm -rf "$venv"
+    "$python" -m venv "$venv"
+    "$venv/bin/pip" install -q --no-deps -r "$ROOT/tests/requirements-differential.txt"
+    # settings are configured by the helper; this only checks that the closure imports
+    "$venv/bin/python" -c "from django.conf import settings; settings.configure(); import authentikate.provenance.decode" >/dev/null
+}
+
 ensure_node() {
     if [ ! -d "$ROOT/graphql/node_modules/postgraphile" ] || [ ! -d "$ROOT/graphql/node_modules/pg" ]; then
         say "installing PostGraphile 4 and node-postgres (npm ci)"

@@ -3,7 +3,8 @@
 # the extension, starts a throwaway PostgreSQL 15 cluster on port 5498 (under .tmp/test), runs
 #   0. cargo fmt --check and cargo clippy,
 #   1. cargo test for the pure-Rust crates (token verification, args hashing, CLI),
-#   2. the client tests (pytest: psycopg, psql, pgbench, PgBouncer; tokens minted by joserfc),
+#   2. the client tests (pytest: psycopg, psql, pgbench, PgBouncer; tokens minted by joserfc;
+#      the differential test against authentikate, in its own Python 3.12 venv),
 #   3. the GraphQL end-to-end tests (node --test: a real PostGraphile server, node-postgres),
 #   4. a short cargo-fuzz run of the token parser and the args canonicalizer,
 # and stops the cluster. Exits non-zero when any test fails.
@@ -13,6 +14,7 @@ source "$(dirname "$0")/lib.sh"
 ensure_apt
 ensure_pgrx
 ensure_python
+ensure_authentikate_venv
 ensure_node
 
 say "lint (cargo fmt --check, cargo clippy -D warnings)"

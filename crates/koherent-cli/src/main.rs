@@ -1,11 +1,12 @@
 //! `koherent`: keygen, mint, verify and jwks over the koherent-token crate.
 
 use koherent_token::keys::{
-    parse_jwks, parse_private_jwk, parse_public_key, private_jwk, public_jwk, public_pem,
+    parse_private_jwk, parse_public_key, private_jwk, public_jwk, public_pem,
 };
-use koherent_token::{args_hash, decode, mint, KeySet, Policy, ARGS_HASH_ALGORITHM};
+use koherent_token::{args_hash, decode, mint, Class, KeySet, Policy, ARGS_HASH_ALGORITHM};
 use serde_json::{json, Value};
 use std::collections::HashMap;
+use std::io::{BufRead, Write};
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -24,14 +25,24 @@ usage:
       a signed token; --claims sets or overrides any claim (a JSON object)
   koherent verify --jwks JWKS_FILE --iss ISSUER --token TOKEN [--audience koherent]
                   [--leeway 0] [--now SECS] [--accept-eddsa] [--args JSON]
-      prints the verified claims, or the refusal reason (exit 1)
+      prints the verified claims, or the refusal reason (exit 1); the JWKS keys' alg and
+      use bind them (a key with alg EdDSA verifies only EdDSA tokens, use enc nothing)
+  koherent verify-batch [--now SECS] [--audience koherent] [--leeway 0] [--accept-eddsa]
+      verifies many tokens: reads JSON lines from stdin, each
+        {\"id\": ..., \"token\": \"...\", \"issuers\": {\"ISSUER\": JWKS, ...},
+         \"now\"?, \"audience\"?, \"leeway\"?, \"accept_eddsa\"?, \"args\"?}
+      (missing members take the flags' values), and writes one JSON line per input:
+        {\"id\": ..., \"verdict\": \"accept\"|\"refuse\", \"reason\": ..., \"class\": ..., \"message\": ...}
+      a JWKS that is refused refuses the token with reason key_refused
 ";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match run(&args) {
         Ok(out) => {
-            println!("{out}");
+            if !out.is_empty() {
+                println!("{out}");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -172,14 +183,41 @@ fn run(args: &[String]) -> Result<String, String> {
             }
             Ok(mint(&key, &kid, o.get("alg").unwrap_or("Ed25519"), &claims))
         }
+        "verify-batch" => {
+            let o = Opts::parse(rest, &["accept-eddsa"])?;
+            let defaults = Policy {
+                audience: Some(o.get("audience").unwrap_or("koherent").to_string()),
+                leeway: o.int("leeway")?.unwrap_or(0),
+                now: o.int("now")?.unwrap_or_else(now),
+                accept_eddsa: o.flag("accept-eddsa"),
+            };
+            let stdin = std::io::stdin();
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            let mut n = 0usize;
+            for (i, line) in stdin.lock().lines().enumerate() {
+                let line = line.map_err(|e| format!("stdin: {e}"))?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let case: Value = serde_json::from_str(&line)
+                    .map_err(|e| format!("stdin line {}: {e}", i + 1))?;
+                let verdict = batch_one(&case, &defaults)
+                    .map_err(|e| format!("stdin line {}: {e}", i + 1))?;
+                writeln!(out, "{verdict}").map_err(|e| e.to_string())?;
+                n += 1;
+            }
+            out.flush().map_err(|e| e.to_string())?;
+            drop(out);
+            eprintln!("koherent: verified {n} tokens");
+            Ok(String::new())
+        }
         "verify" => {
             let o = Opts::parse(rest, &["accept-eddsa"])?;
             let jwks = read_json(o.req("jwks")?)?;
             let iss = o.req("iss")?;
             let mut keys = KeySet::new();
-            for (kid, key) in parse_jwks(&jwks).map_err(|e| e.to_string())? {
-                keys.insert(iss, &kid, key);
-            }
+            keys.insert_jwks(iss, &jwks).map_err(|e| e.to_string())?;
             let policy = Policy {
                 audience: Some(o.get("audience").unwrap_or("koherent").to_string()),
                 leeway: o.int("leeway")?.unwrap_or(0),
@@ -199,5 +237,134 @@ fn run(args: &[String]) -> Result<String, String> {
         }
         "-h" | "--help" | "help" => Ok(USAGE.to_string()),
         other => Err(format!("unknown command {other:?}\n\n{USAGE}")),
+    }
+}
+
+/// One `verify-batch` case: its verdict as a JSON object.
+fn batch_one(case: &Value, defaults: &Policy) -> Result<Value, String> {
+    let id = case.get("id").cloned().unwrap_or(Value::Null);
+    let token = case
+        .get("token")
+        .and_then(Value::as_str)
+        .ok_or("\"token\" must be a string")?;
+    let int = |k: &str, d: i64| -> Result<i64, String> {
+        match case.get(k) {
+            None | Some(Value::Null) => Ok(d),
+            Some(v) => v.as_i64().ok_or(format!("\"{k}\" must be an integer")),
+        }
+    };
+    let policy = Policy {
+        audience: match case.get("audience") {
+            None => defaults.audience.clone(),
+            Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(_) => return Err("\"audience\" must be a string or null".into()),
+        },
+        leeway: int("leeway", defaults.leeway)?,
+        now: int("now", defaults.now)?,
+        accept_eddsa: match case.get("accept_eddsa") {
+            None | Some(Value::Null) => defaults.accept_eddsa,
+            Some(v) => v.as_bool().ok_or("\"accept_eddsa\" must be a boolean")?,
+        },
+    };
+    let refuse = |reason: &str, class: &str, message: String| json!({"id": id, "verdict": "refuse", "reason": reason, "class": class, "message": message});
+    let mut keys = KeySet::new();
+    if let Some(issuers) = case.get("issuers") {
+        let issuers = issuers
+            .as_object()
+            .ok_or("\"issuers\" must be an object of issuer -> JWKS")?;
+        for (iss, jwks) in issuers {
+            if let Err(e) = keys.insert_jwks(iss, jwks) {
+                return Ok(refuse("key_refused", "key", format!("issuer {iss:?}: {e}")));
+            }
+        }
+    }
+    let result =
+        koherent_token::verify(token, &keys, &policy).and_then(|claims| match case.get("args") {
+            Some(a) => claims.check_args(Some(a)),
+            None => Ok(()),
+        });
+    Ok(match result {
+        Ok(()) => json!({"id": id, "verdict": "accept"}),
+        Err(e) => refuse(
+            e.reason(),
+            match e.class() {
+                Class::Malformed => "malformed",
+                Class::Unauthorized => "unauthorized",
+            },
+            e.to_string(),
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPEC_TOKEN: &str = "eyJ0eXAiOiJKV1QiLCJhbGciOiJFZDI1NTE5Iiwia2lkIjoia29oZXJlbnQtdGVzdC1rZXkifQ.eyJpc3MiOiJyZWt1ZXN0IiwiYXVkIjpbImtvaGVyZW50Il0sInN1YiI6IjEiLCJhY3QiOnsic3ViIjoiMSIsImNpZCI6InN0YXRpYyJ9LCJpYXQiOjE3NTAwMDAwMDAsImV4cCI6MTc1MDAwMzYwMCwianRpIjoiMDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWYiLCJ0c2siOiJ0YXNrLTEiLCJwdGsiOm51bGwsInJ0ayI6InRhc2stMSIsInJjYiI6IjEiLCJhaHMiOiI1MDQxYmYxZjcxM2RmMjA0Nzg0MzUzZTgyZjZhNGE1MzU5MzFjYjY0ZjFmNGI0YTVhZWFmZmNiNzIwOTE4YjIyIiwiYWhhIjoic2hhMjU2LWNhbm9uaWNhbC12MSJ9.RAv1yYmX2V5GBDCwO-Yo-7YPcmGnDnh2QFNHDF_JjbrTnc-WGaSUlznI4wfmkZHtWQ7sgx6dgimFjNGk_iHMCg";
+
+    fn jwk(extra: Value) -> Value {
+        let mut v = json!({"kty": "OKP", "crv": "Ed25519", "kid": "koherent-test-key",
+                           "x": "Q5ERwdSKvHLDx8swyRJzrofI4W567dx71oeH_uDH4g4"});
+        for (k, val) in extra.as_object().unwrap() {
+            v[k] = val.clone();
+        }
+        v
+    }
+
+    fn verdict(case: Value) -> Value {
+        let defaults = Policy {
+            audience: Some("koherent".into()),
+            leeway: 0,
+            now: 1_750_001_000,
+            accept_eddsa: false,
+        };
+        batch_one(&case, &defaults).unwrap()
+    }
+
+    #[test]
+    fn verify_batch_gives_one_verdict_per_case() {
+        let issuers = |k: Value| json!({"rekuest": {"keys": [k]}});
+        let v = verdict(json!({"id": 1, "token": SPEC_TOKEN, "issuers": issuers(jwk(json!({})))}));
+        assert_eq!(v, json!({"id": 1, "verdict": "accept"}));
+        let v = verdict(
+            json!({"id": "late", "token": SPEC_TOKEN, "now": 1_750_003_600,
+                               "issuers": issuers(jwk(json!({})))}),
+        );
+        assert_eq!(
+            (v["verdict"].as_str(), v["reason"].as_str()),
+            (Some("refuse"), Some("expired"))
+        );
+        assert_eq!(v["class"], "unauthorized");
+        let v = verdict(json!({"id": 2, "token": SPEC_TOKEN,
+                               "issuers": issuers(jwk(json!({"alg": "EdDSA"})))}));
+        assert_eq!(v["reason"], "key_alg_mismatch");
+        let v = verdict(json!({"id": 3, "token": SPEC_TOKEN,
+                               "issuers": issuers(jwk(json!({"use": "enc"})))}));
+        assert_eq!(v["reason"], "key_use_not_sig");
+        let v = verdict(json!({"id": 4, "token": SPEC_TOKEN,
+                               "issuers": issuers(jwk(json!({"x": "AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"})))}));
+        assert_eq!(
+            (v["reason"].as_str(), v["class"].as_str()),
+            (Some("key_refused"), Some("key"))
+        );
+        let v = verdict(json!({"id": 5, "token": "a.b", "audience": "*"}));
+        assert_eq!(
+            (v["reason"].as_str(), v["class"].as_str()),
+            (Some("malformed_segments"), Some("malformed"))
+        );
+        let v = verdict(json!({"id": 6, "token": SPEC_TOKEN, "audience": null,
+                               "issuers": issuers(jwk(json!({})))}));
+        assert_eq!(v["reason"], "audience_not_configured");
+        assert!(batch_one(
+            &json!({"id": 7}),
+            &Policy {
+                audience: None,
+                leeway: 0,
+                now: 0,
+                accept_eddsa: false
+            }
+        )
+        .is_err());
     }
 }

@@ -11,6 +11,8 @@ pub enum Part {
     Header,
     Payload,
     Signature,
+    /// The whole compact JWS (only the size limit applies to it).
+    Token,
 }
 
 impl std::fmt::Display for Part {
@@ -19,6 +21,7 @@ impl std::fmt::Display for Part {
             Part::Header => "header",
             Part::Payload => "payload",
             Part::Signature => "signature",
+            Part::Token => "token",
         })
     }
 }
@@ -33,7 +36,9 @@ pub enum Class {
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum TokenError {
-    #[error("provenance token is too large: {part} exceeds {limit} bytes")]
+    /// A segment (or the whole token) is longer than its limit, counted in characters of the
+    /// base64url text as received, before anything is decoded.
+    #[error("provenance token is too large: {part} exceeds {limit} characters")]
     TooLarge { part: Part, limit: usize },
     #[error("provenance token is malformed: expected 3 dot-separated segments, found {0}")]
     Segments(usize),
@@ -43,6 +48,8 @@ pub enum TokenError {
     Json { part: Part, why: String },
     #[error("provenance token is malformed: {part} has duplicate member \"{key}\"")]
     DuplicateKey { part: Part, key: String },
+    #[error("provenance token is malformed: {part} contains a NUL character (U+0000), which PostgreSQL text cannot hold")]
+    NulCharacter { part: Part },
     #[error("provenance token header member \"{0}\" is not allowed")]
     HeaderMember(String),
     #[error("provenance token header is invalid: {0}")]
@@ -53,10 +60,20 @@ pub enum TokenError {
     UntrustedIssuer(String),
     #[error("provenance token key \"{kid}\" is not known for issuer \"{iss}\"")]
     UnknownKey { iss: String, kid: String },
+    #[error("provenance token key \"{kid}\" of issuer \"{iss}\" is not for signatures (its JWK \"use\" or \"key_ops\" says so)")]
+    KeyUse { iss: String, kid: String },
+    #[error("provenance token key \"{kid}\" is bound to alg \"{key_alg}\", the token says \"{token_alg}\"")]
+    KeyAlgorithm {
+        kid: String,
+        key_alg: &'static str,
+        token_alg: &'static str,
+    },
     #[error("provenance token signature is invalid")]
     BadSignature,
     #[error("provenance token claim \"{claim}\" is invalid: {why}")]
     Claim { claim: &'static str, why: String },
+    #[error("provenance token claim \"{claim}\" is out of range: {why}")]
+    TimeOutOfRange { claim: &'static str, why: String },
     #[error("provenance token has expired")]
     Expired { exp: i64, now: i64 },
     #[error("provenance token is not valid yet")]
@@ -98,13 +115,17 @@ impl TokenError {
             TokenError::Base64 { .. } => "malformed_base64",
             TokenError::Json { .. } => "malformed_json",
             TokenError::DuplicateKey { .. } => "duplicate_member",
+            TokenError::NulCharacter { .. } => "nul_character",
             TokenError::HeaderMember(_) => "header_member_not_allowed",
             TokenError::Header(_) => "invalid_header",
             TokenError::Algorithm(_) => "algorithm_not_accepted",
             TokenError::UntrustedIssuer(_) => "untrusted_issuer",
             TokenError::UnknownKey { .. } => "unknown_key",
+            TokenError::KeyUse { .. } => "key_use_not_sig",
+            TokenError::KeyAlgorithm { .. } => "key_alg_mismatch",
             TokenError::BadSignature => "bad_signature",
             TokenError::Claim { .. } => "invalid_claim",
+            TokenError::TimeOutOfRange { .. } => "time_out_of_range",
             TokenError::Expired { .. } => "expired",
             TokenError::NotYetValid { .. } => "not_yet_valid",
             TokenError::IssuedInFuture { .. } => "issued_in_future",
@@ -122,9 +143,11 @@ impl TokenError {
             | TokenError::Base64 { .. }
             | TokenError::Json { .. }
             | TokenError::DuplicateKey { .. }
+            | TokenError::NulCharacter { .. }
             | TokenError::HeaderMember(_)
             | TokenError::Header(_)
-            | TokenError::Claim { .. } => Class::Malformed,
+            | TokenError::Claim { .. }
+            | TokenError::TimeOutOfRange { .. } => Class::Malformed,
             _ => Class::Unauthorized,
         }
     }
@@ -133,7 +156,7 @@ impl TokenError {
     pub fn detail(&self) -> String {
         match self {
             TokenError::Expired { exp, now } => {
-                format!("reason: expired; exp {exp} is before now {now} (leeway included)")
+                format!("reason: expired; exp {exp} is not after now {now} (leeway included)")
             }
             TokenError::NotYetValid { nbf, now } => {
                 format!("reason: not_yet_valid; nbf {nbf} is after now {now} (leeway included)")
@@ -169,6 +192,8 @@ pub enum KeyError {
     Weak,
     #[error("key has no \"kid\"")]
     MissingKid,
+    #[error("JWKS has two keys with kid \"{0}\"")]
+    DuplicateKid(String),
     #[error("key is neither a JWK nor an SPKI PEM: {0}")]
     Format(String),
 }

@@ -1,5 +1,11 @@
 //! Strict JSON for token parts: an object at the top, no duplicate members at any level.
 //!
+//! The parser is `serde_json`: UTF-8 only (no BOM, no UTF-16/32), no lone surrogates, no
+//! `NaN`/`Infinity`, and at most 128 levels of nesting (its recursion limit). Python's `json`,
+//! which the reference verifier uses, accepts all of those; koherent deliberately refuses them.
+//! Integers written with more than 4300 digits are refused too, as Python's `json` refuses them
+//! (its int conversion limit), so both verifiers read the same documents.
+//!
 //! `serde_json` keeps the last of duplicate members, as Python's `json` does. A token whose
 //! header or payload repeats a member is ambiguous (two parsers may read different claims from
 //! it), so koherent refuses it. A real issuer (`json.dumps` of a dict) never writes one.
@@ -64,6 +70,49 @@ impl<'de> Visitor<'de> for DupVisitor {
     }
 }
 
+/// Python's `json` refuses integers with more digits than this (`sys.int_info.default_max_str_digits`).
+pub(crate) const MAX_INT_DIGITS: usize = 4300;
+
+fn check_numbers(v: &Value, part: Part) -> Result<(), TokenError> {
+    match v {
+        Value::Number(n) => {
+            // with serde_json's arbitrary_precision, the number's text is kept as written
+            let text = n.to_string();
+            if !text.contains(['.', 'e', 'E']) {
+                let digits = text.bytes().filter(u8::is_ascii_digit).count();
+                if digits > MAX_INT_DIGITS {
+                    return Err(TokenError::Json {
+                        part,
+                        why: format!("an integer has {digits} digits, more than {MAX_INT_DIGITS}"),
+                    });
+                }
+            }
+            Ok(())
+        }
+        Value::Array(items) => items.iter().try_for_each(|i| check_numbers(i, part)),
+        Value::Object(m) => m.values().try_for_each(|i| check_numbers(i, part)),
+        _ => Ok(()),
+    }
+}
+
+fn has_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(has_nul),
+        Value::Object(m) => m.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
+}
+
+/// Refuse a NUL character (U+0000) in any string of `m`, member names included: PostgreSQL
+/// text cannot hold one.
+pub(crate) fn refuse_nul(m: &Map<String, Value>, part: Part) -> Result<(), TokenError> {
+    if m.iter().any(|(k, v)| k.contains('\0') || has_nul(v)) {
+        return Err(TokenError::NulCharacter { part });
+    }
+    Ok(())
+}
+
 /// Parse `bytes` as a JSON object with no duplicate members.
 pub(crate) fn parse_object(bytes: &[u8], part: Part) -> Result<Map<String, Value>, TokenError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
@@ -82,7 +131,10 @@ pub(crate) fn parse_object(bytes: &[u8], part: Part) -> Result<Map<String, Value
         });
     }
     match serde_json::from_slice::<Value>(bytes) {
-        Ok(Value::Object(m)) => Ok(m),
+        Ok(Value::Object(m)) => {
+            m.values().try_for_each(|v| check_numbers(v, part))?;
+            Ok(m)
+        }
         Ok(_) => Err(TokenError::Json {
             part,
             why: "not an object".into(),

@@ -8,11 +8,78 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 
 use crate::error::KeyError;
+use crate::token::Alg;
 
-/// Trusted keys: issuer -> kid -> key. An issuer is trusted when it has at least one key.
+/// What a JWK's optional `alg`, `use` and `key_ops` bind its key to.
+///
+/// A key given without them (a bare JWK, an SPKI PEM, 32 raw bytes) gets the default: it
+/// verifies tokens of whichever alg the policy allows, like the reference verifier does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyBinding {
+    /// The one header `alg` this key verifies (the JWK's `alg`); `None`: any alg the policy
+    /// allows.
+    pub alg: Option<Alg>,
+    /// `false` when the JWK's `use` is not `sig` (`enc`) or its `key_ops` lack `verify`: the
+    /// key then verifies nothing.
+    pub sig: bool,
+}
+
+impl Default for KeyBinding {
+    fn default() -> Self {
+        KeyBinding {
+            alg: None,
+            sig: true,
+        }
+    }
+}
+
+impl KeyBinding {
+    /// Whether this key may verify a token whose header says `alg`.
+    pub fn permits(&self, alg: Alg) -> bool {
+        self.sig && self.alg.is_none_or(|a| a == alg)
+    }
+
+    /// The binding a public JWK's `alg`, `use` and `key_ops` give it. `alg` must be `Ed25519`
+    /// or `EdDSA`; `use` `sig` or `enc`; `key_ops` an array of strings.
+    pub fn of_jwk(v: &Value) -> Result<KeyBinding, KeyError> {
+        let alg = match v.get("alg") {
+            None => None,
+            Some(Value::String(s)) if s == "Ed25519" => Some(Alg::Ed25519),
+            Some(Value::String(s)) if s == "EdDSA" => Some(Alg::EdDsa),
+            Some(_) => {
+                return Err(KeyError::NotEd25519(
+                    "alg must be \"Ed25519\" or \"EdDSA\"".into(),
+                ))
+            }
+        };
+        let mut sig = match v.get("use") {
+            None => true,
+            Some(Value::String(s)) if s == "sig" => true,
+            Some(Value::String(s)) if s == "enc" => false,
+            Some(_) => {
+                return Err(KeyError::NotEd25519(
+                    "use must be \"sig\" (or \"enc\", which verifies nothing)".into(),
+                ))
+            }
+        };
+        if let Some(ops) = v.get("key_ops") {
+            let ops = ops
+                .as_array()
+                .filter(|a| a.iter().all(Value::is_string))
+                .ok_or_else(|| {
+                    KeyError::NotEd25519("key_ops must be an array of strings".into())
+                })?;
+            sig &= ops.iter().any(|o| o == "verify");
+        }
+        Ok(KeyBinding { alg, sig })
+    }
+}
+
+/// Trusted keys: issuer -> kid -> key and its binding. An issuer is trusted when it has at
+/// least one key.
 #[derive(Debug, Clone, Default)]
 pub struct KeySet {
-    issuers: HashMap<String, HashMap<String, VerifyingKey>>,
+    issuers: HashMap<String, HashMap<String, (VerifyingKey, KeyBinding)>>,
 }
 
 impl KeySet {
@@ -20,11 +87,34 @@ impl KeySet {
         Self::default()
     }
 
+    /// Add a key with the default binding (any alg the policy allows, for signatures).
     pub fn insert(&mut self, issuer: &str, kid: &str, key: VerifyingKey) {
+        self.insert_bound(issuer, kid, key, KeyBinding::default());
+    }
+
+    /// Add a key with the binding its JWK gave it ([`parse_public_jwk_bound`]).
+    pub fn insert_bound(
+        &mut self,
+        issuer: &str,
+        kid: &str,
+        key: VerifyingKey,
+        binding: KeyBinding,
+    ) {
         self.issuers
             .entry(issuer.to_string())
             .or_default()
-            .insert(kid.to_string(), key);
+            .insert(kid.to_string(), (key, binding));
+    }
+
+    /// Add every key of an issuer's JWKS with its binding ([`parse_jwks_bound`]); returns how
+    /// many. Nothing is added when the JWKS is refused.
+    pub fn insert_jwks(&mut self, issuer: &str, jwks: &Value) -> Result<usize, KeyError> {
+        let keys = parse_jwks_bound(jwks)?;
+        let n = keys.len();
+        for (kid, key, binding) in keys {
+            self.insert_bound(issuer, &kid, key, binding);
+        }
+        Ok(n)
     }
 
     pub fn has_issuer(&self, issuer: &str) -> bool {
@@ -32,7 +122,12 @@ impl KeySet {
     }
 
     pub fn get(&self, issuer: &str, kid: &str) -> Option<&VerifyingKey> {
-        self.issuers.get(issuer)?.get(kid)
+        self.issuers.get(issuer)?.get(kid).map(|(k, _)| k)
+    }
+
+    /// A key and its binding.
+    pub fn get_bound(&self, issuer: &str, kid: &str) -> Option<(&VerifyingKey, KeyBinding)> {
+        self.issuers.get(issuer)?.get(kid).map(|(k, b)| (k, *b))
     }
 
     pub fn len(&self) -> usize {
@@ -83,6 +178,10 @@ fn check_okp(v: &Value) -> Result<(), KeyError> {
             ));
         }
     }
+    Ok(())
+}
+
+fn check_sig_use(v: &Value) -> Result<(), KeyError> {
     if let Some(u) = v.get("use") {
         if u.as_str() != Some("sig") {
             return Err(KeyError::NotEd25519("use must be \"sig\"".into()));
@@ -102,25 +201,66 @@ fn kid_of(v: &Value) -> Result<Option<String>, KeyError> {
 }
 
 /// A public JWK: `{"kty":"OKP","crv":"Ed25519","x":"...","kid":"..."}`. Returns (kid, key).
+///
+/// The key's binding (`alg`, `use`) is dropped, so a JWK whose `use` is not `sig` is refused
+/// here; keep the binding with [`parse_public_jwk_bound`].
 pub fn parse_public_jwk(v: &Value) -> Result<(Option<String>, VerifyingKey), KeyError> {
+    check_sig_use(v)?;
+    let (kid, key, binding) = parse_public_jwk_bound(v)?;
+    if !binding.sig {
+        return Err(KeyError::NotEd25519(
+            "key_ops must include \"verify\"".into(),
+        ));
+    }
+    Ok((kid, key))
+}
+
+/// A public JWK with its binding: (kid, key, what its `alg`/`use`/`key_ops` bind it to).
+/// A JWK with `use` `enc` is accepted and bound to verify nothing, as the reference verifier
+/// reads it.
+pub fn parse_public_jwk_bound(
+    v: &Value,
+) -> Result<(Option<String>, VerifyingKey, KeyBinding), KeyError> {
     check_okp(v)?;
     if v.get("d").is_some() {
         return Err(KeyError::Private);
     }
+    let binding = KeyBinding::of_jwk(v)?;
     let key = checked_key(&b64(v, "x")?)?;
-    Ok((kid_of(v)?, key))
+    Ok((kid_of(v)?, key, binding))
 }
 
-/// A JWKS: `{"keys":[jwk, ...]}`; every key must have a kid.
-pub fn parse_jwks(v: &Value) -> Result<Vec<(String, VerifyingKey)>, KeyError> {
-    let keys = v
-        .get("keys")
+fn jwks_keys(v: &Value) -> Result<&Vec<Value>, KeyError> {
+    v.get("keys")
         .and_then(Value::as_array)
-        .ok_or_else(|| KeyError::Format("a JWKS is an object with a \"keys\" array".into()))?;
-    keys.iter()
+        .ok_or_else(|| KeyError::Format("a JWKS is an object with a \"keys\" array".into()))
+}
+
+/// A JWKS: `{"keys":[jwk, ...]}`; every key must have a kid. Bindings are dropped (see
+/// [`parse_public_jwk`]); [`parse_jwks_bound`] keeps them.
+pub fn parse_jwks(v: &Value) -> Result<Vec<(String, VerifyingKey)>, KeyError> {
+    jwks_keys(v)?
+        .iter()
         .map(|k| {
             let (kid, key) = parse_public_jwk(k)?;
             Ok((kid.ok_or(KeyError::MissingKid)?, key))
+        })
+        .collect()
+}
+
+/// A JWKS with every key's binding: (kid, key, binding). Every key must have a kid, and kids
+/// must be unique (the reference verifier refuses a JWKS that repeats one).
+pub fn parse_jwks_bound(v: &Value) -> Result<Vec<(String, VerifyingKey, KeyBinding)>, KeyError> {
+    let mut seen = std::collections::HashSet::new();
+    jwks_keys(v)?
+        .iter()
+        .map(|k| {
+            let (kid, key, binding) = parse_public_jwk_bound(k)?;
+            let kid = kid.ok_or(KeyError::MissingKid)?;
+            if !seen.insert(kid.clone()) {
+                return Err(KeyError::DuplicateKid(crate::error::shown(&kid)));
+            }
+            Ok((kid, key, binding))
         })
         .collect()
 }
@@ -145,6 +285,7 @@ pub fn parse_public_key(text: &str) -> Result<(Option<String>, VerifyingKey), Ke
 /// A private JWK (with "d"), as `koherent keygen` writes it. Returns (kid, key).
 pub fn parse_private_jwk(v: &Value) -> Result<(Option<String>, SigningKey), KeyError> {
     check_okp(v)?;
+    check_sig_use(v)?;
     let d: [u8; 32] = b64(v, "d")?
         .try_into()
         .map_err(|_| KeyError::NotEd25519("\"d\" must be 32 bytes".into()))?;

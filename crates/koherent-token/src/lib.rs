@@ -17,5 +17,5 @@ pub mod token;
 
 pub use canonical::{args_hash, canonical_json, canonical_json_str, ARGS_HASH_ALGORITHM};
 pub use error::{Class, KeyError, Part, TokenError};
-pub use keys::KeySet;
+pub use keys::{KeyBinding, KeySet};
 pub use token::{decode, mint, verify, Actor, Alg, Claims, Decoded, Policy};

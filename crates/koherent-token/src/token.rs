@@ -11,12 +11,22 @@ use serde_json::{Map, Value};
 
 use crate::canonical::{args_hash, ARGS_HASH_ALGORITHM};
 use crate::error::{shown, Part, TokenError};
-use crate::json::parse_object;
+use crate::json::{parse_object, refuse_nul};
 use crate::keys::KeySet;
 
+/// Size limits, in characters of each segment's base64url text as received (checked before
+/// anything is decoded): the reference verifier's (joserfc's) limits.
 pub const MAX_HEADER: usize = 512;
 pub const MAX_PAYLOAD: usize = 128_000;
 pub const MAX_SIGNATURE: usize = 1024;
+/// The whole token, dots included.
+pub const MAX_TOKEN: usize = MAX_HEADER + MAX_PAYLOAD + MAX_SIGNATURE;
+
+/// NumericDates must be before 10000-01-01T00:00:00Z (what a timestamp can hold) ...
+pub const NUMERIC_DATE_END: f64 = 253_402_300_800.0;
+/// ... and `iat` and `exp` not before 0001-01-01T00:00:00Z (the reference verifier turns them
+/// into Python datetimes, which start there).
+pub const NUMERIC_DATE_START: f64 = -62_135_596_800.0;
 
 const ALLOWED_HEADER: &[&str] = &[
     "alg", "jku", "jwk", "kid", "x5u", "x5c", "x5t", "x5t#S256", "typ", "cty", "crit", "b64",
@@ -67,9 +77,10 @@ pub struct Claims {
     pub aud: Vec<String>,
     pub sub: String,
     pub act: Actor,
-    pub iat: i64,
-    pub exp: i64,
-    pub nbf: Option<i64>,
+    /// NumericDates: finite numbers of seconds, integer or not.
+    pub iat: f64,
+    pub exp: f64,
+    pub nbf: Option<f64>,
     pub jti: String,
     pub tsk: String,
     pub ptk: Option<String>,
@@ -91,41 +102,88 @@ pub struct Policy {
     pub accept_eddsa: bool,
 }
 
-fn encoded_limit(decoded: usize) -> usize {
-    decoded.div_ceil(3) * 4
+fn check_len(s: &str, part: Part, limit: usize) -> Result<(), TokenError> {
+    if s.len() > limit {
+        return Err(TokenError::TooLarge { part, limit });
+    }
+    Ok(())
 }
 
-fn decode_part(s: &str, part: Part, limit: usize) -> Result<Vec<u8>, TokenError> {
-    if s.len() > encoded_limit(limit) {
-        return Err(TokenError::TooLarge { part, limit });
-    }
-    let bytes = URL_SAFE_NO_PAD
+fn decode_part(s: &str, part: Part) -> Result<Vec<u8>, TokenError> {
+    URL_SAFE_NO_PAD
         .decode(s)
-        .map_err(|_| TokenError::Base64 { part })?;
-    if bytes.len() > limit {
-        return Err(TokenError::TooLarge { part, limit });
+        .map_err(|_| TokenError::Base64 { part })
+}
+
+fn header_str(v: &Value) -> bool {
+    v.is_string()
+}
+
+fn header_url(v: &Value) -> bool {
+    // joserfc requires jku and x5u to be http(s) URLs
+    v.as_str()
+        .is_some_and(|s| s.starts_with("http://") || s.starts_with("https://"))
+}
+
+fn header_str_list(v: &Value) -> bool {
+    v.as_array().is_some_and(|a| a.iter().all(Value::is_string))
+}
+
+/// Registered header members must have their RFC 7515 types.
+fn check_header_types(header: &Map<String, Value>) -> Result<(), TokenError> {
+    for (k, v) in header {
+        let (ok, want) = match k.as_str() {
+            "alg" | "kid" | "typ" | "cty" | "x5t" | "x5t#S256" => (header_str(v), "a string"),
+            "jku" | "x5u" => (header_url(v), "an http(s) URL string"),
+            "x5c" | "crit" => (header_str_list(v), "an array of strings"),
+            "jwk" => (v.is_object(), "an object"),
+            "b64" => (v.is_boolean(), "a boolean"),
+            _ => (true, ""),
+        };
+        if !ok {
+            return Err(TokenError::Header(format!("\"{k}\" must be {want}")));
+        }
     }
-    Ok(bytes)
+    Ok(())
+}
+
+/// `crit` must be a non-empty array naming extension members that are present. Every member
+/// koherent allows is a registered one, so any `crit` is refused; the message says why.
+fn check_crit(header: &Map<String, Value>) -> Result<(), TokenError> {
+    let Some(crit) = header.get("crit").and_then(Value::as_array) else {
+        return Ok(());
+    };
+    let Some(first) = crit.first().and_then(Value::as_str) else {
+        return Err(TokenError::Header("\"crit\" must not be empty".into()));
+    };
+    for name in crit.iter().filter_map(Value::as_str) {
+        if !header.contains_key(name) {
+            return Err(TokenError::Header(format!(
+                "\"crit\" names \"{}\", which is not in the header",
+                shown(name)
+            )));
+        }
+    }
+    Err(TokenError::Header(format!(
+        "\"crit\" names the registered member \"{}\"; koherent supports no extensions",
+        shown(first)
+    )))
 }
 
 /// Split and decode a compact JWS, check its header, and read its (unverified) issuer.
 pub fn decode(token: &str) -> Result<Decoded, TokenError> {
     // Refuse oversized input before splitting or decoding anything.
-    let max_total =
-        encoded_limit(MAX_HEADER) + encoded_limit(MAX_PAYLOAD) + encoded_limit(MAX_SIGNATURE) + 2;
-    if token.len() > max_total {
-        return Err(TokenError::TooLarge {
-            part: Part::Payload,
-            limit: MAX_PAYLOAD,
-        });
-    }
+    check_len(token, Part::Token, MAX_TOKEN)?;
     let parts: Vec<&str> = token.split('.').collect();
     if parts.len() != 3 {
         return Err(TokenError::Segments(parts.len()));
     }
-    let header_bytes = decode_part(parts[0], Part::Header, MAX_HEADER)?;
-    let payload_bytes = decode_part(parts[1], Part::Payload, MAX_PAYLOAD)?;
-    let signature = decode_part(parts[2], Part::Signature, MAX_SIGNATURE)?;
+    check_len(parts[0], Part::Header, MAX_HEADER)?;
+    check_len(parts[1], Part::Payload, MAX_PAYLOAD)?;
+    check_len(parts[2], Part::Signature, MAX_SIGNATURE)?;
+    let header_bytes = decode_part(parts[0], Part::Header)?;
+    let payload_bytes = decode_part(parts[1], Part::Payload)?;
+    let signature = decode_part(parts[2], Part::Signature)?;
 
     let header = parse_object(&header_bytes, Part::Header)?;
     for k in header.keys() {
@@ -133,17 +191,12 @@ pub fn decode(token: &str) -> Result<Decoded, TokenError> {
             return Err(TokenError::HeaderMember(shown(k)));
         }
     }
-    if header.contains_key("crit") {
+    check_header_types(&header)?;
+    check_crit(&header)?;
+    if header.get("b64") == Some(&Value::Bool(false)) {
         return Err(TokenError::Header(
-            "\"crit\" names extensions koherent does not support".into(),
+            "unencoded payloads (b64: false) are not supported".into(),
         ));
-    }
-    if let Some(b) = header.get("b64") {
-        if b != &Value::Bool(true) {
-            return Err(TokenError::Header(
-                "unencoded payloads (b64) are not supported".into(),
-            ));
-        }
     }
     let alg = match header.get("alg") {
         None => return Err(TokenError::Header("\"alg\" is missing".into())),
@@ -162,6 +215,7 @@ pub fn decode(token: &str) -> Result<Decoded, TokenError> {
         }
     };
     let payload = parse_object(&payload_bytes, Part::Payload)?;
+    refuse_nul(&payload, Part::Payload)?;
     let iss = match payload.get("iss") {
         Some(Value::String(s)) => s.clone(),
         None => return Err(claim("iss", "is missing")),
@@ -193,20 +247,42 @@ fn req_str(p: &Map<String, Value>, name: &'static str) -> Result<String, TokenEr
     }
 }
 
-fn int_of(v: &Value, name: &'static str) -> Result<i64, TokenError> {
-    match v {
+/// A NumericDate: a finite JSON number (integer or not; a boolean is not a number), before
+/// the year 10000, and for `iat` and `exp` not before the year 1.
+fn numeric_date(v: &Value, name: &'static str) -> Result<f64, TokenError> {
+    let f = match v {
         Value::Number(n) => n
-            .as_i64()
-            .ok_or_else(|| claim(name, "must be an integer number of seconds")),
-        _ => Err(claim(name, "must be an integer number of seconds")),
+            .as_f64()
+            .filter(|f| f.is_finite())
+            .ok_or_else(|| claim(name, "must be a finite number"))?,
+        Value::Bool(_) => return Err(claim(name, "must be a number (NumericDate), not a boolean")),
+        _ => return Err(claim(name, "must be a number of seconds (NumericDate)")),
+    };
+    if f >= NUMERIC_DATE_END {
+        return Err(TokenError::TimeOutOfRange {
+            claim: name,
+            why: "the year 10000 and later cannot be held".into(),
+        });
+    }
+    if name != "nbf" && f < NUMERIC_DATE_START {
+        return Err(TokenError::TimeOutOfRange {
+            claim: name,
+            why: "before the year 1".into(),
+        });
+    }
+    Ok(f)
+}
+
+fn req_date(p: &Map<String, Value>, name: &'static str) -> Result<f64, TokenError> {
+    match p.get(name) {
+        Some(v) => numeric_date(v, name),
+        None => Err(claim(name, "is missing")),
     }
 }
 
-fn req_int(p: &Map<String, Value>, name: &'static str) -> Result<i64, TokenError> {
-    match p.get(name) {
-        Some(v) => int_of(v, name),
-        None => Err(claim(name, "is missing")),
-    }
+/// Whole seconds of a NumericDate, for messages.
+fn secs(f: f64) -> i64 {
+    f.floor() as i64
 }
 
 impl Claims {
@@ -214,6 +290,9 @@ impl Claims {
     pub fn from_payload(p: Map<String, Value>) -> Result<Claims, TokenError> {
         let aud = match p.get("aud") {
             None => return Err(claim("aud", "is missing")),
+            Some(Value::String(s)) if s.is_empty() => {
+                return Err(claim("aud", "must not be empty"))
+            }
             Some(Value::String(s)) => vec![s.clone()],
             Some(Value::Array(items)) => {
                 if items.is_empty() {
@@ -242,9 +321,9 @@ impl Claims {
                     _ => return Err(claim("act", "act.cid must be a string")),
                 };
                 let iss = match a.get("iss") {
-                    None => None,
+                    None | Some(Value::Null) => None,
                     Some(Value::String(s)) => Some(s.clone()),
-                    Some(_) => return Err(claim("act", "act.iss must be a string")),
+                    Some(_) => return Err(claim("act", "act.iss must be a string or null")),
                 };
                 Actor { sub, cid, iss }
             }
@@ -252,7 +331,7 @@ impl Claims {
         };
         let nbf = match p.get("nbf") {
             None => None,
-            Some(v) => Some(int_of(v, "nbf")?),
+            Some(v) => Some(numeric_date(v, "nbf")?),
         };
         let ptk = match p.get("ptk") {
             None | Some(Value::Null) => None,
@@ -262,8 +341,8 @@ impl Claims {
         Ok(Claims {
             iss: req_str(&p, "iss")?,
             sub: req_str(&p, "sub")?,
-            iat: req_int(&p, "iat")?,
-            exp: req_int(&p, "exp")?,
+            iat: req_date(&p, "iat")?,
+            exp: req_date(&p, "exp")?,
             jti: req_str(&p, "jti")?,
             tsk: req_str(&p, "tsk")?,
             rtk: req_str(&p, "rtk")?,
@@ -281,16 +360,26 @@ impl Claims {
     /// Time and audience checks against a policy (done on every use, also for cached tokens).
     pub fn check(&self, policy: &Policy) -> Result<(), TokenError> {
         let now = policy.now;
-        let leeway = policy.leeway.max(0);
-        if self.exp < now - leeway {
-            return Err(TokenError::Expired { exp: self.exp, now });
+        let (t, leeway) = (now as f64, policy.leeway.max(0) as f64);
+        // valid strictly before exp
+        if self.exp <= t - leeway {
+            return Err(TokenError::Expired {
+                exp: secs(self.exp),
+                now,
+            });
         }
-        if self.iat > now + leeway {
-            return Err(TokenError::IssuedInFuture { iat: self.iat, now });
+        if self.iat > t + leeway {
+            return Err(TokenError::IssuedInFuture {
+                iat: secs(self.iat),
+                now,
+            });
         }
         if let Some(nbf) = self.nbf {
-            if nbf > now + leeway {
-                return Err(TokenError::NotYetValid { nbf, now });
+            if nbf > t + leeway {
+                return Err(TokenError::NotYetValid {
+                    nbf: secs(nbf),
+                    now,
+                });
             }
         }
         match policy.audience.as_deref() {
@@ -328,12 +417,25 @@ impl Decoded {
         if !keys.has_issuer(&self.iss) {
             return Err(TokenError::UntrustedIssuer(shown(&self.iss)));
         }
-        let key = keys
-            .get(&self.iss, &self.kid)
-            .ok_or_else(|| TokenError::UnknownKey {
+        let (key, binding) =
+            keys.get_bound(&self.iss, &self.kid)
+                .ok_or_else(|| TokenError::UnknownKey {
+                    iss: shown(&self.iss),
+                    kid: shown(&self.kid),
+                })?;
+        if !binding.sig {
+            return Err(TokenError::KeyUse {
                 iss: shown(&self.iss),
                 kid: shown(&self.kid),
-            })?;
+            });
+        }
+        if let Some(key_alg) = binding.alg.filter(|a| *a != self.alg) {
+            return Err(TokenError::KeyAlgorithm {
+                kid: shown(&self.kid),
+                key_alg: key_alg.as_str(),
+                token_alg: self.alg.as_str(),
+            });
+        }
         let sig: [u8; 64] = self
             .signature
             .as_slice()

@@ -84,9 +84,9 @@ fn spec_token_verifies_inside_its_window_only() {
         "args_mismatch"
     );
     let mut p = policy();
-    p.now = 1_750_003_600; // exp == now still passes
+    p.now = 1_750_003_599; // valid strictly before exp
     assert!(verify(SPEC_TOKEN, &keys(), &p).is_ok());
-    p.now = 1_750_003_601;
+    p.now = 1_750_003_600;
     assert_eq!(
         verify(SPEC_TOKEN, &keys(), &p).unwrap_err().reason(),
         "expired"
@@ -404,7 +404,7 @@ fn forgeries_and_malformations() {
         (
             "exp a float",
             with(|c| c["exp"] = json!(1_750_003_600.5)),
-            "invalid_claim",
+            "ok",
         ),
         (
             "exp a string",
