@@ -57,6 +57,7 @@ CREATE TABLE koherent.issuer_key_store (
     issuer     text NOT NULL CHECK (issuer <> ''),
     kid        text NOT NULL CHECK (kid <> ''),
     public_key bytea NOT NULL CHECK (length(public_key) = 32),
+    alg        text CHECK (alg IN ('Ed25519', 'EdDSA')),  -- a JWK's alg binds the key; null: any
     added_at   timestamptz NOT NULL DEFAULT now(),
     added_by   text NOT NULL DEFAULT current_user,
     revoked_at timestamptz,

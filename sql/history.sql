@@ -748,8 +748,8 @@ COMMENT ON FUNCTION koherent.args_hash(jsonb) IS
 
 CREATE VIEW koherent.issuer_key AS
 SELECT issuer, kid,
-       jsonb_build_object('kty', 'OKP', 'crv', 'Ed25519', 'kid', kid, 'use', 'sig', 'alg', 'Ed25519',
-                          'x', translate(rtrim(encode(public_key, 'base64'), '='), '+/', '-_')) AS jwk,
+       jsonb_strip_nulls(jsonb_build_object('kty', 'OKP', 'crv', 'Ed25519', 'kid', kid, 'use', 'sig', 'alg', alg,
+                          'x', translate(rtrim(encode(public_key, 'base64'), '='), '+/', '-_'))) AS jwk,
        added_at, added_by, revoked_at, revoked_at IS NULL AS active
   FROM koherent.issuer_key_store;
 COMMENT ON VIEW koherent.issuer_key IS 'koherent: trusted issuer keys (public), revoked ones included.';
@@ -763,10 +763,11 @@ BEGIN
     IF coalesce(issuer, '') = '' THEN
         RAISE EXCEPTION 'koherent.add_issuer_jwks: issuer must be a non-empty text' USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    INSERT INTO koherent.issuer_key_store AS s (issuer, kid, public_key)
-    SELECT add_issuer_jwks.issuer, k.kid, k.x FROM koherent._parse_jwks(jwks::text) k
+    INSERT INTO koherent.issuer_key_store AS s (issuer, kid, public_key, alg)
+    SELECT add_issuer_jwks.issuer, k.kid, k.x, k.alg FROM koherent._parse_jwks(jwks::text) k
     ON CONFLICT ON CONSTRAINT issuer_key_store_pkey DO UPDATE
-       SET public_key = EXCLUDED.public_key, revoked_at = NULL, added_at = now(), added_by = current_user;
+       SET public_key = EXCLUDED.public_key, alg = EXCLUDED.alg, revoked_at = NULL, added_at = now(),
+           added_by = current_user;
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;
 END $$;
@@ -780,10 +781,11 @@ BEGIN
     IF coalesce(issuer, '') = '' OR coalesce(kid, '') = '' THEN
         RAISE EXCEPTION 'koherent.add_issuer_key: issuer and kid must be non-empty texts' USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    INSERT INTO koherent.issuer_key_store AS s (issuer, kid, public_key)
-    SELECT add_issuer_key.issuer, add_issuer_key.kid, k.x FROM koherent._parse_public_key(public_key) k
+    INSERT INTO koherent.issuer_key_store AS s (issuer, kid, public_key, alg)
+    SELECT add_issuer_key.issuer, add_issuer_key.kid, k.x, k.alg FROM koherent._parse_public_key(public_key) k
     ON CONFLICT ON CONSTRAINT issuer_key_store_pkey DO UPDATE
-       SET public_key = EXCLUDED.public_key, revoked_at = NULL, added_at = now(), added_by = current_user;
+       SET public_key = EXCLUDED.public_key, alg = EXCLUDED.alg, revoked_at = NULL, added_at = now(),
+           added_by = current_user;
 END $$;
 COMMENT ON FUNCTION koherent.add_issuer_key(text, text, text) IS
   'Trust one Ed25519 public key (a JWK JSON text or an SPKI PEM) for an issuer under a kid.';

@@ -15,6 +15,9 @@ SELECT pg_catalog.pg_extension_config_dump('koherent.tracked_config_id_seq', '')
 
 -- JSON from clients is parsed from text (22023 for malformed or too deep input, never a panic).
 DROP FUNCTION koherent._parse_jwks(jsonb);
+DROP FUNCTION koherent._parse_public_key(text);
+-- A JWK's alg binds the key to tokens of that alg.
+ALTER TABLE koherent.issuer_key_store ADD COLUMN alg text CHECK (alg IN ('Ed25519', 'EdDSA'));
 -- _source_columns returns the base type's oid too.
 DROP FUNCTION koherent._source_columns(oid);
 
@@ -158,17 +161,31 @@ STRICT VOLATILE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_visible_to_caller_wrapper';
 
--- src/lib.rs:200
+-- src/lib.rs:213
 -- koherent::_parse_jwks
 CREATE  FUNCTION "_parse_jwks"(
 	"jwks" TEXT /* & str */
 ) RETURNS TABLE (
 	"kid" TEXT,  /* String */
-	"x" bytea  /* Vec < u8 > */
+	"x" bytea,  /* Vec < u8 > */
+	"alg" TEXT  /* Option < String > */
 )
 IMMUTABLE STRICT PARALLEL SAFE 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_parse_jwks_text_wrapper';
+
+-- src/lib.rs:189
+-- koherent::_parse_public_key
+CREATE  FUNCTION "_parse_public_key"(
+	"public_key" TEXT /* & str */
+) RETURNS TABLE (
+	"kid" TEXT,  /* Option < String > */
+	"x" bytea,  /* Vec < u8 > */
+	"alg" TEXT  /* Option < String > */
+)
+IMMUTABLE STRICT PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_parse_public_key_bound_wrapper';
 
 -- Every function of sql/history.sql, as 0.4.0 defines it.
 CREATE OR REPLACE FUNCTION koherent._source_columns(rel oid)
@@ -809,10 +826,11 @@ BEGIN
     IF coalesce(issuer, '') = '' THEN
         RAISE EXCEPTION 'koherent.add_issuer_jwks: issuer must be a non-empty text' USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    INSERT INTO koherent.issuer_key_store AS s (issuer, kid, public_key)
-    SELECT add_issuer_jwks.issuer, k.kid, k.x FROM koherent._parse_jwks(jwks::text) k
+    INSERT INTO koherent.issuer_key_store AS s (issuer, kid, public_key, alg)
+    SELECT add_issuer_jwks.issuer, k.kid, k.x, k.alg FROM koherent._parse_jwks(jwks::text) k
     ON CONFLICT ON CONSTRAINT issuer_key_store_pkey DO UPDATE
-       SET public_key = EXCLUDED.public_key, revoked_at = NULL, added_at = now(), added_by = current_user;
+       SET public_key = EXCLUDED.public_key, alg = EXCLUDED.alg, revoked_at = NULL, added_at = now(),
+           added_by = current_user;
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;
 END $$;
@@ -824,10 +842,11 @@ BEGIN
     IF coalesce(issuer, '') = '' OR coalesce(kid, '') = '' THEN
         RAISE EXCEPTION 'koherent.add_issuer_key: issuer and kid must be non-empty texts' USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    INSERT INTO koherent.issuer_key_store AS s (issuer, kid, public_key)
-    SELECT add_issuer_key.issuer, add_issuer_key.kid, k.x FROM koherent._parse_public_key(public_key) k
+    INSERT INTO koherent.issuer_key_store AS s (issuer, kid, public_key, alg)
+    SELECT add_issuer_key.issuer, add_issuer_key.kid, k.x, k.alg FROM koherent._parse_public_key(public_key) k
     ON CONFLICT ON CONSTRAINT issuer_key_store_pkey DO UPDATE
-       SET public_key = EXCLUDED.public_key, revoked_at = NULL, added_at = now(), added_by = current_user;
+       SET public_key = EXCLUDED.public_key, alg = EXCLUDED.alg, revoked_at = NULL, added_at = now(),
+           added_by = current_user;
 END $$;
 
 CREATE OR REPLACE FUNCTION koherent.revoke_issuer_key(issuer text, kid text) RETURNS void
@@ -1150,6 +1169,13 @@ SELECT e.history_id, e.table_name, e.row_key, e.kind, e.date, e.context_id, c.db
        c.effective_role
   FROM koherent._history_all e
   LEFT JOIN koherent.transaction_auth_context c ON c.id = e.context_id;
+
+CREATE OR REPLACE VIEW koherent.issuer_key AS
+SELECT issuer, kid,
+       jsonb_strip_nulls(jsonb_build_object('kty', 'OKP', 'crv', 'Ed25519', 'kid', kid, 'use', 'sig', 'alg', alg,
+                          'x', translate(rtrim(encode(public_key, 'base64'), '='), '+/', '-_'))) AS jwk,
+       added_at, added_by, revoked_at, revoked_at IS NULL AS active
+  FROM koherent.issuer_key_store;
 
 COMMENT ON FUNCTION koherent.track(regclass, text[], boolean, boolean) IS
   'Start recording every row change of a table (idempotent; a second call applies a changed exclude, require_task or row_index). row_index => true adds the (primary key, history_id) index of its history table, false drops it; by default it is left as it is (none for a new table; expose() adds it).';

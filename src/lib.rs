@@ -185,27 +185,57 @@ fn _base_type_sql(typ: pg_sys::Oid, typmod: i32) -> String {
     }
 }
 
-/// Internal: parse a public key (JWK JSON or SPKI PEM) into (kid, raw 32 bytes).
-#[pg_extern(immutable, parallel_safe)]
-fn _parse_public_key(
+/// Internal: parse a public key (JWK JSON or SPKI PEM) into (kid, raw 32 bytes, the JWK's alg).
+#[pg_extern(immutable, parallel_safe, name = "_parse_public_key")]
+fn _parse_public_key_bound(
     public_key: &str,
-) -> TableIterator<'static, (name!(kid, Option<String>), name!(x, Vec<u8>))> {
+) -> TableIterator<
+    'static,
+    (
+        name!(kid, Option<String>),
+        name!(x, Vec<u8>),
+        name!(alg, Option<String>),
+    ),
+> {
     let (kid, key) = koherent_token::keys::parse_public_key(public_key)
         .map_err(KoherentError::from)
         .or_raise();
-    TableIterator::once((kid, key.as_bytes().to_vec()))
+    // a JWK's alg binds the key to tokens of that alg (a PEM carries none)
+    let alg = serde_json::from_str::<serde_json::Value>(public_key.trim())
+        .ok()
+        .filter(|v| v.is_object())
+        .and_then(|v| koherent_token::keys::parse_public_jwk_bound(&v).ok())
+        .and_then(|(_, _, b)| b.alg.map(|a| a.as_str().to_string()));
+    TableIterator::once((kid, key.as_bytes().to_vec(), alg))
 }
 
-/// Internal: parse a JWKS into (kid, raw 32 bytes) rows.
+/// Internal: parse a JWKS into (kid, raw 32 bytes, the JWK's alg) rows.
 #[pg_extern(immutable, parallel_safe, name = "_parse_jwks")]
-fn _parse_jwks_text(jwks: &str) -> TableIterator<'static, (name!(kid, String), name!(x, Vec<u8>))> {
-    let keys = koherent_token::keys::parse_jwks(&parse_json(jwks))
+fn _parse_jwks_text(
+    jwks: &str,
+) -> TableIterator<
+    'static,
+    (
+        name!(kid, String),
+        name!(x, Vec<u8>),
+        name!(alg, Option<String>),
+    ),
+> {
+    let v = parse_json(jwks);
+    // refuses keys that verify nothing (use other than sig), as it always did
+    koherent_token::keys::parse_jwks(&v)
         .map_err(KoherentError::from)
         .or_raise();
-    TableIterator::new(
-        keys.into_iter()
-            .map(|(kid, k)| (kid, k.as_bytes().to_vec())),
-    )
+    let keys = koherent_token::keys::parse_jwks_bound(&v)
+        .map_err(KoherentError::from)
+        .or_raise();
+    TableIterator::new(keys.into_iter().map(|(kid, k, b)| {
+        (
+            kid,
+            k.as_bytes().to_vec(),
+            b.alg.map(|a| a.as_str().to_string()),
+        )
+    }))
 }
 
 /// Internal: called by the key table's trigger; every backend drops its key and token caches.
@@ -248,7 +278,23 @@ mod legacy {
 
     #[pg_extern(sql = false)]
     fn _parse_jwks(jwks: JsonB) -> TableIterator<'static, (name!(kid, String), name!(x, Vec<u8>))> {
-        _parse_jwks_text(&jwks.0.to_string())
+        let keys = koherent_token::keys::parse_jwks(&jwks.0)
+            .map_err(KoherentError::from)
+            .or_raise();
+        TableIterator::new(
+            keys.into_iter()
+                .map(|(kid, k)| (kid, k.as_bytes().to_vec())),
+        )
+    }
+
+    #[pg_extern(sql = false)]
+    fn _parse_public_key(
+        public_key: &str,
+    ) -> TableIterator<'static, (name!(kid, Option<String>), name!(x, Vec<u8>))> {
+        let (kid, key) = koherent_token::keys::parse_public_key(public_key)
+            .map_err(KoherentError::from)
+            .or_raise();
+        TableIterator::once((kid, key.as_bytes().to_vec()))
     }
 }
 

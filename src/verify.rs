@@ -6,7 +6,7 @@
 //! dropping both caches. A token already verified is not verified again (its signature cannot
 //! change); its time and audience are checked on every use.
 
-use koherent_token::{decode, Alg, KeySet, Policy, TokenError};
+use koherent_token::{decode, Alg, KeyBinding, KeySet, Policy, TokenError};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::PgTupleDesc;
@@ -78,10 +78,16 @@ fn load_keys() -> Result<Rc<KeySet>, KoherentError> {
     }
     let rows = unsafe { read_key_table() }?;
     let mut set = KeySet::new();
-    for (iss, kid, bytes) in rows {
+    for (iss, kid, bytes, alg) in rows {
         // Keys were checked when added; a row that no longer parses is skipped, not trusted.
         if let Ok(k) = koherent_token::keys::checked_key(&bytes) {
-            set.insert(&iss, &kid, k);
+            let alg = match alg.as_deref() {
+                Some("Ed25519") => Some(Alg::Ed25519),
+                Some("EdDSA") => Some(Alg::EdDsa),
+                Some(_) => continue,
+                None => None,
+            };
+            set.insert_bound(&iss, &kid, k, KeyBinding { alg, sig: true });
         }
     }
     let set = Rc::new(set);
@@ -89,22 +95,34 @@ fn load_keys() -> Result<Rc<KeySet>, KoherentError> {
     Ok(set)
 }
 
-/// (issuer, kid, public key) of every key not revoked, read with a fresh snapshot.
-unsafe fn read_key_table() -> Result<Vec<(String, String, Vec<u8>)>, KoherentError> {
+type KeyRow = (String, String, Vec<u8>, Option<String>);
+
+/// (issuer, kid, public key, the JWK's alg) of every key not revoked, read with a fresh
+/// snapshot. (A 0.3.0 schema under this library, before ALTER EXTENSION UPDATE, has no alg.)
+unsafe fn read_key_table() -> Result<Vec<KeyRow>, KoherentError> {
     use pgrx::FromDatum;
+    let nsp = pg_sys::get_namespace_oid(c"koherent".as_ptr(), true);
+    let rel = pg_sys::get_relname_relid(c"issuer_key_store".as_ptr(), nsp);
+    let has_alg = rel != pg_sys::InvalidOid
+        && pg_sys::get_attnum(rel, c"alg".as_ptr()) != pg_sys::InvalidAttrNumber as i16;
+    let columns: &[&str] = if has_alg {
+        &["issuer", "kid", "public_key", "revoked_at", "alg"]
+    } else {
+        &["issuer", "kid", "public_key", "revoked_at"]
+    };
     let mut out = vec![];
-    scan_latest(
-        c"issuer_key_store",
-        &["issuer", "kid", "public_key", "revoked_at"],
-        &KEY_TABLE,
-        |v, n| {
-            if n[3] {
-                let text = |i: usize| String::from_datum(v[i], n[i]).unwrap_or_default();
-                let bytes = Vec::<u8>::from_datum(v[2], n[2]).unwrap_or_default();
-                out.push((text(0), text(1), bytes));
-            }
-        },
-    )?;
+    scan_latest(c"issuer_key_store", columns, &KEY_TABLE, |v, n| {
+        if n[3] {
+            let text = |i: usize| String::from_datum(v[i], n[i]).unwrap_or_default();
+            let bytes = Vec::<u8>::from_datum(v[2], n[2]).unwrap_or_default();
+            let alg = if has_alg {
+                String::from_datum(v[4], n[4])
+            } else {
+                None
+            };
+            out.push((text(0), text(1), bytes, alg));
+        }
+    })?;
     Ok(out)
 }
 

@@ -693,3 +693,28 @@ def test_no_error_oracle_and_no_earlier_life_of_a_key(tenants):
         assert got == [("CREATE", "new life")]
         assert c.execute(f"SELECT count(*) FROM koherent.provenance_entry_effective_changes({fabricated(old, 'tdoc', '{}')})").fetchone()[0] == 0
         assert c.execute("SELECT id FROM tdoc_by_provenance(task_id => 't-a') ORDER BY id").fetchall() == [(1,)]
+
+
+def test_stored_jwk_alg_binds_the_key(db):
+    """A JWK whose alg says EdDSA verifies no token whose header says Ed25519, and the other way
+    round (the key's alg is kept in koherent.issuer_key_store)."""
+    k_eddsa = OKPKey.generate_key("Ed25519", parameters={"kid": "k-eddsa"})
+    k_ed = OKPKey.generate_key("Ed25519", parameters={"kid": "k-ed"})
+    # the issuer publishes each key bound to one alg (joserfc signs with unbound private keys)
+    jwks = {"keys": [{**k_eddsa.as_dict(private=False), "alg": "EdDSA"},
+                     {**k_ed.as_dict(private=False), "alg": "Ed25519"}]}
+    db.sql("SELECT koherent.add_issuer_jwks(%s, %s::jsonb)", [ISSUER, json.dumps(jwks)])
+    assert db.sql("SELECT kid, jwk->>'alg' FROM koherent.issuer_key WHERE kid LIKE 'k-%' ORDER BY kid") == [
+        ("k-ed", "Ed25519"), ("k-eddsa", "EdDSA")]
+    db.sql(f"ALTER DATABASE {db.name} SET koherent.accept_eddsa_alg = on")
+    cases = [("k-eddsa", k_eddsa, "Ed25519", "key_alg_mismatch"), ("k-ed", k_ed, "EdDSA", "key_alg_mismatch"),
+             ("k-eddsa", k_eddsa, "EdDSA", None), ("k-ed", k_ed, "Ed25519", None)]
+    with db.app() as c:
+        for kid, key, alg, reason in cases:
+            tok = mint("t-alg", key=key, kid=kid, alg=alg)
+            if reason is None:
+                assert c.execute("SELECT koherent.verify_token(%s)->>'tsk'", [tok]).fetchone()[0] == "t-alg"
+            else:
+                with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification) as e:
+                    c.execute("SELECT koherent.verify_token(%s)", [tok])
+                assert f"reason: {reason}" in e.value.diag.message_detail, (kid, alg)
