@@ -4,20 +4,15 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use ed25519_dalek::{Signer, SigningKey};
-use koherent_token::keys::{parse_private_jwk, parse_public_key};
+use koherent_token::keys::parse_public_key;
 use koherent_token::*;
 use serde_json::{json, Value};
 
+mod common;
+use common::*;
+
 const SPEC_TOKEN: &str = "eyJ0eXAiOiJKV1QiLCJhbGciOiJFZDI1NTE5Iiwia2lkIjoia29oZXJlbnQtdGVzdC1rZXkifQ.eyJpc3MiOiJyZWt1ZXN0IiwiYXVkIjpbImtvaGVyZW50Il0sInN1YiI6IjEiLCJhY3QiOnsic3ViIjoiMSIsImNpZCI6InN0YXRpYyJ9LCJpYXQiOjE3NTAwMDAwMDAsImV4cCI6MTc1MDAwMzYwMCwianRpIjoiMDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWYiLCJ0c2siOiJ0YXNrLTEiLCJwdGsiOm51bGwsInJ0ayI6InRhc2stMSIsInJjYiI6IjEiLCJhaHMiOiI1MDQxYmYxZjcxM2RmMjA0Nzg0MzUzZTgyZjZhNGE1MzU5MzFjYjY0ZjFmNGI0YTVhZWFmZmNiNzIwOTE4YjIyIiwiYWhhIjoic2hhMjU2LWNhbm9uaWNhbC12MSJ9.RAv1yYmX2V5GBDCwO-Yo-7YPcmGnDnh2QFNHDF_JjbrTnc-WGaSUlznI4wfmkZHtWQ7sgx6dgimFjNGk_iHMCg";
 const TEST_JWK: &str = r#"{"kty":"OKP","crv":"Ed25519","x":"Q5ERwdSKvHLDx8swyRJzrofI4W567dx71oeH_uDH4g4","kid":"koherent-test-key"}"#;
-const TEST_PRIVATE: &str = r#"{"kty":"OKP","crv":"Ed25519","x":"Q5ERwdSKvHLDx8swyRJzrofI4W567dx71oeH_uDH4g4","d":"PQ_Y54LpnaQZ24wKvkroJ3feOo4FJ2YcvKRmv8l9C5E","kid":"koherent-test-key"}"#;
-const NOW: i64 = 1_750_001_000;
-
-fn signing_key() -> SigningKey {
-    parse_private_jwk(&serde_json::from_str(TEST_PRIVATE).unwrap())
-        .unwrap()
-        .1
-}
 
 fn keys() -> KeySet {
     let (kid, key) = parse_public_key(TEST_JWK).unwrap();
@@ -26,36 +21,6 @@ fn keys() -> KeySet {
     let other = SigningKey::from_bytes(&[7u8; 32]);
     ks.insert("other-issuer", "other-key", other.verifying_key());
     ks
-}
-
-fn policy() -> Policy {
-    Policy {
-        audience: Some("koherent".into()),
-        leeway: 0,
-        now: NOW,
-        accept_eddsa: false,
-    }
-}
-
-fn claims() -> Value {
-    json!({
-        "iss": "rekuest", "aud": ["koherent"], "sub": "1",
-        "act": {"sub": "1", "cid": "static"},
-        "iat": 1_750_000_000i64, "exp": 1_750_003_600i64,
-        "jti": "j-1", "tsk": "task-1", "ptk": null, "rtk": "task-1", "rcb": "1",
-        "ahs": args_hash(Some(&json!({"x": 1}))), "aha": "sha256-canonical-v1"
-    })
-}
-
-fn b64(v: &[u8]) -> String {
-    URL_SAFE_NO_PAD.encode(v)
-}
-
-/// Sign arbitrary header and payload bytes with the test key.
-fn raw(header: &str, payload: &str) -> String {
-    let input = format!("{}.{}", b64(header.as_bytes()), b64(payload.as_bytes()));
-    let sig = signing_key().sign(input.as_bytes());
-    format!("{input}.{}", b64(&sig.to_bytes()))
 }
 
 fn with(f: impl FnOnce(&mut Value)) -> String {
