@@ -133,6 +133,14 @@ LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', 'koherent_history_trigger';
 REVOKE ALL ON FUNCTION koherent._history_trigger() FROM PUBLIC;
 
+-- On the partitions of a tracked partitioned table: refuses a top-level MERGE that changes a
+-- partition key column (PostgreSQL 15 hands the statement trigger of a MERGE that moves rows
+-- between partitions no rows: the move would be neither recorded nor checked). Its arguments:
+-- the partition key columns of every level ('*': an expression key).
+CREATE FUNCTION koherent._merge_guard() RETURNS trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'koherent_merge_guard';
+REVOKE ALL ON FUNCTION koherent._merge_guard() FROM PUBLIC;
+
 -- Put a tracked table's triggers on the table and on every partition: the Rust writer for
 -- INSERT / UPDATE / DELETE (its arguments carry the recorded columns, so this runs again after
 -- every DDL that changes them), and a generated PL/pgSQL function that copies every row before
@@ -143,6 +151,7 @@ DECLARE
     cfg koherent.tracked_config;
     hist text;
     fn text := format('koherent._trg_%s', cfg_id);
+    pkeys text;
     cols text;
     ocols text;
     args text;
@@ -157,6 +166,13 @@ BEGIN
       FROM koherent.tracked_column WHERE config_id = cfg_id AND live_until IS NULL;
     args := concat_ws(', ', format('%L, %L', cfg.history_table,
                                    CASE WHEN cfg.require_task THEN 't' ELSE 'f' END), args);
+    -- the partition key columns of every level of a partitioned table (see _merge_guard)
+    SELECT string_agg(DISTINCT format('%L', CASE WHEN k.attnum = 0 THEN '*' ELSE a.attname::text END), ', ')
+      INTO pkeys
+      FROM pg_partition_tree(cfg.relid) t
+      JOIN pg_partitioned_table p ON p.partrelid = t.relid
+      CROSS JOIN LATERAL unnest(p.partattrs::int2[]) AS k(attnum)
+      LEFT JOIN pg_attribute a ON a.attrelid = t.relid AND a.attnum = k.attnum;
 
     EXECUTE format($f$
 CREATE OR REPLACE FUNCTION %1$s() RETURNS trigger
@@ -216,6 +232,10 @@ $f$, fn, format(
             EXECUTE format('CREATE TRIGGER koherent_history_truncate BEFORE TRUNCATE ON %s '
                            'FOR EACH STATEMENT EXECUTE FUNCTION %s()', rel.relid::regclass, fn);
         END IF;
+        IF rel.relkind = 'r' AND rel.relid <> cfg.relid AND pkeys IS NOT NULL THEN
+            EXECUTE format('CREATE TRIGGER koherent_merge_guard BEFORE UPDATE ON %s FOR EACH ROW '
+                           'EXECUTE FUNCTION koherent._merge_guard(%s)', rel.relid::regclass, pkeys);
+        END IF;
     END LOOP;
 END $$;
 
@@ -225,7 +245,8 @@ DECLARE
     t name;
 BEGIN
     FOREACH t IN ARRAY ARRAY['koherent_history_insert', 'koherent_history_update',
-                             'koherent_history_delete', 'koherent_history_truncate']::name[] LOOP
+                             'koherent_history_delete', 'koherent_history_truncate',
+                             'koherent_merge_guard']::name[] LOOP
         IF EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = rel AND tgname = t) THEN
             EXECUTE format('DROP TRIGGER %I ON %s', t, rel::regclass);
         END IF;

@@ -309,12 +309,16 @@ CREATE OR REPLACE FUNCTION koherent._history_trigger() RETURNS trigger
 LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', 'koherent_history_trigger';
 
+CREATE OR REPLACE FUNCTION koherent._merge_guard() RETURNS trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'koherent_merge_guard';
+
 CREATE OR REPLACE FUNCTION koherent._install_triggers(cfg_id integer) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     cfg koherent.tracked_config;
     hist text;
     fn text := format('koherent._trg_%s', cfg_id);
+    pkeys text;
     cols text;
     ocols text;
     args text;
@@ -329,6 +333,13 @@ BEGIN
       FROM koherent.tracked_column WHERE config_id = cfg_id AND live_until IS NULL;
     args := concat_ws(', ', format('%L, %L', cfg.history_table,
                                    CASE WHEN cfg.require_task THEN 't' ELSE 'f' END), args);
+    -- the partition key columns of every level of a partitioned table (see _merge_guard)
+    SELECT string_agg(DISTINCT format('%L', CASE WHEN k.attnum = 0 THEN '*' ELSE a.attname::text END), ', ')
+      INTO pkeys
+      FROM pg_partition_tree(cfg.relid) t
+      JOIN pg_partitioned_table p ON p.partrelid = t.relid
+      CROSS JOIN LATERAL unnest(p.partattrs::int2[]) AS k(attnum)
+      LEFT JOIN pg_attribute a ON a.attrelid = t.relid AND a.attnum = k.attnum;
 
     EXECUTE format($f$
 CREATE OR REPLACE FUNCTION %1$s() RETURNS trigger
@@ -388,6 +399,10 @@ $f$, fn, format(
             EXECUTE format('CREATE TRIGGER koherent_history_truncate BEFORE TRUNCATE ON %s '
                            'FOR EACH STATEMENT EXECUTE FUNCTION %s()', rel.relid::regclass, fn);
         END IF;
+        IF rel.relkind = 'r' AND rel.relid <> cfg.relid AND pkeys IS NOT NULL THEN
+            EXECUTE format('CREATE TRIGGER koherent_merge_guard BEFORE UPDATE ON %s FOR EACH ROW '
+                           'EXECUTE FUNCTION koherent._merge_guard(%s)', rel.relid::regclass, pkeys);
+        END IF;
     END LOOP;
 END $$;
 
@@ -397,7 +412,8 @@ DECLARE
     t name;
 BEGIN
     FOREACH t IN ARRAY ARRAY['koherent_history_insert', 'koherent_history_update',
-                             'koherent_history_delete', 'koherent_history_truncate']::name[] LOOP
+                             'koherent_history_delete', 'koherent_history_truncate',
+                             'koherent_merge_guard']::name[] LOOP
         IF EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = rel AND tgname = t) THEN
             EXECUTE format('DROP TRIGGER %I ON %s', t, rel::regclass);
         END IF;

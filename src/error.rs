@@ -27,6 +27,8 @@ pub enum KoherentError {
         "an UPDATE of {table} has {old} old and {new} new row images: a row moved to another partition was dropped by a trigger there, and history cannot pair the images"
     )]
     UnpairedUpdate { table: String, old: i64, new: i64 },
+    #[error("a MERGE may not change the partition key of rows of {table}: PostgreSQL 15 gives koherent's history trigger no rows for rows a MERGE moves between partitions")]
+    MergeMovesRows { table: String },
     #[error("{0}")]
     InvalidArgument(String),
     #[error("{0} must not be null")]
@@ -52,6 +54,7 @@ impl KoherentError {
                 ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION
             }
             KoherentError::UnpairedUpdate { .. } => ERRCODE_TRIGGERED_DATA_CHANGE_VIOLATION,
+            KoherentError::MergeMovesRows { .. } => ERRCODE_FEATURE_NOT_SUPPORTED,
             KoherentError::TaskAlreadyFixed { .. }
             | KoherentError::ContextAlreadyWritten { .. } => {
                 ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
@@ -68,6 +71,7 @@ impl KoherentError {
             KoherentError::KeyRevoked { .. } => Some("reason: key_revoked".into()),
             KoherentError::PresenterNotBound { .. } => Some("reason: presenter_not_bound".into()),
             KoherentError::UnpairedUpdate { .. } => Some("reason: unpaired_update".into()),
+            KoherentError::MergeMovesRows { .. } => Some("reason: merge_moves_rows".into()),
             _ => None,
         }
     }
@@ -97,6 +101,9 @@ impl KoherentError {
             ),
             KoherentError::PresenterNotBound { .. } => Some(
                 "koherent.agent_binding lists the roles that may present this agent's tokens (koherent.bind_agent).",
+            ),
+            KoherentError::MergeMovesRows { .. } => Some(
+                "Move such rows with UPDATE (recorded), or MERGE into the partitions themselves.",
             ),
             KoherentError::UnpairedUpdate { .. } => Some(
                 "Move such rows with DELETE and INSERT, or let the destination partition's BEFORE INSERT trigger keep them.",

@@ -969,3 +969,63 @@ unsafe fn record(td: *mut pg_sys::TriggerData, op: u32) {
     }
     sink.close();
 }
+
+/// A row trigger (BEFORE UPDATE FOR EACH ROW) on the partitions of a tracked partitioned table:
+/// refuses a top-level MERGE that changes a partition key column. PostgreSQL 15 gives the
+/// statement trigger of a MERGE that moves rows between partitions empty transition tables, so
+/// such a move would be neither recorded nor checked for require_task. Plain UPDATEs that move
+/// rows are recorded, and left alone. Trigger arguments: the partition key columns of every
+/// level (`*`: a key has expressions, so any change of the row counts).
+#[no_mangle]
+#[doc(hidden)]
+pub extern "C" fn pg_finfo_koherent_merge_guard() -> &'static pg_sys::Pg_finfo_record {
+    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1
+}
+
+#[no_mangle]
+#[pg_guard]
+pub unsafe extern "C-unwind" fn koherent_merge_guard(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    let td = (*fcinfo).context as *mut pg_sys::TriggerData;
+    if td.is_null() || (*(td as *mut pg_sys::Node)).type_ != pg_sys::NodeTag::T_TriggerData {
+        internal("koherent._merge_guard must be called as a trigger");
+    }
+    let new = (*td).tg_newtuple;
+    let merging = !pg_sys::ActivePortal.is_null()
+        && (*pg_sys::ActivePortal).commandTag == pg_sys::CommandTag::CMDTAG_MERGE;
+    if merging && !new.is_null() {
+        let old = (*td).tg_trigtuple;
+        let rel = (*td).tg_relation;
+        let desc = PgTupleDesc::from_pg_unchecked((*rel).rd_att);
+        let args = trigger_args((*td).tg_trigger);
+        let moved = args.iter().any(|col| {
+            if col == "*" {
+                return true;
+            }
+            let Some(i) = find_att(&desc, col) else {
+                return true;
+            };
+            let a = desc.get(i).expect("in range");
+            let c = Compared {
+                att: i,
+                byval: a.attbyval,
+                len: a.attlen,
+            };
+            let mut on = false;
+            let mut nn = false;
+            let attnum = (i + 1) as i32;
+            let ov = pg_sys::heap_getattr(old, attnum, (*rel).rd_att, &mut on);
+            let nv = pg_sys::heap_getattr(new, attnum, (*rel).rd_att, &mut nn);
+            on != nn || (!on && !image_eq(ov, nv, &c))
+        });
+        if moved {
+            KoherentError::MergeMovesRows {
+                table: context::rel_name((*rel).rd_id),
+            }
+            .raise();
+        }
+    }
+    pg_sys::Datum::from(new)
+}
