@@ -123,6 +123,23 @@ BEGIN
         INSERT INTO koherent.tracked_column (config_id, column_name, attnum, type_sql, live_from)
         VALUES (cfg_id, a.attname, a.attnum, a.type_sql, mark);
     END LOOP;
+    PERFORM koherent._no_owner_statistics(hist::regclass);
+END $$;
+
+-- No statistics on history columns of types outside pg_catalog: ANALYZE (autovacuum's too) runs
+-- as the history table's owner, the extension owner, and a range type's subtype_diff, which
+-- whoever owns the range type writes, is called to compute them. History is looked up by its
+-- indexes, not by estimates on these columns.
+CREATE FUNCTION koherent._no_owner_statistics(hist regclass) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    col name;
+BEGIN
+    FOR col IN SELECT a.attname FROM pg_attribute a
+                WHERE a.attrelid = hist AND a.attnum > 0 AND NOT a.attisdropped
+                  AND a.attstattarget <> 0 AND NOT koherent._is_builtin_type(a.atttypid) LOOP
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET STATISTICS 0', hist, col);
+    END LOOP;
 END $$;
 
 -- The history writer (Rust, src/writer.rs): an AFTER ... FOR EACH STATEMENT trigger over the
@@ -190,7 +207,8 @@ $body$;
 $f$, fn, format(
         'INSERT INTO %s (history_id, history_kind, history_date, history_context, %s) '
         'SELECT koherent._next_history_id(), ''TRUNCATE'', statement_timestamp(), '
-        '(SELECT koherent._write_context($1, $2)), %s FROM ONLY %%I.%%I o', hist, cols, ocols),
+        '(SELECT koherent._write_context($1, $2)), %s FROM ONLY %%I.%%I o', replace(hist, '%', '%%'),
+        replace(cols, '%', '%%'), replace(ocols, '%', '%%')),
         cfg.require_task);
     EXECUTE format('REVOKE ALL ON FUNCTION %s() FROM PUBLIC', fn);
 
@@ -924,10 +942,14 @@ $$;
 -- used again by a new row (another tenant's, say) does not open the earlier rows' history.
 CREATE FUNCTION koherent._current_life(cfg koherent.tracked_config, entry text, keyexpr text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT format('NOT EXISTS (SELECT 1 FROM koherent_history.%I d WHERE %s '
-                  'AND d.history_kind IN (''DELETE'', ''TRUNCATE'') AND d.history_id >= %s.history_id)',
+    -- the life of a key ends at its DELETE or TRUNCATE, or at an UPDATE that gave the row another
+    -- key (its "old:" key is this one, its new key is not)
+    SELECT format('NOT EXISTS (SELECT 1 FROM koherent_history.%1$I d WHERE d.history_id >= %4$s.history_id '
+                  'AND ((d.history_kind IN (''DELETE'', ''TRUNCATE'') AND %2$s) '
+                  'OR (d.history_kind = ''UPDATE'' AND %3$s AND NOT (%2$s))))',
                   cfg.history_table,
                   (SELECT string_agg(format('d.%I = %s.%I', k, keyexpr, k), ' AND ') FROM unnest(cfg.pk_columns) k),
+                  (SELECT string_agg(format('d.%I = %s.%I', 'old:' || k, keyexpr, k), ' AND ') FROM unnest(cfg.pk_columns) k),
                   entry)
 $$;
 

@@ -303,6 +303,19 @@ BEGIN
         INSERT INTO koherent.tracked_column (config_id, column_name, attnum, type_sql, live_from)
         VALUES (cfg_id, a.attname, a.attnum, a.type_sql, mark);
     END LOOP;
+    PERFORM koherent._no_owner_statistics(hist::regclass);
+END $$;
+
+CREATE OR REPLACE FUNCTION koherent._no_owner_statistics(hist regclass) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    col name;
+BEGIN
+    FOR col IN SELECT a.attname FROM pg_attribute a
+                WHERE a.attrelid = hist AND a.attnum > 0 AND NOT a.attisdropped
+                  AND a.attstattarget <> 0 AND NOT koherent._is_builtin_type(a.atttypid) LOOP
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET STATISTICS 0', hist, col);
+    END LOOP;
 END $$;
 
 CREATE OR REPLACE FUNCTION koherent._history_trigger() RETURNS trigger
@@ -357,7 +370,8 @@ $body$;
 $f$, fn, format(
         'INSERT INTO %s (history_id, history_kind, history_date, history_context, %s) '
         'SELECT koherent._next_history_id(), ''TRUNCATE'', statement_timestamp(), '
-        '(SELECT koherent._write_context($1, $2)), %s FROM ONLY %%I.%%I o', hist, cols, ocols),
+        '(SELECT koherent._write_context($1, $2)), %s FROM ONLY %%I.%%I o', replace(hist, '%', '%%'),
+        replace(cols, '%', '%%'), replace(ocols, '%', '%%')),
         cfg.require_task);
     EXECUTE format('REVOKE ALL ON FUNCTION %s() FROM PUBLIC', fn);
 
@@ -931,10 +945,14 @@ $$;
 
 CREATE OR REPLACE FUNCTION koherent._current_life(cfg koherent.tracked_config, entry text, keyexpr text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT format('NOT EXISTS (SELECT 1 FROM koherent_history.%I d WHERE %s '
-                  'AND d.history_kind IN (''DELETE'', ''TRUNCATE'') AND d.history_id >= %s.history_id)',
+    -- the life of a key ends at its DELETE or TRUNCATE, or at an UPDATE that gave the row another
+    -- key (its "old:" key is this one, its new key is not)
+    SELECT format('NOT EXISTS (SELECT 1 FROM koherent_history.%1$I d WHERE d.history_id >= %4$s.history_id '
+                  'AND ((d.history_kind IN (''DELETE'', ''TRUNCATE'') AND %2$s) '
+                  'OR (d.history_kind = ''UPDATE'' AND %3$s AND NOT (%2$s))))',
                   cfg.history_table,
                   (SELECT string_agg(format('d.%I = %s.%I', k, keyexpr, k), ' AND ') FROM unnest(cfg.pk_columns) k),
+                  (SELECT string_agg(format('d.%I = %s.%I', 'old:' || k, keyexpr, k), ' AND ') FROM unnest(cfg.pk_columns) k),
                   entry)
 $$;
 
@@ -1273,6 +1291,7 @@ BEGIN
         EXECUTE format('DROP FUNCTION IF EXISTS koherent._trg_%s()', cfg.id);
         PERFORM koherent._install_triggers(cfg.id);
         EXECUTE format('ALTER EXTENSION koherent DROP FUNCTION koherent._trg_%s()', cfg.id);
+        PERFORM koherent._no_owner_statistics(format('koherent_history.%I', cfg.history_table)::regclass);
         IF to_regprocedure(format('koherent.%I(text, text, text, text, text, timestamptz, timestamptz)',
                                   '_keys_' || cfg.id)) IS NOT NULL THEN
             fns := ARRAY[format('%I.%I(%s)', cfg.schema_name, cfg.table_name || '_provenance', cfg.relid::regclass),

@@ -749,3 +749,49 @@ def test_merge_moving_rows_between_partitions_is_refused(db):
         c.commit()
     assert db.sql("SELECT kind, row_key, row_data->>'v', task_id FROM koherent.provenance_entry ORDER BY history_id") == [
         ("UPDATE", {"id": 2, "part": 1}, "stays", "t-merge"), ("UPDATE", {"id": 1, "part": 2}, "a", "t-merge")]
+
+
+# --- third round ---------------------------------------------------------------------------------
+
+def test_analyze_of_history_runs_no_owner_range_function(owner_schema):
+    """ANALYZE of a history table runs as the extension owner; a range's subtype_diff is owner code."""
+    db = owner_schema
+    with db.conn(user=OWNER) as c:
+        c.execute(SPY)
+        c.execute("CREATE FUNCTION ts.diff(a int, b int) RETURNS float8 LANGUAGE plpgsql IMMUTABLE AS"
+                  " $$ BEGIN PERFORM ts.spy('diff'); RETURN (a - b)::float8; END $$")
+        c.execute("CREATE TYPE ts.ir AS RANGE (subtype = int4, subtype_diff = ts.diff)")
+        c.execute("CREATE TABLE ts.rg (id int PRIMARY KEY, r ts.ir)")
+    db.sql("SELECT koherent.track('ts.rg')")
+    with db.conn(user=OWNER) as c:
+        c.execute("INSERT INTO ts.rg SELECT g, ts.ir(g, g + 10) FROM generate_series(1, 200) g")
+        c.execute("UPDATE ts.rg SET r = ts.ir(1, 2) WHERE id < 50")
+        c.execute("DELETE FROM ts.log")
+    db.sql("ANALYZE koherent_history.ts__rg")
+    db.sql("ALTER TABLE ts.rg ADD COLUMN r2 ts.ir")     # new columns too
+    db.sql("INSERT INTO ts.rg VALUES (1000, NULL, ts.ir(1, 5))")
+    db.sql("ANALYZE koherent_history.ts__rg")
+    assert "postgres" not in {w for w, _ in log(db)}
+
+
+def test_key_moved_by_update_ends_its_life(tenants):
+    db = tenants
+    db.sql("INSERT INTO tdoc VALUES (7, 'b', 'SECRET of b')")
+    db.sql("UPDATE tdoc SET id = 700 WHERE id = 7")
+    db.sql("INSERT INTO tdoc VALUES (7, 'a', 'mine')")
+    hid_b = db.one("SELECT min(history_id) FROM koherent_history.tdoc WHERE id = 7")
+    with as_reader(db, "a") as c:
+        assert c.execute("SELECT kind, row_data->>'body' FROM tdoc_provenance((SELECT t FROM tdoc t WHERE id = 7))").fetchall() == [
+            ("CREATE", "mine")]
+        assert c.execute(f"SELECT count(*) FROM koherent.provenance_entry_effective_changes({fabricated(hid_b)})").fetchone()[0] == 0
+    with as_reader(db, "b") as c:   # the moved row keeps its history from the move on
+        assert c.execute("SELECT kind FROM tdoc_provenance((SELECT t FROM tdoc t WHERE id = 700))").fetchall() == [("UPDATE",)]
+
+
+def test_percent_in_column_names_keeps_truncate_working(item):
+    db = item
+    db.sql('ALTER TABLE item ADD COLUMN "c%1$s" text')
+    db.sql('INSERT INTO item (id, "c%1$s") VALUES (1, \'x\')')
+    db.sql("TRUNCATE item")
+    assert db.sql("SELECT kind, row_data->>'c%1$s' FROM koherent.provenance_entry ORDER BY history_id") == [
+        ("CREATE", "x"), ("TRUNCATE", "x")]
