@@ -152,8 +152,9 @@ REVOKE ALL ON FUNCTION koherent._history_trigger() FROM PUBLIC;
 
 -- On the partitions of a tracked partitioned table: refuses a top-level MERGE that changes a
 -- partition key column (PostgreSQL 15 hands the statement trigger of a MERGE that moves rows
--- between partitions no rows: the move would be neither recorded nor checked). Its arguments:
--- the partition key columns of every level ('*': an expression key).
+-- between partitions no rows: the move would be neither recorded nor checked), and checks a task
+-- for every row any statement moves on a require_task table. Its arguments: t/f (require_task),
+-- then the partition key columns of every level ('*': an expression key).
 CREATE FUNCTION koherent._merge_guard() RETURNS trigger
 LANGUAGE c AS 'MODULE_PATHNAME', 'koherent_merge_guard';
 REVOKE ALL ON FUNCTION koherent._merge_guard() FROM PUBLIC;
@@ -252,7 +253,8 @@ $f$, fn, format(
         END IF;
         IF rel.relkind = 'r' AND rel.relid <> cfg.relid AND pkeys IS NOT NULL THEN
             EXECUTE format('CREATE TRIGGER koherent_merge_guard BEFORE UPDATE ON %s FOR EACH ROW '
-                           'EXECUTE FUNCTION koherent._merge_guard(%s)', rel.relid::regclass, pkeys);
+                           'EXECUTE FUNCTION koherent._merge_guard(%L, %s)', rel.relid::regclass,
+                           CASE WHEN cfg.require_task THEN 't' ELSE 'f' END, pkeys);
         END IF;
     END LOOP;
 END $$;

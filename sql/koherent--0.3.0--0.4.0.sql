@@ -415,7 +415,8 @@ $f$, fn, format(
         END IF;
         IF rel.relkind = 'r' AND rel.relid <> cfg.relid AND pkeys IS NOT NULL THEN
             EXECUTE format('CREATE TRIGGER koherent_merge_guard BEFORE UPDATE ON %s FOR EACH ROW '
-                           'EXECUTE FUNCTION koherent._merge_guard(%s)', rel.relid::regclass, pkeys);
+                           'EXECUTE FUNCTION koherent._merge_guard(%L, %s)', rel.relid::regclass,
+                           CASE WHEN cfg.require_task THEN 't' ELSE 'f' END, pkeys);
         END IF;
     END LOOP;
 END $$;

@@ -974,7 +974,9 @@ unsafe fn record(td: *mut pg_sys::TriggerData, op: u32) {
 /// refuses a top-level MERGE that changes a partition key column. PostgreSQL 15 gives the
 /// statement trigger of a MERGE that moves rows between partitions empty transition tables, so
 /// such a move would be neither recorded nor checked for require_task. Plain UPDATEs that move
-/// rows are recorded, and left alone. Trigger arguments: the partition key columns of every
+/// rows are recorded, and left alone. A row moved by any statement (a MERGE inside a function
+/// included, which the portal check cannot see) of a table tracked with require_task needs a
+/// task. Trigger arguments: `t`/`f` for require_task, then the partition key columns of every
 /// level (`*`: a key has expressions, so any change of the row counts).
 #[no_mangle]
 #[doc(hidden)]
@@ -995,12 +997,13 @@ pub unsafe extern "C-unwind" fn koherent_merge_guard(
     let new = (*td).tg_newtuple;
     let merging = !pg_sys::ActivePortal.is_null()
         && (*pg_sys::ActivePortal).commandTag == pg_sys::CommandTag::CMDTAG_MERGE;
-    if merging && !new.is_null() {
+    let all_args = trigger_args((*td).tg_trigger);
+    let require_task = all_args.first().is_some_and(|a| a == "t");
+    if (merging || require_task) && !new.is_null() {
         let old = (*td).tg_trigtuple;
         let rel = (*td).tg_relation;
         let desc = PgTupleDesc::from_pg_unchecked((*rel).rd_att);
-        let args = trigger_args((*td).tg_trigger);
-        let moved = args.iter().any(|col| {
+        let moved = all_args.iter().skip(1).any(|col| {
             if col == "*" {
                 return true;
             }
@@ -1020,11 +1023,14 @@ pub unsafe extern "C-unwind" fn koherent_merge_guard(
             let nv = pg_sys::heap_getattr(new, attnum, (*rel).rd_att, &mut nn);
             on != nn || (!on && !image_eq(ov, nv, &c))
         });
-        if moved {
+        if moved && merging {
             KoherentError::MergeMovesRows {
                 table: context::rel_name((*rel).rd_id),
             }
             .raise();
+        }
+        if moved && require_task {
+            context::require_task((*rel).rd_id);
         }
     }
     pg_sys::Datum::from(new)

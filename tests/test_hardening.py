@@ -741,6 +741,12 @@ def test_merge_moving_rows_between_partitions_is_refused(db):
         with pytest.raises(psycopg.errors.FeatureNotSupported):
             c.execute("MERGE INTO rp t USING src s ON t.id = s.id WHEN MATCHED THEN UPDATE SET part = s.part, v = s.v")
     assert db.sql("SELECT id, part, v FROM rp ORDER BY id") == [(1, 1, "a"), (2, 1, "b")]
+    # inside a DO block (the guard cannot see the MERGE there): without a task still refused
+    with db.app() as c:
+        with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification):
+            c.execute("DO $$ BEGIN MERGE INTO rp t USING src s ON t.id = s.id "
+                      "WHEN MATCHED THEN UPDATE SET part = s.part, v = s.v; END $$")
+    assert db.sql("SELECT id, part, v FROM rp ORDER BY id") == [(1, 1, "a"), (2, 1, "b")]
     with db.app(autocommit=False) as c:
         c.execute("SELECT koherent.set_task(%s)", [mint("t-merge")])
         # a MERGE that keeps rows in their partition is recorded; an UPDATE that moves one too
