@@ -101,17 +101,20 @@ type KeyRow = (String, String, Vec<u8>, Option<String>);
 /// snapshot. (A 0.3.0 schema under this library, before ALTER EXTENSION UPDATE, has no alg.)
 unsafe fn read_key_table() -> Result<Vec<KeyRow>, KoherentError> {
     use pgrx::FromDatum;
-    let nsp = pg_sys::get_namespace_oid(c"koherent".as_ptr(), true);
-    let rel = pg_sys::get_relname_relid(c"issuer_key_store".as_ptr(), nsp);
-    let has_alg = rel != pg_sys::InvalidOid
-        && pg_sys::get_attnum(rel, c"alg".as_ptr()) != pg_sys::InvalidAttrNumber as i16;
+    let rel = koherent_relid(c"issuer_key_store");
+    if rel == pg_sys::InvalidOid {
+        return Err(KoherentError::Internal(
+            "koherent.issuer_key_store is missing".into(),
+        ));
+    }
+    let has_alg = pg_sys::get_attnum(rel, c"alg".as_ptr()) != pg_sys::InvalidAttrNumber as i16;
     let columns: &[&str] = if has_alg {
         &["issuer", "kid", "public_key", "revoked_at", "alg"]
     } else {
         &["issuer", "kid", "public_key", "revoked_at"]
     };
     let mut out = vec![];
-    scan_latest(c"issuer_key_store", columns, &KEY_TABLE, |v, n| {
+    scan_latest(rel, columns, &KEY_TABLE, |v, n| {
         if n[3] {
             let text = |i: usize| String::from_datum(v[i], n[i]).unwrap_or_default();
             let bytes = Vec::<u8>::from_datum(v[2], n[2]).unwrap_or_default();
@@ -126,26 +129,24 @@ unsafe fn read_key_table() -> Result<Vec<KeyRow>, KoherentError> {
     Ok(out)
 }
 
-/// Read every row of `koherent.<table>` with a snapshot taken after accepting pending
-/// invalidations (see [`load_keys`]), handing `f` the values of `columns`, in that order.
+/// The oid of relation `koherent.<name>`, or InvalidOid when it does not exist (an older schema
+/// under this library, or no extension).
+unsafe fn koherent_relid(name: &std::ffi::CStr) -> pg_sys::Oid {
+    let nsp = pg_sys::get_namespace_oid(c"koherent".as_ptr(), true);
+    if nsp == pg_sys::InvalidOid {
+        return pg_sys::InvalidOid;
+    }
+    pg_sys::get_relname_relid(name.as_ptr(), nsp)
+}
+
+/// Read every row of table `oid` with a snapshot taken after accepting pending invalidations
+/// (see [`load_keys`]), handing `f` the values of `columns`, in that order.
 unsafe fn scan_latest(
-    table: &std::ffi::CStr,
+    oid: pg_sys::Oid,
     columns: &[&str],
     remember: &'static std::thread::LocalKey<Cell<pg_sys::Oid>>,
     mut f: impl FnMut(&[pg_sys::Datum], &[bool]),
 ) -> Result<(), KoherentError> {
-    let nsp = pg_sys::get_namespace_oid(c"koherent".as_ptr(), true);
-    let oid = if nsp == pg_sys::InvalidOid {
-        pg_sys::InvalidOid
-    } else {
-        pg_sys::get_relname_relid(table.as_ptr(), nsp)
-    };
-    if oid == pg_sys::InvalidOid {
-        return Err(KoherentError::Internal(format!(
-            "koherent.{} is missing",
-            table.to_string_lossy()
-        )));
-    }
     remember.with(|k| k.set(oid));
     let rel = pg_sys::table_open(oid, pg_sys::AccessShareLock as _);
     // The lock accepted pending invalidations; now take the snapshot.
@@ -162,8 +163,8 @@ unsafe fn scan_latest(
             None => {
                 pg_sys::table_close(rel, pg_sys::AccessShareLock as _);
                 return Err(KoherentError::Internal(format!(
-                    "koherent.{} lacks {name}",
-                    table.to_string_lossy()
+                    "koherent table {} lacks {name}",
+                    oid.to_u32()
                 )));
             }
         }
@@ -213,16 +214,14 @@ fn load_bindings() -> Result<Rc<Bindings>, KoherentError> {
     }
     let mut map = Bindings::new();
     unsafe {
-        let nsp = pg_sys::get_namespace_oid(c"koherent".as_ptr(), true);
-        if nsp == pg_sys::InvalidOid
-            || pg_sys::get_relname_relid(c"agent_binding_store".as_ptr(), nsp) == pg_sys::InvalidOid
-        {
+        let rel = koherent_relid(c"agent_binding_store");
+        if rel == pg_sys::InvalidOid {
             // an older schema under this library (before ALTER EXTENSION UPDATE): no bindings,
             // and nothing cached, so the table is found once the update creates it
             return Ok(Rc::new(map));
         }
         scan_latest(
-            c"agent_binding_store",
+            rel,
             &["issuer", "client_id", "role_name"],
             &BINDING_TABLE,
             |v, n| {

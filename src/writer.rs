@@ -815,6 +815,15 @@ unsafe fn relation_oid(name: &str, nsp: pg_sys::Oid) -> pg_sys::Oid {
     oid
 }
 
+/// The TriggerData of a call, or an internal error when `name` was not called as a trigger.
+unsafe fn trigger_data(fcinfo: pg_sys::FunctionCallInfo, name: &str) -> *mut pg_sys::TriggerData {
+    let td = (*fcinfo).context as *mut pg_sys::TriggerData;
+    if td.is_null() || (*(td as *mut pg_sys::Node)).type_ != pg_sys::NodeTag::T_TriggerData {
+        internal(format!("{name} must be called as a trigger"));
+    }
+    td
+}
+
 /// The statement trigger that records history. See the module documentation.
 #[no_mangle]
 #[doc(hidden)]
@@ -828,10 +837,7 @@ pub extern "C" fn pg_finfo_koherent_history_trigger() -> &'static pg_sys::Pg_fin
 pub unsafe extern "C-unwind" fn koherent_history_trigger(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
-    let td = (*fcinfo).context as *mut pg_sys::TriggerData;
-    if td.is_null() || (*(td as *mut pg_sys::Node)).type_ != pg_sys::NodeTag::T_TriggerData {
-        internal("koherent._history_trigger must be called as a trigger");
-    }
+    let td = trigger_data(fcinfo, "koherent._history_trigger");
     let event = (*td).tg_event;
     if event & (TRIGGER_EVENT_ROW | TRIGGER_EVENT_BEFORE) != 0 {
         internal("koherent._history_trigger must fire AFTER ... FOR EACH STATEMENT");
@@ -990,10 +996,7 @@ pub extern "C" fn pg_finfo_koherent_merge_guard() -> &'static pg_sys::Pg_finfo_r
 pub unsafe extern "C-unwind" fn koherent_merge_guard(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
-    let td = (*fcinfo).context as *mut pg_sys::TriggerData;
-    if td.is_null() || (*(td as *mut pg_sys::Node)).type_ != pg_sys::NodeTag::T_TriggerData {
-        internal("koherent._merge_guard must be called as a trigger");
-    }
+    let td = trigger_data(fcinfo, "koherent._merge_guard");
     let new = (*td).tg_newtuple;
     let merging = !pg_sys::ActivePortal.is_null()
         && (*pg_sys::ActivePortal).commandTag == pg_sys::CommandTag::CMDTAG_MERGE;
