@@ -29,6 +29,8 @@ pub enum KoherentError {
     UnpairedUpdate { table: String, old: i64, new: i64 },
     #[error("a MERGE may not change the partition key of rows of {table}: PostgreSQL 15 gives koherent's history trigger no rows for rows a MERGE moves between partitions")]
     MergeMovesRows { table: String },
+    #[error("a statement that began before koherent was loaded in this session moves rows of {table} between partitions, and koherent cannot tell whether it is a MERGE (whose moves PostgreSQL 15 does not show history)")]
+    MoverUnknown { table: String },
     #[error("{0}")]
     InvalidArgument(String),
     #[error("{0} must not be null")]
@@ -56,9 +58,8 @@ impl KoherentError {
             KoherentError::UnpairedUpdate { .. } => ERRCODE_TRIGGERED_DATA_CHANGE_VIOLATION,
             KoherentError::MergeMovesRows { .. } => ERRCODE_FEATURE_NOT_SUPPORTED,
             KoherentError::TaskAlreadyFixed { .. }
-            | KoherentError::ContextAlreadyWritten { .. } => {
-                ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
-            }
+            | KoherentError::ContextAlreadyWritten { .. }
+            | KoherentError::MoverUnknown { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             KoherentError::NullArgument(_) => ERRCODE_NULL_VALUE_NOT_ALLOWED,
             KoherentError::Internal(_) => ERRCODE_INTERNAL_ERROR,
         }
@@ -72,6 +73,7 @@ impl KoherentError {
             KoherentError::PresenterNotBound { .. } => Some("reason: presenter_not_bound".into()),
             KoherentError::UnpairedUpdate { .. } => Some("reason: unpaired_update".into()),
             KoherentError::MergeMovesRows { .. } => Some("reason: merge_moves_rows".into()),
+            KoherentError::MoverUnknown { .. } => Some("reason: mover_unknown".into()),
             _ => None,
         }
     }
@@ -104,6 +106,9 @@ impl KoherentError {
             ),
             KoherentError::MergeMovesRows { .. } => Some(
                 "Move such rows with UPDATE (recorded), or MERGE into the partitions themselves.",
+            ),
+            KoherentError::MoverUnknown { .. } => Some(
+                "koherent is loaded now: run the statement again. session_preload_libraries = 'koherent' loads it when a session starts.",
             ),
             KoherentError::UnpairedUpdate { .. } => Some(
                 "Move such rows with DELETE and INSERT, or let the destination partition's BEFORE INSERT trigger keep them.",

@@ -12,6 +12,7 @@ use pgrx::{pg_sys, JsonB, Uuid};
 mod context;
 mod error;
 mod guc;
+mod running;
 mod security;
 mod verify;
 mod writer;
@@ -32,6 +33,7 @@ pub extern "C-unwind" fn _PG_init() {
     context::init();
     verify::init();
     writer::init();
+    running::init();
 }
 
 /// Verify a provenance token and make it the current transaction's task. Returns its claims.

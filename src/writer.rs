@@ -22,6 +22,7 @@ use std::rc::Rc;
 
 use crate::context;
 use crate::error::KoherentError;
+use crate::running::{self, Running};
 
 thread_local! {
     /// Per BRIN index of a history table: the block up to which this backend found every range
@@ -976,13 +977,37 @@ unsafe fn record(td: *mut pg_sys::TriggerData, op: u32) {
     sink.close();
 }
 
+/// What kind of statement moves a row, as the partition guard sees it.
+#[derive(PartialEq, Eq)]
+enum Mover {
+    Merge,
+    Other,
+    /// The statement began before koherent was loaded in this backend (see [`running`]), and
+    /// the top-level statement is neither a MERGE nor an UPDATE.
+    Unknown,
+}
+
+/// The mover when [`running`] cannot tell: the top-level statement, if it is a MERGE or an
+/// UPDATE, moves the row itself; anything else (a DO block, a CALL, a SELECT of a function,
+/// EXPLAIN ANALYZE) runs a statement that may be a MERGE.
+unsafe fn top_level_mover() -> Mover {
+    let portal = pg_sys::ActivePortal;
+    if portal.is_null() {
+        return Mover::Unknown;
+    }
+    match (*portal).commandTag {
+        pg_sys::CommandTag::CMDTAG_MERGE => Mover::Merge,
+        pg_sys::CommandTag::CMDTAG_UPDATE => Mover::Other,
+        _ => Mover::Unknown,
+    }
+}
+
 /// A row trigger (BEFORE UPDATE FOR EACH ROW) on the partitions of a tracked partitioned table:
-/// refuses a top-level MERGE that changes a partition key column. PostgreSQL 15 gives the
-/// statement trigger of a MERGE that moves rows between partitions empty transition tables, so
-/// such a move would be neither recorded nor checked for require_task. Plain UPDATEs that move
-/// rows are recorded, and left alone. A row moved by any statement (a MERGE inside a function
-/// included, which the portal check cannot see) of a table tracked with require_task needs a
-/// task. Trigger arguments: `t`/`f` for require_task, then the partition key columns of every
+/// refuses a MERGE (at any depth: see [`running`]) that changes a partition key column.
+/// PostgreSQL 15 gives the statement trigger of a MERGE that moves rows between partitions
+/// empty transition tables, so such a move would be neither recorded nor checked for
+/// require_task. Plain UPDATEs that move rows are recorded, and left alone. A row moved by any
+/// statement of a table tracked with require_task needs a task. Trigger arguments: `t`/`f` for require_task, then the partition key columns of every
 /// level (`*`: a key has expressions, so any change of the row counts).
 #[no_mangle]
 #[doc(hidden)]
@@ -998,11 +1023,14 @@ pub unsafe extern "C-unwind" fn koherent_merge_guard(
 ) -> pg_sys::Datum {
     let td = trigger_data(fcinfo, "koherent._merge_guard");
     let new = (*td).tg_newtuple;
-    let merging = !pg_sys::ActivePortal.is_null()
-        && (*pg_sys::ActivePortal).commandTag == pg_sys::CommandTag::CMDTAG_MERGE;
+    let mover = match running::current() {
+        Running::Command(pg_sys::CmdType::CMD_MERGE) => Mover::Merge,
+        Running::Command(_) => Mover::Other,
+        Running::Unknown => top_level_mover(),
+    };
     let all_args = trigger_args((*td).tg_trigger);
     let require_task = all_args.first().is_some_and(|a| a == "t");
-    if (merging || require_task) && !new.is_null() {
+    if (mover != Mover::Other || require_task) && !new.is_null() {
         let old = (*td).tg_trigtuple;
         let rel = (*td).tg_relation;
         let desc = PgTupleDesc::from_pg_unchecked((*rel).rd_att);
@@ -1026,8 +1054,14 @@ pub unsafe extern "C-unwind" fn koherent_merge_guard(
             let nv = pg_sys::heap_getattr(new, attnum, (*rel).rd_att, &mut nn);
             on != nn || (!on && !image_eq(ov, nv, &c))
         });
-        if moved && merging {
+        if moved && mover == Mover::Merge {
             KoherentError::MergeMovesRows {
+                table: context::rel_name((*rel).rd_id),
+            }
+            .raise();
+        }
+        if moved && mover == Mover::Unknown {
+            KoherentError::MoverUnknown {
                 table: context::rel_name((*rel).rd_id),
             }
             .raise();

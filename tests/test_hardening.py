@@ -741,9 +741,10 @@ def test_merge_moving_rows_between_partitions_is_refused(db):
         with pytest.raises(psycopg.errors.FeatureNotSupported):
             c.execute("MERGE INTO rp t USING src s ON t.id = s.id WHEN MATCHED THEN UPDATE SET part = s.part, v = s.v")
     assert db.sql("SELECT id, part, v FROM rp ORDER BY id") == [(1, 1, "a"), (2, 1, "b")]
-    # inside a DO block (the guard cannot see the MERGE there): without a task still refused
+    # inside a DO block: refused the same way
     with db.app() as c:
-        with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification):
+        c.execute("SELECT koherent.current_context_id()")
+        with pytest.raises(psycopg.errors.FeatureNotSupported):
             c.execute("DO $$ BEGIN MERGE INTO rp t USING src s ON t.id = s.id "
                       "WHEN MATCHED THEN UPDATE SET part = s.part, v = s.v; END $$")
     assert db.sql("SELECT id, part, v FROM rp ORDER BY id") == [(1, 1, "a"), (2, 1, "b")]
@@ -755,6 +756,88 @@ def test_merge_moving_rows_between_partitions_is_refused(db):
         c.commit()
     assert db.sql("SELECT kind, row_key, row_data->>'v', task_id FROM koherent.provenance_entry ORDER BY history_id") == [
         ("UPDATE", {"id": 2, "part": 1}, "stays", "t-merge"), ("UPDATE", {"id": 1, "part": 2}, "a", "t-merge")]
+
+
+def _moving_partitions(db):
+    db.sql("CREATE TABLE mp (id int, part int, v text, PRIMARY KEY (id, part)) PARTITION BY LIST (part)")
+    db.sql("CREATE TABLE mp1 PARTITION OF mp FOR VALUES IN (1)")
+    db.sql("CREATE TABLE mp2 PARTITION OF mp FOR VALUES IN (2)")
+    db.sql("INSERT INTO mp VALUES (1, 1, 'a'), (2, 1, 'b')")
+    db.sql("SELECT koherent.track('mp')")
+    db.sql("CREATE TABLE msrc (id int, part int, v text)")
+    db.sql("INSERT INTO msrc VALUES (1, 2, 'moved')")
+    db.sql(f"GRANT ALL ON mp, msrc TO {APP_ROLE}")
+    db.sql("CREATE FUNCTION merge_in_plpgsql() RETURNS void LANGUAGE plpgsql AS $$ BEGIN "
+           "MERGE INTO mp t USING msrc s ON t.id = s.id WHEN MATCHED THEN UPDATE SET part = s.part, v = s.v; END $$")
+    db.sql("CREATE FUNCTION merge_in_sql() RETURNS void LANGUAGE sql AS $$ "
+           "MERGE INTO mp t USING msrc s ON t.id = s.id WHEN MATCHED THEN UPDATE SET part = s.part, v = s.v $$")
+    db.sql("CREATE FUNCTION move_by_update() RETURNS int LANGUAGE plpgsql AS $$ BEGIN "
+           "UPDATE mp SET part = 2, v = 'by update' WHERE id = 2; RETURN 2; END $$")
+
+
+MERGE_MOVE = "MERGE INTO mp t USING msrc s ON t.id = s.id WHEN MATCHED THEN UPDATE SET part = s.part, v = s.v"
+
+
+def test_merge_moving_rows_is_refused_at_any_depth(db):
+    """Variants of a MERGE that moves rows between partitions of a table tracked without
+    require_task: inside a DO block, a PL/pgSQL or SQL function, a prepared statement, EXPLAIN
+    ANALYZE. Each is refused (0A000) and moves nothing. An UPDATE that a MERGE's source runs
+    moves its row, recorded."""
+    _moving_partitions(db)
+    variants = [f"DO $$ BEGIN {MERGE_MOVE}; END $$", "SELECT merge_in_plpgsql()", "SELECT merge_in_sql()",
+                f"EXPLAIN (ANALYZE, COSTS OFF) {MERGE_MOVE}", "EXECUTE m"]
+    with db.app() as c:
+        c.execute("SELECT koherent.current_context_id()")   # koherent is loaded in this session
+        c.execute(f"PREPARE m AS {MERGE_MOVE}")
+        for v in variants:
+            with pytest.raises(psycopg.errors.FeatureNotSupported) as e:
+                c.execute(v)
+            assert "reason: merge_moves_rows" in e.value.diag.message_detail, v
+            assert "mp1" in str(e.value), v
+        # the innermost statement decides: an UPDATE run by a MERGE's source moves its row
+        c.execute("MERGE INTO msrc t USING (SELECT move_by_update() AS id) s ON t.id = s.id "
+                  "WHEN NOT MATCHED THEN INSERT VALUES (s.id, 0, 'x')")
+    assert db.sql("SELECT id, part, v FROM mp ORDER BY id") == [(1, 1, "a"), (2, 2, "by update")]
+    assert db.sql("SELECT kind, row_key, row_data->>'v' FROM koherent.provenance_entry ORDER BY history_id") == [
+        ("UPDATE", {"id": 2, "part": 2}, "by update")]
+
+
+def test_merge_moving_rows_in_a_session_that_had_not_loaded_koherent(db):
+    """The first koherent code a session runs can be the partition guard of a statement already
+    running, which the executor hook never saw: a MERGE at the top is refused as such, a plain
+    UPDATE moves and is recorded, anything else that moves rows fails with 55000 (nothing moved)
+    and succeeds or is refused correctly when run again."""
+    _moving_partitions(db)
+    loaded = "SELECT count(*) FROM pg_stat_activity WHERE pid = pg_backend_pid()"   # loads nothing
+    with db.app() as c:
+        c.execute(loaded)
+        with pytest.raises(psycopg.errors.FeatureNotSupported) as e:
+            c.execute(MERGE_MOVE)
+        assert "reason: merge_moves_rows" in e.value.diag.message_detail
+    with db.app() as c:
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as e:
+            c.execute(f"DO $$ BEGIN {MERGE_MOVE}; END $$")
+        assert "reason: mover_unknown" in e.value.diag.message_detail
+        assert "session_preload_libraries" in e.value.diag.message_hint
+        with pytest.raises(psycopg.errors.FeatureNotSupported) as e:   # again: now it is seen
+            c.execute(f"DO $$ BEGIN {MERGE_MOVE}; END $$")
+        assert "reason: merge_moves_rows" in e.value.diag.message_detail
+    with db.app() as c:
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
+            c.execute("SELECT move_by_update()")
+        assert c.execute("SELECT move_by_update()").fetchone() == (2,)
+    assert db.sql("SELECT id, part, v FROM mp ORDER BY id") == [(1, 1, "a"), (2, 2, "by update")]
+    with db.app() as c:
+        c.execute("UPDATE mp SET part = 2, v = 'top' WHERE id = 1")
+    assert db.sql("SELECT kind, row_key, row_data->>'v' FROM koherent.provenance_entry ORDER BY history_id") == [
+        ("UPDATE", {"id": 2, "part": 2}, "by update"), ("UPDATE", {"id": 1, "part": 2}, "top")]
+    # loaded when a session starts, the hook sees every statement: no 55000, the MERGE refused
+    db.sql(f"ALTER DATABASE {db.name} SET session_preload_libraries = 'koherent'")
+    db.sql("UPDATE msrc SET part = 1")
+    with db.app() as c:
+        with pytest.raises(psycopg.errors.FeatureNotSupported) as e:
+            c.execute(f"DO $$ BEGIN {MERGE_MOVE}; END $$")
+        assert "reason: merge_moves_rows" in e.value.diag.message_detail
 
 
 # --- third round ---------------------------------------------------------------------------------
