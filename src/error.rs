@@ -31,6 +31,10 @@ pub enum KoherentError {
     MergeMovesRows { table: String },
     #[error("a statement that began before koherent was loaded in this session moves rows of {table} between partitions, and koherent cannot tell whether it is a MERGE (whose moves PostgreSQL 15 does not show history)")]
     MoverUnknown { table: String },
+    #[error("the history of a tracked table is out of step with the table: {0}")]
+    HistoryOutOfSync(String),
+    #[error("{0}")]
+    TriggerProtocol(String),
     #[error("{0}")]
     InvalidArgument(String),
     #[error("{0} must not be null")]
@@ -60,6 +64,8 @@ impl KoherentError {
             KoherentError::TaskAlreadyFixed { .. }
             | KoherentError::ContextAlreadyWritten { .. }
             | KoherentError::MoverUnknown { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            KoherentError::HistoryOutOfSync(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            KoherentError::TriggerProtocol(_) => ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
             KoherentError::NullArgument(_) => ERRCODE_NULL_VALUE_NOT_ALLOWED,
             KoherentError::Internal(_) => ERRCODE_INTERNAL_ERROR,
         }
@@ -74,6 +80,7 @@ impl KoherentError {
             KoherentError::UnpairedUpdate { .. } => Some("reason: unpaired_update".into()),
             KoherentError::MergeMovesRows { .. } => Some("reason: merge_moves_rows".into()),
             KoherentError::MoverUnknown { .. } => Some("reason: mover_unknown".into()),
+            KoherentError::HistoryOutOfSync(_) => Some("reason: history_out_of_sync".into()),
             _ => None,
         }
     }
@@ -106,6 +113,9 @@ impl KoherentError {
             ),
             KoherentError::MergeMovesRows { .. } => Some(
                 "Move such rows with UPDATE (recorded), or MERGE into the partitions themselves.",
+            ),
+            KoherentError::HistoryOutOfSync(_) => Some(
+                "Run koherent.track(<table>) again: it brings the history table and the triggers in line with the table.",
             ),
             KoherentError::MoverUnknown { .. } => Some(
                 "koherent is loaded now: run the statement again. session_preload_libraries = 'koherent' loads it when a session starts.",

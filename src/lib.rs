@@ -1,28 +1,96 @@
 //! koherent: a provenance-aware audit trail for PostgreSQL.
 //!
-//! This crate is the thin SQL-facing layer. Token verification lives in the pure-Rust
-//! `koherent-token` crate; the history machinery (track/untrack, per-table history tables and
-//! triggers, views, DDL event triggers) is SQL in `sql/`; this crate holds the per-backend
-//! verified state ([`context`]), the key and token caches ([`verify`]), the settings ([`guc`])
-//! and the mapping of errors to SQLSTATEs ([`error`]).
+//! One room per concern; layers point down only (a module uses only those listed after it):
+//!
+//! | module | concern |
+//! |---|---|
+//! | [`api`] | the SQL-facing functions written in Rust (thin wrappers) |
+//! | [`legacy`] | C entry points that earlier releases' install scripts declare |
+//! | [`writer`] | the history trigger: plans, transition tables, id blocks, the partition guard |
+//! | [`context`] | the transaction's verified task and its context row |
+//! | [`verify`] | token verification, the key and binding caches, [`verify::Task`] |
+//! | [`insert`] | tuples into koherent's tables without SQL (batches, index entries, one row) |
+//! | [`brin`] | BRIN revmap access and summarization (the writer's shortcut, the readers) |
+//! | [`running`] | which statement is executing (an ExecutorRun hook) |
+//! | [`security`] | running a check with the client's rights; the client's role |
+//! | [`catalog`] | oid lookups of koherent's relations and their invalidation, columns by name |
+//! | [`datum`] | text, byte copies and flat jsonb datums |
+//! | [`ffi`] | PostgreSQL C functions pgrx does not bind |
+//! | [`guc`] | the settings |
+//! | [`error`] | typed errors and their SQLSTATEs, details and hints |
+//!
+//! Token parsing and checking is the pure-Rust `koherent-token` crate (shared with the CLI).
+//! The SQL half (track/untrack, history tables and triggers, views, readers, DDL follow-up,
+//! keys, GraphQL objects, grants) is in `sql/`, one file per concern, loaded in the order below.
 
 use pgrx::prelude::*;
-use pgrx::{pg_sys, JsonB, Uuid};
 
+mod api;
+mod brin;
+mod catalog;
 mod context;
+mod datum;
 mod error;
+mod ffi;
 mod guc;
+mod insert;
+mod legacy;
 mod running;
 mod security;
 mod verify;
 mod writer;
 
-use error::{KoherentError, OrRaise};
-
 ::pgrx::pg_module_magic!(name, version);
 
+// The SQL half, in dependency order. `columns` comes after every Rust function the SQL calls
+// (listed); each later file after the one before it; `grants` last, over everything.
 extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
-extension_sql_file!("../sql/history.sql", name = "history", finalize);
+extension_sql_file!(
+    "../sql/columns.sql",
+    name = "columns",
+    requires = [
+        api::set_task,
+        api::_set_task_args,
+        api::verify_token,
+        api::_current_task_claims,
+        api::current_context_id,
+        api::set_context_id,
+        api::_set_context,
+        api::_write_context,
+        api::_summarize,
+        api::_canonical_args,
+        api::_args_hash,
+        api::_require_task,
+        api::_next_history_id,
+        api::_text_out,
+        api::_is_builtin_type,
+        api::_base_type,
+        api::_caller,
+        api::_visible_to_caller,
+        api::_base_type_sql,
+        api::_parse_public_key_bound,
+        api::_parse_jwks_text,
+        api::_invalidate_keys,
+    ]
+);
+extension_sql_file!(
+    "../sql/triggers.sql",
+    name = "triggers",
+    requires = ["columns"]
+);
+extension_sql_file!(
+    "../sql/indexes.sql",
+    name = "indexes",
+    requires = ["triggers"]
+);
+extension_sql_file!("../sql/views.sql", name = "views", requires = ["indexes"]);
+extension_sql_file!("../sql/readers.sql", name = "readers", requires = ["views"]);
+extension_sql_file!("../sql/track.sql", name = "track", requires = ["readers"]);
+extension_sql_file!("../sql/ddl.sql", name = "ddl", requires = ["track"]);
+extension_sql_file!("../sql/tasks.sql", name = "tasks", requires = ["ddl"]);
+extension_sql_file!("../sql/keys.sql", name = "keys", requires = ["tasks"]);
+extension_sql_file!("../sql/graphql.sql", name = "graphql", requires = ["keys"]);
+extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
@@ -30,282 +98,9 @@ pub extern "C-unwind" fn _PG_init() {
     // server was started with (std reads RUST_LIB_BACKTRACE first, once).
     std::env::set_var("RUST_LIB_BACKTRACE", "0");
     guc::init();
+    catalog::init();
     context::init();
     verify::init();
     writer::init();
     running::init();
-}
-
-/// Verify a provenance token and make it the current transaction's task. Returns its claims.
-#[pg_extern(name = "set_task", volatile, parallel_unsafe)]
-fn set_task(token: &str) -> context::FlatJsonb {
-    context::set_task(token, None)
-}
-
-/// Internal: set_task(token, args jsonb) (sql/history.sql passes args as jsonb's text).
-#[pg_extern(volatile, parallel_unsafe)]
-fn _set_task_args(token: Option<&str>, args: Option<&str>) -> context::FlatJsonb {
-    let Some(token) = token else {
-        KoherentError::NullArgument("token").raise()
-    };
-    context::set_task(token, Some(args.map(|a| JsonB(parse_json(a)))))
-}
-
-/// JSON text (jsonb's own output) as a value; nesting beyond serde_json's limit (128 levels)
-/// or anything else malformed is 22023, never a panic.
-fn parse_json(text: &str) -> serde_json::Value {
-    serde_json::from_str(text)
-        .map_err(|e| {
-            KoherentError::InvalidArgument(if e.to_string().contains("recursion limit") {
-                "JSON nested deeper than 128 levels is not accepted".into()
-            } else {
-                format!("malformed JSON: {e}")
-            })
-        })
-        .or_raise()
-}
-
-/// Verify a provenance token without using it; returns its claims or raises the refusal.
-#[pg_extern(volatile, parallel_unsafe)]
-fn verify_token(token: &str) -> context::FlatJsonb {
-    verify::verify_token(token).or_raise().claims_jsonb()
-}
-
-#[pg_extern(volatile, parallel_unsafe)]
-fn _current_task_claims() -> Option<JsonB> {
-    context::current_task_claims()
-}
-
-/// The id of the current transaction's auth context (allocated now if none yet).
-#[pg_extern(volatile, parallel_unsafe)]
-fn current_context_id() -> Uuid {
-    context::current_context_id()
-}
-
-/// Give the current transaction's auth context a caller-chosen id.
-#[pg_extern(volatile, parallel_unsafe)]
-fn set_context_id(id: Uuid) {
-    context::set_context_id(id)
-}
-
-/// Internal: set_context(metadata jsonb): add free-form metadata (a JSON object, merged) to the
-/// current transaction's auth context.
-#[pg_extern(volatile, parallel_unsafe, security_definer)]
-#[search_path(pg_catalog, pg_temp)]
-fn _set_context(metadata: &str) {
-    context::set_context(JsonB(parse_json(metadata)))
-}
-
-/// Internal: called by history triggers once per statement.
-#[pg_extern(volatile, parallel_unsafe)]
-fn _write_context(require_task: bool, relid: pg_sys::Oid) -> Uuid {
-    context::write_context(require_task, relid)
-}
-
-/// Internal: summarize the complete, unsummarized BRIN ranges of a history table (readers call
-/// it before a BRIN lookup; see writer::summarize_history).
-#[pg_extern(volatile, parallel_unsafe)]
-fn _summarize(history_table: pg_sys::Oid) {
-    unsafe { writer::summarize_history(history_table) }
-}
-
-/// Internal: canonical_args(jsonb), the `sha256-canonical-v1` canonical JSON text.
-#[pg_extern(immutable, parallel_safe)]
-fn _canonical_args(args: &str) -> String {
-    koherent_token::canonical_json(&parse_json(args))
-}
-
-/// Internal: args_hash(jsonb), the `sha256-canonical-v1` hash (a token's `ahs`).
-#[pg_extern(immutable, parallel_safe)]
-fn _args_hash(args: Option<&str>) -> String {
-    koherent_token::args_hash(args.map(parse_json).as_ref())
-}
-
-/// Internal: called by the TRUNCATE copy of a table tracked with require_task, before it
-/// copies anything (an empty table's TRUNCATE is a write too).
-#[pg_extern(volatile, parallel_unsafe)]
-fn _require_task(relid: pg_sys::Oid) {
-    context::require_task(relid)
-}
-
-/// Internal: one history id, allocated as the writer allocates them (see writer::reserve_ids).
-#[pg_extern(volatile, parallel_unsafe)]
-fn _next_history_id() -> i64 {
-    unsafe { writer::reserve_ids(writer::names().1, 1) }
-}
-
-/// Internal: a value's text by its type's output function, never by a cast. Casts (to text, to
-/// json) can be defined by whoever owns a type; output functions are C, written by superusers.
-#[pg_extern(stable, parallel_safe, strict)]
-fn _text_out(value: pgrx::AnyElement) -> String {
-    unsafe {
-        let mut func = pg_sys::InvalidOid;
-        let mut varlena = false;
-        pg_sys::getTypeOutputInfo(value.oid(), &mut func, &mut varlena);
-        let c = pg_sys::OidOutputFunctionCall(func, value.datum());
-        std::ffi::CStr::from_ptr(c).to_string_lossy().into_owned()
-    }
-}
-
-/// Internal: whether a type (domains by their base type) is one of PostgreSQL's own, so that
-/// to_jsonb and casts of it run only built-in code.
-#[pg_extern(stable, parallel_safe, strict)]
-fn _is_builtin_type(typ: pg_sys::Oid) -> bool {
-    unsafe { pg_sys::getBaseType(typ).to_u32() < pg_sys::FirstNormalObjectId }
-}
-
-/// Internal: a type's base type (domains, also of domains, resolved).
-#[pg_extern(stable, parallel_safe, strict)]
-fn _base_type(typ: pg_sys::Oid) -> pg_sys::Oid {
-    unsafe { pg_sys::getBaseType(typ) }
-}
-
-/// Internal: the role the client acts as (SET ROLE's), also inside SECURITY DEFINER functions.
-#[pg_extern(stable, parallel_safe)]
-fn _caller() -> pg_sys::Oid {
-    unsafe { pg_sys::GetOuterUserId() }
-}
-
-/// Internal: run `query` (`SELECT 1 FROM <table> WHERE <key> = $1...`, generated by koherent)
-/// with the rights of the client (SET ROLE's role), its parameters the fields of `key` (a
-/// composite, `ROW(k1, ...)`), bound as they are; whether it returns a row. The history readers
-/// call it so that a reader sees the history of exactly the rows it may see (privileges and
-/// row-level security), whatever row value it passes.
-#[pg_extern(volatile, parallel_unsafe, strict)]
-fn _visible_to_caller(query: &str, key: pgrx::AnyElement) -> bool {
-    unsafe { security::visible_to_caller(query, key.datum(), key.oid()) }
-}
-
-/// Internal: a type's base type and typmod as SQL text (domains, also of domains, resolved).
-#[pg_extern(stable, parallel_safe, strict)]
-fn _base_type_sql(typ: pg_sys::Oid, typmod: i32) -> String {
-    unsafe {
-        let mut m = typmod;
-        let base = pg_sys::getBaseTypeAndTypmod(typ, &mut m);
-        let c = pg_sys::format_type_with_typemod(base, m);
-        std::ffi::CStr::from_ptr(c).to_string_lossy().into_owned()
-    }
-}
-
-/// Internal: parse a public key (JWK JSON or SPKI PEM) into (kid, raw 32 bytes, the JWK's alg).
-#[pg_extern(immutable, parallel_safe, name = "_parse_public_key")]
-fn _parse_public_key_bound(
-    public_key: &str,
-) -> TableIterator<
-    'static,
-    (
-        name!(kid, Option<String>),
-        name!(x, Vec<u8>),
-        name!(alg, Option<String>),
-    ),
-> {
-    let (kid, key) = koherent_token::keys::parse_public_key(public_key)
-        .map_err(KoherentError::from)
-        .or_raise();
-    // a JWK's alg binds the key to tokens of that alg (a PEM carries none)
-    let alg = serde_json::from_str::<serde_json::Value>(public_key.trim())
-        .ok()
-        .filter(|v| v.is_object())
-        .and_then(|v| koherent_token::keys::parse_public_jwk_bound(&v).ok())
-        .and_then(|(_, _, b)| b.alg.map(|a| a.as_str().to_string()));
-    TableIterator::once((kid, key.as_bytes().to_vec(), alg))
-}
-
-/// Internal: parse a JWKS into (kid, raw 32 bytes, the JWK's alg) rows.
-#[pg_extern(immutable, parallel_safe, name = "_parse_jwks")]
-fn _parse_jwks_text(
-    jwks: &str,
-) -> TableIterator<
-    'static,
-    (
-        name!(kid, String),
-        name!(x, Vec<u8>),
-        name!(alg, Option<String>),
-    ),
-> {
-    let v = parse_json(jwks);
-    // refuses keys that verify nothing (use other than sig), as it always did
-    koherent_token::keys::parse_jwks(&v)
-        .map_err(KoherentError::from)
-        .or_raise();
-    let keys = koherent_token::keys::parse_jwks_bound(&v)
-        .map_err(KoherentError::from)
-        .or_raise();
-    TableIterator::new(keys.into_iter().map(|(kid, k, b)| {
-        (
-            kid,
-            k.as_bytes().to_vec(),
-            b.alg.map(|a| a.as_str().to_string()),
-        )
-    }))
-}
-
-/// Internal: called by the key table's trigger; every backend drops its key and token caches.
-#[pg_extern(volatile, parallel_unsafe)]
-fn _invalidate_keys(key_table: pg_sys::Oid) {
-    verify::invalidate_keys(key_table)
-}
-
-/// Benchmark helper: microseconds of one verification with the caches bypassed.
-#[pg_extern(volatile, parallel_unsafe)]
-fn _cold_verify_micros(token: &str, iterations: i32) -> f64 {
-    verify::cold_verify_micros(token, iterations)
-}
-
-/// Entry points of earlier releases' install scripts (0.1.0 to 0.3.0 declare these C symbols;
-/// an upgrade starts by creating an old version with the current library). 0.4.0's SQL does not
-/// use them: the upgrade script replaces each by its 0.4.0 form.
-mod legacy {
-    use super::*;
-
-    #[pg_extern(sql = false)]
-    fn set_task_with_args(token: &str, args: Option<JsonB>) -> context::FlatJsonb {
-        context::set_task(token, Some(args))
-    }
-
-    #[pg_extern(sql = false)]
-    fn set_context(metadata: JsonB) {
-        context::set_context(metadata)
-    }
-
-    #[pg_extern(sql = false)]
-    fn canonical_args(args: JsonB) -> String {
-        koherent_token::canonical_json(&args.0)
-    }
-
-    #[pg_extern(sql = false)]
-    fn args_hash(args: Option<JsonB>) -> String {
-        koherent_token::args_hash(args.as_ref().map(|a| &a.0))
-    }
-
-    #[pg_extern(sql = false)]
-    fn _parse_jwks(jwks: JsonB) -> TableIterator<'static, (name!(kid, String), name!(x, Vec<u8>))> {
-        let keys = koherent_token::keys::parse_jwks(&jwks.0)
-            .map_err(KoherentError::from)
-            .or_raise();
-        TableIterator::new(
-            keys.into_iter()
-                .map(|(kid, k)| (kid, k.as_bytes().to_vec())),
-        )
-    }
-
-    #[pg_extern(sql = false)]
-    fn _parse_public_key(
-        public_key: &str,
-    ) -> TableIterator<'static, (name!(kid, Option<String>), name!(x, Vec<u8>))> {
-        let (kid, key) = koherent_token::keys::parse_public_key(public_key)
-            .map_err(KoherentError::from)
-            .or_raise();
-        TableIterator::once((kid, key.as_bytes().to_vec()))
-    }
-}
-
-#[cfg(test)]
-pub mod pg_test {
-    pub fn setup(_options: Vec<&str>) {}
-
-    #[must_use]
-    pub fn postgresql_conf_options() -> Vec<&'static str> {
-        vec![]
-    }
 }

@@ -1,4 +1,4 @@
-//! Running a reader's check with the reader's rights.
+//! Running a reader's check with the reader's rights; the role a client acts as.
 //!
 //! koherent's history readers (the exposed `<table>_provenance`, `<table>_by_provenance`, the
 //! entry functions) are SECURITY DEFINER: readers hold no privilege on history tables. Before
@@ -88,4 +88,17 @@ pub unsafe fn visible_to_caller(query: &str, key: pg_sys::Datum, typoid: pg_sys:
     let found = rc == pg_sys::SPI_OK_SELECT as i32 && pg_sys::SPI_processed > 0;
     pg_sys::SPI_finish();
     found
+}
+
+/// The role the client acts as: `SET ROLE`'s (the history writer itself runs as the extension
+/// owner, so current_user inside it says nothing of the client).
+pub fn outer_role_name() -> String {
+    unsafe {
+        let r = pg_sys::GetUserNameFromId(pg_sys::GetOuterUserId(), true);
+        if r.is_null() {
+            String::new()
+        } else {
+            std::ffi::CStr::from_ptr(r).to_string_lossy().into_owned()
+        }
+    }
 }

@@ -9,102 +9,26 @@
 //! No GUC, table or function a client can reach writes this state: `set_task` only stores what
 //! it verified, and a token given by setting is verified before it is used.
 
-use koherent_token::Claims;
+//! [`row`] writes the context row (and the task row).
+
+mod row;
+
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use pgrx::spi::{OwnedPreparedStatement, Spi};
-use pgrx::{JsonB, PgOid, Uuid};
+use pgrx::spi::Spi;
+use pgrx::{JsonB, Uuid};
 use serde_json::{Map, Value};
 use std::cell::RefCell;
 use std::collections::HashSet;
 use std::rc::Rc;
 
+use crate::catalog::rel_name;
+use crate::datum::FlatJsonb;
 use crate::error::{KoherentError, OrRaise};
-use crate::{guc, verify};
-
-/// A verified task: its claims and the signed token they came from.
-#[derive(Debug)]
-pub struct Task {
-    pub claims: Claims,
-    pub token: String,
-    /// The key that verified it: (kid, public key), checked again at every write.
-    pub kid: String,
-    pub key: [u8; 32],
-    /// The claims as a flat jsonb value, made on first use (set_task returns it every time).
-    claims_jsonb: std::cell::OnceCell<Rc<[u8]>>,
-}
-
-/// A jsonb value already in its on-disk form: returning it is one palloc and copy, where
-/// returning a `JsonB` serializes the JSON to text and parses it again (`jsonb_in`), every call.
-pub struct FlatJsonb(Rc<[u8]>);
-
-unsafe impl pgrx::pgrx_sql_entity_graph::metadata::SqlTranslatable for FlatJsonb {
-    const TYPE_IDENT: &'static str = pgrx::pgrx_resolved_type!(FlatJsonb);
-    const TYPE_ORIGIN: pgrx::pgrx_sql_entity_graph::metadata::TypeOrigin =
-        pgrx::pgrx_sql_entity_graph::metadata::TypeOrigin::External;
-    const ARGUMENT_SQL: Result<
-        pgrx::pgrx_sql_entity_graph::metadata::SqlMappingRef,
-        pgrx::pgrx_sql_entity_graph::metadata::ArgumentError,
-    > = Ok(pgrx::pgrx_sql_entity_graph::metadata::SqlMappingRef::literal("jsonb"));
-    const RETURN_SQL: Result<
-        pgrx::pgrx_sql_entity_graph::metadata::ReturnsRef,
-        pgrx::pgrx_sql_entity_graph::metadata::ReturnsError,
-    > = Ok(pgrx::pgrx_sql_entity_graph::metadata::ReturnsRef::One(
-        pgrx::pgrx_sql_entity_graph::metadata::SqlMappingRef::literal("jsonb"),
-    ));
-}
-
-unsafe impl pgrx::callconv::BoxRet for FlatJsonb {
-    unsafe fn box_into<'fcx>(
-        self,
-        fcinfo: &mut pgrx::callconv::FcInfo<'fcx>,
-    ) -> pgrx::datum::Datum<'fcx> {
-        unsafe { fcinfo.return_raw_datum(palloc_copy(&self.0)) }
-    }
-}
-
-impl Task {
-    pub fn new(claims: Claims, token: String, kid: String, key: [u8; 32]) -> Task {
-        Task {
-            claims,
-            token,
-            kid,
-            key,
-            claims_jsonb: std::cell::OnceCell::new(),
-        }
-    }
-
-    /// The claims as jsonb, flattened once per verified token.
-    pub fn claims_jsonb(&self) -> FlatJsonb {
-        use pgrx::IntoDatum;
-        let bytes = self.claims_jsonb.get_or_init(|| unsafe {
-            let d = claims_json(self)
-                .into_datum()
-                .expect("jsonb_in returns a value");
-            let p = d.cast_mut_ptr::<pg_sys::varlena>();
-            let flat = pg_sys::pg_detoast_datum(p);
-            let bytes: Rc<[u8]> =
-                std::slice::from_raw_parts(flat as *const u8, pgrx::varsize_any(flat)).into();
-            bytes
-        });
-        FlatJsonb(bytes.clone())
-    }
-}
-
-impl Task {
-    fn label(&self) -> String {
-        format!(
-            "task \"{}\" of issuer \"{}\"",
-            self.claims.tsk, self.claims.iss
-        )
-    }
-    fn key(&self) -> (String, String) {
-        (self.claims.iss.clone(), self.claims.tsk.clone())
-    }
-    fn same_as(&self, other: &Task) -> bool {
-        self.claims.tsk == other.claims.tsk && self.claims.iss == other.claims.iss
-    }
-}
+use crate::guc;
+use crate::security::outer_role_name;
+use crate::verify::{self, Task};
+use row::{insert_context_row, statements};
 
 /// The context row, once written in this transaction.
 struct Written {
@@ -123,14 +47,6 @@ struct Xact {
     metadata: Map<String, Value>,
 }
 
-struct Plans {
-    /// Whether the context table has effective_role (0.4.0 on; a 0.3.0 schema under the new
-    /// library, before ALTER EXTENSION UPDATE, has not).
-    effective_role: bool,
-    context_with_task: OwnedPreparedStatement,
-    metadata: OwnedPreparedStatement,
-}
-
 /// Tasks whose row this backend saw committed, by (issuer, task id). Their later transactions
 /// write only the context row: the task row exists (task rows are never deleted). Bounded.
 const KNOWN_TASKS_MAX: usize = 10_000;
@@ -138,7 +54,6 @@ const KNOWN_TASKS_MAX: usize = 10_000;
 thread_local! {
     static XACT: RefCell<Xact> = RefCell::new(Xact::default());
     static KNOWN_TASKS: RefCell<HashSet<(String, String)>> = RefCell::new(HashSet::new());
-    static PLANS: RefCell<Option<Rc<Plans>>> = const { RefCell::new(None) };
 }
 
 #[pg_guard]
@@ -224,21 +139,13 @@ fn warn_outside_block(what: &str) {
     }
 }
 
-fn claims_json(task: &Task) -> JsonB {
-    JsonB(Value::Object(task.claims.payload.clone()))
-}
-
-fn parse_args(args: Option<JsonB>) -> Option<Value> {
-    args.map(|a| a.0)
-}
-
 /// `koherent.set_task(token)`: verify and make it the transaction's task.
 pub fn set_task(token: &str, args: Option<Option<JsonB>>) -> FlatJsonb {
     let task = verify::verify_token(token).or_raise();
     verify::check_presenter(&task).or_raise();
     if let Some(args) = args {
         task.claims
-            .check_args(parse_args(args).as_ref())
+            .check_args(args.map(|a| a.0).as_ref())
             .map_err(KoherentError::from)
             .or_raise();
     }
@@ -283,7 +190,7 @@ pub fn current_task_claims() -> Option<JsonB> {
         None => resolve_task(),
     };
     task.map(|t| {
-        let mut v = claims_json(&t).0;
+        let mut v = t.claims_json().0;
         v["__token"] = Value::String(t.token.clone());
         JsonB(v)
     })
@@ -350,10 +257,10 @@ pub fn set_context(metadata: JsonB) {
             .then(|| x.context_id.expect("written implies an id"))
     });
     if let Some(id) = written {
-        let plans = plans();
+        let statements = statements();
         Spi::connect_mut(|c| {
             c.update(
-                &plans.metadata,
+                &statements.metadata,
                 None,
                 &[Uuid::from_bytes(id).into(), JsonB(Value::Object(m)).into()],
             )
@@ -363,200 +270,6 @@ pub fn set_context(metadata: JsonB) {
         .or_raise();
     }
     warn_outside_block("koherent.set_context");
-}
-
-const CONTEXT_COLUMNS: &str = "INSERT INTO koherent.transaction_auth_context
-   (id, txid, task_id, issuer, changed_by, client_id, db_role, effective_role, application_name,
-    client_addr, backend_pid, created_at, metadata)
- VALUES ($1, pg_catalog.pg_current_xact_id(), $2, $3, $4, $5, pg_catalog.session_user(), $16,
-    pg_catalog.current_setting('application_name'), pg_catalog.inet_client_addr(),
-    pg_catalog.pg_backend_pid(), pg_catalog.now(), $6)";
-
-/// Whether the context table has the effective_role column (see [`Plans`]).
-fn context_has_effective_role() -> bool {
-    unsafe {
-        let relid = crate::writer::names().2;
-        pg_sys::get_attnum(relid, c"effective_role".as_ptr()) != pg_sys::InvalidAttrNumber as i16
-    }
-}
-
-fn plans() -> Rc<Plans> {
-    let effective_role = context_has_effective_role();
-    if let Some(p) = PLANS.with(|p| p.borrow().clone()) {
-        if p.effective_role == effective_role {
-            return p;
-        }
-    }
-    let text = PgOid::from_untagged(pg_sys::TEXTOID);
-    let uuid = PgOid::from_untagged(pg_sys::UUIDOID);
-    let jsonb = PgOid::from_untagged(pg_sys::JSONBOID);
-    let context_insert = if effective_role {
-        CONTEXT_COLUMNS.to_string()
-    } else {
-        CONTEXT_COLUMNS
-            .replace(" effective_role,", "")
-            .replace(" $16,", "")
-    };
-    let with_task = format!(
-        "WITH t AS (
-           INSERT INTO koherent.task (issuer, task_id, parent_task_id, root_task_id, assigner_sub,
-             caller_sub, agent_sub, agent_client_id, token_id, args_hash, args_hash_algorithm,
-             claims, token)
-           VALUES ($3, $2, $7, $8, $9, $10, $4, $5, $11, $12, $13, $14, $15)
-           ON CONFLICT (issuer, task_id) DO NOTHING)
-         {context_insert}"
-    );
-    let plans = Spi::connect(|c| -> Result<Plans, pgrx::spi::Error> {
-        let mut types = vec![uuid, text, text, text, text, jsonb];
-        types.extend([text; 7]);
-        types.extend([jsonb, text]);
-        if effective_role {
-            types.push(text);
-        }
-        let context_with_task = c.prepare_mut(with_task.as_str(), &types)?.keep();
-        let metadata = c
-            .prepare_mut(
-                "UPDATE koherent.transaction_auth_context SET metadata = metadata || $2 WHERE id = $1",
-                &[uuid, jsonb],
-            )?
-            .keep();
-        Ok(Plans {
-            effective_role,
-            context_with_task,
-            metadata,
-        })
-    })
-    .map_err(|e| KoherentError::Internal(e.to_string()))
-    .or_raise();
-    let plans = Rc::new(plans);
-    PLANS.with(|p| *p.borrow_mut() = Some(plans.clone()));
-    plans
-}
-
-thread_local! {
-    /// inet_client_addr() of this backend (null for a Unix socket), as a flat varlena.
-    static CLIENT_ADDR: RefCell<Option<Option<Vec<u8>>>> = const { RefCell::new(None) };
-}
-
-fn text_datum(s: &str) -> pg_sys::Datum {
-    unsafe {
-        pg_sys::Datum::from(pg_sys::cstring_to_text_with_len(
-            s.as_ptr().cast(),
-            s.len() as i32,
-        ))
-    }
-}
-
-/// A datum pointing at a palloc'd copy of `bytes` (a flat varlena, a uuid).
-pub(crate) unsafe fn palloc_copy(bytes: &[u8]) -> pg_sys::Datum {
-    let p = pg_sys::palloc(bytes.len()) as *mut u8;
-    std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len());
-    pg_sys::Datum::from(p)
-}
-
-unsafe fn client_addr() -> Option<pg_sys::Datum> {
-    let cached = CLIENT_ADDR.with(|c| c.borrow().clone());
-    let addr = match cached {
-        Some(a) => a,
-        None => {
-            // inet_client_addr() takes no arguments and reads only MyProcPort.
-            let fcinfo = pg_sys::palloc0(std::mem::size_of::<pg_sys::FunctionCallInfoBaseData>())
-                as pg_sys::FunctionCallInfo;
-            let d = pg_sys::inet_client_addr(fcinfo);
-            let a = (!(*fcinfo).isnull).then(|| {
-                let p = d.cast_mut_ptr::<pg_sys::varlena>();
-                let len = pgrx::varsize_any(p);
-                std::slice::from_raw_parts(p as *const u8, len).to_vec()
-            });
-            CLIENT_ADDR.with(|c| *c.borrow_mut() = Some(a.clone()));
-            a
-        }
-    };
-    addr.map(|a| palloc_copy(&a))
-}
-
-/// The context row, inserted directly (see writer::insert_row): what the SQL insert of
-/// CONTEXT_COLUMNS writes, without planning and executing a statement per transaction.
-fn insert_context_row(id: [u8; 16], task: Option<&Task>, metadata: JsonB) {
-    use pgrx::IntoDatum;
-    unsafe {
-        let relid = crate::writer::names().2;
-        let cl = task.map(|t| &t.claims);
-        let role = pg_sys::GetUserNameFromId(pg_sys::GetSessionUserId(), false);
-        let app = if pg_sys::application_name.is_null() {
-            c"".as_ptr()
-        } else {
-            pg_sys::application_name.cast_const()
-        };
-        let columns = [
-            ("id", Some(palloc_copy(&id))),
-            (
-                "txid",
-                Some(pg_sys::Datum::from(
-                    pg_sys::GetTopFullTransactionId().value as i64,
-                )),
-            ),
-            ("task_id", cl.map(|c| text_datum(&c.tsk))),
-            ("issuer", cl.map(|c| text_datum(&c.iss))),
-            ("changed_by", cl.map(|c| text_datum(&c.act.sub))),
-            ("client_id", cl.map(|c| text_datum(&c.act.cid))),
-            (
-                "db_role",
-                Some(pg_sys::Datum::from(pg_sys::cstring_to_text(role))),
-            ),
-            (
-                "effective_role",
-                context_has_effective_role().then(|| text_datum(&effective_role())),
-            ),
-            (
-                "application_name",
-                Some(pg_sys::Datum::from(pg_sys::cstring_to_text(app))),
-            ),
-            ("client_addr", client_addr()),
-            ("backend_pid", Some(pg_sys::Datum::from(pg_sys::MyProcPid))),
-            (
-                "created_at",
-                Some(pg_sys::Datum::from(
-                    pg_sys::GetCurrentTransactionStartTimestamp(),
-                )),
-            ),
-            ("metadata", metadata.into_datum()),
-        ];
-        crate::writer::insert_row(relid, &columns);
-    }
-}
-
-/// The role the client acts as: `SET ROLE`'s (the history writer itself runs as the extension
-/// owner, so current_user inside it says nothing of the client).
-pub(crate) fn effective_role() -> String {
-    unsafe {
-        let r = pg_sys::GetUserNameFromId(pg_sys::GetOuterUserId(), true);
-        if r.is_null() {
-            String::new()
-        } else {
-            std::ffi::CStr::from_ptr(r).to_string_lossy().into_owned()
-        }
-    }
-}
-
-pub(crate) fn rel_name(relid: pg_sys::Oid) -> String {
-    unsafe {
-        let ns = pg_sys::get_namespace_name(pg_sys::get_rel_namespace(relid));
-        let n = pg_sys::get_rel_name(relid);
-        if n.is_null() {
-            return format!("{}", relid.to_u32());
-        }
-        let name = std::ffi::CStr::from_ptr(n).to_string_lossy().into_owned();
-        if ns.is_null() {
-            name
-        } else {
-            format!(
-                "{}.{}",
-                std::ffi::CStr::from_ptr(ns).to_string_lossy(),
-                name
-            )
-        }
-    }
 }
 
 /// The task of this transaction's writes: the one its context row was written with, else the
@@ -624,7 +337,7 @@ pub fn write_context(require_task: bool, relid: pg_sys::Oid) -> Uuid {
         // A task not yet known to exist: one statement inserts its row (if missing) and the
         // context row. $1..$6 and $16: the context row; $7..$15: the task row.
         Some(t) if !known => {
-            let plans = plans();
+            let statements = statements();
             let cl = &t.claims;
             let mut args: Vec<pgrx::datum::DatumWithOid> = vec![
                 uuid.into(),
@@ -640,15 +353,18 @@ pub fn write_context(require_task: bool, relid: pg_sys::Oid) -> Uuid {
                 cl.jti.clone().into(),
                 cl.ahs.clone().into(),
                 cl.aha.clone().into(),
-                claims_json(t).into(),
+                t.claims_json().into(),
                 t.token.clone().into(),
             ];
-            if plans.effective_role {
-                args.push(effective_role().into());
+            if statements.effective_role {
+                args.push(outer_role_name().into());
             }
-            Spi::connect_mut(|c| c.update(&plans.context_with_task, None, &args).map(|_| ()))
-                .map_err(|e| KoherentError::Internal(e.to_string()))
-                .or_raise();
+            Spi::connect_mut(|c| {
+                c.update(&statements.context_with_task, None, &args)
+                    .map(|_| ())
+            })
+            .map_err(|e| KoherentError::Internal(e.to_string()))
+            .or_raise();
         }
         t => insert_context_row(id, t, metadata),
     }

@@ -1,0 +1,227 @@
+//! The SQL-facing functions written in Rust: thin wrappers over the rooms below. Their SQL
+//! companions (the functions users call, taking jsonb; the views) are in `sql/`.
+
+use pgrx::prelude::*;
+use pgrx::{pg_sys, JsonB, Uuid};
+
+use crate::datum::FlatJsonb;
+use crate::error::{KoherentError, OrRaise};
+use crate::{brin, catalog, context, security, verify, writer};
+
+/// Verify a provenance token and make it the current transaction's task. Returns its claims.
+#[pg_extern(name = "set_task", volatile, parallel_unsafe)]
+fn set_task(token: &str) -> FlatJsonb {
+    context::set_task(token, None)
+}
+
+/// Internal: set_task(token, args jsonb) (sql/tasks.sql passes args as jsonb's text).
+#[pg_extern(volatile, parallel_unsafe)]
+fn _set_task_args(token: Option<&str>, args: Option<&str>) -> FlatJsonb {
+    let Some(token) = token else {
+        KoherentError::NullArgument("token").raise()
+    };
+    context::set_task(token, Some(args.map(|a| JsonB(parse_json(a)))))
+}
+
+/// JSON text (jsonb's own output) as a value; nesting beyond serde_json's limit (128 levels)
+/// or anything else malformed is 22023, never a panic.
+fn parse_json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text)
+        .map_err(|e| {
+            KoherentError::InvalidArgument(if e.to_string().contains("recursion limit") {
+                "JSON nested deeper than 128 levels is not accepted".into()
+            } else {
+                format!("malformed JSON: {e}")
+            })
+        })
+        .or_raise()
+}
+
+/// Verify a provenance token without using it; returns its claims or raises the refusal.
+#[pg_extern(volatile, parallel_unsafe)]
+fn verify_token(token: &str) -> FlatJsonb {
+    verify::verify_token(token).or_raise().claims_jsonb()
+}
+
+#[pg_extern(volatile, parallel_unsafe)]
+fn _current_task_claims() -> Option<JsonB> {
+    context::current_task_claims()
+}
+
+/// The id of the current transaction's auth context (allocated now if none yet).
+#[pg_extern(volatile, parallel_unsafe)]
+fn current_context_id() -> Uuid {
+    context::current_context_id()
+}
+
+/// Give the current transaction's auth context a caller-chosen id.
+#[pg_extern(volatile, parallel_unsafe)]
+fn set_context_id(id: Uuid) {
+    context::set_context_id(id)
+}
+
+/// Internal: set_context(metadata jsonb): add free-form metadata (a JSON object, merged) to the
+/// current transaction's auth context.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn _set_context(metadata: &str) {
+    context::set_context(JsonB(parse_json(metadata)))
+}
+
+/// Internal: called by history triggers once per statement.
+#[pg_extern(volatile, parallel_unsafe)]
+fn _write_context(require_task: bool, relid: pg_sys::Oid) -> Uuid {
+    context::write_context(require_task, relid)
+}
+
+/// Internal: summarize the complete, unsummarized BRIN ranges of a history table (readers call
+/// it before a BRIN lookup; see brin::summarize_history).
+#[pg_extern(volatile, parallel_unsafe)]
+fn _summarize(history_table: pg_sys::Oid) {
+    unsafe { brin::summarize_history(history_table) }
+}
+
+/// Internal: canonical_args(jsonb), the `sha256-canonical-v1` canonical JSON text.
+#[pg_extern(immutable, parallel_safe)]
+fn _canonical_args(args: &str) -> String {
+    koherent_token::canonical_json(&parse_json(args))
+}
+
+/// Internal: args_hash(jsonb), the `sha256-canonical-v1` hash (a token's `ahs`).
+#[pg_extern(immutable, parallel_safe)]
+fn _args_hash(args: Option<&str>) -> String {
+    koherent_token::args_hash(args.map(parse_json).as_ref())
+}
+
+/// Internal: called by the TRUNCATE copy of a table tracked with require_task, before it
+/// copies anything (an empty table's TRUNCATE is a write too).
+#[pg_extern(volatile, parallel_unsafe)]
+fn _require_task(relid: pg_sys::Oid) {
+    context::require_task(relid)
+}
+
+/// Internal: one history id, allocated as the writer allocates them (see writer::reserve_ids).
+#[pg_extern(volatile, parallel_unsafe)]
+fn _next_history_id() -> i64 {
+    unsafe { writer::reserve_ids(catalog::koherent_oids().history_id_seq, 1) }
+}
+
+/// Internal: a value's text by its type's output function, never by a cast. Casts (to text, to
+/// json) can be defined by whoever owns a type; output functions are C, written by superusers.
+#[pg_extern(stable, parallel_safe, strict)]
+fn _text_out(value: pgrx::AnyElement) -> String {
+    unsafe {
+        let mut func = pg_sys::InvalidOid;
+        let mut varlena = false;
+        pg_sys::getTypeOutputInfo(value.oid(), &mut func, &mut varlena);
+        let c = pg_sys::OidOutputFunctionCall(func, value.datum());
+        std::ffi::CStr::from_ptr(c).to_string_lossy().into_owned()
+    }
+}
+
+/// Internal: whether a type (domains by their base type) is one of PostgreSQL's own, so that
+/// to_jsonb and casts of it run only built-in code.
+#[pg_extern(stable, parallel_safe, strict)]
+fn _is_builtin_type(typ: pg_sys::Oid) -> bool {
+    unsafe { pg_sys::getBaseType(typ).to_u32() < pg_sys::FirstNormalObjectId }
+}
+
+/// Internal: a type's base type (domains, also of domains, resolved).
+#[pg_extern(stable, parallel_safe, strict)]
+fn _base_type(typ: pg_sys::Oid) -> pg_sys::Oid {
+    unsafe { pg_sys::getBaseType(typ) }
+}
+
+/// Internal: the role the client acts as (SET ROLE's), also inside SECURITY DEFINER functions.
+#[pg_extern(stable, parallel_safe)]
+fn _caller() -> pg_sys::Oid {
+    unsafe { pg_sys::GetOuterUserId() }
+}
+
+/// Internal: run `query` (`SELECT 1 FROM <table> WHERE <key> = $1...`, generated by koherent)
+/// with the rights of the client (SET ROLE's role), its parameters the fields of `key` (a
+/// composite, `ROW(k1, ...)`), bound as they are; whether it returns a row. The history readers
+/// call it so that a reader sees the history of exactly the rows it may see (privileges and
+/// row-level security), whatever row value it passes.
+#[pg_extern(volatile, parallel_unsafe, strict)]
+fn _visible_to_caller(query: &str, key: pgrx::AnyElement) -> bool {
+    unsafe { security::visible_to_caller(query, key.datum(), key.oid()) }
+}
+
+/// Internal: a type's base type and typmod as SQL text (domains, also of domains, resolved).
+#[pg_extern(stable, parallel_safe, strict)]
+fn _base_type_sql(typ: pg_sys::Oid, typmod: i32) -> String {
+    unsafe {
+        let mut m = typmod;
+        let base = pg_sys::getBaseTypeAndTypmod(typ, &mut m);
+        let c = pg_sys::format_type_with_typemod(base, m);
+        std::ffi::CStr::from_ptr(c).to_string_lossy().into_owned()
+    }
+}
+
+/// Internal: parse a public key (JWK JSON or SPKI PEM) into (kid, raw 32 bytes, the JWK's alg).
+#[pg_extern(immutable, parallel_safe, name = "_parse_public_key")]
+fn _parse_public_key_bound(
+    public_key: &str,
+) -> TableIterator<
+    'static,
+    (
+        name!(kid, Option<String>),
+        name!(x, Vec<u8>),
+        name!(alg, Option<String>),
+    ),
+> {
+    let (kid, key) = koherent_token::keys::parse_public_key(public_key)
+        .map_err(KoherentError::from)
+        .or_raise();
+    // a JWK's alg binds the key to tokens of that alg (a PEM carries none)
+    let alg = serde_json::from_str::<serde_json::Value>(public_key.trim())
+        .ok()
+        .filter(|v| v.is_object())
+        .and_then(|v| koherent_token::keys::parse_public_jwk_bound(&v).ok())
+        .and_then(|(_, _, b)| b.alg.map(|a| a.as_str().to_string()));
+    TableIterator::once((kid, key.as_bytes().to_vec(), alg))
+}
+
+/// Internal: parse a JWKS into (kid, raw 32 bytes, the JWK's alg) rows.
+#[pg_extern(immutable, parallel_safe, name = "_parse_jwks")]
+fn _parse_jwks_text(
+    jwks: &str,
+) -> TableIterator<
+    'static,
+    (
+        name!(kid, String),
+        name!(x, Vec<u8>),
+        name!(alg, Option<String>),
+    ),
+> {
+    let v = parse_json(jwks);
+    // refuses keys that verify nothing (use other than sig), as it always did
+    koherent_token::keys::parse_jwks(&v)
+        .map_err(KoherentError::from)
+        .or_raise();
+    let keys = koherent_token::keys::parse_jwks_bound(&v)
+        .map_err(KoherentError::from)
+        .or_raise();
+    TableIterator::new(keys.into_iter().map(|(kid, k, b)| {
+        (
+            kid,
+            k.as_bytes().to_vec(),
+            b.alg.map(|a| a.as_str().to_string()),
+        )
+    }))
+}
+
+/// Internal: called by the key table's trigger; every backend drops its key and token caches.
+#[pg_extern(volatile, parallel_unsafe)]
+fn _invalidate_keys(key_table: pg_sys::Oid) {
+    verify::invalidate_keys(key_table)
+}
+
+/// Benchmark helper: microseconds of one verification with the caches bypassed. Not part of
+/// what CREATE EXTENSION installs: bench/bench.sh declares it (C symbol
+/// `_cold_verify_micros_wrapper`) in its own database.
+#[pg_extern(sql = false)]
+fn _cold_verify_micros(token: &str, iterations: i32) -> f64 {
+    verify::cold_verify_micros(token, iterations)
+}

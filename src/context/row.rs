@@ -1,0 +1,181 @@
+//! The transaction's context row (and its task row, the first time a task writes): written once
+//! per transaction by the first tracked write. A task not yet known to this backend goes through
+//! one prepared statement that inserts both rows ([`ContextStatements`]); otherwise the context
+//! row alone is inserted directly ([`insert_context_row`]), without planning a statement.
+
+use pgrx::pg_sys;
+use pgrx::spi::{OwnedPreparedStatement, Spi};
+use pgrx::{JsonB, PgOid};
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use crate::catalog::koherent_oids;
+use crate::datum::{palloc_copy, text_datum};
+use crate::error::{KoherentError, OrRaise};
+use crate::security::outer_role_name;
+use crate::verify::Task;
+
+thread_local! {
+    static STATEMENTS: RefCell<Option<Rc<ContextStatements>>> = const { RefCell::new(None) };
+    /// inet_client_addr() of this backend (null for a Unix socket), as a flat varlena.
+    static CLIENT_ADDR: RefCell<Option<Option<Vec<u8>>>> = const { RefCell::new(None) };
+}
+
+/// The statements prepared once per backend (kept across transactions).
+pub struct ContextStatements {
+    /// Whether the context table has effective_role (0.4.0 on; a 0.3.0 schema under the new
+    /// library, before ALTER EXTENSION UPDATE, has not).
+    pub effective_role: bool,
+    /// The task row (if missing) and the context row, in one statement: see [`CONTEXT_INSERT_SQL`].
+    pub context_with_task: OwnedPreparedStatement,
+    /// `metadata = metadata || $2` of a context row already written.
+    pub metadata: OwnedPreparedStatement,
+}
+
+/// The context row's INSERT. Its parameters: $1 id, $2 task id, $3 issuer, $4 changed_by
+/// (act.sub), $5 client id (act.cid), $6 metadata, $16 effective role; $7..$15 are the task
+/// row's (see [`ContextStatements::prepare`]). The rest comes from the session.
+const CONTEXT_INSERT_SQL: &str = "INSERT INTO koherent.transaction_auth_context
+   (id, txid, task_id, issuer, changed_by, client_id, db_role, effective_role, application_name,
+    client_addr, backend_pid, created_at, metadata)
+ VALUES ($1, pg_catalog.pg_current_xact_id(), $2, $3, $4, $5, pg_catalog.session_user(), $16,
+    pg_catalog.current_setting('application_name'), pg_catalog.inet_client_addr(),
+    pg_catalog.pg_backend_pid(), pg_catalog.now(), $6)";
+
+/// Whether the context table has the effective_role column (see [`ContextStatements`]).
+pub fn context_has_effective_role() -> bool {
+    unsafe {
+        let relid = koherent_oids().context_table;
+        pg_sys::get_attnum(relid, c"effective_role".as_ptr()) != pg_sys::InvalidAttrNumber as i16
+    }
+}
+
+/// The prepared statements, made on first use and again when the schema changed under them.
+pub fn statements() -> Rc<ContextStatements> {
+    let effective_role = context_has_effective_role();
+    if let Some(p) = STATEMENTS.with(|p| p.borrow().clone()) {
+        if p.effective_role == effective_role {
+            return p;
+        }
+    }
+    let text = PgOid::from_untagged(pg_sys::TEXTOID);
+    let uuid = PgOid::from_untagged(pg_sys::UUIDOID);
+    let jsonb = PgOid::from_untagged(pg_sys::JSONBOID);
+    let context_insert = if effective_role {
+        CONTEXT_INSERT_SQL.to_string()
+    } else {
+        CONTEXT_INSERT_SQL
+            .replace(" effective_role,", "")
+            .replace(" $16,", "")
+    };
+    let with_task = format!(
+        "WITH t AS (
+           INSERT INTO koherent.task (issuer, task_id, parent_task_id, root_task_id, assigner_sub,
+             caller_sub, agent_sub, agent_client_id, token_id, args_hash, args_hash_algorithm,
+             claims, token)
+           VALUES ($3, $2, $7, $8, $9, $10, $4, $5, $11, $12, $13, $14, $15)
+           ON CONFLICT (issuer, task_id) DO NOTHING)
+         {context_insert}"
+    );
+    let statements = Spi::connect(|c| -> Result<ContextStatements, pgrx::spi::Error> {
+        // The parameter types, by number: $1 uuid (context id), $2..$5 text (task id, issuer,
+        // changed_by, client id), $6 jsonb (metadata); the task row's $7..$13 text (parent,
+        // root, assigner, caller, token id, args hash, its algorithm), $14 jsonb (claims),
+        // $15 text (token); $16 text (effective role) where the table has that column.
+        let mut types = vec![uuid, text, text, text, text, jsonb];
+        types.extend([text; 7]);
+        types.extend([jsonb, text]);
+        if effective_role {
+            types.push(text);
+        }
+        let context_with_task = c.prepare_mut(with_task.as_str(), &types)?.keep();
+        let metadata = c
+            .prepare_mut(
+                "UPDATE koherent.transaction_auth_context SET metadata = metadata || $2 WHERE id = $1",
+                &[uuid, jsonb],
+            )?
+            .keep();
+        Ok(ContextStatements {
+            effective_role,
+            context_with_task,
+            metadata,
+        })
+    })
+    .map_err(|e| KoherentError::Internal(e.to_string()))
+    .or_raise();
+    let statements = Rc::new(statements);
+    STATEMENTS.with(|p| *p.borrow_mut() = Some(statements.clone()));
+    statements
+}
+
+unsafe fn client_addr() -> Option<pg_sys::Datum> {
+    let cached = CLIENT_ADDR.with(|c| c.borrow().clone());
+    let addr = match cached {
+        Some(a) => a,
+        None => {
+            // inet_client_addr() takes no arguments and reads only MyProcPort.
+            let fcinfo = pg_sys::palloc0(std::mem::size_of::<pg_sys::FunctionCallInfoBaseData>())
+                as pg_sys::FunctionCallInfo;
+            let d = pg_sys::inet_client_addr(fcinfo);
+            let a = (!(*fcinfo).isnull).then(|| {
+                let p = d.cast_mut_ptr::<pg_sys::varlena>();
+                let len = pgrx::varsize_any(p);
+                std::slice::from_raw_parts(p as *const u8, len).to_vec()
+            });
+            CLIENT_ADDR.with(|c| *c.borrow_mut() = Some(a.clone()));
+            a
+        }
+    };
+    addr.map(|a| palloc_copy(&a))
+}
+
+/// The context row, inserted directly (see insert::row): what [`CONTEXT_INSERT_SQL`] writes,
+/// without planning and executing a statement per transaction.
+pub fn insert_context_row(id: [u8; 16], task: Option<&Task>, metadata: JsonB) {
+    use pgrx::IntoDatum;
+    unsafe {
+        let relid = koherent_oids().context_table;
+        let cl = task.map(|t| &t.claims);
+        let role = pg_sys::GetUserNameFromId(pg_sys::GetSessionUserId(), false);
+        let app = if pg_sys::application_name.is_null() {
+            c"".as_ptr()
+        } else {
+            pg_sys::application_name.cast_const()
+        };
+        let columns = [
+            ("id", Some(palloc_copy(&id))),
+            (
+                "txid",
+                Some(pg_sys::Datum::from(
+                    pg_sys::GetTopFullTransactionId().value as i64,
+                )),
+            ),
+            ("task_id", cl.map(|c| text_datum(&c.tsk))),
+            ("issuer", cl.map(|c| text_datum(&c.iss))),
+            ("changed_by", cl.map(|c| text_datum(&c.act.sub))),
+            ("client_id", cl.map(|c| text_datum(&c.act.cid))),
+            (
+                "db_role",
+                Some(pg_sys::Datum::from(pg_sys::cstring_to_text(role))),
+            ),
+            (
+                "effective_role",
+                context_has_effective_role().then(|| text_datum(&outer_role_name())),
+            ),
+            (
+                "application_name",
+                Some(pg_sys::Datum::from(pg_sys::cstring_to_text(app))),
+            ),
+            ("client_addr", client_addr()),
+            ("backend_pid", Some(pg_sys::Datum::from(pg_sys::MyProcPid))),
+            (
+                "created_at",
+                Some(pg_sys::Datum::from(
+                    pg_sys::GetCurrentTransactionStartTimestamp(),
+                )),
+            ),
+            ("metadata", metadata.into_datum()),
+        ];
+        crate::insert::row::insert_row(relid, &columns);
+    }
+}

@@ -1,0 +1,110 @@
+//! The partition guard: a BEFORE UPDATE row trigger on the partitions of a tracked partitioned
+//! table, for the moves between partitions that history would otherwise not see.
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use pgrx::PgTupleDesc;
+
+use super::plan::trigger_args;
+use super::transition::{same_image, ComparedColumn};
+use super::trigger_data;
+use crate::catalog::{find_att, rel_name};
+use crate::context;
+use crate::error::KoherentError;
+use crate::running::{self, Running};
+
+/// What kind of statement moves a row, as the partition guard sees it.
+#[derive(PartialEq, Eq)]
+enum Mover {
+    Merge,
+    Other,
+    /// The statement began before koherent was loaded in this backend (see [`running`]), and
+    /// the top-level statement is neither a MERGE nor an UPDATE.
+    Unknown,
+}
+
+/// The mover when [`running`] cannot tell: the top-level statement, if it is a MERGE or an
+/// UPDATE, moves the row itself; anything else (a DO block, a CALL, a SELECT of a function,
+/// EXPLAIN ANALYZE) runs a statement that may be a MERGE.
+unsafe fn top_level_mover() -> Mover {
+    let portal = pg_sys::ActivePortal;
+    if portal.is_null() {
+        return Mover::Unknown;
+    }
+    match (*portal).commandTag {
+        pg_sys::CommandTag::CMDTAG_MERGE => Mover::Merge,
+        pg_sys::CommandTag::CMDTAG_UPDATE => Mover::Other,
+        _ => Mover::Unknown,
+    }
+}
+
+/// A row trigger (BEFORE UPDATE FOR EACH ROW) on the partitions of a tracked partitioned table:
+/// refuses a MERGE (at any depth: see [`running`]) that changes a partition key column.
+/// PostgreSQL 15 gives the statement trigger of a MERGE that moves rows between partitions
+/// empty transition tables, so such a move would be neither recorded nor checked for
+/// require_task. Plain UPDATEs that move rows are recorded, and left alone. A row moved by any
+/// statement of a table tracked with require_task needs a task. Trigger arguments: `t`/`f` for require_task, then the partition key columns of every
+/// level (`*`: a key has expressions, so any change of the row counts).
+#[no_mangle]
+#[doc(hidden)]
+pub extern "C" fn pg_finfo_koherent_merge_guard() -> &'static pg_sys::Pg_finfo_record {
+    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1
+}
+
+#[no_mangle]
+#[pg_guard]
+pub unsafe extern "C-unwind" fn koherent_merge_guard(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    let td = trigger_data(fcinfo, "koherent._merge_guard");
+    let new = (*td).tg_newtuple;
+    let mover = match running::current() {
+        Running::Command(pg_sys::CmdType::CMD_MERGE) => Mover::Merge,
+        Running::Command(_) => Mover::Other,
+        Running::Unknown => top_level_mover(),
+    };
+    let all_args = trigger_args((*td).tg_trigger);
+    let require_task = all_args.first().is_some_and(|a| a == "t");
+    if (mover != Mover::Other || require_task) && !new.is_null() {
+        let old = (*td).tg_trigtuple;
+        let rel = (*td).tg_relation;
+        let desc = PgTupleDesc::from_pg_unchecked((*rel).rd_att);
+        let moved = all_args.iter().skip(1).any(|col| {
+            if col == "*" {
+                return true;
+            }
+            let Some(i) = find_att(&desc, col) else {
+                return true;
+            };
+            let a = desc.get(i).expect("in range");
+            let c = ComparedColumn {
+                att: i,
+                byval: a.attbyval,
+                len: a.attlen,
+            };
+            let mut on = false;
+            let mut nn = false;
+            let attnum = (i + 1) as i32;
+            let ov = pg_sys::heap_getattr(old, attnum, (*rel).rd_att, &mut on);
+            let nv = pg_sys::heap_getattr(new, attnum, (*rel).rd_att, &mut nn);
+            on != nn || (!on && !same_image(ov, nv, &c))
+        });
+        if moved && mover == Mover::Merge {
+            KoherentError::MergeMovesRows {
+                table: rel_name((*rel).rd_id),
+            }
+            .raise();
+        }
+        if moved && mover == Mover::Unknown {
+            KoherentError::MoverUnknown {
+                table: rel_name((*rel).rd_id),
+            }
+            .raise();
+        }
+        if moved && require_task {
+            context::require_task((*rel).rd_id);
+        }
+    }
+    pg_sys::Datum::from(new)
+}
