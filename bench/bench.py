@@ -121,7 +121,10 @@ def main():
             c.execute(f"INSERT INTO {t} SELECT g, 'name ' || g, g % 1000, g * 1.5, 'note', now() "
                       f"FROM generate_series(1, {ROWS}) g")
             c.execute(f"VACUUM ANALYZE {t}")
-        micros = c.execute("SELECT koherent._cold_verify_micros(%s, 2000)", [TOKEN]).fetchone()[0]
+        # the benchmark's own helper: the library exports it, CREATE EXTENSION does not install it
+        c.execute("CREATE OR REPLACE FUNCTION public.bench_cold_verify_micros(text, integer) RETURNS float8 "
+                  "LANGUAGE c STRICT AS 'koherent', '_cold_verify_micros_wrapper'")
+        micros = c.execute("SELECT public.bench_cold_verify_micros(%s, 2000)", [TOKEN]).fetchone()[0]
 
     upd = "\\set id random(1, %d)\nUPDATE {t} SET qty = qty + 1 WHERE id = :id;\n" % ROWS
     # The same transaction as a client sends it statement by statement (4 round trips) and as

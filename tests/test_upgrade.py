@@ -1,4 +1,4 @@
-"""Upgrading from earlier releases: CREATE EXTENSION koherent VERSION '0.1.0' or '0.2.0' (their
+"""Upgrading from earlier releases: CREATE EXTENSION koherent VERSION '0.1.0' ... '0.4.0' (their
 install scripts, tests/fixtures/koherent--<version>.sql, as that release's `cargo pgrx install`
 wrote them), history written by that release, then ALTER EXTENSION koherent UPDATE (through every
 upgrade script in between). The result must match a fresh install of the current version, keep
@@ -12,9 +12,9 @@ import uuid
 
 import pytest
 
-from conftest import APP_ROLE, AUDIENCE, ISSUER, ITEM_DDL, ROOT, TEST_PUBLIC_JWK, Db, connect, mint
+from conftest import APP_ROLE, AUDIENCE, ISSUER, ITEM_DDL, ROOT, TEST_PUBLIC_JWK, Db, connect, mint, write
 
-RELEASES = ["0.1.0", "0.2.0", "0.3.0"]
+RELEASES = ["0.1.0", "0.2.0", "0.3.0", "0.4.0"]
 
 
 def current_version():
@@ -65,14 +65,6 @@ def trigger_functions(db, table="item"):
                   f"WHERE t.tgrelid = '{table}'::regclass GROUP BY 1 ORDER BY 1")
 
 
-def write_under(db, tsk, statements):
-    with db.app(autocommit=False) as c:
-        c.execute("SELECT koherent.set_task(%s)", [mint(tsk)])
-        for s in statements:
-            c.execute(s)
-        c.commit()
-
-
 def install_release(old, fresh, release, tables):
     """`old` gets koherent `release` with the test key and `item` tracked; both databases get
     the tables (DDL) and the application role's grants on them."""
@@ -95,15 +87,16 @@ def test_upgrade_from_0_1_0(old_db):
     assert not old.sql("SELECT 1 FROM pg_proc WHERE proname = '_history_trigger'")
     assert trigger_functions(old) == [("_trg_1", 4)]
     assert ("btree", False) in history_indexes(old) and len(history_indexes(old)) == 3
-    write_under(old, "before-upgrade", ["INSERT INTO item (id, qty) VALUES (1, 1), (2, 2)",
-                                        "UPDATE item SET qty = 10 WHERE id = 1"])
+    write(old, ["INSERT INTO item (id, qty) VALUES (1, 1), (2, 2)", "UPDATE item SET qty = 10 WHERE id = 1"],
+          mint("before-upgrade"), user=APP_ROLE)
 
     old.sql("ALTER EXTENSION koherent UPDATE")
     assert old.one("SELECT extversion FROM pg_extension WHERE extname = 'koherent'") == current_version()
     # the table now runs the Rust writer and has the new indexes
-    assert trigger_functions(old) == [("_history_trigger", 3), ("_trg_1", 1)]
+    assert trigger_functions(old) == [("_history_trigger", 3), ("_truncate_copy_1", 1)]
     assert history_indexes(old) == [("brin", True), ("btree", False)]
-    write_under(old, "after-upgrade", ["UPDATE item SET qty = 20 WHERE id = 1", "DELETE FROM item WHERE id = 2"])
+    write(old, ["UPDATE item SET qty = 20 WHERE id = 1", "DELETE FROM item WHERE id = 2"],
+          mint("after-upgrade"), user=APP_ROLE)
     assert old.sql("SELECT kind, row_key->>'id', task_id FROM koherent.provenance_entry ORDER BY history_id") == [
         ("CREATE", "1", "before-upgrade"), ("CREATE", "2", "before-upgrade"),
         ("UPDATE", "1", "before-upgrade"), ("UPDATE", "1", "after-upgrade"), ("DELETE", "2", "after-upgrade")]
@@ -128,8 +121,8 @@ def test_upgrade_from_0_2_0(old_db):
     # 0.2.0 gave every tracked table the row index
     assert history_indexes(old) == [("brin", True), ("btree", False)]
     assert old.one("SELECT row_index FROM koherent.tracked_table") is True
-    write_under(old, "before-upgrade", ["INSERT INTO item (id, qty) VALUES (1, 1), (2, 2)",
-                                        "UPDATE item SET qty = 10 WHERE id = 1"])
+    write(old, ["INSERT INTO item (id, qty) VALUES (1, 1), (2, 2)", "UPDATE item SET qty = 10 WHERE id = 1"],
+          mint("before-upgrade"), user=APP_ROLE)
 
     old.sql("ALTER EXTENSION koherent UPDATE")
     assert old.one("SELECT extversion FROM pg_extension WHERE extname = 'koherent'") == current_version()
@@ -143,9 +136,9 @@ def test_upgrade_from_0_2_0(old_db):
         ("item", True), ("other", False)]
     old.sql("SELECT koherent.expose('other')")
     assert history_indexes(old, "other") == [("brin", True), ("btree", False)]
-    write_under(old, "after-upgrade", ["UPDATE item SET qty = 20 WHERE id = 1", "DELETE FROM item WHERE id = 2",
-                                       "INSERT INTO other VALUES ('a', 1)"])
-    write_under(old, "after-upgrade", ["UPDATE other SET v = 2"])  # a known task: direct context row
+    write(old, ["UPDATE item SET qty = 20 WHERE id = 1", "DELETE FROM item WHERE id = 2",
+                "INSERT INTO other VALUES ('a', 1)"], mint("after-upgrade"), user=APP_ROLE)
+    write(old, ["UPDATE other SET v = 2"], mint("after-upgrade"), user=APP_ROLE)  # a known task: direct context row
     assert old.sql("SELECT table_name::text, kind, row_key::text, task_id FROM koherent.provenance_entry "
                    "ORDER BY history_id") == [
         ("item", "CREATE", '{"id": 1}', "before-upgrade"), ("item", "CREATE", '{"id": 2}', "before-upgrade"),
@@ -179,17 +172,17 @@ def test_upgrade_from_0_3_0(old_db):
     old.sql("SELECT koherent.track('item', require_task => true)")
     old.sql(f"SELECT koherent.expose('item', '{reader}')")
     old.sql(f"GRANT SELECT ON item TO {reader}")
-    write_under(old, "before-upgrade", ["INSERT INTO item (id, qty) VALUES (1, 1), (2, 2)",
-                                        "UPDATE item SET qty = 10 WHERE id = 1"])
+    write(old, ["INSERT INTO item (id, qty) VALUES (1, 1), (2, 2)", "UPDATE item SET qty = 10 WHERE id = 1"],
+          mint("before-upgrade"), user=APP_ROLE)
     # 0.3.0's exposed function trusted the row value it was given
     with old.conn(user=reader) as c:
         assert c.execute("SELECT count(*) FROM item_provenance(row(2, null, null, null, null, null)::item)").fetchone()[0] == 1
 
     old.sql("ALTER EXTENSION koherent UPDATE")
     assert old.one("SELECT extversion FROM pg_extension WHERE extname = 'koherent'") == current_version()
-    assert old.one("SELECT prosrc ~ '_require_task' FROM pg_proc WHERE proname = '_trg_1'") is True
+    assert old.one("SELECT prosrc ~ '_require_task' FROM pg_proc WHERE proname = '_truncate_copy_1'") is True
     assert old.one("SELECT count(*) FROM pg_depend d JOIN pg_proc p ON p.oid = d.objid "
-                   "WHERE d.deptype = 'e' AND p.proname IN ('_trg_1', 'item_provenance', '_keys_1')") == 0
+                   "WHERE d.deptype = 'e' AND p.proname IN ('_truncate_copy_1', 'item_provenance', '_filter_keys_1')") == 0
     old.sql("ALTER TABLE item ENABLE ROW LEVEL SECURITY")
     old.sql(f"CREATE POLICY only_one ON item FOR SELECT TO {reader} USING (id = 1)")
     old.sql(f"CREATE POLICY app ON item TO {APP_ROLE} USING (true) WITH CHECK (true)")
@@ -198,11 +191,59 @@ def test_upgrade_from_0_3_0(old_db):
         assert c.execute("SELECT count(*) FROM item_provenance(row(2, null, null, null, null, null)::item)").fetchone()[0] == 0
         assert c.execute("SELECT kind FROM item_provenance((SELECT i FROM item i)) ORDER BY history_id").fetchall() == [
             ("CREATE",), ("UPDATE",)]
-    write_under(old, "after-upgrade", ["UPDATE item SET qty = 20 WHERE id = 1"])
+    write(old, ["UPDATE item SET qty = 20 WHERE id = 1"], mint("after-upgrade"), user=APP_ROLE)
     assert old.sql("SELECT task_id, effective_role FROM koherent.provenance_entry ORDER BY history_id") == [
         ("before-upgrade", None), ("before-upgrade", None), ("before-upgrade", None), ("after-upgrade", APP_ROLE)]
     old.sql(f"GRANT TRUNCATE ON item TO {APP_ROLE}")
     with old.app() as c:
+        with pytest.raises(Exception) as e:
+            c.execute("TRUNCATE item")
+        assert e.value.sqlstate == "28000"
+
+    fresh.sql("CREATE EXTENSION koherent")
+    fresh.sql("SELECT koherent.track('item', require_task => true)")
+    fresh.sql(f"SELECT koherent.expose('item', '{reader}')")
+    assert members(old) == members(fresh)
+    assert history_indexes(old) == history_indexes(fresh)
+
+
+def test_upgrade_from_0_4_0(old_db):
+    """0.5.0 renames every table's generated functions (koherent._trg_<id> ->
+    _truncate_copy_<id>, koherent._keys_<id> -> _filter_keys_<id>) and internal helpers: the
+    old ones are gone, the new ones work for the roles granted before, and old history stays
+    readable."""
+    old, fresh = old_db
+    reader = "koherent_upgrade_reader"
+    with connect() as c:
+        if not c.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [reader]).fetchone():
+            c.execute(f"CREATE ROLE {reader} LOGIN")
+    install_release(old, fresh, "0.4.0", {"item": ITEM_DDL})
+    old.sql("SELECT koherent.track('item', require_task => true)")
+    old.sql(f"SELECT koherent.expose('item', '{reader}')")
+    old.sql(f"GRANT SELECT ON item TO {reader}")
+    old.sql(f"GRANT TRUNCATE ON item TO {APP_ROLE}")
+    assert old.sql("SELECT proname FROM pg_proc WHERE proname IN ('_trg_1', '_keys_1', '_sync', '_cold_verify_micros') "
+                   "ORDER BY 1") == [("_cold_verify_micros",), ("_keys_1",), ("_sync",), ("_trg_1",)]
+    write(old, ["INSERT INTO item (id, qty) VALUES (1, 1), (2, 2)", "UPDATE item SET qty = 10 WHERE id = 1"],
+          mint("before-upgrade"), user=APP_ROLE)
+
+    old.sql("ALTER EXTENSION koherent UPDATE")
+    assert old.one("SELECT extversion FROM pg_extension WHERE extname = 'koherent'") == current_version()
+    assert old.sql("SELECT proname FROM pg_proc WHERE proname IN ('_trg_1', '_keys_1', '_sync', '_free_name', "
+                   "'_cold_verify_micros', '_truncate_copy_1', '_filter_keys_1', '_sync_history_columns') "
+                   "ORDER BY 1") == [("_filter_keys_1",), ("_sync_history_columns",), ("_truncate_copy_1",)]
+    assert trigger_functions(old) == [("_history_trigger", 3), ("_truncate_copy_1", 1)]
+    with old.conn(user=reader) as c:
+        assert c.execute("SELECT kind FROM item_provenance((SELECT i FROM item i WHERE id = 1)) "
+                         "ORDER BY history_id").fetchall() == [("CREATE",), ("UPDATE",)]
+        assert c.execute("SELECT id FROM item_by_provenance(task_id => 'before-upgrade') ORDER BY id").fetchall() == [
+            (1,), (2,)]
+    write(old, ["UPDATE item SET qty = 20 WHERE id = 1", "TRUNCATE item"], mint("after-upgrade"), user=APP_ROLE)
+    entries = old.sql("SELECT kind, row_key->>'id', task_id FROM koherent.provenance_entry ORDER BY history_id")
+    assert entries[:4] == [("CREATE", "1", "before-upgrade"), ("CREATE", "2", "before-upgrade"),
+                           ("UPDATE", "1", "before-upgrade"), ("UPDATE", "1", "after-upgrade")]
+    assert sorted(entries[4:]) == [("TRUNCATE", "1", "after-upgrade"), ("TRUNCATE", "2", "after-upgrade")]
+    with old.app() as c:   # require_task still holds for the TRUNCATE copy
         with pytest.raises(Exception) as e:
             c.execute("TRUNCATE item")
         assert e.value.sqlstate == "28000"

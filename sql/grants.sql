@@ -1,0 +1,26 @@
+-- koherent: privileges, loaded last. Application roles may call the task functions; nothing
+-- else by default. History, keys and contexts are written only by koherent itself.
+
+GRANT USAGE ON SCHEMA koherent TO PUBLIC;
+REVOKE ALL ON ALL TABLES IN SCHEMA koherent FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA koherent FROM PUBLIC;
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA koherent FROM PUBLIC;
+-- Public keys are public: set_task reads them with the caller's rights.
+GRANT SELECT ON koherent.issuer_key_store, koherent.issuer_key TO PUBLIC;
+GRANT EXECUTE ON FUNCTION
+    koherent.set_task(text), koherent.set_task(text, jsonb), koherent._set_task_args(text, text),
+    koherent.verify_token(text), koherent.current_task(), koherent._current_task_claims(),
+    koherent.current_context_id(), koherent.set_context_id(uuid), koherent.set_context(jsonb),
+    koherent._set_context(text), koherent.canonical_args(jsonb), koherent._canonical_args(text),
+    koherent.args_hash(jsonb), koherent._args_hash(text),
+    -- called by the views with the reader's rights: a value's text by its output function
+    koherent._text_out(anyelement)
+  TO PUBLIC;
+
+
+REVOKE EXECUTE ON FUNCTION koherent.expose(regclass, regrole), koherent.unexpose(regclass),
+    koherent.task_changes(text, boolean), koherent.provenance_entry_effective_changes(koherent.provenance_entry),
+    koherent.provenance_entry_task(koherent.provenance_entry), koherent._entry_select(koherent.tracked_config, text),
+    koherent._visibility_check(regclass), koherent._caller_is_auditor(), koherent._visible_entry(bigint, regclass),
+    koherent._current_life(koherent.tracked_config, text, text)
+  FROM PUBLIC;

@@ -1,0 +1,138 @@
+-- koherent: GraphQL-facing objects (PostGraphile and pg_graphql conventions): pg_graphql's
+-- computed fields, and expose()/unexpose(), which generate per-table functions: <table>_provenance
+-- (a row's history), <table>_by_provenance (rows filtered by their history) and the internal
+-- koherent._filter_keys_<config id> behind it.
+
+-- pg_graphql names: computed fields are functions _<field>(rec <type>).
+CREATE FUNCTION koherent._effective_changes(rec koherent.provenance_entry)
+RETURNS SETOF koherent.effective_change LANGUAGE sql STABLE AS $$
+    SELECT * FROM koherent.provenance_entry_effective_changes(rec)
+$$;
+CREATE FUNCTION koherent._task(rec koherent.provenance_entry) RETURNS koherent.task_info
+LANGUAGE sql STABLE AS $$ SELECT koherent.provenance_entry_task(rec) $$;
+COMMENT ON FUNCTION koherent._effective_changes(koherent.provenance_entry) IS E'@omit';
+COMMENT ON FUNCTION koherent._task(koherent.provenance_entry) IS E'@omit';
+REVOKE EXECUTE ON FUNCTION koherent._effective_changes(koherent.provenance_entry),
+    koherent._task(koherent.provenance_entry) FROM PUBLIC;
+
+CREATE FUNCTION koherent.expose(tbl regclass, grant_to regrole DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cfg koherent.tracked_config;
+    t text := tbl::text;
+    nsp name;
+    rel name;
+    keymatch text;
+    keycols text;
+    keytypes text;
+    chk text;
+    -- the argument types of <table>_by_provenance and koherent._filter_keys_<id>
+    filter_sig constant text := '(text, text, text, text, text, timestamptz, timestamptz)';
+BEGIN
+    IF koherent._relink() THEN
+        PERFORM koherent._rebuild_views();
+    END IF;
+    SELECT * INTO cfg FROM koherent.tracked_config WHERE relid = tbl AND dropped_at IS NULL;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'koherent.expose: % is not tracked', tbl
+            USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'Call koherent.track first.';
+    END IF;
+    SELECT n.nspname, c.relname INTO nsp, rel FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.oid = tbl;
+    -- <table>_provenance(row) looks a row up by its key: that needs the row index.
+    PERFORM koherent._create_row_index(format('koherent_history.%I', cfg.history_table)::regclass,
+                                       cfg.pk_columns);
+    SELECT string_agg(format('h.%I = rec.%I', k, k), ' AND '),
+           string_agg(format('%I', k), ', '),
+           string_agg(format('%I %s', k, (SELECT s.type_sql FROM koherent._source_columns(tbl) s WHERE s.attname = k)), ', ')
+      INTO keymatch, keycols, keytypes FROM unnest(cfg.pk_columns) k;
+
+    -- computed column: <table>_provenance(<table>) (PostGraphile), _provenance(<table>) (pg_graphql).
+    -- It shows the history of a row only if the caller can read that row itself: the row value
+    -- passed in is not trusted (its key is looked up as the caller, with its privileges and
+    -- row-level security).
+    chk := koherent._visibility_check(tbl);
+    EXECUTE format($f$
+        CREATE OR REPLACE FUNCTION %1$I.%2$I(rec %3$s) RETURNS SETOF koherent.provenance_entry
+        LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $b$
+        BEGIN
+            IF NOT koherent._visible_to_caller(%6$L, ROW(%7$s)) THEN
+                RETURN;
+            END IF;
+            RETURN QUERY SELECT * FROM (%4$s WHERE %5$s AND %8$s) e ORDER BY 1;
+        END $b$ $f$, nsp, rel || '_provenance', t, koherent._entry_select(cfg, 'provenance_entry'), keymatch,
+        chk, (SELECT string_agg(format('rec.%I', k), ', ') FROM unnest(cfg.pk_columns) k),
+        koherent._current_life(cfg, 'h', 'rec'));
+    EXECUTE format('COMMENT ON FUNCTION %I.%I(%s) IS %L', nsp, rel || '_provenance', t,
+                   'koherent: every recorded change of this row, oldest first, with its attribution.');
+    EXECUTE format($f$
+        CREATE OR REPLACE FUNCTION %1$I._provenance(rec %2$s) RETURNS SETOF koherent.provenance_entry
+        LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $b$ SELECT * FROM %1$I.%3$I(rec) $b$ $f$,
+        nsp, t, rel || '_provenance');
+    EXECUTE format('COMMENT ON FUNCTION %I._provenance(%s) IS %L', nsp, t, E'@omit');
+
+    -- filter: <table>_by_provenance(...) RETURNS SETOF <table>. The history lookup runs with the
+    -- extension owner's rights and returns only keys of rows the caller can read itself; the
+    -- rows themselves are read with the caller's rights (and RLS).
+    EXECUTE format($f$
+        CREATE OR REPLACE FUNCTION koherent.%1$I(task_id text, agent_client_id text, issuer text,
+            changed_by text, kind text, changed_since timestamptz, changed_before timestamptz)
+        RETURNS TABLE (%2$s)
+        LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $b$
+            SELECT k.* FROM (
+              SELECT DISTINCT %3$s FROM koherent_history.%4$I h
+                LEFT JOIN koherent.transaction_auth_context c ON c.id = h.history_context
+               WHERE ($1 IS NULL OR c.task_id = $1) AND ($2 IS NULL OR c.client_id = $2)
+                 AND ($3 IS NULL OR c.issuer = $3) AND ($4 IS NULL OR c.changed_by = $4)
+                 AND ($5 IS NULL OR h.history_kind = $5) AND ($6 IS NULL OR h.history_date >= $6)
+                 AND ($7 IS NULL OR h.history_date < $7)
+                 AND %7$s) k
+             WHERE koherent._visible_to_caller(%5$L, ROW(%6$s))
+        $b$ $f$, '_filter_keys_' || cfg.id, keytypes,
+        (SELECT string_agg(format('h.%I', k), ', ') FROM unnest(cfg.pk_columns) k), cfg.history_table,
+        chk, (SELECT string_agg(format('k.%I', k), ', ') FROM unnest(cfg.pk_columns) k),
+        koherent._current_life(cfg, 'h', 'h'));
+    EXECUTE format('COMMENT ON FUNCTION koherent.%I%s IS %L', '_filter_keys_' || cfg.id, filter_sig, E'@omit');
+    EXECUTE format($f$
+        CREATE OR REPLACE FUNCTION %1$I.%2$I(task_id text DEFAULT NULL, agent_client_id text DEFAULT NULL,
+            issuer text DEFAULT NULL, changed_by text DEFAULT NULL, kind text DEFAULT NULL,
+            changed_since timestamptz DEFAULT NULL, changed_before timestamptz DEFAULT NULL)
+        RETURNS SETOF %3$s LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $b$
+            SELECT t.* FROM %3$s t
+             WHERE (%4$s) IN (SELECT %4$s FROM koherent.%5$I($1, $2, $3, $4, $5, $6, $7))
+        $b$ $f$, nsp, rel || '_by_provenance', t, keycols, '_filter_keys_' || cfg.id);
+    -- History is readable only when granted: none of these is executable by PUBLIC.
+    EXECUTE format('REVOKE ALL ON FUNCTION %I.%I(%s), %I._provenance(%s), %I.%I%s, koherent.%I%s FROM PUBLIC',
+                   nsp, rel || '_provenance', t, nsp, t, nsp, rel || '_by_provenance', filter_sig,
+                   '_filter_keys_' || cfg.id, filter_sig);
+    IF grant_to IS NOT NULL THEN
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %I.%I(%s), %I._provenance(%s), %I.%I%s, koherent.%I%s, '
+                       'koherent.provenance_entry_effective_changes(koherent.provenance_entry), '
+                       'koherent.provenance_entry_task(koherent.provenance_entry), '
+                       'koherent._effective_changes(koherent.provenance_entry), '
+                       'koherent._task(koherent.provenance_entry) TO %s',
+                       nsp, rel || '_provenance', t, nsp, t, nsp, rel || '_by_provenance', filter_sig,
+                       '_filter_keys_' || cfg.id, filter_sig, grant_to);
+    END IF;
+    EXECUTE format('COMMENT ON FUNCTION %I.%I%s IS %L', nsp, rel || '_by_provenance', filter_sig,
+                   'koherent: the current rows with at least one recorded change matching all given conditions (exact matches; changedSince inclusive, changedBefore exclusive).');
+END $$;
+COMMENT ON FUNCTION koherent.expose(regclass, regrole) IS
+  'Create the GraphQL-facing functions of a tracked table: <table>_provenance, _provenance and <table>_by_provenance; adds the row index of its history table if missing.';
+
+CREATE FUNCTION koherent.unexpose(tbl regclass) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    nsp name;
+    rel name;
+    cfg_id integer;
+    filter_sig constant text := '(text, text, text, text, text, timestamptz, timestamptz)';
+BEGIN
+    SELECT n.nspname, c.relname INTO nsp, rel FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.oid = tbl;
+    SELECT id INTO cfg_id FROM koherent.tracked_config WHERE relid = tbl AND dropped_at IS NULL;
+    EXECUTE format('DROP FUNCTION IF EXISTS %I.%I(%s)', nsp, rel || '_provenance', tbl);
+    EXECUTE format('DROP FUNCTION IF EXISTS %I._provenance(%s)', nsp, tbl);
+    EXECUTE format('DROP FUNCTION IF EXISTS %I.%I%s', nsp, rel || '_by_provenance', filter_sig);
+    EXECUTE format('DROP FUNCTION IF EXISTS koherent.%I%s', '_filter_keys_' || cfg_id, filter_sig);
+END $$;

@@ -1,0 +1,43 @@
+-- koherent: the indexes of a history table: BRIN lookups (history_id, history_context) and the
+-- optional row index.
+
+-- A history table's lookup indexes besides the row btree: history_id (min-max) and
+-- history_context (bloom) in one BRIN index, nothing to maintain per row while a block range
+-- fills. Ranges are summarized by VACUUM and by the readers that use the index, never by the
+-- writer (why: src/brin.rs).
+CREATE FUNCTION koherent._create_lookup_indexes(hist regclass) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF current_setting('server_version_num')::int >= 140000 THEN
+        EXECUTE format('CREATE INDEX ON %s USING brin '
+                       '(history_id, history_context uuid_bloom_ops (n_distinct_per_range = 1000)) '
+                       'WITH (pages_per_range = 8, autosummarize = on)', hist);
+    ELSE  -- no bloom opclass before 14
+        EXECUTE format('CREATE INDEX ON %s USING brin (history_id) '
+                       'WITH (pages_per_range = 8, autosummarize = on)', hist);
+        EXECUTE format('CREATE INDEX ON %s (history_context)', hist);
+    END IF;
+END $$;
+
+-- A history table's row index: the btree (primary key..., history_id), or null.
+CREATE FUNCTION koherent._row_index(hist regclass) RETURNS regclass
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT i.indexrelid::regclass
+      FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam
+     WHERE i.indrelid = hist AND a.amname = 'btree' AND i.indnatts >= 2
+       AND i.indkey[i.indnatts - 1] = (SELECT attnum FROM pg_attribute
+                                        WHERE attrelid = hist AND attname = 'history_id')
+     LIMIT 1
+$$;
+
+-- The row index: a btree on (primary key, history_id) of a history table. It makes one row's
+-- provenance an index lookup, and it is the largest part of what history costs a bulk write
+-- (every entry is one more btree descent). expose() creates it; track(..., row_index) sets it.
+CREATE FUNCTION koherent._create_row_index(hist regclass, pk name[]) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF koherent._row_index(hist) IS NULL THEN
+        EXECUTE format('CREATE INDEX ON %s (%s, history_id)', hist,
+                       (SELECT string_agg(format('%I', k), ', ') FROM unnest(pk) k));
+    END IF;
+END $$;

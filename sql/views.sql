@@ -1,0 +1,165 @@
+-- koherent: the views over all history tables (koherent._history_all, provenance_entry,
+-- effective_change, tracked_table) and the SQL that builds them: each view is one UNION ALL
+-- branch per history table, generated again after every track, untrack and DDL.
+
+-- A history column as jsonb, without running code a non-superuser can define. to_jsonb
+-- consults casts to json for types outside pg_catalog (and for such fields of composites and
+-- elements of arrays), and whoever owns a type may create such a cast: it would run as the reader,
+-- or as the extension owner inside koherent's SECURITY DEFINER readers. Built-in types go
+-- through to_jsonb (only built-in code); every other type is shown as the JSON string of its
+-- output function's text (koherent._text_out; output functions are C, written by superusers).
+CREATE FUNCTION koherent._json_expr(hist regclass, col name, alias text DEFAULT 'h') RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN koherent._is_builtin_type(a.atttypid)
+                THEN format('to_jsonb(%s.%I)', alias, col)
+                ELSE format('to_jsonb(koherent._text_out(%s.%I))', alias, col) END
+      FROM pg_attribute a WHERE a.attrelid = hist AND a.attname = col AND NOT a.attisdropped
+$$;
+
+-- row_data of a history table's entries: its data columns (live and retired) as one jsonb
+-- object, built without casts (see _json_expr).
+CREATE FUNCTION koherent._row_data_expr(hist regclass) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cols name[];
+    safe boolean;
+    parts text[] := '{}';
+    i integer;
+BEGIN
+    SELECT array_agg(a.attname ORDER BY a.attnum), bool_and(koherent._is_builtin_type(a.atttypid))
+      INTO cols, safe
+      FROM pg_attribute a
+     WHERE a.attrelid = hist AND a.attnum > 0 AND NOT a.attisdropped
+       AND a.attname NOT IN ('history_id', 'history_kind', 'history_date', 'history_context')
+       AND a.attname NOT LIKE 'old:%';
+    IF cols IS NULL THEN
+        RETURN '''{}''::jsonb';
+    END IF;
+    IF safe THEN  -- every column built-in: the whole row at once (fast)
+        RETURN format('(to_jsonb(h) - ARRAY[''history_id'', ''history_kind'', ''history_date'', ''history_context''%s])',
+                      coalesce((SELECT ', ' || string_agg(format('%L', a.attname), ', ')
+                                  FROM pg_attribute a
+                                 WHERE a.attrelid = hist AND a.attname LIKE 'old:%' AND NOT a.attisdropped), ''));
+    END IF;
+    -- jsonb_build_object takes at most 100 arguments: 50 columns per call, joined by ||
+    FOR i IN 0 .. (array_length(cols, 1) - 1) / 50 LOOP
+        parts := parts || (SELECT format('jsonb_build_object(%s)',
+                                         string_agg(format('%L, %s', c, koherent._json_expr(hist, c)), ', ' ORDER BY o))
+                             FROM unnest(cols[i * 50 + 1 : i * 50 + 50]) WITH ORDINALITY AS u(c, o));
+    END LOOP;
+    RETURN '(' || array_to_string(parts, ' || ') || ')';
+END $$;
+
+-- How generated SQL names a tracked table. Function bodies (the exposed functions, dumped as
+-- text and restored elsewhere, where the table has another oid) name it, while it exists. Views
+-- use its oid, converted at run time: a regclass constant would make the view (an extension
+-- member) depend on the table and block DROP TABLE; the views are rebuilt after a restore.
+CREATE FUNCTION koherent._table_literal(cfg koherent.tracked_config, by_name boolean) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN by_name AND cfg.dropped_at IS NULL
+                THEN format('%L::regclass', format('%I.%I', cfg.schema_name, cfg.table_name))
+                ELSE format('%s::oid::regclass', cfg.relid) END
+$$;
+
+-- The SELECT of one history table's entries, in the shape of koherent._history_all (shape
+-- 'history_all': the table named by oid, as the views need) or of koherent.provenance_entry
+-- ('provenance_entry': joined with its context row, the table named by name, as the readers'
+-- function bodies need). The one place that knows how row_key, row_data and table_ident are made.
+CREATE FUNCTION koherent._entry_select(cfg koherent.tracked_config, shape text)
+RETURNS text LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    hist regclass := format('koherent_history.%I', cfg.history_table)::regclass;
+    attributed boolean;
+BEGIN
+    IF shape NOT IN ('history_all', 'provenance_entry') THEN
+        RAISE EXCEPTION 'koherent._entry_select: unknown shape %', shape USING ERRCODE = '22023';
+    END IF;
+    attributed := shape = 'provenance_entry';
+    RETURN format(
+        'SELECT h.history_id, %s AS table_name, jsonb_build_object(%s) AS row_key, '
+        'h.history_kind AS kind, h.history_date AS date, h.history_context AS context_id, %s'
+        '%s AS row_data, '
+        '%s%L::text AS table_ident%s FROM koherent_history.%I h%s',
+        koherent._table_literal(cfg, attributed),
+        (SELECT string_agg(format('%L, %s', k, koherent._json_expr(hist, k)), ', ') FROM unnest(cfg.pk_columns) k),
+        CASE WHEN attributed THEN 'c.db_role, ' ELSE '' END,
+        koherent._row_data_expr(hist),
+        CASE WHEN attributed THEN 'c.task_id, c.client_id AS agent_client_id, c.issuer, c.changed_by, ' ELSE '' END,
+        format('%I.%I', cfg.schema_name, cfg.table_name),
+        CASE WHEN attributed THEN ', c.effective_role' ELSE '' END,
+        cfg.history_table,
+        CASE WHEN attributed
+             THEN ' LEFT JOIN koherent.transaction_auth_context c ON c.id = h.history_context' ELSE '' END);
+END $$;
+
+-- Rebuild the views over all history tables (after track, untrack, ALTER TABLE, DROP TABLE).
+CREATE FUNCTION koherent._rebuild_views(empty boolean DEFAULT false) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cfg koherent.tracked_config;
+    entries text[] := '{}';
+    changes text[] := '{}';
+    vals text;
+BEGIN
+    FOR cfg IN SELECT * FROM koherent.tracked_config WHERE NOT empty ORDER BY id LOOP
+        SELECT string_agg(format('(%L::text, %s, %s, %s::bigint, %s::bigint)',
+                                 column_name,
+                                 koherent._json_expr(format('koherent_history.%I', cfg.history_table)::regclass, column_name),
+                                 koherent._json_expr(format('koherent_history.%I', cfg.history_table)::regclass, 'old:' || column_name),
+                                 live_from, coalesce(live_until::text, 'NULL')), ', ' ORDER BY attnum NULLS LAST, column_name)
+          INTO vals FROM koherent.tracked_column WHERE config_id = cfg.id;
+        entries := entries || koherent._entry_select(cfg, 'history_all');
+        IF vals IS NOT NULL THEN
+            changes := changes || format(
+                'SELECT h.history_id, f.field, '
+                'CASE h.history_kind WHEN ''CREATE'' THEN NULL WHEN ''UPDATE'' THEN f.old ELSE f.cur END AS old_value, '
+                'CASE WHEN h.history_kind IN (''DELETE'', ''TRUNCATE'') THEN NULL ELSE f.cur END AS new_value '
+                'FROM koherent_history.%I h CROSS JOIN LATERAL (VALUES %s) AS f(field, cur, old, live_from, live_until) '
+                'WHERE h.history_id >= f.live_from AND (f.live_until IS NULL OR h.history_id < f.live_until) '
+                'AND (h.history_kind <> ''UPDATE'' OR f.cur::text IS DISTINCT FROM f.old::text)',
+                cfg.history_table, vals);
+        END IF;
+    END LOOP;
+    entries := entries || ('SELECT NULL::bigint AS history_id, NULL::regclass AS table_name, NULL::jsonb AS row_key, '
+                           'NULL::text AS kind, NULL::timestamptz AS date, NULL::uuid AS context_id, '
+                           'NULL::jsonb AS row_data, NULL::text AS table_ident WHERE false')::text;
+    changes := changes || ('SELECT NULL::bigint AS history_id, NULL::text AS field, NULL::jsonb AS old_value, '
+                           'NULL::jsonb AS new_value WHERE false')::text;
+    EXECUTE 'CREATE OR REPLACE VIEW koherent._history_all AS ' || array_to_string(entries, E'\nUNION ALL\n');
+    EXECUTE 'CREATE OR REPLACE VIEW koherent.effective_change AS ' || array_to_string(changes, E'\nUNION ALL\n');
+END $$;
+
+
+CREATE VIEW koherent._history_all AS
+SELECT NULL::bigint AS history_id, NULL::regclass AS table_name, NULL::jsonb AS row_key,
+       NULL::text AS kind, NULL::timestamptz AS date, NULL::uuid AS context_id,
+       NULL::jsonb AS row_data, NULL::text AS table_ident
+ WHERE false;
+
+CREATE VIEW koherent.effective_change AS
+SELECT NULL::bigint AS history_id, NULL::text AS field, NULL::jsonb AS old_value,
+       NULL::jsonb AS new_value
+ WHERE false;
+-- (the @graphql tags give pg_graphql the primary keys of these views)
+COMMENT ON VIEW koherent.effective_change IS
+E'koherent: one row per field a history entry changed (CREATE: every field, old null; DELETE/TRUNCATE: every field, new null; UPDATE: the fields whose value changed).\n@graphql({"primary_key_columns": ["history_id", "field"]})';
+
+CREATE VIEW koherent.provenance_entry AS
+SELECT e.history_id, e.table_name, e.row_key, e.kind, e.date, e.context_id, c.db_role, e.row_data,
+       c.task_id, c.client_id AS agent_client_id, c.issuer, c.changed_by, e.table_ident,
+       c.effective_role
+  FROM koherent._history_all e
+  LEFT JOIN koherent.transaction_auth_context c ON c.id = e.context_id;
+COMMENT ON VIEW koherent.provenance_entry IS
+E'koherent: one row per recorded change across all tracked tables, with its attribution.\n@graphql({"primary_key_columns": ["history_id"]})';
+
+CREATE VIEW koherent.tracked_table AS
+SELECT c.relid::regclass AS table_name, c.exclude, c.tracked_since, c.require_task,
+       format('koherent_history.%I', c.history_table)::regclass AS history_table,
+       c.pk_columns, c.id AS config_id,
+       koherent._row_index(format('koherent_history.%I', c.history_table)::regclass) IS NOT NULL AS row_index
+  FROM koherent.tracked_config c
+ WHERE c.active AND c.dropped_at IS NULL;
+COMMENT ON VIEW koherent.tracked_table IS 'koherent: the tables being recorded now.';
+
+-------------------------------------------------------------------------------------------------
