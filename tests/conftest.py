@@ -1,4 +1,4 @@
-"""Fixtures for koherent's client tests.
+"""Fixtures and shared helpers for koherent's client tests.
 
 scripts/test.sh starts a throwaway PostgreSQL 15 cluster with the built extension installed and
 exports KOHERENT_TEST_HOST / KOHERENT_TEST_PORT. Every test gets a fresh database cloned from a
@@ -162,3 +162,37 @@ def item(db):
 
 def sqlstate(excinfo):
     return excinfo.value.sqlstate
+
+
+def entries(db, table="item"):
+    """A table's history entries in order: (kind, row_key, row_data without `updated`)."""
+    return db.sql(
+        "SELECT kind, row_key, row_data - 'updated' FROM koherent.provenance_entry "
+        "WHERE table_name = %s::regclass ORDER BY history_id",
+        [table],
+    )
+
+
+def changes(db, history_id):
+    """One entry's effective changes but `updated`, by field: (field, old_value, new_value)."""
+    return db.sql(
+        "SELECT field, old_value, new_value FROM koherent.effective_change "
+        "WHERE history_id = %s AND field <> 'updated' ORDER BY field",
+        [history_id],
+    )
+
+
+def ids(db):
+    """Every history id, in order."""
+    return [r[0] for r in db.sql("SELECT history_id FROM koherent.provenance_entry ORDER BY history_id")]
+
+
+def write(db, statements, token=None, user="postgres"):
+    """Run one statement (a str) or several (a list) in one transaction as `user`, under
+    koherent.set_task(token) first when a token is given; commit."""
+    with db.conn(user=user, autocommit=False) as c:
+        if token is not None:
+            c.execute("SELECT koherent.set_task(%s)", [token])
+        for s in [statements] if isinstance(statements, str) else statements:
+            c.execute(s)
+        c.commit()

@@ -1,4 +1,7 @@
-"""Issue 3: verified task attribution with tokens minted by joserfc."""
+"""Attribution: verified task tokens (minted by joserfc) stamped on every change: set_task, the
+token setting and PostgREST request headers, task and context rows, transactions and savepoints,
+require_task, sessions racing on one new task, issuer keys, and the verification settings an
+application role cannot weaken."""
 
 import json
 import threading

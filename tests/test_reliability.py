@@ -1,4 +1,6 @@
-"""Issue 4: concurrency under pgbench, PgBouncer transaction pooling, crashes."""
+"""Reliability under load and failure: pgbench clients mixing tasks, unattributed writes and
+rollbacks (history equals what committed), PgBouncer transaction pooling (attribution never
+leaks to the next client), a backend killed mid-transaction, an immediate shutdown mid-write."""
 
 import os
 import shutil

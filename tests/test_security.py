@@ -1,4 +1,7 @@
-"""Issue 4: the security model (SECURITY.md) and forged tokens, through SQL."""
+"""The security model (SECURITY.md) through SQL: forged tokens, each refused for its reason;
+what an application role is denied (history, koherent's tables and internal functions, the
+triggers); no setting or function makes a write attributed; history readable only when granted;
+an error leaves the session's next transaction clean."""
 
 import base64
 import json

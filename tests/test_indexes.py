@@ -1,0 +1,151 @@
+"""Indexes of history tables: the optional row index (track(row_index => ...), added by expose()),
+lookups by row and by task planned as index scans, the BRIN index on history_context whose
+ranges task_changes summarizes before it reads (and rows written into ranges already
+summarized), indexes an administrator adds to a history table."""
+
+import re
+
+import psycopg
+import pytest
+
+from conftest import mint, write
+
+
+def test_row_index_is_added_on_request_or_by_expose(item):
+    def row_index():
+        return item.one("SELECT row_index FROM koherent.tracked_table")
+
+    def btrees():
+        return item.sql("SELECT pg_get_indexdef(i.indexrelid) FROM pg_index i JOIN pg_class c "
+                        "ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam "
+                        "WHERE i.indrelid = 'koherent_history.item'::regclass AND a.amname = 'btree'")
+
+    def uses_row_index():
+        with item.conn() as c:
+            c.execute("SET enable_seqscan = off")
+            body = "\n".join(r[0] for r in c.execute(
+                "EXPLAIN (COSTS OFF) SELECT * FROM koherent_history.item h WHERE h.id = 1").fetchall())
+        return "item_id_history_id_idx" in body
+
+    # a new history table has no row index: bulk writes pay no btree descent per entry
+    assert row_index() is False and btrees() == []
+    item.sql("INSERT INTO item (id, qty) VALUES (1, 1)")
+    item.sql("UPDATE item SET qty = 2")
+    item.sql("SELECT koherent.track('item')")  # idempotent, and the default leaves it as it is
+    assert btrees() == []
+    item.sql("SELECT koherent.track('item', row_index => true)")
+    assert row_index() is True and len(btrees()) == 1 and "(id, history_id)" in btrees()[0][0]
+    assert uses_row_index()
+    item.sql("SELECT koherent.track('item')")  # still idempotent: the index stays
+    assert row_index() is True and len(btrees()) == 1
+    item.sql("SELECT koherent.track('item', row_index => false)")
+    assert row_index() is False and btrees() == []
+    # expose() serves <table>_provenance(row), a lookup by key: it adds the row index
+    item.sql("SELECT koherent.expose('item')")
+    assert row_index() is True and len(btrees()) == 1 and uses_row_index()
+    item.sql("SELECT koherent.expose('item')")  # a second expose() adds nothing
+    assert len(btrees()) == 1
+    # without the index a row's provenance is found by a scan: same answer
+    item.sql("SELECT koherent.track('item', row_index => false)")
+    assert item.sql("SELECT kind FROM item_provenance((SELECT i FROM item i WHERE id = 1))") == [
+        ("CREATE",), ("UPDATE",)]
+    item.sql("SELECT koherent.track('item', row_index => true)")
+    assert item.sql("SELECT kind FROM item_provenance((SELECT i FROM item i WHERE id = 1))") == [
+        ("CREATE",), ("UPDATE",)]
+    # entries written while the index was absent are in it (it is built from the table)
+    item.sql("DELETE FROM item")
+    with item.conn() as c:
+        c.execute("SET enable_seqscan = off")
+        assert c.execute("SELECT history_kind FROM koherent_history.item WHERE id = 1 "
+                         "ORDER BY history_id").fetchall() == [("CREATE",), ("UPDATE",), ("DELETE",)]
+
+
+def plan(db, query):
+    return "\n".join(r[0] for r in db.sql("EXPLAIN (COSTS OFF) " + query))
+
+
+def test_row_provenance_and_task_changes_are_index_lookups(item):
+    item.sql("SELECT koherent.expose('item')")
+    item.sql("INSERT INTO item (id, qty) SELECT g, 0 FROM generate_series(1, 200000) g")
+    item.sql("UPDATE item SET qty = 1 WHERE id % 2 = 0")
+    write(item, "UPDATE item SET qty = 7 WHERE id = 4242", mint("needle"))
+    item.sql("ANALYZE koherent_history.item; ANALYZE koherent.transaction_auth_context")
+    p = plan(item, "SELECT * FROM item_provenance(ROW(4242, null, null, null, null, null)::item)")
+    # the function is inlined only when not SECURITY DEFINER; look at its body's plan instead
+    body = plan(item, "SELECT * FROM koherent_history.item h WHERE h.id = 4242")
+    assert "Index" in body and "Seq Scan" not in body, body
+    ctx = item.one("SELECT id FROM koherent.transaction_auth_context WHERE task_id = 'needle'")
+    tc = plan(item, f"SELECT * FROM koherent_history.item h WHERE h.history_context = ANY (ARRAY['{ctx}']::uuid[])")
+    assert "Bitmap Index Scan on item_history_id_history_context_idx" in tc and "Seq Scan" not in tc, tc
+    # The writer does not summarize BRIN ranges (no VACUUM ran here either): a lookup straight
+    # after the writes reads the whole unsummarized table, with the right answer. task_changes
+    # summarizes the complete ranges first; from then on the lookup reads one 8-page range (plus
+    # at most the range still being filled), not the ~5000-page table.
+    def lossy():
+        analyzed = "\n".join(r[0] for r in item.sql(
+            "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) SELECT * FROM koherent_history.item h "
+            f"WHERE h.history_context = ANY (ARRAY['{ctx}']::uuid[])"))
+        assert "(actual rows=1 " in analyzed, analyzed
+        return int(re.search(r"Heap Blocks: lossy=(\d+)", analyzed).group(1)), analyzed
+
+    assert lossy()[0] > 3000
+    with item.conn(autocommit=False) as c:  # a read-only transaction reads, summarizes nothing
+        c.execute("SET TRANSACTION READ ONLY")
+        assert c.execute("SELECT count(*) FROM koherent.task_changes('needle')").fetchone()[0] == 1
+    assert lossy()[0] > 3000
+    assert item.one("SELECT count(*) FROM koherent.task_changes('needle')") == 1
+    blocks, analyzed = lossy()
+    assert 0 < blocks <= 48, analyzed
+    assert item.one("SELECT pg_relation_size('koherent_history.item') / 8192") > 3000
+    # rows written after the summaries: found, and summarized by the next reader
+    write(item, "INSERT INTO item (id, qty) SELECT g, 0 FROM generate_series(300001, 330000) g", mint("needle-2"))
+    assert item.one("SELECT count(*) FROM koherent.task_changes('needle-2')") == 30000
+    assert lossy()[0] <= 48
+    # by hand, for one history table (what task_changes calls for each)
+    item.sql("INSERT INTO item (id, qty) SELECT g, 0 FROM generate_series(400001, 430000) g")
+    assert lossy()[0] > 48
+    item.sql("SELECT koherent._summarize('koherent_history.item'::regclass::oid)")
+    assert lossy()[0] <= 48
+    assert item.one("SELECT count(*) FROM koherent.task_changes('needle')") == 1
+    assert item.sql("SELECT kind FROM item_provenance((SELECT i FROM item i WHERE id = 4242))") == [
+        ("CREATE",), ("UPDATE",), ("UPDATE",)]
+    assert p  # the statement plans
+
+
+def test_rows_written_into_summarized_ranges_are_found(item):
+    # History is append-only, but free space in early pages (here: made by hand) sends new
+    # history tuples into block ranges that are already summarized; their summaries must then
+    # take the new values, or a BRIN lookup would miss them.
+    item.sql("INSERT INTO item (id, qty) SELECT g, 0 FROM generate_series(1, 5000) g")
+    item.sql("DELETE FROM koherent_history.item WHERE id <= 1000")
+    item.sql("VACUUM koherent_history.item")
+    write(item, "INSERT INTO item (id, qty) SELECT g, 1 FROM generate_series(10001, 10300) g", mint("late"))
+    ctx = item.one("SELECT id FROM koherent.transaction_auth_context WHERE task_id = 'late'")
+    blocks = item.one("SELECT max((ctid::text::point)[0])::int FROM koherent_history.item "
+                      "WHERE history_context = %s", [ctx])
+    assert blocks < 8, "the new rows did not land in the first (summarized) ranges"
+    with item.conn() as c:
+        c.execute("SET enable_seqscan = off")
+        q = f"SELECT count(*) FROM koherent_history.item WHERE history_context = '{ctx}'"
+        plan = "\n".join(r[0] for r in c.execute("EXPLAIN (COSTS OFF) " + q).fetchall())
+        assert "Bitmap Index Scan" in plan, plan
+        assert c.execute(q).fetchone()[0] == 300
+    assert item.one("SELECT count(*) FROM koherent.task_changes('late')") == 300
+
+
+def test_indexes_an_admin_adds_to_a_history_table_are_maintained(item):
+    # koherent's own indexes take a fast path; a partial or unique index must see the same
+    # checks the executor makes.
+    item.sql("CREATE INDEX big_qty ON koherent_history.item (id) WHERE qty > 100")
+    item.sql("CREATE UNIQUE INDEX one_create ON koherent_history.item (id) WHERE history_kind = 'CREATE'")
+    item.sql("INSERT INTO item (id, qty) VALUES (1, 5), (2, 500)")
+    with item.conn() as c:
+        c.execute("SET enable_seqscan = off")
+        c.execute("SET enable_bitmapscan = off")
+        q = "SELECT id FROM koherent_history.item WHERE qty > 100 AND id > 0"
+        assert "big_qty" in "\n".join(r[0] for r in c.execute("EXPLAIN (COSTS OFF) " + q).fetchall())
+        assert c.execute(q).fetchall() == [(2,)]
+    item.sql("DELETE FROM item WHERE id = 1")
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        item.sql("INSERT INTO item (id, qty) VALUES (1, 6)")
+    assert item.count("item") == 1
