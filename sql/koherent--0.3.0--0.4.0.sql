@@ -1,4 +1,4 @@
--- koherent 0.3.0 -> 0.4.0: hardening (see README, "What 0.4.0 changed", and SECURITY.md).
+-- koherent 0.3.0 -> 0.4.0: hardening (see CHANGELOG.md, 0.4.0, and SECURITY.md).
 -- Generated once from 0.4.0's install script and sql/history.sql (functions replaced whole), then
 -- the migration of existing installations at the end. Upgrade scripts repeat function bodies.
 
