@@ -497,8 +497,8 @@ BEGIN
     IF ctx IS NULL THEN
         RETURN;
     END IF;
-    -- The writer leaves BRIN summarization to VACUUM and to readers: summarize what is complete
-    -- and still unsummarized, so that the lookups below read no long unsummarized tail.
+    -- summarize what is complete and still unsummarized (src/brin.rs), so that the lookups
+    -- below read no long unsummarized tail
     PERFORM koherent._summarize(to_regclass(format('koherent_history.%I', cfg.history_table))::oid)
        FROM koherent.tracked_config cfg;
     SELECT string_agg(koherent._entry_select(cfg, 'provenance_entry') || ' WHERE h.history_context = ANY ($1)', E'\nUNION ALL\n')

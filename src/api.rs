@@ -68,7 +68,8 @@ fn _set_context(metadata: &str) {
     context::set_context(JsonB(parse_json(metadata)))
 }
 
-/// Internal: called by history triggers once per statement.
+/// Internal: called once per statement by a table's TRUNCATE copy
+/// (`koherent._truncate_copy_<id>`); the Rust writer calls `context::write_context` itself.
 #[pg_extern(volatile, parallel_unsafe)]
 fn _write_context(require_task: bool, relid: pg_sys::Oid) -> Uuid {
     context::write_context(require_task, relid)

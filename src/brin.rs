@@ -30,10 +30,8 @@ struct BrinOptions {
 }
 
 /// Summarize the BRIN ranges of a history table that are complete (the table has grown past
-/// them) and have no summary yet. The writer never does this: summarizing reads every tuple of
-/// a range again (a quarter of what history costs a bulk INSERT), so it is left to VACUUM
-/// (autovacuum's insert-driven runs summarize new ranges in the background) and to the readers
-/// that look history up by BRIN (`koherent.task_changes`), which call this first so that they
+/// them) and have no summary yet (the writer never does: see the module documentation). The
+/// readers that look history up by BRIN (`koherent.task_changes`) call this first, so that they
 /// never scan a long unsummarized tail. Each backend remembers up to where it found every range
 /// summarized (ranges stay summarized), so a call with nothing new costs a revmap lookup or
 /// two. Skipped, not waited for, while VACUUM or another backend holds the summarization lock,
