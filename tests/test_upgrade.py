@@ -80,6 +80,22 @@ def install_release(old, fresh, release, tables):
     old.sql("SELECT koherent.track('item')")
 
 
+READER = "koherent_upgrade_reader"
+
+
+def install_exposed(old, fresh, release):
+    """install_release with `item` tracked with require_task and exposed to a reader role, which
+    may read `item`; returns the reader's name."""
+    with connect() as c:
+        if not c.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [READER]).fetchone():
+            c.execute(f"CREATE ROLE {READER} LOGIN")
+    install_release(old, fresh, release, {"item": ITEM_DDL})
+    old.sql("SELECT koherent.track('item', require_task => true)")
+    old.sql(f"SELECT koherent.expose('item', '{READER}')")
+    old.sql(f"GRANT SELECT ON item TO {READER}")
+    return READER
+
+
 def test_upgrade_from_0_1_0(old_db):
     old, fresh = old_db
     install_release(old, fresh, "0.1.0", {"item": ITEM_DDL})
@@ -164,14 +180,7 @@ def test_upgrade_from_0_3_0(old_db):
     functions are generated again (grants kept), views are cast-free, context rows get
     effective_role, and old history stays readable."""
     old, fresh = old_db
-    reader = "koherent_upgrade_reader"
-    with connect() as c:
-        if not c.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [reader]).fetchone():
-            c.execute(f"CREATE ROLE {reader} LOGIN")
-    install_release(old, fresh, "0.3.0", {"item": ITEM_DDL})
-    old.sql("SELECT koherent.track('item', require_task => true)")
-    old.sql(f"SELECT koherent.expose('item', '{reader}')")
-    old.sql(f"GRANT SELECT ON item TO {reader}")
+    reader = install_exposed(old, fresh, "0.3.0")
     write(old, ["INSERT INTO item (id, qty) VALUES (1, 1), (2, 2)", "UPDATE item SET qty = 10 WHERE id = 1"],
           mint("before-upgrade"), user=APP_ROLE)
     # 0.3.0's exposed function trusted the row value it was given
@@ -213,14 +222,7 @@ def test_upgrade_from_0_4_0(old_db):
     old ones are gone, the new ones work for the roles granted before, and old history stays
     readable."""
     old, fresh = old_db
-    reader = "koherent_upgrade_reader"
-    with connect() as c:
-        if not c.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [reader]).fetchone():
-            c.execute(f"CREATE ROLE {reader} LOGIN")
-    install_release(old, fresh, "0.4.0", {"item": ITEM_DDL})
-    old.sql("SELECT koherent.track('item', require_task => true)")
-    old.sql(f"SELECT koherent.expose('item', '{reader}')")
-    old.sql(f"GRANT SELECT ON item TO {reader}")
+    reader = install_exposed(old, fresh, "0.4.0")
     old.sql(f"GRANT TRUNCATE ON item TO {APP_ROLE}")
     assert old.sql("SELECT proname FROM pg_proc WHERE proname IN ('_trg_1', '_keys_1', '_sync', '_cold_verify_micros') "
                    "ORDER BY 1") == [("_cold_verify_micros",), ("_keys_1",), ("_sync",), ("_trg_1",)]
