@@ -112,7 +112,7 @@ impl KoherentError {
                 "koherent.agent_binding lists the roles that may present this agent's tokens (koherent.bind_agent).",
             ),
             KoherentError::MergeMovesRows { .. } => Some(
-                "Move such rows with UPDATE (recorded), or MERGE into the partitions themselves.",
+                "Move such rows with UPDATE (recorded), or with DELETE and INSERT.",
             ),
             KoherentError::HistoryOutOfSync(_) => Some(
                 "Run koherent.track(<table>) again: it brings the history table and the triggers in line with the table.",

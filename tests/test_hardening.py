@@ -694,6 +694,32 @@ def test_merge_moving_rows_in_a_session_that_had_not_loaded_koherent(db):
         c.execute("UPDATE mp SET part = 2, v = 'top' WHERE id = 1")
     assert db.sql("SELECT kind, row_key, row_data->>'v' FROM koherent.provenance_entry ORDER BY history_id") == [
         ("UPDATE", {"id": 2, "part": 2}, "by update"), ("UPDATE", {"id": 1, "part": 2}, "top")]
+    # a nested MERGE under a top-level UPDATE of another table, and a nested UPDATE under a
+    # top-level MERGE: the portal's command says nothing of a nested statement, so both are
+    # unknown (nothing moved); run again, each is judged as what it is
+    db.sql("CREATE TABLE other (x int)")
+    db.sql("INSERT INTO other VALUES (1)")
+    db.sql(f"GRANT ALL ON other TO {APP_ROLE}")
+    db.sql("CREATE FUNCTION merge_returning_one() RETURNS int LANGUAGE plpgsql AS $$ BEGIN "
+           "MERGE INTO mp t USING msrc s ON t.id = s.id WHEN MATCHED THEN UPDATE SET part = s.part, v = s.v; "
+           "RETURN 1; END $$")
+    db.sql("UPDATE msrc SET part = 1")   # would move row 1 back to partition 1
+    with db.app() as c:
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as e:
+            c.execute("UPDATE other SET x = merge_returning_one()")
+        assert "reason: mover_unknown" in e.value.diag.message_detail
+        with pytest.raises(psycopg.errors.FeatureNotSupported):
+            c.execute("UPDATE other SET x = merge_returning_one()")
+    db.sql("UPDATE mp SET part = 1, v = 'back' WHERE id = 2")
+    with db.app() as c:
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
+            c.execute("MERGE INTO other o USING (SELECT move_by_update() AS x) s ON o.x = s.x "
+                      "WHEN NOT MATCHED THEN INSERT VALUES (s.x)")
+        c.execute("MERGE INTO other o USING (SELECT move_by_update() AS x) s ON o.x = s.x "
+                  "WHEN NOT MATCHED THEN INSERT VALUES (s.x)")
+    assert db.sql("SELECT id, part, v FROM mp ORDER BY id") == [(1, 2, "top"), (2, 2, "by update")]
+    assert db.sql("SELECT row_key, row_data->>'v' FROM koherent.provenance_entry ORDER BY history_id")[-1] == (
+        {"id": 2, "part": 2}, "by update")
     # loaded when a session starts, the hook sees every statement: no 55000, the MERGE refused
     db.sql(f"ALTER DATABASE {db.name} SET session_preload_libraries = 'koherent'")
     db.sql("UPDATE msrc SET part = 1")

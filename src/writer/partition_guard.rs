@@ -23,10 +23,17 @@ enum Mover {
     Unknown,
 }
 
-/// The mover when [`running`] cannot tell: the top-level statement, if it is a MERGE or an
-/// UPDATE, moves the row itself; anything else (a DO block, a CALL, a SELECT of a function,
-/// EXPLAIN ANALYZE) runs a statement that may be a MERGE.
+/// The mover when [`running`] cannot tell. A statement nested in another (run by a PL/pgSQL or
+/// SQL function, SPI, a foreign key's action) executes below an error context callback that its
+/// caller pushed; the top-level statement's executor pushes none. So: with a callback on the
+/// stack, the row is moved by a nested statement, which may be a MERGE whatever the top-level
+/// statement is; without one, by the top-level statement itself, whose command the portal
+/// names (MERGE, or UPDATE: anything else moving rows directly, such as EXPLAIN ANALYZE,
+/// counts as unknown).
 unsafe fn top_level_mover() -> Mover {
+    if !pg_sys::error_context_stack.is_null() {
+        return Mover::Unknown;
+    }
     let portal = pg_sys::ActivePortal;
     if portal.is_null() {
         return Mover::Unknown;
