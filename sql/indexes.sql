@@ -24,20 +24,51 @@ CREATE FUNCTION koherent._row_index(hist regclass) RETURNS regclass
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT i.indexrelid::regclass
       FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam
-     WHERE i.indrelid = hist AND a.amname = 'btree' AND i.indnatts >= 2
+     WHERE i.indrelid = hist AND a.amname = 'btree' AND i.indnatts >= 2 AND i.indpred IS NULL
        AND i.indkey[i.indnatts - 1] = (SELECT attnum FROM pg_attribute
                                         WHERE attrelid = hist AND attname = 'history_id')
+     LIMIT 1
+$$;
+
+-- Which entries are UPDATEs that changed the row's key (from its "old:" key to another):
+-- the predicate of the key-change index, and the same words in the readers' life check
+-- (koherent._current_life), so that the planner proves the index usable. `alias`: '' or 'd.'.
+CREATE FUNCTION koherent._key_change_predicate(pk name[], alias text) RETURNS text
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT format('%1$shistory_kind = ''UPDATE'' AND ROW(%2$s) IS DISTINCT FROM ROW(%3$s)', alias,
+                  (SELECT string_agg(alias || format('%I', 'old:' || k), ', ') FROM unnest(pk) k),
+                  (SELECT string_agg(alias || format('%I', k), ', ') FROM unnest(pk) k))
+$$;
+
+-- A history table's key-change index: a partial btree ("old:" key..., history_id) over the
+-- UPDATEs that changed the key, or null. It comes and goes with the row index.
+CREATE FUNCTION koherent._key_change_index(hist regclass) RETURNS regclass
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT i.indexrelid::regclass
+      FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam
+     WHERE i.indrelid = hist AND a.amname = 'btree' AND i.indnatts >= 2 AND i.indpred IS NOT NULL
+       AND i.indkey[i.indnatts - 1] = (SELECT attnum FROM pg_attribute
+                                        WHERE attrelid = hist AND attname = 'history_id')
+       AND (SELECT attname FROM pg_attribute WHERE attrelid = hist AND attnum = i.indkey[0]) LIKE 'old:%'
      LIMIT 1
 $$;
 
 -- The row index: a btree on (primary key, history_id) of a history table. It makes one row's
 -- provenance an index lookup, and it is the largest part of what history costs a bulk write
 -- (every entry is one more btree descent). expose() creates it; track(..., row_index) sets it.
+-- With it comes the key-change index, which finds the UPDATEs that moved a row to another key
+-- (a row's history ends there): small (only key-changing UPDATEs enter it), and evaluated per
+-- entry by the writer (src/insert/index.rs), without a descent for the others.
 CREATE FUNCTION koherent._create_row_index(hist regclass, pk name[]) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF koherent._row_index(hist) IS NULL THEN
         EXECUTE format('CREATE INDEX ON %s (%s, history_id)', hist,
                        (SELECT string_agg(format('%I', k), ', ') FROM unnest(pk) k));
+    END IF;
+    IF koherent._key_change_index(hist) IS NULL THEN
+        EXECUTE format('CREATE INDEX ON %s (%s, history_id) WHERE %s', hist,
+                       (SELECT string_agg(format('%I', 'old:' || k), ', ') FROM unnest(pk) k),
+                       koherent._key_change_predicate(pk, ''));
     END IF;
 END $$;

@@ -2,7 +2,9 @@
 -- functions renamed for what they do, function bodies that call them replaced, the benchmark
 -- helper no longer installed, and every tracked table's generated functions renamed
 -- (koherent._trg_<id> -> koherent._truncate_copy_<id>, koherent._keys_<id> ->
--- koherent._filter_keys_<id>). Generated from sql/*.sql by copying the changed functions whole;
+-- koherent._filter_keys_<id>); and a history table with the row index gets the key-change index
+-- (a row's provenance lookup no longer reads the whole history table). Generated from
+-- sql/*.sql by copying the changed functions whole;
 -- tests/test_upgrade.py checks the result against a fresh install, object for object.
 
 DROP FUNCTION koherent._cold_verify_micros(text, integer);
@@ -127,6 +129,68 @@ BEGIN
         CASE WHEN attributed
              THEN ' LEFT JOIN koherent.transaction_auth_context c ON c.id = h.history_context' ELSE '' END);
 END $$;
+
+-- from sql/indexes.sql
+CREATE FUNCTION koherent._key_change_predicate(pk name[], alias text) RETURNS text
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT format('%1$shistory_kind = ''UPDATE'' AND ROW(%2$s) IS DISTINCT FROM ROW(%3$s)', alias,
+                  (SELECT string_agg(alias || format('%I', 'old:' || k), ', ') FROM unnest(pk) k),
+                  (SELECT string_agg(alias || format('%I', k), ', ') FROM unnest(pk) k))
+$$;
+
+-- from sql/indexes.sql
+CREATE FUNCTION koherent._key_change_index(hist regclass) RETURNS regclass
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT i.indexrelid::regclass
+      FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam
+     WHERE i.indrelid = hist AND a.amname = 'btree' AND i.indnatts >= 2 AND i.indpred IS NOT NULL
+       AND i.indkey[i.indnatts - 1] = (SELECT attnum FROM pg_attribute
+                                        WHERE attrelid = hist AND attname = 'history_id')
+       AND (SELECT attname FROM pg_attribute WHERE attrelid = hist AND attnum = i.indkey[0]) LIKE 'old:%'
+     LIMIT 1
+$$;
+
+-- from sql/indexes.sql
+CREATE OR REPLACE FUNCTION koherent._row_index(hist regclass) RETURNS regclass
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT i.indexrelid::regclass
+      FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam
+     WHERE i.indrelid = hist AND a.amname = 'btree' AND i.indnatts >= 2 AND i.indpred IS NULL
+       AND i.indkey[i.indnatts - 1] = (SELECT attnum FROM pg_attribute
+                                        WHERE attrelid = hist AND attname = 'history_id')
+     LIMIT 1
+$$;
+
+-- from sql/indexes.sql
+CREATE OR REPLACE FUNCTION koherent._create_row_index(hist regclass, pk name[]) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF koherent._row_index(hist) IS NULL THEN
+        EXECUTE format('CREATE INDEX ON %s (%s, history_id)', hist,
+                       (SELECT string_agg(format('%I', k), ', ') FROM unnest(pk) k));
+    END IF;
+    IF koherent._key_change_index(hist) IS NULL THEN
+        EXECUTE format('CREATE INDEX ON %s (%s, history_id) WHERE %s', hist,
+                       (SELECT string_agg(format('%I', 'old:' || k), ', ') FROM unnest(pk) k),
+                       koherent._key_change_predicate(pk, ''));
+    END IF;
+END $$;
+
+-- from sql/readers.sql
+CREATE OR REPLACE FUNCTION koherent._current_life(cfg koherent.tracked_config, entry text, keyexpr text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    -- the life of a key ends at its DELETE or TRUNCATE (found by the row index), or at an UPDATE
+    -- that gave the row another key: its "old:" key is this one, and it changed the key (found
+    -- by the key-change index, whose predicate these words repeat)
+    SELECT format('NOT EXISTS (SELECT 1 FROM koherent_history.%1$I d WHERE d.history_id >= %4$s.history_id '
+                  'AND d.history_kind IN (''DELETE'', ''TRUNCATE'') AND %2$s) '
+                  'AND NOT EXISTS (SELECT 1 FROM koherent_history.%1$I d WHERE d.history_id >= %4$s.history_id '
+                  'AND %5$s AND %3$s)',
+                  cfg.history_table,
+                  (SELECT string_agg(format('d.%I = %s.%I', k, keyexpr, k), ' AND ') FROM unnest(cfg.pk_columns) k),
+                  (SELECT string_agg(format('d.%I = %s.%I', 'old:' || k, keyexpr, k), ' AND ') FROM unnest(cfg.pk_columns) k),
+                  entry, koherent._key_change_predicate(cfg.pk_columns, 'd.'))
+$$;
 
 -- from sql/triggers.sql
 CREATE OR REPLACE FUNCTION koherent._install_triggers(cfg_id integer) RETURNS void
@@ -389,6 +453,9 @@ BEGIN
         PERFORM koherent._create_row_index(hist, cfg.pk_columns);
     ELSIF NOT row_index AND idx IS NOT NULL THEN
         EXECUTE format('DROP INDEX %s', idx);
+        IF koherent._key_change_index(hist) IS NOT NULL THEN
+            EXECUTE format('DROP INDEX %s', koherent._key_change_index(hist));
+        END IF;
     END IF;
     PERFORM koherent._install_triggers(cfg.id);
     PERFORM koherent._rebuild_views();
@@ -629,7 +696,8 @@ BEGIN
 END $$;
 
 REVOKE EXECUTE ON FUNCTION koherent._retire_column_name(integer, name),
-    koherent._sync_history_columns(integer), koherent._entry_select(koherent.tracked_config, text)
+    koherent._sync_history_columns(integer), koherent._entry_select(koherent.tracked_config, text),
+    koherent._key_change_predicate(name[], text), koherent._key_change_index(regclass)
   FROM PUBLIC;
 
 -- Every tracked table's TRUNCATE copy and every exposed table's functions under their new names.
@@ -652,6 +720,10 @@ BEGIN
         EXECUTE format('DROP FUNCTION IF EXISTS koherent._trg_%s()', cfg.id);
         PERFORM koherent._install_triggers(cfg.id);
         EXECUTE format('ALTER EXTENSION koherent DROP FUNCTION koherent._truncate_copy_%s()', cfg.id);
+        IF koherent._row_index(format('koherent_history.%I', cfg.history_table)::regclass) IS NOT NULL THEN
+            PERFORM koherent._create_row_index(format('koherent_history.%I', cfg.history_table)::regclass,
+                                               cfg.pk_columns);
+        END IF;
         IF to_regprocedure(format('koherent.%I%s', '_keys_' || cfg.id, filter_sig)) IS NOT NULL THEN
             SELECT array_agg(DISTINCT a.grantee::regrole::text) INTO grantees
               FROM pg_proc p CROSS JOIN LATERAL aclexplode(p.proacl) a

@@ -28,15 +28,17 @@ $$;
 -- used again by a new row (another tenant's, say) does not open the earlier rows' history.
 CREATE FUNCTION koherent._current_life(cfg koherent.tracked_config, entry text, keyexpr text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    -- the life of a key ends at its DELETE or TRUNCATE, or at an UPDATE that gave the row another
-    -- key (its "old:" key is this one, its new key is not)
+    -- the life of a key ends at its DELETE or TRUNCATE (found by the row index), or at an UPDATE
+    -- that gave the row another key: its "old:" key is this one, and it changed the key (found
+    -- by the key-change index, whose predicate these words repeat)
     SELECT format('NOT EXISTS (SELECT 1 FROM koherent_history.%1$I d WHERE d.history_id >= %4$s.history_id '
-                  'AND ((d.history_kind IN (''DELETE'', ''TRUNCATE'') AND %2$s) '
-                  'OR (d.history_kind = ''UPDATE'' AND %3$s AND NOT (%2$s))))',
+                  'AND d.history_kind IN (''DELETE'', ''TRUNCATE'') AND %2$s) '
+                  'AND NOT EXISTS (SELECT 1 FROM koherent_history.%1$I d WHERE d.history_id >= %4$s.history_id '
+                  'AND %5$s AND %3$s)',
                   cfg.history_table,
                   (SELECT string_agg(format('d.%I = %s.%I', k, keyexpr, k), ' AND ') FROM unnest(cfg.pk_columns) k),
                   (SELECT string_agg(format('d.%I = %s.%I', 'old:' || k, keyexpr, k), ' AND ') FROM unnest(cfg.pk_columns) k),
-                  entry)
+                  entry, koherent._key_change_predicate(cfg.pk_columns, 'd.'))
 $$;
 
 -- An auditor may read every entry and the signed tokens: a role with SELECT on koherent.task's

@@ -119,6 +119,9 @@ BEGIN
         PERFORM koherent._create_row_index(hist, cfg.pk_columns);
     ELSIF NOT row_index AND idx IS NOT NULL THEN
         EXECUTE format('DROP INDEX %s', idx);
+        IF koherent._key_change_index(hist) IS NOT NULL THEN
+            EXECUTE format('DROP INDEX %s', koherent._key_change_index(hist));
+        END IF;
     END IF;
     PERFORM koherent._install_triggers(cfg.id);
     PERFORM koherent._rebuild_views();

@@ -18,7 +18,13 @@ def test_row_index_is_added_on_request_or_by_expose(item):
     def btrees():
         return item.sql("SELECT pg_get_indexdef(i.indexrelid) FROM pg_index i JOIN pg_class c "
                         "ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam "
-                        "WHERE i.indrelid = 'koherent_history.item'::regclass AND a.amname = 'btree'")
+                        "WHERE i.indrelid = 'koherent_history.item'::regclass AND a.amname = 'btree' "
+                        "AND i.indpred IS NULL")
+
+    def key_change_index():
+        """The partial btree of key-changing UPDATEs that comes and goes with the row index."""
+        return item.sql("SELECT pg_get_indexdef(i.indexrelid) FROM pg_index i "
+                        "WHERE i.indrelid = 'koherent_history.item'::regclass AND i.indpred IS NOT NULL")
 
     def uses_row_index():
         with item.conn() as c:
@@ -35,16 +41,17 @@ def test_row_index_is_added_on_request_or_by_expose(item):
     assert btrees() == []
     item.sql("SELECT koherent.track('item', row_index => true)")
     assert row_index() is True and len(btrees()) == 1 and "(id, history_id)" in btrees()[0][0]
+    assert len(key_change_index()) == 1 and '("old:id", history_id) WHERE' in key_change_index()[0][0]
     assert uses_row_index()
     item.sql("SELECT koherent.track('item')")  # still idempotent: the index stays
     assert row_index() is True and len(btrees()) == 1
     item.sql("SELECT koherent.track('item', row_index => false)")
-    assert row_index() is False and btrees() == []
+    assert row_index() is False and btrees() == [] and key_change_index() == []
     # expose() serves <table>_provenance(row), a lookup by key: it adds the row index
     item.sql("SELECT koherent.expose('item')")
     assert row_index() is True and len(btrees()) == 1 and uses_row_index()
     item.sql("SELECT koherent.expose('item')")  # a second expose() adds nothing
-    assert len(btrees()) == 1
+    assert len(btrees()) == 1 and len(key_change_index()) == 1
     # without the index a row's provenance is found by a scan: same answer
     item.sql("SELECT koherent.track('item', row_index => false)")
     assert item.sql("SELECT kind FROM item_provenance((SELECT i FROM item i WHERE id = 1))") == [
@@ -149,3 +156,30 @@ def test_indexes_an_admin_adds_to_a_history_table_are_maintained(item):
     with pytest.raises(psycopg.errors.UniqueViolation):
         item.sql("INSERT INTO item (id, qty) VALUES (1, 6)")
     assert item.count("item") == 1
+
+
+def test_a_rows_provenance_is_an_index_lookup_after_key_changes(item):
+    """The life check of a row's provenance (a DELETE, TRUNCATE or key-changing UPDATE ends a
+    key's history) is two index lookups: the row index and the key-change index, which holds
+    only the UPDATEs that changed a key."""
+    item.sql("SELECT koherent.expose('item')")
+    item.sql("INSERT INTO item (id, qty) SELECT g, g FROM generate_series(1, 1000) g")
+    item.sql("UPDATE item SET qty = qty + 1")
+    item.sql("UPDATE item SET id = 5000 WHERE id = 7")   # 7's history ends here; 5000's begins
+    item.sql("ANALYZE koherent_history.item")
+    assert item.one("SELECT count(*) FROM koherent_history.item WHERE history_kind = 'UPDATE' "
+                    "AND \"old:id\" IS DISTINCT FROM id") == 1
+    size = item.one("SELECT pg_relation_size(i.indexrelid) FROM pg_index i "
+                    "WHERE i.indrelid = 'koherent_history.item'::regclass AND i.indpred IS NOT NULL")
+    assert size <= 16384   # two pages: the metapage and one leaf
+    assert item.sql("SELECT kind, row_key->>'id' FROM item_provenance((SELECT i FROM item i WHERE id = 5000)) "
+                    "ORDER BY history_id") == [("UPDATE", "5000")]
+    assert item.sql("SELECT kind FROM item_provenance((SELECT i FROM item i WHERE id = 8)) "
+                    "ORDER BY history_id") == [("CREATE",), ("UPDATE",)]
+    life = item.one("SELECT koherent._current_life(c, 'h', 'h') FROM koherent.tracked_config c")
+    with item.conn() as c:
+        c.execute("SET enable_seqscan = off")
+        plan = "\n".join(r[0] for r in c.execute(
+            f"EXPLAIN (COSTS OFF) SELECT * FROM koherent_history.item h WHERE h.id = 8 AND {life}").fetchall())
+    assert "item_id_history_id_idx" in plan and '"item_old:id_history_id_idx"' in plan, plan
+    assert "Seq Scan" not in plan, plan

@@ -55,7 +55,9 @@ def members(db):
 
 
 def history_indexes(db, table="item"):
-    return db.sql("SELECT a.amname, pg_get_indexdef(i.indexrelid) ~ 'uuid_bloom_ops' FROM pg_index i "
+    """(access method, whether a bloom index, whether partial) of a history table's indexes."""
+    return db.sql("SELECT a.amname, pg_get_indexdef(i.indexrelid) ~ 'uuid_bloom_ops', i.indpred IS NOT NULL "
+                  "FROM pg_index i "
                   "JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam "
                   f"WHERE i.indrelid = 'koherent_history.{table}'::regclass ORDER BY 1, 2")
 
@@ -102,7 +104,7 @@ def test_upgrade_from_0_1_0(old_db):
     # 0.1.0 wrote history with generated PL/pgSQL triggers and a btree on history_context
     assert not old.sql("SELECT 1 FROM pg_proc WHERE proname = '_history_trigger'")
     assert trigger_functions(old) == [("_trg_1", 4)]
-    assert ("btree", False) in history_indexes(old) and len(history_indexes(old)) == 3
+    assert ("btree", False, False) in history_indexes(old) and len(history_indexes(old)) == 3
     write(old, ["INSERT INTO item (id, qty) VALUES (1, 1), (2, 2)", "UPDATE item SET qty = 10 WHERE id = 1"],
           mint("before-upgrade"), user=APP_ROLE)
 
@@ -110,7 +112,7 @@ def test_upgrade_from_0_1_0(old_db):
     assert old.one("SELECT extversion FROM pg_extension WHERE extname = 'koherent'") == current_version()
     # the table now runs the Rust writer and has the new indexes
     assert trigger_functions(old) == [("_history_trigger", 3), ("_truncate_copy_1", 1)]
-    assert history_indexes(old) == [("brin", True), ("btree", False)]
+    assert history_indexes(old) == [("brin", True, False), ("btree", False, False), ("btree", False, True)]
     write(old, ["UPDATE item SET qty = 20 WHERE id = 1", "DELETE FROM item WHERE id = 2"],
           mint("after-upgrade"), user=APP_ROLE)
     assert old.sql("SELECT kind, row_key->>'id', task_id FROM koherent.provenance_entry ORDER BY history_id") == [
@@ -135,7 +137,7 @@ def test_upgrade_from_0_2_0(old_db):
     install_release(old, fresh, "0.2.0",
                     {"item": ITEM_DDL, "other": "CREATE TABLE other (k text PRIMARY KEY, v int)"})
     # 0.2.0 gave every tracked table the row index
-    assert history_indexes(old) == [("brin", True), ("btree", False)]
+    assert history_indexes(old) == [("brin", True, False), ("btree", False, False)]
     assert old.one("SELECT row_index FROM koherent.tracked_table") is True
     write(old, ["INSERT INTO item (id, qty) VALUES (1, 1), (2, 2)", "UPDATE item SET qty = 10 WHERE id = 1"],
           mint("before-upgrade"), user=APP_ROLE)
@@ -144,14 +146,14 @@ def test_upgrade_from_0_2_0(old_db):
     assert old.one("SELECT extversion FROM pg_extension WHERE extname = 'koherent'") == current_version()
     # nothing was dropped, and track() with the new default leaves the index as it is
     old.sql("SELECT koherent.track('item')")
-    assert history_indexes(old) == [("brin", True), ("btree", False)]
+    assert history_indexes(old) == [("brin", True, False), ("btree", False, False), ("btree", False, True)]
     # a table tracked now starts without the row index; expose() adds it
     old.sql("SELECT koherent.track('other')")
-    assert history_indexes(old, "other") == [("brin", True)]
+    assert history_indexes(old, "other") == [("brin", True, False)]
     assert old.sql("SELECT table_name::text, row_index FROM koherent.tracked_table ORDER BY 1") == [
         ("item", True), ("other", False)]
     old.sql("SELECT koherent.expose('other')")
-    assert history_indexes(old, "other") == [("brin", True), ("btree", False)]
+    assert history_indexes(old, "other") == [("brin", True, False), ("btree", False, False), ("btree", False, True)]
     write(old, ["UPDATE item SET qty = 20 WHERE id = 1", "DELETE FROM item WHERE id = 2",
                 "INSERT INTO other VALUES ('a', 1)"], mint("after-upgrade"), user=APP_ROLE)
     write(old, ["UPDATE other SET v = 2"], mint("after-upgrade"), user=APP_ROLE)  # a known task: direct context row

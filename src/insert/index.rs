@@ -18,11 +18,13 @@ pub unsafe fn insert_index_entries(
     slots: &[*mut pg_sys::TupleTableSlot],
     estate: *mut pg_sys::EState,
 ) {
-    // Indexes koherent does not make (an admin's partial, unique or exclusion index) take the
-    // executor's general path, which checks predicates and constraints.
+    // A unique or exclusion index (an admin's: koherent makes none) takes the executor's
+    // general path, which checks constraints. Partial indexes (koherent's index of key-changing
+    // UPDATEs, an admin's) stay here: their predicate is evaluated per tuple, as the executor
+    // does.
     let plain = (0..(*rri).ri_NumIndices as usize).all(|i| {
         let info = *(*rri).ri_IndexRelationInfo.add(i);
-        (*info).ii_Predicate.is_null() && !(*info).ii_Unique && (*info).ii_ExclusionOps.is_null()
+        !(*info).ii_Unique && (*info).ii_ExclusionOps.is_null()
     });
     if !plain {
         return exec_insert_index_tuples(rri, slots, estate);
@@ -54,6 +56,9 @@ pub unsafe fn insert_index_entries(
                 }
             }
             (*econtext).ecxt_scantuple = slot;
+            if !predicate_holds(info, estate, econtext) {
+                continue;
+            }
             pg_sys::FormIndexDatum(info, slot, estate, values.as_mut_ptr(), isnull.as_mut_ptr());
             pg_sys::index_insert(
                 index,
@@ -70,6 +75,32 @@ pub unsafe fn insert_index_entries(
             revmap_close(map);
         }
     }
+}
+
+/// Whether the tuple in `econtext`'s scan slot belongs in a partial index (always, for an index
+/// without a predicate): `ExecQual` of the index predicate, prepared once per batch's IndexInfo.
+#[cfg(feature = "pg15")]
+unsafe fn predicate_holds(
+    info: *mut pg_sys::IndexInfo,
+    estate: *mut pg_sys::EState,
+    econtext: *mut pg_sys::ExprContext,
+) -> bool {
+    if (*info).ii_Predicate.is_null() {
+        return true;
+    }
+    if (*info).ii_PredicateState.is_null() {
+        (*info).ii_PredicateState = pg_sys::ExecPrepareQual((*info).ii_Predicate, estate);
+    }
+    let state = (*info).ii_PredicateState;
+    let Some(eval) = (*state).evalfunc else {
+        return true;
+    };
+    let old = pg_sys::MemoryContextSwitchTo((*econtext).ecxt_per_tuple_memory);
+    let mut isnull = false;
+    let d = pg_sys::ffi::pg_guard_ffi_boundary(|| eval(state, econtext, &mut isnull));
+    pg_sys::MemoryContextSwitchTo(old);
+    // a qual's null is false (ExecQual)
+    !isnull && d.value() != 0
 }
 
 /// Other versions: `ExecInsertIndexTuples` per tuple.
