@@ -29,6 +29,8 @@ pub enum KoherentError {
     UnpairedUpdate { table: String, old: i64, new: i64 },
     #[error("a MERGE may not change the partition key of rows of {table}: PostgreSQL 15 gives koherent's history trigger no rows for rows a MERGE moves between partitions")]
     MergeMovesRows { table: String },
+    #[error("a MERGE may not update rows of {table}: its BEFORE UPDATE trigger \"{trigger}\" fires after koherent's partition guard and could move them between partitions, which PostgreSQL 15 would not show history")]
+    MergeBehindTrigger { table: String, trigger: String },
     #[error("a statement that began before koherent was loaded in this session moves rows of {table} between partitions, and koherent cannot tell whether it is a MERGE (whose moves PostgreSQL 15 does not show history)")]
     MoverUnknown { table: String },
     #[error("the history of a tracked table is out of step with the table: {0}")]
@@ -60,7 +62,9 @@ impl KoherentError {
                 ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION
             }
             KoherentError::UnpairedUpdate { .. } => ERRCODE_TRIGGERED_DATA_CHANGE_VIOLATION,
-            KoherentError::MergeMovesRows { .. } => ERRCODE_FEATURE_NOT_SUPPORTED,
+            KoherentError::MergeMovesRows { .. } | KoherentError::MergeBehindTrigger { .. } => {
+                ERRCODE_FEATURE_NOT_SUPPORTED
+            }
             KoherentError::TaskAlreadyFixed { .. }
             | KoherentError::ContextAlreadyWritten { .. }
             | KoherentError::MoverUnknown { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -79,6 +83,7 @@ impl KoherentError {
             KoherentError::PresenterNotBound { .. } => Some("reason: presenter_not_bound".into()),
             KoherentError::UnpairedUpdate { .. } => Some("reason: unpaired_update".into()),
             KoherentError::MergeMovesRows { .. } => Some("reason: merge_moves_rows".into()),
+            KoherentError::MergeBehindTrigger { .. } => Some("reason: merge_behind_trigger".into()),
             KoherentError::MoverUnknown { .. } => Some("reason: mover_unknown".into()),
             KoherentError::HistoryOutOfSync(_) => Some("reason: history_out_of_sync".into()),
             _ => None,
@@ -113,6 +118,9 @@ impl KoherentError {
             ),
             KoherentError::MergeMovesRows { .. } => Some(
                 "Move such rows with UPDATE (recorded), or with DELETE and INSERT.",
+            ),
+            KoherentError::MergeBehindTrigger { .. } => Some(
+                "Triggers fire in name order: rename the trigger so that its name sorts before koherent_merge_guard, or update these rows with UPDATE.",
             ),
             KoherentError::HistoryOutOfSync(_) => Some(
                 "Run koherent.track(<table>) again: it brings the history table and the triggers in line with the table.",

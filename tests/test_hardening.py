@@ -665,6 +665,39 @@ def test_merge_moving_rows_is_refused_at_any_depth(db):
         ("UPDATE", {"id": 2, "part": 2}, "by update")]
 
 
+def test_merge_behind_an_owner_trigger_that_moves_rows_is_refused(db):
+    """A BEFORE UPDATE trigger that fires after the guard (triggers fire in name order) could
+    change the partition key of a row the guard saw stay in place: MERGE updates of such a
+    partition are refused; a trigger that fires before the guard is seen through; a plain UPDATE
+    moved by the trigger is recorded."""
+    _moving_partitions(db)
+    db.sql("CREATE FUNCTION route() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+           "IF NEW.v LIKE 'to2%' THEN NEW.part := 2; END IF; RETURN NEW; END $$")
+    db.sql("CREATE TRIGGER z_route BEFORE UPDATE ON mp FOR EACH ROW EXECUTE FUNCTION route()")
+    merge = ("MERGE INTO mp t USING (VALUES (1)) s(id) ON t.id = s.id "
+             "WHEN MATCHED THEN UPDATE SET v = 'to2 by merge'")
+    with db.app() as c:
+        c.execute("SELECT koherent.current_context_id()")
+        with pytest.raises(psycopg.errors.FeatureNotSupported) as e:
+            c.execute(merge)
+        assert "reason: merge_behind_trigger" in e.value.diag.message_detail
+        assert '"z_route"' in e.value.diag.message_primary and "name order" in e.value.diag.message_hint
+        with pytest.raises(psycopg.errors.FeatureNotSupported):
+            c.execute(f"DO $$ BEGIN {merge}; END $$")
+    assert db.sql("SELECT id, part, v FROM mp ORDER BY id") == [(1, 1, "a"), (2, 1, "b")]
+    db.sql("ALTER TRIGGER z_route ON mp RENAME TO a_route")   # fires before the guard now
+    with db.app() as c:
+        c.execute("SELECT koherent.current_context_id()")
+        with pytest.raises(psycopg.errors.FeatureNotSupported) as e:
+            c.execute(merge)
+        assert "reason: merge_moves_rows" in e.value.diag.message_detail
+        c.execute("MERGE INTO mp t USING (VALUES (2)) s(id) ON t.id = s.id WHEN MATCHED THEN UPDATE SET v = 'stays'")
+        c.execute("UPDATE mp SET v = 'to2 by update' WHERE id = 1")
+    assert db.sql("SELECT id, part, v FROM mp ORDER BY id") == [(1, 2, "to2 by update"), (2, 1, "stays")]
+    assert db.sql("SELECT kind, row_key, row_data->>'v' FROM koherent.provenance_entry ORDER BY history_id") == [
+        ("UPDATE", {"id": 2, "part": 1}, "stays"), ("UPDATE", {"id": 1, "part": 2}, "to2 by update")]
+
+
 def test_merge_moving_rows_in_a_session_that_had_not_loaded_koherent(db):
     """The first koherent code a session runs can be the partition guard of a statement already
     running, which the executor hook never saw: a MERGE at the top is refused as such, a plain

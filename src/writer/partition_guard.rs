@@ -4,6 +4,7 @@
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::PgTupleDesc;
+use std::ffi::CStr;
 
 use super::plan::trigger_args;
 use super::transition::{same_image, ComparedColumn};
@@ -45,13 +46,40 @@ unsafe fn top_level_mover() -> Mover {
     }
 }
 
+/// The name of an enabled BEFORE UPDATE row trigger of the guard's partition that fires after
+/// the guard (triggers fire in name order): it could change the partition key of a row the
+/// guard saw stay in place.
+unsafe fn later_before_update_trigger(td: *mut pg_sys::TriggerData) -> Option<String> {
+    let desc = (*(*td).tg_relation).trigdesc;
+    if desc.is_null() {
+        return None;
+    }
+    let me = (*td).tg_trigger;
+    let my_name = CStr::from_ptr((*me).tgname);
+    let wanted = (pg_sys::TRIGGER_TYPE_ROW
+        | pg_sys::TRIGGER_TYPE_BEFORE
+        | pg_sys::TRIGGER_TYPE_UPDATE) as i16;
+    (0..(*desc).numtriggers as usize)
+        .map(|i| (*desc).triggers.add(i))
+        .find(|&t| {
+            (*t).tgoid != (*me).tgoid
+                && (*t).tgtype & wanted == wanted
+                && (*t).tgenabled as u8 != pg_sys::TRIGGER_DISABLED
+                && CStr::from_ptr((*t).tgname) > my_name
+        })
+        .map(|t| CStr::from_ptr((*t).tgname).to_string_lossy().into_owned())
+}
+
 /// A row trigger (BEFORE UPDATE FOR EACH ROW) on the partitions of a tracked partitioned table:
 /// refuses a MERGE (at any depth: see [`running`]) that changes a partition key column.
 /// PostgreSQL 15 gives the statement trigger of a MERGE that moves rows between partitions
 /// empty transition tables, so such a move would be neither recorded nor checked for
-/// require_task. Plain UPDATEs that move rows are recorded, and left alone. A row moved by any
-/// statement of a table tracked with require_task needs a task. Trigger arguments: `t`/`f` for require_task, then the partition key columns of every
-/// level (`*`: a key has expressions, so any change of the row counts).
+/// require_task. An owner's BEFORE UPDATE trigger that fires after the guard could still move
+/// the row: with one on the partition, every MERGE update of its rows is refused. Plain UPDATEs
+/// that move rows are recorded, and left alone. A row moved by any statement of a table tracked
+/// with require_task needs a task. Trigger arguments: `t`/`f` for require_task, then the
+/// partition key columns of every level (`*`: a key has expressions, so any change of the row
+/// counts).
 #[no_mangle]
 #[doc(hidden)]
 pub extern "C" fn pg_finfo_koherent_merge_guard() -> &'static pg_sys::Pg_finfo_record {
@@ -73,6 +101,15 @@ pub unsafe extern "C-unwind" fn koherent_merge_guard(
     };
     let all_args = trigger_args((*td).tg_trigger);
     let require_task = all_args.first().is_some_and(|a| a == "t");
+    if mover != Mover::Other && !new.is_null() {
+        if let Some(trigger) = later_before_update_trigger(td) {
+            let table = rel_name((*(*td).tg_relation).rd_id);
+            match mover {
+                Mover::Merge => KoherentError::MergeBehindTrigger { table, trigger }.raise(),
+                _ => KoherentError::MoverUnknown { table }.raise(),
+            }
+        }
+    }
     if (mover != Mover::Other || require_task) && !new.is_null() {
         let old = (*td).tg_trigtuple;
         let rel = (*td).tg_relation;
