@@ -179,13 +179,14 @@ END $$;
 -- from sql/readers.sql
 CREATE OR REPLACE FUNCTION koherent._current_life(cfg koherent.tracked_config, entry text, keyexpr text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    -- the life of a key ends at its DELETE or TRUNCATE (found by the row index), or at an UPDATE
-    -- that gave the row another key: its "old:" key is this one, and it changed the key (found
-    -- by the key-change index, whose predicate these words repeat)
-    SELECT format('NOT EXISTS (SELECT 1 FROM koherent_history.%1$I d WHERE d.history_id >= %4$s.history_id '
-                  'AND d.history_kind IN (''DELETE'', ''TRUNCATE'') AND %2$s) '
-                  'AND NOT EXISTS (SELECT 1 FROM koherent_history.%1$I d WHERE d.history_id >= %4$s.history_id '
-                  'AND %5$s AND %3$s)',
+    SELECT format('%4$s.history_kind NOT IN (''DELETE'', ''TRUNCATE'') '
+                  'AND NOT EXISTS (SELECT 1 FROM koherent_history.%1$I d WHERE %2$s '
+                  'AND d.history_id > %4$s.history_id '
+                  'AND (d.history_context, d.history_date) IS DISTINCT FROM (%4$s.history_context, %4$s.history_date) '
+                  'AND (d.history_kind IN (''CREATE'', ''DELETE'', ''TRUNCATE'') OR (%5$s))) '
+                  'AND NOT EXISTS (SELECT 1 FROM koherent_history.%1$I d WHERE %5$s AND %3$s '
+                  'AND d.history_id > %4$s.history_id '
+                  'AND (d.history_context, d.history_date) IS DISTINCT FROM (%4$s.history_context, %4$s.history_date))',
                   cfg.history_table,
                   (SELECT string_agg(format('d.%I = %s.%I', k, keyexpr, k), ' AND ') FROM unnest(cfg.pk_columns) k),
                   (SELECT string_agg(format('d.%I = %s.%I', 'old:' || k, keyexpr, k), ' AND ') FROM unnest(cfg.pk_columns) k),

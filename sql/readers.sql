@@ -24,17 +24,26 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
      GROUP BY n.nspname, r.relname
 $$;
 
--- The entries of the row a key names now: those after the key's last DELETE or TRUNCATE. A key
--- used again by a new row (another tenant's, say) does not open the earlier rows' history.
+-- The entries of the row a key names now: its current life. A life begins at a birth of the key
+-- (a CREATE, or an UPDATE that moved a row there from another key) and ends at a death (a
+-- DELETE or TRUNCATE, or an UPDATE that moved the row to another key). An entry belongs to the
+-- current life when no birth or death of its key comes after it in another statement: history
+-- ids order statements, but not the entries of one top-level statement (a trigger's nested
+-- statement writes its history before the statement that fired it; a key swap writes both
+-- moves at once), so entries of the same statement (same context and history_date) never end
+-- each other's life. A key used again by a new row (another tenant's, say) does not open the
+-- earlier rows' history. Deaths are not part of any life. The lookups are index scans: the row
+-- index finds the key's own entries, the key-change index the moves away from it.
 CREATE FUNCTION koherent._current_life(cfg koherent.tracked_config, entry text, keyexpr text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    -- the life of a key ends at its DELETE or TRUNCATE (found by the row index), or at an UPDATE
-    -- that gave the row another key: its "old:" key is this one, and it changed the key (found
-    -- by the key-change index, whose predicate these words repeat)
-    SELECT format('NOT EXISTS (SELECT 1 FROM koherent_history.%1$I d WHERE d.history_id >= %4$s.history_id '
-                  'AND d.history_kind IN (''DELETE'', ''TRUNCATE'') AND %2$s) '
-                  'AND NOT EXISTS (SELECT 1 FROM koherent_history.%1$I d WHERE d.history_id >= %4$s.history_id '
-                  'AND %5$s AND %3$s)',
+    SELECT format('%4$s.history_kind NOT IN (''DELETE'', ''TRUNCATE'') '
+                  'AND NOT EXISTS (SELECT 1 FROM koherent_history.%1$I d WHERE %2$s '
+                  'AND d.history_id > %4$s.history_id '
+                  'AND (d.history_context, d.history_date) IS DISTINCT FROM (%4$s.history_context, %4$s.history_date) '
+                  'AND (d.history_kind IN (''CREATE'', ''DELETE'', ''TRUNCATE'') OR (%5$s))) '
+                  'AND NOT EXISTS (SELECT 1 FROM koherent_history.%1$I d WHERE %5$s AND %3$s '
+                  'AND d.history_id > %4$s.history_id '
+                  'AND (d.history_context, d.history_date) IS DISTINCT FROM (%4$s.history_context, %4$s.history_date))',
                   cfg.history_table,
                   (SELECT string_agg(format('d.%I = %s.%I', k, keyexpr, k), ' AND ') FROM unnest(cfg.pk_columns) k),
                   (SELECT string_agg(format('d.%I = %s.%I', 'old:' || k, keyexpr, k), ' AND ') FROM unnest(cfg.pk_columns) k),

@@ -349,6 +349,48 @@ def test_key_moved_by_update_ends_its_life(tenants):
         assert c.execute("SELECT kind FROM tdoc_provenance((SELECT t FROM tdoc t WHERE id = 700))").fetchall() == [("UPDATE",)]
 
 
+def test_a_keys_life_follows_statements_not_history_ids(db):
+    """A trigger's nested statement writes its history before the statement that fired it, and
+    a key swap writes both moves at once: history ids do not order one statement's entries. A
+    reader of a key used again sees only the new row's life, and every row of a shift or swap of
+    keys sees the entry that moved it there."""
+    ensure_role(READER)
+    db.sql("CREATE TABLE tk (k int PRIMARY KEY, v text, closed boolean DEFAULT false)")
+    db.sql("CREATE FUNCTION tk_close() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+           "IF NEW.closed THEN DELETE FROM tk WHERE k = NEW.k; END IF; RETURN NULL; END $$")
+    db.sql("CREATE TRIGGER tk_autoclose AFTER UPDATE ON tk FOR EACH ROW EXECUTE FUNCTION tk_close()")
+    for t in ("tk", "s2", "w2"):
+        if t != "tk":
+            db.sql(f"CREATE TABLE {t} (k int PRIMARY KEY DEFERRABLE INITIALLY DEFERRED, v text)")
+        db.sql(f"SELECT koherent.track('{t}')")
+        db.sql(f"SELECT koherent.expose('{t}', '{READER}')")
+        db.sql(f"GRANT SELECT ON {t} TO {READER}")
+        db.sql(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {t} TO {APP_ROLE}")
+    with db.app() as c:
+        c.execute("INSERT INTO tk VALUES (5, 'tenant1 public')")
+        c.execute("UPDATE tk SET v = 'tenant1 SECRET', closed = true WHERE k = 5")   # deleted by the trigger
+        c.execute("INSERT INTO tk VALUES (5, 'tenant2 row')")
+        c.execute("INSERT INTO s2 VALUES (1, 'A'), (2, 'B'), (3, 'C')")
+        c.execute("UPDATE s2 SET k = k + 1")
+        c.execute("INSERT INTO w2 VALUES (1, 'A'), (2, 'B')")
+        c.execute("UPDATE w2 SET k = 3 - k")
+    # the nested DELETE was recorded before the UPDATE that fired it
+    assert db.sql("SELECT history_kind, v FROM koherent_history.tk ORDER BY history_id") == [
+        ("CREATE", "tenant1 public"), ("DELETE", "tenant1 SECRET"), ("UPDATE", "tenant1 SECRET"),
+        ("CREATE", "tenant2 row")]
+    with db.conn(user=READER) as c:
+        assert c.execute("SELECT e.kind, e.row_data->>'v' FROM tk, tk_provenance(tk) e").fetchall() == [
+            ("CREATE", "tenant2 row")]
+        assert c.execute("SELECT count(*) FROM tk, tk_provenance(tk) e, "
+                         "koherent.provenance_entry_effective_changes(e) x WHERE x.new_value::text ~ 'SECRET'"
+                         ).fetchone() == (0,)
+        assert c.execute("SELECT k FROM tk_by_provenance(kind => 'UPDATE')").fetchall() == []
+        for t, rows in (("s2", [(2, "A"), (3, "B"), (4, "C")]), ("w2", [(1, "B"), (2, "A")])):
+            got = c.execute(f"SELECT t.k, e.kind, e.row_data->>'v' FROM {t} t, {t}_provenance(t) e "
+                            "ORDER BY t.k").fetchall()
+            assert got == [(k, "UPDATE", v) for k, v in rows], (t, got)
+
+
 # --- 3. a key verifies only as published, never once revoked; each write checks its token -----
 
 @pytest.fixture
