@@ -1,0 +1,49 @@
+"""The execute wrapper that puts each transaction under the current token (see the package)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import psycopg
+from django.db import transaction
+from psycopg import pq
+
+from .. import set_task_query
+from . import current_token
+
+
+def install(sender: Any, connection: Any, **kwargs: Any) -> None:
+    """connection_created: add the wrapper to PostgreSQL connections (once each)."""
+    if connection.vendor != "postgresql" or getattr(connection, "_koherent_pg", False):
+        return
+    connection._koherent_pg = True
+    connection.execute_wrappers.append(_Wrapper(connection))
+
+
+class _Wrapper:
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+
+    def __call__(self, execute: Callable[..., Any], sql: Any, params: Any, many: bool, context: Any) -> Any:
+        token = current_token.get()
+        if token is None:
+            return execute(sql, params, many, context)
+        conn = self.connection
+        if conn.get_autocommit():
+            # a statement outside any transaction: give it one, under the task
+            with transaction.atomic(using=conn.alias):
+                _set_task(conn, token)
+                return execute(sql, params, many, context)
+        if conn.connection.info.transaction_status == pq.TransactionStatus.IDLE:
+            # the first statement of a transaction (psycopg begins it with set_task)
+            _set_task(conn, token)
+        return execute(sql, params, many, context)
+
+
+def _set_task(conn: Any, token: str) -> None:
+    """set_task on the raw psycopg connection, with server-side binding (Django's own cursors
+    bind on the client: the token would be in the query text other sessions can see)."""
+    query, params = set_task_query(token)
+    with conn.wrap_database_errors:
+        with psycopg.Cursor(conn.connection) as cur:
+            cur.execute(query, params)

@@ -1,0 +1,176 @@
+"""The Django integration (koherent_pg.django): TaskMiddleware and the database hook attribute
+every write of a request carrying Rekuest-Task (autocommit, atomic blocks, ATOMIC_REQUESTS),
+nothing leaks into the next request on a persistent connection, a refused token writes nothing;
+provenance_of() reads a model's history in one query. A tiny project (tests/djangoapp: Author,
+Book with a foreign key) against the real server, through Django's test client."""
+
+import json
+import uuid
+
+import psycopg
+import pytest
+
+from conftest import APP_ROLE, AUDIENCE, HOST, PORT, connect, mint
+
+django = pytest.importorskip("django")
+
+
+@pytest.fixture(scope="module")
+def django_db(template):
+    name = f"t_django_{uuid.uuid4().hex[:8]}"
+    with connect() as c:
+        c.execute(f"CREATE DATABASE {name} TEMPLATE {template}")
+        c.execute(f"ALTER DATABASE {name} SET koherent.audience = '{AUDIENCE}'")
+    with connect(name) as c:
+        c.execute("CREATE TABLE djangoapp_author (id bigserial PRIMARY KEY, name text NOT NULL)")
+        c.execute("CREATE TABLE djangoapp_book (id bigserial PRIMARY KEY, title text NOT NULL, "
+                  "author_id bigint NOT NULL REFERENCES djangoapp_author (id))")
+        for t in ("djangoapp_author", "djangoapp_book"):
+            c.execute(f"SELECT koherent.track('{t}')")
+            c.execute(f"SELECT koherent.expose('{t}', '{APP_ROLE}')")
+            c.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {t} TO {APP_ROLE}")
+            c.execute(f"GRANT USAGE ON SEQUENCE {t}_id_seq TO {APP_ROLE}")
+    from django.conf import settings
+
+    if not settings.configured:
+        settings.configure(
+            DATABASES={"default": {"ENGINE": "django.db.backends.postgresql", "NAME": name, "USER": APP_ROLE,
+                                   "HOST": HOST, "PORT": PORT, "CONN_MAX_AGE": 600, "ATOMIC_REQUESTS": False}},
+            INSTALLED_APPS=["koherent_pg.django", "djangoapp"],
+            MIDDLEWARE=["koherent_pg.django.TaskMiddleware"],
+            ROOT_URLCONF="djangoapp.urls", ALLOWED_HOSTS=["*"], USE_TZ=True, SECRET_KEY="test",
+            DEFAULT_AUTO_FIELD="django.db.models.BigAutoField")
+        django.setup()
+    yield name
+    from django.db import connections
+
+    connections.close_all()
+    with connect() as c:
+        c.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def project(django_db):
+    from django.db import connections
+
+    with connect(django_db) as c:
+        c.execute("TRUNCATE djangoapp_book, djangoapp_author")
+        c.execute("TRUNCATE koherent_history.djangoapp_book, koherent_history.djangoapp_author")
+    connections["default"].settings_dict["ATOMIC_REQUESTS"] = False
+    yield django_db
+
+
+def entries(dbname):
+    with connect(dbname) as c:
+        return c.execute("SELECT table_name::text, kind, task_id, context_id FROM koherent.provenance_entry "
+                         "WHERE kind <> 'TRUNCATE' ORDER BY history_id").fetchall()
+
+
+def post(client, token=None, **body):
+    headers = {"Rekuest-Task": token} if token else {}
+    r = client.post("/books/", data=json.dumps(body), content_type="application/json", headers=headers)
+    assert r.status_code == 200, r.content
+    return r.json()
+
+
+@pytest.mark.parametrize("atomic_requests", [False, True])
+def test_every_write_of_a_request_is_attributed(project, atomic_requests):
+    from django.db import connections
+    from django.test import Client
+
+    connections["default"].settings_dict["ATOMIC_REQUESTS"] = atomic_requests
+    post(Client(), mint("t-django"), title="Dune", author="Frank", atomic=True)
+    got = entries(project)
+    assert [(t, k, task) for t, k, task, _ in got] == [
+        ("djangoapp_author", "CREATE", "t-django"), ("djangoapp_book", "CREATE", "t-django"),
+        ("djangoapp_book", "UPDATE", "t-django"), ("djangoapp_author", "UPDATE", "t-django")]
+    contexts = [ctx for *_, ctx in got]
+    if atomic_requests:
+        assert len(set(contexts)) == 1           # the request is one transaction
+    else:
+        assert len(set(contexts)) == 3           # two autocommit statements, then the atomic block
+        assert contexts[2] == contexts[3]
+
+
+def test_nothing_leaks_into_the_next_request_on_a_persistent_connection(project):
+    from django.db import connection
+    from django.test import Client
+
+    client = Client()
+    post(client, mint("t-first"), title="A", author="X")
+    pid = connection.connection.info.backend_pid
+    post(client, None, title="B", author="Y")
+    assert connection.connection.info.backend_pid == pid   # CONN_MAX_AGE kept the connection
+    assert [(t, task) for t, _, task, _ in entries(project)] == [
+        ("djangoapp_author", "t-first"), ("djangoapp_book", "t-first"),
+        ("djangoapp_author", None), ("djangoapp_book", None)]
+
+
+@pytest.mark.parametrize("atomic_requests", [False, True])
+def test_a_refused_token_fails_the_write_and_writes_nothing(project, atomic_requests):
+    from django.db import DatabaseError, connections
+    from django.test import Client
+
+    connections["default"].settings_dict["ATOMIC_REQUESTS"] = atomic_requests
+    with pytest.raises(DatabaseError) as e:
+        post(Client(), mint("t-bad", exp=1_000_000_000), title="C", author="Z")
+    assert isinstance(e.value.__cause__, psycopg.errors.InvalidAuthorizationSpecification)
+    assert "reason: expired" in e.value.__cause__.diag.message_detail
+    with connect(project) as c:
+        assert c.execute("SELECT count(*) FROM djangoapp_book").fetchone() == (0,)
+        assert c.execute("SELECT count(*) FROM djangoapp_author").fetchone() == (0,)
+    assert entries(project) == []
+    post(Client(), None, title="D", author="W")   # the connection is usable afterwards
+    assert len(entries(project)) == 2
+
+
+def test_the_token_is_never_in_the_query_text(project):
+    from django.db import connection
+
+    from koherent_pg.django import using_task
+
+    token = mint("t-hidden")
+    with using_task(token):
+        from djangoapp.models import Author
+
+        Author.objects.create(name="hidden")
+    with connect(project) as c:
+        texts = c.execute("SELECT query FROM pg_stat_activity WHERE pid = %s",
+                          [connection.connection.info.backend_pid]).fetchall()
+    assert all(token not in q for (q,) in texts)
+    assert [task for _, _, task, _ in entries(project)] == ["t-hidden"]
+
+
+def test_provenance_of_an_instance_and_of_a_queryset_in_one_query(project):
+    from django.db import connection
+    from django.test import Client
+    from django.test.utils import CaptureQueriesContext
+
+    from djangoapp.models import Book
+    from koherent_pg.django import effective_changes_of, provenance_of
+
+    client = Client()
+    b1 = post(client, mint("t-read"), title="One", author="P", atomic=True)["book"]
+    post(client, mint("t-read2"), title="Two", author="Q")
+    r = client.get(f"/books/{b1}/provenance")
+    assert r.json() == {"entries": [{"kind": "CREATE", "task_id": "t-read", "title": "One"},
+                                    {"kind": "UPDATE", "task_id": "t-read", "title": "One (edited)"}]}
+    with CaptureQueriesContext(connection) as q:
+        many = provenance_of(Book.objects.all())
+    assert len(q.captured_queries) == 1
+    assert [(e.row_key["id"], e.kind, e.task_id) for e in many] == [
+        (b1, "CREATE", "t-read"), (b1, "UPDATE", "t-read"), (b1 + 1, "CREATE", "t-read2")]
+    changes = effective_changes_of(Book.objects.get(pk=b1))
+    assert [(c.field, c.old_value, c.new_value) for c in changes if c.field == "title"] == [
+        ("title", None, "One"), ("title", "One", "One (edited)")]
+
+
+def test_the_header_name_is_a_setting(project):
+    from django.test import Client, override_settings
+
+    with override_settings(KOHERENT_PG_HEADER="X-Task-Token"):
+        client = Client()
+        r = client.post("/books/", data=json.dumps({"title": "H", "author": "I"}), content_type="application/json",
+                        headers={"X-Task-Token": mint("t-header")})
+        assert r.status_code == 200
+    assert {task for _, _, task, _ in entries(project)} == {"t-header"}
