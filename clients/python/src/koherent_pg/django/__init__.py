@@ -33,7 +33,6 @@ from typing import Any, Callable, Iterator, Optional
 
 __all__ = ["TaskMiddleware", "using_task", "current_token", "provenance_of", "effective_changes_of"]
 
-default_app_config = "koherent_pg.django.apps.KoherentPgConfig"
 
 current_token: ContextVar[Optional[str]] = ContextVar("koherent_pg_django_token", default=None)
 
