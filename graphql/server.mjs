@@ -1,4 +1,4 @@
-// koherent's PostGraphile 4 server: a tiny config, not a fork.
+// koherent's PostGraphile 4 demo server: a tiny config over clients/postgraphile, not a fork.
 //
 // The one koherent-specific line is pgSettings: the agent's `Rekuest-Task` header becomes the
 // transaction-local setting `koherent.task_token` (PostGraphile applies pgSettings with
@@ -13,13 +13,11 @@
 
 import http from "node:http";
 import pg from "postgraphile";
+import { koherentOptions, koherentPgSettings } from "../clients/postgraphile/index.mjs";
 
 const { postgraphile } = pg;
 
-export function koherentPgSettings(req) {
-  const token = req.headers["rekuest-task"];
-  return token ? { "koherent.task_token": String(token).trim() } : {};
-}
+export { koherentPgSettings };
 
 export function createServer({
   databaseUrl = process.env.DATABASE_URL,
@@ -31,11 +29,9 @@ export function createServer({
     enhanceGraphiql: graphiql,
     dynamicJson: true,
     ignoreRBAC: false,
-    // koherent's views and functions belong to the extension; PostGraphile skips those by default.
-    includeExtensionResources: true,
-    setofFunctionsContainNulls: false,
     disableQueryLog: true,
-    extendedErrors: ["errcode", "detail", "hint"],
+    // koherent: two options (clients/postgraphile, the module an existing app imports)
+    ...koherentOptions,
     pgSettings: koherentPgSettings,
   });
   return http.createServer(middleware);

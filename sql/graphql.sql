@@ -136,3 +136,8 @@ BEGIN
     EXECUTE format('DROP FUNCTION IF EXISTS %I.%I%s', nsp, rel || '_by_provenance', filter_sig);
     EXECUTE format('DROP FUNCTION IF EXISTS koherent.%I%s', '_filter_keys_' || cfg_id, filter_sig);
 END $$;
+
+-- pg_graphql inflects names (task_id -> taskId) schema by schema: koherent's own objects, which
+-- the exposed functions return, take the same names as the user's (inflected) schema.
+COMMENT ON SCHEMA koherent IS
+E'koherent: provenance-aware audit trail (tasks, contexts, history readers).\n@graphql({"inflect_names": true})';

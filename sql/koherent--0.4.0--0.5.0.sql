@@ -696,6 +696,9 @@ BEGIN
     EXECUTE format('DROP FUNCTION IF EXISTS koherent.%I%s', '_filter_keys_' || cfg_id, filter_sig);
 END $$;
 
+COMMENT ON SCHEMA koherent IS
+E'koherent: provenance-aware audit trail (tasks, contexts, history readers).\n@graphql({"inflect_names": true})';
+
 REVOKE EXECUTE ON FUNCTION koherent._retire_column_name(integer, name),
     koherent._sync_history_columns(integer), koherent._entry_select(koherent.tracked_config, text),
     koherent._key_change_predicate(name[], text), koherent._key_change_index(regclass)

@@ -1,0 +1,20 @@
+// clients/postgraphile: what an existing PostGraphile app imports.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { koherentOptions, koherentPgSettings, makeKoherentPgSettings } from "../clients/postgraphile/index.mjs";
+
+test("the Rekuest-Task header becomes koherent.task_token, nothing else does", () => {
+  assert.deepEqual(koherentPgSettings({ headers: { "rekuest-task": "  eyJ.a.b " } }), { "koherent.task_token": "eyJ.a.b" });
+  assert.deepEqual(koherentPgSettings({ headers: {} }), {});
+  assert.deepEqual(koherentPgSettings({ headers: { "rekuest-task": "   " } }), {});
+  assert.deepEqual(koherentPgSettings({ headers: { "rekuest-task": ["t1", "t2"] } }), { "koherent.task_token": "t1" });
+  const custom = makeKoherentPgSettings("X-Task-Token");
+  assert.deepEqual(custom({ headers: { "x-task-token": "t" } }), { "koherent.task_token": "t" });
+  assert.deepEqual(custom({ headers: { "rekuest-task": "t" } }), {});
+});
+
+test("the options koherent needs", () => {
+  assert.equal(koherentOptions.includeExtensionResources, true);
+  assert.deepEqual(koherentOptions.extendedErrors, ["errcode", "detail", "hint"]);
+  assert.throws(() => { koherentOptions.includeExtensionResources = false; });
+});
