@@ -43,14 +43,15 @@ ensure_python() {
         say "creating Python venv for tests"
         python3 -m venv "$venv"
     fi
-    if ! "$venv/bin/python" -c "import psycopg, joserfc, pytest, sqlalchemy, django" 2>/dev/null; then
-        say "installing psycopg, joserfc, pytest, SQLAlchemy, Django"
+    if ! "$venv/bin/python" -c "import psycopg, joserfc, pytest, sqlalchemy, django, strawberry_django" 2>/dev/null; then
+        say "installing psycopg, joserfc, pytest, SQLAlchemy, Django, strawberry-django"
         "$venv/bin/pip" install -q -r "$ROOT/tests/requirements.txt"
     fi
     # the client package (clients/python), editable: the tests use the checkout's code
-    if ! "$venv/bin/python" -c "import koherent_pg.sqlalchemy, koherent_pg.django" 2>/dev/null; then
+    if ! "$venv/bin/python" -c "import koherent_pg.sqlalchemy, koherent_pg.django" 2>/dev/null || [ "$ROOT/clients/python/pyproject.toml" -nt "$venv/.koherent-pg" ]; then
         say "installing koherent-pg (clients/python)"
-        "$venv/bin/pip" install -q -e "$ROOT/clients/python[sqlalchemy,django]"
+        "$venv/bin/pip" install -q -e "$ROOT/clients/python[sqlalchemy,django,strawberry]"
+        touch "$venv/.koherent-pg"
     fi
 }
 

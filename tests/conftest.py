@@ -196,3 +196,57 @@ def write(db, statements, token=None, user="postgres"):
         for s in [statements] if isinstance(statements, str) else statements:
             c.execute(s)
         c.commit()
+
+
+# --- the Django project of test_django.py and test_strawberry.py (tests/djangoapp) ---------------
+
+@pytest.fixture(scope="session")
+def django_db(template):
+    """A database with djangoapp's tables tracked and exposed to the application role, and Django
+    configured for it (once per session: Django's settings are global)."""
+    import django
+
+    name = f"t_django_{uuid.uuid4().hex[:8]}"
+    with connect() as c:
+        c.execute(f"CREATE DATABASE {name} TEMPLATE {template}")
+        c.execute(f"ALTER DATABASE {name} SET koherent.audience = '{AUDIENCE}'")
+    with connect(name) as c:
+        c.execute("CREATE TABLE djangoapp_author (id bigserial PRIMARY KEY, name text NOT NULL)")
+        c.execute("CREATE TABLE djangoapp_book (id bigserial PRIMARY KEY, title text NOT NULL, "
+                  "author_id bigint NOT NULL REFERENCES djangoapp_author (id))")
+        for t in ("djangoapp_author", "djangoapp_book"):
+            c.execute(f"SELECT koherent.track('{t}')")
+            c.execute(f"SELECT koherent.expose('{t}', '{APP_ROLE}')")
+            c.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {t} TO {APP_ROLE}")
+            c.execute(f"GRANT USAGE ON SEQUENCE {t}_id_seq TO {APP_ROLE}")
+    from django.conf import settings
+
+    if not settings.configured:
+        settings.configure(
+            DATABASES={"default": {"ENGINE": "django.db.backends.postgresql", "NAME": name, "USER": APP_ROLE,
+                                   "HOST": HOST, "PORT": PORT, "CONN_MAX_AGE": 600, "ATOMIC_REQUESTS": False}},
+            INSTALLED_APPS=["koherent_pg.django", "djangoapp"],
+            MIDDLEWARE=["koherent_pg.django.TaskMiddleware"],
+            ROOT_URLCONF="djangoapp.urls", ALLOWED_HOSTS=["*"], USE_TZ=True, SECRET_KEY="test",
+            DEFAULT_AUTO_FIELD="django.db.models.BigAutoField")
+        django.setup()
+    yield name
+    from django.db import connections
+
+    connections.close_all()
+    with connect() as c:
+        c.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def project(django_db):
+    from django.db import connections
+
+    with connect(django_db) as c:
+        c.execute("TRUNCATE djangoapp_book, djangoapp_author")
+        c.execute("TRUNCATE koherent_history.djangoapp_book, koherent_history.djangoapp_author")
+    connections["default"].settings_dict["ATOMIC_REQUESTS"] = False
+    yield django_db
+
+
+

@@ -23,11 +23,11 @@ def _rows(target: Any) -> tuple[QuerySet, str]:
     return qs, qs.db
 
 
-def _function(model: Any, conn: Any) -> str:
+def _function(model: Any, conn: Any, suffix: str = "_provenance") -> str:
     table = model._meta.db_table
     schema, _, name = table.rpartition(".")
     qn = conn.ops.quote_name
-    fn = qn(name + "_provenance")
+    fn = qn(name + suffix)
     return f"{qn(schema)}.{fn}" if schema else fn
 
 
@@ -60,3 +60,44 @@ def effective_changes_of(target: Any) -> List[EffectiveChange]:
 
 def _json(v: Any) -> Any:
     return json.loads(v) if isinstance(v, str) else v
+
+
+_TASK_COLUMNS = ("task_id", "parent_task_id", "root_task_id", "assigner_sub", "caller_sub", "agent_sub",
+                 "agent_client_id", "issuer", "token_id", "args_hash", "args_hash_algorithm", "created_at")
+
+
+def provenance_rows(qs: QuerySet) -> List[ProvenanceEntry]:
+    """provenance_of(queryset), each entry with its task (`task_row`: a dict, or None) from the
+    same query."""
+    alias = qs.db
+    conn = connections[alias]
+    inner, params = qs.values("pk").query.sql_with_params()
+    table = conn.ops.quote_name(qs.model._meta.db_table)
+    cols = ", ".join(f"k.{c} AS k_{c}" for c in _TASK_COLUMNS)
+    sql = (f"SELECT p.*, {cols} FROM {table} t, LATERAL {_function(qs.model, conn)}(t) p, "
+           f"LATERAL koherent.provenance_entry_task(p) k "
+           f"WHERE t.{conn.ops.quote_name(qs.model._meta.pk.column)} IN ({inner}) ORDER BY p.history_id")
+    out = []
+    for e in ProvenanceEntry.objects.using(alias).raw(sql, params):
+        e.task_row = None if e.k_task_id is None else {c: getattr(e, "k_" + c) for c in _TASK_COLUMNS}
+        out.append(e)
+    return out
+
+
+def effective_changes_rows(keys: Any, using: str = "default") -> List[tuple]:
+    """(table, history_id, field, old, new) of the entries (table, history_id) given, in one
+    query, through koherent.provenance_entry_effective_changes (which reads only an entry's
+    history_id and table, and checks that the caller may read its row)."""
+    keys = list(keys)
+    if not keys:
+        return []
+    conn = connections[using]
+    values = ", ".join(["(%s::text, %s::bigint)"] * len(keys))
+    params: List[Any] = [x for k in keys for x in k]
+    nulls = ", ".join(["NULL"] * 12)
+    sql = (f"SELECT k.t, k.h, c.field, c.old_value, c.new_value FROM (VALUES {values}) k(t, h), "
+           f"LATERAL koherent.provenance_entry_effective_changes("
+           f"ROW(k.h, k.t::regclass, {nulls})::koherent.provenance_entry) c ORDER BY k.h, c.field")
+    with conn.cursor() as cur:
+        cur.execute(sql, params)
+        return [(t, h, f, _json(o), _json(n)) for t, h, f, o, n in cur.fetchall()]
