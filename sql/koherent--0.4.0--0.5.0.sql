@@ -12,6 +12,12 @@ DROP FUNCTION koherent._entry_select(koherent.tracked_config, boolean);
 DROP FUNCTION koherent._free_name(integer, name);
 DROP FUNCTION koherent._sync(integer);
 
+-- from src/api.rs (the history date of the running statement, for the TRUNCATE copy)
+CREATE FUNCTION "_history_date"() RETURNS timestamp with time zone
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c AS 'MODULE_PATHNAME', '_history_date_wrapper';
+REVOKE EXECUTE ON FUNCTION koherent._history_date() FROM PUBLIC;
+
 -- from sql/columns.sql
 CREATE FUNCTION koherent._retire_column_name(cfg_id integer, col name) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -180,17 +186,15 @@ END $$;
 CREATE OR REPLACE FUNCTION koherent._current_life(cfg koherent.tracked_config, entry text, keyexpr text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT format('%4$s.history_kind NOT IN (''DELETE'', ''TRUNCATE'') '
-                  'AND NOT EXISTS (SELECT 1 FROM koherent_history.%1$I d WHERE %2$s '
-                  'AND d.history_id > %4$s.history_id '
-                  'AND (d.history_context, d.history_date) IS DISTINCT FROM (%4$s.history_context, %4$s.history_date) '
+                  'AND NOT EXISTS (SELECT 1 FROM koherent_history.%1$I d WHERE %2$s AND %6$s '
                   'AND (d.history_kind IN (''CREATE'', ''DELETE'', ''TRUNCATE'') OR (%5$s))) '
-                  'AND NOT EXISTS (SELECT 1 FROM koherent_history.%1$I d WHERE %5$s AND %3$s '
-                  'AND d.history_id > %4$s.history_id '
-                  'AND (d.history_context, d.history_date) IS DISTINCT FROM (%4$s.history_context, %4$s.history_date))',
+                  'AND NOT EXISTS (SELECT 1 FROM koherent_history.%1$I d WHERE %5$s AND %3$s AND %6$s)',
                   cfg.history_table,
                   (SELECT string_agg(format('d.%I = %s.%I', k, keyexpr, k), ' AND ') FROM unnest(cfg.pk_columns) k),
                   (SELECT string_agg(format('d.%I = %s.%I', 'old:' || k, keyexpr, k), ' AND ') FROM unnest(cfg.pk_columns) k),
-                  entry, koherent._key_change_predicate(cfg.pk_columns, 'd.'))
+                  entry, koherent._key_change_predicate(cfg.pk_columns, 'd.'),
+                  format('(CASE WHEN d.history_context = %1$s.history_context THEN d.history_date > %1$s.history_date '
+                         'ELSE d.history_id > %1$s.history_id END)', entry))
 $$;
 
 -- from sql/triggers.sql
@@ -245,7 +249,7 @@ END
 $body$;
 $f$, fn, format(
         'INSERT INTO %s (history_id, history_kind, history_date, history_context, %s) '
-        'SELECT koherent._next_history_id(), ''TRUNCATE'', statement_timestamp(), '
+        'SELECT koherent._next_history_id(), ''TRUNCATE'', koherent._history_date(), '
         '(SELECT koherent._write_context($1, $2)), %s FROM ONLY %%I.%%I o', replace(hist, '%', '%%'),
         replace(cols, '%', '%%'), replace(ocols, '%', '%%')),
         cfg.require_task);

@@ -27,27 +27,27 @@ $$;
 -- The entries of the row a key names now: its current life. A life begins at a birth of the key
 -- (a CREATE, or an UPDATE that moved a row there from another key) and ends at a death (a
 -- DELETE or TRUNCATE, or an UPDATE that moved the row to another key). An entry belongs to the
--- current life when no birth or death of its key comes after it in another statement: history
--- ids order statements, but not the entries of one top-level statement (a trigger's nested
--- statement writes its history before the statement that fired it; a key swap writes both
--- moves at once), so entries of the same statement (same context and history_date) never end
--- each other's life. A key used again by a new row (another tenant's, say) does not open the
--- earlier rows' history. Deaths are not part of any life. The lookups are index scans: the row
--- index finds the key's own entries, the key-change index the moves away from it.
+-- current life when no birth or death of its key comes after it. "After": within one
+-- transaction (same context), a later history_date: every statement, nested ones included,
+-- records its entries with its own start time, strictly increasing (src/running.rs), while
+-- history ids do not order a statement and the nested statements its triggers run (those write
+-- their history first); across transactions, a later history id (writers of the same key are
+-- serialized by its row lock or its unique index). Entries of one statement share a date: a key
+-- swap's moves never end each other's life. A key used again by a new row (another tenant's,
+-- say) does not open the earlier rows' history. Deaths are not part of any life. The lookups are
+-- index scans: the row index finds the key's own entries, the key-change index its moves away.
 CREATE FUNCTION koherent._current_life(cfg koherent.tracked_config, entry text, keyexpr text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT format('%4$s.history_kind NOT IN (''DELETE'', ''TRUNCATE'') '
-                  'AND NOT EXISTS (SELECT 1 FROM koherent_history.%1$I d WHERE %2$s '
-                  'AND d.history_id > %4$s.history_id '
-                  'AND (d.history_context, d.history_date) IS DISTINCT FROM (%4$s.history_context, %4$s.history_date) '
+                  'AND NOT EXISTS (SELECT 1 FROM koherent_history.%1$I d WHERE %2$s AND %6$s '
                   'AND (d.history_kind IN (''CREATE'', ''DELETE'', ''TRUNCATE'') OR (%5$s))) '
-                  'AND NOT EXISTS (SELECT 1 FROM koherent_history.%1$I d WHERE %5$s AND %3$s '
-                  'AND d.history_id > %4$s.history_id '
-                  'AND (d.history_context, d.history_date) IS DISTINCT FROM (%4$s.history_context, %4$s.history_date))',
+                  'AND NOT EXISTS (SELECT 1 FROM koherent_history.%1$I d WHERE %5$s AND %3$s AND %6$s)',
                   cfg.history_table,
                   (SELECT string_agg(format('d.%I = %s.%I', k, keyexpr, k), ' AND ') FROM unnest(cfg.pk_columns) k),
                   (SELECT string_agg(format('d.%I = %s.%I', 'old:' || k, keyexpr, k), ' AND ') FROM unnest(cfg.pk_columns) k),
-                  entry, koherent._key_change_predicate(cfg.pk_columns, 'd.'))
+                  entry, koherent._key_change_predicate(cfg.pk_columns, 'd.'),
+                  format('(CASE WHEN d.history_context = %1$s.history_context THEN d.history_date > %1$s.history_date '
+                         'ELSE d.history_id > %1$s.history_id END)', entry))
 $$;
 
 -- An auditor may read every entry and the signed tokens: a role with SELECT on koherent.task's

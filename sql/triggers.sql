@@ -73,7 +73,7 @@ END
 $body$;
 $f$, fn, format(
         'INSERT INTO %s (history_id, history_kind, history_date, history_context, %s) '
-        'SELECT koherent._next_history_id(), ''TRUNCATE'', statement_timestamp(), '
+        'SELECT koherent._next_history_id(), ''TRUNCATE'', koherent._history_date(), '
         '(SELECT koherent._write_context($1, $2)), %s FROM ONLY %%I.%%I o', replace(hist, '%', '%%'),
         replace(cols, '%', '%%'), replace(ocols, '%', '%%')),
         cfg.require_task);

@@ -107,6 +107,15 @@ fn _next_history_id() -> i64 {
     unsafe { writer::reserve_ids(catalog::koherent_oids().history_id_seq, 1) }
 }
 
+/// Internal: the history date of the statement running now (see running::running_date): the
+/// TRUNCATE copy records its entries with it, as the writer does.
+#[pg_extern(volatile, parallel_unsafe)]
+fn _history_date() -> pgrx::datum::TimestampWithTimeZone {
+    pgrx::datum::TimestampWithTimeZone::try_from(crate::running::running_date())
+        .map_err(|e| KoherentError::Internal(e.to_string()))
+        .or_raise()
+}
+
 /// Internal: a value's text by its type's output function, never by a cast. Casts (to text, to
 /// json) can be defined by whoever owns a type; output functions are C, written by superusers.
 #[pg_extern(stable, parallel_safe, strict)]

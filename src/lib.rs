@@ -62,6 +62,7 @@ extension_sql_file!(
         api::_args_hash,
         api::_require_task,
         api::_next_history_id,
+        api::_history_date,
         api::_text_out,
         api::_is_builtin_type,
         api::_base_type,

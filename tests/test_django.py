@@ -129,3 +129,20 @@ def test_the_header_name_is_a_setting(project):
                         headers={"X-Task-Token": mint("t-header")})
         assert r.status_code == 200
     assert {task for _, _, task, _ in entries(project)} == {"t-header"}
+
+
+def test_a_transaction_begun_before_the_middleware_is_attributed_too(project):
+    """A middleware listed before TaskMiddleware opens a transaction and queries: the request's
+    writes still run under its task (set in that transaction at the first statement the token
+    is active for)."""
+    from django.db import connection, transaction
+
+    from djangoapp.models import Author
+    from koherent_pg.django import using_task
+
+    with transaction.atomic():
+        with connection.cursor() as cur:
+            cur.execute("SELECT 1")
+        with using_task(mint("t-late")):
+            Author.objects.create(name="late")
+    assert [(t, task) for t, _, task, _ in entries(project)] == [("djangoapp_author", "t-late")]

@@ -391,6 +391,38 @@ def test_a_keys_life_follows_statements_not_history_ids(db):
             assert got == [(k, "UPDATE", v) for k, v in rows], (t, got)
 
 
+def test_statements_of_one_message_and_nested_statements_are_ordered(db):
+    """Several statements sent in one simple-query message share a transaction and a statement
+    timestamp; a trigger's nested statement is recorded before the statement that fired it:
+    each statement records its own start time, so a key's life still ends where it ended, and
+    a reader of the key's new row sees only that row's entries. TRUNCATE too."""
+    ensure_role(READER)
+    db.sql("CREATE TABLE mt (id int PRIMARY KEY, tenant text, secret text)")
+    db.sql("SELECT koherent.track('mt')")
+    db.sql(f"SELECT koherent.expose('mt', '{READER}')")
+    db.sql(f"GRANT SELECT ON mt TO {READER}")
+    db.sql(f"GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON mt TO {APP_ROLE}")
+    db.sql("ALTER TABLE mt ENABLE ROW LEVEL SECURITY")
+    db.sql(f"CREATE POLICY b_only ON mt FOR SELECT TO {READER} USING (tenant = 'B')")
+    db.sql(f"CREATE POLICY app ON mt TO {APP_ROLE} USING (true) WITH CHECK (true)")
+    with db.app() as c:
+        c.execute("INSERT INTO mt VALUES (1, 'A', 'a-public'), (3, 'A', 'a3')")
+        c.execute("UPDATE mt SET secret = 'A-SECRET' WHERE id = 1; DELETE FROM mt WHERE id = 1; "
+                  "INSERT INTO mt VALUES (1, 'B', 'b-row')")
+        c.execute("UPDATE mt SET secret = 'A3-SECRET' WHERE id = 3; TRUNCATE mt; "
+                  "INSERT INTO mt VALUES (3, 'B', 'b3'), (1, 'B', 'b1')")
+    dates = db.sql("SELECT history_kind, history_date FROM koherent_history.mt ORDER BY history_id")
+    # one date per statement: INSERT (2 rows); UPDATE, DELETE, INSERT; UPDATE, TRUNCATE (2 rows), INSERT (2)
+    assert len({d for _, d in dates}) == 7 and len(dates) == 10
+    with db.conn(user=READER) as c:
+        got = c.execute("SELECT t.id, e.kind, e.row_data->>'secret' FROM mt t, mt_provenance(t) e ORDER BY 1, 2").fetchall()
+        assert got == [(1, "CREATE", "b1"), (3, "CREATE", "b3")]
+        assert c.execute("SELECT id FROM mt_by_provenance(kind => 'UPDATE')").fetchall() == []
+        secret = c.execute("SELECT count(*) FROM mt t, mt_provenance(t) e, koherent.provenance_entry_effective_changes(e) x "
+                           "WHERE x.new_value::text ~ 'SECRET'").fetchone()
+        assert secret == (0,)
+
+
 # --- 3. a key verifies only as published, never once revoked; each write checks its token -----
 
 @pytest.fixture

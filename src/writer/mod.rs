@@ -151,7 +151,7 @@ unsafe fn record(td: *mut pg_sys::TriggerData, op: u32) {
     let (sources, compared) = (&tp.sources, &tp.compared);
 
     let kind = pg_sys::Datum::from(pg_sys::cstring_to_text(kind.as_ptr()));
-    let date = pg_sys::Datum::from(pg_sys::GetCurrentStatementStartTimestamp());
+    let date = pg_sys::Datum::from(crate::running::statement_date());
     let mut context: Option<pg_sys::Datum> = None;
     let mut values = vec![pg_sys::Datum::from(0usize); sources.len()];
     let mut nulls = vec![true; sources.len()];

@@ -9,8 +9,10 @@ settings.py::
 The middleware takes the token from the request's header for the duration of the request. The
 app installs a database hook (an execute wrapper on every PostgreSQL connection) that, while a
 token is set, makes each transaction run under it: the first statement of a transaction is
-preceded by ``koherent.set_task($1)``; a statement outside any transaction (Django's autocommit)
-runs in a transaction of its own with ``set_task`` first. So atomic blocks, ``ATOMIC_REQUESTS``
+preceded by ``koherent.set_task($1)`` (also in a transaction begun before the token was set, such
+as an atomic block a middleware opened before TaskMiddleware: it fails clearly if that
+transaction already wrote under no task or another one); a statement outside any transaction
+(Django's autocommit) runs in a transaction of its own with ``set_task`` first. So atomic blocks, ``ATOMIC_REQUESTS``
 and autocommit are attributed alike. A task lives only as long as its transaction: nothing
 carries over to the next request on a persistent connection (``CONN_MAX_AGE``) or through
 PgBouncer in transaction mode. A token the database refuses makes the write fail with

@@ -25,18 +25,27 @@ class _Wrapper:
         self.connection = connection
 
     def __call__(self, execute: Callable[..., Any], sql: Any, params: Any, many: bool, context: Any) -> Any:
+        conn = self.connection
         token = current_token.get()
+        raw = conn.connection
+        idle = raw is None or raw.info.transaction_status == pq.TransactionStatus.IDLE
+        if idle:
+            conn._koherent_pg_task = None   # the transaction the token was set in has ended
         if token is None:
             return execute(sql, params, many, context)
-        conn = self.connection
         if conn.get_autocommit():
             # a statement outside any transaction: give it one, under the task
             with transaction.atomic(using=conn.alias):
                 _set_task(conn, token)
+                conn._koherent_pg_task = token
                 return execute(sql, params, many, context)
-        if conn.connection.info.transaction_status == pq.TransactionStatus.IDLE:
-            # the first statement of a transaction (psycopg begins it with set_task)
+        if getattr(conn, "_koherent_pg_task", None) != token:
+            # the transaction's first statement under this token: psycopg begins the transaction
+            # with set_task when it is idle; a transaction begun before the token was set (an
+            # atomic block opened before the middleware ran) gets it now, or fails clearly if it
+            # already wrote under no task or another one
             _set_task(conn, token)
+            conn._koherent_pg_task = token
         return execute(sql, params, many, context)
 
 
