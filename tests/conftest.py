@@ -242,6 +242,8 @@ def django_db(template):
 def project(django_db):
     from django.db import connections
 
+    connections.close_all()   # a test before may have restarted the server (test_reliability)
+
     with connect(django_db) as c:
         c.execute("TRUNCATE djangoapp_book, djangoapp_author")
         c.execute("TRUNCATE koherent_history.djangoapp_book, koherent_history.djangoapp_author")
