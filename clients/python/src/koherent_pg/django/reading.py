@@ -31,27 +31,32 @@ def _function(model: Any, conn: Any, suffix: str = "_provenance") -> str:
     return f"{qn(schema)}.{fn}" if schema else fn
 
 
+def _entries_sql(qs: QuerySet, select: str, joins: str, order: str) -> tuple[str, list]:
+    """SELECT <select> FROM <table> t, LATERAL <table>_provenance(t) p <joins> for the rows of
+    `qs`: one query whatever the number of rows."""
+    conn = connections[qs.db]
+    inner, params = qs.values("pk").query.sql_with_params()
+    table = conn.ops.quote_name(qs.model._meta.db_table)
+    pk = conn.ops.quote_name(qs.model._meta.pk.column)
+    sql = (f"SELECT {select} FROM {table} t, LATERAL {_function(qs.model, conn)}(t) p{joins} "
+           f"WHERE t.{pk} IN ({inner}) ORDER BY {order}")
+    return sql, list(params)
+
+
 def provenance_of(target: Any) -> List[ProvenanceEntry]:
     """Every recorded change of the instance (or of each row of the queryset), oldest first."""
     qs, alias = _rows(target)
-    conn = connections[alias]
-    inner, params = qs.values("pk").query.sql_with_params()
-    table = conn.ops.quote_name(qs.model._meta.db_table)
-    sql = (f"SELECT p.* FROM {table} t, LATERAL {_function(qs.model, conn)}(t) p "
-           f"WHERE t.{conn.ops.quote_name(qs.model._meta.pk.column)} IN ({inner}) ORDER BY p.history_id")
+    sql, params = _entries_sql(qs, "p.*", "", "p.history_id")
     return list(ProvenanceEntry.objects.using(alias).raw(sql, params))
 
 
 def effective_changes_of(target: Any) -> List[EffectiveChange]:
     """The fields each recorded change changed, for the instance (or queryset), in order."""
     qs, alias = _rows(target)
-    conn = connections[alias]
-    inner, params = qs.values("pk").query.sql_with_params()
-    table = conn.ops.quote_name(qs.model._meta.db_table)
-    sql = (f"SELECT c.history_id, c.field, c.old_value, c.new_value FROM {table} t, "
-           f"LATERAL {_function(qs.model, conn)}(t) p, LATERAL koherent.provenance_entry_effective_changes(p) c "
-           f"WHERE t.{conn.ops.quote_name(qs.model._meta.pk.column)} IN ({inner}) ORDER BY c.history_id, c.field")
-    with conn.cursor() as cur:
+    sql, params = _entries_sql(qs, "c.history_id, c.field, c.old_value, c.new_value",
+                               ", LATERAL koherent.provenance_entry_effective_changes(p) c",
+                               "c.history_id, c.field")
+    with connections[alias].cursor() as cur:
         cur.execute(sql, params)
         rows = cur.fetchall()
     # Django's psycopg backend hands jsonb over as its text (JSONField parses it itself)
@@ -69,16 +74,10 @@ _TASK_COLUMNS = ("task_id", "parent_task_id", "root_task_id", "assigner_sub", "c
 def provenance_rows(qs: QuerySet) -> List[ProvenanceEntry]:
     """provenance_of(queryset), each entry with its task (`task_row`: a dict, or None) from the
     same query."""
-    alias = qs.db
-    conn = connections[alias]
-    inner, params = qs.values("pk").query.sql_with_params()
-    table = conn.ops.quote_name(qs.model._meta.db_table)
     cols = ", ".join(f"k.{c} AS k_{c}" for c in _TASK_COLUMNS)
-    sql = (f"SELECT p.*, {cols} FROM {table} t, LATERAL {_function(qs.model, conn)}(t) p, "
-           f"LATERAL koherent.provenance_entry_task(p) k "
-           f"WHERE t.{conn.ops.quote_name(qs.model._meta.pk.column)} IN ({inner}) ORDER BY p.history_id")
+    sql, params = _entries_sql(qs, f"p.*, {cols}", ", LATERAL koherent.provenance_entry_task(p) k", "p.history_id")
     out = []
-    for e in ProvenanceEntry.objects.using(alias).raw(sql, params):
+    for e in ProvenanceEntry.objects.using(qs.db).raw(sql, params):
         e.task_row = None if e.k_task_id is None else {c: getattr(e, "k_" + c) for c in _TASK_COLUMNS}
         out.append(e)
     return out
