@@ -12,13 +12,14 @@
 //! included), so the guard reads the command of the statement whose row it sees.
 //!
 //! History dates ([`statement_date`]): every statement, nested ones included, gets its own
-//! start time when it begins (a `ProcessUtility` hook covers COPY and other utilities),
+//! start time at its first ExecutorRun (a `ProcessUtility` hook covers COPY and other utilities),
 //! strictly increasing within a backend. The history writer fires in its statement's
-//! ExecutorFinish, after the statement's run: it takes the date of the last statement that
-//! began at its depth, which is its own. So the entries of one statement share a date, a nested
-//! statement's entries (written before the statement that fired it finishes) carry a later
-//! date than that statement's, and the statements of one multi-statement message are told
-//! apart: within a transaction, history dates order statements as they happened.
+//! ExecutorFinish; the hook keeps a stack of the statements finishing, so the writer takes its
+//! own statement's date even after that statement's triggers ran nested statements. So the
+//! entries of one statement share a date, a nested statement's entries (written before the
+//! statement that fired it finishes) carry a later date than that statement's, and the
+//! statements of one multi-statement message are told apart: within a transaction, history
+//! dates order statements as they happened.
 //!
 //! The hook sees only the runs that began after this library was loaded. A backend that loads
 //! koherent while a statement runs (its first call of any koherent function is the guard of
@@ -35,9 +36,11 @@ use std::cell::RefCell;
 struct Statements {
     /// The open hooked runs, innermost last: command type and start date.
     open: Vec<(pg_sys::CmdType::Type, pg_sys::TimestampTz)>,
-    /// Per depth (the number of runs open around it): the start date of the last statement
-    /// that began there.
-    last: Vec<pg_sys::TimestampTz>,
+    /// The statements (executor queries and utilities) finishing now, innermost last: their
+    /// dates. History triggers fire while their statement is on top.
+    finishing: Vec<pg_sys::TimestampTz>,
+    /// Each started query's date, until ExecutorEnd (or the transaction's end).
+    started: Vec<(usize, pg_sys::TimestampTz)>,
     /// The last date handed out (dates strictly increase).
     issued: pg_sys::TimestampTz,
 }
@@ -46,7 +49,10 @@ thread_local! {
     static STATEMENTS: RefCell<Statements> = RefCell::new(Statements::default());
 }
 
+static mut PREV_EXECUTOR_START: pg_sys::ExecutorStart_hook_type = None;
 static mut PREV_EXECUTOR_RUN: pg_sys::ExecutorRun_hook_type = None;
+static mut PREV_EXECUTOR_FINISH: pg_sys::ExecutorFinish_hook_type = None;
+static mut PREV_EXECUTOR_END: pg_sys::ExecutorEnd_hook_type = None;
 static mut PREV_PROCESS_UTILITY: pg_sys::ProcessUtility_hook_type = None;
 
 /// What is executing now, as far as this backend can tell.
@@ -67,10 +73,7 @@ pub fn current() -> Running {
 
 /// The history date of the statement whose history trigger fires now (see the module).
 pub fn statement_date() -> pg_sys::TimestampTz {
-    let known = STATEMENTS.with(|s| {
-        let s = s.borrow();
-        s.last.get(s.open.len()).copied().filter(|&d| d != 0)
-    });
+    let known = STATEMENTS.with(|s| s.borrow().finishing.last().copied());
     known.unwrap_or_else(|| unsafe { pg_sys::GetCurrentStatementStartTimestamp() })
 }
 
@@ -81,29 +84,132 @@ pub fn running_date() -> pg_sys::TimestampTz {
     known.unwrap_or_else(statement_date)
 }
 
-/// A new statement begins at the current depth: its date.
-fn begin() -> pg_sys::TimestampTz {
+/// A new date, later than every one handed out before.
+fn next_date() -> pg_sys::TimestampTz {
     let now = unsafe { pg_sys::GetCurrentTimestamp() };
     STATEMENTS.with(|s| {
         let mut s = s.borrow_mut();
         let date = now.max(s.issued + 1);
         s.issued = date;
-        let depth = s.open.len();
-        if s.last.len() <= depth {
-            s.last.resize(depth + 1, 0);
-        }
-        s.last[depth] = date;
         date
     })
 }
 
+/// The date of a query: taken at its first run (when its changes begin; ExecutorStart can come
+/// long before, for a portal bound early). A query whose start this backend did not see (the
+/// library was loaded while it ran) is dated at the client statement's start, earlier than
+/// every date handed out since.
+fn date_of(query: *mut pg_sys::QueryDesc) -> pg_sys::TimestampTz {
+    let key = query as usize;
+    let known = STATEMENTS.with(|s| {
+        s.borrow()
+            .started
+            .iter()
+            .rev()
+            .find(|(q, _)| *q == key)
+            .map(|&(_, d)| d)
+    });
+    match known {
+        Some(d) if d != 0 => d,
+        Some(_) => {
+            let d = next_date();
+            STATEMENTS.with(|s| {
+                if let Some(e) = s
+                    .borrow_mut()
+                    .started
+                    .iter_mut()
+                    .rev()
+                    .find(|(q, _)| *q == key)
+                {
+                    e.1 = d;
+                }
+            });
+            d
+        }
+        None => {
+            let d = unsafe { pg_sys::GetCurrentStatementStartTimestamp() };
+            STATEMENTS.with(|s| s.borrow_mut().started.push((key, d)));
+            d
+        }
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn xact_callback(
+    event: pg_sys::XactEvent::Type,
+    _arg: *mut std::ffi::c_void,
+) {
+    use pg_sys::XactEvent::*;
+    if matches!(
+        event,
+        XACT_EVENT_COMMIT
+            | XACT_EVENT_PARALLEL_COMMIT
+            | XACT_EVENT_ABORT
+            | XACT_EVENT_PARALLEL_ABORT
+            | XACT_EVENT_PREPARE
+    ) {
+        STATEMENTS.with(|s| {
+            let mut s = s.borrow_mut();
+            s.started.clear();
+            s.finishing.clear();
+        });
+    }
+}
+
 pub fn init() {
     unsafe {
+        PREV_EXECUTOR_START = pg_sys::ExecutorStart_hook;
+        pg_sys::ExecutorStart_hook = Some(executor_start);
         PREV_EXECUTOR_RUN = pg_sys::ExecutorRun_hook;
         pg_sys::ExecutorRun_hook = Some(executor_run);
+        PREV_EXECUTOR_FINISH = pg_sys::ExecutorFinish_hook;
+        pg_sys::ExecutorFinish_hook = Some(executor_finish);
+        PREV_EXECUTOR_END = pg_sys::ExecutorEnd_hook;
+        pg_sys::ExecutorEnd_hook = Some(executor_end);
         PREV_PROCESS_UTILITY = pg_sys::ProcessUtility_hook;
         pg_sys::ProcessUtility_hook = Some(process_utility);
+        pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut());
     }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn executor_start(query: *mut pg_sys::QueryDesc, eflags: std::ffi::c_int) {
+    // a new statement (replacing whatever an aborted query at this address left); dated at
+    // its first run
+    STATEMENTS.with(|s| {
+        let mut s = s.borrow_mut();
+        s.started.retain(|(q, _)| *q != query as usize);
+        s.started.push((query as usize, 0));
+    });
+    match PREV_EXECUTOR_START {
+        Some(prev) => pg_sys::ffi::pg_guard_ffi_boundary(|| prev(query, eflags)),
+        None => pg_sys::standard_ExecutorStart(query, eflags),
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn executor_end(query: *mut pg_sys::QueryDesc) {
+    STATEMENTS.with(|s| s.borrow_mut().started.retain(|(q, _)| *q != query as usize));
+    match PREV_EXECUTOR_END {
+        Some(prev) => pg_sys::ffi::pg_guard_ffi_boundary(|| prev(query)),
+        None => pg_sys::standard_ExecutorEnd(query),
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn executor_finish(query: *mut pg_sys::QueryDesc) {
+    let date = date_of(query);
+    let depth = STATEMENTS.with(|s| {
+        let mut s = s.borrow_mut();
+        s.finishing.push(date);
+        s.finishing.len() - 1
+    });
+    PgTryBuilder::new(|| match PREV_EXECUTOR_FINISH {
+        Some(prev) => pg_sys::ffi::pg_guard_ffi_boundary(|| prev(query)),
+        None => pg_sys::standard_ExecutorFinish(query),
+    })
+    .finally(|| STATEMENTS.with(|s| s.borrow_mut().finishing.truncate(depth)))
+    .execute()
 }
 
 #[pg_guard]
@@ -113,7 +219,7 @@ unsafe extern "C-unwind" fn executor_run(
     count: u64,
     execute_once: bool,
 ) {
-    let date = begin();
+    let date = date_of(query);
     let depth = STATEMENTS.with(|s| {
         let mut s = s.borrow_mut();
         s.open.push(((*query).operation, date));
@@ -125,21 +231,11 @@ unsafe extern "C-unwind" fn executor_run(
         }
         None => pg_sys::standard_ExecutorRun(query, direction, count, execute_once),
     })
-    .finally(|| {
-        STATEMENTS.with(|s| {
-            let mut s = s.borrow_mut();
-            s.open.truncate(depth);
-            // this statement's triggers fire next, at this depth: the date is its own
-            if s.last.len() <= depth {
-                s.last.resize(depth + 1, 0);
-            }
-            s.last[depth] = date;
-        })
-    })
+    .finally(|| STATEMENTS.with(|s| s.borrow_mut().open.truncate(depth)))
     .execute()
 }
 
-/// Utilities (COPY among them) begin a statement too: the history COPY records carries the
+/// Utilities (COPY among them) are statements too: the history COPY records carries the
 /// COPY's date.
 #[cfg(not(feature = "pg13"))]
 #[pg_guard]
@@ -154,10 +250,21 @@ unsafe extern "C-unwind" fn process_utility(
     dest: *mut pg_sys::DestReceiver,
     qc: *mut pg_sys::QueryCompletion,
 ) {
-    begin();
-    match PREV_PROCESS_UTILITY {
-        Some(prev) => pg_sys::ffi::pg_guard_ffi_boundary(|| {
-            prev(
+    as_finishing(std::panic::AssertUnwindSafe(
+        || match PREV_PROCESS_UTILITY {
+            Some(prev) => pg_sys::ffi::pg_guard_ffi_boundary(|| {
+                prev(
+                    pstmt,
+                    query_string,
+                    read_only_tree,
+                    context,
+                    params,
+                    query_env,
+                    dest,
+                    qc,
+                )
+            }),
+            None => pg_sys::standard_ProcessUtility(
                 pstmt,
                 query_string,
                 read_only_tree,
@@ -166,19 +273,9 @@ unsafe extern "C-unwind" fn process_utility(
                 query_env,
                 dest,
                 qc,
-            )
-        }),
-        None => pg_sys::standard_ProcessUtility(
-            pstmt,
-            query_string,
-            read_only_tree,
-            context,
-            params,
-            query_env,
-            dest,
-            qc,
-        ),
-    }
+            ),
+        },
+    ));
 }
 
 #[cfg(feature = "pg13")]
@@ -192,19 +289,34 @@ unsafe extern "C-unwind" fn process_utility(
     dest: *mut pg_sys::DestReceiver,
     qc: *mut pg_sys::QueryCompletion,
 ) {
-    begin();
-    match PREV_PROCESS_UTILITY {
-        Some(prev) => pg_sys::ffi::pg_guard_ffi_boundary(|| {
-            prev(pstmt, query_string, context, params, query_env, dest, qc)
-        }),
-        None => pg_sys::standard_ProcessUtility(
-            pstmt,
-            query_string,
-            context,
-            params,
-            query_env,
-            dest,
-            qc,
-        ),
-    }
+    as_finishing(std::panic::AssertUnwindSafe(
+        || match PREV_PROCESS_UTILITY {
+            Some(prev) => pg_sys::ffi::pg_guard_ffi_boundary(|| {
+                prev(pstmt, query_string, context, params, query_env, dest, qc)
+            }),
+            None => pg_sys::standard_ProcessUtility(
+                pstmt,
+                query_string,
+                context,
+                params,
+                query_env,
+                dest,
+                qc,
+            ),
+        },
+    ));
+}
+
+/// Run a utility with a date of its own on the finishing stack: the triggers it fires itself
+/// (COPY's) record that date.
+unsafe fn as_finishing(f: impl FnOnce() + std::panic::UnwindSafe) {
+    let date = next_date();
+    let depth = STATEMENTS.with(|s| {
+        let mut s = s.borrow_mut();
+        s.finishing.push(date);
+        s.finishing.len() - 1
+    });
+    PgTryBuilder::new(f)
+        .finally(|| STATEMENTS.with(|s| s.borrow_mut().finishing.truncate(depth)))
+        .execute()
 }

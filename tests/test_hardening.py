@@ -423,6 +423,92 @@ def test_statements_of_one_message_and_nested_statements_are_ordered(db):
         assert secret == (0,)
 
 
+def test_a_trigger_that_deletes_and_recreates_a_row_ends_its_life(db):
+    """An AFTER UPDATE trigger deletes the updated row and inserts another tenant's row under
+    the same key, all in one statement: the UPDATE's entry is dated before the trigger's
+    statements (its own start), so the new row's reader sees only the new row's entry."""
+    ensure_role(READER)
+    db.sql("CREATE TABLE rt (k int PRIMARY KEY, tenant text, v text)")
+    db.sql("CREATE FUNCTION rt_hand_over() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+           "IF NEW.v = 'hand over' THEN DELETE FROM rt WHERE k = NEW.k; "
+           "INSERT INTO rt VALUES (NEW.k, 'B', 'b-row'); END IF; RETURN NULL; END $$")
+    db.sql("CREATE TRIGGER a_hand_over AFTER UPDATE ON rt FOR EACH ROW EXECUTE FUNCTION rt_hand_over()")
+    db.sql("SELECT koherent.track('rt')")
+    db.sql(f"SELECT koherent.expose('rt', '{READER}')")
+    db.sql(f"GRANT SELECT ON rt TO {READER}")
+    db.sql(f"GRANT SELECT, INSERT, UPDATE, DELETE ON rt TO {APP_ROLE}")
+    with db.app() as c:
+        c.execute("INSERT INTO rt VALUES (1, 'A', 'a-public')")
+        c.execute("UPDATE rt SET v = 'hand over', tenant = 'A' WHERE k = 1")
+    kinds = db.sql("SELECT history_kind FROM koherent_history.rt ORDER BY history_date, history_id")
+    assert kinds == [("CREATE",), ("UPDATE",), ("DELETE",), ("CREATE",)]   # dates order what happened
+    with db.conn(user=READER) as c:
+        assert c.execute("SELECT e.kind, e.row_data->>'v' FROM rt t, rt_provenance(t) e").fetchall() == [
+            ("CREATE", "b-row")]
+
+
+HANDOVER_TRIGGERS = {
+    # an AFTER DELETE row trigger that re-creates the key for tenant B
+    "after_delete": ("CREATE FUNCTION ho() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                     "IF OLD.v = 'reborn' THEN INSERT INTO ho VALUES (OLD.k, 'B', 'b-row'); "
+                     "PERFORM count(*) FROM pg_class; END IF; RETURN NULL; END $$",
+                     "CREATE TRIGGER a_ho AFTER DELETE ON ho FOR EACH ROW EXECUTE FUNCTION ho()",
+                     ["INSERT INTO ho VALUES (1, 'A', 'reborn')", "DELETE FROM ho WHERE k = 1"]),
+    # a user AFTER STATEMENT trigger sorting before koherent's
+    "after_statement": ("CREATE FUNCTION ho() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                        "IF EXISTS (SELECT 1 FROM ho WHERE k = 1 AND v = 'st') THEN DELETE FROM ho WHERE k = 1; "
+                        "INSERT INTO ho VALUES (1, 'B', 'b-row'); END IF; RETURN NULL; END $$",
+                        "CREATE TRIGGER a_ho AFTER UPDATE ON ho FOR EACH STATEMENT EXECUTE FUNCTION ho()",
+                        ["INSERT INTO ho VALUES (1, 'A', 'A-secret')", "UPDATE ho SET v = 'st' WHERE k = 1"]),
+    # a BEFORE ROW trigger of a multi-row INSERT (the first koherent code of a fresh session)
+    "before_row_insert": ("CREATE FUNCTION ho() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                          "IF NEW.k = 2 THEN DELETE FROM ho WHERE k = 1; INSERT INTO ho VALUES (1, 'B', 'b-row'); "
+                          "END IF; RETURN NEW; END $$",
+                          "CREATE TRIGGER a_ho BEFORE INSERT ON ho FOR EACH ROW EXECUTE FUNCTION ho()",
+                          ["INSERT INTO ho VALUES (1, 'A', 'A-secret'), (2, 'X', 'x')"]),
+    # the same during COPY
+    "before_row_copy": ("CREATE FUNCTION ho() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                        "IF NEW.k = 2 THEN DELETE FROM ho WHERE k = 1; INSERT INTO ho VALUES (1, 'B', 'b-row'); "
+                        "END IF; RETURN NEW; END $$",
+                        "CREATE TRIGGER a_ho BEFORE INSERT ON ho FOR EACH ROW EXECUTE FUNCTION ho()",
+                        ["COPY"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HANDOVER_TRIGGERS))
+def test_a_statements_entries_are_dated_before_its_triggers_statements(db, case):
+    """Whatever trigger runs the nested statements (AFTER ROW, AFTER STATEMENT sorting before
+    koherent's, BEFORE ROW, during COPY; in a session that loads koherent mid-statement too),
+    a statement's own entries carry its own date, earlier than the nested ones: tenant B's
+    reader of the key never sees tenant A's entries, and sees B's CREATE."""
+    ensure_role(READER)
+    fn, trigger, statements = HANDOVER_TRIGGERS[case]
+    db.sql("CREATE TABLE ho (k int PRIMARY KEY, tenant text, v text)")
+    db.sql(fn)
+    db.sql(trigger)
+    db.sql("SELECT koherent.track('ho')")
+    db.sql(f"SELECT koherent.expose('ho', '{READER}')")
+    db.sql(f"GRANT SELECT ON ho TO {READER}")
+    db.sql(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ho TO {APP_ROLE}")
+    db.sql("ALTER TABLE ho ENABLE ROW LEVEL SECURITY")
+    db.sql(f"CREATE POLICY b_only ON ho FOR SELECT TO {READER} USING (tenant = 'B')")
+    db.sql(f"CREATE POLICY app ON ho TO {APP_ROLE} USING (true) WITH CHECK (true)")
+    # a fresh session: koherent loads during the first statement (COPY FROM as the owner: RLS
+    # refuses it to others)
+    with (db.conn() if statements == ["COPY"] else db.app()) as c:
+        for st in statements:
+            if st == "COPY":
+                with c.cursor().copy("COPY ho FROM STDIN") as cp:
+                    cp.write_row((1, "A", "A-secret"))
+                    cp.write_row((2, "X", "x"))
+            else:
+                c.execute(st)
+    with db.conn(user=READER) as c:
+        got = c.execute("SELECT t.k, e.kind, e.row_data->>'tenant' FROM ho t, ho_provenance(t) e").fetchall()
+    assert got == [(1, "CREATE", "B")], (case, db.sql(
+        "SELECT history_kind, k, tenant, history_date FROM koherent_history.ho ORDER BY history_id"))
+
+
 # --- 3. a key verifies only as published, never once revoked; each write checks its token -----
 
 @pytest.fixture
