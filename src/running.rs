@@ -86,13 +86,15 @@ pub fn running_date() -> pg_sys::TimestampTz {
 
 /// A new date, later than every one handed out before.
 fn next_date() -> pg_sys::TimestampTz {
-    let now = unsafe { pg_sys::GetCurrentTimestamp() };
-    STATEMENTS.with(|s| {
-        let mut s = s.borrow_mut();
-        let date = now.max(s.issued + 1);
-        s.issued = date;
+    STATEMENTS.with(|s| s.borrow_mut().issue())
+}
+
+impl Statements {
+    fn issue(&mut self) -> pg_sys::TimestampTz {
+        let date = unsafe { pg_sys::GetCurrentTimestamp() }.max(self.issued + 1);
+        self.issued = date;
         date
-    })
+    }
 }
 
 /// The date of a query: taken at its first run (when its changes begin; ExecutorStart can come
@@ -101,37 +103,22 @@ fn next_date() -> pg_sys::TimestampTz {
 /// every date handed out since.
 fn date_of(query: *mut pg_sys::QueryDesc) -> pg_sys::TimestampTz {
     let key = query as usize;
-    let known = STATEMENTS.with(|s| {
-        s.borrow()
-            .started
-            .iter()
-            .rev()
-            .find(|(q, _)| *q == key)
-            .map(|&(_, d)| d)
-    });
-    match known {
-        Some(d) if d != 0 => d,
-        Some(_) => {
-            let d = next_date();
-            STATEMENTS.with(|s| {
-                if let Some(e) = s
-                    .borrow_mut()
-                    .started
-                    .iter_mut()
-                    .rev()
-                    .find(|(q, _)| *q == key)
-                {
-                    e.1 = d;
-                }
-            });
-            d
+    STATEMENTS.with(|s| {
+        let mut s = s.borrow_mut();
+        match s.started.iter().rposition(|(q, _)| *q == key) {
+            Some(i) if s.started[i].1 != 0 => s.started[i].1,
+            Some(i) => {
+                let d = s.issue();
+                s.started[i].1 = d;
+                d
+            }
+            None => {
+                let d = unsafe { pg_sys::GetCurrentStatementStartTimestamp() };
+                s.started.push((key, d));
+                d
+            }
         }
-        None => {
-            let d = unsafe { pg_sys::GetCurrentStatementStartTimestamp() };
-            STATEMENTS.with(|s| s.borrow_mut().started.push((key, d)));
-            d
-        }
-    }
+    })
 }
 
 #[pg_guard]
@@ -198,18 +185,10 @@ unsafe extern "C-unwind" fn executor_end(query: *mut pg_sys::QueryDesc) {
 
 #[pg_guard]
 unsafe extern "C-unwind" fn executor_finish(query: *mut pg_sys::QueryDesc) {
-    let date = date_of(query);
-    let depth = STATEMENTS.with(|s| {
-        let mut s = s.borrow_mut();
-        s.finishing.push(date);
-        s.finishing.len() - 1
-    });
-    PgTryBuilder::new(|| match PREV_EXECUTOR_FINISH {
+    as_finishing(date_of(query), || match PREV_EXECUTOR_FINISH {
         Some(prev) => pg_sys::ffi::pg_guard_ffi_boundary(|| prev(query)),
         None => pg_sys::standard_ExecutorFinish(query),
     })
-    .finally(|| STATEMENTS.with(|s| s.borrow_mut().finishing.truncate(depth)))
-    .execute()
 }
 
 #[pg_guard]
@@ -250,8 +229,9 @@ unsafe extern "C-unwind" fn process_utility(
     dest: *mut pg_sys::DestReceiver,
     qc: *mut pg_sys::QueryCompletion,
 ) {
-    as_finishing(std::panic::AssertUnwindSafe(
-        || match PREV_PROCESS_UTILITY {
+    as_finishing(
+        next_date(),
+        std::panic::AssertUnwindSafe(|| match PREV_PROCESS_UTILITY {
             Some(prev) => pg_sys::ffi::pg_guard_ffi_boundary(|| {
                 prev(
                     pstmt,
@@ -274,8 +254,8 @@ unsafe extern "C-unwind" fn process_utility(
                 dest,
                 qc,
             ),
-        },
-    ));
+        }),
+    );
 }
 
 #[cfg(feature = "pg13")]
@@ -289,8 +269,9 @@ unsafe extern "C-unwind" fn process_utility(
     dest: *mut pg_sys::DestReceiver,
     qc: *mut pg_sys::QueryCompletion,
 ) {
-    as_finishing(std::panic::AssertUnwindSafe(
-        || match PREV_PROCESS_UTILITY {
+    as_finishing(
+        next_date(),
+        std::panic::AssertUnwindSafe(|| match PREV_PROCESS_UTILITY {
             Some(prev) => pg_sys::ffi::pg_guard_ffi_boundary(|| {
                 prev(pstmt, query_string, context, params, query_env, dest, qc)
             }),
@@ -303,14 +284,13 @@ unsafe extern "C-unwind" fn process_utility(
                 dest,
                 qc,
             ),
-        },
-    ));
+        }),
+    );
 }
 
-/// Run a utility with a date of its own on the finishing stack: the triggers it fires itself
-/// (COPY's) record that date.
-unsafe fn as_finishing(f: impl FnOnce() + std::panic::UnwindSafe) {
-    let date = next_date();
+/// Run `f` with `date` on top of the finishing stack: the history triggers it fires record that
+/// date (a query's ExecutorFinish; a utility such as COPY, which fires its triggers itself).
+unsafe fn as_finishing(date: pg_sys::TimestampTz, f: impl FnOnce() + std::panic::UnwindSafe) {
     let depth = STATEMENTS.with(|s| {
         let mut s = s.borrow_mut();
         s.finishing.push(date);
