@@ -80,19 +80,35 @@ def test_a_refused_token_fails_the_write_and_writes_nothing(project, atomic_requ
 
 
 def test_the_token_is_never_in_the_query_text(project):
-    from django.db import connection
+    """Django binds its own parameters on the client; the hook's set_task goes out with the
+    token as a bind parameter: no Parse or Query message (what pg_stat_activity shows other
+    sessions) carries it."""
+    import tempfile
 
+    from django.db import connection
+    from psycopg import pq
+
+    from djangoapp.models import Author
     from koherent_pg.django import using_task
 
     token = mint("t-hidden")
-    with using_task(token):
-        from djangoapp.models import Author
-
-        Author.objects.create(name="hidden")
-    with connect(project) as c:
-        texts = c.execute("SELECT query FROM pg_stat_activity WHERE pid = %s",
-                          [connection.connection.info.backend_pid]).fetchall()
-    assert all(token not in q for (q,) in texts)
+    connection.ensure_connection()
+    raw = connection.connection.pgconn
+    with tempfile.TemporaryFile("w+") as trace:
+        raw.trace(trace.fileno())
+        raw.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
+        try:
+            with using_task(token):
+                Author.objects.create(name="hidden")
+        finally:
+            raw.untrace()
+        trace.seek(0)
+        sent = [line.split("\t", 3) for line in trace.read().splitlines() if line.startswith("F")]
+    texts = [m[3] for m in sent if len(m) > 3 and m[2] in ("Parse", "Query")]
+    assert any("koherent.set_task($1)" in t for t in texts), texts
+    assert any("INSERT INTO" in t and "hidden" in t for t in texts), texts
+    assert all(token not in t for t in texts)
+    assert any(m[2] == "Bind" and token in m[3] for m in sent if len(m) > 3)
     assert [task for _, _, task, _ in entries(project)] == ["t-hidden"]
 
 
