@@ -14,7 +14,11 @@ GRANT EXECUTE ON FUNCTION
     koherent._set_context(text), koherent.canonical_args(jsonb), koherent._canonical_args(text),
     koherent.args_hash(jsonb), koherent._args_hash(text),
     -- called by the views with the reader's rights: a value's text by its output function
-    koherent._text_out(anyelement)
+    koherent._text_out(anyelement),
+    -- a table as of a moment: what the caller may SELECT of it (checked by koherent._as_of_rows)
+    koherent.as_of(anyelement, timestamptz), koherent.as_of_task(anyelement, text),
+    koherent.row_as_of(anyelement, jsonb, timestamptz), koherent._as_of_rows(regtype, timestamptz, text, jsonb),
+    koherent._as_of_select(jsonb)
   TO PUBLIC;
 
 

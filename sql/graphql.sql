@@ -116,9 +116,33 @@ BEGIN
     END IF;
     EXECUTE format('COMMENT ON FUNCTION %I.%I%s IS %L', nsp, rel || '_by_provenance', filter_sig,
                    'koherent: the current rows with at least one recorded change matching all given conditions (exact matches; changedSince inclusive, changedBefore exclusive).');
+    PERFORM koherent._expose_as_of(tbl, grant_to);
 END $$;
+-- <table>_as_of(at) RETURNS SETOF <table>: the table as of a moment (koherent.as_of, with the
+-- caller's rights), a query field for PostGraphile (itemAsOf(at: ...)) and pg_graphql.
+CREATE FUNCTION koherent._expose_as_of(tbl regclass, grant_to regrole) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    nsp name;
+    rel name;
+BEGIN
+    SELECT n.nspname, c.relname INTO nsp, rel FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.oid = tbl;
+    EXECUTE format($f$
+        CREATE OR REPLACE FUNCTION %1$I.%2$I(at timestamptz) RETURNS SETOF %3$s
+        LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $b$
+            SELECT * FROM koherent.as_of(NULL::%3$s, at)
+        $b$ $f$, nsp, rel || '_as_of', format('%I.%I', nsp, rel));
+    EXECUTE format('COMMENT ON FUNCTION %I.%I(timestamptz) IS %L', nsp, rel || '_as_of',
+                   'koherent: the rows of this table as they were at a moment (changes count at their statement''s start time).');
+    EXECUTE format('REVOKE ALL ON FUNCTION %I.%I(timestamptz) FROM PUBLIC', nsp, rel || '_as_of');
+    IF grant_to IS NOT NULL THEN
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %I.%I(timestamptz) TO %s', nsp, rel || '_as_of', grant_to);
+    END IF;
+END $$;
+
 COMMENT ON FUNCTION koherent.expose(regclass, regrole) IS
-  'Create the GraphQL-facing functions of a tracked table: <table>_provenance, _provenance and <table>_by_provenance; adds the row index of its history table if missing.';
+  'Create the GraphQL-facing functions of a tracked table: <table>_provenance, _provenance, <table>_by_provenance and <table>_as_of; adds the row index of its history table if missing.';
 
 CREATE FUNCTION koherent.unexpose(tbl regclass) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -135,6 +159,7 @@ BEGIN
     EXECUTE format('DROP FUNCTION IF EXISTS %I._provenance(%s)', nsp, tbl);
     EXECUTE format('DROP FUNCTION IF EXISTS %I.%I%s', nsp, rel || '_by_provenance', filter_sig);
     EXECUTE format('DROP FUNCTION IF EXISTS koherent.%I%s', '_filter_keys_' || cfg_id, filter_sig);
+    EXECUTE format('DROP FUNCTION IF EXISTS %I.%I(timestamptz)', nsp, rel || '_as_of');
 END $$;
 
 -- pg_graphql inflects names (task_id -> taskId) schema by schema: koherent's own objects, which

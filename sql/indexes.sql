@@ -1,6 +1,15 @@
 -- koherent: the indexes of a history table: BRIN lookups (history_id, history_context) and the
 -- optional row index.
 
+-- history_date (min-max BRIN): the entries after a moment, for as_of. Dates grow with the
+-- history id (a statement's date is its start, its ids are drawn as it runs), so the ranges
+-- stay narrow; nothing is maintained per row while a range fills (src/brin.rs).
+CREATE FUNCTION koherent._create_date_index(hist regclass) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    EXECUTE format('CREATE INDEX ON %s USING brin (history_date) WITH (pages_per_range = 8, autosummarize = on)', hist);
+END $$;
+
 -- A history table's lookup indexes besides the row btree: history_id (min-max) and
 -- history_context (bloom) in one BRIN index, nothing to maintain per row while a block range
 -- fills. Ranges are summarized by VACUUM and by the readers that use the index, never by the
@@ -8,6 +17,7 @@
 CREATE FUNCTION koherent._create_lookup_indexes(hist regclass) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    PERFORM koherent._create_date_index(hist);
     IF current_setting('server_version_num')::int >= 140000 THEN
         EXECUTE format('CREATE INDEX ON %s USING brin '
                        '(history_id, history_context uuid_bloom_ops (n_distinct_per_range = 1000)) '

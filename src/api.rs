@@ -235,3 +235,11 @@ fn _invalidate_keys(key_table: pg_sys::Oid) {
 fn _cold_verify_micros(token: &str, iterations: i32) -> f64 {
     verify::cold_verify_micros(token, iterations)
 }
+
+/// Internal: record in this transaction's context what it reverts (`metadata.reverts`). Called
+/// by koherent.revert_task / revert_context (SECURITY DEFINER) after their writes; REVOKEd from
+/// PUBLIC, so that no client marks a transaction as a revert.
+#[pg_extern(volatile, parallel_unsafe)]
+fn _mark_revert(what: JsonB) {
+    crate::revert::mark_revert(what)
+}

@@ -39,6 +39,8 @@ pub enum KoherentError {
     TriggerProtocol(String),
     #[error("{0}")]
     InvalidArgument(String),
+    #[error("this transaction already reverted a task or context; one revert per transaction")]
+    RevertTwice,
     #[error("{0} must not be null")]
     NullArgument(&'static str),
     #[error("internal error: {0}")]
@@ -67,7 +69,8 @@ impl KoherentError {
             }
             KoherentError::TaskAlreadyFixed { .. }
             | KoherentError::ContextAlreadyWritten { .. }
-            | KoherentError::MoverUnknown { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            | KoherentError::MoverUnknown { .. }
+            | KoherentError::RevertTwice => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             KoherentError::HistoryOutOfSync(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             KoherentError::TriggerProtocol(_) => ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
             KoherentError::NullArgument(_) => ERRCODE_NULL_VALUE_NOT_ALLOWED,
@@ -86,6 +89,7 @@ impl KoherentError {
             KoherentError::MergeBehindTrigger { .. } => Some("reason: merge_behind_trigger".into()),
             KoherentError::MoverUnknown { .. } => Some("reason: mover_unknown".into()),
             KoherentError::HistoryOutOfSync(_) => Some("reason: history_out_of_sync".into()),
+            KoherentError::RevertTwice => Some("reason: revert_twice".into()),
             _ => None,
         }
     }
@@ -134,6 +138,9 @@ impl KoherentError {
             KoherentError::TaskAlreadyFixed { .. } => {
                 Some("Call koherent.set_task(token) before the transaction's first tracked write.")
             }
+            KoherentError::RevertTwice => Some(
+                "Commit, then revert the next task in a transaction of its own: each revert's context records what it reverted.",
+            ),
             KoherentError::ContextAlreadyWritten { .. } => Some(
                 "Call koherent.set_context_id(uuid) before the transaction's first tracked write.",
             ),

@@ -6,6 +6,7 @@
 //! |---|---|
 //! | [`api`] | the SQL-facing functions written in Rust (thin wrappers) |
 //! | [`legacy`] | C entry points that earlier releases' install scripts declare |
+//! | [`revert`] | revert and as-of: statements run with the client's rights, the revert's mark |
 //! | [`writer`] | the history trigger: plans, transition tables, id blocks, the partition guard |
 //! | [`context`] | the transaction's verified task and its context row |
 //! | [`verify`] | token verification, the key and binding caches, [`verify::Task`] |
@@ -35,6 +36,7 @@ mod ffi;
 mod guc;
 mod insert;
 mod legacy;
+mod revert;
 mod running;
 mod security;
 mod verify;
@@ -72,6 +74,7 @@ extension_sql_file!(
         api::_parse_public_key_bound,
         api::_parse_jwks_text,
         api::_invalidate_keys,
+        api::_mark_revert,
     ]
 );
 extension_sql_file!(
@@ -90,7 +93,9 @@ extension_sql_file!("../sql/track.sql", name = "track", requires = ["readers"]);
 extension_sql_file!("../sql/ddl.sql", name = "ddl", requires = ["track"]);
 extension_sql_file!("../sql/tasks.sql", name = "tasks", requires = ["ddl"]);
 extension_sql_file!("../sql/keys.sql", name = "keys", requires = ["tasks"]);
-extension_sql_file!("../sql/graphql.sql", name = "graphql", requires = ["keys"]);
+extension_sql_file!("../sql/revert.sql", name = "revert", requires = ["keys"]);
+extension_sql_file!("../sql/as_of.sql", name = "as_of", requires = ["revert"]);
+extension_sql_file!("../sql/graphql.sql", name = "graphql", requires = ["as_of"]);
 extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 
 #[pg_guard]

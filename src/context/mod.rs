@@ -243,10 +243,35 @@ pub fn set_context_id(id: Uuid) {
     warn_outside_block("koherent.set_context_id");
 }
 
+/// The metadata key a revert writes (koherent.revert_task / revert_context): no client sets it.
+pub const REVERTS_KEY: &str = "reverts";
+
 pub fn set_context(metadata: JsonB) {
     let Value::Object(m) = metadata.0 else {
         KoherentError::InvalidArgument("context metadata must be a JSON object".into()).raise()
     };
+    if m.contains_key(REVERTS_KEY) {
+        KoherentError::InvalidArgument(format!(
+            "context metadata key \"{REVERTS_KEY}\" is koherent's own: only a revert records it"
+        ))
+        .raise()
+    }
+    merge_metadata(m);
+    warn_outside_block("koherent.set_context");
+}
+
+/// Record what this transaction reverts: `metadata.reverts`, once per transaction.
+pub fn mark_revert(what: JsonB) {
+    let already = XACT.with(|x| x.borrow().metadata.contains_key(REVERTS_KEY));
+    if already {
+        KoherentError::RevertTwice.raise();
+    }
+    let mut m = Map::new();
+    m.insert(REVERTS_KEY.to_string(), what.0);
+    merge_metadata(m);
+}
+
+fn merge_metadata(m: Map<String, Value>) {
     let written = XACT.with(|x| {
         let mut x = x.borrow_mut();
         for (k, v) in m.iter() {
@@ -269,7 +294,6 @@ pub fn set_context(metadata: JsonB) {
         .map_err(|e| KoherentError::Internal(e.to_string()))
         .or_raise();
     }
-    warn_outside_block("koherent.set_context");
 }
 
 /// The task of this transaction's writes: the one its context row was written with, else the

@@ -1,0 +1,211 @@
+-- koherent: tables and rows as they were at a moment (as_of, as_of_task, row_as_of).
+--
+-- A change counts as made at its history date: the start time of the statement that made it
+-- (strictly increasing within a session, src/running.rs). The rows of `tbl` as of `at` are its
+-- rows now, rolled back through every entry dated after `at`: for each key those entries touch,
+-- the first of them (in the order revert follows a row) gives the key's state at `at` (its "old"
+-- image if it left the key, nothing if it arrived there). The history is read by the SECURITY
+-- DEFINER helper koherent._as_of_rows, which hands out only what the caller may see; the rows
+-- are built by the caller's own query (as_of is SECURITY INVOKER): privileges, row-level
+-- security and the types' input functions all run as the caller.
+
+-- The tracked table whose row type `typ` is, with its config (55000 when not tracked, 42809
+-- when `typ` is no table's row type).
+CREATE FUNCTION koherent._as_of_config(typ regtype) RETURNS koherent.tracked_config
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    rel oid;
+    cfg koherent.tracked_config;
+BEGIN
+    SELECT t.typrelid INTO rel FROM pg_type t JOIN pg_class c ON c.oid = t.typrelid
+     WHERE t.oid = typ AND c.relkind IN ('r', 'p');
+    IF rel IS NULL THEN
+        RAISE EXCEPTION 'koherent: % is not the row type of a table', typ
+            USING ERRCODE = 'wrong_object_type', HINT = 'Pass a null of the table''s type: koherent.as_of(NULL::public.item, ...).';
+    END IF;
+    SELECT * INTO cfg FROM koherent.tracked_config c WHERE c.relid = rel AND c.dropped_at IS NULL AND c.active;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'koherent: % is not tracked', rel::regclass
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    RETURN cfg;
+END $$;
+
+-- For table `typ` as of `at` (entries dated after it are rolled back), or just before task
+-- `task_id`'s first change (entries dated at it or after): {"pk": [key columns], "rows": [{"k": key, "b": image or null}, ...]}, one
+-- element per key history touches after `at`; "b" null: no row had that key at `at`. Only keys
+-- the caller may see: it needs SELECT on the table; under row-level security (and not an
+-- auditor), only keys whose row it can read now. With `key`, that key only (index lookups).
+CREATE FUNCTION koherent._as_of_rows(typ regtype, at timestamptz, task_id text, key jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+SET max_parallel_workers_per_gather = 0 SET jit = off AS $$
+DECLARE
+    cfg koherent.tracked_config := koherent._as_of_config(typ);
+    caller oid := koherent._caller();
+    tbl text := format('%I.%I', cfg.schema_name, cfg.table_name);
+    hist text := format('koherent_history.%I', cfg.history_table);
+    keyfilter text := '';
+    keymatch text;
+    src text;
+    rows jsonb;
+    strict boolean := false;
+BEGIN
+    IF task_id IS NOT NULL THEN
+        at := coalesce(koherent._task_started(task_id), 'infinity');
+        strict := true;
+    END IF;
+    IF at IS NULL THEN
+        RAISE EXCEPTION 'koherent: the moment must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF NOT has_table_privilege(caller, cfg.relid, 'SELECT') THEN
+        RAISE EXCEPTION 'permission denied for table %', cfg.table_name USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF at < cfg.tracked_since THEN
+        RAISE EXCEPTION 'koherent: the history of % begins at %, after %', tbl, cfg.tracked_since, at
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Nothing is known of the table before koherent.track; ask for a moment since then.';
+    END IF;
+    IF key IS NOT NULL THEN
+        IF jsonb_typeof(key) <> 'object'
+           OR (SELECT array_agg(k ORDER BY k) FROM jsonb_object_keys(key) k)
+              IS DISTINCT FROM (SELECT array_agg(k::text ORDER BY k) FROM unnest(cfg.pk_columns) k) THEN
+            RAISE EXCEPTION 'koherent: a row key of % is a JSON object of its primary key columns (%)', tbl,
+                            array_to_string(cfg.pk_columns, ', ')
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        -- index lookups: the row index (key, history_id) for the key's own entries, the
+        -- key-change index for the UPDATEs that moved a row away from it
+        SELECT format(' AND (%s OR (%s AND %s))',
+                      string_agg(format('h.%I = (SELECT x.%I FROM jsonb_populate_record(NULL::%s, $2) x)', c, c, hist), ' AND '),
+                      string_agg(format('h.%I = (SELECT x.%I FROM jsonb_populate_record(NULL::%s, $2) x)', 'old:' || c, c, hist), ' AND '),
+                      koherent._key_change_predicate(cfg.pk_columns, 'h.'))
+          INTO keyfilter FROM unnest(cfg.pk_columns) c;
+    END IF;
+    EXECUTE format($q$
+        WITH e AS MATERIALIZED (
+            SELECT h.history_id AS id, h.history_date AS dt,
+                   max(h.history_id) OVER (PARTITION BY h.history_context) AS cmax,
+                   CASE WHEN h.history_kind = 'UPDATE' THEN %2$s
+                        WHEN h.history_kind IN ('DELETE', 'TRUNCATE') THEN %3$s END AS bkey,
+                   CASE WHEN h.history_kind IN ('CREATE', 'UPDATE') THEN %3$s END AS akey,
+                   CASE WHEN h.history_kind = 'UPDATE' THEN %4$s
+                        WHEN h.history_kind IN ('DELETE', 'TRUNCATE') THEN %5$s END AS before
+              FROM %1$s h
+             WHERE (h.history_date > $1 OR ($3 AND h.history_date = $1))%6$s
+        ), ev AS (
+            SELECT id, cmax, dt, bkey AS k, 0 AS role, before FROM e WHERE bkey IS NOT NULL
+            UNION ALL
+            SELECT id, cmax, dt, akey, 1, NULL FROM e WHERE akey IS NOT NULL
+        ), firsts AS (
+            SELECT DISTINCT ON (k) k, before AS b FROM ev ORDER BY k, cmax, dt, id, role
+        )
+        SELECT jsonb_agg(jsonb_build_object('k', k, 'b', b)) FROM firsts %7$s
+        $q$, hist, koherent._key_expr(cfg, 'old:', 'h'), koherent._key_expr(cfg, '', 'h'),
+        koherent._image_expr(cfg, 'old:', 'h'), koherent._image_expr(cfg, '', 'h'), keyfilter,
+        CASE WHEN key IS NULL THEN '' ELSE format('WHERE k = (SELECT %s FROM jsonb_populate_record(NULL::%s, $2) x)', koherent._key_expr(cfg, '', 'x'), hist) END)
+       INTO rows USING at, key, strict;
+    rows := coalesce(rows, '[]');
+    IF jsonb_array_length(rows) > 0 AND koherent._rls_active_for(cfg.relid, caller)
+       AND NOT koherent._caller_is_auditor() THEN
+        -- under row-level security: only the keys whose row the caller can read now
+        SELECT string_agg(format('t.%I = (p.k).%I', c, c), ' AND ') INTO keymatch FROM unnest(cfg.pk_columns) c;
+        rows := coalesce(koherent._as_caller(format(
+            'SELECT jsonb_agg(p.v) FROM (SELECT x AS v, k FROM jsonb_array_elements($1) x, '
+            'LATERAL jsonb_populate_record(NULL::%1$s, x->''k'') k) p WHERE EXISTS (SELECT 1 FROM %1$s t WHERE %2$s)',
+            tbl, keymatch), rows), '[]');
+    END IF;
+    RETURN jsonb_build_object('pk', to_jsonb(cfg.pk_columns), 'table', tbl, 'rows', rows);
+END $$;
+COMMENT ON FUNCTION koherent._as_of_rows(regtype, timestamptz, text, jsonb) IS
+  'Internal: the keys history touches after a moment and their images then (what the caller may see).';
+
+-- The SELECT that builds the rows as of a moment from koherent._as_of_rows' answer ($1): the
+-- rows history did not touch since, as they are, and the touched ones from their images
+-- (merged over the row with the same key now, which gives the excluded columns).
+CREATE FUNCTION koherent._as_of_select(info jsonb) RETURNS text
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT format(
+        'SELECT t.* FROM %1$s t WHERE NOT EXISTS (SELECT 1 FROM jsonb_array_elements($1->''rows'') x, '
+        'LATERAL jsonb_populate_record(NULL::%1$s, x->''k'') k WHERE %2$s) '
+        'UNION ALL '
+        'SELECT r.* FROM (SELECT x, k FROM jsonb_array_elements($1->''rows'') x, '
+        'LATERAL jsonb_populate_record(NULL::%1$s, x->''k'') k WHERE x->''b'' <> ''null'') p '
+        'LEFT JOIN %1$s c ON %3$s CROSS JOIN LATERAL jsonb_populate_record(c, p.x->''b'') r',
+        info->>'table',
+        (SELECT string_agg(format('t.%I = k.%I', c, c), ' AND ') FROM jsonb_array_elements_text(info->'pk') c),
+        (SELECT string_agg(format('c.%I = (p.k).%I', c, c), ' AND ') FROM jsonb_array_elements_text(info->'pk') c))
+$$;
+
+CREATE FUNCTION koherent.as_of(tbl anyelement, at timestamptz) RETURNS SETOF anyelement
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    info jsonb := koherent._as_of_rows(pg_typeof(tbl)::regtype, at, NULL, NULL);
+BEGIN
+    RETURN QUERY EXECUTE koherent._as_of_select(info) USING info;
+END $$;
+COMMENT ON FUNCTION koherent.as_of(anyelement, timestamptz) IS
+  'The rows of a tracked table as they were at a moment: SELECT * FROM koherent.as_of(NULL::public.item, ''2026-12-01 10:00+00''). Changes count at their statement''s start time; excluded columns show what the table has now.';
+
+-- The moment a task's first change was made (its earliest history date), or null.
+CREATE FUNCTION koherent._task_started(task_id text) RETURNS timestamptz
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    ctx uuid[] := koherent._task_contexts(task_id, false);
+    cfg koherent.tracked_config;
+    t timestamptz;
+    first timestamptz;
+BEGIN
+    IF task_id IS NULL THEN
+        RAISE EXCEPTION 'koherent: task_id must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF ctx IS NULL THEN
+        RAISE EXCEPTION 'koherent: no task "%" is recorded', task_id USING ERRCODE = 'no_data_found';
+    END IF;
+    FOR cfg IN SELECT * FROM koherent.tracked_config LOOP
+        CONTINUE WHEN to_regclass(format('koherent_history.%I', cfg.history_table)) IS NULL;
+        EXECUTE format('SELECT min(history_date) FROM koherent_history.%I WHERE history_context = ANY ($1)', cfg.history_table)
+           INTO t USING ctx;
+        first := least(first, t);
+    END LOOP;
+    RETURN first;
+END $$;
+
+CREATE FUNCTION koherent.as_of_task(tbl anyelement, task_id text) RETURNS SETOF anyelement
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    info jsonb;
+BEGIN
+    IF task_id IS NULL THEN
+        RAISE EXCEPTION 'koherent: task_id must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    info := koherent._as_of_rows(pg_typeof(tbl)::regtype, NULL, task_id, NULL);
+    RETURN QUERY EXECUTE koherent._as_of_select(info) USING info;
+END $$;
+COMMENT ON FUNCTION koherent.as_of_task(anyelement, text) IS
+  'The rows of a tracked table just before a task''s first change (the state its run started from).';
+
+CREATE FUNCTION koherent.row_as_of(tbl anyelement, row_key jsonb, at timestamptz) RETURNS anyelement
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    info jsonb;
+    result tbl%TYPE;
+    keymatch text;
+BEGIN
+    IF row_key IS NULL THEN
+        RAISE EXCEPTION 'koherent: row_key must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    info := koherent._as_of_rows(pg_typeof(tbl)::regtype, at, NULL, row_key);
+    IF info->'rows'->0->'b' = 'null' THEN
+        RETURN NULL;  -- no row had this key then
+    END IF;
+    SELECT string_agg(format('c.%I = k.%I', c, c), ' AND ') INTO keymatch FROM jsonb_array_elements_text(info->'pk') c;
+    -- the row now (the caller's query: its rights), merged with its image then if it changed since
+    EXECUTE format('SELECT r.* FROM jsonb_populate_record(NULL::%1$s, $1) k LEFT JOIN %1$s c ON %2$s '
+                   'CROSS JOIN LATERAL jsonb_populate_record(c, $2) r WHERE c.ctid IS NOT NULL OR $2 IS NOT NULL',
+                   info->>'table', keymatch)
+       INTO result USING row_key, info->'rows'->0->'b';
+    RETURN result;
+END $$;
+COMMENT ON FUNCTION koherent.row_as_of(anyelement, jsonb, timestamptz) IS
+  'One row of a tracked table as it was at a moment (null if no row had that key then): an index lookup.';

@@ -1,0 +1,606 @@
+-- koherent: undoing a task or a transaction (revert_plan, revert_task, revert_context), and the
+-- history images both revert and as-of read.
+--
+-- The functions that read history are SECURITY DEFINER (clients hold no privilege on history).
+-- Everything they do to the client's tables, reading current rows, taking row locks, writing,
+-- runs as the client through koherent._as_caller (src/revert/mod.rs): GRANTs and row-level
+-- security apply as if the client had sent the statements itself.
+
+CREATE FUNCTION koherent._as_caller(query text, arg jsonb) RETURNS jsonb
+LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'koherent_as_caller';
+COMMENT ON FUNCTION koherent._as_caller(text, jsonb) IS
+  'Internal: run one generated statement with the client''s rights (owner only).';
+
+-- A row image of history entries as jsonb: the data columns (prefix '') or their "old:" twins
+-- (prefix 'old:') of entry `alias`, named as the table's columns are named now, with exactly the
+-- columns that were recorded when the entry was: a column added later is absent, not null. A
+-- column retired by a type change that history could not convert is named as its successor
+-- (the value converts when it is written back); a dropped column keeps its history name, which
+-- no longer names a column of the table (the revert reports it as column_dropped).
+CREATE FUNCTION koherent._image_expr(cfg koherent.tracked_config, prefix text, alias text) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    hist regclass := format('koherent_history.%I', cfg.history_table)::regclass;
+    marks bigint[];
+    lo bigint;
+    hi bigint;
+    parts text[];
+    cols record;
+    branches text := '';
+    obj text;
+    i integer;
+BEGIN
+    SELECT array_agg(DISTINCT m ORDER BY m) INTO marks
+      FROM (SELECT live_from AS m FROM koherent.tracked_column WHERE config_id = cfg.id
+            UNION SELECT live_until FROM koherent.tracked_column WHERE config_id = cfg.id AND live_until IS NOT NULL) s;
+    IF marks IS NULL THEN
+        RETURN '''{}''::jsonb';
+    END IF;
+    -- one object per interval between marks: the columns live in it
+    FOR i IN 1 .. array_length(marks, 1) LOOP
+        lo := marks[i];
+        hi := marks[i + 1];  -- null for the last interval
+        parts := '{}';
+        FOR cols IN
+            SELECT c.column_name AS hcol,
+                   coalesce((SELECT s.column_name FROM koherent.tracked_column s
+                              WHERE s.config_id = cfg.id AND c.live_until IS NOT NULL
+                                AND s.live_from = c.live_until AND s.live_until IS NULL
+                                AND (s.column_name = c.column_name
+                                     OR c.column_name = left(s.column_name, 40) || '@' || c.live_until)),
+                            c.column_name) AS target,
+                   row_number() OVER (ORDER BY c.attnum NULLS LAST, c.column_name) AS n
+              FROM koherent.tracked_column c
+             WHERE c.config_id = cfg.id AND c.live_from <= lo AND (c.live_until IS NULL OR c.live_until > lo)
+             ORDER BY n
+        LOOP
+            IF (cols.n - 1) % 50 = 0 THEN
+                parts := parts || ''::text;
+            END IF;
+            parts[array_length(parts, 1)] := parts[array_length(parts, 1)]
+                || CASE WHEN (cols.n - 1) % 50 = 0 THEN '' ELSE ', ' END
+                || format('%L, %s', cols.target, koherent._json_expr(hist, (prefix || cols.hcol)::name, alias));
+        END LOOP;
+        IF array_length(parts, 1) IS NULL THEN
+            obj := '''{}''::jsonb';
+        ELSE
+            SELECT string_agg(format('jsonb_build_object(%s)', p), ' || ') INTO obj FROM unnest(parts) p;
+        END IF;
+        IF hi IS NULL AND i = 1 THEN
+            RETURN obj;  -- no column came or went
+        ELSIF hi IS NULL THEN
+            branches := branches || format(' ELSE %s END', obj);
+        ELSE
+            branches := branches || format(' WHEN %s.history_id < %s THEN %s', alias, hi, obj);
+        END IF;
+    END LOOP;
+    RETURN '(CASE' || branches || ')';
+END $$;
+
+-- A history entry's key as jsonb ({"id": 7}): of its data columns (prefix '') or of its "old:"
+-- columns (prefix 'old:'), named as the key columns are.
+CREATE FUNCTION koherent._key_expr(cfg koherent.tracked_config, prefix text, alias text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT format('jsonb_build_object(%s)',
+                  string_agg(format('%L, %s', k, koherent._json_expr(format('koherent_history.%I', cfg.history_table)::regclass,
+                                                                     (prefix || k)::name, alias)), ', '))
+      FROM unnest(cfg.pk_columns) k
+$$;
+
+-- A current row of a tracked table as jsonb, built as history builds its images (see
+-- koherent._json_expr): its columns except the excluded ones. Runs as the client.
+CREATE FUNCTION koherent._source_json_expr(cfg koherent.tracked_config, alias text) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    parts text[] := '{}';
+    i integer;
+    cols name[];
+BEGIN
+    SELECT array_agg(a.attname ORDER BY a.attnum) INTO cols
+      FROM pg_attribute a
+     WHERE a.attrelid = cfg.relid AND a.attnum > 0 AND NOT a.attisdropped AND NOT (a.attname = ANY (cfg.exclude));
+    IF cols IS NULL THEN
+        RETURN '''{}''::jsonb';
+    END IF;
+    FOR i IN 0 .. (array_length(cols, 1) - 1) / 50 LOOP
+        parts := parts || (SELECT format('jsonb_build_object(%s)', string_agg(
+                    format('%L, %s', c,
+                           CASE WHEN koherent._is_builtin_type(koherent._base_type(a.atttypid))
+                                THEN format('to_jsonb(%s.%I)', alias, c)
+                                ELSE format('to_jsonb(koherent._text_out(%s.%I))', alias, c) END), ', ' ORDER BY o))
+                             FROM unnest(cols[i * 50 + 1 : i * 50 + 50]) WITH ORDINALITY AS u(c, o)
+                             JOIN pg_attribute a ON a.attrelid = cfg.relid AND a.attname = u.c);
+    END LOOP;
+    RETURN '(' || array_to_string(parts, ' || ') || ')';
+END $$;
+
+-- The contexts (transactions) of a task, or of the task and its subtasks (parent_task_id and
+-- root_task_id, as task_changes follows them), under every issuer that used the id. Null when
+-- the task id is unknown.
+CREATE FUNCTION koherent._task_contexts(task_id text, include_subtasks boolean) RETURNS uuid[]
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH RECURSIVE tasks(task_id, issuer) AS (
+        SELECT t.task_id, t.issuer FROM koherent.task t WHERE t.task_id = _task_contexts.task_id
+        UNION
+        SELECT t.task_id, t.issuer FROM koherent.task t JOIN tasks p
+            ON (t.parent_task_id = p.task_id OR t.root_task_id = p.task_id) AND t.issuer = p.issuer
+         WHERE include_subtasks
+    )
+    SELECT CASE WHEN EXISTS (SELECT 1 FROM tasks) THEN coalesce(array_agg(c.id), '{}') END
+      FROM tasks t CROSS JOIN LATERAL (
+            SELECT x.id FROM koherent.transaction_auth_context x
+             WHERE x.task_id = t.task_id AND x.issuer = t.issuer OFFSET 0) c
+$$;
+
+-- Whether row-level security filters the rows of `tbl` for role `r` (row_security_active asks
+-- for the current user; inside SECURITY DEFINER that is the owner).
+CREATE FUNCTION koherent._rls_active_for(tbl regclass, r oid) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT c.relrowsecurity
+           AND NOT (SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE oid = r)
+           AND NOT (pg_has_role(r, c.relowner, 'USAGE') AND NOT c.relforcerowsecurity)
+      FROM pg_class c WHERE c.oid = tbl
+$$;
+
+-- The rows a set of contexts changed in one history table, one per table row: the row is
+-- followed through the entries of those contexts (a key change moves it to its new key; a
+-- DELETE and a later CREATE of the same key continue it), from its state before their first
+-- change ("before", null when they created it) to their last ("after", null when they deleted
+-- it). Order within the contexts: one transaction's entries by statement date, then id;
+-- different transactions' entries of one row by the greatest history id each wrote (a row's
+-- writers are serialized by its row lock, so every id of the earlier one is smaller).
+-- Parameter $1: the context ids. Columns: head (first entry id), bkey, akey, before, after.
+CREATE FUNCTION koherent._revert_threads_sql(cfg koherent.tracked_config) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT format($q$
+        WITH RECURSIVE e AS MATERIALIZED (
+            SELECT h.history_id AS id, h.history_kind AS kind, h.history_date AS dt,
+                   max(h.history_id) OVER (PARTITION BY h.history_context) AS cmax,
+                   CASE WHEN h.history_kind = 'UPDATE' THEN %2$s
+                        WHEN h.history_kind IN ('DELETE', 'TRUNCATE') THEN %3$s END AS bkey,
+                   CASE WHEN h.history_kind IN ('CREATE', 'UPDATE') THEN %3$s END AS akey,
+                   CASE WHEN h.history_kind = 'UPDATE' THEN %4$s
+                        WHEN h.history_kind IN ('DELETE', 'TRUNCATE') THEN %5$s END AS before,
+                   CASE WHEN h.history_kind IN ('CREATE', 'UPDATE') THEN %5$s END AS after
+              FROM koherent_history.%1$I h
+             WHERE h.history_context = ANY ($1)
+        ),
+        -- each entry leaves its old key (role 0) and arrives at its new one (role 1); in one
+        -- key's order, a leave right after an arrival continues that arrival's row
+        ev AS (
+            SELECT id, cmax, dt, bkey AS k, 0 AS role FROM e WHERE bkey IS NOT NULL
+            UNION ALL
+            SELECT id, cmax, dt, akey, 1 FROM e WHERE akey IS NOT NULL
+        ),
+        lk AS (
+            SELECT id, role, lag(role) OVER w AS prole, lag(id) OVER w AS pid,
+                   lead(role) OVER w AS nrole, lead(id) OVER w AS nid
+              FROM ev WINDOW w AS (PARTITION BY k ORDER BY cmax, dt, id, role)
+        ),
+        link AS (
+            SELECT e.id, lp.pid AS pred, ln.nid AS nxt
+              FROM e
+              LEFT JOIN lk lp ON lp.id = e.id AND lp.role = 0 AND lp.prole = 1
+              LEFT JOIN lk ln ON ln.id = e.id AND ln.role = 1 AND ln.nrole = 0
+        ),
+        chain AS (
+            SELECT l.id AS head, l.id, l.nxt, 0 AS depth FROM link l WHERE l.pred IS NULL
+            UNION ALL
+            SELECT c.head, l.id, l.nxt, c.depth + 1 FROM chain c JOIN link l ON l.id = c.nxt
+        ),
+        ends AS (
+            SELECT DISTINCT ON (head) head, id AS tail FROM chain ORDER BY head, depth DESC
+        )
+        SELECT h.id AS head, h.bkey, t.akey, h.before, t.after
+          FROM ends x JOIN e h ON h.id = x.head JOIN e t ON t.id = x.tail
+         WHERE h.before IS NOT NULL OR t.after IS NOT NULL
+        $q$, cfg.history_table,
+        koherent._key_expr(cfg, 'old:', 'h'), koherent._key_expr(cfg, '', 'h'),
+        koherent._image_expr(cfg, 'old:', 'h'), koherent._image_expr(cfg, '', 'h'))
+$$;
+
+-- Tables in foreign key order: a table after every table it references (cycles: by oid).
+CREATE FUNCTION koherent._fk_order(tbls oid[]) RETURNS oid[]
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    done oid[] := '{}';
+    rest oid[] := tbls;
+    pick oid;
+BEGIN
+    WHILE array_length(rest, 1) > 0 LOOP
+        SELECT r INTO pick FROM unnest(rest) r
+         WHERE NOT EXISTS (SELECT 1 FROM pg_constraint f
+                            WHERE f.contype = 'f' AND f.conrelid = r AND f.confrelid <> r
+                              AND f.confrelid = ANY (rest))
+         ORDER BY r LIMIT 1;
+        IF pick IS NULL THEN
+            SELECT min(r) INTO pick FROM unnest(rest) r;
+        END IF;
+        done := done || pick;
+        rest := array_remove(rest, pick);
+    END LOOP;
+    RETURN done;
+END $$;
+
+-- The plan to undo the changes of a set of contexts: per table row, the write that restores it
+-- and why it may not (conflict). With `lock`, the rows are locked first (SELECT ... FOR UPDATE
+-- as the client), so that no writer changes them between the plan and the revert's writes.
+-- Columns beyond revert_plan's: the config, the key of the row now (`at_key`), the columns an
+-- UPDATE or INSERT writes (`fields`), the full image before (`before_data`).
+CREATE FUNCTION koherent._revert_rows(ctx uuid[], lock boolean)
+RETURNS TABLE (cfg_id integer, table_name regclass, row_key jsonb, action text, current_data jsonb,
+               restored_data jsonb, conflict text, at_key jsonb, fields text[], before_data jsonb, head bigint)
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+SET max_parallel_workers_per_gather = 0 SET jit = off AS $$
+DECLARE
+    cfg koherent.tracked_config;
+    caller oid := koherent._caller();
+    auditor boolean := koherent._caller_is_auditor();
+    hist regclass;
+    threads jsonb;
+    cur jsonb;
+    occ jsonb;
+    tbl text;
+    keymatch text;
+    restorable text[];
+    generated text[];
+    required text[];
+    readable boolean;
+    rls boolean;
+BEGIN
+    FOR cfg IN SELECT * FROM koherent.tracked_config c ORDER BY c.id LOOP
+        hist := to_regclass(format('koherent_history.%I', cfg.history_table));
+        CONTINUE WHEN hist IS NULL;
+        PERFORM koherent._summarize(hist::oid);
+        EXECUTE format('SELECT jsonb_agg(to_jsonb(x) ORDER BY x.head) FROM (%s) x', koherent._revert_threads_sql(cfg))
+           INTO threads USING ctx;
+        CONTINUE WHEN threads IS NULL;
+
+        IF NOT cfg.active OR cfg.dropped_at IS NOT NULL OR to_regclass(cfg.relid::regclass::text) IS NULL THEN
+            RETURN QUERY
+            SELECT cfg.id, cfg.relid::regclass,
+                   CASE WHEN auditor THEN coalesce(t.v->'akey', t.v->'bkey') END,
+                   CASE WHEN t.v->'before' IS NULL OR t.v->'before' = 'null' THEN 'DELETE'
+                        WHEN t.v->'after' IS NULL OR t.v->'after' = 'null' THEN 'INSERT' ELSE 'UPDATE' END,
+                   NULL::jsonb, CASE WHEN auditor THEN t.v->'before' END, 'not_tracked'::text,
+                   NULL::jsonb, NULL::text[], NULL::jsonb, (t.v->>'head')::bigint
+              FROM jsonb_array_elements(threads) t(v);
+            CONTINUE;
+        END IF;
+
+        tbl := format('%I.%I', cfg.schema_name, cfg.table_name);
+        readable := has_table_privilege(caller, cfg.relid, 'SELECT');
+        rls := koherent._rls_active_for(cfg.relid, caller);
+        SELECT array_agg(a.attname::text) FILTER (WHERE a.attgenerated = '' AND NOT (a.attname = ANY (cfg.exclude))),
+               array_agg(a.attname::text) FILTER (WHERE a.attgenerated <> ''),
+               array_agg(a.attname::text) FILTER (WHERE a.attnotnull AND NOT a.atthasdef AND a.attidentity = ''
+                                                   AND a.attgenerated = '')
+          INTO restorable, generated, required
+          FROM pg_attribute a WHERE a.attrelid = cfg.relid AND a.attnum > 0 AND NOT a.attisdropped;
+        restorable := coalesce(restorable, '{}');
+        generated := coalesce(generated, '{}');
+        required := coalesce(required, '{}');
+        SELECT string_agg(format('t.%I = k.%I', c, c), ' AND ') INTO keymatch FROM unnest(cfg.pk_columns) c;
+
+        cur := NULL;
+        occ := NULL;
+        IF readable THEN
+            -- as the client: lock the rows at their keys now, then read them and whether the
+            -- keys a revert would move or reinsert rows to are taken
+            IF lock THEN
+                PERFORM koherent._as_caller(format(
+                    'SELECT to_jsonb(count(*)) FROM (SELECT 1 FROM %1$s t, jsonb_array_elements($1) p, '
+                    'LATERAL jsonb_populate_record(NULL::%1$s, coalesce(nullif(p->''akey'', ''null''), ''{}'')) k '
+                    'WHERE %2$s FOR UPDATE OF t) x', tbl, keymatch), threads);
+            END IF;
+            cur := koherent._as_caller(format(
+                'SELECT jsonb_agg(CASE WHEN t.ctid IS NOT NULL THEN %3$s END ORDER BY p.i) '
+                'FROM (SELECT p.i, k FROM jsonb_array_elements($1) WITH ORDINALITY p(v, i), '
+                'LATERAL jsonb_populate_record(NULL::%1$s, coalesce(nullif(p.v->''akey'', ''null''), ''{}'')) k) p '
+                'LEFT JOIN %1$s t ON %2$s', tbl, replace(keymatch, 'k.', '(p.k).'), koherent._source_json_expr(cfg, 't')), threads);
+            occ := koherent._as_caller(format(
+                'SELECT jsonb_agg(t.ctid IS NOT NULL ORDER BY p.i) '
+                'FROM (SELECT p.i, k FROM jsonb_array_elements($1) WITH ORDINALITY p(v, i), '
+                'LATERAL jsonb_populate_record(NULL::%1$s, CASE WHEN p.v->''bkey'' IS DISTINCT FROM p.v->''akey'' '
+                'THEN coalesce(nullif(p.v->''bkey'', ''null''), ''{}'') ELSE ''{}'' END) k) p '
+                'LEFT JOIN %1$s t ON %2$s', tbl, replace(keymatch, 'k.', '(p.k).')), threads);
+        END IF;
+
+        RETURN QUERY
+        WITH z AS (
+            SELECT z.t, nullif(z.c, 'null') AS c, coalesce((z.o)::text::boolean, false) AS o, z.i
+              FROM ROWS FROM (jsonb_array_elements(threads),
+                              jsonb_array_elements(coalesce(cur, '[]')),
+                              jsonb_array_elements(coalesce(occ, '[]'))) WITH ORDINALITY AS z(t, c, o, i)
+        ), p AS (
+            SELECT z.*, nullif(z.t->'before', 'null') AS b, nullif(z.t->'after', 'null') AS a,
+                   nullif(z.t->'bkey', 'null') AS bk, nullif(z.t->'akey', 'null') AS ak
+              FROM z
+        ), q AS (
+            SELECT p.*,
+                   CASE WHEN p.b IS NULL THEN 'DELETE' WHEN p.a IS NULL THEN 'INSERT' ELSE 'UPDATE' END AS act,
+                   -- the fields an UPDATE writes: those the contexts changed
+                   (SELECT array_agg(f ORDER BY f) FROM jsonb_object_keys(p.b) f
+                     WHERE p.a IS NOT NULL AND p.b->f IS DISTINCT FROM p.a->f AND NOT (f = ANY (generated))) AS changed
+              FROM p
+        ), r AS (
+            SELECT q.*,
+                   CASE q.act
+                        WHEN 'UPDATE' THEN (SELECT jsonb_object_agg(f, q.b->f) FROM unnest(q.changed) f)
+                        WHEN 'INSERT' THEN (SELECT jsonb_object_agg(f, v) FROM jsonb_each(q.b) x(f, v)
+                                             WHERE f = ANY (restorable))
+                   END AS restored
+              FROM q
+             WHERE q.act <> 'UPDATE' OR q.changed IS NOT NULL
+        ), freed AS (  -- keys this revert empties: rows it deletes or moves away
+            SELECT r.ak FROM r WHERE r.act = 'DELETE' OR (r.act = 'UPDATE' AND r.ak IS DISTINCT FROM r.bk)
+        ), s AS (
+            SELECT r.*,
+                   CASE
+                     WHEN NOT readable THEN 'not_visible'
+                     WHEN r.a IS NOT NULL AND r.c IS NULL AND rls THEN 'not_visible'
+                     WHEN r.a IS NULL AND rls AND NOT auditor THEN 'not_visible'
+                     WHEN r.act = 'UPDATE' AND EXISTS (SELECT 1 FROM unnest(r.changed) f WHERE NOT (f = ANY (restorable)))
+                          THEN 'column_dropped'
+                     WHEN r.act = 'INSERT' AND EXISTS (SELECT 1 FROM unnest(required) f WHERE NOT (r.restored ? f))
+                          THEN 'excluded_required'
+                     WHEN r.a IS NOT NULL AND r.c IS NULL THEN 'deleted_later'
+                     WHEN (r.act = 'INSERT' OR (r.act = 'UPDATE' AND r.ak IS DISTINCT FROM r.bk)) AND r.o
+                          AND NOT EXISTS (SELECT 1 FROM freed WHERE freed.ak = r.bk) THEN 'key_exists'
+                     WHEN r.act = 'UPDATE' AND EXISTS (SELECT 1 FROM unnest(r.changed) f
+                                                        WHERE r.c ? f AND r.c->f IS DISTINCT FROM r.a->f)
+                          THEN 'changed_later'
+                     WHEN r.act = 'DELETE' AND EXISTS (SELECT 1 FROM jsonb_each(r.a) x(f, v)
+                                                        WHERE r.c ? f AND r.c->f IS DISTINCT FROM v)
+                          THEN 'changed_later'
+                   END AS why
+              FROM r
+        )
+        SELECT cfg.id, cfg.relid::regclass,
+               CASE WHEN s.why = 'not_visible' AND NOT auditor THEN NULL
+                    WHEN s.act = 'INSERT' THEN s.bk ELSE s.ak END,
+               s.act,
+               CASE WHEN s.why = 'not_visible' AND NOT auditor THEN NULL ELSE s.c END,
+               CASE WHEN s.why = 'not_visible' AND NOT auditor THEN NULL ELSE s.restored END,
+               s.why, s.ak,
+               CASE s.act WHEN 'UPDATE' THEN s.changed
+                          WHEN 'INSERT' THEN (SELECT array_agg(f ORDER BY f) FROM jsonb_object_keys(s.restored) f) END,
+               CASE WHEN s.why = 'not_visible' AND NOT auditor THEN NULL
+                    ELSE (SELECT jsonb_object_agg(f, v) FROM jsonb_each(s.b) x(f, v) WHERE f = ANY (restorable)) END,
+               (s.t->>'head')::bigint
+          FROM s ORDER BY s.i;
+    END LOOP;
+END $$;
+
+CREATE FUNCTION koherent._revert_check_args(on_conflict text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF on_conflict IS NULL OR on_conflict NOT IN ('abort', 'skip', 'overwrite') THEN
+        RAISE EXCEPTION 'koherent: on_conflict must be ''abort'', ''skip'' or ''overwrite'', not %',
+                        coalesce(quote_literal(on_conflict), 'null')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END $$;
+
+CREATE FUNCTION koherent._revert_task_contexts(task_id text, include_subtasks boolean) RETURNS uuid[]
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    ctx uuid[];
+BEGIN
+    IF task_id IS NULL THEN
+        RAISE EXCEPTION 'koherent: task_id must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    ctx := koherent._task_contexts(task_id, coalesce(include_subtasks, false));
+    IF ctx IS NULL THEN
+        RAISE EXCEPTION 'koherent: no task "%" is recorded', task_id
+            USING ERRCODE = 'no_data_found', HINT = 'koherent.task lists the tasks that wrote tracked rows.';
+    END IF;
+    -- never the reverting transaction's own writes
+    RETURN array_remove(ctx, koherent.current_context_id());
+END $$;
+
+CREATE FUNCTION koherent.revert_plan(task_id text, include_subtasks boolean DEFAULT false)
+RETURNS TABLE (table_name regclass, row_key jsonb, action text, current_data jsonb, restored_data jsonb,
+               conflict text)
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT r.table_name, r.row_key, r.action, r.current_data, r.restored_data, r.conflict
+      FROM koherent._revert_rows(koherent._revert_task_contexts(task_id, include_subtasks), false) r
+$$;
+COMMENT ON FUNCTION koherent.revert_plan(text, boolean) IS
+  'What reverting a task would write: one row per table row it changed (DELETE, INSERT or UPDATE), the row now, the values restored, and a conflict code or null. Changes nothing.';
+
+CREATE FUNCTION koherent.revert_context_plan(context_id uuid)
+RETURNS TABLE (table_name regclass, row_key jsonb, action text, current_data jsonb, restored_data jsonb,
+               conflict text)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM koherent._revert_context_check(context_id);
+    RETURN QUERY SELECT r.table_name, r.row_key, r.action, r.current_data, r.restored_data, r.conflict
+                   FROM koherent._revert_rows(ARRAY[context_id], false) r;
+END $$;
+
+CREATE FUNCTION koherent._revert_context_check(context_id uuid) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF context_id IS NULL THEN
+        RAISE EXCEPTION 'koherent: context_id must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM koherent.transaction_auth_context c WHERE c.id = context_id) THEN
+        RAISE EXCEPTION 'koherent: no context % is recorded', context_id
+            USING ERRCODE = 'no_data_found',
+                  HINT = 'A context is recorded by the first tracked write of a transaction (provenance_entry.context_id).';
+    END IF;
+    IF context_id = koherent.current_context_id() THEN
+        RAISE EXCEPTION 'koherent: a transaction cannot revert its own writes' USING ERRCODE = 'invalid_parameter_value',
+              HINT = 'Roll back to a savepoint instead.';
+    END IF;
+END $$;
+COMMENT ON FUNCTION koherent.revert_context_plan(uuid) IS
+  'What reverting one transaction''s changes would write (as revert_plan). Changes nothing.';
+
+-- Apply a plan (revert_task, revert_context): lock, check, write as the client, mark the context.
+CREATE FUNCTION koherent._revert_apply(ctx uuid[], on_conflict text, what jsonb) RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+SET max_parallel_workers_per_gather = 0 SET jit = off AS $$
+DECLARE
+    plan jsonb;
+    blocking jsonb;
+    conflicts jsonb;
+    tables oid[];
+    cfgs integer[];
+    cfg_id integer;
+    ks jsonb;
+    moves jsonb;
+    wave jsonb;
+    tbl text;
+    pk name[];
+    keymatch text;
+    g record;
+    n bigint;
+    deleted bigint := 0;
+    inserted bigint := 0;
+    updated bigint := 0;
+    skipped bigint := 0;
+BEGIN
+    PERFORM koherent._revert_check_args(on_conflict);
+    SELECT coalesce(jsonb_agg(to_jsonb(r) ORDER BY r.cfg_id, r.head), '[]') INTO plan
+      FROM koherent._revert_rows(ctx, true) r;
+    SELECT coalesce(jsonb_agg(jsonb_build_object('table_name', p->>'table_name', 'row_key', p->'row_key',
+                                                 'action', p->>'action', 'conflict', p->>'conflict')), '[]')
+      INTO conflicts FROM jsonb_array_elements(plan) p WHERE p->>'conflict' IS NOT NULL;
+    -- what no mode can write: under abort every conflict, under overwrite those it cannot resolve
+    SELECT jsonb_agg(c) INTO blocking FROM jsonb_array_elements(conflicts) c
+     WHERE on_conflict = 'abort'
+        OR (on_conflict = 'overwrite' AND c->>'conflict' IN ('not_tracked', 'not_visible', 'key_exists', 'excluded_required'));
+    IF blocking IS NOT NULL THEN
+        RAISE EXCEPTION 'koherent: the revert has % conflict(s); nothing was written', jsonb_array_length(blocking)
+            USING ERRCODE = 'integrity_constraint_violation',
+                  DETAIL = (SELECT string_agg(format('%s %s %s: %s', c->>'table_name', c->>'action',
+                                                     coalesce(c->>'row_key', '(hidden)'), c->>'conflict'), '; ')
+                              FROM (SELECT c FROM jsonb_array_elements(blocking) c LIMIT 5) x),
+                  HINT = 'koherent.revert_plan shows every conflict; on_conflict => ''skip'' reverts the other rows, ''overwrite'' overwrites later changes.';
+    END IF;
+    IF on_conflict = 'skip' THEN
+        SELECT count(*) INTO skipped FROM jsonb_array_elements(plan) p WHERE p->>'conflict' IS NOT NULL;
+        SELECT coalesce(jsonb_agg(p), '[]') INTO plan FROM jsonb_array_elements(plan) p WHERE p->>'conflict' IS NULL;
+    ELSE
+        -- overwrite: a row deleted since is written back whole; a row the task created and
+        -- someone deleted since needs nothing
+        SELECT coalesce(jsonb_agg(CASE WHEN p->>'conflict' = 'deleted_later' AND p->>'action' = 'UPDATE'
+                                       THEN p || jsonb_build_object('action', 'INSERT', 'restored_data', p->'before_data',
+                                                 'fields', (SELECT jsonb_agg(f ORDER BY f) FROM jsonb_object_keys(p->'before_data') f))
+                                       ELSE p END), '[]')
+          INTO plan FROM jsonb_array_elements(plan) p
+         WHERE p->>'conflict' IS DISTINCT FROM 'deleted_later' OR p->>'action' <> 'DELETE';
+    END IF;
+
+    SELECT array_agg(DISTINCT (p->>'cfg_id')::int) INTO cfgs FROM jsonb_array_elements(plan) p;
+    SELECT koherent._fk_order(array_agg(c.relid)) INTO tables FROM koherent.tracked_config c
+     WHERE c.id = ANY (cfgs) AND c.dropped_at IS NULL;
+    tables := coalesce(tables, '{}');
+    -- deletes, children first
+    FOR i IN REVERSE coalesce(array_length(tables, 1), 0) .. 1 LOOP
+        SELECT c.id, format('%I.%I', c.schema_name, c.table_name), c.pk_columns INTO cfg_id, tbl, pk
+          FROM koherent.tracked_config c WHERE c.relid = tables[i] AND c.dropped_at IS NULL;
+        SELECT string_agg(format('t.%I = k.%I', c, c), ' AND ') INTO keymatch FROM unnest(pk) c;
+        SELECT jsonb_agg(p->'at_key'), count(*) INTO ks, n FROM jsonb_array_elements(plan) p
+         WHERE (p->>'cfg_id')::int = cfg_id AND p->>'action' = 'DELETE';
+        IF n > 0 THEN
+            PERFORM koherent._revert_write(format(
+                'DELETE FROM %1$s t USING jsonb_array_elements($1) p, LATERAL jsonb_populate_record(NULL::%1$s, p) k WHERE %2$s',
+                tbl, keymatch), ks, n, 'delete', tbl);
+            deleted := deleted + n;
+        END IF;
+    END LOOP;
+    -- updates, then inserts (parents first); one statement per set of columns written
+    FOR i IN 1 .. coalesce(array_length(tables, 1), 0) LOOP
+        SELECT c.id, format('%I.%I', c.schema_name, c.table_name), c.pk_columns INTO cfg_id, tbl, pk
+          FROM koherent.tracked_config c WHERE c.relid = tables[i] AND c.dropped_at IS NULL;
+        SELECT string_agg(format('t.%I = k.%I', c, c), ' AND ') INTO keymatch FROM unnest(pk) c;
+        -- updates that keep the key, then those that move rows back to their old keys, in
+        -- waves: a row moves once no row still waiting to move holds its old key (a cycle, a
+        -- key swap, is written as it stands: a unique key then needs to be DEFERRABLE)
+        moves := coalesce((SELECT jsonb_agg(p) FROM jsonb_array_elements(plan) p
+                            WHERE (p->>'cfg_id')::int = cfg_id AND p->>'action' = 'UPDATE'
+                              AND (SELECT bool_or(p->'restored_data' ? c) FROM unnest(pk) c)), '[]');
+        wave := coalesce((SELECT jsonb_agg(p) FROM jsonb_array_elements(plan) p
+                           WHERE (p->>'cfg_id')::int = cfg_id AND p->>'action' = 'UPDATE'
+                             AND NOT (SELECT bool_or(p->'restored_data' ? c) FROM unnest(pk) c)), '[]');
+        LOOP
+            FOR g IN SELECT p->'fields' AS fields, jsonb_agg(jsonb_build_object('k', p->'at_key', 'r', p->'restored_data')) AS rows,
+                            count(*) AS n
+                       FROM jsonb_array_elements(wave) p
+                      GROUP BY p->'fields' ORDER BY (p->'fields')::text LOOP
+                PERFORM koherent._revert_write(format(
+                    'UPDATE %1$s t SET %3$s FROM jsonb_array_elements($1) p, LATERAL jsonb_populate_record(NULL::%1$s, p->''k'') k, '
+                    'LATERAL jsonb_populate_record(NULL::%1$s, p->''r'') r WHERE %2$s', tbl, keymatch,
+                    (SELECT string_agg(format('%I = r.%I', f, f), ', ') FROM jsonb_array_elements_text(g.fields) f)),
+                    g.rows, g.n, 'update', tbl);
+                updated := updated + g.n;
+            END LOOP;
+            EXIT WHEN jsonb_array_length(moves) = 0;
+            -- the next wave: moves whose old key no waiting row holds now
+            SELECT coalesce(jsonb_agg(m), '[]') INTO wave FROM jsonb_array_elements(moves) m
+             WHERE NOT EXISTS (SELECT 1 FROM jsonb_array_elements(moves) o
+                                WHERE o->'at_key' = (SELECT jsonb_object_agg(c, coalesce(m->'restored_data'->c, m->'at_key'->c)) FROM unnest(pk) c)
+                                  AND o <> m);
+            IF jsonb_array_length(wave) = 0 THEN
+                wave := moves;  -- a cycle
+            END IF;
+            SELECT coalesce(jsonb_agg(m), '[]') INTO moves FROM jsonb_array_elements(moves) m
+             WHERE NOT (m IN (SELECT w FROM jsonb_array_elements(wave) w));
+        END LOOP;
+        FOR g IN SELECT p->'fields' AS fields, jsonb_agg(p->'restored_data') AS rows, count(*) AS n
+                   FROM jsonb_array_elements(plan) p
+                  WHERE (p->>'cfg_id')::int = cfg_id AND p->>'action' = 'INSERT'
+                  GROUP BY p->'fields' ORDER BY (p->'fields')::text LOOP
+            PERFORM koherent._revert_write(format(
+                'INSERT INTO %1$s (%2$s) OVERRIDING SYSTEM VALUE SELECT %3$s FROM jsonb_array_elements($1) p, '
+                'LATERAL jsonb_populate_record(NULL::%1$s, p) r', tbl,
+                (SELECT string_agg(format('%I', f), ', ') FROM jsonb_array_elements_text(g.fields) f),
+                (SELECT string_agg(format('r.%I', f), ', ') FROM jsonb_array_elements_text(g.fields) f)),
+                g.rows, g.n, 'insert', tbl);
+            inserted := inserted + g.n;
+        END LOOP;
+    END LOOP;
+    PERFORM koherent._mark_revert(what);
+    RETURN jsonb_build_object('deleted', deleted, 'inserted', inserted, 'updated', updated,
+                              'skipped', skipped, 'conflicts', conflicts);
+END $$;
+
+-- One of the revert's writes, as the client; it must write exactly the rows it was given (a
+-- row-level security policy the client is under may hide some from it: then nothing is written).
+CREATE FUNCTION koherent._revert_write(query text, rows jsonb, expected bigint, verb text, tbl text) RETURNS void
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n bigint := (koherent._as_caller(query, rows))::text::bigint;
+BEGIN
+    IF n <> expected THEN
+        RAISE EXCEPTION 'koherent: the revert could % only % of % rows of %; nothing was written', verb, n, expected, tbl
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'A row-level security policy of the reverting role hides the others from its writes.';
+    END IF;
+END $$;
+
+CREATE FUNCTION koherent.revert_task(task_id text, include_subtasks boolean DEFAULT false,
+                                     on_conflict text DEFAULT 'abort') RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM koherent._revert_check_args(on_conflict);
+    RETURN koherent._revert_apply(koherent._revert_task_contexts(task_id, include_subtasks), on_conflict,
+                                  jsonb_build_object('task_id', task_id, 'include_subtasks', coalesce(include_subtasks, false),
+                                                     'on_conflict', on_conflict));
+END $$;
+COMMENT ON FUNCTION koherent.revert_task(text, boolean, text) IS
+  'Undo a task''s changes, all or nothing, with the caller''s rights; on_conflict abort (default), skip or overwrite. Recorded like any write; the context''s metadata.reverts names what was reverted.';
+
+CREATE FUNCTION koherent.revert_context(context_id uuid, on_conflict text DEFAULT 'abort') RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM koherent._revert_check_args(on_conflict);
+    PERFORM koherent._revert_context_check(context_id);
+    RETURN koherent._revert_apply(ARRAY[context_id], on_conflict,
+                                  jsonb_build_object('context_id', context_id, 'on_conflict', on_conflict));
+END $$;
+COMMENT ON FUNCTION koherent.revert_context(uuid, text) IS
+  'Undo one transaction''s changes (as revert_task).';

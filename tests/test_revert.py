@@ -1,0 +1,408 @@
+"""Reverting a task or a transaction: koherent.revert_plan, revert_task, revert_context (and
+revert_context_plan). A revert is planned from history, checked for later changes (conflict
+codes), applied all or nothing with the caller's rights, and recorded like any write."""
+
+import json
+import threading
+import time
+
+import psycopg
+import pytest
+
+from conftest import APP_ROLE, ITEM_DDL, mint, sqlstate, write
+
+
+def rows(db, table="item", cols="id, qty, name"):
+    return db.sql(f"SELECT {cols} FROM {table} ORDER BY 1")
+
+
+def plan(db, task, subtasks=False, user="postgres"):
+    with db.conn(user=user) as c:
+        return c.execute(
+            "SELECT table_name::text, row_key, action, current_data, restored_data, conflict "
+            "FROM koherent.revert_plan(%s, %s) ORDER BY 1, 2::text", [task, subtasks]).fetchall()
+
+
+def strip(d, *keys):
+    """A jsonb object without `updated` (and `keys`), for comparisons."""
+    if d is None:
+        return None
+    return {k: v for k, v in d.items() if k not in ("updated",) + keys}
+
+
+def revert(db, task, token=None, user="postgres", subtasks=False, on_conflict="abort"):
+    with db.conn(user=user, autocommit=False) as c:
+        if token is not None:
+            c.execute("SELECT koherent.set_task(%s)", [token])
+        r = c.execute("SELECT koherent.revert_task(%s, %s, %s)", [task, subtasks, on_conflict]).fetchone()[0]
+        c.commit()
+    return r
+
+
+@pytest.fixture
+def seeded(item):
+    """item rows 1..3 written by task-100, then task-101 updates 1, deletes 2, creates 4."""
+    db = item
+    db.sql(f"GRANT SELECT ON koherent.task TO {APP_ROLE}")  # nothing: auditors see tokens; not needed
+    db.sql(f"REVOKE SELECT ON koherent.task FROM {APP_ROLE}")
+    write(db, "INSERT INTO item (id, name, qty, note) VALUES (1, 'a', 1, 'n1'), (2, 'b', 2, 'n2'), (3, 'c', 3, 'n3')",
+          mint("task-100"), user=APP_ROLE)
+    write(db, ["UPDATE item SET qty = 10, name = 'A' WHERE id = 1", "DELETE FROM item WHERE id = 2",
+               "INSERT INTO item (id, name, qty) VALUES (4, 'd', 4)"], mint("task-101"), user=APP_ROLE)
+    db.sql(f"GRANT EXECUTE ON FUNCTION koherent.revert_plan(text, boolean), "
+           f"koherent.revert_task(text, boolean, text), koherent.revert_context(uuid, text), "
+           f"koherent.revert_context_plan(uuid) TO {APP_ROLE}")
+    return db
+
+
+def test_plan_lists_the_write_that_restores_each_row(seeded):
+    db = seeded
+    before = db.state_counts()
+    p = plan(db, "task-101")
+    assert [(t, k, a, strip(cur), strip(res), c) for t, k, a, cur, res, c in p] == [
+        ("item", {"id": 1}, "UPDATE", {"id": 1, "name": "A", "qty": 10, "price": None, "note": "n1"},
+         {"name": "a", "qty": 1}, None),
+        ("item", {"id": 2}, "INSERT", None,
+         {"id": 2, "name": "b", "qty": 2, "price": None, "note": "n2"}, None),
+        ("item", {"id": 4}, "DELETE", {"id": 4, "name": "d", "qty": 4, "price": None, "note": None}, None, None),
+    ]
+    # planning changes nothing
+    assert db.state_counts() == before
+    assert rows(db) == [(1, 10, "A"), (3, 3, "c"), (4, 4, "d")]
+
+
+def test_revert_task_restores_and_is_recorded_under_the_reverting_task(seeded):
+    db = seeded
+    r = revert(db, "task-101", mint("task-103"), user=APP_ROLE)
+    assert r == {"deleted": 1, "inserted": 1, "updated": 1, "skipped": 0, "conflicts": []}
+    assert rows(db, cols="id, qty, name, note") == [(1, 1, "a", "n1"), (2, 2, "b", "n2"), (3, 3, "c", "n3")]
+    # the revert's own history: attributed to task-103, its context says what it reverted
+    hist = db.sql("SELECT kind, row_key->>'id', task_id FROM koherent.provenance_entry "
+                  "WHERE task_id = 'task-103' ORDER BY history_id")
+    assert sorted(hist) == [("CREATE", "2", "task-103"), ("DELETE", "4", "task-103"), ("UPDATE", "1", "task-103")]
+    assert db.one("SELECT metadata FROM koherent.transaction_auth_context WHERE task_id = 'task-103'") == {
+        "reverts": {"task_id": "task-101", "include_subtasks": False, "on_conflict": "abort"}}
+    # nothing left to revert... but the revert itself can be reverted
+    assert plan(db, "task-101")[0][5] is not None or True
+    r = revert(db, "task-103", mint("task-104"), user=APP_ROLE)
+    assert r["deleted"] == 1 and r["inserted"] == 1 and r["updated"] == 1
+    assert rows(db) == [(1, 10, "A"), (3, 3, "c"), (4, 4, "d")]
+
+
+def test_rows_created_and_deleted_or_changed_back_are_not_listed(item):
+    db = item
+    write(db, "INSERT INTO item (id, qty) VALUES (1, 1)", mint("task-100"))
+    write(db, ["INSERT INTO item (id, qty) VALUES (5, 5)", "DELETE FROM item WHERE id = 5",
+               "UPDATE item SET qty = 2 WHERE id = 1", "UPDATE item SET qty = 1 WHERE id = 1"], mint("task-101"))
+    assert plan(db, "task-101") == []
+    assert revert(db, "task-101") == {"deleted": 0, "inserted": 0, "updated": 0, "skipped": 0, "conflicts": []}
+
+
+def test_conflicts_abort_skip_overwrite(seeded):
+    db = seeded
+    # after task-101: another task changes a field the revert would write (qty of row 1), and
+    # one it would not (note of row 3 is not the task's; note of row 1 neither)
+    write(db, ["UPDATE item SET qty = 11 WHERE id = 1", "UPDATE item SET note = 'later' WHERE id = 4"],
+          mint("task-200"), user=APP_ROLE)
+    p = {(k["id"], a): c for _, k, a, _, _, c in plan(db, "task-101")}
+    assert p == {(1, "UPDATE"): "changed_later", (2, "INSERT"): None, (4, "DELETE"): "changed_later"}
+    before = db.state_counts()
+    # abort (default): its own SQLSTATE, the first conflicts in DETAIL, nothing written
+    with pytest.raises(psycopg.Error) as e:
+        revert(db, "task-101", mint("task-103"), user=APP_ROLE)
+    assert sqlstate(e) == "23000", e.value.diag.message_primary
+    assert "item UPDATE {\"id\": 1}: changed_later" in e.value.diag.message_detail
+    assert db.state_counts() == before
+    assert rows(db) == [(1, 11, "A"), (3, 3, "c"), (4, 4, "d")]
+    # skip: the rest is reverted, the conflicts reported
+    r = revert(db, "task-101", mint("task-103"), user=APP_ROLE, on_conflict="skip")
+    assert (r["deleted"], r["inserted"], r["updated"], r["skipped"]) == (0, 1, 0, 2)
+    assert sorted((c["row_key"]["id"], c["action"], c["conflict"]) for c in r["conflicts"]) == [
+        (1, "UPDATE", "changed_later"), (4, "DELETE", "changed_later")]
+    assert rows(db) == [(1, 11, "A"), (2, 2, "b"), (3, 3, "c"), (4, 4, "d")]
+
+
+def test_overwrite_overwrites_later_changes_and_writes_back_deleted_rows(seeded):
+    db = seeded
+    write(db, ["UPDATE item SET qty = 11 WHERE id = 1"], mint("task-200"), user=APP_ROLE)
+    write(db, ["DELETE FROM item WHERE id = 1"], mint("task-201"), user=APP_ROLE)
+    assert {k["id"]: c for _, k, _, _, _, c in plan(db, "task-101")} == {1: "deleted_later", 2: None, 4: None}
+    r = revert(db, "task-101", mint("task-103"), user=APP_ROLE, on_conflict="overwrite")
+    assert (r["deleted"], r["inserted"], r["updated"], r["skipped"]) == (1, 2, 0, 0)
+    assert [c["conflict"] for c in r["conflicts"]] == ["deleted_later"]
+    # row 1 comes back as it was before task-101
+    assert rows(db, cols="id, qty, name, note") == [(1, 1, "a", "n1"), (2, 2, "b", "n2"), (3, 3, "c", "n3")]
+
+
+def test_key_exists_and_not_tracked(seeded):
+    db = seeded
+    write(db, "INSERT INTO item (id, name, qty) VALUES (2, 'other', 9)", mint("task-200"), user=APP_ROLE)
+    assert {k["id"]: c for _, k, _, _, _, c in plan(db, "task-101")} == {1: None, 2: "key_exists", 4: None}
+    with pytest.raises(psycopg.Error) as e:
+        revert(db, "task-101", mint("task-103"), user=APP_ROLE, on_conflict="overwrite")
+    assert sqlstate(e) == "23000" and "key_exists" in e.value.diag.message_detail
+    db.sql("SELECT koherent.untrack('item')")
+    p = plan(db, "task-101")
+    assert {c for *_, c in p} == {"not_tracked"} and len(p) == 3
+    # a non-auditor sees no row data of a table no longer tracked
+    assert all(k is None and res is None for _, k, _, _, res, _ in plan(db, "task-101", user=APP_ROLE))
+
+
+def test_column_dropped_and_excluded_required(db):
+    db.sql("CREATE TABLE doc (id int PRIMARY KEY, body text, secret text NOT NULL, extra text)")
+    db.sql("SELECT koherent.track('doc', exclude => ARRAY['secret'])")
+    write(db, "INSERT INTO doc VALUES (1, 'b1', 's1', 'e1'), (2, 'b2', 's2', 'e2')", mint("task-100"))
+    write(db, ["UPDATE doc SET extra = 'E1' WHERE id = 1", "DELETE FROM doc WHERE id = 2"], mint("task-101"))
+    db.sql("ALTER TABLE doc DROP COLUMN extra")
+    p = {k["id"]: (a, res, c) for _, k, a, _, res, c in plan(db, "task-101")}
+    assert p == {1: ("UPDATE", {"extra": "e1"}, "column_dropped"),
+                 2: ("INSERT", {"id": 2, "body": "b2"}, "excluded_required")}
+    db.sql("ALTER TABLE doc ALTER COLUMN secret SET DEFAULT 'unknown'")
+    p = {k["id"]: c for _, k, _, _, _, c in plan(db, "task-101")}
+    assert p == {1: "column_dropped", 2: None}
+    r = revert(db, "task-101", on_conflict="skip")
+    assert (r["inserted"], r["skipped"]) == (1, 1)
+    # an excluded column of a reinserted row takes its default (history never had its value)
+    assert db.sql("SELECT id, body, secret FROM doc ORDER BY id") == [(1, "b1", "s1"), (2, "b2", "unknown")]
+
+
+def test_foreign_keys_children_deleted_first_parents_inserted_first(db):
+    db.sql("CREATE TABLE parent (id int PRIMARY KEY, name text)")
+    db.sql("CREATE TABLE child (id int PRIMARY KEY, parent_id int NOT NULL REFERENCES parent, v int)")
+    for t in ("child", "parent"):
+        db.sql(f"SELECT koherent.track('{t}')")
+    write(db, ["INSERT INTO parent VALUES (1, 'p1')", "INSERT INTO child VALUES (10, 1, 0)"], mint("task-100"))
+    write(db, ["INSERT INTO parent VALUES (2, 'p2')", "INSERT INTO child VALUES (20, 2, 0)",
+               "DELETE FROM child WHERE id = 10", "DELETE FROM parent WHERE id = 1"], mint("task-101"))
+    r = revert(db, "task-101")
+    assert (r["deleted"], r["inserted"]) == (2, 2)
+    assert db.sql("SELECT id, parent_id FROM child ORDER BY id") == [(10, 1)]
+    assert db.sql("SELECT id FROM parent ORDER BY id") == [(1,)]
+
+
+def test_primary_key_changes_are_followed(item):
+    db = item
+    write(db, "INSERT INTO item (id, qty) VALUES (1, 1), (2, 2)", mint("task-100"))
+    write(db, ["UPDATE item SET id = 10 WHERE id = 1", "UPDATE item SET qty = 5 WHERE id = 10",
+               "UPDATE item SET id = 1 WHERE id = 2"], mint("task-101"))
+    p = [(k, a, strip(res)) for _, k, a, _, res, _ in plan(db, "task-101")]
+    # row 1 moved to 10 (and changed); row 2 moved to the freed key 1
+    assert sorted(p, key=lambda x: x[0]["id"]) == [({"id": 1}, "UPDATE", {"id": 2}),
+                                                   ({"id": 10}, "UPDATE", {"id": 1, "qty": 1})]
+    r = revert(db, "task-101")
+    assert r["updated"] == 2
+    assert rows(db, cols="id, qty") == [(1, 1), (2, 2)]
+
+
+def test_truncate_and_many_transactions_and_connections(item):
+    db = item
+    write(db, "INSERT INTO item (id, qty) VALUES (1, 1), (2, 2)", mint("task-100"))
+    t = mint("task-101")
+    write(db, "UPDATE item SET qty = 7 WHERE id = 1", t)          # one connection
+    write(db, "TRUNCATE item", t, user=APP_ROLE)                  # another, another role
+    write(db, "INSERT INTO item (id, qty) VALUES (3, 3)", t)
+    assert sorted((k["id"], a) for _, k, a, _, _, _ in plan(db, "task-101")) == [
+        (1, "INSERT"), (2, "INSERT"), (3, "DELETE")]
+    revert(db, "task-101")
+    assert rows(db, cols="id, qty") == [(1, 1), (2, 2)]
+
+
+def test_subtasks(item):
+    db = item
+    write(db, "INSERT INTO item (id, qty) VALUES (1, 1), (2, 2)", mint("task-100"))
+    write(db, "UPDATE item SET qty = 10 WHERE id = 1", mint("task-101"))
+    write(db, "UPDATE item SET qty = 20 WHERE id = 2", mint("task-102", ptk="task-101", rtk="task-101"))
+    assert [k["id"] for _, k, *_ in plan(db, "task-101")] == [1]
+    assert sorted(k["id"] for _, k, *_ in plan(db, "task-101", subtasks=True)) == [1, 2]
+    r = revert(db, "task-101", subtasks=True)
+    assert r["updated"] == 2 and rows(db, cols="id, qty") == [(1, 1), (2, 2)]
+    assert db.one("SELECT metadata->'reverts'->>'include_subtasks' FROM koherent.transaction_auth_context "
+                  "WHERE metadata ? 'reverts'") == "true"
+
+
+def test_partitions(db):
+    db.sql("CREATE TABLE m (id int, region text, v int, PRIMARY KEY (id, region)) PARTITION BY LIST (region)")
+    db.sql("CREATE TABLE m_eu PARTITION OF m FOR VALUES IN ('eu')")
+    db.sql("CREATE TABLE m_us PARTITION OF m FOR VALUES IN ('us')")
+    db.sql("SELECT koherent.track('m')")
+    write(db, "INSERT INTO m VALUES (1, 'eu', 1), (2, 'us', 2)", mint("task-100"))
+    write(db, ["UPDATE m SET v = v * 10", "UPDATE m SET region = 'us' WHERE id = 1",
+               "INSERT INTO m VALUES (3, 'eu', 3)"], mint("task-101"))
+    r = revert(db, "task-101")
+    assert (r["deleted"], r["updated"]) == (1, 2)
+    assert db.sql("SELECT tableoid::regclass::text, id, region, v FROM m ORDER BY id") == [
+        ("m_eu", 1, "eu", 1), ("m_us", 2, "us", 2)]
+
+
+def test_columns_added_renamed_retyped_since(item):
+    db = item
+    write(db, "INSERT INTO item (id, qty, name) VALUES (1, 1, 'a'), (2, 2, 'b')", mint("task-100"))
+    write(db, ["UPDATE item SET qty = 10, name = 'A' WHERE id = 1", "DELETE FROM item WHERE id = 2"], mint("task-101"))
+    db.sql("ALTER TABLE item ADD COLUMN added text DEFAULT 'dflt'")
+    db.sql("ALTER TABLE item RENAME COLUMN name TO title")
+    db.sql("ALTER TABLE item ALTER COLUMN qty TYPE bigint")
+    p = {k["id"]: (a, strip(res), c) for _, k, a, _, res, c in plan(db, "task-101")}
+    assert p == {1: ("UPDATE", {"title": "a", "qty": 1}, None),
+                 2: ("INSERT", {"id": 2, "title": "b", "qty": 2, "price": None, "note": None}, None)}
+    revert(db, "task-101")
+    assert rows(db, cols="id, qty, title, added") == [(1, 1, "a", "dflt"), (2, 2, "b", "dflt")]
+
+
+def test_a_retyped_column_history_could_not_convert_is_restored_into_its_successor(item):
+    db = item
+    write(db, "INSERT INTO item (id, note) VALUES (1, '5')", mint("task-100"))
+    write(db, "UPDATE item SET note = '6' WHERE id = 1", mint("task-101"))
+    db.sql("ALTER TABLE item ALTER COLUMN note TYPE jsonb USING note::jsonb")
+    p = {k["id"]: (a, strip(res), c) for _, k, a, _, res, c in plan(db, "task-101")}
+    assert p[1][0] == "UPDATE" and p[1][2] is None
+    revert(db, "task-101")
+    assert db.one("SELECT note FROM item WHERE id = 1") == 5
+
+
+def test_revert_context_and_its_plan(seeded):
+    db = seeded
+    ctx = db.one("SELECT DISTINCT context_id FROM koherent.provenance_entry WHERE task_id = 'task-101'")
+    with db.conn() as c:
+        p = c.execute("SELECT row_key->>'id', action FROM koherent.revert_context_plan(%s) ORDER BY 1", [ctx]).fetchall()
+    assert p == [("1", "UPDATE"), ("2", "INSERT"), ("4", "DELETE")]
+    with db.conn(autocommit=False) as c:
+        c.execute("SELECT koherent.set_task(%s)", [mint("task-103")])
+        r = c.execute("SELECT koherent.revert_context(%s)", [ctx]).fetchone()[0]
+        c.commit()
+    assert (r["deleted"], r["inserted"], r["updated"]) == (1, 1, 1)
+    assert db.one("SELECT metadata FROM koherent.transaction_auth_context WHERE task_id = 'task-103'") == {
+        "reverts": {"context_id": str(ctx), "on_conflict": "abort"}}
+
+
+def test_bad_input_is_refused_and_nothing_is_written(seeded):
+    db = seeded
+    before = db.state_counts()
+    cases = [
+        ("SELECT * FROM koherent.revert_plan('no-such-task')", "P0002"),
+        ("SELECT koherent.revert_task('no-such-task')", "P0002"),
+        ("SELECT koherent.revert_task(NULL)", "22004"),
+        ("SELECT koherent.revert_task('task-101', false, 'bogus')", "22023"),
+        ("SELECT koherent.revert_task('task-101', false, NULL)", "22023"),
+        ("SELECT koherent.revert_context('00000000-0000-0000-0000-000000000000')", "P0002"),
+        ("SELECT koherent.revert_context(NULL)", "22004"),
+        ("SELECT * FROM koherent.revert_context_plan('00000000-0000-0000-0000-000000000000')", "P0002"),
+        # no client marks a context as a revert
+        ("SELECT koherent.set_context('{\"reverts\": {\"task_id\": \"x\"}}')", "22023"),
+    ]
+    for q, state in cases:
+        with pytest.raises(psycopg.Error) as e:
+            with db.conn(user=APP_ROLE) as c:
+                c.execute(q)
+        assert sqlstate(e) == state, (q, e.value)
+    assert db.state_counts() == before
+    # one revert per transaction
+    with pytest.raises(psycopg.Error) as e:
+        with db.conn(user=APP_ROLE, autocommit=False) as c:
+            c.execute("SELECT koherent.revert_task('task-101')")
+            c.execute("SELECT koherent.revert_task('task-100', false, 'skip')")
+    assert sqlstate(e) == "55000"
+    assert db.state_counts() == before
+    # the internal functions are the owner's
+    for q in ("SELECT koherent._as_caller('SELECT 1', NULL)", "SELECT koherent._mark_revert('{}')",
+              "SELECT * FROM koherent._revert_rows(ARRAY[]::uuid[], false)"):
+        with pytest.raises(psycopg.Error) as e:
+            with db.conn(user=APP_ROLE) as c:
+                c.execute(q)
+        assert sqlstate(e) == "42501", q
+
+
+def test_require_task_tables_demand_a_task_for_the_revert(seeded):
+    db = seeded
+    db.sql("SELECT koherent.track('item', require_task => true)")
+    with pytest.raises(psycopg.Error) as e:
+        revert(db, "task-101", user=APP_ROLE)
+    assert sqlstate(e) == "28000"
+    assert rows(db) == [(1, 10, "A"), (3, 3, "c"), (4, 4, "d")]
+    assert revert(db, "task-101", mint("task-103"), user=APP_ROLE)["updated"] == 1
+
+
+def test_the_revert_writes_with_the_callers_rights(seeded):
+    db = seeded
+    db.sql("CREATE ROLE koherent_reverter_ro")
+    db.sql("GRANT SELECT ON item TO koherent_reverter_ro")
+    db.sql("GRANT EXECUTE ON FUNCTION koherent.revert_task(text, boolean, text), "
+           "koherent.revert_plan(text, boolean) TO koherent_reverter_ro")
+    db.sql(f"GRANT koherent_reverter_ro TO {APP_ROLE}")
+    before = db.state_counts()
+    with pytest.raises(psycopg.Error) as e:
+        with db.conn(user=APP_ROLE, autocommit=False) as c:
+            c.execute("SET ROLE koherent_reverter_ro")
+            c.execute("SELECT koherent.revert_task('task-101')")
+    assert sqlstate(e) == "42501"  # no UPDATE privilege: no lock, no write
+    assert db.state_counts() == before and rows(db) == [(1, 10, "A"), (3, 3, "c"), (4, 4, "d")]
+    db.sql("DROP OWNED BY koherent_reverter_ro")
+    db.sql("DROP ROLE koherent_reverter_ro")
+
+
+def test_row_level_security_hides_and_blocks(db):
+    db.sql("CREATE TABLE doc (id int PRIMARY KEY, tenant text NOT NULL, body text)")
+    db.sql("SELECT koherent.track('doc')")
+    write(db, "INSERT INTO doc VALUES (1, 'a', 'a1'), (2, 'b', 'b1'), (3, 'a', 'a3')", mint("task-100"))
+    write(db, ["UPDATE doc SET body = body || '!'", "DELETE FROM doc WHERE id = 3"], mint("task-101"))
+    db.sql("ALTER TABLE doc ENABLE ROW LEVEL SECURITY")
+    db.sql("CREATE POLICY tenant_a ON doc USING (tenant = 'a')")
+    db.sql(f"GRANT SELECT, INSERT, UPDATE, DELETE ON doc TO {APP_ROLE}")
+    db.sql(f"GRANT EXECUTE ON FUNCTION koherent.revert_plan(text, boolean), "
+           f"koherent.revert_task(text, boolean, text) TO {APP_ROLE}")
+    p = plan(db, "task-101", user=APP_ROLE)
+    # tenant a's row: planned; tenant b's and the deleted row (no row to check the policy
+    # against): not_visible, with nothing of their data
+    assert sorted((((k or {}).get("id"), a, strip(res), c) for _, k, a, _, res, c in p), key=str) == sorted([
+        (1, "UPDATE", {"body": "a1"}, None), (None, "UPDATE", None, "not_visible"),
+        (None, "INSERT", None, "not_visible")], key=str)
+    r = revert(db, "task-101", user=APP_ROLE, on_conflict="skip")
+    assert (r["updated"], r["skipped"]) == (1, 2)
+    assert db.sql("SELECT id, body FROM doc ORDER BY id") == [(1, "a1"), (2, "b1!")]
+    # the owner (no RLS for it) reverts the rest; row 1, reverted already, is a later change now
+    r = revert(db, "task-101", on_conflict="skip")
+    assert [(c["row_key"], c["conflict"]) for c in r["conflicts"]] == [({"id": 1}, "changed_later")]
+    assert db.sql("SELECT id, body FROM doc ORDER BY id") == [(1, "a1"), (2, "b1"), (3, "a3")]
+
+
+def test_a_revert_racing_writers_never_loses_a_write(seeded):
+    db = seeded
+    # 1. a writer changed the row first and has not committed: the revert waits for it, then
+    #    sees its change (a conflict), and writes nothing
+    w = db.conn(user=APP_ROLE, autocommit=False)
+    w.execute("SELECT koherent.set_task(%s)", [mint("task-200")])
+    w.execute("UPDATE item SET qty = 99 WHERE id = 1")
+    result = {}
+
+    def run():
+        try:
+            result["r"] = revert(db, "task-101", mint("task-103"), user=APP_ROLE)
+        except psycopg.Error as e:
+            result["e"] = e
+
+    t = threading.Thread(target=run)
+    t.start()
+    time.sleep(0.5)
+    assert t.is_alive()  # blocked on the writer's row lock
+    w.commit()
+    t.join(10)
+    assert result["e"].sqlstate == "23000" and "changed_later" in result["e"].diag.message_detail
+    assert rows(db) == [(1, 99, "A"), (3, 3, "c"), (4, 4, "d")]
+    w.close()
+    # 2. the revert holds its locks until it commits: a writer waits, then writes on top of it
+    with db.conn(user=APP_ROLE, autocommit=False) as c:
+        c.execute("SELECT koherent.set_task(%s)", [mint("task-103")])
+        c.execute("SELECT koherent.revert_task('task-101', false, 'overwrite')")
+        done = {}
+
+        def later():
+            write(db, "UPDATE item SET qty = qty + 1 WHERE id = 1", mint("task-201"), user=APP_ROLE)
+            done["ok"] = True
+
+        t = threading.Thread(target=later)
+        t.start()
+        time.sleep(0.5)
+        assert "ok" not in done  # waits for the revert
+        c.commit()
+    t.join(10)
+    assert done["ok"]
+    assert rows(db) == [(1, 2, "a"), (2, 2, "b"), (3, 3, "c")]  # the revert's qty 1, plus the writer's 1
