@@ -49,11 +49,11 @@ DECLARE
     keymatch text;
     src text;
     rows jsonb;
-    strict boolean := false;
+    at_too boolean := false;
 BEGIN
     IF task_id IS NOT NULL THEN
         at := coalesce(koherent._task_started(task_id), 'infinity');
-        strict := true;
+        at_too := true;
     END IF;
     IF at IS NULL THEN
         RAISE EXCEPTION 'koherent: the moment must not be null' USING ERRCODE = 'null_value_not_allowed';
@@ -104,7 +104,7 @@ BEGIN
         $q$, hist, koherent._key_expr(cfg, 'old:', 'h'), koherent._key_expr(cfg, '', 'h'),
         koherent._image_expr(cfg, 'old:', 'h'), koherent._image_expr(cfg, '', 'h'), keyfilter,
         CASE WHEN key IS NULL THEN '' ELSE format('WHERE k = (SELECT %s FROM jsonb_populate_record(NULL::%s, $2) x)', koherent._key_expr(cfg, '', 'x'), hist) END)
-       INTO rows USING at, key, strict;
+       INTO rows USING at, key, at_too;
     rows := coalesce(rows, '[]');
     IF jsonb_array_length(rows) > 0 AND koherent._rls_active_for(cfg.relid, caller)
        AND NOT koherent._caller_is_auditor() THEN
@@ -189,8 +189,8 @@ CREATE FUNCTION koherent.row_as_of(tbl anyelement, row_key jsonb, at timestamptz
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     info jsonb;
-    result tbl%TYPE;
     keymatch text;
+    n bigint;
 BEGIN
     IF row_key IS NULL THEN
         RAISE EXCEPTION 'koherent: row_key must not be null' USING ERRCODE = 'null_value_not_allowed';
@@ -204,8 +204,12 @@ BEGIN
     EXECUTE format('SELECT r.* FROM jsonb_populate_record(NULL::%1$s, $1) k LEFT JOIN %1$s c ON %2$s '
                    'CROSS JOIN LATERAL jsonb_populate_record(c, $2) r WHERE c.ctid IS NOT NULL OR $2 IS NOT NULL',
                    info->>'table', keymatch)
-       INTO result USING row_key, info->'rows'->0->'b';
-    RETURN result;
+       INTO tbl USING row_key, info->'rows'->0->'b';  -- tbl: a variable of the table's row type
+    GET DIAGNOSTICS n = ROW_COUNT;  -- (EXECUTE does not set FOUND)
+    IF n = 0 THEN
+        RETURN NULL;
+    END IF;
+    RETURN tbl;
 END $$;
 COMMENT ON FUNCTION koherent.row_as_of(anyelement, jsonb, timestamptz) IS
   'One row of a tracked table as it was at a moment (null if no row had that key then): an index lookup.';
