@@ -1,4 +1,4 @@
-"""Upgrading from earlier releases: CREATE EXTENSION koherent VERSION '0.1.0' ... '0.4.0' (their
+"""Upgrading from earlier releases: CREATE EXTENSION koherent VERSION '0.1.0' ... '0.5.0' (their
 install scripts, tests/fixtures/koherent--<version>.sql, as that release's `cargo pgrx install`
 wrote them), history written by that release, then ALTER EXTENSION koherent UPDATE (through every
 upgrade script in between). The result must match a fresh install of the current version, keep
@@ -14,7 +14,7 @@ import pytest
 
 from conftest import APP_ROLE, AUDIENCE, ISSUER, ITEM_DDL, ROOT, TEST_PUBLIC_JWK, Db, connect, mint, write
 
-RELEASES = ["0.1.0", "0.2.0", "0.3.0", "0.4.0"]
+RELEASES = ["0.1.0", "0.2.0", "0.3.0", "0.4.0", "0.5.0"]
 
 
 def current_version():
@@ -112,7 +112,8 @@ def test_upgrade_from_0_1_0(old_db):
     assert old.one("SELECT extversion FROM pg_extension WHERE extname = 'koherent'") == current_version()
     # the table now runs the Rust writer and has the new indexes
     assert trigger_functions(old) == [("_history_trigger", 3), ("_truncate_copy_1", 1)]
-    assert history_indexes(old) == [("brin", True, False), ("btree", False, False), ("btree", False, True)]
+    assert history_indexes(old) == [("brin", False, False), ("brin", True, False), ("btree", False, False),
+                                    ("btree", False, True)]
     write(old, ["UPDATE item SET qty = 20 WHERE id = 1", "DELETE FROM item WHERE id = 2"],
           mint("after-upgrade"), user=APP_ROLE)
     assert old.sql("SELECT kind, row_key->>'id', task_id FROM koherent.provenance_entry ORDER BY history_id") == [
@@ -146,14 +147,16 @@ def test_upgrade_from_0_2_0(old_db):
     assert old.one("SELECT extversion FROM pg_extension WHERE extname = 'koherent'") == current_version()
     # nothing was dropped, and track() with the new default leaves the index as it is
     old.sql("SELECT koherent.track('item')")
-    assert history_indexes(old) == [("brin", True, False), ("btree", False, False), ("btree", False, True)]
+    assert history_indexes(old) == [("brin", False, False), ("brin", True, False), ("btree", False, False),
+                                    ("btree", False, True)]
     # a table tracked now starts without the row index; expose() adds it
     old.sql("SELECT koherent.track('other')")
-    assert history_indexes(old, "other") == [("brin", True, False)]
+    assert history_indexes(old, "other") == [("brin", False, False), ("brin", True, False)]
     assert old.sql("SELECT table_name::text, row_index FROM koherent.tracked_table ORDER BY 1") == [
         ("item", True), ("other", False)]
     old.sql("SELECT koherent.expose('other')")
-    assert history_indexes(old, "other") == [("brin", True, False), ("btree", False, False), ("btree", False, True)]
+    assert history_indexes(old, "other") == [("brin", False, False), ("brin", True, False), ("btree", False, False),
+                                             ("btree", False, True)]
     write(old, ["UPDATE item SET qty = 20 WHERE id = 1", "DELETE FROM item WHERE id = 2",
                 "INSERT INTO other VALUES ('a', 1)"], mint("after-upgrade"), user=APP_ROLE)
     write(old, ["UPDATE other SET v = 2"], mint("after-upgrade"), user=APP_ROLE)  # a known task: direct context row
@@ -255,5 +258,39 @@ def test_upgrade_from_0_4_0(old_db):
     fresh.sql("CREATE EXTENSION koherent")
     fresh.sql("SELECT koherent.track('item', require_task => true)")
     fresh.sql(f"SELECT koherent.expose('item', '{reader}')")
+    assert members(old) == members(fresh)
+    assert history_indexes(old) == history_indexes(fresh)
+
+
+def test_upgrade_from_0_5_0(old_db):
+    """0.6.0 adds revert and as-of: history written by 0.5.0 can be reverted and looked back at,
+    an exposed table gets <table>_as_of for the roles granted before, and every history table
+    the history_date index."""
+    old, fresh = old_db
+    reader = install_exposed(old, fresh, "0.5.0")
+    assert history_indexes(old) == [("brin", True, False), ("btree", False, False), ("btree", False, True)]
+    write(old, "INSERT INTO item (id, qty) VALUES (1, 1), (2, 2)", mint("before-upgrade"), user=APP_ROLE)
+    at = old.one("SELECT clock_timestamp()")
+    write(old, ["UPDATE item SET qty = 10 WHERE id = 1", "DELETE FROM item WHERE id = 2"], mint("bad-run"),
+          user=APP_ROLE)
+
+    old.sql("ALTER EXTENSION koherent UPDATE")
+    assert old.one("SELECT extversion FROM pg_extension WHERE extname = 'koherent'") == current_version()
+    assert history_indexes(old) == [("brin", False, False), ("brin", True, False), ("btree", False, False),
+                                    ("btree", False, True)]
+    with old.conn(user=reader) as c:
+        assert c.execute("SELECT id, qty FROM item_as_of(%s) ORDER BY id", [at]).fetchall() == [(1, 1), (2, 2)]
+    old.sql(f"GRANT EXECUTE ON FUNCTION koherent.revert_task(text, boolean, text) TO {APP_ROLE}")
+    with old.conn(user=APP_ROLE, autocommit=False) as c:
+        c.execute("SELECT koherent.set_task(%s)", [mint("the-fix")])
+        assert c.execute("SELECT koherent.revert_task('bad-run')").fetchone()[0] == {
+            "deleted": 0, "inserted": 1, "updated": 1, "skipped": 0, "conflicts": []}
+        c.commit()
+    assert old.sql("SELECT id, qty FROM item ORDER BY id") == [(1, 1), (2, 2)]
+
+    fresh.sql("CREATE EXTENSION koherent")
+    fresh.sql("SELECT koherent.track('item', require_task => true)")
+    fresh.sql(f"SELECT koherent.expose('item', '{reader}')")
+    fresh.sql(f"GRANT EXECUTE ON FUNCTION koherent.revert_task(text, boolean, text) TO {APP_ROLE}")
     assert members(old) == members(fresh)
     assert history_indexes(old) == history_indexes(fresh)
