@@ -2,7 +2,9 @@
 
 Run through bench/bench.sh (it builds and installs the extension and starts a cluster with
 synchronous_commit = off). Prints one line per figure; ratios are tracked / untracked time,
-or untracked tps / tracked tps for pgbench.
+or untracked tps / tracked tps for pgbench. The revert and as-of lines compare with a statement
+of the same run too: revert_plan and revert_task with the UPDATE they undo, as_of with count(*)
+of the table now.
 """
 
 import os
@@ -16,11 +18,21 @@ import psycopg
 
 HOST = os.environ.get("BENCH_HOST", "127.0.0.1")
 PORT = os.environ.get("BENCH_PORT", "5497")
-DB = "bench"
+DB = os.environ.get("BENCH_DB", "bench")
 ROWS = int(os.environ.get("BENCH_ROWS", "100000"))
 REPS = int(os.environ.get("BENCH_REPS", "5"))
 PGBENCH_SECONDS = int(os.environ.get("BENCH_PGBENCH_SECONDS", "15"))
 TOKEN = os.environ["BENCH_TOKEN"]
+# revert_and_as_of(): the task whose UPDATE is reverted, and the task that reverts it
+REVERT_TOKEN = os.environ["BENCH_REVERT_TOKEN"]          # tsk revert-task
+REVERTER_TOKEN = os.environ["BENCH_REVERTER_TOKEN"]      # tsk revert-by
+REVERT_TASK = "revert-task"                               # BENCH_REVERT_TOKEN's task
+REVERT_ROWS = int(os.environ.get("BENCH_REVERT_ROWS", str(ROWS)))
+AS_OF_ROWS = int(os.environ.get("BENCH_AS_OF_ROWS", str(ROWS)))
+AS_OF_CHANGED = int(os.environ.get("BENCH_AS_OF_CHANGED", "1000"))
+ROW_AS_OF_ROWS = int(os.environ.get("BENCH_ROW_AS_OF_ROWS", "100000"))
+ROW_AS_OF_UPDATES = int(os.environ.get("BENCH_ROW_AS_OF_UPDATES", "10"))
+ROW_AS_OF_CALLS = int(os.environ.get("BENCH_ROW_AS_OF_CALLS", "200"))
 JWKS = os.environ["BENCH_JWKS"]
 
 DDL = """
@@ -154,6 +166,8 @@ def main():
           f"  (BEGIN; SELECT 1; UPDATE plain; COMMIT; koherent's share of the 4-trip figure: {pr / w:4.2f})")
     print(f"{'cold token verification':<28} {micros:8.1f} us")
     lookups()
+    with conn() as c:
+        revert_and_as_of(c)
 
 
 def lookups():
@@ -190,6 +204,136 @@ def lookups():
         for (line,) in c.execute("EXPLAIN (COSTS OFF) SELECT * FROM koherent_history.big h "
                                  f"WHERE h.history_context = ANY ('{ctx}'::uuid[])"):
             print("   ", line)
+
+
+def history_of(c, t):
+    return c.execute("SELECT format('koherent_history.%%I', history_table) FROM koherent.tracked_config "
+                     "WHERE relid = %s::regclass AND dropped_at IS NULL", [t]).fetchone()[0]
+
+
+def vacuum(c, t):
+    """The table and its history (VACUUM summarizes the history's BRIN ranges, as autovacuum
+    would)."""
+    c.execute(f"VACUUM ANALYZE {t}")
+    c.execute(f"VACUUM ANALYZE {history_of(c, t)}")
+
+
+def moment(c):
+    """A moment between two statements of this session: every earlier statement's history date
+    is before it, every later one's after it (history dates are statement start times)."""
+    time.sleep(0.01)
+    at = c.execute("SELECT clock_timestamp()").fetchone()[0]
+    time.sleep(0.01)
+    return at
+
+
+def ratio_line(label, n, base_name, base, name, times, goal):
+    r, lo, hi = paired(times, base)
+    med = statistics.median
+    print(f"{label:<28} {n:>7} rows  {base_name:<13} {med(base) * 1000:8.1f} ms  {name:<11} {med(times) * 1000:8.1f} ms  "
+          f"ratio {r:5.2f} [{lo:4.2f}-{hi:4.2f}]  (goal <= {goal})")
+
+
+def revert_and_as_of(c):
+    """revert_plan and revert_task of a task that updated every row (against that UPDATE), as_of
+    of a table with few and with all rows changed since the moment (against count(*) of the
+    table now), and one row_as_of among >= 1M history entries."""
+    # (a) a task UPDATEs every row of a tracked table (default: no row index); its plan, and its
+    # revert in a transaction under another task, rolled back so that every repetition reverts
+    # the same UPDATE. Each repetition measures the task's UPDATE again, rolled back too (the
+    # first one is committed: the one the plan and the revert undo). Only the table is vacuumed
+    # between the statements, not its history: VACUUM would free the rolled-back entries' space
+    # in ranges it has summarized, and the next entries written there would pay BRIN updates that
+    # an insert-only history never pays (measured: 3x the UPDATE's time).
+    n = REVERT_ROWS
+    fresh(c, "rv", True)
+    c.execute(f"INSERT INTO rv SELECT g, 'name ' || g, g % 1000, g * 1.5, 'note', now() "
+              f"FROM generate_series(1, {n}) g")
+    vacuum(c, "rv")
+    upd, plan, rev = [], [], []
+    for rep in range(REPS):
+        c.execute("BEGIN")
+        c.execute("SELECT koherent.set_task(%s)", [REVERT_TOKEN])
+        upd.append(timed(c, "UPDATE rv SET qty = qty + 1, updated = now()"))
+        c.execute("COMMIT" if rep == 0 else "ROLLBACK")
+        c.execute("VACUUM ANALYZE rv")
+        if rep == 0:
+            c.execute(f"ANALYZE {history_of(c, 'rv')}")
+        q = f"SELECT count(*) FROM koherent.revert_plan('{REVERT_TASK}')"
+        t = time.perf_counter()
+        rows = c.execute(q).fetchone()[0]
+        plan.append(time.perf_counter() - t)
+        assert rows == n, (rows, n)
+        c.execute("BEGIN")
+        c.execute("SELECT koherent.set_task(%s)", [REVERTER_TOKEN])
+        t = time.perf_counter()
+        res = c.execute(f"SELECT koherent.revert_task('{REVERT_TASK}')").fetchone()[0]
+        rev.append(time.perf_counter() - t)
+        c.execute("ROLLBACK")
+        assert res["updated"] == n and not res["conflicts"], res
+        c.execute("VACUUM ANALYZE rv")
+    ratio_line("revert_plan (count(*))", n, "task's UPDATE", upd, "revert_plan", plan, 1)
+    ratio_line("revert_task (all rows)", n, "task's UPDATE", upd, "revert_task", rev, 3)
+
+    # (b) as_of of a tracked table with AS_OF_CHANGED rows changed since the moment, then with
+    # every row changed since (a later moment: each row once), against count(*) of the table now
+    n = AS_OF_ROWS
+    changed = min(AS_OF_CHANGED, n)
+    fresh(c, "asof", True)
+    c.execute(f"INSERT INTO asof SELECT g, 'name ' || g, g % 1000, g * 1.5, 'note', now() "
+              f"FROM generate_series(1, {n}) g")
+    vacuum(c, "asof")
+    for label, where, goal in ((f"as_of, {changed} rows changed", f"WHERE id <= {changed}", 3),
+                               ("as_of, every row changed", "", 10)):
+        then = c.execute("SELECT count(*), sum(qty) FROM asof").fetchone()
+        at = moment(c)
+        c.execute(f"UPDATE asof SET qty = qty + 1, updated = now() {where}")
+        vacuum(c, "asof")
+        plain, asof = [], []
+        q = "SELECT count(*) FROM koherent.as_of(NULL::asof, %s)"
+        got = c.execute("SELECT count(*), sum(qty) FROM koherent.as_of(NULL::asof, %s)", [at]).fetchone()
+        assert got == then, (got, then)  # and warm
+        for rep in range(REPS):
+            for which in ((0, 1) if rep % 2 == 0 else (1, 0)):
+                t = time.perf_counter()
+                if which == 0:
+                    c.execute("SELECT count(*) FROM asof").fetchone()
+                    plain.append(time.perf_counter() - t)
+                else:
+                    c.execute(q, [at]).fetchone()
+                    asof.append(time.perf_counter() - t)
+        ratio_line(label, n, "count(*)", plain, "as_of", asof, goal)
+
+    # (c) row_as_of: one row among the history of a table with the row index (what expose() adds),
+    # built by bulk UPDATEs of every row; the moment is halfway, so the row is rolled back
+    # through half of its entries
+    n = ROW_AS_OF_ROWS
+    fresh(c, "rowhist", True, row_index=True)
+    c.execute(f"INSERT INTO rowhist SELECT g, 'name ' || g, g % 1000, g * 1.5, 'note', now() "
+              f"FROM generate_series(1, {n}) g")
+    c.execute("VACUUM rowhist")
+    at = None
+    for i in range(ROW_AS_OF_UPDATES):
+        if i == ROW_AS_OF_UPDATES // 2:
+            at = moment(c)
+        c.execute("UPDATE rowhist SET qty = qty + 1, updated = now()")
+        c.execute("VACUUM rowhist")
+    at = at or moment(c)
+    vacuum(c, "rowhist")
+    entries = c.execute(f"SELECT count(*) FROM {history_of(c, 'rowhist')}").fetchone()[0]
+    key = 70000 if n >= 70000 else max(1, n * 7 // 10)
+    q = "SELECT koherent.row_as_of(NULL::rowhist, %s::jsonb, %s)"
+    args = ['{"id": %d}' % key, at]
+    qty = c.execute("SELECT (koherent.row_as_of(NULL::rowhist, %s::jsonb, %s)).qty", args).fetchone()[0]
+    assert qty == key % 1000 + ROW_AS_OF_UPDATES // 2, (qty, key)
+    times = []
+    for _ in range(ROW_AS_OF_CALLS):
+        t = time.perf_counter()
+        c.execute(q, args).fetchall()
+        times.append(time.perf_counter() - t)
+    print(f"{'row_as_of of one row':<28} {statistics.median(times) * 1000:8.2f} ms  (median of {ROW_AS_OF_CALLS}, "
+          f"{entries} entries of the table's history, {ROW_AS_OF_UPDATES - ROW_AS_OF_UPDATES // 2} of the row's "
+          "after the moment; goal < 1 ms)")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # koherent benchmark: builds and installs the extension (release), starts a throwaway cluster on
 # port 5497 with synchronous_commit = off, and prints tracked/untracked ratios measured in the
-# same run (bulk INSERT/UPDATE/DELETE, pgbench single-row UPDATE with and without set_task) and
-# the cost of one cold token verification. Usage: bench/bench.sh
+# same run (bulk INSERT/UPDATE/DELETE, pgbench single-row UPDATE with and without set_task), the
+# cost of one cold token verification, the lookups among >= 1M history entries, and revert_plan /
+# revert_task / as_of / row_as_of against the statements they compare with. Usage: bench/bench.sh
 source "$(dirname "$0")/../scripts/lib.sh"
 ensure_apt
 ensure_pgrx
@@ -22,5 +23,8 @@ KEY="$ROOT/tests/fixtures/test-key.private.jwk"
 export BENCH_JWKS=$("$KOHERENT" jwks --key "$KEY")
 export BENCH_TOKEN=$("$KOHERENT" mint --key "$KEY" --tsk bench-task --ttl 86400 --args '{"x":1}')
 export BENCH_LOOKUP_TOKEN=$("$KOHERENT" mint --key "$KEY" --tsk lookup-task --ttl 86400)
+# the task whose UPDATE revert_plan / revert_task undo, and the task that reverts it
+export BENCH_REVERT_TOKEN=$("$KOHERENT" mint --key "$KEY" --tsk revert-task --ttl 86400)
+export BENCH_REVERTER_TOKEN=$("$KOHERENT" mint --key "$KEY" --tsk revert-by --ttl 86400)
 export PATH="$PG_BIN:$PATH"
 "$ROOT/.venv/bin/python" "$ROOT/bench/bench.py"

@@ -221,3 +221,19 @@ test("provenance of many rows is a constant number of SQL statements", async () 
   assert.ok(ten >= 1);
   assert.equal(hundred, ten);
 });
+
+test("widgetAsOf shows the table as it was at a moment (expose() creates widget_as_of)", async () => {
+  const created = await gql(`mutation { createWidget(input: { widget: { name: "gear", qty: 1 } }) { widget { id } } }`,
+    { "Rekuest-Task": mint("gql-asof") });
+  assert.equal(created.errors, undefined, JSON.stringify(created.errors));
+  const id = created.data.createWidget.widget.id;
+  const [{ at }] = await sql(admin, "SELECT to_json(clock_timestamp()) AS at");
+  const upd = await gql(`mutation { updateWidgetById(input: { id: ${id}, widgetPatch: { qty: 9, name: "cog" } }) { widget { qty } } }`,
+    { "Rekuest-Task": mint("gql-asof-2") });
+  assert.equal(upd.errors, undefined, JSON.stringify(upd.errors));
+  const all = await gql(`{ widgetAsOf(at: "${at}") { nodes { id name qty } } }`);
+  assert.equal(all.errors, undefined, JSON.stringify(all.errors));
+  assert.deepEqual(all.data.widgetAsOf.nodes.filter((n) => n.id === id), [{ id, name: "gear", qty: 1 }]);
+  const now = await gql(`{ widgetById(id: ${id}) { name qty } }`);
+  assert.deepEqual(now.data.widgetById, { name: "cog", qty: 9 });
+});

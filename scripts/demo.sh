@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The koherent demo: a throwaway cluster under .tmp/demo (port 5433), the extension installed,
 # a tracked table written by two verified tasks and by plain psql, the attributed history printed,
-# and a PostGraphile server (GraphiQL) left running on port 5678.
+# a PostGraphile server (GraphiQL) left running on port 5678, and last, task-102 reverted by a
+# third task (its plan, the table before and after, the revert's own history).
 #   scripts/demo.sh         run the demo (installs what is missing)
 #   scripts/demo.sh stop    stop the demo's PostGraphile server and cluster
 source "$(dirname "$0")/lib.sh"
@@ -117,13 +118,40 @@ curl -fsS "http://127.0.0.1:$GQL_PORT/graphql" -H 'content-type: application/jso
     -d "$(printf '{"query": %s}' "$(printf '%s' "$QUERY" | python3 -c 'import json,sys; print(json.dumps(sys.stdin.read()))')")" |
     python3 -m json.tool
 
+say "koherent.revert_plan('task-102'): what reverting task-102 would write (changes nothing)"
+psql -X -h 127.0.0.1 -p "$DEMO_PORT" -U postgres -d "$DB" -P pager=off -c "
+SELECT table_name, row_key, action, restored_data, conflict FROM koherent.revert_plan('task-102')"
+
+say "inventory before the revert"
+psql -X -h 127.0.0.1 -p "$DEMO_PORT" -U postgres -d "$DB" -P pager=off -c "SELECT * FROM inventory ORDER BY id"
+
+say "task-103 (alice, through the agent client 'ops-console') reverts task-102"
+T3=$("$KOHERENT" mint --key "$KEY" --tsk task-103 --sub alice --act-sub alice --cid ops-console --rcb alice)
+"${PSQL[@]}" -d "$DB" -P pager=off -v t3="$T3" <<'SQL'
+BEGIN;
+SELECT koherent.set_task(:'t3') ->> 'tsk' AS task;
+SELECT koherent.revert_task('task-102') AS reverted;
+COMMIT;
+SQL
+
+say "inventory after the revert (the nut back on A2 with 250, the washer back; the bolt keeps the later fix)"
+psql -X -h 127.0.0.1 -p "$DEMO_PORT" -U postgres -d "$DB" -P pager=off -c "SELECT * FROM inventory ORDER BY id"
+
+say "the revert is history like any write: task-103's entries and its context's metadata"
+psql -X -h 127.0.0.1 -p "$DEMO_PORT" -U postgres -d "$DB" -P pager=off -c "
+SELECT history_id, table_name, row_key, kind, to_char(date, 'HH24:MI:SS') AS at, task_id,
+       agent_client_id, changed_by
+  FROM koherent.provenance_entry WHERE task_id = 'task-103' ORDER BY history_id" -c "
+SELECT c.id AS context_id, c.task_id, c.client_id, c.metadata
+  FROM koherent.transaction_auth_context c WHERE c.task_id = 'task-103'"
+
 cat <<EOF
 
 The demo is running.
   psql:      psql -h 127.0.0.1 -p $DEMO_PORT -U postgres $DB
   GraphiQL:  http://127.0.0.1:$GQL_PORT/graphiql   (GraphQL endpoint: http://127.0.0.1:$GQL_PORT/graphql)
   a mutation as a task: curl http://127.0.0.1:$GQL_PORT/graphql -H 'content-type: application/json' \\
-      -H "Rekuest-Task: \$(target/release/koherent mint --key .tmp/demo-issuer-key.json --tsk task-103)" \\
+      -H "Rekuest-Task: \$(target/release/koherent mint --key .tmp/demo-issuer-key.json --tsk task-104)" \\
       -d '{"query": "mutation { createInventory(input: {inventory: {name: \\"gear\\", qty: 3}}) { inventory { id } } }"}'
   stop:      scripts/demo.sh stop
 EOF
