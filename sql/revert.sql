@@ -222,12 +222,304 @@ BEGIN
     RETURN done;
 END $$;
 
+-- The typed path. Most reverts are of tasks that changed each row once, kept its key, and ran
+-- after the table's last column change: then a row's plan is its one entry, and everything is
+-- done on typed values in single statements: no row images as jsonb (the general path above
+-- builds two per entry and passes them through the client's statements as jsonb). The entries
+-- are shown to the client's statements by a temporary view over the history table, owned by the
+-- extension owner and granted to the client for the length of the call (a view reads with its
+-- owner's rights; the client reads nothing else of history, and the view is gone when the call
+-- returns or fails).
+
+-- Whether two values of type `typ` (a history column's, a base type) are the same, as SQL:
+-- `IS NOT DISTINCT FROM` where PostgreSQL's own default btree or hash operator class compares
+-- them, else their output text (json, point, arrays; types outside pg_catalog, whose operators
+-- a type owner writes).
+CREATE FUNCTION koherent._same_expr(typ oid, a text, b text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE
+        WHEN koherent._is_builtin_type(typ) AND EXISTS (
+                SELECT 1 FROM pg_opclass oc JOIN pg_am am ON am.oid = oc.opcmethod
+                 WHERE oc.opcintype = typ AND oc.opcdefault AND am.amname IN ('btree', 'hash'))
+             THEN format('(%s IS NOT DISTINCT FROM %s)', a, b)
+        WHEN koherent._is_builtin_type(typ)
+             THEN format('(%s::text IS NOT DISTINCT FROM %s::text)', a, b)
+        ELSE format('(koherent._text_out(%s) IS NOT DISTINCT FROM koherent._text_out(%s))', a, b)
+    END
+$$;
+
+-- A value of type `typ` as history's images show it (see koherent._json_expr).
+CREATE FUNCTION koherent._json_of(typ oid, expr text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN koherent._is_builtin_type(typ) THEN format('to_jsonb(%s)', expr)
+                ELSE format('to_jsonb(koherent._text_out(%s))', expr) END
+$$;
+
+-- The typed path's view of table `cfg`'s entries in contexts `ctx`, when they qualify: its name
+-- (pg_temp.koherent_revert_<config id>), else null. Columns: head (history id), kind, "k:<key
+-- column>", "n:<column>" (the entry's row), "o:<column>" (an UPDATE's old row), for the
+-- columns history records now.
+CREATE FUNCTION koherent._revert_fast_view(cfg koherent.tracked_config, ctx uuid[]) RETURNS text
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    hist text := format('koherent_history.%I', cfg.history_table);
+    name text := 'koherent_revert_' || cfg.id;
+    first bigint;
+    n bigint;
+    keys bigint;
+    moved boolean;
+    epoch bigint;
+BEGIN
+    IF NOT cfg.active OR cfg.dropped_at IS NOT NULL OR pg_is_in_recovery()
+       OR current_setting('transaction_read_only')::boolean
+       OR NOT has_table_privilege(koherent._caller(), cfg.relid, 'SELECT') THEN
+        RETURN NULL;
+    END IF;
+    EXECUTE format('SELECT min(h.history_id), count(*), count(DISTINCT ROW(%s)), coalesce(bool_or(%s), false) '
+                   'FROM %s h WHERE h.history_context = ANY ($1)',
+                   (SELECT string_agg(format('h.%I', k), ', ') FROM unnest(cfg.pk_columns) k),
+                   koherent._key_change_predicate(cfg.pk_columns, 'h.'), hist)
+       INTO first, n, keys, moved USING ctx;
+    SELECT max(greatest(c.live_from, coalesce(c.live_until, 0))) INTO epoch
+      FROM koherent.tracked_column c WHERE c.config_id = cfg.id;
+    IF n = 0 OR n <> keys OR moved OR epoch > first THEN
+        RETURN NULL;
+    END IF;
+    EXECUTE format('DROP VIEW IF EXISTS pg_temp.%I', name);
+    EXECUTE format('CREATE TEMP VIEW %I AS SELECT h.history_id AS head, h.history_kind AS kind, %s, %s, %s '
+                   'FROM %s h WHERE h.history_context = ANY (%L::uuid[])', name,
+                   (SELECT string_agg(format('h.%I AS %I', k, 'k:' || k), ', ') FROM unnest(cfg.pk_columns) k),
+                   (SELECT string_agg(format('h.%I AS %I', c.column_name, 'n:' || c.column_name), ', ' ORDER BY c.attnum)
+                      FROM koherent.tracked_column c WHERE c.config_id = cfg.id AND c.live_until IS NULL),
+                   (SELECT string_agg(format('h.%I AS %I', 'old:' || c.column_name, 'o:' || c.column_name), ', ' ORDER BY c.attnum)
+                      FROM koherent.tracked_column c WHERE c.config_id = cfg.id AND c.live_until IS NULL),
+                   hist, ctx);
+    EXECUTE format('GRANT SELECT ON pg_temp.%I TO %I', name, (SELECT rolname FROM pg_roles WHERE oid = koherent._caller()));
+    RETURN 'pg_temp.' || quote_ident(name);
+END $$;
+
+-- The SQL pieces of the typed path for table `cfg` (view alias v, the current row t, LEFT
+-- JOINed on the key): as jsonb {"table", "join", "changed" (per column: whether the UPDATE
+-- changed it), "any_changed", "conflict" (the conflict code, as revert_plan's), "row_key",
+-- "current", "restored", "cols" (the columns an INSERT writes), "required_missing"}.
+CREATE FUNCTION koherent._revert_fast_sql(cfg koherent.tracked_config, view text) RETURNS jsonb
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    caller oid := koherent._caller();
+    auditor boolean := koherent._caller_is_auditor();
+    rls boolean := koherent._rls_active_for(cfg.relid, caller);
+    hist regclass := format('koherent_history.%I', cfg.history_table)::regclass;
+    tbl text := format('%I.%I', cfg.schema_name, cfg.table_name);
+    c record;
+    changed jsonb := '{}';
+    later_upd text[] := '{}';
+    later_del text[] := '{}';
+    restored text[] := '{}';
+    cols text[] := '{}';
+    inserted text[] := '{}';
+    required_missing boolean;
+    conflict text;
+BEGIN
+    FOR c IN
+        SELECT t.column_name AS col, a.atttypid AS typ,
+               coalesce((SELECT s.attgenerated <> '' FROM pg_attribute s
+                          WHERE s.attrelid = cfg.relid AND s.attname = t.column_name AND NOT s.attisdropped), false) AS gen
+          FROM koherent.tracked_column t
+          JOIN pg_attribute a ON a.attrelid = hist AND a.attname = t.column_name AND NOT a.attisdropped
+         WHERE t.config_id = cfg.id AND t.live_until IS NULL ORDER BY t.attnum
+    LOOP
+        later_del := later_del || format('NOT %s', koherent._same_expr(c.typ, format('t.%I', c.col), format('v.%I', 'n:' || c.col)));
+        CONTINUE WHEN c.gen;
+        changed := changed || jsonb_build_object(c.col,
+            format('NOT %s', koherent._same_expr(c.typ, format('v.%I', 'o:' || c.col), format('v.%I', 'n:' || c.col))));
+        later_upd := later_upd || format('(%s AND NOT %s)', changed->>c.col,
+            koherent._same_expr(c.typ, format('t.%I', c.col), format('v.%I', 'n:' || c.col)));
+        restored := restored || format('CASE WHEN %s THEN jsonb_build_object(%L, %s) ELSE ''{}''::jsonb END',
+                                       changed->>c.col, c.col, koherent._json_of(c.typ, format('v.%I', 'o:' || c.col)));
+        inserted := inserted || format('%L, %s', c.col, koherent._json_of(c.typ, format('v.%I', 'n:' || c.col)));
+        cols := cols || c.col::text;
+    END LOOP;
+    -- a reinsert gets defaults for what history does not hold: a NOT NULL column without one blocks it
+    SELECT EXISTS (SELECT 1 FROM pg_attribute a
+                    WHERE a.attrelid = cfg.relid AND a.attnum > 0 AND NOT a.attisdropped AND a.attnotnull
+                      AND NOT a.atthasdef AND a.attidentity = '' AND a.attgenerated = ''
+                      AND NOT (a.attname::text = ANY (cols)))
+      INTO required_missing;
+    conflict := format($c$CASE
+        WHEN %1$s AND ((v.kind IN ('CREATE', 'UPDATE') AND t.ctid IS NULL) OR (v.kind IN ('DELETE', 'TRUNCATE') AND NOT %2$s))
+             THEN 'not_visible'
+        WHEN v.kind IN ('DELETE', 'TRUNCATE') AND %3$s THEN 'excluded_required'
+        WHEN v.kind IN ('CREATE', 'UPDATE') AND t.ctid IS NULL THEN 'deleted_later'
+        WHEN v.kind IN ('DELETE', 'TRUNCATE') AND t.ctid IS NOT NULL THEN 'key_exists'
+        WHEN v.kind = 'UPDATE' AND (%4$s) THEN 'changed_later'
+        WHEN v.kind = 'CREATE' AND (%5$s) THEN 'changed_later'
+    END$c$, rls::text, auditor::text, required_missing::text,
+        coalesce(nullif(array_to_string(later_upd, ' OR '), ''), 'false'),
+        coalesce(nullif(array_to_string(later_del, ' OR '), ''), 'false'));
+    RETURN jsonb_build_object(
+        'table', tbl, 'view', view, 'rls', rls, 'auditor', auditor, 'required_missing', required_missing,
+        'keymatch', (SELECT string_agg(format('t.%I = v.%I', k, 'k:' || k), ' AND ') FROM unnest(cfg.pk_columns) k),
+        'changed', changed,
+        'any_changed', coalesce((SELECT string_agg(value #>> '{}', ' OR ') FROM jsonb_each(changed)), 'false'),
+        'conflict', conflict,
+        'row_key', format('jsonb_build_object(%s)', (SELECT string_agg(format('%L, %s', k,
+                          koherent._json_of(a.atttypid, format('v.%I', 'k:' || k))), ', ')
+                     FROM unnest(cfg.pk_columns) k JOIN pg_attribute a ON a.attrelid = hist AND a.attname = k)),
+        'current', koherent._source_json_expr(cfg, 't'),
+        'restored_update', coalesce(nullif(array_to_string(restored, ' || '), ''), '''{}''::jsonb'),
+        'restored_insert', (SELECT string_agg(format('jsonb_build_object(%s)', p), ' || ')
+                              FROM (SELECT string_agg(x, ', ') AS p FROM unnest(inserted) WITH ORDINALITY u(x, i)
+                                     GROUP BY (i - 1) / 50) s),
+        'cols', to_jsonb(cols));
+END $$;
+
+-- revert_plan's rows of a table on the typed path (one statement as the client).
+CREATE FUNCTION koherent._revert_fast_plan(cfg koherent.tracked_config, view text)
+RETURNS TABLE (cfg_id integer, table_name regclass, row_key jsonb, action text, current_data jsonb,
+               restored_data jsonb, conflict text, at_key jsonb, fields text[], before_data jsonb, head bigint)
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    q jsonb := koherent._revert_fast_sql(cfg, view);
+    res jsonb;
+    masked text;
+BEGIN
+    masked := format('(%s) = ''not_visible'' AND NOT %s', q->>'conflict', q->>'auditor');
+    res := koherent._as_caller(format($s$
+        SELECT jsonb_agg(jsonb_build_array(x.head, x.a, x.k, x.c, x.r, x.w) ORDER BY x.head) FROM (
+          SELECT v.head,
+                 CASE v.kind WHEN 'CREATE' THEN 'DELETE' WHEN 'UPDATE' THEN 'UPDATE' ELSE 'INSERT' END AS a,
+                 CASE WHEN %6$s THEN NULL ELSE %3$s END AS k,
+                 CASE WHEN %6$s OR t.ctid IS NULL THEN NULL ELSE %4$s END AS c,
+                 CASE WHEN %6$s THEN NULL
+                      WHEN v.kind = 'UPDATE' THEN %7$s
+                      WHEN v.kind IN ('DELETE', 'TRUNCATE') THEN %8$s END AS r,
+                 %5$s AS w
+            FROM %1$s v LEFT JOIN %2$s t ON %9$s
+           WHERE v.kind <> 'UPDATE' OR %10$s) x
+        $s$, view, q->>'table', q->>'row_key', q->>'current', q->>'conflict', masked,
+        q->>'restored_update', q->>'restored_insert', q->>'keymatch', q->>'any_changed'), NULL);
+    RETURN QUERY
+    SELECT cfg.id, cfg.relid::regclass, e->2, e->>1, nullif(e->3, 'null'), nullif(e->4, 'null'), e->>5,
+           NULL::jsonb, NULL::text[], NULL::jsonb, (e->>0)::bigint
+      FROM jsonb_array_elements(coalesce(res, '[]')) e;
+END $$;
+
+-- The typed path of revert_task for one table: lock the rows the plan writes (as the client),
+-- then find the conflicts and count the writes per action. Returns {"cfg", "sql", "conflicts",
+-- "counts": {"<action>:<conflict or ok>": n}}.
+CREATE FUNCTION koherent._revert_fast_prepare(cfg koherent.tracked_config, view text) RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    q jsonb := koherent._revert_fast_sql(cfg, view);
+    res jsonb;
+BEGIN
+    PERFORM koherent._as_caller(format(
+        'SELECT to_jsonb(count(*)) FROM (SELECT 1 FROM %2$s t JOIN %1$s v ON %3$s '
+        'WHERE v.kind IN (''CREATE'', ''UPDATE'') FOR UPDATE OF t) x', view, q->>'table', q->>'keymatch'), NULL);
+    res := koherent._as_caller(format($s$
+        SELECT jsonb_build_object(
+            'conflicts', coalesce(jsonb_agg(jsonb_build_object('table_name', %3$L, 'row_key', x.k, 'action', x.a,
+                                                               'conflict', x.w) ORDER BY x.head)
+                                  FILTER (WHERE x.w IS NOT NULL), '[]'),
+            'counts', jsonb_build_object(
+                'DELETE:ok', count(*) FILTER (WHERE x.a = 'DELETE' AND x.w IS NULL),
+                'DELETE:changed_later', count(*) FILTER (WHERE x.a = 'DELETE' AND x.w = 'changed_later'),
+                'UPDATE:ok', count(*) FILTER (WHERE x.a = 'UPDATE' AND x.w IS NULL),
+                'UPDATE:changed_later', count(*) FILTER (WHERE x.a = 'UPDATE' AND x.w = 'changed_later'),
+                'UPDATE:deleted_later', count(*) FILTER (WHERE x.a = 'UPDATE' AND x.w = 'deleted_later'),
+                'INSERT:ok', count(*) FILTER (WHERE x.a = 'INSERT' AND x.w IS NULL)))
+          FROM (SELECT v.head,
+                       CASE v.kind WHEN 'CREATE' THEN 'DELETE' WHEN 'UPDATE' THEN 'UPDATE' ELSE 'INSERT' END AS a,
+                       CASE WHEN (%5$s) = 'not_visible' AND NOT %8$s THEN NULL ELSE %4$s END AS k,
+                       %5$s AS w
+                  FROM %1$s v LEFT JOIN %2$s t ON %6$s
+                 WHERE v.kind <> 'UPDATE' OR %7$s) x
+        $s$, view, q->>'table', cfg.relid::regclass::text, q->>'row_key', q->>'conflict', q->>'keymatch',
+        q->>'any_changed', q->>'auditor'), NULL);
+    RETURN jsonb_build_object('cfg', cfg.id, 'sql', q, 'conflicts', res->'conflicts', 'counts', res->'counts');
+END $$;
+
+-- One step of the typed path's writes ('delete', 'update', 'insert'), as the client; the rows
+-- it writes must be those counted by koherent._revert_fast_prepare (42501 otherwise: a policy
+-- hides some of them from the write). Returns how many rows it wrote.
+CREATE FUNCTION koherent._revert_fast_write(info jsonb, step text, on_conflict text) RETURNS bigint
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    q jsonb := info->'sql';
+    view text := q->>'view';
+    tbl text := q->>'table';
+    counts jsonb := info->'counts';
+    -- under skip, only rows without a conflict; otherwise every row (a blocking conflict was
+    -- raised before, and overwrite writes over changed_later)
+    keep text := CASE WHEN on_conflict = 'skip' THEN format('AND (%s) IS NULL', q->>'conflict') ELSE '' END;
+    mask text;
+    m text;
+    cols text;
+    ncols text;
+    ocols text;
+    total bigint := 0;
+    expected bigint;
+BEGIN
+    SELECT string_agg(format('%I', c), ', '), string_agg(format('v.%I', 'n:' || c), ', '),
+           string_agg(format('v.%I', 'o:' || c), ', ') INTO cols, ncols, ocols
+      FROM jsonb_array_elements_text(q->'cols') c;
+    IF step = 'delete' THEN
+        expected := coalesce((counts->>'DELETE:ok')::bigint, 0)
+                    + CASE WHEN on_conflict = 'skip' THEN 0 ELSE coalesce((counts->>'DELETE:changed_later')::bigint, 0) END;
+        IF expected > 0 THEN
+            PERFORM koherent._revert_write(format('DELETE FROM %s t USING %s v WHERE %s AND v.kind = ''CREATE'' %s',
+                                                  tbl, view, q->>'keymatch', keep), NULL, expected, 'delete', tbl);
+        END IF;
+        RETURN expected;
+    ELSIF step = 'update' THEN
+        expected := coalesce((counts->>'UPDATE:ok')::bigint, 0)
+                    + CASE WHEN on_conflict = 'skip' THEN 0 ELSE coalesce((counts->>'UPDATE:changed_later')::bigint, 0) END;
+        IF expected > 0 THEN
+            -- one statement per set of changed columns, each writing only those
+            mask := (SELECT string_agg(format('CASE WHEN %s THEN %L ELSE '''' END', value #>> '{}', key || ','), ' || ')
+                       FROM jsonb_each(q->'changed'));
+            FOR m IN EXECUTE format('SELECT DISTINCT %s FROM %s v WHERE v.kind = ''UPDATE'' AND (%s)', mask, view, q->>'any_changed') LOOP
+                CONTINUE WHEN m = '';
+                total := total + (koherent._as_caller(format(
+                    'UPDATE %s t SET %s FROM %s v WHERE %s AND v.kind = ''UPDATE'' AND %s = %L %s', tbl,
+                    (SELECT string_agg(format('%I = v.%I', f, 'o:' || f), ', ')
+                       FROM unnest(string_to_array(rtrim(m, ','), ',')) f),
+                    view, q->>'keymatch', mask, m, keep), NULL))::text::bigint;
+            END LOOP;
+            IF total <> expected THEN
+                RAISE EXCEPTION 'koherent: the revert could update only % of % rows of %; nothing was written', total, expected, tbl
+                    USING ERRCODE = 'insufficient_privilege',
+                          HINT = 'A row-level security policy of the reverting role hides the others from its writes.';
+            END IF;
+        END IF;
+        RETURN expected;
+    ELSE
+        expected := coalesce((counts->>'INSERT:ok')::bigint, 0);
+        IF expected > 0 THEN
+            PERFORM koherent._revert_write(format(
+                'INSERT INTO %1$s (%2$s) OVERRIDING SYSTEM VALUE SELECT %3$s FROM %4$s v LEFT JOIN %1$s t ON %5$s '
+                'WHERE v.kind IN (''DELETE'', ''TRUNCATE'') AND (%6$s) IS NULL',
+                tbl, cols, ncols, view, q->>'keymatch', q->>'conflict'), NULL, expected, 'insert', tbl);
+        END IF;
+        -- overwrite: a row the task changed and someone deleted since is written back whole
+        IF on_conflict = 'overwrite' AND coalesce((counts->>'UPDATE:deleted_later')::bigint, 0) > 0 THEN
+            PERFORM koherent._revert_write(format(
+                'INSERT INTO %1$s (%2$s) OVERRIDING SYSTEM VALUE SELECT %3$s FROM %4$s v '
+                'WHERE v.kind = ''UPDATE'' AND (%5$s) AND NOT EXISTS (SELECT 1 FROM %1$s t WHERE %6$s)',
+                tbl, cols, ocols, view, q->>'any_changed', q->>'keymatch'),
+                NULL, (counts->>'UPDATE:deleted_later')::bigint, 'insert', tbl);
+            expected := expected + (counts->>'UPDATE:deleted_later')::bigint;
+        END IF;
+        RETURN expected;
+    END IF;
+END $$;
+
 -- The plan to undo the changes of a set of contexts: per table row, the write that restores it
 -- and why it may not (conflict). With `lock`, the rows are locked first (SELECT ... FOR UPDATE
 -- as the client), so that no writer changes them between the plan and the revert's writes.
 -- Columns beyond revert_plan's: the config, the key of the row now (`at_key`), the columns an
 -- UPDATE or INSERT writes (`fields`), the full image before (`before_data`).
-CREATE FUNCTION koherent._revert_rows(ctx uuid[], lock boolean)
+CREATE FUNCTION koherent._revert_rows(ctx uuid[], lock boolean, skip integer[] DEFAULT '{}')
 RETURNS TABLE (cfg_id integer, table_name regclass, row_key jsonb, action text, current_data jsonb,
                restored_data jsonb, conflict text, at_key jsonb, fields text[], before_data jsonb, head bigint)
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
@@ -247,11 +539,20 @@ DECLARE
     required text[];
     readable boolean;
     rls boolean;
+    fast text;
 BEGIN
-    FOR cfg IN SELECT * FROM koherent.tracked_config c ORDER BY c.id LOOP
+    FOR cfg IN SELECT * FROM koherent.tracked_config c WHERE NOT (c.id = ANY (skip)) ORDER BY c.id LOOP
         hist := to_regclass(format('koherent_history.%I', cfg.history_table));
         CONTINUE WHEN hist IS NULL;
         PERFORM koherent._summarize(hist::oid);
+        IF NOT lock THEN  -- revert_plan: the typed path where it applies (revert_task takes it itself)
+            fast := koherent._revert_fast_view(cfg, ctx);
+            IF fast IS NOT NULL THEN
+                RETURN QUERY SELECT * FROM koherent._revert_fast_plan(cfg, fast);
+                EXECUTE 'DROP VIEW ' || fast;
+                CONTINUE;
+            END IF;
+        END IF;
         EXECUTE format('SELECT jsonb_agg(to_jsonb(x) ORDER BY x.head) FROM (%s) x', koherent._revert_threads_sql(cfg))
            INTO threads USING ctx;
         CONTINUE WHEN threads IS NULL;
@@ -452,6 +753,9 @@ DECLARE
     ks jsonb;
     moves jsonb;
     wave jsonb;
+    fast jsonb := '{}';
+    view text;
+    tc koherent.tracked_config;
     tbl text;
     pk name[];
     keymatch text;
@@ -463,11 +767,22 @@ DECLARE
     skipped bigint := 0;
 BEGIN
     PERFORM koherent._revert_check_args(on_conflict);
+    -- the tables on the typed path: locked and checked there; the others planned row by row
+    FOR tc IN SELECT * FROM koherent.tracked_config x ORDER BY x.id LOOP
+        CONTINUE WHEN to_regclass(format('koherent_history.%I', tc.history_table)) IS NULL;
+        PERFORM koherent._summarize(to_regclass(format('koherent_history.%I', tc.history_table))::oid);
+        view := koherent._revert_fast_view(tc, ctx);
+        IF view IS NOT NULL THEN
+            fast := fast || jsonb_build_object(tc.id::text, koherent._revert_fast_prepare(tc, view));
+        END IF;
+    END LOOP;
     SELECT coalesce(jsonb_agg(to_jsonb(r) ORDER BY r.cfg_id, r.head), '[]') INTO plan
-      FROM koherent._revert_rows(ctx, true) r;
+      FROM koherent._revert_rows(ctx, true, (SELECT coalesce(array_agg(k::int), '{}') FROM jsonb_object_keys(fast) k)) r;
     SELECT coalesce(jsonb_agg(jsonb_build_object('table_name', p->>'table_name', 'row_key', p->'row_key',
                                                  'action', p->>'action', 'conflict', p->>'conflict')), '[]')
       INTO conflicts FROM jsonb_array_elements(plan) p WHERE p->>'conflict' IS NOT NULL;
+    SELECT conflicts || coalesce(jsonb_agg(x), '[]') INTO conflicts
+      FROM jsonb_each(fast) f, jsonb_array_elements(f.value->'conflicts') x;
     -- what no mode can write: under abort every conflict, under overwrite those it cannot resolve
     SELECT jsonb_agg(c) INTO blocking FROM jsonb_array_elements(conflicts) c
      WHERE on_conflict = 'abort'
@@ -481,7 +796,7 @@ BEGIN
                   HINT = 'koherent.revert_plan shows every conflict; on_conflict => ''skip'' reverts the other rows, ''overwrite'' overwrites later changes.';
     END IF;
     IF on_conflict = 'skip' THEN
-        SELECT count(*) INTO skipped FROM jsonb_array_elements(plan) p WHERE p->>'conflict' IS NOT NULL;
+        skipped := jsonb_array_length(conflicts);
         SELECT coalesce(jsonb_agg(p), '[]') INTO plan FROM jsonb_array_elements(plan) p WHERE p->>'conflict' IS NULL;
     ELSE
         -- overwrite: a row deleted since is written back whole; a row the task created and
@@ -494,7 +809,8 @@ BEGIN
          WHERE p->>'conflict' IS DISTINCT FROM 'deleted_later' OR p->>'action' <> 'DELETE';
     END IF;
 
-    SELECT array_agg(DISTINCT (p->>'cfg_id')::int) INTO cfgs FROM jsonb_array_elements(plan) p;
+    SELECT array_agg(DISTINCT (p->>'cfg_id')::int) || (SELECT array_agg(k::int) FROM jsonb_object_keys(fast) k)
+      INTO cfgs FROM jsonb_array_elements(plan) p;
     SELECT koherent._fk_order(array_agg(c.relid)) INTO tables FROM koherent.tracked_config c
      WHERE c.id = ANY (cfgs) AND c.dropped_at IS NULL;
     tables := coalesce(tables, '{}');
@@ -502,6 +818,10 @@ BEGIN
     FOR i IN REVERSE coalesce(array_length(tables, 1), 0) .. 1 LOOP
         SELECT c.id, format('%I.%I', c.schema_name, c.table_name), c.pk_columns INTO cfg_id, tbl, pk
           FROM koherent.tracked_config c WHERE c.relid = tables[i] AND c.dropped_at IS NULL;
+        IF fast ? cfg_id::text THEN
+            deleted := deleted + koherent._revert_fast_write(fast->(cfg_id::text), 'delete', on_conflict);
+            CONTINUE;
+        END IF;
         SELECT string_agg(format('t.%I = k.%I', c, c), ' AND ') INTO keymatch FROM unnest(pk) c;
         SELECT jsonb_agg(p->'at_key'), count(*) INTO ks, n FROM jsonb_array_elements(plan) p
          WHERE (p->>'cfg_id')::int = cfg_id AND p->>'action' = 'DELETE';
@@ -516,6 +836,11 @@ BEGIN
     FOR i IN 1 .. coalesce(array_length(tables, 1), 0) LOOP
         SELECT c.id, format('%I.%I', c.schema_name, c.table_name), c.pk_columns INTO cfg_id, tbl, pk
           FROM koherent.tracked_config c WHERE c.relid = tables[i] AND c.dropped_at IS NULL;
+        IF fast ? cfg_id::text THEN
+            updated := updated + koherent._revert_fast_write(fast->(cfg_id::text), 'update', on_conflict);
+            inserted := inserted + koherent._revert_fast_write(fast->(cfg_id::text), 'insert', on_conflict);
+            CONTINUE;
+        END IF;
         SELECT string_agg(format('t.%I = k.%I', c, c), ' AND ') INTO keymatch FROM unnest(pk) c;
         -- updates that keep the key, then those that move rows back to their old keys, in
         -- waves: a row moves once no row still waiting to move holds its old key (a cycle, a
@@ -562,6 +887,9 @@ BEGIN
                 g.rows, g.n, 'insert', tbl);
             inserted := inserted + g.n;
         END LOOP;
+    END LOOP;
+    FOR view IN SELECT f.value->'sql'->>'view' FROM jsonb_each(fast) f LOOP
+        EXECUTE 'DROP VIEW ' || view;
     END LOOP;
     PERFORM koherent._mark_revert(what);
     RETURN jsonb_build_object('deleted', deleted, 'inserted', inserted, 'updated', updated,
