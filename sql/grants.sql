@@ -18,7 +18,8 @@ GRANT EXECUTE ON FUNCTION
     -- a table as of a moment: what the caller may SELECT of it (checked by koherent._as_of_rows)
     koherent.as_of(anyelement, timestamptz), koherent.as_of_task(anyelement, text),
     koherent.row_as_of(anyelement, jsonb, timestamptz), koherent._as_of_rows(regtype, timestamptz, text, jsonb),
-    koherent._as_of_select(jsonb)
+    koherent._as_of_select(jsonb), koherent._as_of_typed(regtype, timestamptz, text, jsonb),
+    koherent._as_of_entries(regtype, timestamptz, boolean, jsonb), koherent._as_of_typed_select(jsonb, regtype, boolean)
   TO PUBLIC;
 
 

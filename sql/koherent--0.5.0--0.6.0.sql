@@ -1139,6 +1139,35 @@ BEGIN
     RETURN cfg;
 END $$;
 
+-- The checks every as-of function makes first: the moment, the caller's SELECT privilege, the
+-- moment within the table's history, a key's shape.
+CREATE FUNCTION koherent._as_of_check(cfg koherent.tracked_config, at timestamptz, key jsonb) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    tbl text := format('%I.%I', cfg.schema_name, cfg.table_name);
+BEGIN
+    IF at IS NULL THEN
+        RAISE EXCEPTION 'koherent: the moment must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF NOT has_table_privilege(koherent._caller(), cfg.relid, 'SELECT') THEN
+        RAISE EXCEPTION 'permission denied for table %', cfg.table_name USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF at < cfg.tracked_since THEN
+        RAISE EXCEPTION 'koherent: the history of % begins at %, after %', tbl, cfg.tracked_since, at
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Nothing is known of the table before koherent.track; ask for a moment since then.';
+    END IF;
+    IF key IS NOT NULL THEN
+        IF jsonb_typeof(key) <> 'object'
+           OR (SELECT array_agg(k ORDER BY k) FROM jsonb_object_keys(key) k)
+              IS DISTINCT FROM (SELECT array_agg(k::text ORDER BY k) FROM unnest(cfg.pk_columns) k) THEN
+            RAISE EXCEPTION 'koherent: a row key of % is a JSON object of its primary key columns (%)', tbl,
+                            array_to_string(cfg.pk_columns, ', ')
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+    END IF;
+END $$;
+
 -- For table `typ` as of `at` (entries dated after it are rolled back), or just before task
 -- `task_id`'s first change (entries dated at it or after): {"pk": [key columns], "rows": [{"k": key, "b": image or null}, ...]}, one
 -- element per key history touches after `at`; "b" null: no row had that key at `at`. Only keys
@@ -1163,25 +1192,8 @@ BEGIN
         at := coalesce(koherent._task_started(task_id), 'infinity');
         at_too := true;
     END IF;
-    IF at IS NULL THEN
-        RAISE EXCEPTION 'koherent: the moment must not be null' USING ERRCODE = 'null_value_not_allowed';
-    END IF;
-    IF NOT has_table_privilege(caller, cfg.relid, 'SELECT') THEN
-        RAISE EXCEPTION 'permission denied for table %', cfg.table_name USING ERRCODE = 'insufficient_privilege';
-    END IF;
-    IF at < cfg.tracked_since THEN
-        RAISE EXCEPTION 'koherent: the history of % begins at %, after %', tbl, cfg.tracked_since, at
-            USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'Nothing is known of the table before koherent.track; ask for a moment since then.';
-    END IF;
+    PERFORM koherent._as_of_check(cfg, at, key);
     IF key IS NOT NULL THEN
-        IF jsonb_typeof(key) <> 'object'
-           OR (SELECT array_agg(k ORDER BY k) FROM jsonb_object_keys(key) k)
-              IS DISTINCT FROM (SELECT array_agg(k::text ORDER BY k) FROM unnest(cfg.pk_columns) k) THEN
-            RAISE EXCEPTION 'koherent: a row key of % is a JSON object of its primary key columns (%)', tbl,
-                            array_to_string(cfg.pk_columns, ', ')
-                USING ERRCODE = 'invalid_parameter_value';
-        END IF;
         -- index lookups: the row index (key, history_id) for the key's own entries, the
         -- key-change index for the UPDATEs that moved a row away from it
         SELECT format(' AND (%s OR (%s AND %s))',
@@ -1228,6 +1240,141 @@ END $$;
 COMMENT ON FUNCTION koherent._as_of_rows(regtype, timestamptz, text, jsonb) IS
   'Internal: the keys history touches after a moment and their images then (what the caller may see).';
 
+-- The typed path of as_of and row_as_of, taken when the caller is not under row-level security
+-- (or is an auditor) and no column of the table came or went since the moment: the entries
+-- after the moment come typed from koherent._as_of_entries (SECURITY DEFINER, a set of records
+-- with the history table's columns), and the caller's own query picks each key's first entry and
+-- builds the rows, without row images as jsonb.
+
+-- Whether the typed path applies, and the SQL it needs: null, or {"table", "pk", "coldefs"
+-- (the column definition list of koherent._as_of_entries), "build" (the select list building a
+-- row of the table from the first entry f and the row now c), "keymatch_t", "keymatch_c"}.
+CREATE FUNCTION koherent._as_of_typed(typ regtype, at timestamptz, task_id text, key jsonb) RETURNS jsonb
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cfg koherent.tracked_config := koherent._as_of_config(typ);
+    caller oid := koherent._caller();
+    hist regclass := format('koherent_history.%I', cfg.history_table)::regclass;
+    epoch bigint;
+    first bigint;
+    at_too boolean := false;
+BEGIN
+    IF task_id IS NOT NULL THEN
+        at := coalesce(koherent._task_started(task_id), 'infinity');
+        at_too := true;
+    END IF;
+    PERFORM koherent._as_of_check(cfg, at, key);
+    IF koherent._rls_active_for(cfg.relid, caller) AND NOT koherent._caller_is_auditor() THEN
+        RETURN NULL;
+    END IF;
+    -- no column came or went since the moment: none since tracking began (no lookup), else
+    -- none since the first entry after the moment (a row's lookup takes the other path then)
+    SELECT max(greatest(c.live_from, coalesce(c.live_until, 0))), min(c.live_from) INTO epoch, first
+      FROM koherent.tracked_column c WHERE c.config_id = cfg.id;
+    IF epoch > first THEN
+        IF key IS NOT NULL THEN
+            RETURN NULL;
+        END IF;
+        EXECUTE format('SELECT min(h.history_id) FROM %s h WHERE h.history_date > $1 OR ($2 AND h.history_date = $1)', hist)
+           INTO first USING at, at_too;
+        IF first IS NOT NULL AND epoch > first THEN
+            RETURN NULL;
+        END IF;
+    END IF;
+    RETURN jsonb_build_object(
+        'at', at, 'at_too', at_too,
+        'table', format('%I.%I', cfg.schema_name, cfg.table_name),
+        'pk', to_jsonb(cfg.pk_columns),
+        'coldefs', (SELECT string_agg(format('%I %s', a.attname, format_type(a.atttypid, a.atttypmod)), ', ' ORDER BY a.attnum)
+                      FROM pg_attribute a WHERE a.attrelid = hist AND a.attnum > 0 AND NOT a.attisdropped),
+        'build', (SELECT string_agg(CASE WHEN t.column_name IS NOT NULL THEN format('f.%I::%s', 'b:' || s.attname,
+                                                                                   format_type(s.atttypid, s.atttypmod))
+                                         ELSE format('c.%I', s.attname) END, ', ' ORDER BY s.attnum)
+                    FROM pg_attribute s
+                    LEFT JOIN koherent.tracked_column t ON t.config_id = cfg.id AND t.live_until IS NULL AND t.attnum = s.attnum
+                   WHERE s.attrelid = cfg.relid AND s.attnum > 0 AND NOT s.attisdropped),
+        'before_cols', (SELECT string_agg(format('CASE WHEN h.history_kind = ''UPDATE'' THEN h.%I ELSE h.%I END AS %I',
+                                                 'old:' || t.column_name, t.column_name, 'b:' || t.column_name), ', ' ORDER BY t.attnum)
+                          FROM koherent.tracked_column t WHERE t.config_id = cfg.id AND t.live_until IS NULL),
+        'before_names', (SELECT string_agg(format('%I', 'b:' || t.column_name), ', ' ORDER BY t.attnum)
+                           FROM koherent.tracked_column t WHERE t.config_id = cfg.id AND t.live_until IS NULL),
+        'kcols', (SELECT string_agg(format('%I', 'k:' || k), ', ') FROM unnest(cfg.pk_columns) k),
+        'keymatch_t', (SELECT string_agg(format('t.%I = f.%I', k, 'k:' || k), ' AND ') FROM unnest(cfg.pk_columns) k),
+        'kcols_f', (SELECT string_agg(format('f.%I', 'k:' || k), ', ') FROM unnest(cfg.pk_columns) k),
+        'keymatch_c', (SELECT string_agg(format('c.%I = f.%I', k, 'k:' || k), ' AND ') FROM unnest(cfg.pk_columns) k));
+END $$;
+
+-- The entries of `typ`'s history dated after `at` (with `at_too`, at it too), of key `key` if
+-- given (index lookups), typed, as the history table has them. Only for a caller that may see
+-- them all: SELECT on the table, and no row-level security in the way (or an auditor).
+CREATE FUNCTION koherent._as_of_entries(typ regtype, at timestamptz, at_too boolean, key jsonb) RETURNS SETOF record
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cfg koherent.tracked_config := koherent._as_of_config(typ);
+    caller oid := koherent._caller();
+    hist text := format('koherent_history.%I', cfg.history_table);
+    keyfilter text := '';
+BEGIN
+    IF NOT has_table_privilege(caller, cfg.relid, 'SELECT') THEN
+        RAISE EXCEPTION 'permission denied for table %', cfg.table_name USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF koherent._rls_active_for(cfg.relid, caller) AND NOT koherent._caller_is_auditor() THEN
+        RAISE EXCEPTION 'koherent: % is under row-level security for this role', cfg.table_name
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF key IS NOT NULL THEN
+        SELECT format(' AND (%s OR (%s AND %s))',
+                      string_agg(format('h.%I = (SELECT x.%I FROM jsonb_populate_record(NULL::%s, $3) x)', c, c, hist), ' AND '),
+                      string_agg(format('h.%I = (SELECT x.%I FROM jsonb_populate_record(NULL::%s, $3) x)', 'old:' || c, c, hist), ' AND '),
+                      koherent._key_change_predicate(cfg.pk_columns, 'h.'))
+          INTO keyfilter FROM unnest(cfg.pk_columns) c;
+    END IF;
+    RETURN QUERY EXECUTE format('SELECT h.* FROM %s h WHERE (h.history_date > $1 OR ($2 AND h.history_date = $1))%s',
+                                hist, keyfilter)
+                 USING at, at_too, key;
+END $$;
+
+-- The caller's query of the typed path: each key's first entry after the moment (in the order
+-- revert follows rows), and from it the rows then. With `key`: that key's row only ($3).
+CREATE FUNCTION koherent._as_of_typed_select(info jsonb, typ regtype, key boolean) RETURNS text
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH k AS (SELECT k, o FROM jsonb_array_elements_text(info->'pk') WITH ORDINALITY AS x(k, o))
+    SELECT format($q$
+        WITH e AS MATERIALIZED (
+            SELECT h.history_id AS id, h.history_date AS dt,
+                   max(h.history_id) OVER (PARTITION BY h.history_context) AS cmax, h.history_kind AS kind,
+                   %4$s, %5$s, %6$s
+              FROM koherent._as_of_entries(%2$L::regtype, $1, $2, $3) AS h(%3$s)
+        ), ev AS (
+            SELECT id, cmax, dt, 0 AS role, %7$s, %8$s FROM e WHERE kind <> 'CREATE'
+            UNION ALL
+            SELECT id, cmax, dt, 1 AS role, %9$s, %8$s FROM e WHERE kind IN ('CREATE', 'UPDATE')
+        ), f AS (
+            SELECT DISTINCT ON (%10$s) * FROM ev ORDER BY %10$s, cmax, dt, id, role
+        )
+        %11$s
+        $q$,
+        info->>'table', typ, info->>'coldefs',
+        (SELECT string_agg(format('CASE WHEN h.history_kind = ''UPDATE'' THEN h.%I WHEN h.history_kind <> ''CREATE'' THEN h.%I END AS %I',
+                                  'old:' || k, k, 'bk:' || k), ', ' ORDER BY o) FROM k),
+        (SELECT string_agg(format('CASE WHEN h.history_kind IN (''CREATE'', ''UPDATE'') THEN h.%I END AS %I', k, 'ak:' || k), ', ' ORDER BY o) FROM k),
+        info->>'before_cols',
+        (SELECT string_agg(format('%I AS %I', 'bk:' || k, 'k:' || k), ', ' ORDER BY o) FROM k),
+        info->>'before_names',
+        (SELECT string_agg(format('%I AS %I', 'ak:' || k, 'k:' || k), ', ' ORDER BY o) FROM k),
+        info->>'kcols',
+        CASE WHEN key THEN format(
+                 'SELECT %1$s FROM f LEFT JOIN %2$s c ON %3$s WHERE f.role = 0 AND (%4$s) = (%5$s) '
+                 'UNION ALL SELECT t.* FROM %2$s t WHERE (%6$s) = (%5$s) AND NOT EXISTS (SELECT 1 FROM f WHERE (%4$s) = (%5$s))',
+                 info->>'build', info->>'table', info->>'keymatch_c', info->>'kcols',
+                 format('SELECT %s FROM jsonb_populate_record(NULL::%s, $3) x',
+                        (SELECT string_agg(format('x.%I', k), ', ' ORDER BY o) FROM k), info->>'table'),
+                 (SELECT string_agg(format('t.%I', k), ', ' ORDER BY o) FROM k))
+             ELSE format('SELECT t.* FROM %1$s t WHERE NOT EXISTS (SELECT 1 FROM f WHERE %2$s) '
+                         'UNION ALL SELECT %3$s FROM f LEFT JOIN %1$s c ON %4$s WHERE f.role = 0',
+                         info->>'table', info->>'keymatch_t', info->>'build', info->>'keymatch_c') END)
+$$;
+
 -- The SELECT that builds the rows as of a moment from koherent._as_of_rows' answer ($1): the
 -- rows history did not touch since, as they are, and the touched ones from their images
 -- (merged over the row with the same key now, which gives the excluded columns).
@@ -1248,8 +1395,15 @@ $$;
 CREATE FUNCTION koherent.as_of(tbl anyelement, at timestamptz) RETURNS SETOF anyelement
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    info jsonb := koherent._as_of_rows(pg_typeof(tbl)::regtype, at, NULL, NULL);
+    typed jsonb := koherent._as_of_typed(pg_typeof(tbl)::regtype, at, NULL, NULL);
+    info jsonb;
 BEGIN
+    IF typed IS NOT NULL THEN
+        RETURN QUERY EXECUTE koherent._as_of_typed_select(typed, pg_typeof(tbl)::regtype, false)
+                     USING at, false, NULL::jsonb;
+        RETURN;
+    END IF;
+    info := koherent._as_of_rows(pg_typeof(tbl)::regtype, at, NULL, NULL);
     RETURN QUERY EXECUTE koherent._as_of_select(info) USING info;
 END $$;
 COMMENT ON FUNCTION koherent.as_of(anyelement, timestamptz) IS
@@ -1287,6 +1441,12 @@ BEGIN
     IF task_id IS NULL THEN
         RAISE EXCEPTION 'koherent: task_id must not be null' USING ERRCODE = 'null_value_not_allowed';
     END IF;
+    info := koherent._as_of_typed(pg_typeof(tbl)::regtype, NULL, task_id, NULL);
+    IF info IS NOT NULL THEN
+        RETURN QUERY EXECUTE koherent._as_of_typed_select(info, pg_typeof(tbl)::regtype, false)
+                     USING (info->>'at')::timestamptz, true, NULL::jsonb;
+        RETURN;
+    END IF;
     info := koherent._as_of_rows(pg_typeof(tbl)::regtype, NULL, task_id, NULL);
     RETURN QUERY EXECUTE koherent._as_of_select(info) USING info;
 END $$;
@@ -1302,6 +1462,15 @@ DECLARE
 BEGIN
     IF row_key IS NULL THEN
         RAISE EXCEPTION 'koherent: row_key must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    info := koherent._as_of_typed(pg_typeof(tbl)::regtype, at, NULL, row_key);
+    IF info IS NOT NULL THEN
+        EXECUTE koherent._as_of_typed_select(info, pg_typeof(tbl)::regtype, true) INTO tbl USING at, false, row_key;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        IF n = 0 THEN
+            RETURN NULL;
+        END IF;
+        RETURN tbl;
     END IF;
     info := koherent._as_of_rows(pg_typeof(tbl)::regtype, at, NULL, row_key);
     IF info->'rows'->0->'b' = 'null' THEN
@@ -1374,7 +1543,8 @@ GRANT EXECUTE ON FUNCTION
     -- a table as of a moment: what the caller may SELECT of it (checked by koherent._as_of_rows)
     koherent.as_of(anyelement, timestamptz), koherent.as_of_task(anyelement, text),
     koherent.row_as_of(anyelement, jsonb, timestamptz), koherent._as_of_rows(regtype, timestamptz, text, jsonb),
-    koherent._as_of_select(jsonb)
+    koherent._as_of_select(jsonb), koherent._as_of_typed(regtype, timestamptz, text, jsonb),
+    koherent._as_of_entries(regtype, timestamptz, boolean, jsonb), koherent._as_of_typed_select(jsonb, regtype, boolean)
   TO PUBLIC;
 
 
