@@ -32,6 +32,8 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::cell::RefCell;
 
+use crate::ffi;
+
 #[derive(Default)]
 struct Statements {
     /// The open hooked runs, innermost last: command type and start date.
@@ -159,7 +161,13 @@ pub fn init() {
     }
 }
 
-#[pg_guard]
+// The hooks call the previous hook (or PostgreSQL's standard function) inside a PG_TRY of their
+// own (`pg_try`): an ERROR raised below them is caught, the hook's stacks are put back, and the
+// same error is raised again with PG_RE_THROW, every field intact (SQLSTATE, CONTEXT, position,
+// constraint and table names). pgrx's guard would catch it too, but raise a copy with only its
+// SQLSTATE (if pgrx knows it), message, detail and hint. So the hooks are not #[pg_guard]: their
+// bodies hold no Rust value with a destructor across the call and do not panic.
+
 unsafe extern "C-unwind" fn executor_start(query: *mut pg_sys::QueryDesc, eflags: std::ffi::c_int) {
     // a new statement (replacing whatever an aborted query at this address left); dated at
     // its first run
@@ -168,30 +176,33 @@ unsafe extern "C-unwind" fn executor_start(query: *mut pg_sys::QueryDesc, eflags
         s.started.retain(|(q, _)| *q != query as usize);
         s.started.push((query as usize, 0));
     });
-    match PREV_EXECUTOR_START {
-        Some(prev) => pg_sys::ffi::pg_guard_ffi_boundary(|| prev(query, eflags)),
-        None => pg_sys::standard_ExecutorStart(query, eflags),
-    }
+    pg_try(
+        || match PREV_EXECUTOR_START {
+            Some(prev) => prev(query, eflags),
+            None => ffi::standard_ExecutorStart(query, eflags),
+        },
+        || {},
+    )
 }
 
-#[pg_guard]
 unsafe extern "C-unwind" fn executor_end(query: *mut pg_sys::QueryDesc) {
     STATEMENTS.with(|s| s.borrow_mut().started.retain(|(q, _)| *q != query as usize));
-    match PREV_EXECUTOR_END {
-        Some(prev) => pg_sys::ffi::pg_guard_ffi_boundary(|| prev(query)),
-        None => pg_sys::standard_ExecutorEnd(query),
-    }
+    pg_try(
+        || match PREV_EXECUTOR_END {
+            Some(prev) => prev(query),
+            None => ffi::standard_ExecutorEnd(query),
+        },
+        || {},
+    )
 }
 
-#[pg_guard]
 unsafe extern "C-unwind" fn executor_finish(query: *mut pg_sys::QueryDesc) {
     as_finishing(date_of(query), || match PREV_EXECUTOR_FINISH {
-        Some(prev) => pg_sys::ffi::pg_guard_ffi_boundary(|| prev(query)),
-        None => pg_sys::standard_ExecutorFinish(query),
+        Some(prev) => prev(query),
+        None => ffi::standard_ExecutorFinish(query),
     })
 }
 
-#[pg_guard]
 unsafe extern "C-unwind" fn executor_run(
     query: *mut pg_sys::QueryDesc,
     direction: pg_sys::ScanDirection::Type,
@@ -204,20 +215,18 @@ unsafe extern "C-unwind" fn executor_run(
         s.open.push(((*query).operation, date));
         s.open.len() - 1
     });
-    PgTryBuilder::new(|| match PREV_EXECUTOR_RUN {
-        Some(prev) => {
-            pg_sys::ffi::pg_guard_ffi_boundary(|| prev(query, direction, count, execute_once))
-        }
-        None => pg_sys::standard_ExecutorRun(query, direction, count, execute_once),
-    })
-    .finally(|| STATEMENTS.with(|s| s.borrow_mut().open.truncate(depth)))
-    .execute()
+    pg_try(
+        || match PREV_EXECUTOR_RUN {
+            Some(prev) => prev(query, direction, count, execute_once),
+            None => ffi::standard_ExecutorRun(query, direction, count, execute_once),
+        },
+        || STATEMENTS.with(|s| s.borrow_mut().open.truncate(depth)),
+    )
 }
 
 /// Utilities (COPY among them) are statements too: the history COPY records carries the
 /// COPY's date.
 #[cfg(not(feature = "pg13"))]
-#[pg_guard]
 #[allow(clippy::too_many_arguments)]
 unsafe extern "C-unwind" fn process_utility(
     pstmt: *mut pg_sys::PlannedStmt,
@@ -229,37 +238,31 @@ unsafe extern "C-unwind" fn process_utility(
     dest: *mut pg_sys::DestReceiver,
     qc: *mut pg_sys::QueryCompletion,
 ) {
-    as_finishing(
-        next_date(),
-        std::panic::AssertUnwindSafe(|| match PREV_PROCESS_UTILITY {
-            Some(prev) => pg_sys::ffi::pg_guard_ffi_boundary(|| {
-                prev(
-                    pstmt,
-                    query_string,
-                    read_only_tree,
-                    context,
-                    params,
-                    query_env,
-                    dest,
-                    qc,
-                )
-            }),
-            None => pg_sys::standard_ProcessUtility(
-                pstmt,
-                query_string,
-                read_only_tree,
-                context,
-                params,
-                query_env,
-                dest,
-                qc,
-            ),
-        }),
-    );
+    as_finishing(next_date(), || match PREV_PROCESS_UTILITY {
+        Some(prev) => prev(
+            pstmt,
+            query_string,
+            read_only_tree,
+            context,
+            params,
+            query_env,
+            dest,
+            qc,
+        ),
+        None => ffi::standard_ProcessUtility(
+            pstmt,
+            query_string,
+            read_only_tree,
+            context,
+            params,
+            query_env,
+            dest,
+            qc,
+        ),
+    });
 }
 
 #[cfg(feature = "pg13")]
-#[pg_guard]
 unsafe extern "C-unwind" fn process_utility(
     pstmt: *mut pg_sys::PlannedStmt,
     query_string: *const std::ffi::c_char,
@@ -269,34 +272,46 @@ unsafe extern "C-unwind" fn process_utility(
     dest: *mut pg_sys::DestReceiver,
     qc: *mut pg_sys::QueryCompletion,
 ) {
-    as_finishing(
-        next_date(),
-        std::panic::AssertUnwindSafe(|| match PREV_PROCESS_UTILITY {
-            Some(prev) => pg_sys::ffi::pg_guard_ffi_boundary(|| {
-                prev(pstmt, query_string, context, params, query_env, dest, qc)
-            }),
-            None => pg_sys::standard_ProcessUtility(
-                pstmt,
-                query_string,
-                context,
-                params,
-                query_env,
-                dest,
-                qc,
-            ),
-        }),
-    );
+    as_finishing(next_date(), || match PREV_PROCESS_UTILITY {
+        Some(prev) => prev(pstmt, query_string, context, params, query_env, dest, qc),
+        None => {
+            ffi::standard_ProcessUtility(pstmt, query_string, context, params, query_env, dest, qc)
+        }
+    });
 }
 
 /// Run `f` with `date` on top of the finishing stack: the history triggers it fires record that
 /// date (a query's ExecutorFinish; a utility such as COPY, which fires its triggers itself).
-unsafe fn as_finishing(date: pg_sys::TimestampTz, f: impl FnOnce() + std::panic::UnwindSafe) {
+unsafe fn as_finishing(date: pg_sys::TimestampTz, f: impl FnOnce()) {
     let depth = STATEMENTS.with(|s| {
         let mut s = s.borrow_mut();
         s.finishing.push(date);
         s.finishing.len() - 1
     });
-    PgTryBuilder::new(f)
-        .finally(|| STATEMENTS.with(|s| s.borrow_mut().finishing.truncate(depth)))
-        .execute()
+    pg_try(f, || {
+        STATEMENTS.with(|s| s.borrow_mut().finishing.truncate(depth))
+    })
+}
+
+/// PG_TRY { f } PG_FINALLY { cleanup } PG_END_TRY: `f` calls into PostgreSQL and may raise an
+/// ERROR (a longjmp to the buffer set here); `cleanup` runs either way, and the error, still
+/// PostgreSQL's own (nothing copied, nothing flushed), is raised again to the caller's handler.
+unsafe fn pg_try(f: impl FnOnce(), cleanup: impl FnOnce()) {
+    let prev_stack = pg_sys::PG_exception_stack;
+    let prev_context = pg_sys::error_context_stack;
+    let mut f = Some(f);
+    let jumped = cee_scape::call_with_sigsetjmp(false, |jbuf| {
+        pg_sys::PG_exception_stack =
+            jbuf as *const cee_scape::SigJmpBufFields as *mut pg_sys::sigjmp_buf;
+        if let Some(f) = f.take() {
+            f();
+        }
+        0
+    });
+    pg_sys::PG_exception_stack = prev_stack;
+    pg_sys::error_context_stack = prev_context;
+    cleanup();
+    if jumped != 0 {
+        ffi::pg_re_throw();
+    }
 }

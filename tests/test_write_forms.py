@@ -6,6 +6,9 @@ larger than a batch or than work_mem, a psql script."""
 
 import subprocess
 
+import psycopg
+import pytest
+
 from conftest import APP_ROLE, HOST, PORT, changes, entries, ids
 
 
@@ -278,3 +281,37 @@ def test_large_statement_reserves_one_block_of_ids(item):
     assert len(upd) == 100 and upd == list(range(upd[0], upd[0] + 100))
     item.sql("INSERT INTO item (id, qty) VALUES (1000, 0)")
     assert item.one("SELECT max(history_id) FROM koherent_history.item") >= upd[0] + 500
+
+
+def test_errors_keep_every_field_through_koherents_hooks(item):
+    """koherent's executor hooks catch an error only to put their statement stacks back, and
+    raise the same error again: its SQLSTATE (also one of the application's own), CONTEXT,
+    constraint and table names reach the client as PostgreSQL raised them."""
+    db = item
+    db.sql("CREATE FUNCTION fail_custom() RETURNS void LANGUAGE plpgsql AS "
+           "$$ BEGIN RAISE EXCEPTION 'app says no' USING ERRCODE = 'U0001', HINT = 'a hint'; END $$")
+    with db.conn() as c:
+        c.execute("SELECT koherent.current_context_id()")  # the library is loaded: hooks on
+        with pytest.raises(psycopg.Error) as e:
+            c.execute("SELECT fail_custom()")
+        assert e.value.sqlstate == "U0001"
+        assert e.value.diag.message_hint == "a hint"
+        assert "fail_custom" in e.value.diag.context
+        c.execute("INSERT INTO item (id, qty) VALUES (1, 1)")
+        with pytest.raises(psycopg.errors.UniqueViolation) as e:
+            c.execute("INSERT INTO item (id, qty) VALUES (1, 2)")
+        assert (e.value.diag.constraint_name, e.value.diag.table_name) == ("item_pkey", "item")
+        # after errors inside savepoints, the statement stacks are in step: writes are recorded
+        # with increasing dates
+        c.execute("BEGIN")
+        c.execute("UPDATE item SET qty = 3 WHERE id = 1")
+        for _ in range(3):
+            c.execute("SAVEPOINT s")
+            with pytest.raises(psycopg.Error):
+                c.execute("INSERT INTO item (id, qty) VALUES (1, 9)")
+            c.execute("ROLLBACK TO SAVEPOINT s")
+        c.execute("UPDATE item SET qty = 4 WHERE id = 1")
+        c.execute("COMMIT")
+    rows = db.sql("SELECT kind, row_data->>'qty', date FROM koherent.provenance_entry ORDER BY history_id")
+    assert [(k, q) for k, q, _ in rows] == [("CREATE", "1"), ("UPDATE", "3"), ("UPDATE", "4")]
+    assert rows[0][2] < rows[1][2] < rows[2][2]
