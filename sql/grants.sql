@@ -19,7 +19,11 @@ GRANT EXECUTE ON FUNCTION
     koherent.as_of(anyelement, timestamptz), koherent.as_of_task(anyelement, text),
     koherent.row_as_of(anyelement, jsonb, timestamptz), koherent._as_of_rows(regtype, timestamptz, text, jsonb),
     koherent._as_of_select(jsonb), koherent._as_of_typed(regtype, timestamptz, text, jsonb),
-    koherent._as_of_entries(regtype, timestamptz, boolean, jsonb), koherent._as_of_typed_select(jsonb, regtype, boolean)
+    koherent._as_of_entries(regtype, timestamptz, boolean, jsonb), koherent._as_of_typed_select(jsonb, regtype, boolean),
+    -- revert_plan and revert_context_plan (SECURITY INVOKER) run their typed SELECTs as the
+    -- caller; these helpers check that the caller may call a revert function
+    koherent._revert_plan(uuid[]), koherent._revert_plan_prepare(uuid[]), koherent._revert_plan_rest(uuid[], integer[]),
+    koherent._revert_task_contexts(text, boolean), koherent._revert_context_check(uuid)
   TO PUBLIC;
 
 

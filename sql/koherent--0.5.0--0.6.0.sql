@@ -442,9 +442,12 @@ DECLARE
     moved boolean;
     epoch bigint;
 BEGIN
+    -- the view shows the caller every entry of the task in this table: only to a caller who may
+    -- see them all (SELECT on the table, and no row-level security in the way, or an auditor)
     IF NOT cfg.active OR cfg.dropped_at IS NOT NULL OR pg_is_in_recovery()
        OR current_setting('transaction_read_only')::boolean
-       OR NOT has_table_privilege(koherent._caller(), cfg.relid, 'SELECT') THEN
+       OR NOT has_table_privilege(koherent._caller(), cfg.relid, 'SELECT')
+       OR (koherent._rls_active_for(cfg.relid, koherent._caller()) AND NOT koherent._caller_is_auditor()) THEN
         RETURN NULL;
     END IF;
     EXECUTE format('SELECT min(h.history_id), count(*), count(DISTINCT ROW(%s)), coalesce(bool_or(%s), false) '
@@ -545,35 +548,94 @@ BEGIN
         'cols', to_jsonb(cols));
 END $$;
 
--- revert_plan's rows of a table on the typed path (one statement as the client).
-CREATE FUNCTION koherent._revert_fast_plan(cfg koherent.tracked_config, view text)
-RETURNS TABLE (cfg_id integer, table_name regclass, row_key jsonb, action text, current_data jsonb,
-               restored_data jsonb, conflict text, at_key jsonb, fields text[], before_data jsonb, head bigint)
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+-- revert_plan's rows of a table on the typed path: the SELECT (the client's own) that gives them,
+-- in revert_plan's columns, in history order.
+CREATE FUNCTION koherent._revert_fast_plan_sql(cfg koherent.tracked_config, view text) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     q jsonb := koherent._revert_fast_sql(cfg, view);
-    res jsonb;
-    masked text;
+    masked text := format('(%s) = ''not_visible'' AND NOT %s', q->>'conflict', q->>'auditor');
 BEGIN
-    masked := format('(%s) = ''not_visible'' AND NOT %s', q->>'conflict', q->>'auditor');
-    res := koherent._as_caller(format($s$
-        SELECT jsonb_agg(jsonb_build_array(x.head, x.a, x.k, x.c, x.r, x.w) ORDER BY x.head) FROM (
-          SELECT v.head,
-                 CASE v.kind WHEN 'CREATE' THEN 'DELETE' WHEN 'UPDATE' THEN 'UPDATE' ELSE 'INSERT' END AS a,
-                 CASE WHEN %6$s THEN NULL ELSE %3$s END AS k,
-                 CASE WHEN %6$s OR t.ctid IS NULL THEN NULL ELSE %4$s END AS c,
-                 CASE WHEN %6$s THEN NULL
-                      WHEN v.kind = 'UPDATE' THEN %7$s
-                      WHEN v.kind IN ('DELETE', 'TRUNCATE') THEN %8$s END AS r,
-                 %5$s AS w
-            FROM %1$s v LEFT JOIN %2$s t ON %9$s
-           WHERE v.kind <> 'UPDATE' OR %10$s) x
+    RETURN format($s$
+        SELECT %11$s::oid::regclass,
+               CASE WHEN %6$s THEN NULL ELSE %3$s END,
+               CASE v.kind WHEN 'CREATE' THEN 'DELETE' WHEN 'UPDATE' THEN 'UPDATE' ELSE 'INSERT' END,
+               CASE WHEN %6$s OR t.ctid IS NULL THEN NULL ELSE %4$s END,
+               CASE WHEN %6$s THEN NULL
+                    WHEN v.kind = 'UPDATE' THEN %7$s
+                    WHEN v.kind IN ('DELETE', 'TRUNCATE') THEN %8$s END,
+               %5$s
+          FROM %1$s v LEFT JOIN %2$s t ON %9$s
+         WHERE v.kind <> 'UPDATE' OR %10$s
+         ORDER BY v.head
         $s$, view, q->>'table', q->>'row_key', q->>'current', q->>'conflict', masked,
-        q->>'restored_update', q->>'restored_insert', q->>'keymatch', q->>'any_changed'), NULL);
-    RETURN QUERY
-    SELECT cfg.id, cfg.relid::regclass, e->2, e->>1, nullif(e->3, 'null'), nullif(e->4, 'null'), e->>5,
-           NULL::jsonb, NULL::text[], NULL::jsonb, (e->>0)::bigint
-      FROM jsonb_array_elements(coalesce(res, '[]')) e;
+        q->>'restored_update', q->>'restored_insert', q->>'keymatch', q->>'any_changed', cfg.relid);
+END $$;
+
+-- revert_plan and revert_context_plan run the typed path's SELECTs themselves (with the client's
+-- rights, straight into their result): these two SECURITY DEFINER helpers prepare the views and
+-- give the SELECTs, then plan the other tables row by row and drop the views. Each checks that
+-- the client may call the plan functions.
+CREATE FUNCTION koherent._revert_plan_check() RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT (has_function_privilege(koherent._caller(), 'koherent.revert_plan(text, boolean)', 'EXECUTE')
+            OR has_function_privilege(koherent._caller(), 'koherent.revert_context_plan(uuid)', 'EXECUTE')
+            OR has_function_privilege(koherent._caller(), 'koherent.revert_task(text, boolean, text)', 'EXECUTE')
+            OR has_function_privilege(koherent._caller(), 'koherent.revert_context(uuid, text)', 'EXECUTE')) THEN
+        RAISE EXCEPTION 'permission denied for function revert_plan' USING ERRCODE = 'insufficient_privilege';
+    END IF;
+END $$;
+
+CREATE FUNCTION koherent._revert_plan_prepare(ctx uuid[]) RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cfg koherent.tracked_config;
+    view text;
+    fast jsonb := '[]';
+BEGIN
+    PERFORM koherent._revert_plan_check();
+    FOR cfg IN SELECT * FROM koherent.tracked_config c ORDER BY c.id LOOP
+        CONTINUE WHEN to_regclass(format('koherent_history.%I', cfg.history_table)) IS NULL;
+        PERFORM koherent._summarize(to_regclass(format('koherent_history.%I', cfg.history_table))::oid);
+        view := koherent._revert_fast_view(cfg, ctx);
+        IF view IS NOT NULL THEN
+            fast := fast || jsonb_build_object('cfg', cfg.id, 'sql', koherent._revert_fast_plan_sql(cfg, view));
+        END IF;
+    END LOOP;
+    RETURN fast;
+END $$;
+
+CREATE FUNCTION koherent._revert_plan_rest(ctx uuid[], skip integer[])
+RETURNS TABLE (table_name regclass, row_key jsonb, action text, current_data jsonb, restored_data jsonb,
+               conflict text)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    id integer;
+BEGIN
+    PERFORM koherent._revert_plan_check();
+    FOREACH id IN ARRAY skip LOOP
+        EXECUTE format('DROP VIEW IF EXISTS pg_temp.%I', 'koherent_revert_' || id);
+    END LOOP;
+    RETURN QUERY SELECT r.table_name, r.row_key, r.action, r.current_data, r.restored_data, r.conflict
+                   FROM koherent._revert_rows(ctx, false, skip) r;
+END $$;
+
+-- The plan (revert_plan, revert_context_plan): the typed path's tables, then the others.
+CREATE FUNCTION koherent._revert_plan(ctx uuid[])
+RETURNS TABLE (table_name regclass, row_key jsonb, action text, current_data jsonb, restored_data jsonb,
+               conflict text)
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+SET max_parallel_workers_per_gather = 0 SET jit = off AS $$
+DECLARE
+    fast jsonb := koherent._revert_plan_prepare(ctx);
+    f jsonb;
+BEGIN
+    FOR f IN SELECT * FROM jsonb_array_elements(fast) LOOP
+        RETURN QUERY EXECUTE f->>'sql';
+    END LOOP;
+    RETURN QUERY SELECT * FROM koherent._revert_plan_rest(ctx,
+        (SELECT coalesce(array_agg((x->>'cfg')::int), '{}') FROM jsonb_array_elements(fast) x));
 END $$;
 
 -- The typed path of revert_task for one table: lock the rows the plan writes (as the client),
@@ -711,20 +773,11 @@ DECLARE
     required text[];
     readable boolean;
     rls boolean;
-    fast text;
 BEGIN
     FOR cfg IN SELECT * FROM koherent.tracked_config c WHERE NOT (c.id = ANY (skip)) ORDER BY c.id LOOP
         hist := to_regclass(format('koherent_history.%I', cfg.history_table));
         CONTINUE WHEN hist IS NULL;
         PERFORM koherent._summarize(hist::oid);
-        IF NOT lock THEN  -- revert_plan: the typed path where it applies (revert_task takes it itself)
-            fast := koherent._revert_fast_view(cfg, ctx);
-            IF fast IS NOT NULL THEN
-                RETURN QUERY SELECT * FROM koherent._revert_fast_plan(cfg, fast);
-                EXECUTE 'DROP VIEW ' || fast;
-                CONTINUE;
-            END IF;
-        END IF;
         EXECUTE format('SELECT jsonb_agg(to_jsonb(x) ORDER BY x.head) FROM (%s) x', koherent._revert_threads_sql(cfg))
            INTO threads USING ctx;
         CONTINUE WHEN threads IS NULL;
@@ -856,10 +909,11 @@ BEGIN
 END $$;
 
 CREATE FUNCTION koherent._revert_task_contexts(task_id text, include_subtasks boolean) RETURNS uuid[]
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     ctx uuid[];
 BEGIN
+    PERFORM koherent._revert_plan_check();
     IF task_id IS NULL THEN
         RAISE EXCEPTION 'koherent: task_id must not be null' USING ERRCODE = 'null_value_not_allowed';
     END IF;
@@ -875,9 +929,8 @@ END $$;
 CREATE FUNCTION koherent.revert_plan(task_id text, include_subtasks boolean DEFAULT false)
 RETURNS TABLE (table_name regclass, row_key jsonb, action text, current_data jsonb, restored_data jsonb,
                conflict text)
-LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT r.table_name, r.row_key, r.action, r.current_data, r.restored_data, r.conflict
-      FROM koherent._revert_rows(koherent._revert_task_contexts(task_id, include_subtasks), false) r
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT * FROM koherent._revert_plan(koherent._revert_task_contexts(task_id, include_subtasks))
 $$;
 COMMENT ON FUNCTION koherent.revert_plan(text, boolean) IS
   'What reverting a task would write: one row per table row it changed (DELETE, INSERT or UPDATE), the row now, the values restored, and a conflict code or null. Changes nothing.';
@@ -885,16 +938,16 @@ COMMENT ON FUNCTION koherent.revert_plan(text, boolean) IS
 CREATE FUNCTION koherent.revert_context_plan(context_id uuid)
 RETURNS TABLE (table_name regclass, row_key jsonb, action text, current_data jsonb, restored_data jsonb,
                conflict text)
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM koherent._revert_context_check(context_id);
-    RETURN QUERY SELECT r.table_name, r.row_key, r.action, r.current_data, r.restored_data, r.conflict
-                   FROM koherent._revert_rows(ARRAY[context_id], false) r;
+    RETURN QUERY SELECT * FROM koherent._revert_plan(ARRAY[context_id]);
 END $$;
 
 CREATE FUNCTION koherent._revert_context_check(context_id uuid) RETURNS void
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    PERFORM koherent._revert_plan_check();
     IF context_id IS NULL THEN
         RAISE EXCEPTION 'koherent: context_id must not be null' USING ERRCODE = 'null_value_not_allowed';
     END IF;
@@ -1544,7 +1597,11 @@ GRANT EXECUTE ON FUNCTION
     koherent.as_of(anyelement, timestamptz), koherent.as_of_task(anyelement, text),
     koherent.row_as_of(anyelement, jsonb, timestamptz), koherent._as_of_rows(regtype, timestamptz, text, jsonb),
     koherent._as_of_select(jsonb), koherent._as_of_typed(regtype, timestamptz, text, jsonb),
-    koherent._as_of_entries(regtype, timestamptz, boolean, jsonb), koherent._as_of_typed_select(jsonb, regtype, boolean)
+    koherent._as_of_entries(regtype, timestamptz, boolean, jsonb), koherent._as_of_typed_select(jsonb, regtype, boolean),
+    -- revert_plan and revert_context_plan (SECURITY INVOKER) run their typed SELECTs as the
+    -- caller; these helpers check that the caller may call a revert function
+    koherent._revert_plan(uuid[]), koherent._revert_plan_prepare(uuid[]), koherent._revert_plan_rest(uuid[], integer[]),
+    koherent._revert_task_contexts(text, boolean), koherent._revert_context_check(uuid)
   TO PUBLIC;
 
 
