@@ -540,7 +540,10 @@ BEGIN
         'row_key', format('jsonb_build_object(%s)', (SELECT string_agg(format('%L, %s', k,
                           koherent._json_of(a.atttypid, format('v.%I', 'k:' || k))), ', ')
                      FROM unnest(cfg.pk_columns) k JOIN pg_attribute a ON a.attrelid = hist AND a.attname = k)),
-        'current', koherent._source_json_expr(cfg, 't'),
+        'current', CASE WHEN (SELECT bool_and(koherent._is_builtin_type(koherent._base_type(a.atttypid)))
+                                FROM pg_attribute a WHERE a.attrelid = cfg.relid AND a.attnum > 0 AND NOT a.attisdropped)
+                        THEN format('(to_jsonb(t) - %L::text[])', cfg.exclude)
+                        ELSE koherent._source_json_expr(cfg, 't') END,
         'restored_update', coalesce(nullif(array_to_string(restored, ' || '), ''), '''{}''::jsonb'),
         'restored_insert', (SELECT string_agg(format('jsonb_build_object(%s)', p), ' || ')
                               FROM (SELECT string_agg(x, ', ') AS p FROM unnest(inserted) WITH ORDINALITY u(x, i)
@@ -554,22 +557,24 @@ CREATE FUNCTION koherent._revert_fast_plan_sql(cfg koherent.tracked_config, view
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     q jsonb := koherent._revert_fast_sql(cfg, view);
-    masked text := format('(%s) = ''not_visible'' AND NOT %s', q->>'conflict', q->>'auditor');
 BEGIN
+    -- the conflict computed once per row (OFFSET 0 keeps the planner from copying it into
+    -- every expression that uses it)
     RETURN format($s$
-        SELECT %11$s::oid::regclass,
-               CASE WHEN %6$s THEN NULL ELSE %3$s END,
+        SELECT %10$s::oid::regclass,
+               CASE WHEN x.masked THEN NULL ELSE %3$s END,
                CASE v.kind WHEN 'CREATE' THEN 'DELETE' WHEN 'UPDATE' THEN 'UPDATE' ELSE 'INSERT' END,
-               CASE WHEN %6$s OR t.ctid IS NULL THEN NULL ELSE %4$s END,
-               CASE WHEN %6$s THEN NULL
-                    WHEN v.kind = 'UPDATE' THEN %7$s
-                    WHEN v.kind IN ('DELETE', 'TRUNCATE') THEN %8$s END,
-               %5$s
-          FROM %1$s v LEFT JOIN %2$s t ON %9$s
-         WHERE v.kind <> 'UPDATE' OR %10$s
-         ORDER BY v.head
-        $s$, view, q->>'table', q->>'row_key', q->>'current', q->>'conflict', masked,
-        q->>'restored_update', q->>'restored_insert', q->>'keymatch', q->>'any_changed', cfg.relid);
+               CASE WHEN x.masked OR t.ctid IS NULL THEN NULL ELSE %4$s END,
+               CASE WHEN x.masked THEN NULL
+                    WHEN v.kind = 'UPDATE' THEN %6$s
+                    WHEN v.kind IN ('DELETE', 'TRUNCATE') THEN %7$s END,
+               x.w
+          FROM %1$s v LEFT JOIN %2$s t ON %8$s
+         CROSS JOIN LATERAL (SELECT w, w = 'not_visible' AND NOT %11$s AS masked
+                               FROM (SELECT %5$s AS w OFFSET 0) c) x
+         WHERE v.kind <> 'UPDATE' OR %9$s
+        $s$, view, q->>'table', q->>'row_key', q->>'current', q->>'conflict',
+        q->>'restored_update', q->>'restored_insert', q->>'keymatch', q->>'any_changed', cfg.relid, q->>'auditor');
 END $$;
 
 -- revert_plan and revert_context_plan run the typed path's SELECTs themselves (with the client's
@@ -664,9 +669,10 @@ BEGIN
                 'INSERT:ok', count(*) FILTER (WHERE x.a = 'INSERT' AND x.w IS NULL)))
           FROM (SELECT v.head,
                        CASE v.kind WHEN 'CREATE' THEN 'DELETE' WHEN 'UPDATE' THEN 'UPDATE' ELSE 'INSERT' END AS a,
-                       CASE WHEN (%5$s) = 'not_visible' AND NOT %8$s THEN NULL ELSE %4$s END AS k,
-                       %5$s AS w
+                       CASE WHEN c.w IS NULL OR (c.w = 'not_visible' AND NOT %8$s) THEN NULL ELSE %4$s END AS k,
+                       c.w
                   FROM %1$s v LEFT JOIN %2$s t ON %6$s
+                 CROSS JOIN LATERAL (SELECT %5$s AS w OFFSET 0) c
                  WHERE v.kind <> 'UPDATE' OR %7$s) x
         $s$, view, q->>'table', cfg.relid::regclass::text, q->>'row_key', q->>'conflict', q->>'keymatch',
         q->>'any_changed', q->>'auditor'), NULL);
@@ -929,11 +935,22 @@ END $$;
 CREATE FUNCTION koherent.revert_plan(task_id text, include_subtasks boolean DEFAULT false)
 RETURNS TABLE (table_name regclass, row_key jsonb, action text, current_data jsonb, restored_data jsonb,
                conflict text)
-LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT * FROM koherent._revert_plan(koherent._revert_task_contexts(task_id, include_subtasks))
-$$;
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+SET max_parallel_workers_per_gather = 0 SET jit = off AS $$
+DECLARE
+    ctx uuid[] := koherent._revert_task_contexts(task_id, include_subtasks);
+    fast jsonb := koherent._revert_plan_prepare(ctx);
+    f jsonb;
+BEGIN
+    -- (the body of koherent._revert_plan, here so that the rows are not copied once more)
+    FOR f IN SELECT * FROM jsonb_array_elements(fast) LOOP
+        RETURN QUERY EXECUTE f->>'sql';
+    END LOOP;
+    RETURN QUERY SELECT * FROM koherent._revert_plan_rest(ctx,
+        (SELECT coalesce(array_agg((x->>'cfg')::int), '{}') FROM jsonb_array_elements(fast) x));
+END $$;
 COMMENT ON FUNCTION koherent.revert_plan(text, boolean) IS
-  'What reverting a task would write: one row per table row it changed (DELETE, INSERT or UPDATE), the row now, the values restored, and a conflict code or null. Changes nothing.';
+  'What reverting a task would write: one row per table row it changed (DELETE, INSERT or UPDATE; in no particular order), the row now, the values restored, and a conflict code or null. Changes nothing.';
 
 CREATE FUNCTION koherent.revert_context_plan(context_id uuid)
 RETURNS TABLE (table_name regclass, row_key jsonb, action text, current_data jsonb, restored_data jsonb,
