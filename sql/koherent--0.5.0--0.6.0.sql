@@ -460,7 +460,9 @@ BEGIN
     IF n = 0 OR n <> keys OR moved OR epoch > first THEN
         RETURN NULL;
     END IF;
-    EXECUTE format('DROP VIEW IF EXISTS pg_temp.%I', name);
+    IF to_regclass(format('pg_temp.%I', name)) IS NOT NULL THEN  -- (a view a failed call left)
+        EXECUTE format('DROP VIEW pg_temp.%I', name);
+    END IF;
     EXECUTE format('CREATE TEMP VIEW %I AS SELECT h.history_id AS head, h.history_kind AS kind, %s, %s, %s '
                    'FROM %s h WHERE h.history_context = ANY (%L::uuid[])', name,
                    (SELECT string_agg(format('h.%I AS %I', k, 'k:' || k), ', ') FROM unnest(cfg.pk_columns) k),
@@ -620,7 +622,9 @@ DECLARE
 BEGIN
     PERFORM koherent._revert_plan_check();
     FOREACH id IN ARRAY skip LOOP
-        EXECUTE format('DROP VIEW IF EXISTS pg_temp.%I', 'koherent_revert_' || id);
+        IF to_regclass(format('pg_temp.%I', 'koherent_revert_' || id)) IS NOT NULL THEN
+            EXECUTE format('DROP VIEW pg_temp.%I', 'koherent_revert_' || id);
+        END IF;
     END LOOP;
     RETURN QUERY SELECT r.table_name, r.row_key, r.action, r.current_data, r.restored_data, r.conflict
                    FROM koherent._revert_rows(ctx, false, skip) r;
