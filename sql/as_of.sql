@@ -33,7 +33,7 @@ END $$;
 
 -- The checks every as-of function makes first: the moment, the caller's SELECT privilege, the
 -- moment within the table's history, a key's shape.
-CREATE FUNCTION koherent._as_of_check(cfg koherent.tracked_config, at timestamptz, key jsonb) RETURNS void
+CREATE FUNCTION koherent._as_of_check(acting uuid, cfg koherent.tracked_config, at timestamptz, key jsonb) RETURNS void
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     tbl text := format('%I.%I', cfg.schema_name, cfg.table_name);
@@ -41,7 +41,7 @@ BEGIN
     IF at IS NULL THEN
         RAISE EXCEPTION 'koherent: the moment must not be null' USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    IF NOT has_table_privilege(koherent._caller(), cfg.relid, 'SELECT') THEN
+    IF NOT has_table_privilege(koherent._acting_role(acting), cfg.relid, 'SELECT') THEN
         RAISE EXCEPTION 'permission denied for table %', cfg.table_name USING ERRCODE = 'insufficient_privilege';
     END IF;
     IF at < cfg.tracked_since THEN
@@ -65,13 +65,14 @@ END $$;
 -- element per key history touches after `at`; "b" null: no row had that key at `at`. Only keys
 -- the caller may see: it needs SELECT on the table; under row-level security (and not an
 -- auditor), only keys whose row it can read now. With `key`, that key only (index lookups).
-CREATE FUNCTION koherent._as_of_rows(typ regtype, at timestamptz, task_id text, key jsonb)
+CREATE FUNCTION koherent._as_of_rows(acting uuid, typ regtype, at timestamptz, task_id text, key jsonb,
+                                     keyrow anyelement)
 RETURNS jsonb
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 SET max_parallel_workers_per_gather = 0 SET jit = off AS $$
 DECLARE
     cfg koherent.tracked_config := koherent._as_of_config(typ);
-    caller oid := koherent._caller();
+    caller oid := koherent._acting_role(acting);
     tbl text := format('%I.%I', cfg.schema_name, cfg.table_name);
     hist text := format('koherent_history.%I', cfg.history_table);
     keyfilter text := '';
@@ -84,13 +85,15 @@ BEGIN
         at := coalesce(koherent._task_started(task_id), 'infinity');
         at_too := true;
     END IF;
-    PERFORM koherent._as_of_check(cfg, at, key);
+    PERFORM koherent._as_of_check(acting, cfg, at, key);
     IF key IS NOT NULL THEN
         -- index lookups: the row index (key, history_id) for the key's own entries, the
         -- key-change index for the UPDATEs that moved a row away from it
+        -- (the key's typed values come from the caller, who converted its row_key: no value is
+        -- converted here, so no domain check or input function runs with koherent's rights)
         SELECT format(' AND (%s OR (%s AND %s))',
-                      string_agg(format('h.%I = (SELECT x.%I FROM jsonb_populate_record(NULL::%s, $2) x)', c, c, hist), ' AND '),
-                      string_agg(format('h.%I = (SELECT x.%I FROM jsonb_populate_record(NULL::%s, $2) x)', 'old:' || c, c, hist), ' AND '),
+                      string_agg(format('h.%I = ($2).%I', c, c), ' AND '),
+                      string_agg(format('h.%I = ($2).%I', 'old:' || c, c), ' AND '),
                       koherent._key_change_predicate(cfg.pk_columns, 'h.'))
           INTO keyfilter FROM unnest(cfg.pk_columns) c;
     END IF;
@@ -106,30 +109,41 @@ BEGIN
               FROM %1$s h
              WHERE (h.history_date > $1 OR ($3 AND h.history_date = $1))%6$s
         ), ev AS (
-            SELECT id, cmax, dt, bkey AS k, 0 AS role, before FROM e WHERE bkey IS NOT NULL
+            SELECT id, cmax, dt, bkey AS k, 0 AS role, before,
+                   bkey IS DISTINCT FROM akey AS death FROM e WHERE bkey IS NOT NULL
             UNION ALL
-            SELECT id, cmax, dt, akey, 1, NULL FROM e WHERE akey IS NOT NULL
+            SELECT id, cmax, dt, akey, 1, NULL, false FROM e WHERE akey IS NOT NULL
         ), firsts AS (
-            SELECT DISTINCT ON (k) k, before AS b FROM ev ORDER BY k, cmax, dt, id, role
+            -- a statement's moves away from a key come before its moves to it (a key swap)
+            SELECT DISTINCT ON (k) k, before AS b FROM ev ORDER BY k, cmax, dt, role, id
+        ), deaths AS (
+            SELECT DISTINCT k FROM ev WHERE death
         )
-        SELECT jsonb_agg(jsonb_build_object('k', k, 'b', b)) FROM firsts %7$s
+        SELECT jsonb_agg(jsonb_build_object('k', f.k, 'b', f.b, 'd', d.k IS NOT NULL))
+          FROM firsts f LEFT JOIN deaths d ON d.k = f.k %7$s
         $q$, hist, koherent._key_expr(cfg, 'old:', 'h'), koherent._key_expr(cfg, '', 'h'),
         koherent._image_expr(cfg, 'old:', 'h'), koherent._image_expr(cfg, '', 'h'), keyfilter,
-        CASE WHEN key IS NULL THEN '' ELSE format('WHERE k = (SELECT %s FROM jsonb_populate_record(NULL::%s, $2) x)', koherent._key_expr(cfg, '', 'x'), hist) END)
-       INTO rows USING at, key, at_too;
+        CASE WHEN key IS NULL THEN ''
+             ELSE format('WHERE f.k = jsonb_build_object(%s)',
+                         (SELECT string_agg(format('%L, %s', c, koherent._json_of(a.atttypid, format('($2).%I', c))), ', ')
+                            FROM unnest(cfg.pk_columns) c JOIN pg_attribute a ON a.attrelid = hist::regclass AND a.attname = c)) END)
+       INTO rows USING at, keyrow, at_too;
     rows := coalesce(rows, '[]');
-    IF jsonb_array_length(rows) > 0 AND koherent._rls_active_for(cfg.relid, caller)
-       AND NOT koherent._caller_is_auditor() THEN
-        -- under row-level security: only the keys whose row the caller can read now
+    IF jsonb_array_length(rows) > 0 AND koherent._rls_active_for(cfg.relid, caller) THEN
+        -- under row-level security (auditors too: the rows untouched since come from the table
+        -- under the caller's policies): only the keys whose row the caller can read now, and of
+        -- those, a key whose row was deleted or moved away since, a new row taking the key, shows
+        -- nothing of its past (no row to check the policy against)
         SELECT string_agg(format('t.%I = (p.k).%I', c, c), ' AND ') INTO keymatch FROM unnest(cfg.pk_columns) c;
-        rows := coalesce(koherent._as_caller(format(
-            'SELECT jsonb_agg(p.v) FROM (SELECT x AS v, k FROM jsonb_array_elements($1) x, '
+        rows := coalesce(koherent._as_caller(acting, format(
+            'SELECT jsonb_agg(CASE WHEN (p.v->>''d'')::boolean THEN p.v || ''{"b": null}'' ELSE p.v END) '
+            'FROM (SELECT x AS v, k FROM jsonb_array_elements($1) x, '
             'LATERAL jsonb_populate_record(NULL::%1$s, x->''k'') k) p WHERE EXISTS (SELECT 1 FROM %1$s t WHERE %2$s)',
             tbl, keymatch), rows), '[]');
     END IF;
     RETURN jsonb_build_object('pk', to_jsonb(cfg.pk_columns), 'table', tbl, 'rows', rows);
 END $$;
-COMMENT ON FUNCTION koherent._as_of_rows(regtype, timestamptz, text, jsonb) IS
+COMMENT ON FUNCTION koherent._as_of_rows(uuid, regtype, timestamptz, text, jsonb, anyelement) IS
   'Internal: the keys history touches after a moment and their images then (what the caller may see).';
 
 -- The typed path of as_of and row_as_of, taken when the caller is not under row-level security
@@ -141,11 +155,11 @@ COMMENT ON FUNCTION koherent._as_of_rows(regtype, timestamptz, text, jsonb) IS
 -- Whether the typed path applies, and the SQL it needs: null, or {"table", "pk", "coldefs"
 -- (the column definition list of koherent._as_of_entries), "build" (the select list building a
 -- row of the table from the first entry f and the row now c), "keymatch_t", "keymatch_c"}.
-CREATE FUNCTION koherent._as_of_typed(typ regtype, at timestamptz, task_id text, key jsonb) RETURNS jsonb
+CREATE FUNCTION koherent._as_of_typed(acting uuid, typ regtype, at timestamptz, task_id text, key jsonb) RETURNS jsonb
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     cfg koherent.tracked_config := koherent._as_of_config(typ);
-    caller oid := koherent._caller();
+    caller oid := koherent._acting_role(acting);
     hist regclass := format('koherent_history.%I', cfg.history_table)::regclass;
     epoch bigint;
     first bigint;
@@ -155,8 +169,8 @@ BEGIN
         at := coalesce(koherent._task_started(task_id), 'infinity');
         at_too := true;
     END IF;
-    PERFORM koherent._as_of_check(cfg, at, key);
-    IF koherent._rls_active_for(cfg.relid, caller) AND NOT koherent._caller_is_auditor() THEN
+    PERFORM koherent._as_of_check(acting, cfg, at, key);
+    IF koherent._rls_active_for(cfg.relid, caller) THEN
         RETURN NULL;
     END IF;
     -- no column came or went since the moment: none since tracking began (no lookup), else
@@ -177,8 +191,10 @@ BEGIN
         'at', at, 'at_too', at_too,
         'table', format('%I.%I', cfg.schema_name, cfg.table_name),
         'pk', to_jsonb(cfg.pk_columns),
-        'coldefs', (SELECT string_agg(format('%I %s', a.attname, format_type(a.atttypid, a.atttypmod)), ', ' ORDER BY a.attnum)
-                      FROM pg_attribute a WHERE a.attrelid = hist AND a.attnum > 0 AND NOT a.attisdropped),
+        'coldefs', 'history_id bigint, history_kind text, history_date timestamptz, cmax bigint, '
+                   || (SELECT string_agg(format('%I %s', a.attname, format_type(a.atttypid, a.atttypmod)), ', ' ORDER BY a.attnum)
+                         FROM pg_attribute a WHERE a.attrelid = hist AND a.attnum > 0 AND NOT a.attisdropped
+                          AND a.attname NOT IN ('history_id', 'history_kind', 'history_date', 'history_context')),
         'build', (SELECT string_agg(CASE WHEN t.column_name IS NOT NULL THEN format('f.%I::%s', 'b:' || s.attname,
                                                                                    format_type(s.atttypid, s.atttypmod))
                                          ELSE format('c.%I', s.attname) END, ', ' ORDER BY s.attnum)
@@ -199,31 +215,39 @@ END $$;
 -- The entries of `typ`'s history dated after `at` (with `at_too`, at it too), of key `key` if
 -- given (index lookups), typed, as the history table has them. Only for a caller that may see
 -- them all: SELECT on the table, and no row-level security in the way (or an auditor).
-CREATE FUNCTION koherent._as_of_entries(typ regtype, at timestamptz, at_too boolean, key jsonb) RETURNS SETOF record
+CREATE FUNCTION koherent._as_of_entries(acting uuid, typ regtype, at timestamptz, at_too boolean, keyrow anyelement)
+RETURNS SETOF record
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     cfg koherent.tracked_config := koherent._as_of_config(typ);
-    caller oid := koherent._caller();
+    caller oid := koherent._acting_role(acting);
     hist text := format('koherent_history.%I', cfg.history_table);
     keyfilter text := '';
 BEGIN
     IF NOT has_table_privilege(caller, cfg.relid, 'SELECT') THEN
         RAISE EXCEPTION 'permission denied for table %', cfg.table_name USING ERRCODE = 'insufficient_privilege';
     END IF;
-    IF koherent._rls_active_for(cfg.relid, caller) AND NOT koherent._caller_is_auditor() THEN
+    IF koherent._rls_active_for(cfg.relid, caller) THEN
         RAISE EXCEPTION 'koherent: % is under row-level security for this role', cfg.table_name
             USING ERRCODE = 'insufficient_privilege';
     END IF;
-    IF key IS NOT NULL THEN
+    IF keyrow IS DISTINCT FROM NULL THEN
+        -- typed key values from the caller (no conversion here)
         SELECT format(' AND (%s OR (%s AND %s))',
-                      string_agg(format('h.%I = (SELECT x.%I FROM jsonb_populate_record(NULL::%s, $3) x)', c, c, hist), ' AND '),
-                      string_agg(format('h.%I = (SELECT x.%I FROM jsonb_populate_record(NULL::%s, $3) x)', 'old:' || c, c, hist), ' AND '),
+                      string_agg(format('h.%I = ($3).%I', c, c), ' AND '),
+                      string_agg(format('h.%I = ($3).%I', 'old:' || c, c), ' AND '),
                       koherent._key_change_predicate(cfg.pk_columns, 'h.'))
           INTO keyfilter FROM unnest(cfg.pk_columns) c;
     END IF;
-    RETURN QUERY EXECUTE format('SELECT h.* FROM %s h WHERE (h.history_date > $1 OR ($2 AND h.history_date = $1))%s',
+    -- each entry with the greatest history id of its transaction in place of its context id
+    RETURN QUERY EXECUTE format('SELECT h.history_id, h.history_kind, h.history_date, '
+                                'max(h.history_id) OVER (PARTITION BY h.history_context), %s '
+                                'FROM %s h WHERE (h.history_date > $1 OR ($2 AND h.history_date = $1))%s',
+                                (SELECT string_agg(format('h.%I', a.attname), ', ' ORDER BY a.attnum)
+                                   FROM pg_attribute a WHERE a.attrelid = hist::regclass AND a.attnum > 0 AND NOT a.attisdropped
+                                    AND a.attname NOT IN ('history_id', 'history_kind', 'history_date', 'history_context')),
                                 hist, keyfilter)
-                 USING at, at_too, key;
+                 USING at, at_too, keyrow;
 END $$;
 
 -- The caller's query of the typed path: each key's first entry after the moment (in the order
@@ -233,16 +257,15 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     WITH k AS (SELECT k, o FROM jsonb_array_elements_text(info->'pk') WITH ORDINALITY AS x(k, o))
     SELECT format($q$
         WITH e AS MATERIALIZED (
-            SELECT h.history_id AS id, h.history_date AS dt,
-                   max(h.history_id) OVER (PARTITION BY h.history_context) AS cmax, h.history_kind AS kind,
+            SELECT h.history_id AS id, h.history_date AS dt, h.cmax, h.history_kind AS kind,
                    %4$s, %5$s, %6$s
-              FROM koherent._as_of_entries(%2$L::regtype, $1, $2, $3) AS h(%3$s)
+              FROM koherent._as_of_entries($4, %2$L::regtype, $1, $2, $3) AS h(%3$s)
         ), ev AS (
             SELECT id, cmax, dt, 0 AS role, %7$s, %8$s FROM e WHERE kind <> 'CREATE'
             UNION ALL
             SELECT id, cmax, dt, 1 AS role, %9$s, %8$s FROM e WHERE kind IN ('CREATE', 'UPDATE')
         ), f AS (
-            SELECT DISTINCT ON (%10$s) * FROM ev ORDER BY %10$s, cmax, dt, id, role
+            SELECT DISTINCT ON (%10$s) * FROM ev ORDER BY %10$s, cmax, dt, role, id
         )
         %11$s
         $q$,
@@ -259,8 +282,7 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
                  'SELECT %1$s FROM f LEFT JOIN %2$s c ON %3$s WHERE f.role = 0 AND (%4$s) = (%5$s) '
                  'UNION ALL SELECT t.* FROM %2$s t WHERE (%6$s) = (%5$s) AND NOT EXISTS (SELECT 1 FROM f WHERE (%4$s) = (%5$s))',
                  info->>'build', info->>'table', info->>'keymatch_c', info->>'kcols',
-                 format('SELECT %s FROM jsonb_populate_record(NULL::%s, $3) x',
-                        (SELECT string_agg(format('x.%I', k), ', ' ORDER BY o) FROM k), info->>'table'),
+                 format('SELECT %s', (SELECT string_agg(format('($3).%I', k), ', ' ORDER BY o) FROM k)),
                  (SELECT string_agg(format('t.%I', k), ', ' ORDER BY o) FROM k))
              ELSE format('SELECT t.* FROM %1$s t WHERE NOT EXISTS (SELECT 1 FROM f WHERE %2$s) '
                          'UNION ALL SELECT %3$s FROM f LEFT JOIN %1$s c ON %4$s WHERE f.role = 0',
@@ -285,17 +307,19 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 CREATE FUNCTION koherent.as_of(tbl anyelement, at timestamptz) RETURNS SETOF anyelement
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+-- no SET search_path: koherent._acting() records the caller's own
+LANGUAGE plpgsql STABLE AS $$
 DECLARE
-    typed jsonb := koherent._as_of_typed(pg_typeof(tbl)::regtype, at, NULL, NULL);
+    acting uuid := koherent._acting();  -- the role executing this function (SECURITY INVOKER)
+    typed jsonb := koherent._as_of_typed(acting, pg_typeof(tbl)::regtype, at, NULL, NULL);
     info jsonb;
 BEGIN
     IF typed IS NOT NULL THEN
         RETURN QUERY EXECUTE koherent._as_of_typed_select(typed, pg_typeof(tbl)::regtype, false)
-                     USING at, false, NULL::jsonb;
+                     USING at, false, tbl, acting;
         RETURN;
     END IF;
-    info := koherent._as_of_rows(pg_typeof(tbl)::regtype, at, NULL, NULL);
+    info := koherent._as_of_rows(acting, pg_typeof(tbl)::regtype, at, NULL, NULL, tbl);
     RETURN QUERY EXECUTE koherent._as_of_select(info) USING info;
 END $$;
 COMMENT ON FUNCTION koherent.as_of(anyelement, timestamptz) IS
@@ -326,45 +350,52 @@ BEGIN
 END $$;
 
 CREATE FUNCTION koherent.as_of_task(tbl anyelement, task_id text) RETURNS SETOF anyelement
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+-- no SET search_path: koherent._acting() records the caller's own
+LANGUAGE plpgsql STABLE AS $$
 DECLARE
+    acting uuid := koherent._acting();
     info jsonb;
 BEGIN
     IF task_id IS NULL THEN
         RAISE EXCEPTION 'koherent: task_id must not be null' USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    info := koherent._as_of_typed(pg_typeof(tbl)::regtype, NULL, task_id, NULL);
+    info := koherent._as_of_typed(acting, pg_typeof(tbl)::regtype, NULL, task_id, NULL);
     IF info IS NOT NULL THEN
         RETURN QUERY EXECUTE koherent._as_of_typed_select(info, pg_typeof(tbl)::regtype, false)
-                     USING (info->>'at')::timestamptz, true, NULL::jsonb;
+                     USING (info->>'at')::timestamptz, true, tbl, acting;
         RETURN;
     END IF;
-    info := koherent._as_of_rows(pg_typeof(tbl)::regtype, NULL, task_id, NULL);
+    info := koherent._as_of_rows(acting, pg_typeof(tbl)::regtype, NULL, task_id, NULL, tbl);
     RETURN QUERY EXECUTE koherent._as_of_select(info) USING info;
 END $$;
 COMMENT ON FUNCTION koherent.as_of_task(anyelement, text) IS
   'The rows of a tracked table just before a task''s first change (the state its run started from).';
 
 CREATE FUNCTION koherent.row_as_of(tbl anyelement, row_key jsonb, at timestamptz) RETURNS anyelement
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+-- no SET search_path: koherent._acting() records the caller's own
+LANGUAGE plpgsql STABLE AS $$
 DECLARE
+    acting uuid := koherent._acting();
     info jsonb;
     keymatch text;
     n bigint;
+    keyrow record;
 BEGIN
     IF row_key IS NULL THEN
         RAISE EXCEPTION 'koherent: row_key must not be null' USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    info := koherent._as_of_typed(pg_typeof(tbl)::regtype, at, NULL, row_key);
+    -- the key's typed values, converted here with the caller's rights
+    keyrow := jsonb_populate_record(tbl, row_key);
+    info := koherent._as_of_typed(acting, pg_typeof(tbl)::regtype, at, NULL, row_key);
     IF info IS NOT NULL THEN
-        EXECUTE koherent._as_of_typed_select(info, pg_typeof(tbl)::regtype, true) INTO tbl USING at, false, row_key;
+        EXECUTE koherent._as_of_typed_select(info, pg_typeof(tbl)::regtype, true) INTO tbl USING at, false, keyrow, acting;
         GET DIAGNOSTICS n = ROW_COUNT;
         IF n = 0 THEN
             RETURN NULL;
         END IF;
         RETURN tbl;
     END IF;
-    info := koherent._as_of_rows(pg_typeof(tbl)::regtype, at, NULL, row_key);
+    info := koherent._as_of_rows(acting, pg_typeof(tbl)::regtype, at, NULL, row_key, keyrow);
     IF info->'rows'->0->'b' = 'null' THEN
         RETURN NULL;  -- no row had this key then
     END IF;

@@ -15,15 +15,21 @@ GRANT EXECUTE ON FUNCTION
     koherent.args_hash(jsonb), koherent._args_hash(text),
     -- called by the views with the reader's rights: a value's text by its output function
     koherent._text_out(anyelement),
-    -- a table as of a moment: what the caller may SELECT of it (checked by koherent._as_of_rows)
+    -- revert and as-of: who the helpers act for (src/revert/mod.rs)
+    koherent._acting(),
+    -- a table as of a moment: what the caller may SELECT of it (checked by the helpers, which
+    -- act for the role koherent._acting() names)
     koherent.as_of(anyelement, timestamptz), koherent.as_of_task(anyelement, text),
-    koherent.row_as_of(anyelement, jsonb, timestamptz), koherent._as_of_rows(regtype, timestamptz, text, jsonb),
-    koherent._as_of_select(jsonb), koherent._as_of_typed(regtype, timestamptz, text, jsonb),
-    koherent._as_of_entries(regtype, timestamptz, boolean, jsonb), koherent._as_of_typed_select(jsonb, regtype, boolean),
-    -- revert_plan and revert_context_plan (SECURITY INVOKER) run their typed SELECTs as the
-    -- caller; these helpers check that the caller may call a revert function
-    koherent._revert_plan(uuid[]), koherent._revert_plan_prepare(uuid[]), koherent._revert_plan_rest(uuid[], integer[]),
-    koherent._revert_task_contexts(text, boolean), koherent._revert_context_check(uuid)
+    koherent.row_as_of(anyelement, jsonb, timestamptz),
+    koherent._as_of_rows(uuid, regtype, timestamptz, text, jsonb, anyelement), koherent._as_of_select(jsonb),
+    koherent._as_of_typed(uuid, regtype, timestamptz, text, jsonb),
+    koherent._as_of_entries(uuid, regtype, timestamptz, boolean, anyelement), koherent._as_of_typed_select(jsonb, regtype, boolean),
+    -- the plan and revert functions (SECURITY INVOKER; granted by an administrator) call these,
+    -- which check that the role they act for may call them
+    koherent._revert_plan(uuid, uuid[]), koherent._revert_plan_prepare(uuid, uuid[]),
+    koherent._revert_plan_rest(uuid, uuid[], integer[]), koherent._revert_task_contexts(uuid, text, boolean),
+    koherent._revert_context_check(uuid, uuid), koherent._revert_task(uuid, text, boolean, text),
+    koherent._revert_context(uuid, uuid, text)
   TO PUBLIC;
 
 

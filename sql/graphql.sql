@@ -130,7 +130,7 @@ BEGIN
      WHERE c.oid = tbl;
     EXECUTE format($f$
         CREATE OR REPLACE FUNCTION %1$I.%2$I(at timestamptz) RETURNS SETOF %3$s
-        LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $b$
+        LANGUAGE sql STABLE AS $b$
             SELECT * FROM koherent.as_of(NULL::%3$s, at)
         $b$ $f$, nsp, rel || '_as_of', format('%I.%I', nsp, rel));
     EXECUTE format('COMMENT ON FUNCTION %I.%I(timestamptz) IS %L', nsp, rel || '_as_of',

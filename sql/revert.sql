@@ -6,10 +6,10 @@
 -- runs as the client through koherent._as_caller (src/revert/mod.rs): GRANTs and row-level
 -- security apply as if the client had sent the statements itself.
 
-CREATE FUNCTION koherent._as_caller(query text, arg jsonb) RETURNS jsonb
+CREATE FUNCTION koherent._as_caller(acting uuid, query text, arg jsonb) RETURNS jsonb
 LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'koherent_as_caller';
-COMMENT ON FUNCTION koherent._as_caller(text, jsonb) IS
-  'Internal: run one generated statement with the client''s rights (owner only).';
+COMMENT ON FUNCTION koherent._as_caller(uuid, text, jsonb) IS
+  'Internal: run one generated statement as the role a capability from koherent._acting() names, with its search_path (owner only).';
 
 -- A row image of history entries as jsonb: the data columns (prefix '') or their "old:" twins
 -- (prefix 'old:') of entry `alias`, named as the table's columns are named now, with exactly the
@@ -132,6 +132,12 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
              WHERE x.task_id = t.task_id AND x.issuer = t.issuer OFFSET 0) c
 $$;
 
+-- Whether role `r` is an auditor (SELECT on koherent.task's token: README, "Who reads history").
+CREATE FUNCTION koherent._is_auditor(r oid) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT pg_catalog.has_column_privilege(r, 'koherent.task'::regclass, 'token', 'SELECT')
+$$;
+
 -- Whether row-level security filters the rows of `tbl` for role `r` (row_security_active asks
 -- for the current user; inside SECURITY DEFINER that is the owner).
 CREATE FUNCTION koherent._rls_active_for(tbl regclass, r oid) RETURNS boolean
@@ -166,7 +172,8 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
              WHERE h.history_context = ANY ($1)
         ),
         -- each entry leaves its old key (role 0) and arrives at its new one (role 1); in one
-        -- key's order, a leave right after an arrival continues that arrival's row
+        -- key's order, a leave right after an arrival continues that arrival's row; within a
+        -- statement, its moves away from a key come before its moves to it (a key swap)
         ev AS (
             SELECT id, cmax, dt, bkey AS k, 0 AS role FROM e WHERE bkey IS NOT NULL
             UNION ALL
@@ -175,7 +182,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         lk AS (
             SELECT id, role, lag(role) OVER w AS prole, lag(id) OVER w AS pid,
                    lead(role) OVER w AS nrole, lead(id) OVER w AS nid
-              FROM ev WINDOW w AS (PARTITION BY k ORDER BY cmax, dt, id, role)
+              FROM ev WINDOW w AS (PARTITION BY k ORDER BY cmax, dt, role, id)
         ),
         link AS (
             SELECT e.id, lp.pid AS pred, ln.nid AS nxt
@@ -231,20 +238,19 @@ END $$;
 -- owner's rights; the client reads nothing else of history, and the view is gone when the call
 -- returns or fails).
 
--- Whether two values of type `typ` (a history column's, a base type) are the same, as SQL:
--- `IS NOT DISTINCT FROM` where PostgreSQL's own default btree or hash operator class compares
--- them, else their output text (json, point, arrays; types outside pg_catalog, whose operators
--- a type owner writes).
+-- Whether two values of type `typ` (a history column's, a base type) are the same, as SQL: the
+-- same answer the row-by-row path and effective_change give (their JSON text is the same).
 CREATE FUNCTION koherent._same_expr(typ oid, a text, b text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE
-        WHEN koherent._is_builtin_type(typ) AND EXISTS (
-                SELECT 1 FROM pg_opclass oc JOIN pg_am am ON am.oid = oc.opcmethod
-                 WHERE oc.opcintype = typ AND oc.opcdefault AND am.amname IN ('btree', 'hash'))
+        -- types whose equality is identity: compared as they are (fast)
+        WHEN typ IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype, 'bool'::regtype, 'text'::regtype,
+                     'varchar'::regtype, 'name'::regtype, 'uuid'::regtype, 'date'::regtype, 'timestamp'::regtype,
+                     'timestamptz'::regtype, 'bytea'::regtype, 'oid'::regtype, '"char"'::regtype)
              THEN format('(%s IS NOT DISTINCT FROM %s)', a, b)
-        WHEN koherent._is_builtin_type(typ)
-             THEN format('(%s::text IS NOT DISTINCT FROM %s::text)', a, b)
-        ELSE format('(koherent._text_out(%s) IS NOT DISTINCT FROM koherent._text_out(%s))', a, b)
+        -- any other: as history shows it, the JSON text of the value (numeric 1.0 and 1.00,
+        -- interval '1 day' and '24 hours', char padding differ; see koherent._json_of)
+        ELSE format('(%s::text IS NOT DISTINCT FROM %s::text)', koherent._json_of(typ, a), koherent._json_of(typ, b))
     END
 $$;
 
@@ -259,7 +265,7 @@ $$;
 -- (pg_temp.koherent_revert_<config id>), else null. Columns: head (history id), kind, "k:<key
 -- column>", "n:<column>" (the entry's row), "o:<column>" (an UPDATE's old row), for the
 -- columns history records now.
-CREATE FUNCTION koherent._revert_fast_view(cfg koherent.tracked_config, ctx uuid[]) RETURNS text
+CREATE FUNCTION koherent._revert_fast_view(acting uuid, cfg koherent.tracked_config, ctx uuid[]) RETURNS text
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     hist text := format('koherent_history.%I', cfg.history_table);
@@ -274,8 +280,8 @@ BEGIN
     -- see them all (SELECT on the table, and no row-level security in the way, or an auditor)
     IF NOT cfg.active OR cfg.dropped_at IS NOT NULL OR pg_is_in_recovery()
        OR current_setting('transaction_read_only')::boolean
-       OR NOT has_table_privilege(koherent._caller(), cfg.relid, 'SELECT')
-       OR (koherent._rls_active_for(cfg.relid, koherent._caller()) AND NOT koherent._caller_is_auditor()) THEN
+       OR NOT has_table_privilege(koherent._acting_role(acting), cfg.relid, 'SELECT')
+       OR (koherent._rls_active_for(cfg.relid, koherent._acting_role(acting)) AND NOT koherent._is_auditor(koherent._acting_role(acting))) THEN
         RETURN NULL;
     END IF;
     EXECUTE format('SELECT min(h.history_id), count(*), count(DISTINCT ROW(%s)), coalesce(bool_or(%s), false) '
@@ -299,7 +305,7 @@ BEGIN
                    (SELECT string_agg(format('h.%I AS %I', 'old:' || c.column_name, 'o:' || c.column_name), ', ' ORDER BY c.attnum)
                       FROM koherent.tracked_column c WHERE c.config_id = cfg.id AND c.live_until IS NULL),
                    hist, ctx);
-    EXECUTE format('GRANT SELECT ON pg_temp.%I TO %I', name, (SELECT rolname FROM pg_roles WHERE oid = koherent._caller()));
+    EXECUTE format('GRANT SELECT ON pg_temp.%I TO %I', name, (SELECT rolname FROM pg_roles WHERE oid = koherent._acting_role(acting)));
     RETURN 'pg_temp.' || quote_ident(name);
 END $$;
 
@@ -307,11 +313,11 @@ END $$;
 -- JOINed on the key): as jsonb {"table", "join", "changed" (per column: whether the UPDATE
 -- changed it), "any_changed", "conflict" (the conflict code, as revert_plan's), "row_key",
 -- "current", "restored", "cols" (the columns an INSERT writes), "required_missing"}.
-CREATE FUNCTION koherent._revert_fast_sql(cfg koherent.tracked_config, view text) RETURNS jsonb
+CREATE FUNCTION koherent._revert_fast_sql(acting uuid, cfg koherent.tracked_config, view text) RETURNS jsonb
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    caller oid := koherent._caller();
-    auditor boolean := koherent._caller_is_auditor();
+    caller oid := koherent._acting_role(acting);
+    auditor boolean := koherent._is_auditor(koherent._acting_role(acting));
     rls boolean := koherent._rls_active_for(cfg.relid, caller);
     hist regclass := format('koherent_history.%I', cfg.history_table)::regclass;
     tbl text := format('%I.%I', cfg.schema_name, cfg.table_name);
@@ -383,10 +389,10 @@ END $$;
 
 -- revert_plan's rows of a table on the typed path: the SELECT (the client's own) that gives them,
 -- in revert_plan's columns, in history order.
-CREATE FUNCTION koherent._revert_fast_plan_sql(cfg koherent.tracked_config, view text) RETURNS text
+CREATE FUNCTION koherent._revert_fast_plan_sql(acting uuid, cfg koherent.tracked_config, view text) RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    q jsonb := koherent._revert_fast_sql(cfg, view);
+    q jsonb := koherent._revert_fast_sql(acting, cfg, view);
 BEGIN
     -- the conflict computed once per row (OFFSET 0 keeps the planner from copying it into
     -- every expression that uses it)
@@ -411,83 +417,83 @@ END $$;
 -- rights, straight into their result): these two SECURITY DEFINER helpers prepare the views and
 -- give the SELECTs, then plan the other tables row by row and drop the views. Each checks that
 -- the client may call the plan functions.
-CREATE FUNCTION koherent._revert_plan_check() RETURNS void
+CREATE FUNCTION koherent._revert_plan_check(acting uuid) RETURNS void
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF NOT (has_function_privilege(koherent._caller(), 'koherent.revert_plan(text, boolean)', 'EXECUTE')
-            OR has_function_privilege(koherent._caller(), 'koherent.revert_context_plan(uuid)', 'EXECUTE')
-            OR has_function_privilege(koherent._caller(), 'koherent.revert_task(text, boolean, text)', 'EXECUTE')
-            OR has_function_privilege(koherent._caller(), 'koherent.revert_context(uuid, text)', 'EXECUTE')) THEN
+    IF NOT (has_function_privilege(koherent._acting_role(acting), 'koherent.revert_plan(text, boolean)', 'EXECUTE')
+            OR has_function_privilege(koherent._acting_role(acting), 'koherent.revert_context_plan(uuid)', 'EXECUTE')
+            OR has_function_privilege(koherent._acting_role(acting), 'koherent.revert_task(text, boolean, text)', 'EXECUTE')
+            OR has_function_privilege(koherent._acting_role(acting), 'koherent.revert_context(uuid, text)', 'EXECUTE')) THEN
         RAISE EXCEPTION 'permission denied for function revert_plan' USING ERRCODE = 'insufficient_privilege';
     END IF;
 END $$;
 
-CREATE FUNCTION koherent._revert_plan_prepare(ctx uuid[]) RETURNS jsonb
+CREATE FUNCTION koherent._revert_plan_prepare(acting uuid, ctx uuid[]) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     cfg koherent.tracked_config;
     view text;
     fast jsonb := '[]';
 BEGIN
-    PERFORM koherent._revert_plan_check();
+    PERFORM koherent._revert_plan_check(acting);
     FOR cfg IN SELECT * FROM koherent.tracked_config c ORDER BY c.id LOOP
         CONTINUE WHEN to_regclass(format('koherent_history.%I', cfg.history_table)) IS NULL;
         PERFORM koherent._summarize(to_regclass(format('koherent_history.%I', cfg.history_table))::oid);
-        view := koherent._revert_fast_view(cfg, ctx);
+        view := koherent._revert_fast_view(acting, cfg, ctx);
         IF view IS NOT NULL THEN
-            fast := fast || jsonb_build_object('cfg', cfg.id, 'sql', koherent._revert_fast_plan_sql(cfg, view));
+            fast := fast || jsonb_build_object('cfg', cfg.id, 'sql', koherent._revert_fast_plan_sql(acting, cfg, view));
         END IF;
     END LOOP;
     RETURN fast;
 END $$;
 
-CREATE FUNCTION koherent._revert_plan_rest(ctx uuid[], skip integer[])
+CREATE FUNCTION koherent._revert_plan_rest(acting uuid, ctx uuid[], skip integer[])
 RETURNS TABLE (table_name regclass, row_key jsonb, action text, current_data jsonb, restored_data jsonb,
                conflict text)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     id integer;
 BEGIN
-    PERFORM koherent._revert_plan_check();
+    PERFORM koherent._revert_plan_check(acting);
     FOREACH id IN ARRAY skip LOOP
         IF to_regclass(format('pg_temp.%I', 'koherent_revert_' || id)) IS NOT NULL THEN
             EXECUTE format('DROP VIEW pg_temp.%I', 'koherent_revert_' || id);
         END IF;
     END LOOP;
     RETURN QUERY SELECT r.table_name, r.row_key, r.action, r.current_data, r.restored_data, r.conflict
-                   FROM koherent._revert_rows(ctx, false, skip) r;
+                   FROM koherent._revert_rows(acting, ctx, false, skip) r;
 END $$;
 
 -- The plan (revert_plan, revert_context_plan): the typed path's tables, then the others.
-CREATE FUNCTION koherent._revert_plan(ctx uuid[])
+CREATE FUNCTION koherent._revert_plan(acting uuid, ctx uuid[])
 RETURNS TABLE (table_name regclass, row_key jsonb, action text, current_data jsonb, restored_data jsonb,
                conflict text)
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
 SET max_parallel_workers_per_gather = 0 SET jit = off AS $$
 DECLARE
-    fast jsonb := koherent._revert_plan_prepare(ctx);
+    fast jsonb := koherent._revert_plan_prepare(acting, ctx);
     f jsonb;
 BEGIN
     FOR f IN SELECT * FROM jsonb_array_elements(fast) LOOP
         RETURN QUERY EXECUTE f->>'sql';
     END LOOP;
-    RETURN QUERY SELECT * FROM koherent._revert_plan_rest(ctx,
+    RETURN QUERY SELECT * FROM koherent._revert_plan_rest(acting, ctx,
         (SELECT coalesce(array_agg((x->>'cfg')::int), '{}') FROM jsonb_array_elements(fast) x));
 END $$;
 
 -- The typed path of revert_task for one table: lock the rows the plan writes (as the client),
 -- then find the conflicts and count the writes per action. Returns {"cfg", "sql", "conflicts",
 -- "counts": {"<action>:<conflict or ok>": n}}.
-CREATE FUNCTION koherent._revert_fast_prepare(cfg koherent.tracked_config, view text) RETURNS jsonb
+CREATE FUNCTION koherent._revert_fast_prepare(acting uuid, cfg koherent.tracked_config, view text) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    q jsonb := koherent._revert_fast_sql(cfg, view);
+    q jsonb := koherent._revert_fast_sql(acting, cfg, view);
     res jsonb;
 BEGIN
-    PERFORM koherent._as_caller(format(
+    PERFORM koherent._as_caller(acting, format(
         'SELECT to_jsonb(count(*)) FROM (SELECT 1 FROM %2$s t JOIN %1$s v ON %3$s '
         'WHERE v.kind IN (''CREATE'', ''UPDATE'') FOR UPDATE OF t) x', view, q->>'table', q->>'keymatch'), NULL);
-    res := koherent._as_caller(format($s$
+    res := koherent._as_caller(acting, format($s$
         SELECT jsonb_build_object(
             'conflicts', coalesce(jsonb_agg(jsonb_build_object('table_name', %3$L, 'row_key', x.k, 'action', x.a,
                                                                'conflict', x.w) ORDER BY x.head)
@@ -514,7 +520,7 @@ END $$;
 -- One step of the typed path's writes ('delete', 'update', 'insert'), as the client; the rows
 -- it writes must be those counted by koherent._revert_fast_prepare (42501 otherwise: a policy
 -- hides some of them from the write). Returns how many rows it wrote.
-CREATE FUNCTION koherent._revert_fast_write(info jsonb, step text, on_conflict text) RETURNS bigint
+CREATE FUNCTION koherent._revert_fast_write(acting uuid, info jsonb, step text, on_conflict text) RETURNS bigint
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     q jsonb := info->'sql';
@@ -526,6 +532,7 @@ DECLARE
     keep text := CASE WHEN on_conflict = 'skip' THEN format('AND (%s) IS NULL', q->>'conflict') ELSE '' END;
     mask text;
     m text;
+    keys text[];
     cols text;
     ncols text;
     ocols text;
@@ -539,7 +546,7 @@ BEGIN
         expected := coalesce((counts->>'DELETE:ok')::bigint, 0)
                     + CASE WHEN on_conflict = 'skip' THEN 0 ELSE coalesce((counts->>'DELETE:changed_later')::bigint, 0) END;
         IF expected > 0 THEN
-            PERFORM koherent._revert_write(format('DELETE FROM %s t USING %s v WHERE %s AND v.kind = ''CREATE'' %s',
+            PERFORM koherent._revert_write(acting, format('DELETE FROM %s t USING %s v WHERE %s AND v.kind = ''CREATE'' %s',
                                                   tbl, view, q->>'keymatch', keep), NULL, expected, 'delete', tbl);
         END IF;
         RETURN expected;
@@ -547,15 +554,17 @@ BEGIN
         expected := coalesce((counts->>'UPDATE:ok')::bigint, 0)
                     + CASE WHEN on_conflict = 'skip' THEN 0 ELSE coalesce((counts->>'UPDATE:changed_later')::bigint, 0) END;
         IF expected > 0 THEN
-            -- one statement per set of changed columns, each writing only those
-            mask := (SELECT string_agg(format('CASE WHEN %s THEN %L ELSE '''' END', value #>> '{}', key || ','), ' || ')
-                       FROM jsonb_each(q->'changed'));
+            -- one statement per set of changed columns, each writing only those: the set as a
+            -- string of 0s and 1s, one per column in the order of `changed`'s keys
+            SELECT array_agg(key ORDER BY n), string_agg(format('CASE WHEN %s THEN ''1'' ELSE ''0'' END', value #>> '{}'), ' || ' ORDER BY n)
+              INTO keys, mask
+              FROM jsonb_each(q->'changed') WITH ORDINALITY AS e(key, value, n);
             FOR m IN EXECUTE format('SELECT DISTINCT %s FROM %s v WHERE v.kind = ''UPDATE'' AND (%s)', mask, view, q->>'any_changed') LOOP
-                CONTINUE WHEN m = '';
-                total := total + (koherent._as_caller(format(
+                CONTINUE WHEN strpos(m, '1') = 0;
+                total := total + (koherent._as_caller(acting, format(
                     'UPDATE %s t SET %s FROM %s v WHERE %s AND v.kind = ''UPDATE'' AND %s = %L %s', tbl,
-                    (SELECT string_agg(format('%I = v.%I', f, 'o:' || f), ', ')
-                       FROM unnest(string_to_array(rtrim(m, ','), ',')) f),
+                    (SELECT string_agg(format('%I = v.%I', keys[i], 'o:' || keys[i]), ', ')
+                       FROM generate_series(1, length(m)) i WHERE substr(m, i, 1) = '1'),
                     view, q->>'keymatch', mask, m, keep), NULL))::text::bigint;
             END LOOP;
             IF total <> expected THEN
@@ -568,14 +577,14 @@ BEGIN
     ELSE
         expected := coalesce((counts->>'INSERT:ok')::bigint, 0);
         IF expected > 0 THEN
-            PERFORM koherent._revert_write(format(
+            PERFORM koherent._revert_write(acting, format(
                 'INSERT INTO %1$s (%2$s) OVERRIDING SYSTEM VALUE SELECT %3$s FROM %4$s v LEFT JOIN %1$s t ON %5$s '
                 'WHERE v.kind IN (''DELETE'', ''TRUNCATE'') AND (%6$s) IS NULL',
                 tbl, cols, ncols, view, q->>'keymatch', q->>'conflict'), NULL, expected, 'insert', tbl);
         END IF;
         -- overwrite: a row the task changed and someone deleted since is written back whole
         IF on_conflict = 'overwrite' AND coalesce((counts->>'UPDATE:deleted_later')::bigint, 0) > 0 THEN
-            PERFORM koherent._revert_write(format(
+            PERFORM koherent._revert_write(acting, format(
                 'INSERT INTO %1$s (%2$s) OVERRIDING SYSTEM VALUE SELECT %3$s FROM %4$s v '
                 'WHERE v.kind = ''UPDATE'' AND (%5$s) AND NOT EXISTS (SELECT 1 FROM %1$s t WHERE %6$s)',
                 tbl, cols, ocols, view, q->>'any_changed', q->>'keymatch'),
@@ -591,15 +600,15 @@ END $$;
 -- as the client), so that no writer changes them between the plan and the revert's writes.
 -- Columns beyond revert_plan's: the config, the key of the row now (`at_key`), the columns an
 -- UPDATE or INSERT writes (`fields`), the full image before (`before_data`).
-CREATE FUNCTION koherent._revert_rows(ctx uuid[], lock boolean, skip integer[] DEFAULT '{}')
+CREATE FUNCTION koherent._revert_rows(acting uuid, ctx uuid[], lock boolean, skip integer[] DEFAULT '{}')
 RETURNS TABLE (cfg_id integer, table_name regclass, row_key jsonb, action text, current_data jsonb,
                restored_data jsonb, conflict text, at_key jsonb, fields text[], before_data jsonb, head bigint)
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
 SET max_parallel_workers_per_gather = 0 SET jit = off AS $$
 DECLARE
     cfg koherent.tracked_config;
-    caller oid := koherent._caller();
-    auditor boolean := koherent._caller_is_auditor();
+    caller oid := koherent._acting_role(acting);
+    auditor boolean := koherent._is_auditor(koherent._acting_role(acting));
     hist regclass;
     threads jsonb;
     cur jsonb;
@@ -652,17 +661,17 @@ BEGIN
             -- as the client: lock the rows at their keys now, then read them and whether the
             -- keys a revert would move or reinsert rows to are taken
             IF lock THEN
-                PERFORM koherent._as_caller(format(
+                PERFORM koherent._as_caller(acting, format(
                     'SELECT to_jsonb(count(*)) FROM (SELECT 1 FROM %1$s t, jsonb_array_elements($1) p, '
                     'LATERAL jsonb_populate_record(NULL::%1$s, coalesce(nullif(p->''akey'', ''null''), ''{}'')) k '
                     'WHERE %2$s FOR UPDATE OF t) x', tbl, keymatch), threads);
             END IF;
-            cur := koherent._as_caller(format(
+            cur := koherent._as_caller(acting, format(
                 'SELECT jsonb_agg(CASE WHEN t.ctid IS NOT NULL THEN %3$s END ORDER BY p.i) '
                 'FROM (SELECT p.i, k FROM jsonb_array_elements($1) WITH ORDINALITY p(v, i), '
                 'LATERAL jsonb_populate_record(NULL::%1$s, coalesce(nullif(p.v->''akey'', ''null''), ''{}'')) k) p '
                 'LEFT JOIN %1$s t ON %2$s', tbl, replace(keymatch, 'k.', '(p.k).'), koherent._source_json_expr(cfg, 't')), threads);
-            occ := koherent._as_caller(format(
+            occ := koherent._as_caller(acting, format(
                 'SELECT jsonb_agg(t.ctid IS NOT NULL ORDER BY p.i) '
                 'FROM (SELECT p.i, k FROM jsonb_array_elements($1) WITH ORDINALITY p(v, i), '
                 'LATERAL jsonb_populate_record(NULL::%1$s, CASE WHEN p.v->''bkey'' IS DISTINCT FROM p.v->''akey'' '
@@ -685,7 +694,7 @@ BEGIN
                    CASE WHEN p.b IS NULL THEN 'DELETE' WHEN p.a IS NULL THEN 'INSERT' ELSE 'UPDATE' END AS act,
                    -- the fields an UPDATE writes: those the contexts changed
                    (SELECT array_agg(f ORDER BY f) FROM jsonb_object_keys(p.b) f
-                     WHERE p.a IS NOT NULL AND p.b->f IS DISTINCT FROM p.a->f AND NOT (f = ANY (generated))) AS changed
+                     WHERE p.a IS NOT NULL AND (p.b->f)::text IS DISTINCT FROM (p.a->f)::text AND NOT (f = ANY (generated))) AS changed
               FROM p
         ), r AS (
             SELECT q.*,
@@ -712,10 +721,10 @@ BEGIN
                      WHEN (r.act = 'INSERT' OR (r.act = 'UPDATE' AND r.ak IS DISTINCT FROM r.bk)) AND r.o
                           AND NOT EXISTS (SELECT 1 FROM freed WHERE freed.ak = r.bk) THEN 'key_exists'
                      WHEN r.act = 'UPDATE' AND EXISTS (SELECT 1 FROM unnest(r.changed) f
-                                                        WHERE r.c ? f AND r.c->f IS DISTINCT FROM r.a->f)
+                                                        WHERE r.c ? f AND (r.c->f)::text IS DISTINCT FROM (r.a->f)::text)
                           THEN 'changed_later'
                      WHEN r.act = 'DELETE' AND EXISTS (SELECT 1 FROM jsonb_each(r.a) x(f, v)
-                                                        WHERE r.c ? f AND r.c->f IS DISTINCT FROM v)
+                                                        WHERE r.c ? f AND (r.c->f)::text IS DISTINCT FROM v::text)
                           THEN 'changed_later'
                    END AS why
               FROM r
@@ -746,12 +755,12 @@ BEGIN
     END IF;
 END $$;
 
-CREATE FUNCTION koherent._revert_task_contexts(task_id text, include_subtasks boolean) RETURNS uuid[]
+CREATE FUNCTION koherent._revert_task_contexts(acting uuid, task_id text, include_subtasks boolean) RETURNS uuid[]
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     ctx uuid[];
 BEGIN
-    PERFORM koherent._revert_plan_check();
+    PERFORM koherent._revert_plan_check(acting);
     IF task_id IS NULL THEN
         RAISE EXCEPTION 'koherent: task_id must not be null' USING ERRCODE = 'null_value_not_allowed';
     END IF;
@@ -767,18 +776,19 @@ END $$;
 CREATE FUNCTION koherent.revert_plan(task_id text, include_subtasks boolean DEFAULT false)
 RETURNS TABLE (table_name regclass, row_key jsonb, action text, current_data jsonb, restored_data jsonb,
                conflict text)
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql VOLATILE
 SET max_parallel_workers_per_gather = 0 SET jit = off AS $$
 DECLARE
-    ctx uuid[] := koherent._revert_task_contexts(task_id, include_subtasks);
-    fast jsonb := koherent._revert_plan_prepare(ctx);
+    acting uuid := koherent._acting();  -- the role executing this function (SECURITY INVOKER)
+    ctx uuid[] := koherent._revert_task_contexts(acting, task_id, include_subtasks);
+    fast jsonb := koherent._revert_plan_prepare(acting, ctx);
     f jsonb;
 BEGIN
     -- (the body of koherent._revert_plan, here so that the rows are not copied once more)
     FOR f IN SELECT * FROM jsonb_array_elements(fast) LOOP
         RETURN QUERY EXECUTE f->>'sql';
     END LOOP;
-    RETURN QUERY SELECT * FROM koherent._revert_plan_rest(ctx,
+    RETURN QUERY SELECT * FROM koherent._revert_plan_rest(acting, ctx,
         (SELECT coalesce(array_agg((x->>'cfg')::int), '{}') FROM jsonb_array_elements(fast) x));
 END $$;
 COMMENT ON FUNCTION koherent.revert_plan(text, boolean) IS
@@ -787,16 +797,18 @@ COMMENT ON FUNCTION koherent.revert_plan(text, boolean) IS
 CREATE FUNCTION koherent.revert_context_plan(context_id uuid)
 RETURNS TABLE (table_name regclass, row_key jsonb, action text, current_data jsonb, restored_data jsonb,
                conflict text)
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    acting uuid := koherent._acting();
 BEGIN
-    PERFORM koherent._revert_context_check(context_id);
-    RETURN QUERY SELECT * FROM koherent._revert_plan(ARRAY[context_id]);
+    PERFORM koherent._revert_context_check(acting, context_id);
+    RETURN QUERY SELECT * FROM koherent._revert_plan(acting, ARRAY[context_id]);
 END $$;
 
-CREATE FUNCTION koherent._revert_context_check(context_id uuid) RETURNS void
+CREATE FUNCTION koherent._revert_context_check(acting uuid, context_id uuid) RETURNS void
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM koherent._revert_plan_check();
+    PERFORM koherent._revert_plan_check(acting);
     IF context_id IS NULL THEN
         RAISE EXCEPTION 'koherent: context_id must not be null' USING ERRCODE = 'null_value_not_allowed';
     END IF;
@@ -814,7 +826,7 @@ COMMENT ON FUNCTION koherent.revert_context_plan(uuid) IS
   'What reverting one transaction''s changes would write (as revert_plan). Changes nothing.';
 
 -- Apply a plan (revert_task, revert_context): lock, check, write as the client, mark the context.
-CREATE FUNCTION koherent._revert_apply(ctx uuid[], on_conflict text, what jsonb) RETURNS jsonb
+CREATE FUNCTION koherent._revert_apply(acting uuid, ctx uuid[], on_conflict text, what jsonb) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
 SET max_parallel_workers_per_gather = 0 SET jit = off AS $$
 DECLARE
@@ -845,13 +857,13 @@ BEGIN
     FOR tc IN SELECT * FROM koherent.tracked_config x ORDER BY x.id LOOP
         CONTINUE WHEN to_regclass(format('koherent_history.%I', tc.history_table)) IS NULL;
         PERFORM koherent._summarize(to_regclass(format('koherent_history.%I', tc.history_table))::oid);
-        view := koherent._revert_fast_view(tc, ctx);
+        view := koherent._revert_fast_view(acting, tc, ctx);
         IF view IS NOT NULL THEN
-            fast := fast || jsonb_build_object(tc.id::text, koherent._revert_fast_prepare(tc, view));
+            fast := fast || jsonb_build_object(tc.id::text, koherent._revert_fast_prepare(acting, tc, view));
         END IF;
     END LOOP;
     SELECT coalesce(jsonb_agg(to_jsonb(r) ORDER BY r.cfg_id, r.head), '[]') INTO plan
-      FROM koherent._revert_rows(ctx, true, (SELECT coalesce(array_agg(k::int), '{}') FROM jsonb_object_keys(fast) k)) r;
+      FROM koherent._revert_rows(acting, ctx, true, (SELECT coalesce(array_agg(k::int), '{}') FROM jsonb_object_keys(fast) k)) r;
     SELECT coalesce(jsonb_agg(jsonb_build_object('table_name', p->>'table_name', 'row_key', p->'row_key',
                                                  'action', p->>'action', 'conflict', p->>'conflict')), '[]')
       INTO conflicts FROM jsonb_array_elements(plan) p WHERE p->>'conflict' IS NOT NULL;
@@ -893,14 +905,14 @@ BEGIN
         SELECT c.id, format('%I.%I', c.schema_name, c.table_name), c.pk_columns INTO cfg_id, tbl, pk
           FROM koherent.tracked_config c WHERE c.relid = tables[i] AND c.dropped_at IS NULL;
         IF fast ? cfg_id::text THEN
-            deleted := deleted + koherent._revert_fast_write(fast->(cfg_id::text), 'delete', on_conflict);
+            deleted := deleted + koherent._revert_fast_write(acting, fast->(cfg_id::text), 'delete', on_conflict);
             CONTINUE;
         END IF;
         SELECT string_agg(format('t.%I = k.%I', c, c), ' AND ') INTO keymatch FROM unnest(pk) c;
         SELECT jsonb_agg(p->'at_key'), count(*) INTO ks, n FROM jsonb_array_elements(plan) p
          WHERE (p->>'cfg_id')::int = cfg_id AND p->>'action' = 'DELETE';
         IF n > 0 THEN
-            PERFORM koherent._revert_write(format(
+            PERFORM koherent._revert_write(acting, format(
                 'DELETE FROM %1$s t USING jsonb_array_elements($1) p, LATERAL jsonb_populate_record(NULL::%1$s, p) k WHERE %2$s',
                 tbl, keymatch), ks, n, 'delete', tbl);
             deleted := deleted + n;
@@ -911,8 +923,8 @@ BEGIN
         SELECT c.id, format('%I.%I', c.schema_name, c.table_name), c.pk_columns INTO cfg_id, tbl, pk
           FROM koherent.tracked_config c WHERE c.relid = tables[i] AND c.dropped_at IS NULL;
         IF fast ? cfg_id::text THEN
-            updated := updated + koherent._revert_fast_write(fast->(cfg_id::text), 'update', on_conflict);
-            inserted := inserted + koherent._revert_fast_write(fast->(cfg_id::text), 'insert', on_conflict);
+            updated := updated + koherent._revert_fast_write(acting, fast->(cfg_id::text), 'update', on_conflict);
+            inserted := inserted + koherent._revert_fast_write(acting, fast->(cfg_id::text), 'insert', on_conflict);
             CONTINUE;
         END IF;
         SELECT string_agg(format('t.%I = k.%I', c, c), ' AND ') INTO keymatch FROM unnest(pk) c;
@@ -930,7 +942,7 @@ BEGIN
                             count(*) AS n
                        FROM jsonb_array_elements(wave) p
                       GROUP BY p->'fields' ORDER BY (p->'fields')::text LOOP
-                PERFORM koherent._revert_write(format(
+                PERFORM koherent._revert_write(acting, format(
                     'UPDATE %1$s t SET %3$s FROM jsonb_array_elements($1) p, LATERAL jsonb_populate_record(NULL::%1$s, p->''k'') k, '
                     'LATERAL jsonb_populate_record(NULL::%1$s, p->''r'') r WHERE %2$s', tbl, keymatch,
                     (SELECT string_agg(format('%I = r.%I', f, f), ', ') FROM jsonb_array_elements_text(g.fields) f)),
@@ -953,7 +965,7 @@ BEGIN
                    FROM jsonb_array_elements(plan) p
                   WHERE (p->>'cfg_id')::int = cfg_id AND p->>'action' = 'INSERT'
                   GROUP BY p->'fields' ORDER BY (p->'fields')::text LOOP
-            PERFORM koherent._revert_write(format(
+            PERFORM koherent._revert_write(acting, format(
                 'INSERT INTO %1$s (%2$s) OVERRIDING SYSTEM VALUE SELECT %3$s FROM jsonb_array_elements($1) p, '
                 'LATERAL jsonb_populate_record(NULL::%1$s, p) r', tbl,
                 (SELECT string_agg(format('%I', f), ', ') FROM jsonb_array_elements_text(g.fields) f),
@@ -972,10 +984,10 @@ END $$;
 
 -- One of the revert's writes, as the client; it must write exactly the rows it was given (a
 -- row-level security policy the client is under may hide some from it: then nothing is written).
-CREATE FUNCTION koherent._revert_write(query text, rows jsonb, expected bigint, verb text, tbl text) RETURNS void
+CREATE FUNCTION koherent._revert_write(acting uuid, query text, rows jsonb, expected bigint, verb text, tbl text) RETURNS void
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    n bigint := (koherent._as_caller(query, rows))::text::bigint;
+    n bigint := (koherent._as_caller(acting, query, rows))::text::bigint;
 BEGIN
     IF n <> expected THEN
         RAISE EXCEPTION 'koherent: the revert could % only % of % rows of %; nothing was written', verb, n, expected, tbl
@@ -984,25 +996,49 @@ BEGIN
     END IF;
 END $$;
 
-CREATE FUNCTION koherent.revert_task(task_id text, include_subtasks boolean DEFAULT false,
-                                     on_conflict text DEFAULT 'abort') RETURNS jsonb
+-- revert_task and revert_context are SECURITY INVOKER: koherent._acting() records the role that
+-- executes them, and the definer functions below act for that role (src/revert/mod.rs).
+CREATE FUNCTION koherent._revert_apply_check(acting uuid) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT (has_function_privilege(koherent._acting_role(acting), 'koherent.revert_task(text, boolean, text)', 'EXECUTE')
+            OR has_function_privilege(koherent._acting_role(acting), 'koherent.revert_context(uuid, text)', 'EXECUTE')) THEN
+        RAISE EXCEPTION 'permission denied for function revert_task' USING ERRCODE = 'insufficient_privilege';
+    END IF;
+END $$;
+
+CREATE FUNCTION koherent._revert_task(acting uuid, task_id text, include_subtasks boolean, on_conflict text) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    PERFORM koherent._revert_apply_check(acting);
     PERFORM koherent._revert_check_args(on_conflict);
-    RETURN koherent._revert_apply(koherent._revert_task_contexts(task_id, include_subtasks), on_conflict,
+    RETURN koherent._revert_apply(acting, koherent._revert_task_contexts(acting, task_id, include_subtasks), on_conflict,
                                   jsonb_build_object('task_id', task_id, 'include_subtasks', coalesce(include_subtasks, false),
                                                      'on_conflict', on_conflict));
 END $$;
+
+CREATE FUNCTION koherent.revert_task(task_id text, include_subtasks boolean DEFAULT false,
+                                     on_conflict text DEFAULT 'abort') RETURNS jsonb
+-- no SET search_path: koherent._acting() records the caller's own, which the writes use
+LANGUAGE sql VOLATILE AS $$
+    SELECT koherent._revert_task(koherent._acting(), task_id, include_subtasks, on_conflict)
+$$;
 COMMENT ON FUNCTION koherent.revert_task(text, boolean, text) IS
   'Undo a task''s changes, all or nothing, with the caller''s rights; on_conflict abort (default), skip or overwrite. Recorded like any write; the context''s metadata.reverts names what was reverted.';
 
-CREATE FUNCTION koherent.revert_context(context_id uuid, on_conflict text DEFAULT 'abort') RETURNS jsonb
+CREATE FUNCTION koherent._revert_context(acting uuid, context_id uuid, on_conflict text) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    PERFORM koherent._revert_apply_check(acting);
     PERFORM koherent._revert_check_args(on_conflict);
-    PERFORM koherent._revert_context_check(context_id);
-    RETURN koherent._revert_apply(ARRAY[context_id], on_conflict,
+    PERFORM koherent._revert_context_check(acting, context_id);
+    RETURN koherent._revert_apply(acting, ARRAY[context_id], on_conflict,
                                   jsonb_build_object('context_id', context_id, 'on_conflict', on_conflict));
 END $$;
+
+CREATE FUNCTION koherent.revert_context(context_id uuid, on_conflict text DEFAULT 'abort') RETURNS jsonb
+LANGUAGE sql VOLATILE AS $$
+    SELECT koherent._revert_context(koherent._acting(), context_id, on_conflict)
+$$;
 COMMENT ON FUNCTION koherent.revert_context(uuid, text) IS
   'Undo one transaction''s changes (as revert_task).';

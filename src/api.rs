@@ -243,3 +243,16 @@ fn _cold_verify_micros(token: &str, iterations: i32) -> f64 {
 fn _mark_revert(what: JsonB) {
     crate::revert::mark_revert(what)
 }
+
+/// Internal: a capability for the role executing the caller, for the revert and as-of helpers
+/// (src/revert/mod.rs). Anyone may take one: it acts only for the role that took it.
+#[pg_extern(volatile, parallel_unsafe)]
+fn _acting() -> Uuid {
+    crate::revert::acting()
+}
+
+/// Internal: the role a capability from koherent._acting() acts for (owner only).
+#[pg_extern(volatile, parallel_unsafe, strict)]
+fn _acting_role(acting: Uuid) -> pg_sys::Oid {
+    crate::revert::acting_role(acting)
+}

@@ -41,6 +41,8 @@ pub enum KoherentError {
     InvalidArgument(String),
     #[error("this transaction already reverted a task or context; one revert per transaction")]
     RevertTwice,
+    #[error("koherent cannot act for a role inside a security-restricted operation (ANALYZE, REFRESH MATERIALIZED VIEW, an index expression)")]
+    Restricted,
     #[error("{0} must not be null")]
     NullArgument(&'static str),
     #[error("internal error: {0}")]
@@ -74,6 +76,7 @@ impl KoherentError {
             KoherentError::HistoryOutOfSync(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             KoherentError::TriggerProtocol(_) => ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
             KoherentError::NullArgument(_) => ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            KoherentError::Restricted => ERRCODE_INSUFFICIENT_PRIVILEGE,
             KoherentError::Internal(_) => ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -90,6 +93,7 @@ impl KoherentError {
             KoherentError::MoverUnknown { .. } => Some("reason: mover_unknown".into()),
             KoherentError::HistoryOutOfSync(_) => Some("reason: history_out_of_sync".into()),
             KoherentError::RevertTwice => Some("reason: revert_twice".into()),
+            KoherentError::Restricted => Some("reason: security_restricted".into()),
             _ => None,
         }
     }

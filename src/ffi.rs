@@ -39,6 +39,42 @@ extern "C-unwind" {
         dest: *mut pg_sys::DestReceiver,
         qc: *mut pg_sys::QueryCompletion,
     );
+    // utils/guc.h and executor/spi.h, unwrapped: koherent._as_caller calls them inside its own
+    // PG_TRY (src/revert/mod.rs), so that an error reaches the client untouched.
+    pub fn NewGUCNestLevel() -> std::ffi::c_int;
+    pub fn AtEOXact_GUC(is_commit: bool, nest_level: std::ffi::c_int);
+    pub fn set_config_option(
+        name: *const std::ffi::c_char,
+        value: *const std::ffi::c_char,
+        context: pg_sys::GucContext::Type,
+        source: pg_sys::GucSource::Type,
+        action: pg_sys::GucAction::Type,
+        change_val: bool,
+        elevel: std::ffi::c_int,
+        is_reload: bool,
+    ) -> std::ffi::c_int;
+    pub fn SPI_connect() -> std::ffi::c_int;
+    pub fn SPI_finish() -> std::ffi::c_int;
+    pub fn SPI_execute_with_args(
+        src: *const std::ffi::c_char,
+        nargs: std::ffi::c_int,
+        argtypes: *mut pg_sys::Oid,
+        values: *mut pg_sys::Datum,
+        nulls: *const std::ffi::c_char,
+        read_only: bool,
+        tcount: std::ffi::c_long,
+    ) -> std::ffi::c_int;
+    pub fn SPI_getbinval(
+        tuple: pg_sys::HeapTuple,
+        desc: pg_sys::TupleDesc,
+        fnumber: std::ffi::c_int,
+        isnull: *mut bool,
+    ) -> pg_sys::Datum;
+    pub fn SPI_datumTransfer(
+        value: pg_sys::Datum,
+        typ_by_val: bool,
+        typ_len: std::ffi::c_int,
+    ) -> pg_sys::Datum;
     // commands/sequence.h; not in pgrx's bindings.
     pub fn nextval_internal(relid: pg_sys::Oid, check_permissions: bool) -> i64;
     // access/brin.h; pgrx binds a Rust wrapper, DirectFunctionCall needs the C symbol.
@@ -64,4 +100,27 @@ extern "C-unwind" {
         mode: std::ffi::c_int,
         snapshot: pg_sys::Snapshot,
     ) -> *mut std::ffi::c_void;
+}
+
+/// PG_TRY { f } PG_FINALLY { cleanup } PG_END_TRY: `f` calls into PostgreSQL and may raise an
+/// ERROR (a longjmp to the buffer set here); `cleanup` runs either way, and the error, still
+/// PostgreSQL's own (nothing copied, nothing flushed), is raised again to the caller's handler.
+pub unsafe fn pg_try(f: impl FnOnce(), cleanup: impl FnOnce()) {
+    let prev_stack = pg_sys::PG_exception_stack;
+    let prev_context = pg_sys::error_context_stack;
+    let mut f = Some(f);
+    let jumped = cee_scape::call_with_sigsetjmp(false, |jbuf| {
+        pg_sys::PG_exception_stack =
+            jbuf as *const cee_scape::SigJmpBufFields as *mut pg_sys::sigjmp_buf;
+        if let Some(f) = f.take() {
+            f();
+        }
+        0
+    });
+    pg_sys::PG_exception_stack = prev_stack;
+    pg_sys::error_context_stack = prev_context;
+    cleanup();
+    if jumped != 0 {
+        pg_re_throw();
+    }
 }

@@ -75,6 +75,8 @@ extension_sql_file!(
         api::_parse_jwks_text,
         api::_invalidate_keys,
         api::_mark_revert,
+        api::_acting,
+        api::_acting_role,
     ]
 );
 extension_sql_file!(
@@ -109,4 +111,5 @@ pub extern "C-unwind" fn _PG_init() {
     verify::init();
     writer::init();
     running::init();
+    revert::init();
 }

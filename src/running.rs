@@ -162,7 +162,7 @@ pub fn init() {
 }
 
 // The hooks call the previous hook (or PostgreSQL's standard function) inside a PG_TRY of their
-// own (`pg_try`): an ERROR raised below them is caught, the hook's stacks are put back, and the
+// own (`ffi::pg_try`): an ERROR raised below them is caught, the hook's stacks are put back, and the
 // same error is raised again with PG_RE_THROW, every field intact (SQLSTATE, CONTEXT, position,
 // constraint and table names). pgrx's guard would catch it too, but raise a copy with only its
 // SQLSTATE (if pgrx knows it), message, detail and hint. So the hooks are not #[pg_guard]: their
@@ -176,7 +176,7 @@ unsafe extern "C-unwind" fn executor_start(query: *mut pg_sys::QueryDesc, eflags
         s.started.retain(|(q, _)| *q != query as usize);
         s.started.push((query as usize, 0));
     });
-    pg_try(
+    ffi::pg_try(
         || match PREV_EXECUTOR_START {
             Some(prev) => prev(query, eflags),
             None => ffi::standard_ExecutorStart(query, eflags),
@@ -187,7 +187,7 @@ unsafe extern "C-unwind" fn executor_start(query: *mut pg_sys::QueryDesc, eflags
 
 unsafe extern "C-unwind" fn executor_end(query: *mut pg_sys::QueryDesc) {
     STATEMENTS.with(|s| s.borrow_mut().started.retain(|(q, _)| *q != query as usize));
-    pg_try(
+    ffi::pg_try(
         || match PREV_EXECUTOR_END {
             Some(prev) => prev(query),
             None => ffi::standard_ExecutorEnd(query),
@@ -215,7 +215,7 @@ unsafe extern "C-unwind" fn executor_run(
         s.open.push(((*query).operation, date));
         s.open.len() - 1
     });
-    pg_try(
+    ffi::pg_try(
         || match PREV_EXECUTOR_RUN {
             Some(prev) => prev(query, direction, count, execute_once),
             None => ffi::standard_ExecutorRun(query, direction, count, execute_once),
@@ -288,30 +288,7 @@ unsafe fn as_finishing(date: pg_sys::TimestampTz, f: impl FnOnce()) {
         s.finishing.push(date);
         s.finishing.len() - 1
     });
-    pg_try(f, || {
+    ffi::pg_try(f, || {
         STATEMENTS.with(|s| s.borrow_mut().finishing.truncate(depth))
     })
-}
-
-/// PG_TRY { f } PG_FINALLY { cleanup } PG_END_TRY: `f` calls into PostgreSQL and may raise an
-/// ERROR (a longjmp to the buffer set here); `cleanup` runs either way, and the error, still
-/// PostgreSQL's own (nothing copied, nothing flushed), is raised again to the caller's handler.
-unsafe fn pg_try(f: impl FnOnce(), cleanup: impl FnOnce()) {
-    let prev_stack = pg_sys::PG_exception_stack;
-    let prev_context = pg_sys::error_context_stack;
-    let mut f = Some(f);
-    let jumped = cee_scape::call_with_sigsetjmp(false, |jbuf| {
-        pg_sys::PG_exception_stack =
-            jbuf as *const cee_scape::SigJmpBufFields as *mut pg_sys::sigjmp_buf;
-        if let Some(f) = f.take() {
-            f();
-        }
-        0
-    });
-    pg_sys::PG_exception_stack = prev_stack;
-    pg_sys::error_context_stack = prev_context;
-    cleanup();
-    if jumped != 0 {
-        ffi::pg_re_throw();
-    }
 }

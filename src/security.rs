@@ -72,7 +72,14 @@ pub unsafe fn visible_to_caller(query: &str, key: pg_sys::Datum, typoid: pg_sys:
     let q = CString::new(query)
         .map_err(|_| KoherentError::Internal("NUL in a query".into()))
         .or_raise();
+    if pg_sys::InSecurityRestrictedOperation() {
+        // ANALYZE, REFRESH MATERIALIZED VIEW and index expressions run as a table's owner for
+        // someone else: the client's role is not who runs this
+        KoherentError::Restricted.raise();
+    }
     let _as_caller = AsCaller::enter();
+    // GUCs the check's code sets (a policy function's set_config) end with it
+    let level = pg_sys::NewGUCNestLevel();
     if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
         KoherentError::Internal("SPI_connect failed".into()).raise();
     }
@@ -87,6 +94,7 @@ pub unsafe fn visible_to_caller(query: &str, key: pg_sys::Datum, typoid: pg_sys:
     );
     let found = rc == pg_sys::SPI_OK_SELECT as i32 && pg_sys::SPI_processed > 0;
     pg_sys::SPI_finish();
+    pg_sys::AtEOXact_GUC(false, level);
     found
 }
 

@@ -26,6 +26,10 @@ out = ["""-- koherent 0.5.0 -> 0.6.0: revert (revert_plan, revert_task, revert_c
 
 CREATE FUNCTION koherent."_mark_revert"("what" jsonb) RETURNS void
 STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', '_mark_revert_wrapper';
+CREATE FUNCTION koherent."_acting"() RETURNS uuid
+STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', '_acting_wrapper';
+CREATE FUNCTION koherent."_acting_role"("acting" uuid) RETURNS oid
+STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', '_acting_role_wrapper';
 """]
 for path, names in CHANGED.items():
     text = open(f"{ROOT}/{path}").read()

@@ -45,6 +45,8 @@ struct Xact {
     context_id: Option<[u8; 16]>,
     written: Option<Written>,
     metadata: Map<String, Value>,
+    /// The subtransaction whose revert wrote `metadata.reverts`: rolled back with it.
+    revert_subid: Option<pg_sys::SubTransactionId>,
 }
 
 /// Tasks whose row this backend saw committed, by (issuer, task id). Their later transactions
@@ -111,6 +113,12 @@ unsafe extern "C-unwind" fn subxact_callback(
         while x.task_undo.last().is_some_and(|(s, _)| *s >= my_subid) {
             let (_, prev) = x.task_undo.pop().expect("checked");
             x.task = prev;
+        }
+        // a revert rolled back is no revert (the UPDATE of a written context row that recorded
+        // it is rolled back with it)
+        if x.revert_subid.is_some_and(|s| s >= my_subid) {
+            x.revert_subid = None;
+            x.metadata.remove(REVERTS_KEY);
         }
     });
 }
@@ -269,6 +277,8 @@ pub fn mark_revert(what: JsonB) {
     let mut m = Map::new();
     m.insert(REVERTS_KEY.to_string(), what.0);
     merge_metadata(m);
+    let subid = unsafe { pg_sys::GetCurrentSubTransactionId() };
+    XACT.with(|x| x.borrow_mut().revert_subid = Some(subid));
 }
 
 fn merge_metadata(m: Map<String, Value>) {

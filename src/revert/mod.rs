@@ -1,28 +1,123 @@
-//! Revert and as-of: what runs with the client's rights, and the revert's mark on its context.
+//! Revert and as-of: who they act for, what runs with that role's rights, and the revert's mark.
 //!
-//! The revert and as-of functions (`sql/revert.sql`, `sql/as_of.sql`) are SECURITY DEFINER so
-//! that they can read history, which clients cannot. Everything they do to the client's own
-//! tables (reading current rows, taking row locks, the writes that undo a task) goes through
-//! `koherent._as_caller(query, arg)`, which runs one statement as the client (SET ROLE's role):
-//! its GRANTs, the tables' row-level security and the rights triggers run with are the
-//! client's, as if it had sent the statement itself. Only the extension owner may call it
-//! (REVOKEd from PUBLIC): a client gains nothing by it, and an owner's function gains nothing
-//! it should not have.
+//! The revert and as-of functions (`sql/revert.sql`, `sql/as_of.sql`) read history, which clients
+//! cannot, with SECURITY DEFINER helpers. Who they act for is decided in C, never taken from the
+//! client: the public functions are SECURITY INVOKER and first call `koherent._acting()`, which
+//! records the role executing them (`GetUserId()`: the client, or the owner of a SECURITY DEFINER
+//! function that calls them) and its search_path under a random capability id, valid until the
+//! transaction ends. The helpers take that id and act for that role: privilege and visibility
+//! checks, and everything done to the role's tables (reading current rows, locks, the writes
+//! that undo a task) through `koherent._as_caller(acting, query, arg)`, which runs one statement
+//! as that role, with its search_path; GUC changes made by the code it runs (triggers,
+//! policies) are undone when it returns, so none reaches the helpers. Inside a
+//! security-restricted operation (ANALYZE, REFRESH MATERIALIZED VIEW, index expressions, which
+//! run as a table's owner on behalf of someone else) neither is allowed.
 
 use pgrx::prelude::*;
-use pgrx::JsonB;
+use pgrx::{JsonB, Uuid};
 use serde_json::Value;
-use std::ffi::CString;
+use std::cell::RefCell;
+use std::ffi::{CStr, CString};
 
 use crate::context;
 use crate::error::KoherentError;
-use crate::security::AsCaller;
+use crate::ffi;
 
-/// `koherent._as_caller(query text, arg jsonb) RETURNS jsonb`: run `query` as the client with
-/// one jsonb parameter `$1`. A query that returns rows gives the first column of its first row
-/// (jsonb, or null); any other gives the number of rows it processed as a jsonb number. The
-/// result stays a datum (copied out of SPI's memory), never converted through Rust values: a
-/// revert passes whole plans through here.
+struct Acting {
+    id: [u8; 16],
+    role: pg_sys::Oid,
+    search_path: CString,
+}
+
+thread_local! {
+    /// The capabilities handed out in this transaction.
+    static ACTING: RefCell<Vec<Acting>> = const { RefCell::new(Vec::new()) };
+}
+
+fn refuse_if_restricted() {
+    if unsafe { pg_sys::InSecurityRestrictedOperation() } {
+        KoherentError::Restricted.raise();
+    }
+}
+
+/// `koherent._acting()`: a capability for the role executing the caller (see the module).
+pub fn acting() -> Uuid {
+    refuse_if_restricted();
+    let role = unsafe { pg_sys::GetUserId() };
+    let search_path = unsafe {
+        let p = pg_sys::GetConfigOption(c"search_path".as_ptr(), false, false);
+        if p.is_null() {
+            CString::default()
+        } else {
+            CStr::from_ptr(p).to_owned()
+        }
+    };
+    let id = *uuid::Uuid::new_v4().as_bytes();
+    ACTING.with(|a| {
+        let mut a = a.borrow_mut();
+        if a.len() >= 10_000 {
+            a.remove(0);
+        }
+        a.push(Acting {
+            id,
+            role,
+            search_path,
+        })
+    });
+    Uuid::from_bytes(id)
+}
+
+fn lookup(id: &Uuid) -> (pg_sys::Oid, CString) {
+    let bytes: [u8; 16] = *id.as_bytes();
+    ACTING
+        .with(|a| {
+            a.borrow()
+                .iter()
+                .rev()
+                .find(|x| x.id == bytes)
+                .map(|x| (x.role, x.search_path.clone()))
+        })
+        .unwrap_or_else(|| {
+            KoherentError::InvalidArgument(
+                "koherent: unknown acting capability (koherent._acting() gives one)".into(),
+            )
+            .raise()
+        })
+}
+
+/// `koherent._acting_role(acting)`: the role a capability acts for.
+pub fn acting_role(id: Uuid) -> pg_sys::Oid {
+    refuse_if_restricted();
+    lookup(&id).0
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn xact_callback(
+    event: pg_sys::XactEvent::Type,
+    _arg: *mut std::ffi::c_void,
+) {
+    use pg_sys::XactEvent::*;
+    if matches!(
+        event,
+        XACT_EVENT_COMMIT
+            | XACT_EVENT_PARALLEL_COMMIT
+            | XACT_EVENT_ABORT
+            | XACT_EVENT_PARALLEL_ABORT
+            | XACT_EVENT_PREPARE
+    ) {
+        ACTING.with(|a| a.borrow_mut().clear());
+    }
+}
+
+pub fn init() {
+    unsafe { pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut()) };
+}
+
+/// `koherent._as_caller(acting uuid, query text, arg jsonb) RETURNS jsonb`: run `query` as the
+/// capability's role, with its search_path, with one jsonb parameter `$1`. A query that returns
+/// rows gives the first column of its first row (jsonb, or null); any other gives the number of
+/// rows it processed as a jsonb number. The result stays a datum (copied out of SPI's memory).
+/// An error raised by the statement reaches the client untouched (`ffi::pg_try`).
 #[no_mangle]
 #[doc(hidden)]
 pub extern "C" fn pg_finfo_koherent_as_caller() -> &'static pg_sys::Pg_finfo_record {
@@ -35,57 +130,82 @@ pub extern "C" fn pg_finfo_koherent_as_caller() -> &'static pg_sys::Pg_finfo_rec
 pub unsafe extern "C-unwind" fn koherent_as_caller(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
-    let args = (*fcinfo).args.as_slice(2);
-    if args[0].isnull {
-        KoherentError::NullArgument("query").raise();
+    refuse_if_restricted();
+    let args = (*fcinfo).args.as_slice(3);
+    if args[0].isnull || args[1].isnull {
+        KoherentError::NullArgument("acting and query").raise();
     }
-    let query = pg_sys::text_to_cstring(args[0].value.cast_mut_ptr());
-    let q: CString = std::ffi::CStr::from_ptr(query).to_owned();
-    let mut values = [args[1].value];
-    let nulls = [if args[1].isnull { b'n' } else { b' ' } as std::ffi::c_char];
+    let id = Uuid::from_datum(args[0].value, false).expect("a uuid");
+    let (role, search_path) = lookup(&id);
+    let query = pg_sys::text_to_cstring(args[1].value.cast_mut_ptr());
+    let q: CString = CStr::from_ptr(query).to_owned();
+    let mut values = [args[2].value];
+    let nulls = [if args[2].isnull { b'n' } else { b' ' } as std::ffi::c_char];
     let mut argtypes = [pg_sys::JSONBOID];
-    let processed;
+
+    let mut user = pg_sys::InvalidOid;
+    let mut sec = 0;
+    pg_sys::GetUserIdAndSecContext(&mut user, &mut sec);
+    let mut processed: u64 = 0;
     let mut result: Option<pg_sys::Datum> = None;
     let mut returned_rows = false;
-    {
-        let _as_caller = AsCaller::enter();
-        if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
-            KoherentError::Internal("SPI_connect failed".into()).raise();
-        }
-        let rc = pg_sys::SPI_execute_with_args(
-            q.as_ptr(),
-            1,
-            argtypes.as_mut_ptr(),
-            values.as_mut_ptr(),
-            nulls.as_ptr(),
-            false,
-            0,
-        );
-        if rc < 0 {
-            pg_sys::SPI_finish();
-            KoherentError::Internal(format!("SPI_execute_with_args failed: {rc}")).raise();
-        }
-        processed = pg_sys::SPI_processed;
-        let table = pg_sys::SPI_tuptable;
-        if !table.is_null() && (*(*table).tupdesc).natts >= 1 {
-            returned_rows = true;
-            if processed > 0 {
-                let desc = (*table).tupdesc;
-                if (*(*desc).attrs.as_ptr()).atttypid != pg_sys::JSONBOID {
-                    pg_sys::SPI_finish();
-                    KoherentError::Internal(
-                        "koherent._as_caller: a query must return jsonb".into(),
-                    )
-                    .raise();
+    let mut bad_type = false;
+    let mut rc = 0;
+    // everything between here and the restore is PostgreSQL C, inside a PG_TRY of our own: an
+    // error puts the user back and is raised again as it is
+    ffi::pg_try(
+        || {
+            pg_sys::SetUserIdAndSecContext(role, sec | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
+            let level = ffi::NewGUCNestLevel();
+            ffi::set_config_option(
+                c"search_path".as_ptr(),
+                search_path.as_ptr(),
+                pg_sys::GucContext::PGC_USERSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+                pg_sys::GucAction::GUC_ACTION_SAVE,
+                true,
+                0,
+                false,
+            );
+            if ffi::SPI_connect() == pg_sys::SPI_OK_CONNECT as i32 {
+                rc = ffi::SPI_execute_with_args(
+                    q.as_ptr(),
+                    1,
+                    argtypes.as_mut_ptr(),
+                    values.as_mut_ptr(),
+                    nulls.as_ptr(),
+                    false,
+                    0,
+                );
+                processed = pg_sys::SPI_processed;
+                let table = pg_sys::SPI_tuptable;
+                if rc >= 0 && !table.is_null() && (*(*table).tupdesc).natts >= 1 {
+                    returned_rows = true;
+                    let desc = (*table).tupdesc;
+                    if (*(*desc).attrs.as_ptr()).atttypid != pg_sys::JSONBOID {
+                        bad_type = true;
+                    } else if processed > 0 {
+                        let mut isnull = false;
+                        let d = ffi::SPI_getbinval(*(*table).vals, desc, 1, &mut isnull);
+                        if !isnull {
+                            result = Some(ffi::SPI_datumTransfer(d, false, -1));
+                        }
+                    }
                 }
-                let mut isnull = false;
-                let d = pg_sys::SPI_getbinval(*(*table).vals, desc, 1, &mut isnull);
-                if !isnull {
-                    result = Some(pg_sys::SPI_datumTransfer(d, false, -1));
-                }
+                ffi::SPI_finish();
+            } else {
+                rc = -1;
             }
-        }
-        pg_sys::SPI_finish();
+            // GUCs set by the code the statement ran (a trigger's set_config) end here
+            ffi::AtEOXact_GUC(false, level);
+        },
+        || pg_sys::SetUserIdAndSecContext(user, sec),
+    );
+    if rc < 0 {
+        KoherentError::Internal(format!("koherent._as_caller: SPI failed ({rc})")).raise();
+    }
+    if bad_type {
+        KoherentError::Internal("koherent._as_caller: a query must return jsonb".into()).raise();
     }
     if !returned_rows {
         return JsonB(Value::from(processed))
@@ -102,7 +222,7 @@ pub unsafe extern "C-unwind" fn koherent_as_caller(
 }
 
 /// Record in this transaction's context what it reverts (`metadata.reverts`); once per
-/// transaction.
+/// transaction, undone if the subtransaction it was made in rolls back.
 pub fn mark_revert(what: JsonB) {
     context::mark_revert(what)
 }

@@ -1,0 +1,170 @@
+"""Revert and as-of attacked as a table owner, an application role and a reader under RLS
+would (the review of 0.6.0): no code a non-superuser writes runs with koherent's rights, and the
+answers stay right in the cases the review found wrong."""
+
+import uuid
+
+import psycopg
+import pytest
+
+from conftest import APP_ROLE, connect, mint, write
+
+ESCALATE = """CREATE FUNCTION {s}.evil(x anyelement) RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN
+    IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+        RAISE EXCEPTION 'owner code ran as a superuser';
+    END IF;
+    RETURN true; END $$"""
+
+
+@pytest.fixture
+def owner(db):
+    """A non-superuser role owning schema `hs`, whose tables a superuser tracks."""
+    name = "koherent_owner_" + uuid.uuid4().hex[:6]
+    db.sql(f"CREATE ROLE {name} LOGIN")
+    db.sql(f"CREATE SCHEMA hs AUTHORIZATION {name}")
+    db.sql(f"GRANT EXECUTE ON FUNCTION koherent.revert_plan(text, boolean), "
+           f"koherent.revert_task(text, boolean, text) TO {name}")
+    yield name
+    # (the database goes first: the role owns objects in it only)
+    with connect() as c:
+        c.execute(f"DROP DATABASE IF EXISTS {db.name} WITH (FORCE)")
+        c.execute(f"DROP ROLE {name}")
+
+
+def as_role(db, role, statements, token=None):
+    with db.conn(autocommit=False) as c:
+        c.execute(f"SET ROLE {role}")
+        if token:
+            c.execute("SELECT koherent.set_task(%s)", [token])
+        out = []
+        for s in statements:
+            cur = c.execute(s)
+            out.append(cur.fetchall() if cur.description else None)
+        c.commit()
+    return out
+
+
+def test_an_array_of_domain_key_runs_no_check_as_the_extension_owner(db, owner):
+    db.sql(f"SET ROLE {owner}; " + ESCALATE.format(s="hs") + "; CREATE DOMAIN hs.d AS int CHECK (hs.evil(VALUE)); "
+           "CREATE TABLE hs.t (k hs.d[] PRIMARY KEY, v int); RESET ROLE")
+    db.sql("SELECT koherent.track('hs.t', row_index => true)")
+    as_role(db, owner, ["INSERT INTO hs.t VALUES (ARRAY[1], 1)"])
+    at = db.one("SELECT clock_timestamp()")
+    as_role(db, owner, ["UPDATE hs.t SET v = 3"])
+    with db.conn() as c:
+        c.execute(f"SET ROLE {owner}")
+        assert c.execute("SELECT (koherent.row_as_of(NULL::hs.t, '{\"k\": [1]}', %s)).v", [at]).fetchone()[0] == 1
+        assert c.execute("SELECT v FROM koherent.as_of(NULL::hs.t, %s)", [at]).fetchall() == [(1,)]
+
+
+def test_a_search_path_set_by_the_callers_code_does_not_reach_koherents_code(db, owner):
+    db.sql(f"SET ROLE {owner}; " + ESCALATE.format(s="hs") + "; "
+           "CREATE FUNCTION hs.setpath() RETURNS boolean LANGUAGE plpgsql AS "
+           "$$ BEGIN PERFORM set_config('search_path', 'hs, pg_catalog', false); RETURN true; END $$; "
+           "CREATE FUNCTION hs.to_jsonb(x anyelement) RETURNS jsonb LANGUAGE sql AS "
+           "$$ SELECT CASE WHEN hs.evil(1) THEN pg_catalog.to_jsonb(x) END $$; "
+           "CREATE TABLE hs.r (id int PRIMARY KEY, v int); "
+           "ALTER TABLE hs.r ENABLE ROW LEVEL SECURITY; ALTER TABLE hs.r FORCE ROW LEVEL SECURITY; "
+           "CREATE POLICY p ON hs.r USING (hs.setpath()) WITH CHECK (hs.setpath()); RESET ROLE")
+    db.sql("SELECT koherent.track('hs.r')")
+    as_role(db, owner, ["INSERT INTO hs.r VALUES (1, 1), (2, 2)"])
+    at = db.one("SELECT clock_timestamp()")
+    as_role(db, owner, ["UPDATE hs.r SET v = v * 10"], mint("task-hs"))
+    with db.conn() as c:
+        c.execute(f"SET ROLE {owner}")
+        assert sorted(c.execute("SELECT id, v FROM koherent.as_of(NULL::hs.r, %s)", [at]).fetchall()) == [(1, 1), (2, 2)]
+        assert c.execute("SELECT count(*) FROM koherent.revert_plan('task-hs')").fetchone()[0] == 2
+    r = as_role(db, owner, ["SELECT koherent.revert_task('task-hs')"], mint("task-fix"))[0][0][0]
+    assert r["updated"] == 2
+    assert db.sql("SELECT id, v FROM hs.r ORDER BY id") == [(1, 1), (2, 2)]
+
+
+def test_no_acting_for_anyone_inside_a_security_restricted_operation(db, owner):
+    """ANALYZE and CREATE INDEX run a table owner's index expressions as that owner on behalf
+    of whoever started them: koherent refuses to act for anyone there (42501)."""
+    db.sql(f"SET ROLE {owner}; CREATE TABLE hs.x (id int PRIMARY KEY, w int); "
+           "CREATE FUNCTION hs.idx(w int) RETURNS int LANGUAGE sql IMMUTABLE AS "
+           "$$ SELECT count(*)::int FROM koherent.revert_plan('task-x') $$; RESET ROLE")
+    db.sql("SELECT koherent.track('hs.x')")
+    as_role(db, owner, ["INSERT INTO hs.x VALUES (1, 1)"], mint("task-x"))
+    with pytest.raises(psycopg.Error) as e:
+        db.sql("CREATE INDEX ON hs.x (hs.idx(w))")  # run by the superuser
+    assert e.value.sqlstate == "42501" and "security_restricted" in (e.value.diag.message_detail or "")
+
+
+def test_a_key_swap_and_a_shift_in_one_statement(item):
+    db = item
+    db.sql("CREATE TABLE sh (id int PRIMARY KEY DEFERRABLE, a text)")
+    db.sql("SELECT koherent.track('sh')")
+    write(db, "INSERT INTO sh VALUES (1, 'a'), (2, 'b'), (3, 'c')")
+    at = db.one("SELECT clock_timestamp()")
+    write(db, "UPDATE sh SET id = id + 1", mint("task-shift"))
+    assert db.sql("SELECT id, a FROM koherent.as_of(NULL::sh, %s) ORDER BY id", [at]) == [(1, "a"), (2, "b"), (3, "c")]
+    with db.conn() as c:
+        assert c.execute("SELECT (koherent.row_as_of(NULL::sh, '{\"id\": 2}', %s)).a", [at]).fetchone()[0] == "b"
+    with db.conn(autocommit=False) as c:
+        c.execute("SET CONSTRAINTS ALL DEFERRED")
+        assert c.execute("SELECT koherent.revert_task('task-shift')").fetchone()[0]["updated"] == 3
+        c.commit()
+    assert db.sql("SELECT id, a FROM sh ORDER BY id") == [(1, "a"), (2, "b"), (3, "c")]
+    write(db, "UPDATE sh SET id = CASE id WHEN 1 THEN 2 WHEN 2 THEN 1 ELSE id END WHERE id < 3", mint("task-swap"))
+    with db.conn(autocommit=False) as c:
+        c.execute("SET CONSTRAINTS ALL DEFERRED")
+        c.execute("SELECT koherent.revert_task('task-swap')")
+        c.commit()
+    assert db.sql("SELECT id, a FROM sh ORDER BY id") == [(1, "a"), (2, "b"), (3, "c")]
+
+
+def test_odd_column_names_and_values_equal_but_not_the_same(db):
+    db.sql('CREATE TABLE cm (id int PRIMARY KEY, "x,y" text, x text, y text, iv interval, n numeric, c char(3))')
+    db.sql("SELECT koherent.track('cm')")
+    write(db, "INSERT INTO cm VALUES (1, 'orig', 'x0', 'y0', '1 day', 1.0, 'x')")
+    write(db, "UPDATE cm SET \"x,y\" = 'task', iv = '24 hours', n = 1.00", mint("task-cm"))
+    write(db, "UPDATE cm SET x = 'later-x'")
+    assert db.one("SELECT restored_data FROM koherent.revert_plan('task-cm')") == {
+        "x,y": "orig", "iv": "1 day", "n": 1.0}
+    r = db.one("SELECT koherent.revert_task('task-cm')")
+    assert (r["updated"], r["conflicts"]) == (1, [])
+    assert db.sql("SELECT \"x,y\", x, y, iv::text, n::text FROM cm") == [("orig", "later-x", "y0", "1 day", "1.0")]
+
+
+def test_a_key_used_again_does_not_show_the_deleted_row_under_rls(db):
+    db.sql("CREATE TABLE sec (id int PRIMARY KEY, owner text NOT NULL, body text)")
+    db.sql("SELECT koherent.track('sec')")
+    write(db, "INSERT INTO sec VALUES (3, 'alice', 'secret')")
+    at = db.one("SELECT clock_timestamp()")
+    write(db, "DELETE FROM sec WHERE id = 3")
+    db.sql("ALTER TABLE sec ENABLE ROW LEVEL SECURITY")
+    db.sql("CREATE POLICY mine ON sec USING (owner = current_user) WITH CHECK (owner = current_user)")
+    db.sql(f"GRANT SELECT, INSERT ON sec TO {APP_ROLE}")
+    with db.app() as c:
+        c.execute(f"INSERT INTO sec VALUES (3, '{APP_ROLE}', 'mine')")
+        assert c.execute("SELECT * FROM koherent.as_of(NULL::sec, %s)", [at]).fetchall() == []
+        assert c.execute("SELECT koherent.row_as_of(NULL::sec, '{\"id\": 3}', %s)", [at]).fetchone()[0] is None
+
+
+def test_a_revert_rolled_back_to_a_savepoint_leaves_no_mark(item):
+    db = item
+    write(db, "INSERT INTO item (id, qty) VALUES (1, 1), (2, 2)")
+    write(db, "UPDATE item SET qty = 5 WHERE id = 1", mint("task-t2"))
+    with db.conn(autocommit=False) as c:
+        c.execute("SELECT koherent.set_task(%s)", [mint("task-t1")])
+        c.execute("SAVEPOINT s")
+        c.execute("SELECT koherent.revert_task('task-t2')")
+        c.execute("ROLLBACK TO SAVEPOINT s")
+        c.execute("UPDATE item SET qty = 9 WHERE id = 2")
+        c.commit()
+    assert db.one("SELECT metadata FROM koherent.transaction_auth_context WHERE task_id = 'task-t1'") == {}
+    assert db.sql("SELECT id, qty FROM item ORDER BY id") == [(1, 5), (2, 9)]
+
+
+def test_the_callers_triggers_run_with_its_search_path(item):
+    db = item
+    db.sql("CREATE TABLE trig_log (id int)")
+    db.sql("CREATE FUNCTION log_it() RETURNS trigger LANGUAGE plpgsql AS "
+           "$$ BEGIN INSERT INTO trig_log VALUES (NEW.id); RETURN NEW; END $$")
+    write(db, "INSERT INTO item (id, qty) VALUES (1, 1)")
+    write(db, "UPDATE item SET qty = 2 WHERE id = 1", mint("task-tr"))
+    db.sql("CREATE TRIGGER log_it AFTER UPDATE ON item FOR EACH ROW EXECUTE FUNCTION log_it()")
+    assert db.one("SELECT koherent.revert_task('task-tr')")["updated"] == 1
+    assert db.sql("SELECT id FROM trig_log") == [(1,)]
