@@ -21,9 +21,9 @@ GRANT EXECUTE ON FUNCTION
     -- act for the role koherent._acting() names)
     koherent.as_of(anyelement, timestamptz), koherent.as_of_task(anyelement, text),
     koherent.row_as_of(anyelement, jsonb, timestamptz),
-    koherent._as_of_rows(uuid, regtype, timestamptz, text, jsonb, anyelement), koherent._as_of_select(jsonb),
+    koherent._as_of_rows(uuid, regtype, timestamptz, text, jsonb), koherent._as_of_select(jsonb),
     koherent._as_of_typed(uuid, regtype, timestamptz, text, jsonb),
-    koherent._as_of_entries(uuid, regtype, timestamptz, boolean, anyelement), koherent._as_of_typed_select(jsonb, regtype, boolean),
+    koherent._as_of_entries(uuid, regtype, timestamptz, boolean, jsonb), koherent._as_of_typed_select(jsonb, regtype, boolean),
     -- the plan and revert functions (SECURITY INVOKER; granted by an administrator) call these,
     -- which check that the role they act for may call them
     koherent._revert_plan(uuid, uuid[]), koherent._revert_plan_prepare(uuid, uuid[]),

@@ -1282,13 +1282,49 @@ BEGIN
     END IF;
 END $$;
 
+-- One key's filter over history entries `h`, as SQL (its own entries and the UPDATEs that moved
+-- a row away from it), and the key as history's images show it. No value a client chose is
+-- handled as a type here: a key of built-in types is converted from its JSON by built-in input
+-- functions (history columns hold base types: no domain check) and looked up by the row and
+-- key-change indexes; any other key is converted by the acting role's own statement
+-- (koherent._as_caller: its domain checks, casts and input functions run as that role) into the
+-- JSON history's images use, and compared as JSON.
+CREATE FUNCTION koherent._as_of_key(acting uuid, cfg koherent.tracked_config, key jsonb,
+                                    OUT filter text, OUT normalized jsonb)
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    hist text := format('koherent_history.%I', cfg.history_table);
+    builtin boolean;
+BEGIN
+    SELECT bool_and(koherent._is_builtin_type(a.atttypid)) INTO builtin
+      FROM unnest(cfg.pk_columns) c JOIN pg_attribute a ON a.attrelid = hist::regclass AND a.attname = c;
+    IF builtin THEN
+        EXECUTE format('SELECT %s FROM jsonb_populate_record(NULL::%s, $1) x', koherent._key_expr(cfg, '', 'x'), hist)
+           INTO normalized USING key;
+        SELECT format('(%s OR (%s AND %s))',
+                      string_agg(format('h.%I = (SELECT x.%I FROM jsonb_populate_record(NULL::%s, %L::jsonb) x)', c, c, hist, key), ' AND '),
+                      string_agg(format('h.%I = (SELECT x.%I FROM jsonb_populate_record(NULL::%s, %L::jsonb) x)', 'old:' || c, c, hist, key), ' AND '),
+                      koherent._key_change_predicate(cfg.pk_columns, 'h.'))
+          INTO filter FROM unnest(cfg.pk_columns) c;
+    ELSE
+        normalized := koherent._as_caller(acting, format(
+            'SELECT jsonb_build_object(%s) FROM jsonb_populate_record(NULL::%I.%I, $1) x',
+            (SELECT string_agg(format('%L, %s', c, CASE WHEN koherent._is_builtin_type(koherent._base_type(a.atttypid))
+                                                        THEN format('to_jsonb(x.%I)', c)
+                                                        ELSE format('to_jsonb(koherent._text_out(x.%I))', c) END), ', ')
+               FROM unnest(cfg.pk_columns) c JOIN pg_attribute a ON a.attrelid = cfg.relid AND a.attname = c),
+            cfg.schema_name, cfg.table_name), key);
+        filter := format('(%s = %L::jsonb OR (%s = %L::jsonb AND %s))', koherent._key_expr(cfg, '', 'h'), normalized,
+                         koherent._key_expr(cfg, 'old:', 'h'), normalized, koherent._key_change_predicate(cfg.pk_columns, 'h.'));
+    END IF;
+END $$;
+
 -- For table `typ` as of `at` (entries dated after it are rolled back), or just before task
 -- `task_id`'s first change (entries dated at it or after): {"pk": [key columns], "rows": [{"k": key, "b": image or null}, ...]}, one
 -- element per key history touches after `at`; "b" null: no row had that key at `at`. Only keys
 -- the caller may see: it needs SELECT on the table; under row-level security (and not an
 -- auditor), only keys whose row it can read now. With `key`, that key only (index lookups).
-CREATE FUNCTION koherent._as_of_rows(acting uuid, typ regtype, at timestamptz, task_id text, key jsonb,
-                                     keyrow anyelement)
+CREATE FUNCTION koherent._as_of_rows(acting uuid, typ regtype, at timestamptz, task_id text, key jsonb)
 RETURNS jsonb
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 SET max_parallel_workers_per_gather = 0 SET jit = off AS $$
@@ -1302,6 +1338,8 @@ DECLARE
     src text;
     rows jsonb;
     at_too boolean := false;
+    kf record;
+    knorm jsonb;
 BEGIN
     IF task_id IS NOT NULL THEN
         at := coalesce(koherent._task_started(task_id), 'infinity');
@@ -1311,13 +1349,9 @@ BEGIN
     IF key IS NOT NULL THEN
         -- index lookups: the row index (key, history_id) for the key's own entries, the
         -- key-change index for the UPDATEs that moved a row away from it
-        -- (the key's typed values come from the caller, who converted its row_key: no value is
-        -- converted here, so no domain check or input function runs with koherent's rights)
-        SELECT format(' AND (%s OR (%s AND %s))',
-                      string_agg(format('h.%I = ($2).%I', c, c), ' AND '),
-                      string_agg(format('h.%I = ($2).%I', 'old:' || c, c), ' AND '),
-                      koherent._key_change_predicate(cfg.pk_columns, 'h.'))
-          INTO keyfilter FROM unnest(cfg.pk_columns) c;
+        kf := koherent._as_of_key(acting, cfg, key);
+        keyfilter := ' AND ' || kf.filter;
+        knorm := kf.normalized;
     END IF;
     EXECUTE format($q$
         WITH e AS MATERIALIZED (
@@ -1345,11 +1379,8 @@ BEGIN
           FROM firsts f LEFT JOIN deaths d ON d.k = f.k %7$s
         $q$, hist, koherent._key_expr(cfg, 'old:', 'h'), koherent._key_expr(cfg, '', 'h'),
         koherent._image_expr(cfg, 'old:', 'h'), koherent._image_expr(cfg, '', 'h'), keyfilter,
-        CASE WHEN key IS NULL THEN ''
-             ELSE format('WHERE f.k = jsonb_build_object(%s)',
-                         (SELECT string_agg(format('%L, %s', c, koherent._json_of(a.atttypid, format('($2).%I', c))), ', ')
-                            FROM unnest(cfg.pk_columns) c JOIN pg_attribute a ON a.attrelid = hist::regclass AND a.attname = c)) END)
-       INTO rows USING at, keyrow, at_too;
+        CASE WHEN key IS NULL THEN '' ELSE format('WHERE f.k = %L::jsonb', knorm) END)
+       INTO rows USING at, NULL::jsonb, at_too;
     rows := coalesce(rows, '[]');
     IF jsonb_array_length(rows) > 0 AND koherent._rls_active_for(cfg.relid, caller) THEN
         -- under row-level security (auditors too: the rows untouched since come from the table
@@ -1365,7 +1396,7 @@ BEGIN
     END IF;
     RETURN jsonb_build_object('pk', to_jsonb(cfg.pk_columns), 'table', tbl, 'rows', rows);
 END $$;
-COMMENT ON FUNCTION koherent._as_of_rows(uuid, regtype, timestamptz, text, jsonb, anyelement) IS
+COMMENT ON FUNCTION koherent._as_of_rows(uuid, regtype, timestamptz, text, jsonb) IS
   'Internal: the keys history touches after a moment and their images then (what the caller may see).';
 
 -- The typed path of as_of and row_as_of, taken when the caller is not under row-level security
@@ -1429,15 +1460,20 @@ BEGIN
         'before_names', (SELECT string_agg(format('%I', 'b:' || t.column_name), ', ' ORDER BY t.attnum)
                            FROM koherent.tracked_column t WHERE t.config_id = cfg.id AND t.live_until IS NULL),
         'kcols', (SELECT string_agg(format('%I', 'k:' || k), ', ') FROM unnest(cfg.pk_columns) k),
-        'keymatch_t', (SELECT string_agg(format('t.%I = f.%I', k, 'k:' || k), ' AND ') FROM unnest(cfg.pk_columns) k),
+        -- the table's key columns as history's types (a domain's base type: the same index)
+        'keymatch_t', (SELECT string_agg(format('t.%I::%s = f.%I', k, format_type(a.atttypid, a.atttypmod), 'k:' || k), ' AND ')
+                         FROM unnest(cfg.pk_columns) k JOIN pg_attribute a ON a.attrelid = hist AND a.attname = k),
+        'keycast', (SELECT jsonb_object_agg(k, format_type(a.atttypid, a.atttypmod))
+                      FROM unnest(cfg.pk_columns) k JOIN pg_attribute a ON a.attrelid = hist AND a.attname = k),
         'kcols_f', (SELECT string_agg(format('f.%I', 'k:' || k), ', ') FROM unnest(cfg.pk_columns) k),
-        'keymatch_c', (SELECT string_agg(format('c.%I = f.%I', k, 'k:' || k), ' AND ') FROM unnest(cfg.pk_columns) k));
+        'keymatch_c', (SELECT string_agg(format('c.%I::%s = f.%I', k, format_type(a.atttypid, a.atttypmod), 'k:' || k), ' AND ')
+                         FROM unnest(cfg.pk_columns) k JOIN pg_attribute a ON a.attrelid = hist AND a.attname = k));
 END $$;
 
 -- The entries of `typ`'s history dated after `at` (with `at_too`, at it too), of key `key` if
 -- given (index lookups), typed, as the history table has them. Only for a caller that may see
 -- them all: SELECT on the table, and no row-level security in the way (or an auditor).
-CREATE FUNCTION koherent._as_of_entries(acting uuid, typ regtype, at timestamptz, at_too boolean, keyrow anyelement)
+CREATE FUNCTION koherent._as_of_entries(acting uuid, typ regtype, at timestamptz, at_too boolean, key jsonb)
 RETURNS SETOF record
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -1453,13 +1489,8 @@ BEGIN
         RAISE EXCEPTION 'koherent: % is under row-level security for this role', cfg.table_name
             USING ERRCODE = 'insufficient_privilege';
     END IF;
-    IF keyrow IS DISTINCT FROM NULL THEN
-        -- typed key values from the caller (no conversion here)
-        SELECT format(' AND (%s OR (%s AND %s))',
-                      string_agg(format('h.%I = ($3).%I', c, c), ' AND '),
-                      string_agg(format('h.%I = ($3).%I', 'old:' || c, c), ' AND '),
-                      koherent._key_change_predicate(cfg.pk_columns, 'h.'))
-          INTO keyfilter FROM unnest(cfg.pk_columns) c;
+    IF key IS NOT NULL THEN
+        keyfilter := ' AND ' || (koherent._as_of_key(acting, cfg, key)).filter;
     END IF;
     -- each entry with the greatest history id of its transaction in place of its context id
     RETURN QUERY EXECUTE format('SELECT h.history_id, h.history_kind, h.history_date, '
@@ -1469,11 +1500,12 @@ BEGIN
                                    FROM pg_attribute a WHERE a.attrelid = hist::regclass AND a.attnum > 0 AND NOT a.attisdropped
                                     AND a.attname NOT IN ('history_id', 'history_kind', 'history_date', 'history_context')),
                                 hist, keyfilter)
-                 USING at, at_too, keyrow;
+                 USING at, at_too;
 END $$;
 
 -- The caller's query of the typed path: each key's first entry after the moment (in the order
--- revert follows rows), and from it the rows then. With `key`: that key's row only ($3).
+-- revert follows rows), and from it the rows then. With `key`: that key's row only ($3, the
+-- caller's own typed key row; $5 its JSON).
 CREATE FUNCTION koherent._as_of_typed_select(info jsonb, typ regtype, key boolean) RETURNS text
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     WITH k AS (SELECT k, o FROM jsonb_array_elements_text(info->'pk') WITH ORDINALITY AS x(k, o))
@@ -1481,7 +1513,7 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
         WITH e AS MATERIALIZED (
             SELECT h.history_id AS id, h.history_date AS dt, h.cmax, h.history_kind AS kind,
                    %4$s, %5$s, %6$s
-              FROM koherent._as_of_entries($4, %2$L::regtype, $1, $2, $3) AS h(%3$s)
+              FROM koherent._as_of_entries($4, %2$L::regtype, $1, $2, $5) AS h(%3$s)
         ), ev AS (
             SELECT id, cmax, dt, 0 AS role, %7$s, %8$s FROM e WHERE kind <> 'CREATE'
             UNION ALL
@@ -1504,8 +1536,8 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
                  'SELECT %1$s FROM f LEFT JOIN %2$s c ON %3$s WHERE f.role = 0 AND (%4$s) = (%5$s) '
                  'UNION ALL SELECT t.* FROM %2$s t WHERE (%6$s) = (%5$s) AND NOT EXISTS (SELECT 1 FROM f WHERE (%4$s) = (%5$s))',
                  info->>'build', info->>'table', info->>'keymatch_c', info->>'kcols',
-                 format('SELECT %s', (SELECT string_agg(format('($3).%I', k), ', ' ORDER BY o) FROM k)),
-                 (SELECT string_agg(format('t.%I', k), ', ' ORDER BY o) FROM k))
+                 format('SELECT %s', (SELECT string_agg(format('($3).%I::%s', k, info->'keycast'->>k), ', ' ORDER BY o) FROM k)),
+                 (SELECT string_agg(format('t.%I::%s', k, info->'keycast'->>k), ', ' ORDER BY o) FROM k))
              ELSE format('SELECT t.* FROM %1$s t WHERE NOT EXISTS (SELECT 1 FROM f WHERE %2$s) '
                          'UNION ALL SELECT %3$s FROM f LEFT JOIN %1$s c ON %4$s WHERE f.role = 0',
                          info->>'table', info->>'keymatch_t', info->>'build', info->>'keymatch_c') END)
@@ -1538,10 +1570,10 @@ DECLARE
 BEGIN
     IF typed IS NOT NULL THEN
         RETURN QUERY EXECUTE koherent._as_of_typed_select(typed, pg_typeof(tbl)::regtype, false)
-                     USING at, false, tbl, acting;
+                     USING at, false, tbl, acting, NULL::jsonb;
         RETURN;
     END IF;
-    info := koherent._as_of_rows(acting, pg_typeof(tbl)::regtype, at, NULL, NULL, tbl);
+    info := koherent._as_of_rows(acting, pg_typeof(tbl)::regtype, at, NULL, NULL);
     RETURN QUERY EXECUTE koherent._as_of_select(info) USING info;
 END $$;
 COMMENT ON FUNCTION koherent.as_of(anyelement, timestamptz) IS
@@ -1584,10 +1616,10 @@ BEGIN
     info := koherent._as_of_typed(acting, pg_typeof(tbl)::regtype, NULL, task_id, NULL);
     IF info IS NOT NULL THEN
         RETURN QUERY EXECUTE koherent._as_of_typed_select(info, pg_typeof(tbl)::regtype, false)
-                     USING (info->>'at')::timestamptz, true, tbl, acting;
+                     USING (info->>'at')::timestamptz, true, tbl, acting, NULL::jsonb;
         RETURN;
     END IF;
-    info := koherent._as_of_rows(acting, pg_typeof(tbl)::regtype, NULL, task_id, NULL, tbl);
+    info := koherent._as_of_rows(acting, pg_typeof(tbl)::regtype, NULL, task_id, NULL);
     RETURN QUERY EXECUTE koherent._as_of_select(info) USING info;
 END $$;
 COMMENT ON FUNCTION koherent.as_of_task(anyelement, text) IS
@@ -1606,18 +1638,19 @@ BEGIN
     IF row_key IS NULL THEN
         RAISE EXCEPTION 'koherent: row_key must not be null' USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    -- the key's typed values, converted here with the caller's rights
+    -- the key's typed values, converted here with the caller's rights (its own query filters
+    -- the typed path's entries by them)
     keyrow := jsonb_populate_record(tbl, row_key);
     info := koherent._as_of_typed(acting, pg_typeof(tbl)::regtype, at, NULL, row_key);
     IF info IS NOT NULL THEN
-        EXECUTE koherent._as_of_typed_select(info, pg_typeof(tbl)::regtype, true) INTO tbl USING at, false, keyrow, acting;
+        EXECUTE koherent._as_of_typed_select(info, pg_typeof(tbl)::regtype, true) INTO tbl USING at, false, keyrow, acting, row_key;
         GET DIAGNOSTICS n = ROW_COUNT;
         IF n = 0 THEN
             RETURN NULL;
         END IF;
         RETURN tbl;
     END IF;
-    info := koherent._as_of_rows(acting, pg_typeof(tbl)::regtype, at, NULL, row_key, keyrow);
+    info := koherent._as_of_rows(acting, pg_typeof(tbl)::regtype, at, NULL, row_key);
     IF info->'rows'->0->'b' = 'null' THEN
         RETURN NULL;  -- no row had this key then
     END IF;
@@ -1691,9 +1724,9 @@ GRANT EXECUTE ON FUNCTION
     -- act for the role koherent._acting() names)
     koherent.as_of(anyelement, timestamptz), koherent.as_of_task(anyelement, text),
     koherent.row_as_of(anyelement, jsonb, timestamptz),
-    koherent._as_of_rows(uuid, regtype, timestamptz, text, jsonb, anyelement), koherent._as_of_select(jsonb),
+    koherent._as_of_rows(uuid, regtype, timestamptz, text, jsonb), koherent._as_of_select(jsonb),
     koherent._as_of_typed(uuid, regtype, timestamptz, text, jsonb),
-    koherent._as_of_entries(uuid, regtype, timestamptz, boolean, anyelement), koherent._as_of_typed_select(jsonb, regtype, boolean),
+    koherent._as_of_entries(uuid, regtype, timestamptz, boolean, jsonb), koherent._as_of_typed_select(jsonb, regtype, boolean),
     -- the plan and revert functions (SECURITY INVOKER; granted by an administrator) call these,
     -- which check that the role they act for may call them
     koherent._revert_plan(uuid, uuid[]), koherent._revert_plan_prepare(uuid, uuid[]),

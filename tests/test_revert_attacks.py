@@ -168,3 +168,25 @@ def test_the_callers_triggers_run_with_its_search_path(item):
     db.sql("CREATE TRIGGER log_it AFTER UPDATE ON item FOR EACH ROW EXECUTE FUNCTION log_it()")
     assert db.one("SELECT koherent.revert_task('task-tr')")["updated"] == 1
     assert db.sql("SELECT id FROM trig_log") == [(1,)]
+
+
+def test_a_key_of_the_owners_own_type_is_converted_by_the_caller(db, owner):
+    """A key of a type outside pg_catalog (here a domain with the owner's CHECK over the owner's
+    enum) is converted from JSON by the acting role's own statement, never as the extension
+    owner; the helpers take JSON, not values of a type the client chooses."""
+    db.sql(f"SET ROLE {owner}; " + ESCALATE.format(s="hs") + "; CREATE TYPE hs.color AS ENUM ('red', 'blue'); "
+           "CREATE DOMAIN hs.checked AS hs.color CHECK (hs.evil(VALUE)); "
+           "CREATE TABLE hs.e (c hs.checked PRIMARY KEY, v int); RESET ROLE")
+    db.sql("SELECT koherent.track('hs.e', row_index => true)")
+    as_role(db, owner, ["INSERT INTO hs.e VALUES ('red', 1), ('blue', 2)"])
+    at = db.one("SELECT clock_timestamp()")
+    as_role(db, owner, ["UPDATE hs.e SET v = v * 10"])
+    with db.conn() as c:
+        c.execute(f"SET ROLE {owner}")
+        assert c.execute("SELECT (koherent.row_as_of(NULL::hs.e, '{\"c\": \"blue\"}', %s)).v", [at]).fetchone()[0] == 2
+        assert sorted(c.execute("SELECT c::text, v FROM koherent.as_of(NULL::hs.e, %s)", [at]).fetchall()) == [
+            ("blue", 2), ("red", 1)]
+    # (as the superuser the owner's CHECK would raise: it must not have run as one)
+    with pytest.raises(psycopg.errors.UndefinedFunction):
+        with db.conn() as c:
+            c.execute("SELECT koherent._as_of_rows(koherent._acting(), 'hs.e'::regtype, now(), NULL, '{}', ROW(1))")
