@@ -1,32 +1,52 @@
--- koherent: the indexes of a history table: BRIN lookups (history_id, history_context) and the
--- optional row index.
+-- koherent: the indexes of a history table: BRIN lookups (history_id, history_context,
+-- history_date) and the optional row index.
 
--- history_date (min-max BRIN): the entries after a moment, for as_of. Dates grow with the
--- history id (a statement's date is its start, its ids are drawn as it runs), so the ranges
--- stay narrow; nothing is maintained per row while a range fills (src/brin.rs).
-CREATE FUNCTION koherent._create_date_index(hist regclass) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    EXECUTE format('CREATE INDEX ON %s USING brin (history_date) WITH (pages_per_range = 8, autosummarize = on)', hist);
-END $$;
-
--- A history table's lookup indexes besides the row btree: history_id (min-max) and
--- history_context (bloom) in one BRIN index, nothing to maintain per row while a block range
--- fills. Ranges are summarized by VACUUM and by the readers that use the index, never by the
--- writer (why: src/brin.rs).
+-- A history table's lookup index besides the row btree: one BRIN index over history_id
+-- (min-max), history_context (bloom: task_changes, revert) and history_date (min-max: the entries
+-- after a moment, for as_of; dates grow with the history id, a statement's date being its
+-- start, so its ranges stay narrow). Nothing to maintain per row while a block range fills;
+-- one index, not two, for each statement to open (the single-row write path). Ranges are
+-- summarized by VACUUM and by the readers that use the index, never by the writer (why:
+-- src/brin.rs).
 CREATE FUNCTION koherent._create_lookup_indexes(hist regclass) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM koherent._create_date_index(hist);
     IF current_setting('server_version_num')::int >= 140000 THEN
         EXECUTE format('CREATE INDEX ON %s USING brin '
-                       '(history_id, history_context uuid_bloom_ops (n_distinct_per_range = 1000)) '
+                       '(history_id, history_context uuid_bloom_ops (n_distinct_per_range = 1000), history_date) '
                        'WITH (pages_per_range = 8, autosummarize = on)', hist);
     ELSE  -- no bloom opclass before 14
-        EXECUTE format('CREATE INDEX ON %s USING brin (history_id) '
+        EXECUTE format('CREATE INDEX ON %s USING brin (history_id, history_date) '
                        'WITH (pages_per_range = 8, autosummarize = on)', hist);
         EXECUTE format('CREATE INDEX ON %s (history_context)', hist);
     END IF;
+END $$;
+
+-- 0.6.0's upgrade: a lookup index of an earlier release (without history_date) built again with
+-- it (the new index first, then the old one dropped).
+CREATE FUNCTION koherent._add_date_to_lookup_index(hist regclass) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    old regclass;
+BEGIN
+    SELECT i.indexrelid::regclass INTO old
+      FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam
+     WHERE i.indrelid = hist AND a.amname = 'brin'
+       AND NOT EXISTS (SELECT 1 FROM unnest(i.indkey) k JOIN pg_attribute t ON t.attrelid = hist AND t.attnum = k
+                        WHERE t.attname = 'history_date')
+     LIMIT 1;
+    IF old IS NULL THEN
+        RETURN;
+    END IF;
+    IF current_setting('server_version_num')::int >= 140000 THEN
+        EXECUTE format('CREATE INDEX ON %s USING brin '
+                       '(history_id, history_context uuid_bloom_ops (n_distinct_per_range = 1000), history_date) '
+                       'WITH (pages_per_range = 8, autosummarize = on)', hist);
+    ELSE
+        EXECUTE format('CREATE INDEX ON %s USING brin (history_id, history_date) '
+                       'WITH (pages_per_range = 8, autosummarize = on)', hist);
+    END IF;
+    EXECUTE format('DROP INDEX %s', old);
 END $$;
 
 -- A history table's row index: the btree (primary key..., history_id), or null.

@@ -2,7 +2,7 @@
 //! summarization of complete ranges.
 //!
 //! Why koherent handles BRIN itself, once: a history table's lookup index is one BRIN index
-//! (history_id min-max, history_context bloom), which costs a bulk write nothing per row while a
+//! (history_id min-max, history_context bloom, history_date min-max), which costs a bulk write nothing per row while a
 //! block range fills. The writer leaves ranges unsummarized (summarizing reads a range again: a
 //! quarter of what history costs a bulk INSERT) and skips index calls for rows in unsummarized
 //! ranges (`insert::index`); readers that look history up by BRIN summarize the complete ranges

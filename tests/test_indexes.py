@@ -83,7 +83,7 @@ def test_row_provenance_and_task_changes_are_index_lookups(item):
     assert "Index" in body and "Seq Scan" not in body, body
     ctx = item.one("SELECT id FROM koherent.transaction_auth_context WHERE task_id = 'needle'")
     tc = plan(item, f"SELECT * FROM koherent_history.item h WHERE h.history_context = ANY (ARRAY['{ctx}']::uuid[])")
-    assert "Bitmap Index Scan on item_history_id_history_context_idx" in tc and "Seq Scan" not in tc, tc
+    assert "Bitmap Index Scan on item_history_id_history_context_history_date_idx" in tc and "Seq Scan" not in tc, tc
     # The writer does not summarize BRIN ranges (no VACUUM ran here either): a lookup straight
     # after the writes reads the whole unsummarized table, with the right answer. task_changes
     # summarizes the complete ranges first; from then on the lookup reads one 8-page range (plus
