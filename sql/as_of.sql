@@ -91,7 +91,7 @@ BEGIN
                                                         THEN format('to_jsonb(x.%I)', c)
                                                         ELSE format('to_jsonb(koherent._text_out(x.%I))', c) END), ', ')
                FROM unnest(cfg.pk_columns) c JOIN pg_attribute a ON a.attrelid = cfg.relid AND a.attname = c),
-            cfg.schema_name, cfg.table_name), key);
+            cfg.schema_name, cfg.table_name), key, false);
         filter := format('(%s = %L::jsonb OR (%s = %L::jsonb AND %s))', koherent._key_expr(cfg, '', 'h'), normalized,
                          koherent._key_expr(cfg, 'old:', 'h'), normalized, koherent._key_change_predicate(cfg.pk_columns, 'h.'));
     END IF;
@@ -118,6 +118,7 @@ DECLARE
     at_too boolean := false;
     kf record;
     knorm jsonb;
+    visible jsonb;
 BEGIN
     IF task_id IS NOT NULL THEN
         at := coalesce(koherent._task_started(task_id), 'infinity');
@@ -166,11 +167,14 @@ BEGIN
         -- those, a key whose row was deleted or moved away since, a new row taking the key, shows
         -- nothing of its past (no row to check the policy against)
         SELECT string_agg(format('t.%I = (p.k).%I', c, c), ' AND ') INTO keymatch FROM unnest(cfg.pk_columns) c;
-        rows := coalesce(koherent._as_caller(acting, format(
-            'SELECT jsonb_agg(CASE WHEN (p.v->>''d'')::boolean THEN p.v || ''{"b": null}'' ELSE p.v END) '
-            'FROM (SELECT x AS v, k FROM jsonb_array_elements($1) x, '
-            'LATERAL jsonb_populate_record(NULL::%1$s, x->''k'') k) p WHERE EXISTS (SELECT 1 FROM %1$s t WHERE %2$s)',
-            tbl, keymatch), rows), '[]');
+        -- the client's statement gets the keys only, never the images; it answers which it can read
+        visible := koherent._as_caller(acting, format(
+            'SELECT jsonb_agg(p.i) FROM (SELECT x.i, k FROM jsonb_array_elements($1) WITH ORDINALITY x(v, i), '
+            'LATERAL jsonb_populate_record(NULL::%1$s, x.v) k) p WHERE EXISTS (SELECT 1 FROM %1$s t WHERE %2$s)',
+            tbl, keymatch), (SELECT jsonb_agg(r->'k' ORDER BY n) FROM jsonb_array_elements(rows) WITH ORDINALITY AS e(r, n)), false);
+        SELECT coalesce(jsonb_agg(CASE WHEN (r->>'d')::boolean THEN r || '{"b": null}' ELSE r END ORDER BY n), '[]') INTO rows
+          FROM jsonb_array_elements(rows) WITH ORDINALITY AS e(r, n)
+         WHERE n IN (SELECT (jsonb_array_elements_text(coalesce(visible, '[]')))::bigint);
     END IF;
     RETURN jsonb_build_object('pk', to_jsonb(cfg.pk_columns), 'table', tbl, 'rows', rows);
 END $$;

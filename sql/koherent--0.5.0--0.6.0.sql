@@ -200,9 +200,9 @@ END $$;
 -- runs as the client through koherent._as_caller (src/revert/mod.rs): GRANTs and row-level
 -- security apply as if the client had sent the statements itself.
 
-CREATE FUNCTION koherent._as_caller(acting uuid, query text, arg jsonb) RETURNS jsonb
+CREATE FUNCTION koherent._as_caller(acting uuid, query text, arg jsonb, callers_path boolean) RETURNS jsonb
 LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'koherent_as_caller';
-COMMENT ON FUNCTION koherent._as_caller(uuid, text, jsonb) IS
+COMMENT ON FUNCTION koherent._as_caller(uuid, text, jsonb, boolean) IS
   'Internal: run one generated statement as the role a capability from koherent._acting() names, with its search_path (owner only).';
 
 -- A row image of history entries as jsonb: the data columns (prefix '') or their "old:" twins
@@ -686,7 +686,7 @@ DECLARE
 BEGIN
     PERFORM koherent._as_caller(acting, format(
         'SELECT to_jsonb(count(*)) FROM (SELECT 1 FROM %2$s t JOIN %1$s v ON %3$s '
-        'WHERE v.kind IN (''CREATE'', ''UPDATE'') FOR UPDATE OF t) x', view, q->>'table', q->>'keymatch'), NULL);
+        'WHERE v.kind IN (''CREATE'', ''UPDATE'') FOR UPDATE OF t) x', view, q->>'table', q->>'keymatch'), NULL, false);
     res := koherent._as_caller(acting, format($s$
         SELECT jsonb_build_object(
             'conflicts', coalesce(jsonb_agg(jsonb_build_object('table_name', %3$L, 'row_key', x.k, 'action', x.a,
@@ -707,7 +707,7 @@ BEGIN
                  CROSS JOIN LATERAL (SELECT %5$s AS w OFFSET 0) c
                  WHERE v.kind <> 'UPDATE' OR %7$s) x
         $s$, view, q->>'table', cfg.relid::regclass::text, q->>'row_key', q->>'conflict', q->>'keymatch',
-        q->>'any_changed', q->>'auditor'), NULL);
+        q->>'any_changed', q->>'auditor'), NULL, false);
     RETURN jsonb_build_object('cfg', cfg.id, 'sql', q, 'conflicts', res->'conflicts', 'counts', res->'counts');
 END $$;
 
@@ -759,7 +759,7 @@ BEGIN
                     'UPDATE %s t SET %s FROM %s v WHERE %s AND v.kind = ''UPDATE'' AND %s = %L %s', tbl,
                     (SELECT string_agg(format('%I = v.%I', keys[i], 'o:' || keys[i]), ', ')
                        FROM generate_series(1, length(m)) i WHERE substr(m, i, 1) = '1'),
-                    view, q->>'keymatch', mask, m, keep), NULL))::text::bigint;
+                    view, q->>'keymatch', mask, m, keep), NULL, true))::text::bigint;
             END LOOP;
             IF total <> expected THEN
                 RAISE EXCEPTION 'koherent: the revert could update only % of % rows of %; nothing was written', total, expected, tbl
@@ -814,6 +814,7 @@ DECLARE
     required text[];
     readable boolean;
     rls boolean;
+    keys jsonb;
 BEGIN
     FOR cfg IN SELECT * FROM koherent.tracked_config c WHERE NOT (c.id = ANY (skip)) ORDER BY c.id LOOP
         hist := to_regclass(format('koherent_history.%I', cfg.history_table));
@@ -852,25 +853,28 @@ BEGIN
         cur := NULL;
         occ := NULL;
         IF readable THEN
+            -- the client's statements get the keys only, never the rows' past images
+            SELECT jsonb_agg(jsonb_build_object('akey', t.v->'akey', 'bkey', t.v->'bkey') ORDER BY t.i) INTO keys
+              FROM jsonb_array_elements(threads) WITH ORDINALITY AS t(v, i);
             -- as the client: lock the rows at their keys now, then read them and whether the
             -- keys a revert would move or reinsert rows to are taken
             IF lock THEN
                 PERFORM koherent._as_caller(acting, format(
                     'SELECT to_jsonb(count(*)) FROM (SELECT 1 FROM %1$s t, jsonb_array_elements($1) p, '
                     'LATERAL jsonb_populate_record(NULL::%1$s, coalesce(nullif(p->''akey'', ''null''), ''{}'')) k '
-                    'WHERE %2$s FOR UPDATE OF t) x', tbl, keymatch), threads);
+                    'WHERE %2$s FOR UPDATE OF t) x', tbl, keymatch), keys, false);
             END IF;
             cur := koherent._as_caller(acting, format(
                 'SELECT jsonb_agg(CASE WHEN t.ctid IS NOT NULL THEN %3$s END ORDER BY p.i) '
                 'FROM (SELECT p.i, k FROM jsonb_array_elements($1) WITH ORDINALITY p(v, i), '
                 'LATERAL jsonb_populate_record(NULL::%1$s, coalesce(nullif(p.v->''akey'', ''null''), ''{}'')) k) p '
-                'LEFT JOIN %1$s t ON %2$s', tbl, replace(keymatch, 'k.', '(p.k).'), koherent._source_json_expr(cfg, 't')), threads);
+                'LEFT JOIN %1$s t ON %2$s', tbl, replace(keymatch, 'k.', '(p.k).'), koherent._source_json_expr(cfg, 't')), keys, false);
             occ := koherent._as_caller(acting, format(
                 'SELECT jsonb_agg(t.ctid IS NOT NULL ORDER BY p.i) '
                 'FROM (SELECT p.i, k FROM jsonb_array_elements($1) WITH ORDINALITY p(v, i), '
                 'LATERAL jsonb_populate_record(NULL::%1$s, CASE WHEN p.v->''bkey'' IS DISTINCT FROM p.v->''akey'' '
                 'THEN coalesce(nullif(p.v->''bkey'', ''null''), ''{}'') ELSE ''{}'' END) k) p '
-                'LEFT JOIN %1$s t ON %2$s', tbl, replace(keymatch, 'k.', '(p.k).')), threads);
+                'LEFT JOIN %1$s t ON %2$s', tbl, replace(keymatch, 'k.', '(p.k).')), keys, false);
         END IF;
 
         RETURN QUERY
@@ -1181,7 +1185,7 @@ END $$;
 CREATE FUNCTION koherent._revert_write(acting uuid, query text, rows jsonb, expected bigint, verb text, tbl text) RETURNS void
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    n bigint := (koherent._as_caller(acting, query, rows))::text::bigint;
+    n bigint := (koherent._as_caller(acting, query, rows, true))::text::bigint;
 BEGIN
     IF n <> expected THEN
         RAISE EXCEPTION 'koherent: the revert could % only % of % rows of %; nothing was written', verb, n, expected, tbl
@@ -1331,7 +1335,7 @@ BEGIN
                                                         THEN format('to_jsonb(x.%I)', c)
                                                         ELSE format('to_jsonb(koherent._text_out(x.%I))', c) END), ', ')
                FROM unnest(cfg.pk_columns) c JOIN pg_attribute a ON a.attrelid = cfg.relid AND a.attname = c),
-            cfg.schema_name, cfg.table_name), key);
+            cfg.schema_name, cfg.table_name), key, false);
         filter := format('(%s = %L::jsonb OR (%s = %L::jsonb AND %s))', koherent._key_expr(cfg, '', 'h'), normalized,
                          koherent._key_expr(cfg, 'old:', 'h'), normalized, koherent._key_change_predicate(cfg.pk_columns, 'h.'));
     END IF;
@@ -1358,6 +1362,7 @@ DECLARE
     at_too boolean := false;
     kf record;
     knorm jsonb;
+    visible jsonb;
 BEGIN
     IF task_id IS NOT NULL THEN
         at := coalesce(koherent._task_started(task_id), 'infinity');
@@ -1406,11 +1411,14 @@ BEGIN
         -- those, a key whose row was deleted or moved away since, a new row taking the key, shows
         -- nothing of its past (no row to check the policy against)
         SELECT string_agg(format('t.%I = (p.k).%I', c, c), ' AND ') INTO keymatch FROM unnest(cfg.pk_columns) c;
-        rows := coalesce(koherent._as_caller(acting, format(
-            'SELECT jsonb_agg(CASE WHEN (p.v->>''d'')::boolean THEN p.v || ''{"b": null}'' ELSE p.v END) '
-            'FROM (SELECT x AS v, k FROM jsonb_array_elements($1) x, '
-            'LATERAL jsonb_populate_record(NULL::%1$s, x->''k'') k) p WHERE EXISTS (SELECT 1 FROM %1$s t WHERE %2$s)',
-            tbl, keymatch), rows), '[]');
+        -- the client's statement gets the keys only, never the images; it answers which it can read
+        visible := koherent._as_caller(acting, format(
+            'SELECT jsonb_agg(p.i) FROM (SELECT x.i, k FROM jsonb_array_elements($1) WITH ORDINALITY x(v, i), '
+            'LATERAL jsonb_populate_record(NULL::%1$s, x.v) k) p WHERE EXISTS (SELECT 1 FROM %1$s t WHERE %2$s)',
+            tbl, keymatch), (SELECT jsonb_agg(r->'k' ORDER BY n) FROM jsonb_array_elements(rows) WITH ORDINALITY AS e(r, n)), false);
+        SELECT coalesce(jsonb_agg(CASE WHEN (r->>'d')::boolean THEN r || '{"b": null}' ELSE r END ORDER BY n), '[]') INTO rows
+          FROM jsonb_array_elements(rows) WITH ORDINALITY AS e(r, n)
+         WHERE n IN (SELECT (jsonb_array_elements_text(coalesce(visible, '[]')))::bigint);
     END IF;
     RETURN jsonb_build_object('pk', to_jsonb(cfg.pk_columns), 'table', tbl, 'rows', rows);
 END $$;

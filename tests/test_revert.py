@@ -303,7 +303,7 @@ def test_bad_input_is_refused_and_nothing_is_written(seeded):
     assert sqlstate(e) == "55000"
     assert db.state_counts() == before
     # the internal functions are the owner's
-    for q in ("SELECT koherent._as_caller(koherent._acting(), 'SELECT 1', NULL)", "SELECT koherent._mark_revert('{}')",
+    for q in ("SELECT koherent._as_caller(koherent._acting(), 'SELECT 1', NULL, false)", "SELECT koherent._mark_revert('{}')",
               "SELECT * FROM koherent._revert_rows(koherent._acting(), ARRAY[]::uuid[], false)"):
         with pytest.raises(psycopg.Error) as e:
             with db.conn(user=APP_ROLE) as c:

@@ -190,3 +190,32 @@ def test_a_key_of_the_owners_own_type_is_converted_by_the_caller(db, owner):
     with pytest.raises(psycopg.errors.UndefinedFunction):
         with db.conn() as c:
             c.execute("SELECT koherent._as_of_rows(koherent._acting(), 'hs.e'::regtype, now(), NULL, '{}', ROW(1))")
+
+
+def test_a_readers_own_operators_and_functions_see_no_hidden_history(db):
+    """Under row-level security, a reader who puts its own schema first in search_path, with an
+    `=` that is always true and a jsonb_array_elements that prints its argument, learns nothing
+    of the rows it may not read: koherent's checks run under pg_catalog and get keys only."""
+    db.sql("CREATE TABLE items (id int PRIMARY KEY, owner text NOT NULL, secret text)")
+    db.sql("SELECT koherent.track('items')")
+    write(db, f"INSERT INTO items VALUES (1, '{APP_ROLE}', 'mine'), (2, 'victim', 'TOPSECRET-v1')")
+    at = db.one("SELECT clock_timestamp()")
+    write(db, "UPDATE items SET secret = secret || '!'", mint("task-leak"))
+    db.sql("ALTER TABLE items ENABLE ROW LEVEL SECURITY")
+    db.sql("CREATE POLICY mine ON items USING (owner = current_user)")
+    db.sql(f"GRANT SELECT, UPDATE ON items TO {APP_ROLE}")
+    db.sql(f"GRANT EXECUTE ON FUNCTION koherent.revert_plan(text, boolean) TO {APP_ROLE}")
+    db.sql(f"CREATE SCHEMA evil AUTHORIZATION {APP_ROLE}")
+    with db.app() as c:
+        c.execute("CREATE FUNCTION evil.eq_true(int4, int4) RETURNS bool LANGUAGE sql IMMUTABLE AS 'SELECT true'")
+        c.execute("CREATE OPERATOR evil.= (LEFTARG = int4, RIGHTARG = int4, FUNCTION = evil.eq_true)")
+        c.execute("CREATE FUNCTION evil.jsonb_array_elements(j jsonb) RETURNS SETOF jsonb LANGUAGE plpgsql AS "
+                  "$$ BEGIN RAISE NOTICE 'LEAK: %', j; RETURN QUERY SELECT pg_catalog.jsonb_array_elements(j); END $$")
+        notices = []
+        c.add_notice_handler(lambda d: notices.append(d.message_primary))
+        c.execute("SET search_path = evil, pg_catalog, public")
+        got = c.execute("SELECT id, secret FROM koherent.as_of(NULL::public.items, %s) ORDER BY id", [at]).fetchall()
+        plan = c.execute("SELECT row_key, restored_data, conflict FROM koherent.revert_plan('task-leak')").fetchall()
+    assert got == [(1, "mine")]
+    assert all("TOPSECRET" not in n for n in notices), notices
+    assert sorted(plan, key=str) == sorted([({"id": 1}, {"secret": "mine"}, None), (None, None, "not_visible")], key=str)

@@ -113,8 +113,11 @@ pub fn init() {
     unsafe { pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut()) };
 }
 
-/// `koherent._as_caller(acting uuid, query text, arg jsonb) RETURNS jsonb`: run `query` as the
-/// capability's role, with its search_path, with one jsonb parameter `$1`. A query that returns
+/// `koherent._as_caller(acting uuid, query text, arg jsonb, callers_path boolean) RETURNS jsonb`:
+/// run `query` as the capability's role with one jsonb parameter `$1`, under that role's
+/// search_path when `callers_path` (the revert's writes: the triggers they fire see what the
+/// role sees) and else under `pg_catalog, pg_temp` (the reads and checks, whose functions and
+/// operators no role may shadow). A query that returns
 /// rows gives the first column of its first row (jsonb, or null); any other gives the number of
 /// rows it processed as a jsonb number. The result stays a datum (copied out of SPI's memory).
 /// An error raised by the statement reaches the client untouched (`ffi::pg_try`).
@@ -131,12 +134,17 @@ pub unsafe extern "C-unwind" fn koherent_as_caller(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
     refuse_if_restricted();
-    let args = (*fcinfo).args.as_slice(3);
-    if args[0].isnull || args[1].isnull {
-        KoherentError::NullArgument("acting and query").raise();
+    let args = (*fcinfo).args.as_slice(4);
+    if args[0].isnull || args[1].isnull || args[3].isnull {
+        KoherentError::NullArgument("acting, query and callers_path").raise();
     }
     let id = Uuid::from_datum(args[0].value, false).expect("a uuid");
-    let (role, search_path) = lookup(&id);
+    let (role, callers) = lookup(&id);
+    let search_path = if args[3].value.value() != 0 {
+        callers
+    } else {
+        CString::from(c"pg_catalog, pg_temp")
+    };
     let query = pg_sys::text_to_cstring(args[1].value.cast_mut_ptr());
     let q: CString = CStr::from_ptr(query).to_owned();
     let mut values = [args[2].value];
