@@ -87,9 +87,7 @@ BEGIN
     ELSE
         normalized := koherent._as_caller(acting, format(
             'SELECT jsonb_build_object(%s) FROM jsonb_populate_record(NULL::%I.%I, $1) x',
-            (SELECT string_agg(format('%L, %s', c, CASE WHEN koherent._is_builtin_type(koherent._base_type(a.atttypid))
-                                                        THEN format('to_jsonb(x.%I)', c)
-                                                        ELSE format('to_jsonb(koherent._text_out(x.%I))', c) END), ', ')
+            (SELECT string_agg(format('%L, %s', c, koherent._json_of(koherent._base_type(a.atttypid), format('x.%I', c))), ', ')
                FROM unnest(cfg.pk_columns) c JOIN pg_attribute a ON a.attrelid = cfg.relid AND a.attname = c),
             cfg.schema_name, cfg.table_name), key, false);
         filter := format('(%s = %L::jsonb OR (%s = %L::jsonb AND %s))', koherent._key_expr(cfg, '', 'h'), normalized,

@@ -9,6 +9,103 @@ STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', '_acting_wrappe
 CREATE FUNCTION koherent."_acting_role"("acting" uuid) RETURNS oid
 STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', '_acting_role_wrapper';
 
+CREATE FUNCTION koherent._json_of(typ oid, expr text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN koherent._is_builtin_type(typ) THEN format('to_jsonb(%s)', expr)
+                ELSE format('to_jsonb(koherent._text_out(%s))', expr) END
+$$;
+
+CREATE OR REPLACE FUNCTION koherent._json_expr(hist regclass, col name, alias text DEFAULT 'h') RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT koherent._json_of(a.atttypid, format('%s.%I', alias, col))
+      FROM pg_attribute a WHERE a.attrelid = hist AND a.attname = col AND NOT a.attisdropped
+$$;
+
+CREATE FUNCTION koherent._key_expr(cfg koherent.tracked_config, prefix text, alias text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT format('jsonb_build_object(%s)',
+                  string_agg(format('%L, %s', k, koherent._json_expr(format('koherent_history.%I', cfg.history_table)::regclass,
+                                                                     (prefix || k)::name, alias)), ', '))
+      FROM unnest(cfg.pk_columns) k
+$$;
+
+CREATE OR REPLACE FUNCTION koherent._entry_select(cfg koherent.tracked_config, shape text)
+RETURNS text LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    hist regclass := format('koherent_history.%I', cfg.history_table)::regclass;
+    attributed boolean;
+BEGIN
+    IF shape NOT IN ('history_all', 'provenance_entry') THEN
+        RAISE EXCEPTION 'koherent._entry_select: unknown shape %', shape USING ERRCODE = '22023';
+    END IF;
+    attributed := shape = 'provenance_entry';
+    RETURN format(
+        'SELECT h.history_id, %s AS table_name, %s AS row_key, '
+        'h.history_kind AS kind, h.history_date AS date, h.history_context AS context_id, %s'
+        '%s AS row_data, '
+        '%s%L::text AS table_ident%s FROM koherent_history.%I h%s',
+        koherent._table_literal(cfg, attributed),
+        koherent._key_expr(cfg, '', 'h'),
+        CASE WHEN attributed THEN 'c.db_role, ' ELSE '' END,
+        koherent._row_data_expr(hist),
+        CASE WHEN attributed THEN 'c.task_id, c.client_id AS agent_client_id, c.issuer, c.changed_by, ' ELSE '' END,
+        format('%I.%I', cfg.schema_name, cfg.table_name),
+        CASE WHEN attributed THEN ', c.effective_role' ELSE '' END,
+        cfg.history_table,
+        CASE WHEN attributed
+             THEN ' LEFT JOIN koherent.transaction_auth_context c ON c.id = h.history_context' ELSE '' END);
+END $$;
+
+CREATE FUNCTION koherent._is_auditor(r oid) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT pg_catalog.has_column_privilege(r, 'koherent.task'::regclass, 'token', 'SELECT')
+$$;
+
+CREATE OR REPLACE FUNCTION koherent._caller_is_auditor() RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT koherent._is_auditor(koherent._caller())
+$$;
+
+CREATE FUNCTION koherent._task_contexts(task_id text, include_subtasks boolean) RETURNS uuid[]
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH RECURSIVE tasks(task_id, issuer) AS (
+        SELECT t.task_id, t.issuer FROM koherent.task t WHERE t.task_id = _task_contexts.task_id
+        UNION
+        SELECT t.task_id, t.issuer FROM koherent.task t JOIN tasks p
+            ON (t.parent_task_id = p.task_id OR t.root_task_id = p.task_id) AND t.issuer = p.issuer
+         WHERE include_subtasks
+    )
+    SELECT CASE WHEN EXISTS (SELECT 1 FROM tasks) THEN coalesce(array_agg(c.id), '{}') END
+      FROM tasks t CROSS JOIN LATERAL (
+            SELECT x.id FROM koherent.transaction_auth_context x
+             WHERE x.task_id = t.task_id AND x.issuer = t.issuer OFFSET 0) c
+$$;
+
+CREATE OR REPLACE FUNCTION koherent.task_changes(task_id text, include_subtasks boolean DEFAULT false)
+RETURNS SETOF koherent.provenance_entry
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- index lookups: parallel workers and JIT compilation cost more than they save (a task with
+-- many contexts makes estimates large enough to trigger both)
+SET max_parallel_workers_per_gather = 0 SET jit = off AS $$
+DECLARE
+    ctx uuid[];
+    branches text;
+BEGIN
+    ctx := koherent._task_contexts(task_id, include_subtasks);
+    IF ctx IS NULL OR cardinality(ctx) = 0 THEN
+        RETURN;
+    END IF;
+    -- summarize what is complete and still unsummarized (src/brin.rs), so that the lookups
+    -- below read no long unsummarized tail
+    PERFORM koherent._summarize(to_regclass(format('koherent_history.%I', cfg.history_table))::oid)
+       FROM koherent.tracked_config cfg;
+    SELECT string_agg(koherent._entry_select(cfg, 'provenance_entry') || ' WHERE h.history_context = ANY ($1)', E'\nUNION ALL\n')
+      INTO branches FROM koherent.tracked_config cfg;
+    RETURN QUERY EXECUTE 'SELECT * FROM (' || branches || ') e ORDER BY 1' USING ctx;
+END $$;
+COMMENT ON FUNCTION koherent.task_changes(text, boolean) IS
+  'Every change one task made, across all tracked tables, in order; include_subtasks follows parent_task_id and root_task_id.';
+
 CREATE OR REPLACE FUNCTION koherent._create_lookup_indexes(hist regclass) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -271,16 +368,6 @@ BEGIN
     RETURN '(CASE' || branches || ')';
 END $$;
 
--- A history entry's key as jsonb ({"id": 7}): of its data columns (prefix '') or of its "old:"
--- columns (prefix 'old:'), named as the key columns are.
-CREATE FUNCTION koherent._key_expr(cfg koherent.tracked_config, prefix text, alias text) RETURNS text
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT format('jsonb_build_object(%s)',
-                  string_agg(format('%L, %s', k, koherent._json_expr(format('koherent_history.%I', cfg.history_table)::regclass,
-                                                                     (prefix || k)::name, alias)), ', '))
-      FROM unnest(cfg.pk_columns) k
-$$;
-
 -- A current row of a tracked table as jsonb, built as history builds its images (see
 -- koherent._json_expr): its columns except the excluded ones. Runs as the client.
 CREATE FUNCTION koherent._source_json_expr(cfg koherent.tracked_config, alias text) RETURNS text
@@ -298,39 +385,13 @@ BEGIN
     END IF;
     FOR i IN 0 .. (array_length(cols, 1) - 1) / 50 LOOP
         parts := parts || (SELECT format('jsonb_build_object(%s)', string_agg(
-                    format('%L, %s', c,
-                           CASE WHEN koherent._is_builtin_type(koherent._base_type(a.atttypid))
-                                THEN format('to_jsonb(%s.%I)', alias, c)
-                                ELSE format('to_jsonb(koherent._text_out(%s.%I))', alias, c) END), ', ' ORDER BY o))
+                    format('%L, %s', c, koherent._json_of(koherent._base_type(a.atttypid), format('%s.%I', alias, c))),
+                    ', ' ORDER BY o))
                              FROM unnest(cols[i * 50 + 1 : i * 50 + 50]) WITH ORDINALITY AS u(c, o)
                              JOIN pg_attribute a ON a.attrelid = cfg.relid AND a.attname = u.c);
     END LOOP;
     RETURN '(' || array_to_string(parts, ' || ') || ')';
 END $$;
-
--- The contexts (transactions) of a task, or of the task and its subtasks (parent_task_id and
--- root_task_id, as task_changes follows them), under every issuer that used the id. Null when
--- the task id is unknown.
-CREATE FUNCTION koherent._task_contexts(task_id text, include_subtasks boolean) RETURNS uuid[]
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    WITH RECURSIVE tasks(task_id, issuer) AS (
-        SELECT t.task_id, t.issuer FROM koherent.task t WHERE t.task_id = _task_contexts.task_id
-        UNION
-        SELECT t.task_id, t.issuer FROM koherent.task t JOIN tasks p
-            ON (t.parent_task_id = p.task_id OR t.root_task_id = p.task_id) AND t.issuer = p.issuer
-         WHERE include_subtasks
-    )
-    SELECT CASE WHEN EXISTS (SELECT 1 FROM tasks) THEN coalesce(array_agg(c.id), '{}') END
-      FROM tasks t CROSS JOIN LATERAL (
-            SELECT x.id FROM koherent.transaction_auth_context x
-             WHERE x.task_id = t.task_id AND x.issuer = t.issuer OFFSET 0) c
-$$;
-
--- Whether role `r` is an auditor (SELECT on koherent.task's token: README, "Who reads history").
-CREATE FUNCTION koherent._is_auditor(r oid) RETURNS boolean
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT pg_catalog.has_column_privilege(r, 'koherent.task'::regclass, 'token', 'SELECT')
-$$;
 
 -- Whether row-level security filters the rows of `tbl` for role `r` (row_security_active asks
 -- for the current user; inside SECURITY DEFINER that is the owner).
@@ -446,13 +507,6 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         -- interval '1 day' and '24 hours', char padding differ; see koherent._json_of)
         ELSE format('(%s::text IS NOT DISTINCT FROM %s::text)', koherent._json_of(typ, a), koherent._json_of(typ, b))
     END
-$$;
-
--- A value of type `typ` as history's images show it (see koherent._json_expr).
-CREATE FUNCTION koherent._json_of(typ oid, expr text) RETURNS text
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT CASE WHEN koherent._is_builtin_type(typ) THEN format('to_jsonb(%s)', expr)
-                ELSE format('to_jsonb(koherent._text_out(%s))', expr) END
 $$;
 
 -- The typed path's view of table `cfg`'s entries in contexts `ctx`, when they qualify: its name
@@ -1331,9 +1385,7 @@ BEGIN
     ELSE
         normalized := koherent._as_caller(acting, format(
             'SELECT jsonb_build_object(%s) FROM jsonb_populate_record(NULL::%I.%I, $1) x',
-            (SELECT string_agg(format('%L, %s', c, CASE WHEN koherent._is_builtin_type(koherent._base_type(a.atttypid))
-                                                        THEN format('to_jsonb(x.%I)', c)
-                                                        ELSE format('to_jsonb(koherent._text_out(x.%I))', c) END), ', ')
+            (SELECT string_agg(format('%L, %s', c, koherent._json_of(koherent._base_type(a.atttypid), format('x.%I', c))), ', ')
                FROM unnest(cfg.pk_columns) c JOIN pg_attribute a ON a.attrelid = cfg.relid AND a.attname = c),
             cfg.schema_name, cfg.table_name), key, false);
         filter := format('(%s = %L::jsonb OR (%s = %L::jsonb AND %s))', koherent._key_expr(cfg, '', 'h'), normalized,

@@ -50,11 +50,17 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                          'ELSE d.history_id > %1$s.history_id END)', entry))
 $$;
 
+-- Whether role `r` is an auditor (SELECT on koherent.task's token: README, "Who reads history").
+CREATE FUNCTION koherent._is_auditor(r oid) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT pg_catalog.has_column_privilege(r, 'koherent.task'::regclass, 'token', 'SELECT')
+$$;
+
 -- An auditor may read every entry and the signed tokens: a role with SELECT on koherent.task's
 -- token column (granted by an administrator; see README, "Who reads history").
 CREATE FUNCTION koherent._caller_is_auditor() RETURNS boolean
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT pg_catalog.has_column_privilege(koherent._caller(), 'koherent.task'::regclass, 'token', 'SELECT')
+    SELECT koherent._is_auditor(koherent._caller())
 $$;
 
 -- Whether the client may see history entry `history_id` of `table_name` (it exists there and
@@ -144,6 +150,24 @@ COMMENT ON FUNCTION koherent.provenance_entry_task(koherent.provenance_entry) IS
   'The verified task this entry was made under (null when unattributed, or when the caller may not read the entry''s row); its token only for auditors.';
 
 
+-- The contexts (transactions) of a task, or of the task and its subtasks (parent_task_id and
+-- root_task_id, as task_changes follows them), under every issuer that used the id. Null when
+-- the task id is unknown.
+CREATE FUNCTION koherent._task_contexts(task_id text, include_subtasks boolean) RETURNS uuid[]
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH RECURSIVE tasks(task_id, issuer) AS (
+        SELECT t.task_id, t.issuer FROM koherent.task t WHERE t.task_id = _task_contexts.task_id
+        UNION
+        SELECT t.task_id, t.issuer FROM koherent.task t JOIN tasks p
+            ON (t.parent_task_id = p.task_id OR t.root_task_id = p.task_id) AND t.issuer = p.issuer
+         WHERE include_subtasks
+    )
+    SELECT CASE WHEN EXISTS (SELECT 1 FROM tasks) THEN coalesce(array_agg(c.id), '{}') END
+      FROM tasks t CROSS JOIN LATERAL (
+            SELECT x.id FROM koherent.transaction_auth_context x
+             WHERE x.task_id = t.task_id AND x.issuer = t.issuer OFFSET 0) c
+$$;
+
 -- Everything one task changed, across all tables, in order: the task's contexts first (index on
 -- transaction_auth_context.task_id), then each history table by its history_context index.
 -- VOLATILE: it may summarize BRIN ranges (koherent._summarize) before it reads.
@@ -157,20 +181,8 @@ DECLARE
     ctx uuid[];
     branches text;
 BEGIN
-    WITH RECURSIVE tasks(task_id, issuer) AS (
-        SELECT t.task_id, t.issuer FROM koherent.task t WHERE t.task_id = task_changes.task_id
-        UNION
-        SELECT t.task_id, t.issuer FROM koherent.task t JOIN tasks p
-            ON (t.parent_task_id = p.task_id OR t.root_task_id = p.task_id) AND t.issuer = p.issuer
-         WHERE include_subtasks
-    )
-    -- One index probe per task: a join would be planned as a hash join over every context of
-    -- the database (OFFSET 0 keeps the LATERAL subquery from being flattened into one).
-    SELECT array_agg(c.id) INTO ctx
-      FROM tasks t CROSS JOIN LATERAL (
-            SELECT x.id FROM koherent.transaction_auth_context x
-             WHERE x.task_id = t.task_id AND x.issuer = t.issuer OFFSET 0) c;
-    IF ctx IS NULL THEN
+    ctx := koherent._task_contexts(task_id, include_subtasks);
+    IF ctx IS NULL OR cardinality(ctx) = 0 THEN
         RETURN;
     END IF;
     -- summarize what is complete and still unsummarized (src/brin.rs), so that the lookups

@@ -77,16 +77,6 @@ BEGIN
     RETURN '(CASE' || branches || ')';
 END $$;
 
--- A history entry's key as jsonb ({"id": 7}): of its data columns (prefix '') or of its "old:"
--- columns (prefix 'old:'), named as the key columns are.
-CREATE FUNCTION koherent._key_expr(cfg koherent.tracked_config, prefix text, alias text) RETURNS text
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT format('jsonb_build_object(%s)',
-                  string_agg(format('%L, %s', k, koherent._json_expr(format('koherent_history.%I', cfg.history_table)::regclass,
-                                                                     (prefix || k)::name, alias)), ', '))
-      FROM unnest(cfg.pk_columns) k
-$$;
-
 -- A current row of a tracked table as jsonb, built as history builds its images (see
 -- koherent._json_expr): its columns except the excluded ones. Runs as the client.
 CREATE FUNCTION koherent._source_json_expr(cfg koherent.tracked_config, alias text) RETURNS text
@@ -104,39 +94,13 @@ BEGIN
     END IF;
     FOR i IN 0 .. (array_length(cols, 1) - 1) / 50 LOOP
         parts := parts || (SELECT format('jsonb_build_object(%s)', string_agg(
-                    format('%L, %s', c,
-                           CASE WHEN koherent._is_builtin_type(koherent._base_type(a.atttypid))
-                                THEN format('to_jsonb(%s.%I)', alias, c)
-                                ELSE format('to_jsonb(koherent._text_out(%s.%I))', alias, c) END), ', ' ORDER BY o))
+                    format('%L, %s', c, koherent._json_of(koherent._base_type(a.atttypid), format('%s.%I', alias, c))),
+                    ', ' ORDER BY o))
                              FROM unnest(cols[i * 50 + 1 : i * 50 + 50]) WITH ORDINALITY AS u(c, o)
                              JOIN pg_attribute a ON a.attrelid = cfg.relid AND a.attname = u.c);
     END LOOP;
     RETURN '(' || array_to_string(parts, ' || ') || ')';
 END $$;
-
--- The contexts (transactions) of a task, or of the task and its subtasks (parent_task_id and
--- root_task_id, as task_changes follows them), under every issuer that used the id. Null when
--- the task id is unknown.
-CREATE FUNCTION koherent._task_contexts(task_id text, include_subtasks boolean) RETURNS uuid[]
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    WITH RECURSIVE tasks(task_id, issuer) AS (
-        SELECT t.task_id, t.issuer FROM koherent.task t WHERE t.task_id = _task_contexts.task_id
-        UNION
-        SELECT t.task_id, t.issuer FROM koherent.task t JOIN tasks p
-            ON (t.parent_task_id = p.task_id OR t.root_task_id = p.task_id) AND t.issuer = p.issuer
-         WHERE include_subtasks
-    )
-    SELECT CASE WHEN EXISTS (SELECT 1 FROM tasks) THEN coalesce(array_agg(c.id), '{}') END
-      FROM tasks t CROSS JOIN LATERAL (
-            SELECT x.id FROM koherent.transaction_auth_context x
-             WHERE x.task_id = t.task_id AND x.issuer = t.issuer OFFSET 0) c
-$$;
-
--- Whether role `r` is an auditor (SELECT on koherent.task's token: README, "Who reads history").
-CREATE FUNCTION koherent._is_auditor(r oid) RETURNS boolean
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT pg_catalog.has_column_privilege(r, 'koherent.task'::regclass, 'token', 'SELECT')
-$$;
 
 -- Whether row-level security filters the rows of `tbl` for role `r` (row_security_active asks
 -- for the current user; inside SECURITY DEFINER that is the owner).
@@ -252,13 +216,6 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         -- interval '1 day' and '24 hours', char padding differ; see koherent._json_of)
         ELSE format('(%s::text IS NOT DISTINCT FROM %s::text)', koherent._json_of(typ, a), koherent._json_of(typ, b))
     END
-$$;
-
--- A value of type `typ` as history's images show it (see koherent._json_expr).
-CREATE FUNCTION koherent._json_of(typ oid, expr text) RETURNS text
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT CASE WHEN koherent._is_builtin_type(typ) THEN format('to_jsonb(%s)', expr)
-                ELSE format('to_jsonb(koherent._text_out(%s))', expr) END
 $$;
 
 -- The typed path's view of table `cfg`'s entries in contexts `ctx`, when they qualify: its name

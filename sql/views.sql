@@ -2,6 +2,14 @@
 -- effective_change, tracked_table) and the SQL that builds them: each view is one UNION ALL
 -- branch per history table, generated again after every track, untrack and DDL.
 
+-- A value of type `typ` as history's images show it: to_jsonb of a built-in type, else the JSON
+-- string of its output function's text (why: koherent._json_expr).
+CREATE FUNCTION koherent._json_of(typ oid, expr text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN koherent._is_builtin_type(typ) THEN format('to_jsonb(%s)', expr)
+                ELSE format('to_jsonb(koherent._text_out(%s))', expr) END
+$$;
+
 -- A history column as jsonb, without running code a non-superuser can define. to_jsonb
 -- consults casts to json for types outside pg_catalog (and for such fields of composites and
 -- elements of arrays), and whoever owns a type may create such a cast: it would run as the reader,
@@ -10,10 +18,18 @@
 -- output function's text (koherent._text_out; output functions are C, written by superusers).
 CREATE FUNCTION koherent._json_expr(hist regclass, col name, alias text DEFAULT 'h') RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT CASE WHEN koherent._is_builtin_type(a.atttypid)
-                THEN format('to_jsonb(%s.%I)', alias, col)
-                ELSE format('to_jsonb(koherent._text_out(%s.%I))', alias, col) END
+    SELECT koherent._json_of(a.atttypid, format('%s.%I', alias, col))
       FROM pg_attribute a WHERE a.attrelid = hist AND a.attname = col AND NOT a.attisdropped
+$$;
+
+-- A history entry's key as jsonb ({"id": 7}): of its data columns (prefix '') or of its "old:"
+-- columns (prefix 'old:'), named as the key columns are.
+CREATE FUNCTION koherent._key_expr(cfg koherent.tracked_config, prefix text, alias text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT format('jsonb_build_object(%s)',
+                  string_agg(format('%L, %s', k, koherent._json_expr(format('koherent_history.%I', cfg.history_table)::regclass,
+                                                                     (prefix || k)::name, alias)), ', '))
+      FROM unnest(cfg.pk_columns) k
 $$;
 
 -- row_data of a history table's entries: its data columns (live and retired) as one jsonb
@@ -76,12 +92,12 @@ BEGIN
     END IF;
     attributed := shape = 'provenance_entry';
     RETURN format(
-        'SELECT h.history_id, %s AS table_name, jsonb_build_object(%s) AS row_key, '
+        'SELECT h.history_id, %s AS table_name, %s AS row_key, '
         'h.history_kind AS kind, h.history_date AS date, h.history_context AS context_id, %s'
         '%s AS row_data, '
         '%s%L::text AS table_ident%s FROM koherent_history.%I h%s',
         koherent._table_literal(cfg, attributed),
-        (SELECT string_agg(format('%L, %s', k, koherent._json_expr(hist, k)), ', ') FROM unnest(cfg.pk_columns) k),
+        koherent._key_expr(cfg, '', 'h'),
         CASE WHEN attributed THEN 'c.db_role, ' ELSE '' END,
         koherent._row_data_expr(hist),
         CASE WHEN attributed THEN 'c.task_id, c.client_id AS agent_client_id, c.issuer, c.changed_by, ' ELSE '' END,

@@ -241,7 +241,7 @@ fn _cold_verify_micros(token: &str, iterations: i32) -> f64 {
 /// PUBLIC, so that no client marks a transaction as a revert.
 #[pg_extern(volatile, parallel_unsafe)]
 fn _mark_revert(what: JsonB) {
-    crate::revert::mark_revert(what)
+    context::mark_revert(what)
 }
 
 /// Internal: a capability for the role executing the caller, for the revert and as-of helpers

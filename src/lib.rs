@@ -6,7 +6,7 @@
 //! |---|---|
 //! | [`api`] | the SQL-facing functions written in Rust (thin wrappers) |
 //! | [`legacy`] | C entry points that earlier releases' install scripts declare |
-//! | [`revert`] | revert and as-of: statements run with the client's rights, the revert's mark |
+//! | [`revert`] | revert and as-of: who they act for, statements run with that role's rights |
 //! | [`writer`] | the history trigger: plans, transition tables, id blocks, the partition guard |
 //! | [`context`] | the transaction's verified task and its context row |
 //! | [`verify`] | token verification, the key and binding caches, [`verify::Task`] |

@@ -17,13 +17,13 @@ use crate::error::{KoherentError, OrRaise};
 
 /// Restores the user id and security context on drop (also when an ERROR unwinds through it;
 /// the transaction's abort would restore them as well).
-pub struct AsCaller {
+struct AsCaller {
     user: pg_sys::Oid,
     context: i32,
 }
 
 impl AsCaller {
-    pub unsafe fn enter() -> AsCaller {
+    unsafe fn enter() -> AsCaller {
         let mut user = pg_sys::InvalidOid;
         let mut context = 0;
         pg_sys::GetUserIdAndSecContext(&mut user, &mut context);

@@ -5,13 +5,17 @@ after changing sql/revert.sql, sql/as_of.sql or the functions listed in CHANGED.
 import re
 
 ROOT = "."
-CHANGED = {"sql/indexes.sql": ["_create_lookup_indexes", "_add_date_to_lookup_index"],
+CHANGED = {"sql/views.sql": ["_json_of", "_json_expr", "_key_expr", "_entry_select"],
+           "sql/readers.sql": ["_is_auditor", "_caller_is_auditor", "_task_contexts", "task_changes"],
+           "sql/indexes.sql": ["_create_lookup_indexes", "_add_date_to_lookup_index"],
            "sql/graphql.sql": ["_expose_as_of", "expose", "unexpose"]}
-NEW_FUNCTIONS = ["_add_date_to_lookup_index", "_expose_as_of"]
+NEW_FUNCTIONS = ["_add_date_to_lookup_index", "_expose_as_of", "_json_of", "_key_expr", "_is_auditor",
+                 "_task_contexts"]
 
 
 def function(text, name):
-    m = re.search(r"^CREATE FUNCTION koherent\.%s\(.*?^END \$\$;\n(COMMENT ON FUNCTION koherent\.%s\(.*?';\n)?"
+    # up to the first line that closes a body: `$$;` (SQL) or `END $$;` (PL/pgSQL)
+    m = re.search(r"^CREATE FUNCTION koherent\.%s\(.*?^(?:END )?\$\$;\n(COMMENT ON FUNCTION koherent\.%s\(.*?';\n)?"
                   % (re.escape(name), re.escape(name)), text, re.S | re.M)
     assert m, name
     body = m.group(0)

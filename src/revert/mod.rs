@@ -1,4 +1,4 @@
-//! Revert and as-of: who they act for, what runs with that role's rights, and the revert's mark.
+//! Revert and as-of: who they act for, and what runs with that role's rights.
 //!
 //! The revert and as-of functions (`sql/revert.sql`, `sql/as_of.sql`) read history, which clients
 //! cannot, with SECURITY DEFINER helpers. Who they act for is decided in C, never taken from the
@@ -7,9 +7,11 @@
 //! function that calls them) and its search_path under a random capability id, valid until the
 //! transaction ends. The helpers take that id and act for that role: privilege and visibility
 //! checks, and everything done to the role's tables (reading current rows, locks, the writes
-//! that undo a task) through `koherent._as_caller(acting, query, arg)`, which runs one statement
-//! as that role, with its search_path; GUC changes made by the code it runs (triggers,
-//! policies) are undone when it returns, so none reaches the helpers. Inside a
+//! that undo a task) through `koherent._as_caller(acting, query, arg, callers_path)`, which runs
+//! one statement as that role (under its search_path for the writes, `pg_catalog, pg_temp` for
+//! the reads and checks); GUC changes made by the code it runs (triggers, policies) are undone
+//! when it returns, so none reaches the helpers. The revert's mark on its context is the
+//! context module's (`context::mark_revert`). Inside a
 //! security-restricted operation (ANALYZE, REFRESH MATERIALIZED VIEW, index expressions, which
 //! run as a table's owner on behalf of someone else) neither is allowed.
 
@@ -19,7 +21,6 @@ use serde_json::Value;
 use std::cell::RefCell;
 use std::ffi::{CStr, CString};
 
-use crate::context;
 use crate::error::KoherentError;
 use crate::ffi;
 
@@ -227,10 +228,4 @@ pub unsafe extern "C-unwind" fn koherent_as_caller(
             pg_sys::Datum::from(0usize)
         }
     }
-}
-
-/// Record in this transaction's context what it reverts (`metadata.reverts`); once per
-/// transaction, undone if the subtransaction it was made in rolls back.
-pub fn mark_revert(what: JsonB) {
-    context::mark_revert(what)
 }
