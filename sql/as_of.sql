@@ -405,6 +405,64 @@ END $$;
 COMMENT ON FUNCTION koherent.as_of_task(anyelement, text) IS
   'The rows of a tracked table just before a task''s first change (the state its run started from).';
 
+-- row_as_of's lookup, taken when the caller is not under row-level security and the key's types
+-- are built in (null otherwise: the paths above answer): the key's first entry after the moment,
+-- in the order revert follows rows (as koherent._as_of_rows finds it, for one key), by the row
+-- and key-change indexes, with a plan kept per backend (koherent._kept_lookup). Returns
+-- {"table", "pk", "s", "b"}: "s" is "now" (no entry since: the row now), "none" (the key's row
+-- arrived after the moment: none then) or "then" ("b": its image then).
+CREATE FUNCTION koherent._row_as_of_lookup(acting uuid, typ regtype, at timestamptz, key jsonb) RETURNS jsonb
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cfg koherent.tracked_config := koherent._as_of_config(typ);
+    hist text := format('koherent_history.%I', cfg.history_table);
+    name text;
+    first jsonb;
+BEGIN
+    PERFORM koherent._as_of_check(acting, cfg, at, key);
+    IF koherent._rls_active_for(cfg.relid, koherent._acting_role(acting))
+       OR NOT (SELECT bool_and(koherent._is_builtin_type(a.atttypid))
+                 FROM unnest(cfg.pk_columns) c JOIN pg_attribute a ON a.attrelid = hist::regclass AND a.attname = c) THEN
+        RETURN NULL;
+    END IF;
+    -- the statement's plan is kept per backend under a name that changes with its text: the
+    -- table's config, its column epochs, the history table and its column types
+    name := 'row_as_of:' || md5(cfg::text || hist::regclass::oid || (SELECT string_agg(concat_ws(':', c.attnum, c.live_from, c.live_until), ',' ORDER BY c.live_from, c.attnum)
+                                                 FROM koherent.tracked_column c WHERE c.config_id = cfg.id)
+                                || (SELECT string_agg(a.attname || ':' || a.atttypid, ',' ORDER BY a.attnum)
+                                      FROM pg_attribute a WHERE a.attrelid = hist::regclass AND a.attnum > 0 AND NOT a.attisdropped));
+    IF NOT koherent._kept(name) THEN
+        -- $1 the moment, $2 whether entries at it count, $3 the key (history's types, built-in
+        -- input functions)
+        PERFORM koherent._keep(name, format($q$
+            SELECT CASE WHEN r.role = 0 THEN jsonb_build_object('s', 'then', 'b', e.before) ELSE '{"s": "none"}' END
+              FROM (SELECT h.history_id AS id, h.history_date AS dt,
+                           max(h.history_id) OVER (PARTITION BY h.history_context) AS cmax,
+                           CASE WHEN h.history_kind = 'UPDATE' THEN %2$s
+                                WHEN h.history_kind IN ('DELETE', 'TRUNCATE') THEN %3$s END AS bkey,
+                           CASE WHEN h.history_kind IN ('CREATE', 'UPDATE') THEN %3$s END AS akey,
+                           CASE WHEN h.history_kind = 'UPDATE' THEN %4$s
+                                WHEN h.history_kind IN ('DELETE', 'TRUNCATE') THEN %5$s END AS before
+                      FROM %1$s h
+                     WHERE (h.history_date > $1 OR ($2 AND h.history_date = $1)) AND %6$s) e
+             CROSS JOIN LATERAL (VALUES (0), (1)) r(role)
+             WHERE CASE r.role WHEN 0 THEN e.bkey ELSE e.akey END
+                   = (SELECT %7$s FROM jsonb_populate_record(NULL::%1$s, $3) x)
+             ORDER BY e.cmax, e.dt, r.role, e.id LIMIT 1
+            $q$, hist, koherent._key_expr(cfg, 'old:', 'h'), koherent._key_expr(cfg, '', 'h'),
+            koherent._image_expr(cfg, 'old:', 'h'), koherent._image_expr(cfg, '', 'h'),
+            (SELECT format('(%s OR (%s AND %s))',
+                           string_agg(format('h.%I = (SELECT x.%I FROM jsonb_populate_record(NULL::%s, $3) x)', c, c, hist), ' AND '),
+                           string_agg(format('h.%I = (SELECT x.%I FROM jsonb_populate_record(NULL::%s, $3) x)', 'old:' || c, c, hist), ' AND '),
+                           koherent._key_change_predicate(cfg.pk_columns, 'h.'))
+               FROM unnest(cfg.pk_columns) c),
+            koherent._key_expr(cfg, '', 'x')));
+    END IF;
+    first := koherent._kept_lookup(name, at, false, key);
+    RETURN jsonb_build_object('table', format('%I.%I', cfg.schema_name, cfg.table_name), 'pk', to_jsonb(cfg.pk_columns))
+           || coalesce(first, '{"s": "now"}');
+END $$;
+
 CREATE FUNCTION koherent.row_as_of(tbl anyelement, row_key jsonb, at timestamptz) RETURNS anyelement
 -- no SET search_path: koherent._acting() records the caller's own
 LANGUAGE plpgsql STABLE AS $$
@@ -414,6 +472,7 @@ DECLARE
     keymatch text;
     n bigint;
     keyrow record;
+    image jsonb;
 BEGIN
     IF row_key IS NULL THEN
         RAISE EXCEPTION 'koherent: row_key must not be null' USING ERRCODE = 'null_value_not_allowed';
@@ -421,25 +480,33 @@ BEGIN
     -- the key's typed values, converted here with the caller's rights (its own query filters
     -- the typed path's entries by them)
     keyrow := jsonb_populate_record(tbl, row_key);
-    info := koherent._as_of_typed(acting, pg_typeof(tbl)::regtype, at, NULL, row_key);
-    IF info IS NOT NULL THEN
-        EXECUTE koherent._as_of_typed_select(info, pg_typeof(tbl)::regtype, true) INTO tbl USING at, false, keyrow, acting, row_key;
-        GET DIAGNOSTICS n = ROW_COUNT;
-        IF n = 0 THEN
-            RETURN NULL;
-        END IF;
-        RETURN tbl;
-    END IF;
-    info := koherent._as_of_rows(acting, pg_typeof(tbl)::regtype, at, NULL, row_key);
-    IF info->'rows'->0->'b' = 'null' THEN
+    info := koherent._row_as_of_lookup(acting, pg_typeof(tbl)::regtype, at, row_key);
+    IF info->>'s' = 'none' THEN
         RETURN NULL;  -- no row had this key then
+    ELSIF info IS NOT NULL THEN
+        image := info->'b';  -- (null for "now")
+    ELSE
+        info := koherent._as_of_typed(acting, pg_typeof(tbl)::regtype, at, NULL, row_key);
+        IF info IS NOT NULL THEN
+            EXECUTE koherent._as_of_typed_select(info, pg_typeof(tbl)::regtype, true) INTO tbl USING at, false, keyrow, acting, row_key;
+            GET DIAGNOSTICS n = ROW_COUNT;
+            IF n = 0 THEN
+                RETURN NULL;
+            END IF;
+            RETURN tbl;
+        END IF;
+        info := koherent._as_of_rows(acting, pg_typeof(tbl)::regtype, at, NULL, row_key);
+        IF info->'rows'->0->'b' = 'null' THEN
+            RETURN NULL;  -- no row had this key then
+        END IF;
+        image := info->'rows'->0->'b';
     END IF;
     SELECT string_agg(format('c.%I = k.%I', c, c), ' AND ') INTO keymatch FROM jsonb_array_elements_text(info->'pk') c;
     -- the row now (the caller's query: its rights), merged with its image then if it changed since
     EXECUTE format('SELECT r.* FROM jsonb_populate_record(NULL::%1$s, $1) k LEFT JOIN %1$s c ON %2$s '
                    'CROSS JOIN LATERAL jsonb_populate_record(c, $2) r WHERE c.ctid IS NOT NULL OR $2 IS NOT NULL',
                    info->>'table', keymatch)
-       INTO tbl USING row_key, info->'rows'->0->'b';  -- tbl: a variable of the table's row type
+       INTO tbl USING row_key, image;  -- tbl: a variable of the table's row type
     GET DIAGNOSTICS n = ROW_COUNT;  -- (EXECUTE does not set FOUND)
     IF n = 0 THEN
         RETURN NULL;

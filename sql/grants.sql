@@ -24,6 +24,7 @@ GRANT EXECUTE ON FUNCTION
     koherent._as_of_rows(uuid, regtype, timestamptz, text, jsonb), koherent._as_of_select(jsonb),
     koherent._as_of_typed(uuid, regtype, timestamptz, text, jsonb),
     koherent._as_of_entries(uuid, regtype, timestamptz, boolean, jsonb), koherent._as_of_typed_select(jsonb, regtype, boolean),
+    koherent._row_as_of_lookup(uuid, regtype, timestamptz, jsonb),
     -- the plan and revert functions (SECURITY INVOKER; granted by an administrator) call these,
     -- which check that the role they act for may call them
     koherent._revert_plan(uuid, uuid[]), koherent._revert_plan_prepare(uuid, uuid[]),

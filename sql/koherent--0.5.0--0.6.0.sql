@@ -8,11 +8,23 @@ CREATE FUNCTION koherent."_acting"() RETURNS uuid
 STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', '_acting_wrapper';
 CREATE FUNCTION koherent."_acting_role"("acting" uuid) RETURNS oid
 STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', '_acting_role_wrapper';
+CREATE FUNCTION koherent."_kept"("name" text) RETURNS boolean
+STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', '_kept_wrapper';
+CREATE FUNCTION koherent."_keep"("name" text, "query" text) RETURNS void
+STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', '_keep_wrapper';
+CREATE FUNCTION koherent."_kept_lookup"("name" text, "at" timestamptz, "at_too" boolean, "key" jsonb) RETURNS jsonb
+STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', '_kept_lookup_wrapper';
 
 CREATE FUNCTION koherent._json_of(typ oid, expr text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE WHEN koherent._is_builtin_type(typ) THEN format('to_jsonb(%s)', expr)
                 ELSE format('to_jsonb(koherent._text_out(%s))', expr) END
+$$;
+
+CREATE FUNCTION koherent._json_arg(typ oid, expr text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN koherent._is_builtin_type(typ) THEN expr
+                ELSE format('koherent._text_out(%s)', expr) END
 $$;
 
 CREATE OR REPLACE FUNCTION koherent._json_expr(hist regclass, col name, alias text DEFAULT 'h') RETURNS text
@@ -385,7 +397,7 @@ BEGIN
     END IF;
     FOR i IN 0 .. (array_length(cols, 1) - 1) / 50 LOOP
         parts := parts || (SELECT format('jsonb_build_object(%s)', string_agg(
-                    format('%L, %s', c, koherent._json_of(koherent._base_type(a.atttypid), format('%s.%I', alias, c))),
+                    format('%L, %s', c, koherent._json_arg(koherent._base_type(a.atttypid), format('%s.%I', alias, c))),
                     ', ' ORDER BY o))
                              FROM unnest(cols[i * 50 + 1 : i * 50 + 50]) WITH ORDINALITY AS u(c, o)
                              JOIN pg_attribute a ON a.attrelid = cfg.relid AND a.attname = u.c);
@@ -503,8 +515,11 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                      'varchar'::regtype, 'name'::regtype, 'uuid'::regtype, 'date'::regtype, 'timestamp'::regtype,
                      'timestamptz'::regtype, 'bytea'::regtype, 'oid'::regtype, '"char"'::regtype)
              THEN format('(%s IS NOT DISTINCT FROM %s)', a, b)
-        -- any other: as history shows it, the JSON text of the value (numeric 1.0 and 1.00,
-        -- interval '1 day' and '24 hours', char padding differ; see koherent._json_of)
+        -- numeric: its JSON text is its output text (a number, or a string for NaN and the
+        -- infinities), so the output texts compare alike, without building jsonb (1.0 and 1.00 differ)
+        WHEN typ = 'numeric'::regtype THEN format('(%s::text IS NOT DISTINCT FROM %s::text)', a, b)
+        -- any other: as history shows it, the JSON text of the value (interval '1 day' and
+        -- '24 hours', char padding differ; float -0 and 0 do not; see koherent._json_of)
         ELSE format('(%s::text IS NOT DISTINCT FROM %s::text)', koherent._json_of(typ, a), koherent._json_of(typ, b))
     END
 $$;
@@ -532,9 +547,11 @@ BEGIN
        OR (koherent._rls_active_for(cfg.relid, koherent._acting_role(acting)) AND NOT koherent._is_auditor(koherent._acting_role(acting))) THEN
         RETURN NULL;
     END IF;
-    EXECUTE format('SELECT min(h.history_id), count(*), count(DISTINCT ROW(%s)), coalesce(bool_or(%s), false) '
+    -- (one key column counted as itself: sorting its datums is much cheaper than rows)
+    EXECUTE format('SELECT min(h.history_id), count(*), count(DISTINCT %s), coalesce(bool_or(%s), false) '
                    'FROM %s h WHERE h.history_context = ANY ($1)',
-                   (SELECT string_agg(format('h.%I', k), ', ') FROM unnest(cfg.pk_columns) k),
+                   CASE WHEN cardinality(cfg.pk_columns) = 1 THEN format('h.%I', cfg.pk_columns[1])
+                        ELSE (SELECT format('ROW(%s)', string_agg(format('h.%I', k), ', ')) FROM unnest(cfg.pk_columns) k) END,
                    koherent._key_change_predicate(cfg.pk_columns, 'h.'), hist)
        INTO first, n, keys, moved USING ctx;
     SELECT max(greatest(c.live_from, coalesce(c.live_until, 0))) INTO epoch
@@ -594,8 +611,8 @@ BEGIN
         later_upd := later_upd || format('(%s AND NOT %s)', changed->>c.col,
             koherent._same_expr(c.typ, format('t.%I', c.col), format('v.%I', 'n:' || c.col)));
         restored := restored || format('CASE WHEN %s THEN jsonb_build_object(%L, %s) ELSE ''{}''::jsonb END',
-                                       changed->>c.col, c.col, koherent._json_of(c.typ, format('v.%I', 'o:' || c.col)));
-        inserted := inserted || format('%L, %s', c.col, koherent._json_of(c.typ, format('v.%I', 'n:' || c.col)));
+                                       changed->>c.col, c.col, koherent._json_arg(c.typ, format('v.%I', 'o:' || c.col)));
+        inserted := inserted || format('%L, %s', c.col, koherent._json_arg(c.typ, format('v.%I', 'n:' || c.col)));
         cols := cols || c.col::text;
     END LOOP;
     -- a reinsert gets defaults for what history does not hold: a NOT NULL column without one blocks it
@@ -622,7 +639,7 @@ BEGIN
         'any_changed', coalesce((SELECT string_agg(value #>> '{}', ' OR ') FROM jsonb_each(changed)), 'false'),
         'conflict', conflict,
         'row_key', format('jsonb_build_object(%s)', (SELECT string_agg(format('%L, %s', k,
-                          koherent._json_of(a.atttypid, format('v.%I', 'k:' || k))), ', ')
+                          koherent._json_arg(a.atttypid, format('v.%I', 'k:' || k))), ', ')
                      FROM unnest(cfg.pk_columns) k JOIN pg_attribute a ON a.attrelid = hist AND a.attname = k)),
         'current', CASE WHEN (SELECT bool_and(koherent._is_builtin_type(koherent._base_type(a.atttypid)))
                                 FROM pg_attribute a WHERE a.attrelid = cfg.relid AND a.attnum > 0 AND NOT a.attisdropped)
@@ -642,21 +659,21 @@ LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     q jsonb := koherent._revert_fast_sql(acting, cfg, view);
 BEGIN
-    -- the conflict computed once per row (OFFSET 0 keeps the planner from copying it into
-    -- every expression that uses it)
+    -- the conflict computed once per row, in the join (OFFSET 0 keeps the planner from copying
+    -- it into every expression that uses it); what a non-auditor may not see is masked
     RETURN format($s$
         SELECT %10$s::oid::regclass,
-               CASE WHEN x.masked THEN NULL ELSE %3$s END,
+               CASE WHEN m.masked THEN NULL ELSE %3$s END,
                CASE v.kind WHEN 'CREATE' THEN 'DELETE' WHEN 'UPDATE' THEN 'UPDATE' ELSE 'INSERT' END,
-               CASE WHEN x.masked OR t.ctid IS NULL THEN NULL ELSE %4$s END,
-               CASE WHEN x.masked THEN NULL
+               CASE WHEN m.masked THEN NULL ELSE v.cur END,
+               CASE WHEN m.masked THEN NULL
                     WHEN v.kind = 'UPDATE' THEN %6$s
                     WHEN v.kind IN ('DELETE', 'TRUNCATE') THEN %7$s END,
-               x.w
-          FROM %1$s v LEFT JOIN %2$s t ON %8$s
-         CROSS JOIN LATERAL (SELECT w, w = 'not_visible' AND NOT %11$s AS masked
-                               FROM (SELECT %5$s AS w OFFSET 0) c) x
-         WHERE v.kind <> 'UPDATE' OR %9$s
+               v.w
+          FROM (SELECT v.*, CASE WHEN t.ctid IS NOT NULL THEN %4$s END AS cur, %5$s AS w
+                  FROM %1$s v LEFT JOIN %2$s t ON %8$s
+                 WHERE v.kind <> 'UPDATE' OR %9$s OFFSET 0) v
+         CROSS JOIN LATERAL (SELECT v.w = 'not_visible' AND NOT %11$s) m(masked)
         $s$, view, q->>'table', q->>'row_key', q->>'current', q->>'conflict',
         q->>'restored_update', q->>'restored_insert', q->>'keymatch', q->>'any_changed', cfg.relid, q->>'auditor');
 END $$;
@@ -755,11 +772,10 @@ BEGIN
                 'INSERT:ok', count(*) FILTER (WHERE x.a = 'INSERT' AND x.w IS NULL)))
           FROM (SELECT v.head,
                        CASE v.kind WHEN 'CREATE' THEN 'DELETE' WHEN 'UPDATE' THEN 'UPDATE' ELSE 'INSERT' END AS a,
-                       CASE WHEN c.w IS NULL OR (c.w = 'not_visible' AND NOT %8$s) THEN NULL ELSE %4$s END AS k,
-                       c.w
-                  FROM %1$s v LEFT JOIN %2$s t ON %6$s
-                 CROSS JOIN LATERAL (SELECT %5$s AS w OFFSET 0) c
-                 WHERE v.kind <> 'UPDATE' OR %7$s) x
+                       CASE WHEN v.w IS NULL OR (v.w = 'not_visible' AND NOT %8$s) THEN NULL ELSE %4$s END AS k,
+                       v.w
+                  FROM (SELECT v.*, %5$s AS w FROM %1$s v LEFT JOIN %2$s t ON %6$s
+                         WHERE v.kind <> 'UPDATE' OR %7$s OFFSET 0) v) x
         $s$, view, q->>'table', cfg.relid::regclass::text, q->>'row_key', q->>'conflict', q->>'keymatch',
         q->>'any_changed', q->>'auditor'), NULL, false);
     RETURN jsonb_build_object('cfg', cfg.id, 'sql', q, 'conflicts', res->'conflicts', 'counts', res->'counts');
@@ -1703,6 +1719,64 @@ END $$;
 COMMENT ON FUNCTION koherent.as_of_task(anyelement, text) IS
   'The rows of a tracked table just before a task''s first change (the state its run started from).';
 
+-- row_as_of's lookup, taken when the caller is not under row-level security and the key's types
+-- are built in (null otherwise: the paths above answer): the key's first entry after the moment,
+-- in the order revert follows rows (as koherent._as_of_rows finds it, for one key), by the row
+-- and key-change indexes, with a plan kept per backend (koherent._kept_lookup). Returns
+-- {"table", "pk", "s", "b"}: "s" is "now" (no entry since: the row now), "none" (the key's row
+-- arrived after the moment: none then) or "then" ("b": its image then).
+CREATE FUNCTION koherent._row_as_of_lookup(acting uuid, typ regtype, at timestamptz, key jsonb) RETURNS jsonb
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cfg koherent.tracked_config := koherent._as_of_config(typ);
+    hist text := format('koherent_history.%I', cfg.history_table);
+    name text;
+    first jsonb;
+BEGIN
+    PERFORM koherent._as_of_check(acting, cfg, at, key);
+    IF koherent._rls_active_for(cfg.relid, koherent._acting_role(acting))
+       OR NOT (SELECT bool_and(koherent._is_builtin_type(a.atttypid))
+                 FROM unnest(cfg.pk_columns) c JOIN pg_attribute a ON a.attrelid = hist::regclass AND a.attname = c) THEN
+        RETURN NULL;
+    END IF;
+    -- the statement's plan is kept per backend under a name that changes with its text: the
+    -- table's config, its column epochs, the history table and its column types
+    name := 'row_as_of:' || md5(cfg::text || hist::regclass::oid || (SELECT string_agg(concat_ws(':', c.attnum, c.live_from, c.live_until), ',' ORDER BY c.live_from, c.attnum)
+                                                 FROM koherent.tracked_column c WHERE c.config_id = cfg.id)
+                                || (SELECT string_agg(a.attname || ':' || a.atttypid, ',' ORDER BY a.attnum)
+                                      FROM pg_attribute a WHERE a.attrelid = hist::regclass AND a.attnum > 0 AND NOT a.attisdropped));
+    IF NOT koherent._kept(name) THEN
+        -- $1 the moment, $2 whether entries at it count, $3 the key (history's types, built-in
+        -- input functions)
+        PERFORM koherent._keep(name, format($q$
+            SELECT CASE WHEN r.role = 0 THEN jsonb_build_object('s', 'then', 'b', e.before) ELSE '{"s": "none"}' END
+              FROM (SELECT h.history_id AS id, h.history_date AS dt,
+                           max(h.history_id) OVER (PARTITION BY h.history_context) AS cmax,
+                           CASE WHEN h.history_kind = 'UPDATE' THEN %2$s
+                                WHEN h.history_kind IN ('DELETE', 'TRUNCATE') THEN %3$s END AS bkey,
+                           CASE WHEN h.history_kind IN ('CREATE', 'UPDATE') THEN %3$s END AS akey,
+                           CASE WHEN h.history_kind = 'UPDATE' THEN %4$s
+                                WHEN h.history_kind IN ('DELETE', 'TRUNCATE') THEN %5$s END AS before
+                      FROM %1$s h
+                     WHERE (h.history_date > $1 OR ($2 AND h.history_date = $1)) AND %6$s) e
+             CROSS JOIN LATERAL (VALUES (0), (1)) r(role)
+             WHERE CASE r.role WHEN 0 THEN e.bkey ELSE e.akey END
+                   = (SELECT %7$s FROM jsonb_populate_record(NULL::%1$s, $3) x)
+             ORDER BY e.cmax, e.dt, r.role, e.id LIMIT 1
+            $q$, hist, koherent._key_expr(cfg, 'old:', 'h'), koherent._key_expr(cfg, '', 'h'),
+            koherent._image_expr(cfg, 'old:', 'h'), koherent._image_expr(cfg, '', 'h'),
+            (SELECT format('(%s OR (%s AND %s))',
+                           string_agg(format('h.%I = (SELECT x.%I FROM jsonb_populate_record(NULL::%s, $3) x)', c, c, hist), ' AND '),
+                           string_agg(format('h.%I = (SELECT x.%I FROM jsonb_populate_record(NULL::%s, $3) x)', 'old:' || c, c, hist), ' AND '),
+                           koherent._key_change_predicate(cfg.pk_columns, 'h.'))
+               FROM unnest(cfg.pk_columns) c),
+            koherent._key_expr(cfg, '', 'x')));
+    END IF;
+    first := koherent._kept_lookup(name, at, false, key);
+    RETURN jsonb_build_object('table', format('%I.%I', cfg.schema_name, cfg.table_name), 'pk', to_jsonb(cfg.pk_columns))
+           || coalesce(first, '{"s": "now"}');
+END $$;
+
 CREATE FUNCTION koherent.row_as_of(tbl anyelement, row_key jsonb, at timestamptz) RETURNS anyelement
 -- no SET search_path: koherent._acting() records the caller's own
 LANGUAGE plpgsql STABLE AS $$
@@ -1712,6 +1786,7 @@ DECLARE
     keymatch text;
     n bigint;
     keyrow record;
+    image jsonb;
 BEGIN
     IF row_key IS NULL THEN
         RAISE EXCEPTION 'koherent: row_key must not be null' USING ERRCODE = 'null_value_not_allowed';
@@ -1719,25 +1794,33 @@ BEGIN
     -- the key's typed values, converted here with the caller's rights (its own query filters
     -- the typed path's entries by them)
     keyrow := jsonb_populate_record(tbl, row_key);
-    info := koherent._as_of_typed(acting, pg_typeof(tbl)::regtype, at, NULL, row_key);
-    IF info IS NOT NULL THEN
-        EXECUTE koherent._as_of_typed_select(info, pg_typeof(tbl)::regtype, true) INTO tbl USING at, false, keyrow, acting, row_key;
-        GET DIAGNOSTICS n = ROW_COUNT;
-        IF n = 0 THEN
-            RETURN NULL;
-        END IF;
-        RETURN tbl;
-    END IF;
-    info := koherent._as_of_rows(acting, pg_typeof(tbl)::regtype, at, NULL, row_key);
-    IF info->'rows'->0->'b' = 'null' THEN
+    info := koherent._row_as_of_lookup(acting, pg_typeof(tbl)::regtype, at, row_key);
+    IF info->>'s' = 'none' THEN
         RETURN NULL;  -- no row had this key then
+    ELSIF info IS NOT NULL THEN
+        image := info->'b';  -- (null for "now")
+    ELSE
+        info := koherent._as_of_typed(acting, pg_typeof(tbl)::regtype, at, NULL, row_key);
+        IF info IS NOT NULL THEN
+            EXECUTE koherent._as_of_typed_select(info, pg_typeof(tbl)::regtype, true) INTO tbl USING at, false, keyrow, acting, row_key;
+            GET DIAGNOSTICS n = ROW_COUNT;
+            IF n = 0 THEN
+                RETURN NULL;
+            END IF;
+            RETURN tbl;
+        END IF;
+        info := koherent._as_of_rows(acting, pg_typeof(tbl)::regtype, at, NULL, row_key);
+        IF info->'rows'->0->'b' = 'null' THEN
+            RETURN NULL;  -- no row had this key then
+        END IF;
+        image := info->'rows'->0->'b';
     END IF;
     SELECT string_agg(format('c.%I = k.%I', c, c), ' AND ') INTO keymatch FROM jsonb_array_elements_text(info->'pk') c;
     -- the row now (the caller's query: its rights), merged with its image then if it changed since
     EXECUTE format('SELECT r.* FROM jsonb_populate_record(NULL::%1$s, $1) k LEFT JOIN %1$s c ON %2$s '
                    'CROSS JOIN LATERAL jsonb_populate_record(c, $2) r WHERE c.ctid IS NOT NULL OR $2 IS NOT NULL',
                    info->>'table', keymatch)
-       INTO tbl USING row_key, info->'rows'->0->'b';  -- tbl: a variable of the table's row type
+       INTO tbl USING row_key, image;  -- tbl: a variable of the table's row type
     GET DIAGNOSTICS n = ROW_COUNT;  -- (EXECUTE does not set FOUND)
     IF n = 0 THEN
         RETURN NULL;
@@ -1805,6 +1888,7 @@ GRANT EXECUTE ON FUNCTION
     koherent._as_of_rows(uuid, regtype, timestamptz, text, jsonb), koherent._as_of_select(jsonb),
     koherent._as_of_typed(uuid, regtype, timestamptz, text, jsonb),
     koherent._as_of_entries(uuid, regtype, timestamptz, boolean, jsonb), koherent._as_of_typed_select(jsonb, regtype, boolean),
+    koherent._row_as_of_lookup(uuid, regtype, timestamptz, jsonb),
     -- the plan and revert functions (SECURITY INVOKER; granted by an administrator) call these,
     -- which check that the role they act for may call them
     koherent._revert_plan(uuid, uuid[]), koherent._revert_plan_prepare(uuid, uuid[]),

@@ -94,7 +94,7 @@ BEGIN
     END IF;
     FOR i IN 0 .. (array_length(cols, 1) - 1) / 50 LOOP
         parts := parts || (SELECT format('jsonb_build_object(%s)', string_agg(
-                    format('%L, %s', c, koherent._json_of(koherent._base_type(a.atttypid), format('%s.%I', alias, c))),
+                    format('%L, %s', c, koherent._json_arg(koherent._base_type(a.atttypid), format('%s.%I', alias, c))),
                     ', ' ORDER BY o))
                              FROM unnest(cols[i * 50 + 1 : i * 50 + 50]) WITH ORDINALITY AS u(c, o)
                              JOIN pg_attribute a ON a.attrelid = cfg.relid AND a.attname = u.c);
@@ -212,8 +212,11 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                      'varchar'::regtype, 'name'::regtype, 'uuid'::regtype, 'date'::regtype, 'timestamp'::regtype,
                      'timestamptz'::regtype, 'bytea'::regtype, 'oid'::regtype, '"char"'::regtype)
              THEN format('(%s IS NOT DISTINCT FROM %s)', a, b)
-        -- any other: as history shows it, the JSON text of the value (numeric 1.0 and 1.00,
-        -- interval '1 day' and '24 hours', char padding differ; see koherent._json_of)
+        -- numeric: its JSON text is its output text (a number, or a string for NaN and the
+        -- infinities), so the output texts compare alike, without building jsonb (1.0 and 1.00 differ)
+        WHEN typ = 'numeric'::regtype THEN format('(%s::text IS NOT DISTINCT FROM %s::text)', a, b)
+        -- any other: as history shows it, the JSON text of the value (interval '1 day' and
+        -- '24 hours', char padding differ; float -0 and 0 do not; see koherent._json_of)
         ELSE format('(%s::text IS NOT DISTINCT FROM %s::text)', koherent._json_of(typ, a), koherent._json_of(typ, b))
     END
 $$;
@@ -241,9 +244,11 @@ BEGIN
        OR (koherent._rls_active_for(cfg.relid, koherent._acting_role(acting)) AND NOT koherent._is_auditor(koherent._acting_role(acting))) THEN
         RETURN NULL;
     END IF;
-    EXECUTE format('SELECT min(h.history_id), count(*), count(DISTINCT ROW(%s)), coalesce(bool_or(%s), false) '
+    -- (one key column counted as itself: sorting its datums is much cheaper than rows)
+    EXECUTE format('SELECT min(h.history_id), count(*), count(DISTINCT %s), coalesce(bool_or(%s), false) '
                    'FROM %s h WHERE h.history_context = ANY ($1)',
-                   (SELECT string_agg(format('h.%I', k), ', ') FROM unnest(cfg.pk_columns) k),
+                   CASE WHEN cardinality(cfg.pk_columns) = 1 THEN format('h.%I', cfg.pk_columns[1])
+                        ELSE (SELECT format('ROW(%s)', string_agg(format('h.%I', k), ', ')) FROM unnest(cfg.pk_columns) k) END,
                    koherent._key_change_predicate(cfg.pk_columns, 'h.'), hist)
        INTO first, n, keys, moved USING ctx;
     SELECT max(greatest(c.live_from, coalesce(c.live_until, 0))) INTO epoch
@@ -303,8 +308,8 @@ BEGIN
         later_upd := later_upd || format('(%s AND NOT %s)', changed->>c.col,
             koherent._same_expr(c.typ, format('t.%I', c.col), format('v.%I', 'n:' || c.col)));
         restored := restored || format('CASE WHEN %s THEN jsonb_build_object(%L, %s) ELSE ''{}''::jsonb END',
-                                       changed->>c.col, c.col, koherent._json_of(c.typ, format('v.%I', 'o:' || c.col)));
-        inserted := inserted || format('%L, %s', c.col, koherent._json_of(c.typ, format('v.%I', 'n:' || c.col)));
+                                       changed->>c.col, c.col, koherent._json_arg(c.typ, format('v.%I', 'o:' || c.col)));
+        inserted := inserted || format('%L, %s', c.col, koherent._json_arg(c.typ, format('v.%I', 'n:' || c.col)));
         cols := cols || c.col::text;
     END LOOP;
     -- a reinsert gets defaults for what history does not hold: a NOT NULL column without one blocks it
@@ -331,7 +336,7 @@ BEGIN
         'any_changed', coalesce((SELECT string_agg(value #>> '{}', ' OR ') FROM jsonb_each(changed)), 'false'),
         'conflict', conflict,
         'row_key', format('jsonb_build_object(%s)', (SELECT string_agg(format('%L, %s', k,
-                          koherent._json_of(a.atttypid, format('v.%I', 'k:' || k))), ', ')
+                          koherent._json_arg(a.atttypid, format('v.%I', 'k:' || k))), ', ')
                      FROM unnest(cfg.pk_columns) k JOIN pg_attribute a ON a.attrelid = hist AND a.attname = k)),
         'current', CASE WHEN (SELECT bool_and(koherent._is_builtin_type(koherent._base_type(a.atttypid)))
                                 FROM pg_attribute a WHERE a.attrelid = cfg.relid AND a.attnum > 0 AND NOT a.attisdropped)
@@ -351,21 +356,21 @@ LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     q jsonb := koherent._revert_fast_sql(acting, cfg, view);
 BEGIN
-    -- the conflict computed once per row (OFFSET 0 keeps the planner from copying it into
-    -- every expression that uses it)
+    -- the conflict computed once per row, in the join (OFFSET 0 keeps the planner from copying
+    -- it into every expression that uses it); what a non-auditor may not see is masked
     RETURN format($s$
         SELECT %10$s::oid::regclass,
-               CASE WHEN x.masked THEN NULL ELSE %3$s END,
+               CASE WHEN m.masked THEN NULL ELSE %3$s END,
                CASE v.kind WHEN 'CREATE' THEN 'DELETE' WHEN 'UPDATE' THEN 'UPDATE' ELSE 'INSERT' END,
-               CASE WHEN x.masked OR t.ctid IS NULL THEN NULL ELSE %4$s END,
-               CASE WHEN x.masked THEN NULL
+               CASE WHEN m.masked THEN NULL ELSE v.cur END,
+               CASE WHEN m.masked THEN NULL
                     WHEN v.kind = 'UPDATE' THEN %6$s
                     WHEN v.kind IN ('DELETE', 'TRUNCATE') THEN %7$s END,
-               x.w
-          FROM %1$s v LEFT JOIN %2$s t ON %8$s
-         CROSS JOIN LATERAL (SELECT w, w = 'not_visible' AND NOT %11$s AS masked
-                               FROM (SELECT %5$s AS w OFFSET 0) c) x
-         WHERE v.kind <> 'UPDATE' OR %9$s
+               v.w
+          FROM (SELECT v.*, CASE WHEN t.ctid IS NOT NULL THEN %4$s END AS cur, %5$s AS w
+                  FROM %1$s v LEFT JOIN %2$s t ON %8$s
+                 WHERE v.kind <> 'UPDATE' OR %9$s OFFSET 0) v
+         CROSS JOIN LATERAL (SELECT v.w = 'not_visible' AND NOT %11$s) m(masked)
         $s$, view, q->>'table', q->>'row_key', q->>'current', q->>'conflict',
         q->>'restored_update', q->>'restored_insert', q->>'keymatch', q->>'any_changed', cfg.relid, q->>'auditor');
 END $$;
@@ -464,11 +469,10 @@ BEGIN
                 'INSERT:ok', count(*) FILTER (WHERE x.a = 'INSERT' AND x.w IS NULL)))
           FROM (SELECT v.head,
                        CASE v.kind WHEN 'CREATE' THEN 'DELETE' WHEN 'UPDATE' THEN 'UPDATE' ELSE 'INSERT' END AS a,
-                       CASE WHEN c.w IS NULL OR (c.w = 'not_visible' AND NOT %8$s) THEN NULL ELSE %4$s END AS k,
-                       c.w
-                  FROM %1$s v LEFT JOIN %2$s t ON %6$s
-                 CROSS JOIN LATERAL (SELECT %5$s AS w OFFSET 0) c
-                 WHERE v.kind <> 'UPDATE' OR %7$s) x
+                       CASE WHEN v.w IS NULL OR (v.w = 'not_visible' AND NOT %8$s) THEN NULL ELSE %4$s END AS k,
+                       v.w
+                  FROM (SELECT v.*, %5$s AS w FROM %1$s v LEFT JOIN %2$s t ON %6$s
+                         WHERE v.kind <> 'UPDATE' OR %7$s OFFSET 0) v) x
         $s$, view, q->>'table', cfg.relid::regclass::text, q->>'row_key', q->>'conflict', q->>'keymatch',
         q->>'any_changed', q->>'auditor'), NULL, false);
     RETURN jsonb_build_object('cfg', cfg.id, 'sql', q, 'conflicts', res->'conflicts', 'counts', res->'counts');

@@ -10,6 +10,14 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                 ELSE format('to_jsonb(koherent._text_out(%s))', expr) END
 $$;
 
+-- The same as an argument of jsonb_build_object, which converts its arguments as to_jsonb does:
+-- a built-in type's value as it is (no jsonb built and read again), any other's output text.
+CREATE FUNCTION koherent._json_arg(typ oid, expr text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN koherent._is_builtin_type(typ) THEN expr
+                ELSE format('koherent._text_out(%s)', expr) END
+$$;
+
 -- A history column as jsonb, without running code a non-superuser can define. to_jsonb
 -- consults casts to json for types outside pg_catalog (and for such fields of composites and
 -- elements of arrays), and whoever owns a type may create such a cast: it would run as the reader,

@@ -251,6 +251,31 @@ fn _acting() -> Uuid {
     crate::revert::acting()
 }
 
+/// Internal: whether a plan is kept under this name (the as-of lookups; owner only,
+/// src/revert/kept.rs).
+#[pg_extern(volatile, parallel_unsafe, strict)]
+fn _kept(name: &str) -> bool {
+    crate::revert::kept::is_kept(name)
+}
+
+/// Internal: plan a statement and keep the plan under a name (owner only).
+#[pg_extern(volatile, parallel_unsafe, strict)]
+fn _keep(name: &str, query: &str) {
+    crate::revert::kept::keep(name, query)
+}
+
+/// Internal: the first jsonb of the statement kept under a name, run with these parameters
+/// (owner only).
+#[pg_extern(volatile, parallel_unsafe, strict)]
+fn _kept_lookup(
+    name: &str,
+    at: pgrx::datum::TimestampWithTimeZone,
+    at_too: bool,
+    key: JsonB,
+) -> Option<JsonB> {
+    crate::revert::kept::lookup(name, at, at_too, key)
+}
+
 /// Internal: the role a capability from koherent._acting() acts for (owner only).
 #[pg_extern(volatile, parallel_unsafe, strict)]
 fn _acting_role(acting: Uuid) -> pg_sys::Oid {

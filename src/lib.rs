@@ -77,6 +77,9 @@ extension_sql_file!(
         api::_mark_revert,
         api::_acting,
         api::_acting_role,
+        api::_kept,
+        api::_keep,
+        api::_kept_lookup,
     ]
 );
 extension_sql_file!(

@@ -5,11 +5,11 @@ after changing sql/revert.sql, sql/as_of.sql or the functions listed in CHANGED.
 import re
 
 ROOT = "."
-CHANGED = {"sql/views.sql": ["_json_of", "_json_expr", "_key_expr", "_entry_select"],
+CHANGED = {"sql/views.sql": ["_json_of", "_json_arg", "_json_expr", "_key_expr", "_entry_select"],
            "sql/readers.sql": ["_is_auditor", "_caller_is_auditor", "_task_contexts", "task_changes"],
            "sql/indexes.sql": ["_create_lookup_indexes", "_add_date_to_lookup_index"],
            "sql/graphql.sql": ["_expose_as_of", "expose", "unexpose"]}
-NEW_FUNCTIONS = ["_add_date_to_lookup_index", "_expose_as_of", "_json_of", "_key_expr", "_is_auditor",
+NEW_FUNCTIONS = ["_add_date_to_lookup_index", "_expose_as_of", "_json_of", "_json_arg", "_key_expr", "_is_auditor",
                  "_task_contexts"]
 
 
@@ -34,6 +34,12 @@ CREATE FUNCTION koherent."_acting"() RETURNS uuid
 STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', '_acting_wrapper';
 CREATE FUNCTION koherent."_acting_role"("acting" uuid) RETURNS oid
 STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', '_acting_role_wrapper';
+CREATE FUNCTION koherent."_kept"("name" text) RETURNS boolean
+STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', '_kept_wrapper';
+CREATE FUNCTION koherent."_keep"("name" text, "query" text) RETURNS void
+STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', '_keep_wrapper';
+CREATE FUNCTION koherent."_kept_lookup"("name" text, "at" timestamptz, "at_too" boolean, "key" jsonb) RETURNS jsonb
+STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', '_kept_lookup_wrapper';
 """]
 for path, names in CHANGED.items():
     text = open(f"{ROOT}/{path}").read()

@@ -24,6 +24,8 @@ use std::ffi::{CStr, CString};
 use crate::error::KoherentError;
 use crate::ffi;
 
+pub mod kept;
+
 struct Acting {
     id: [u8; 16],
     role: pg_sys::Oid,
