@@ -7,6 +7,7 @@ of the same run too: revert_plan and revert_task with the UPDATE they undo, as_o
 of the table now.
 """
 
+import json
 import os
 import statistics
 import subprocess
@@ -168,6 +169,13 @@ def main():
     lookups()
     with conn() as c:
         revert_and_as_of(c)
+    # the ledger in a database of its own: seal and verify read all of a database's history
+    with conn("postgres") as c:
+        c.execute(f"DROP DATABASE IF EXISTS {DB}_ledger")
+        c.execute(f"CREATE DATABASE {DB}_ledger")
+    with conn(f"{DB}_ledger") as c:
+        c.execute("CREATE EXTENSION koherent")
+        ledger(c)
 
 
 def lookups():
@@ -335,6 +343,29 @@ def revert_and_as_of(c):
     print(f"{'row_as_of of one row':<28} {statistics.median(times) * 1000:8.2f} ms  (median of {ROW_AS_OF_CALLS}, "
           f"{entries} entries of the table's history, {ROW_AS_OF_UPDATES - ROW_AS_OF_UPDATES // 2} of the row's "
           "after the moment; goal < 1 ms)")
+
+
+def ledger(c):
+    """Sealing and verifying throughput: entries per second of koherent.seal() over a table's
+    fresh history (BENCH_LEDGER_ROWS inserted, then updated: twice as many entries), and of
+    koherent.verify_history() over everything sealed in the database. The write path does not
+    change with the ledger (entries are hashed when sealed)."""
+    n = int(os.environ.get("BENCH_LEDGER_ROWS", "100000"))
+    c.execute(DDL.format(t="led"))
+    c.execute("SELECT koherent.track('led')")
+    c.execute(f"INSERT INTO led SELECT g, 'name ' || g, g % 1000, g * 1.5, 'note', now() FROM generate_series(1, {n}) g")
+    c.execute("UPDATE led SET qty = qty + 1, updated = now()")
+    t = time.perf_counter()
+    d = c.execute("SELECT koherent.seal()").fetchone()[0]
+    sealing = time.perf_counter() - t
+    assert d["sealed_entries"] == 2 * n, d
+    t = time.perf_counter()
+    problems = c.execute("SELECT count(*) FROM koherent.verify_history(%s)", [json.dumps([d])]).fetchone()[0]
+    verifying = time.perf_counter() - t
+    assert problems == 0, problems
+    print(f"{'seal':<28} {2 * n:>7} entries  {sealing * 1000:8.1f} ms  {2 * n / sealing:10.0f} entries/s")
+    print(f"{'verify_history':<28} {d['entries']:>7} entries  {verifying * 1000:8.1f} ms  "
+          f"{d['entries'] / verifying:10.0f} entries/s")
 
 
 if __name__ == "__main__":

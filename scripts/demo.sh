@@ -145,6 +145,21 @@ SELECT history_id, table_name, row_key, kind, to_char(date, 'HH24:MI:SS') AS at,
 SELECT c.id AS context_id, c.task_id, c.client_id, c.metadata
   FROM koherent.transaction_auth_context c WHERE c.task_id = 'task-103'"
 
+say "the ledger: koherent.seal() closes a block over every committed transaction; keep the digest outside"
+psql -X -h 127.0.0.1 -p "$DEMO_PORT" -U postgres -d "$DB" -P pager=off -At -c "SELECT jsonb_pretty(koherent.seal())" | tee "$ROOT/.tmp/demo-digest.json"
+psql -X -h 127.0.0.1 -p "$DEMO_PORT" -U postgres -d "$DB" -P pager=off -c "
+SELECT count(*) AS problems FROM koherent.verify_history()"
+
+say "someone with superuser rights edits one history entry with triggers off; verify_history names it"
+psql -X -h 127.0.0.1 -p "$DEMO_PORT" -U postgres -d "$DB" -P pager=off -v digest="$(cat "$ROOT/.tmp/demo-digest.json")" <<'SQL'
+BEGIN;
+SET LOCAL session_replication_role = replica;
+UPDATE koherent_history.inventory SET qty = qty + 1000
+ WHERE history_id = (SELECT min(history_id) FROM koherent_history.inventory);
+SELECT * FROM koherent.verify_history(jsonb_build_array(:'digest'::jsonb));
+ROLLBACK;
+SQL
+
 cat <<EOF
 
 The demo is running.

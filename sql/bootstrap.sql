@@ -109,6 +109,8 @@ CREATE TABLE koherent.tracked_column (
     type_sql    text NOT NULL,
     live_from   bigint NOT NULL,
     live_until  bigint,
+    -- the column's identity through renames (the ledger keys images by it)
+    column_id   bigint GENERATED ALWAYS AS IDENTITY UNIQUE,
     PRIMARY KEY (config_id, column_name)
 );
 
@@ -121,3 +123,4 @@ SELECT pg_catalog.pg_extension_config_dump('koherent.tracked_column', '');
 -- increasing across a dump and restore; configuration ids stay unique).
 SELECT pg_catalog.pg_extension_config_dump('koherent.history_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('koherent.tracked_config_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('koherent.tracked_column_column_id_seq', '');

@@ -89,7 +89,10 @@ BEGIN
             -- owner: only when both are PostgreSQL's own (a cast between built-in types can only
             -- be created by a superuser). Any other type change keeps the earlier values under a
             -- retired name and starts a new column, so no cast a table owner wrote runs here.
+            -- With a ledger block sealed, converting recorded values would change what was
+            -- sealed: the values stay as they were, under a retired name, below.
             IF koherent._is_builtin_type(a.atttypid)
+               AND NOT EXISTS (SELECT 1 FROM koherent.ledger_block)
                AND koherent._is_builtin_type((SELECT h.atttypid FROM pg_attribute h
                                                WHERE h.attrelid = hist::regclass AND h.attname = c.column_name
                                                  AND NOT h.attisdropped)) THEN

@@ -281,3 +281,15 @@ fn _kept_lookup(
 fn _acting_role(acting: Uuid) -> pg_sys::Oid {
     crate::revert::acting_role(acting)
 }
+
+/// Internal: the ledger hash of a record (koherent-ledger-v1, src/ledger/mod.rs).
+#[pg_extern(immutable, parallel_safe, strict)]
+fn _ledger_hash(kind: &str, record: JsonB) -> Vec<u8> {
+    crate::ledger::hash(kind, &record)
+}
+
+/// Internal: the RFC 6962 Merkle root of a list of 32-byte hashes.
+#[pg_extern(immutable, parallel_safe, strict)]
+fn _ledger_merkle(hashes: pgrx::Array<&[u8]>) -> Vec<u8> {
+    crate::ledger::merkle(hashes.iter().map(|h| h.map(|b| b.to_vec()))).or_raise()
+}

@@ -6,7 +6,8 @@
 //! |---|---|
 //! | [`api`] | the SQL-facing functions written in Rust (thin wrappers) |
 //! | [`legacy`] | C entry points that earlier releases' install scripts declare |
-//! | [`revert`] | revert and as-of: who they act for, statements run with that role's rights |
+//! | [`revert`] | revert and as-of: who they act for, statements run with that role's rights, kept plans |
+//! | [`ledger`] | the ledger's hashes (koherent-ledger-v1 records and Merkle roots) |
 //! | [`writer`] | the history trigger: plans, transition tables, id blocks, the partition guard |
 //! | [`context`] | the transaction's verified task and its context row |
 //! | [`verify`] | token verification, the key and binding caches, [`verify::Task`] |
@@ -35,6 +36,7 @@ mod error;
 mod ffi;
 mod guc;
 mod insert;
+mod ledger;
 mod legacy;
 mod revert;
 mod running;
@@ -80,6 +82,8 @@ extension_sql_file!(
         api::_kept,
         api::_keep,
         api::_kept_lookup,
+        api::_ledger_hash,
+        api::_ledger_merkle,
     ]
 );
 extension_sql_file!(
@@ -101,6 +105,7 @@ extension_sql_file!("../sql/keys.sql", name = "keys", requires = ["tasks"]);
 extension_sql_file!("../sql/revert.sql", name = "revert", requires = ["keys"]);
 extension_sql_file!("../sql/as_of.sql", name = "as_of", requires = ["revert"]);
 extension_sql_file!("../sql/graphql.sql", name = "graphql", requires = ["as_of"]);
+extension_sql_file!("../sql/ledger.sql", name = "ledger", requires = ["graphql"]);
 extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 
 #[pg_guard]

@@ -1,4 +1,4 @@
-"""Upgrading from earlier releases: CREATE EXTENSION koherent VERSION '0.1.0' ... '0.5.0' (their
+"""Upgrading from earlier releases: CREATE EXTENSION koherent VERSION '0.1.0' ... '0.6.0' (their
 install scripts, tests/fixtures/koherent--<version>.sql, as that release's `cargo pgrx install`
 wrote them), history written by that release, then ALTER EXTENSION koherent UPDATE (through every
 upgrade script in between). The result must match a fresh install of the current version, keep
@@ -14,7 +14,7 @@ import pytest
 
 from conftest import APP_ROLE, AUDIENCE, ISSUER, ITEM_DDL, ROOT, TEST_PUBLIC_JWK, Db, connect, mint, write
 
-RELEASES = ["0.1.0", "0.2.0", "0.3.0", "0.4.0", "0.5.0"]
+RELEASES = ["0.1.0", "0.2.0", "0.3.0", "0.4.0", "0.5.0", "0.6.0"]
 
 
 def current_version():
@@ -291,5 +291,37 @@ def test_upgrade_from_0_5_0(old_db):
     fresh.sql("SELECT koherent.track('item', require_task => true)")
     fresh.sql(f"SELECT koherent.expose('item', '{reader}')")
     fresh.sql(f"GRANT EXECUTE ON FUNCTION koherent.revert_task(text, boolean, text) TO {APP_ROLE}")
+    assert members(old) == members(fresh)
+    assert history_indexes(old) == history_indexes(fresh)
+
+
+def test_upgrade_from_0_6_0(old_db):
+    """0.7.0 adds the ledger: history written by 0.6.0 (and a column renamed there) is sealed
+    and verifies; tracked columns get their column_id, new ones continue the numbers."""
+    old, fresh = old_db
+    install_release(old, fresh, "0.6.0", {"item": ITEM_DDL})
+    write(old, "INSERT INTO item (id, qty, price) VALUES (1, 1, 1.50), (2, 2, 2)", mint("before-upgrade"), user=APP_ROLE)
+    old.sql("ALTER TABLE item RENAME COLUMN note TO remark")
+    write(old, "UPDATE item SET qty = 10, remark = 'r' WHERE id = 1", mint("second"), user=APP_ROLE)
+
+    old.sql("ALTER EXTENSION koherent UPDATE")
+    assert old.one("SELECT extversion FROM pg_extension WHERE extname = 'koherent'") == current_version()
+    assert old.one("SELECT count(DISTINCT column_id) = count(*) AND bool_and(column_id IS NOT NULL) "
+                   "FROM koherent.tracked_column") is True
+    d = old.one("SELECT koherent.seal()")
+    assert (d["block"], d["contexts"], d["entries"]) == (1, 2, 3)
+    assert old.sql("SELECT * FROM koherent.verify_history(%s)", [json.dumps([d])]) == []
+    old.sql("ALTER TABLE item ADD COLUMN extra int")
+    assert old.one("SELECT max(column_id) > 6 FROM koherent.tracked_column") is True
+    write(old, "UPDATE item SET extra = 1 WHERE id = 2", mint("after"), user=APP_ROLE)
+    assert old.one("SELECT koherent.seal()->>'block'") == "2"
+    assert old.sql("SELECT problem FROM koherent.verify_history()") == []
+    old.sql("ALTER TABLE item DROP COLUMN extra")
+
+    fresh.sql("CREATE EXTENSION koherent")
+    fresh.sql("SELECT koherent.track('item')")
+    for ddl in ("ALTER TABLE item RENAME COLUMN note TO remark", "ALTER TABLE item ADD COLUMN extra int",
+                "ALTER TABLE item DROP COLUMN extra"):
+        fresh.sql(ddl)
     assert members(old) == members(fresh)
     assert history_indexes(old) == history_indexes(fresh)

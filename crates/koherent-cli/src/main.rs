@@ -1,4 +1,4 @@
-//! `koherent`: keygen, mint, verify and jwks over the koherent-token crate.
+//! `koherent`: keygen, mint, verify, jwks and signed ledger digests over the koherent-token crate.
 
 use koherent_token::keys::{
     parse_private_jwk, parse_public_key, private_jwk, public_jwk, public_pem,
@@ -34,6 +34,12 @@ usage:
       (missing members take the flags' values), and writes one JSON line per input:
         {\"id\": ..., \"verdict\": \"accept\"|\"refuse\", \"reason\": ..., \"class\": ..., \"message\": ...}
       a JWKS that is refused refuses the token with reason key_refused
+  koherent digest sign --key PRIVATE_JWK_FILE --name NAME [--digest FILE]
+      a ledger digest (what koherent.digest() returns; stdin without --digest) as a signed
+      checkpoint note (C2SP signed-note, Ed25519), signed by a key that never enters the database
+  koherent digest verify --key PUBLIC_JWK_FILE --name NAME [--note FILE]
+      checks a signed checkpoint (stdin without --note) and prints the digest it names, to pass
+      to koherent.verify_history(); exit 1 with the reason when it does not verify
 ";
 
 fn main() -> ExitCode {
@@ -126,6 +132,7 @@ fn run(args: &[String]) -> Result<String, String> {
                 "public_pem": public_pem(&key.verifying_key()),
             })))
         }
+        "digest" => digest_cmd(rest),
         "jwks" => {
             let o = Opts::parse(rest, &[])?;
             let v = read_json(o.req("key")?)?;
@@ -295,6 +302,57 @@ fn batch_one(case: &Value, defaults: &Policy) -> Result<Value, String> {
             e.to_string(),
         ),
     })
+}
+
+fn read_input(path: Option<&str>) -> Result<String, String> {
+    match path {
+        Some(p) => std::fs::read_to_string(p).map_err(|e| format!("{p}: {e}")),
+        None => {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                .map_err(|e| format!("stdin: {e}"))?;
+            Ok(s)
+        }
+    }
+}
+
+fn digest_cmd(args: &[String]) -> Result<String, String> {
+    use koherent_token::ledger;
+    let Some((sub, rest)) = args.split_first() else {
+        return Err(USAGE.to_string());
+    };
+    let o = Opts::parse(rest, &[])?;
+    let key = read_json(o.req("key")?)?;
+    let key = key.get("private_jwk").cloned().unwrap_or(key);
+    let name = o.req("name")?;
+    match sub.as_str() {
+        "sign" => {
+            let (_, k) = parse_private_jwk(&key).map_err(|e| e.to_string())?;
+            let digest: Value = serde_json::from_str(&read_input(o.get("digest"))?)
+                .map_err(|e| format!("the digest: {e}"))?;
+            let note = ledger::sign_note(&ledger::checkpoint_body(&digest)?, name, &k)?;
+            Ok(note.trim_end_matches('\n').to_string())
+        }
+        "verify" => {
+            let k = if key.get("d").is_some() {
+                parse_private_jwk(&key)
+                    .map_err(|e| e.to_string())?
+                    .1
+                    .verifying_key()
+            } else {
+                parse_public_key(&key.to_string())
+                    .map_err(|e| e.to_string())?
+                    .1
+            };
+            let mut note = read_input(o.get("note"))?;
+            if !note.ends_with('\n') {
+                note.push('\n');
+            }
+            let body = ledger::verify_note(&note, name, &k)?;
+            Ok(pretty(&ledger::checkpoint_digest(&body)?))
+        }
+        _ => Err(USAGE.to_string()),
+    }
 }
 
 #[cfg(test)]

@@ -134,7 +134,7 @@ pub fn python_float_repr(f: f64) -> String {
     format!("{sign}{body}")
 }
 
-fn write_string(s: &str, out: &mut String) {
+pub(crate) fn write_string(s: &str, out: &mut String) {
     out.push('"');
     for c in s.chars() {
         match c {

@@ -13,6 +13,7 @@ pub mod canonical;
 pub mod error;
 mod json;
 pub mod keys;
+pub mod ledger;
 pub mod token;
 
 pub use canonical::{args_hash, canonical_json, canonical_json_str, ARGS_HASH_ALGORITHM};

@@ -1,0 +1,419 @@
+-- koherent: the tamper-evident ledger (koherent-ledger-v1; docs/ledger.md has the format).
+--
+-- koherent.seal() closes a block over every committed context not sealed yet: each of their
+-- history entries is hashed (every stored column: kind, date, context, row image, old values),
+-- the entries' hashes combine into their context's hash with the context row and its task row
+-- (claims and the signed token), the contexts' hashes into the block's, and each block names the
+-- previous block's hash and the tracked columns' epochs. koherent.digest() is what a user keeps
+-- outside the database; koherent.verify_history() recomputes everything sealed and names what
+-- does not match (and, given digests kept outside, what no longer extends them).
+--
+-- Images in the ledger are keyed by a tracked column's column_id (it keeps it through renames),
+-- with the columns live at the entry's epoch, and rendered under fixed settings (UTC, ISO
+-- dates, hex bytea, shortest exact floats): the same bytes on every server and session. With a
+-- block sealed, a column's type change starts a new history column instead of converting the
+-- recorded values (koherent._sync_history_columns), which would change what was sealed.
+
+CREATE TABLE koherent.ledger_meta (
+    database_id uuid NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO koherent.ledger_meta (database_id) VALUES (gen_random_uuid());
+COMMENT ON TABLE koherent.ledger_meta IS
+  'koherent ledger: the database''s identity in its digests (one row, made at CREATE EXTENSION).';
+
+CREATE TABLE koherent.ledger_block (
+    block         bigint PRIMARY KEY,
+    format        text NOT NULL,
+    prev_hash     bytea,
+    contexts_root bytea NOT NULL,
+    contexts      bigint NOT NULL,
+    entries       bigint NOT NULL,
+    schema_hash   bytea NOT NULL,
+    schema        jsonb NOT NULL,
+    sealed_at     timestamptz NOT NULL,
+    hash          bytea NOT NULL
+);
+COMMENT ON TABLE koherent.ledger_block IS
+  'koherent ledger: one row per sealed block; hash covers the block''s fields, its contexts'' Merkle root and the previous block''s hash.';
+
+CREATE TABLE koherent.ledger_context (
+    context_id    uuid PRIMARY KEY,
+    block         bigint NOT NULL,
+    position      integer NOT NULL,
+    task_hash     bytea,
+    entries_root  bytea NOT NULL,
+    entries       bigint NOT NULL,
+    hash          bytea NOT NULL,
+    -- where each sealed entry is, so that verify_history can name it: the entries in the order
+    -- their hashes were combined, and the first 8 bytes of each hash
+    entry_configs integer[] NOT NULL,
+    entry_ids     bigint[] NOT NULL,
+    entry_hashes  bytea NOT NULL
+);
+CREATE UNIQUE INDEX ledger_context_block_idx ON koherent.ledger_context (block, position);
+COMMENT ON TABLE koherent.ledger_context IS
+  'koherent ledger: one row per sealed context (transaction): its hash, its place in its block and an index of its entries.';
+
+SELECT pg_catalog.pg_extension_config_dump('koherent.ledger_meta', '');
+SELECT pg_catalog.pg_extension_config_dump('koherent.ledger_block', '');
+SELECT pg_catalog.pg_extension_config_dump('koherent.ledger_context', '');
+
+-- A moment as the ledger writes it: RFC 3339, UTC, microseconds.
+CREATE FUNCTION koherent._ledger_time(ts timestamptz) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+$$;
+
+-- An entry's image in the ledger (prefix '' the row, 'old:' an UPDATE's old values): an object
+-- of the columns live at its epoch, keyed by column_id, values as history shows them.
+CREATE FUNCTION koherent._ledger_image_expr(cfg koherent.tracked_config, prefix text, alias text) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    hist regclass := format('koherent_history.%I', cfg.history_table)::regclass;
+    marks bigint[];
+    branches text := '';
+    obj text;
+    hi bigint;
+BEGIN
+    SELECT array_agg(DISTINCT m ORDER BY m) INTO marks
+      FROM (SELECT live_from AS m FROM koherent.tracked_column WHERE config_id = cfg.id
+            UNION SELECT live_until FROM koherent.tracked_column WHERE config_id = cfg.id AND live_until IS NOT NULL) s;
+    IF marks IS NULL THEN
+        RETURN '''{}''::jsonb';
+    END IF;
+    FOR i IN 1 .. array_length(marks, 1) LOOP
+        hi := marks[i + 1];
+        SELECT coalesce(string_agg(format('jsonb_build_object(%s)', p), ' || '), '''{}''::jsonb') INTO obj
+          FROM (SELECT string_agg(format('%L, %s', c.column_id::text, koherent._json_expr(hist, (prefix || c.column_name)::name, alias)),
+                                  ', ' ORDER BY c.column_id) AS p
+                  FROM (SELECT c.*, row_number() OVER (ORDER BY c.column_id) AS n FROM koherent.tracked_column c
+                         WHERE c.config_id = cfg.id AND c.live_from <= marks[i]
+                           AND (c.live_until IS NULL OR c.live_until > marks[i])) c
+                 GROUP BY (c.n - 1) / 50) parts;
+        IF hi IS NULL AND i = 1 THEN
+            RETURN obj;
+        ELSIF hi IS NULL THEN
+            branches := branches || format(' ELSE %s END', obj);
+        ELSE
+            branches := branches || format(' WHEN %s.history_id < %s THEN %s', alias, hi, obj);
+        END IF;
+    END LOOP;
+    -- entries before the first mark (none are written so) have no columns
+    RETURN format('(CASE WHEN %s.history_id < %s THEN ''{}''::jsonb', alias, marks[1]) || branches || ')';
+END $$;
+
+-- The SELECT of the ledger hashes of a history table's entries: (config, history_id, context,
+-- hash), for the entries `filter` (SQL over alias h) lets through.
+CREATE FUNCTION koherent._ledger_entries_sql(cfg koherent.tracked_config, filter text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT format($q$
+        SELECT %1$s AS config, h.history_id, h.history_context,
+               koherent._ledger_hash('entry', jsonb_build_object(
+                   'config', %1$s, 'id', h.history_id, 'kind', h.history_kind,
+                   'date', koherent._ledger_time(h.history_date), 'context', h.history_context,
+                   'row', %3$s,
+                   'old', CASE WHEN h.history_kind = 'UPDATE' THEN %4$s END))
+          FROM %2$s h WHERE %5$s
+        $q$, cfg.id, format('koherent_history.%I', cfg.history_table),
+        koherent._ledger_image_expr(cfg, '', 'h'), koherent._ledger_image_expr(cfg, 'old:', 'h'), filter)
+$$;
+
+-- A task row's ledger record: every column.
+CREATE FUNCTION koherent._ledger_task_record(t koherent.task) RETURNS jsonb
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT jsonb_build_object(
+        'issuer', t.issuer, 'task_id', t.task_id, 'parent_task_id', t.parent_task_id,
+        'root_task_id', t.root_task_id, 'assigner_sub', t.assigner_sub, 'caller_sub', t.caller_sub,
+        'agent_sub', t.agent_sub, 'agent_client_id', t.agent_client_id, 'token_id', t.token_id,
+        'args_hash', t.args_hash, 'args_hash_algorithm', t.args_hash_algorithm, 'claims', t.claims,
+        'token', t.token, 'created_at', koherent._ledger_time(t.created_at))
+$$;
+
+-- A context row's ledger fields: every column.
+CREATE FUNCTION koherent._ledger_context_fields(c koherent.transaction_auth_context) RETURNS jsonb
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT jsonb_build_object(
+        'id', c.id, 'txid', c.txid::text, 'task_id', c.task_id, 'issuer', c.issuer,
+        'changed_by', c.changed_by, 'client_id', c.client_id, 'db_role', c.db_role,
+        'effective_role', to_jsonb(c) -> 'effective_role', 'application_name', c.application_name,
+        'client_addr', c.client_addr::text, 'backend_pid', c.backend_pid,
+        'created_at', koherent._ledger_time(c.created_at), 'metadata', c.metadata)
+$$;
+
+-- The context's hash from its parts (see koherent-token's ledger::context_record).
+CREATE FUNCTION koherent._ledger_context_hash(fields jsonb, task_hash bytea, entries_root bytea, entries bigint) RETURNS bytea
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT koherent._ledger_hash('context', jsonb_build_object(
+        'fields', fields, 'task', encode(task_hash, 'hex'), 'entries_root', encode(entries_root, 'hex'),
+        'entries', entries))
+$$;
+
+-- What the tracked columns' history is now: the configs (id, history table, since) and the
+-- columns (column_id, config, name, type, epochs), in id order.
+CREATE FUNCTION koherent._ledger_schema() RETURNS jsonb
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT jsonb_build_object(
+        'configs', coalesce((SELECT jsonb_agg(jsonb_build_object('id', c.id, 'history_table', c.history_table,
+                                                                 'tracked_since', koherent._ledger_time(c.tracked_since)) ORDER BY c.id)
+                               FROM koherent.tracked_config c), '[]'),
+        'columns', coalesce((SELECT jsonb_agg(jsonb_build_object('column_id', t.column_id, 'config', t.config_id,
+                                                                 'type', t.type_sql, 'live_from', t.live_from,
+                                                                 'live_until', t.live_until) ORDER BY t.column_id)
+                               FROM koherent.tracked_column t), '[]'))
+$$;
+
+CREATE FUNCTION koherent._ledger_block_hash(b koherent.ledger_block) RETURNS bytea
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT koherent._ledger_hash('block', jsonb_build_object(
+        'format', b.format, 'database', (SELECT m.database_id::text FROM koherent.ledger_meta m LIMIT 1),
+        'block', b.block, 'prev', encode(b.prev_hash, 'hex'), 'contexts_root', encode(b.contexts_root, 'hex'),
+        'contexts', b.contexts, 'entries', b.entries, 'schema', encode(b.schema_hash, 'hex'),
+        'sealed_at', koherent._ledger_time(b.sealed_at)))
+$$;
+
+CREATE FUNCTION koherent.digest() RETURNS jsonb
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT jsonb_build_object(
+        'format', b.format, 'database', (SELECT m.database_id::text FROM koherent.ledger_meta m LIMIT 1),
+        'database_name', current_database(), 'block', b.block, 'hash', encode(b.hash, 'hex'),
+        'contexts', (SELECT sum(x.contexts) FROM koherent.ledger_block x WHERE x.block <= b.block),
+        'entries', (SELECT sum(x.entries) FROM koherent.ledger_block x WHERE x.block <= b.block),
+        'sealed_at', koherent._ledger_time(b.sealed_at))
+      FROM koherent.ledger_block b ORDER BY b.block DESC LIMIT 1
+$$;
+COMMENT ON FUNCTION koherent.digest() IS
+  'The latest block''s digest (null before the first seal): keep it outside the database; verify_history(digests) proves the chain still extends it.';
+
+-- Seal every committed context not sealed yet into a new block (none when there is nothing to
+-- seal). The extension owner's (EXECUTE is not granted to anyone else); one sealer at a time.
+CREATE FUNCTION koherent.seal() RETURNS jsonb
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD'
+SET IntervalStyle = 'postgres' SET extra_float_digits = 1 SET bytea_output = 'hex' SET lc_monetary = 'C'
+SET max_parallel_workers_per_gather = 0 AS $$
+DECLARE
+    ctxs uuid[];
+    since timestamptz;
+    cfg koherent.tracked_config;
+    blk bigint;
+    b koherent.ledger_block;
+    n_entries bigint;
+BEGIN
+    LOCK TABLE koherent.ledger_block IN EXCLUSIVE MODE;
+    -- the committed contexts this snapshot sees that no block holds (never this transaction's
+    -- own: it has not committed), in the order they began
+    SELECT array_agg(c.id ORDER BY c.created_at, c.id), min(c.created_at) INTO ctxs, since
+      FROM koherent.transaction_auth_context c
+     WHERE NOT EXISTS (SELECT 1 FROM koherent.ledger_context l WHERE l.context_id = c.id)
+       AND c.id IS DISTINCT FROM koherent.current_context_id();
+    IF ctxs IS NULL THEN
+        RETURN coalesce(koherent.digest(), '{}') || '{"sealed": 0}';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM koherent.ledger_block) THEN
+        -- the first block: a database created from a template that holds koherent gets an
+        -- identity of its own here (a restored dump keeps its blocks and its identity)
+        UPDATE koherent.ledger_meta SET database_id = gen_random_uuid(), created_at = now();
+    END IF;
+    CREATE TEMP TABLE koherent_seal (config integer, history_id bigint, context uuid, hash bytea) ON COMMIT DROP;
+    -- an entry is dated at or after its transaction began: the BRIN index's date column keeps
+    -- the scan to the history since the oldest of these contexts began
+    FOR cfg IN SELECT * FROM koherent.tracked_config ORDER BY id LOOP
+        CONTINUE WHEN to_regclass(format('koherent_history.%I', cfg.history_table)) IS NULL;
+        EXECUTE 'INSERT INTO pg_temp.koherent_seal ' ||
+                koherent._ledger_entries_sql(cfg, 'h.history_date >= $1 AND h.history_context = ANY ($2)')
+          USING since, ctxs;
+    END LOOP;
+    blk := coalesce((SELECT max(x.block) FROM koherent.ledger_block x), 0) + 1;
+    INSERT INTO koherent.ledger_context (context_id, block, position, task_hash, entries_root, entries, hash,
+                                         entry_configs, entry_ids, entry_hashes)
+    SELECT c.id, blk, c.pos, th.h, coalesce(e.root, koherent._ledger_merkle('{}'::bytea[])), coalesce(e.n, 0),
+           koherent._ledger_context_hash(koherent._ledger_context_fields(x), th.h,
+                                         coalesce(e.root, koherent._ledger_merkle('{}'::bytea[])), coalesce(e.n, 0)),
+           coalesce(e.configs, '{}'), coalesce(e.ids, '{}'), coalesce(e.h8, '')
+      FROM unnest(ctxs) WITH ORDINALITY AS c(id, pos)
+      JOIN koherent.transaction_auth_context x ON x.id = c.id
+      LEFT JOIN koherent.task t ON t.task_id = x.task_id AND t.issuer = x.issuer
+      CROSS JOIN LATERAL (SELECT CASE WHEN t.task_id IS NOT NULL
+                                      THEN koherent._ledger_hash('task', koherent._ledger_task_record(t)) END AS h) th
+      LEFT JOIN (SELECT s.context, koherent._ledger_merkle(array_agg(s.hash ORDER BY s.config, s.history_id)) AS root,
+                        count(*) AS n, array_agg(s.config ORDER BY s.config, s.history_id) AS configs,
+                        array_agg(s.history_id ORDER BY s.config, s.history_id) AS ids,
+                        string_agg(substring(s.hash FROM 1 FOR 8), ''::bytea ORDER BY s.config, s.history_id) AS h8
+                   FROM pg_temp.koherent_seal s GROUP BY s.context) e ON e.context = c.id;
+    SELECT count(*) INTO n_entries FROM pg_temp.koherent_seal;
+    DROP TABLE pg_temp.koherent_seal;
+    b.block := blk;
+    b.format := 'koherent-ledger-v1';
+    b.prev_hash := (SELECT x.hash FROM koherent.ledger_block x WHERE x.block = blk - 1);
+    b.contexts_root := (SELECT koherent._ledger_merkle(array_agg(l.hash ORDER BY l.position))
+                          FROM koherent.ledger_context l WHERE l.block = blk);
+    b.contexts := cardinality(ctxs);
+    b.entries := n_entries;
+    b.schema := koherent._ledger_schema();
+    b.schema_hash := koherent._ledger_hash('schema', b.schema);
+    b.sealed_at := clock_timestamp();
+    b.hash := koherent._ledger_block_hash(b);
+    INSERT INTO koherent.ledger_block SELECT b.*;
+    RETURN koherent.digest() || jsonb_build_object('sealed', b.contexts, 'sealed_entries', b.entries);
+END $$;
+COMMENT ON FUNCTION koherent.seal() IS
+  'Seal every committed, not yet sealed context (with its entries and task) into a new block; returns the new digest.';
+
+-- Recompute everything sealed: no rows means intact. Problems: entry_changed, entry_missing,
+-- entry_added, entry_moved, unsealed, context_missing, context_changed, task_changed,
+-- task_missing, entries_changed, block_changed, block_missing, chain_broken, schema_changed,
+-- digest_mismatch (README, "The ledger").
+CREATE FUNCTION koherent.verify_history(digests jsonb DEFAULT NULL)
+RETURNS TABLE (problem text, table_name text, history_id bigint, context_id uuid, detail text)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD'
+SET IntervalStyle = 'postgres' SET extra_float_digits = 1 SET bytea_output = 'hex' SET lc_monetary = 'C'
+SET max_parallel_workers_per_gather = 0 AS $$
+DECLARE
+    cfg koherent.tracked_config;
+    d jsonb;
+    last_schema jsonb;
+BEGIN
+    IF digests IS NOT NULL AND jsonb_typeof(digests) <> 'array' THEN
+        RAISE EXCEPTION 'koherent: digests must be a JSON array of what koherent.digest() returned'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    CREATE TEMP TABLE koherent_verify (config integer, history_id bigint, context uuid, hash bytea) ON COMMIT DROP;
+    FOR cfg IN SELECT * FROM koherent.tracked_config ORDER BY id LOOP
+        CONTINUE WHEN to_regclass(format('koherent_history.%I', cfg.history_table)) IS NULL;
+        EXECUTE 'INSERT INTO pg_temp.koherent_verify ' || koherent._ledger_entries_sql(cfg, 'true');
+    END LOOP;
+    CREATE TEMP TABLE koherent_verify_index ON COMMIT DROP AS
+    SELECT l.context_id AS context, u.config, u.history_id, substring(l.entry_hashes FROM ((u.i - 1) * 8 + 1)::integer FOR 8) AS h8
+      FROM koherent.ledger_context l, unnest(l.entry_configs, l.entry_ids) WITH ORDINALITY AS u(config, history_id, i);
+    -- (other_context: where a moved entry is now)
+    CREATE TEMP TABLE koherent_verify_problems (problem text, table_name text, history_id bigint, context_id uuid,
+                                                detail text, other_context uuid) ON COMMIT DROP;
+
+    -- entries: each sealed one as it was sealed, and in its context
+    INSERT INTO pg_temp.koherent_verify_problems
+    SELECT CASE WHEN v.history_id IS NULL THEN 'entry_missing'
+                WHEN i.history_id IS NULL THEN 'entry_added'
+                WHEN v.context IS DISTINCT FROM i.context THEN 'entry_moved'
+                ELSE 'entry_changed' END,
+           (SELECT format('%I.%I', c.schema_name, c.table_name) FROM koherent.tracked_config c
+             WHERE c.id = coalesce(v.config, i.config)),
+           coalesce(v.history_id, i.history_id), coalesce(i.context, v.context),
+           CASE WHEN v.history_id IS NULL THEN 'a sealed entry is no longer in history'
+                WHEN i.history_id IS NULL THEN 'an entry of a sealed context that its block does not hold'
+                WHEN v.context IS DISTINCT FROM i.context THEN format('sealed in context %s, now in %s', i.context, v.context)
+                ELSE 'its recorded values differ from what was sealed' END,
+           v.context
+      FROM (SELECT * FROM pg_temp.koherent_verify x
+             WHERE EXISTS (SELECT 1 FROM koherent.ledger_context l WHERE l.context_id = x.context)
+                OR EXISTS (SELECT 1 FROM pg_temp.koherent_verify_index i WHERE i.config = x.config AND i.history_id = x.history_id)) v
+      FULL JOIN pg_temp.koherent_verify_index i ON i.config = v.config AND i.history_id = v.history_id
+     WHERE v.history_id IS NULL OR i.history_id IS NULL OR v.context IS DISTINCT FROM i.context
+        OR substring(v.hash FROM 1 FOR 8) <> i.h8;
+    -- entries of contexts no block holds (and that no block holds under another context)
+    INSERT INTO pg_temp.koherent_verify_problems
+    SELECT 'unsealed', (SELECT format('%I.%I', c.schema_name, c.table_name) FROM koherent.tracked_config c WHERE c.id = v.config),
+           NULL::bigint, v.context, format('%s entries not sealed yet', count(*))
+      FROM pg_temp.koherent_verify v
+     WHERE NOT EXISTS (SELECT 1 FROM koherent.ledger_context l WHERE l.context_id = v.context)
+       AND NOT EXISTS (SELECT 1 FROM pg_temp.koherent_verify_index i WHERE i.config = v.config AND i.history_id = v.history_id)
+     GROUP BY v.config, v.context;
+
+    -- contexts: their rows, tasks and entries as sealed
+    INSERT INTO pg_temp.koherent_verify_problems
+    SELECT p.problem, NULL::text, NULL::bigint, p.context_id, p.detail
+      FROM (SELECT l.context_id,
+                   CASE WHEN x.id IS NULL THEN 'context_missing'
+                        WHEN l.task_hash IS NOT NULL AND t.task_id IS NULL THEN 'task_missing'
+                        WHEN l.task_hash IS DISTINCT FROM
+                             CASE WHEN t.task_id IS NOT NULL THEN koherent._ledger_hash('task', koherent._ledger_task_record(t)) END
+                             THEN 'task_changed'
+                        WHEN l.hash <> koherent._ledger_context_hash(koherent._ledger_context_fields(x), l.task_hash,
+                                                                     l.entries_root, l.entries) THEN 'context_changed'
+                        WHEN l.entries_root <> coalesce(e.root, koherent._ledger_merkle('{}'::bytea[]))
+                             AND NOT EXISTS (SELECT 1 FROM pg_temp.koherent_verify_problems q
+                                              WHERE l.context_id IN (q.context_id, q.other_context))
+                             THEN 'entries_changed'
+                   END AS problem,
+                   CASE WHEN x.id IS NULL THEN format('sealed in block %s; no context row now', l.block)
+                        WHEN l.task_hash IS NOT NULL AND t.task_id IS NULL THEN format('task %s of issuer %s is gone', x.task_id, x.issuer)
+                        ELSE format('block %s', l.block) END AS detail
+              FROM koherent.ledger_context l
+              LEFT JOIN koherent.transaction_auth_context x ON x.id = l.context_id
+              LEFT JOIN koherent.task t ON t.task_id = x.task_id AND t.issuer = x.issuer
+              LEFT JOIN (SELECT v.context, koherent._ledger_merkle(array_agg(v.hash ORDER BY v.config, v.history_id)) AS root
+                           FROM pg_temp.koherent_verify v GROUP BY v.context) e ON e.context = l.context_id) p
+     WHERE p.problem IS NOT NULL;
+
+    -- blocks: numbered 1.., each covering its contexts, chained to the one before
+    INSERT INTO pg_temp.koherent_verify_problems
+    SELECT 'block_missing', NULL::text, NULL::bigint, NULL::uuid, format('block %s', g)
+      FROM generate_series(1, (SELECT max(b.block) FROM koherent.ledger_block b)) g
+     WHERE NOT EXISTS (SELECT 1 FROM koherent.ledger_block b WHERE b.block = g)
+    UNION ALL
+    SELECT 'block_missing', NULL::text, NULL::bigint, l.context_id, format('block %s of this context', l.block)
+      FROM koherent.ledger_context l WHERE NOT EXISTS (SELECT 1 FROM koherent.ledger_block b WHERE b.block = l.block)
+    UNION ALL
+    SELECT 'block_changed', NULL::text, NULL::bigint, NULL::uuid, format('block %s: %s', b.block, w)
+      FROM koherent.ledger_block b
+     CROSS JOIN LATERAL (SELECT CASE
+              WHEN b.format <> 'koherent-ledger-v1' THEN 'unknown format ' || b.format
+              WHEN b.hash <> koherent._ledger_block_hash(b) THEN 'its hash does not match its fields'
+              WHEN b.schema_hash <> koherent._ledger_hash('schema', b.schema) THEN 'its schema does not match its hash'
+              WHEN b.contexts_root IS DISTINCT FROM (SELECT koherent._ledger_merkle(array_agg(l.hash ORDER BY l.position))
+                                                       FROM koherent.ledger_context l WHERE l.block = b.block)
+                   OR b.contexts <> (SELECT count(*) FROM koherent.ledger_context l WHERE l.block = b.block)
+                   THEN 'its contexts differ from what was sealed'
+              WHEN b.entries <> (SELECT coalesce(sum(l.entries), 0) FROM koherent.ledger_context l WHERE l.block = b.block)
+                   THEN 'its entry count differs from the sum of its contexts' END AS w) c
+     WHERE c.w IS NOT NULL
+    UNION ALL
+    SELECT 'chain_broken', NULL::text, NULL::bigint, NULL::uuid, format('block %s does not name block %s''s hash', b.block, b.block - 1)
+      FROM koherent.ledger_block b LEFT JOIN koherent.ledger_block p ON p.block = b.block - 1
+     WHERE (b.block = 1 AND b.prev_hash IS NOT NULL) OR (b.block > 1 AND p.block IS NOT NULL AND b.prev_hash IS DISTINCT FROM p.hash);
+
+    -- the tracked columns' history: what the last block recorded still holds (epochs only end,
+    -- and columns only come)
+    SELECT b.schema INTO last_schema FROM koherent.ledger_block b ORDER BY b.block DESC LIMIT 1;
+    IF last_schema IS NOT NULL THEN
+        INSERT INTO pg_temp.koherent_verify_problems
+        SELECT 'schema_changed', NULL::text, NULL::bigint, NULL::uuid, format('tracked column %s (config %s): %s', s->>'column_id', s->>'config',
+                   CASE WHEN t.column_id IS NULL THEN 'gone' ELSE 'its type or epoch changed' END)
+          FROM jsonb_array_elements(last_schema->'columns') s
+          LEFT JOIN koherent.tracked_column t ON t.column_id = (s->>'column_id')::bigint
+         WHERE t.column_id IS NULL OR t.config_id <> (s->>'config')::int OR t.type_sql <> s->>'type'
+            OR t.live_from <> (s->>'live_from')::bigint
+            OR (s->'live_until' <> 'null' AND t.live_until IS DISTINCT FROM (s->>'live_until')::bigint)
+        UNION ALL
+        SELECT 'schema_changed', NULL::text, NULL::bigint, NULL::uuid, format('config %s: %s', s->>'id',
+                   CASE WHEN c.id IS NULL THEN 'gone' ELSE 'its history table or start changed' END)
+          FROM jsonb_array_elements(last_schema->'configs') s
+          LEFT JOIN koherent.tracked_config c ON c.id = (s->>'id')::int
+         WHERE c.id IS NULL OR c.history_table <> s->>'history_table'
+            OR koherent._ledger_time(c.tracked_since) <> s->>'tracked_since';
+    END IF;
+
+    -- digests kept outside: the chain must still hold each
+    FOR d IN SELECT * FROM jsonb_array_elements(coalesce(digests, '[]')) LOOP
+        INSERT INTO pg_temp.koherent_verify_problems
+        SELECT 'digest_mismatch', NULL::text, NULL::bigint, NULL::uuid, format('digest of block %s: %s', d->>'block', w)
+          FROM (SELECT CASE
+                  WHEN d->>'database' IS DISTINCT FROM (SELECT m.database_id::text FROM koherent.ledger_meta m LIMIT 1)
+                       THEN 'another database''s'
+                  WHEN NOT EXISTS (SELECT 1 FROM koherent.ledger_block b WHERE b.block::text = d->>'block')
+                       THEN 'no such block'
+                  WHEN (SELECT encode(b.hash, 'hex') FROM koherent.ledger_block b WHERE b.block::text = d->>'block')
+                       IS DISTINCT FROM d->>'hash'
+                       THEN 'the block''s hash is not the digest''s'
+                  WHEN (SELECT encode(koherent._ledger_block_hash(b), 'hex') FROM koherent.ledger_block b
+                         WHERE b.block::text = d->>'block') IS DISTINCT FROM d->>'hash'
+                       THEN 'the block no longer hashes to the digest' END AS w) x
+         WHERE x.w IS NOT NULL;
+    END LOOP;
+    RETURN QUERY SELECT p.problem, p.table_name, p.history_id, p.context_id, p.detail FROM pg_temp.koherent_verify_problems p
+                  ORDER BY p.problem, p.table_name NULLS FIRST, p.history_id NULLS FIRST, p.context_id NULLS FIRST, p.detail;
+    DROP TABLE pg_temp.koherent_verify, pg_temp.koherent_verify_index, pg_temp.koherent_verify_problems;
+END $$;
+COMMENT ON FUNCTION koherent.verify_history(jsonb) IS
+  'Recompute every sealed entry, context, task and block (and check digests kept outside): one row per problem; none means intact.';
