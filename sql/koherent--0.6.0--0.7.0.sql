@@ -103,13 +103,14 @@ END $$;
 -- block sealed, a column's type change starts a new history column instead of converting the
 -- recorded values (koherent._sync_history_columns), which would change what was sealed.
 
+-- One row, written by the first seal (not by CREATE EXTENSION: a restored dump brings its own)
 CREATE TABLE koherent.ledger_meta (
+    one         boolean PRIMARY KEY DEFAULT true CHECK (one),
     database_id uuid NOT NULL,
     created_at  timestamptz NOT NULL DEFAULT now()
 );
-INSERT INTO koherent.ledger_meta (database_id) VALUES (gen_random_uuid());
 COMMENT ON TABLE koherent.ledger_meta IS
-  'koherent ledger: the database''s identity in its digests (one row, made at CREATE EXTENSION).';
+  'koherent ledger: the database''s identity in its digests (one row, made by the first seal; a restored dump keeps it).';
 
 CREATE TABLE koherent.ledger_block (
     block         bigint PRIMARY KEY,
@@ -148,10 +149,32 @@ SELECT pg_catalog.pg_extension_config_dump('koherent.ledger_meta', '');
 SELECT pg_catalog.pg_extension_config_dump('koherent.ledger_block', '');
 SELECT pg_catalog.pg_extension_config_dump('koherent.ledger_context', '');
 
--- A moment as the ledger writes it: RFC 3339, UTC, microseconds.
+-- A moment as the ledger writes it: RFC 3339, UTC, microseconds (" BC" after a year before 1;
+-- infinity and -infinity as those words).
 CREATE FUNCTION koherent._ledger_time(ts timestamptz) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+    SELECT CASE WHEN NOT isfinite(ts) THEN ts::text
+                ELSE to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+                     || CASE WHEN ts AT TIME ZONE 'UTC' < '0001-01-01 00:00'::timestamp THEN ' BC' ELSE '' END END
+$$;
+
+-- A history column's value as the ledger hashes it: what to_jsonb gives for the types whose
+-- JSON loses nothing (integers, numeric, text, varchar, boolean, uuid, jsonb), the oid of a
+-- reg* value (renaming what it names changes nothing), and the output text (a JSON string)
+-- of every other type: json keeps its own text, arrays their bounds, floats -0, timestamps
+-- their era (under the settings seal and verify fix).
+CREATE FUNCTION koherent._ledger_value_expr(hist regclass, col name, alias text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE
+        WHEN a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype, 'numeric'::regtype, 'text'::regtype,
+                            'varchar'::regtype, 'bool'::regtype, 'uuid'::regtype, 'jsonb'::regtype)
+             THEN format('to_jsonb(%s.%I)', alias, col)
+        WHEN a.atttypid IN ('regclass'::regtype, 'regtype'::regtype, 'regproc'::regtype, 'regprocedure'::regtype,
+                            'regoper'::regtype, 'regoperator'::regtype, 'regnamespace'::regtype, 'regrole'::regtype,
+                            'regconfig'::regtype, 'regdictionary'::regtype, 'regcollation'::regtype)
+             THEN format('to_jsonb(%s.%I::oid)', alias, col)
+        ELSE format('to_jsonb(koherent._text_out(%s.%I))', alias, col) END
+      FROM pg_attribute a WHERE a.attrelid = hist AND a.attname = col AND NOT a.attisdropped
 $$;
 
 -- An entry's image in the ledger (prefix '' the row, 'old:' an UPDATE's old values): an object
@@ -174,7 +197,7 @@ BEGIN
     FOR i IN 1 .. array_length(marks, 1) LOOP
         hi := marks[i + 1];
         SELECT coalesce(string_agg(format('jsonb_build_object(%s)', p), ' || '), '''{}''::jsonb') INTO obj
-          FROM (SELECT string_agg(format('%L, %s', c.column_id::text, koherent._json_expr(hist, (prefix || c.column_name)::name, alias)),
+          FROM (SELECT string_agg(format('%L, %s', c.column_id::text, koherent._ledger_value_expr(hist, (prefix || c.column_name)::name, alias)),
                                   ', ' ORDER BY c.column_id) AS p
                   FROM (SELECT c.*, row_number() OVER (ORDER BY c.column_id) AS n FROM koherent.tracked_column c
                          WHERE c.config_id = cfg.id AND c.live_from <= marks[i]
@@ -202,7 +225,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                    'config', %1$s, 'id', h.history_id, 'kind', h.history_kind,
                    'date', koherent._ledger_time(h.history_date), 'context', h.history_context,
                    'row', %3$s,
-                   'old', CASE WHEN h.history_kind = 'UPDATE' THEN %4$s END))
+                   'old', %4$s))
           FROM %2$s h WHERE %5$s
         $q$, cfg.id, format('koherent_history.%I', cfg.history_table),
         koherent._ledger_image_expr(cfg, '', 'h'), koherent._ledger_image_expr(cfg, 'old:', 'h'), filter)
@@ -230,12 +253,20 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         'created_at', koherent._ledger_time(c.created_at), 'metadata', c.metadata)
 $$;
 
+-- The hash of a context's entry index (where each entry is: configs, ids, hash prefixes).
+CREATE FUNCTION koherent._ledger_index_hash(configs integer[], ids bigint[], prefixes bytea) RETURNS text
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT encode(sha256(convert_to(array_to_string(configs, ',') || '|' || array_to_string(ids, ',') || '|'
+                                    || encode(prefixes, 'hex'), 'UTF8')), 'hex')
+$$;
+
 -- The context's hash from its parts (see koherent-token's ledger::context_record).
-CREATE FUNCTION koherent._ledger_context_hash(fields jsonb, task_hash bytea, entries_root bytea, entries bigint) RETURNS bytea
+CREATE FUNCTION koherent._ledger_context_hash(fields jsonb, task_hash bytea, entries_root bytea, entries bigint,
+                                              index text) RETURNS bytea
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT koherent._ledger_hash('context', jsonb_build_object(
         'fields', fields, 'task', encode(task_hash, 'hex'), 'entries_root', encode(entries_root, 'hex'),
-        'entries', entries))
+        'entries', entries, 'index', index))
 $$;
 
 -- What the tracked columns' history is now: the configs (id, history table, since) and the
@@ -255,7 +286,7 @@ $$;
 CREATE FUNCTION koherent._ledger_block_hash(b koherent.ledger_block) RETURNS bytea
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT koherent._ledger_hash('block', jsonb_build_object(
-        'format', b.format, 'database', (SELECT m.database_id::text FROM koherent.ledger_meta m LIMIT 1),
+        'format', b.format, 'database', (SELECT m.database_id::text FROM koherent.ledger_meta m),
         'block', b.block, 'prev', encode(b.prev_hash, 'hex'), 'contexts_root', encode(b.contexts_root, 'hex'),
         'contexts', b.contexts, 'entries', b.entries, 'schema', encode(b.schema_hash, 'hex'),
         'sealed_at', koherent._ledger_time(b.sealed_at)))
@@ -264,7 +295,7 @@ $$;
 CREATE FUNCTION koherent.digest() RETURNS jsonb
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT jsonb_build_object(
-        'format', b.format, 'database', (SELECT m.database_id::text FROM koherent.ledger_meta m LIMIT 1),
+        'format', b.format, 'database', (SELECT m.database_id::text FROM koherent.ledger_meta m),
         'database_name', current_database(), 'block', b.block, 'hash', encode(b.hash, 'hex'),
         'contexts', (SELECT sum(x.contexts) FROM koherent.ledger_block x WHERE x.block <= b.block),
         'entries', (SELECT sum(x.entries) FROM koherent.ledger_block x WHERE x.block <= b.block),
@@ -289,6 +320,12 @@ DECLARE
     b koherent.ledger_block;
     n_entries bigint;
 BEGIN
+    -- the contexts are read after the lock: a snapshot older than it could miss a block sealed
+    -- meanwhile and seal its contexts again
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'koherent: seal() runs in a READ COMMITTED transaction, not %', current_setting('transaction_isolation')
+            USING ERRCODE = 'invalid_transaction_state', HINT = 'Call it on its own, outside a transaction block, or in a READ COMMITTED one.';
+    END IF;
     LOCK TABLE koherent.ledger_block IN EXCLUSIVE MODE;
     -- the committed contexts this snapshot sees that no block holds (never this transaction's
     -- own: it has not committed), in the order they began
@@ -300,9 +337,10 @@ BEGIN
         RETURN coalesce(koherent.digest(), '{}') || '{"sealed": 0}';
     END IF;
     IF NOT EXISTS (SELECT 1 FROM koherent.ledger_block) THEN
-        -- the first block: a database created from a template that holds koherent gets an
-        -- identity of its own here (a restored dump keeps its blocks and its identity)
-        UPDATE koherent.ledger_meta SET database_id = gen_random_uuid(), created_at = now();
+        -- the first block: the database's identity (a restored dump keeps its blocks and its
+        -- identity; a database copied from a template without blocks gets one of its own)
+        DELETE FROM koherent.ledger_meta;
+        INSERT INTO koherent.ledger_meta (database_id) VALUES (gen_random_uuid());
     END IF;
     CREATE TEMP TABLE koherent_seal (config integer, history_id bigint, context uuid, hash bytea) ON COMMIT DROP;
     -- an entry is dated at or after its transaction began: the BRIN index's date column keeps
@@ -318,7 +356,9 @@ BEGIN
                                          entry_configs, entry_ids, entry_hashes)
     SELECT c.id, blk, c.pos, th.h, coalesce(e.root, koherent._ledger_merkle('{}'::bytea[])), coalesce(e.n, 0),
            koherent._ledger_context_hash(koherent._ledger_context_fields(x), th.h,
-                                         coalesce(e.root, koherent._ledger_merkle('{}'::bytea[])), coalesce(e.n, 0)),
+                                         coalesce(e.root, koherent._ledger_merkle('{}'::bytea[])), coalesce(e.n, 0),
+                                         koherent._ledger_index_hash(coalesce(e.configs, '{}'), coalesce(e.ids, '{}'),
+                                                                     coalesce(e.h8, ''))),
            coalesce(e.configs, '{}'), coalesce(e.ids, '{}'), coalesce(e.h8, '')
       FROM unnest(ctxs) WITH ORDINALITY AS c(id, pos)
       JOIN koherent.transaction_auth_context x ON x.id = c.id
@@ -419,7 +459,10 @@ BEGIN
                              CASE WHEN t.task_id IS NOT NULL THEN koherent._ledger_hash('task', koherent._ledger_task_record(t)) END
                              THEN 'task_changed'
                         WHEN l.hash <> koherent._ledger_context_hash(koherent._ledger_context_fields(x), l.task_hash,
-                                                                     l.entries_root, l.entries) THEN 'context_changed'
+                                                                     l.entries_root, l.entries,
+                                                                     koherent._ledger_index_hash(l.entry_configs, l.entry_ids,
+                                                                                                 l.entry_hashes))
+                             THEN 'context_changed'
                         WHEN l.entries_root <> coalesce(e.root, koherent._ledger_merkle('{}'::bytea[]))
                              AND NOT EXISTS (SELECT 1 FROM pg_temp.koherent_verify_problems q
                                               WHERE l.context_id IN (q.context_id, q.other_context))
@@ -488,7 +531,7 @@ BEGIN
         INSERT INTO pg_temp.koherent_verify_problems
         SELECT 'digest_mismatch', NULL::text, NULL::bigint, NULL::uuid, format('digest of block %s: %s', d->>'block', w)
           FROM (SELECT CASE
-                  WHEN d->>'database' IS DISTINCT FROM (SELECT m.database_id::text FROM koherent.ledger_meta m LIMIT 1)
+                  WHEN d->>'database' IS DISTINCT FROM (SELECT m.database_id::text FROM koherent.ledger_meta m)
                        THEN 'another database''s'
                   WHEN NOT EXISTS (SELECT 1 FROM koherent.ledger_block b WHERE b.block::text = d->>'block')
                        THEN 'no such block'

@@ -87,12 +87,72 @@ def test_seal_digest_and_unsealed_entries(item):
     assert seal(db)["sealed"] == 0 and db.one("SELECT count(*) FROM koherent.ledger_block") == 2
 
 
-def test_a_database_copied_from_a_template_gets_its_own_identity(item):
+def test_the_first_seal_gives_the_database_its_identity(item):
+    """Not CREATE EXTENSION (a database copied from a template would share it, a restored dump
+    would bring a second one): the first seal, one row."""
     db = item
-    template_id = db.one("SELECT database_id FROM koherent.ledger_meta")
+    assert db.one("SELECT count(*) FROM koherent.ledger_meta") == 0
     write(db, "INSERT INTO item (id) VALUES (1)")
+    d = seal(db)
+    assert db.sql("SELECT database_id::text FROM koherent.ledger_meta") == [(d["database"],)]
+    with pytest.raises(psycopg.Error) as e:
+        db.sql("INSERT INTO koherent.ledger_meta (database_id) VALUES (gen_random_uuid())")
+    assert sqlstate(e) == "23505"
+
+
+def test_a_restored_dump_verifies_against_the_digests_kept(ledger, tmp_path):
+    import subprocess
+    import uuid
+
+    from conftest import HOST, PORT, connect
+
+    db = ledger
+    dump = tmp_path / "dump.sql"
+    subprocess.run(["pg_dump", "-h", HOST, "-p", str(PORT), "-U", "postgres", "-f", str(dump), db.name], check=True)
+    name = f"t_restored_{uuid.uuid4().hex[:8]}"
+    with connect() as c:
+        c.execute(f"CREATE DATABASE {name}")
+    try:
+        subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", HOST, "-p", str(PORT), "-U", "postgres",
+                        "-d", name, "-f", str(dump)], check=True, capture_output=True)
+        from conftest import Db
+        restored = Db(name)
+        assert restored.one("SELECT count(*) FROM koherent.ledger_meta") == 1
+        assert restored.one("SELECT koherent.digest()")["hash"] == db.digests[1]["hash"]
+        assert verify(restored, db.digests) == []
+    finally:
+        with connect() as c:
+            c.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_seal_refuses_an_older_snapshot(ledger):
+    with ledger.conn(autocommit=False) as c:
+        c.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        with pytest.raises(psycopg.Error) as e:
+            c.execute("SELECT koherent.seal()")
+        assert sqlstate(e) == "25000"
+
+
+def test_values_whose_json_would_hide_a_change(db):
+    """json text, array bounds, float -0, an era, the old: columns of a CREATE: each change is
+    an entry_changed (their JSON alone would not show it)."""
+    db.sql("CREATE TABLE odd (id int PRIMARY KEY, j json, arr int[], f float8, ts timestamptz, r regclass)")
+    db.sql("SELECT koherent.track('odd')")
+    write(db, "INSERT INTO odd VALUES (1, '{\"a\": 1, \"b\": 2}', '{1,2}', 0, '2020-01-01', 'odd')")
     seal(db)
-    assert db.one("SELECT database_id FROM koherent.ledger_meta") != template_id
+    assert verify(db) == []
+    h = db.one("SELECT history_id FROM koherent_history.odd")
+    for change in ("j = '{\"b\": 2, \"a\": 1}'", "j = '{\"a\": 0, \"a\": 1, \"b\": 2}'", "arr = '[5:6]={1,2}'",
+                   "f = '-0'", "ts = ts - interval '4040 years'", "\"old:id\" = 9", "r = 'pg_class'"):
+        with db.conn(autocommit=False) as c:
+            c.execute("SET session_replication_role = replica")
+            c.execute(f"UPDATE koherent_history.odd SET {change}")
+            got = c.execute("SELECT problem, history_id FROM koherent.verify_history()").fetchall()
+            c.rollback()
+        assert got == [("entry_changed", h)], change
+    # renaming what a regclass names is no change to the entry
+    db.sql("ALTER TABLE odd RENAME TO odd2")
+    assert verify(db) == []
 
 
 CASES = {
@@ -160,6 +220,11 @@ CASES = {
                             lambda db: {("block_changed", None), ("context_changed", None)}),
     "context dropped from its block": (lambda db: [f"DELETE FROM koherent.ledger_context WHERE context_id = '{ctx_of(db, 'task-1')}'"],
                                        lambda db: {("block_changed", None), ("unsealed", None)}),
+    "entry deleted with its place in the index": (
+        lambda db: [f"DELETE FROM koherent_history.item WHERE history_id = {hid(db, 'DELETE', 2)}",
+                    "UPDATE koherent.ledger_context SET entry_ids = '{}', entry_configs = '{}', entry_hashes = '' "
+                    f"WHERE context_id = '{ctx_of(db, 'task-2')}'"],
+        lambda db: {("context_changed", None), ("entry_added", hid(db, "CREATE", 4))}),
     "tracked column retyped": (lambda db: ["UPDATE koherent.tracked_column SET type_sql = 'bigint' WHERE column_name = 'qty'"],
                                lambda db: {("schema_changed", None)}),
     "tracked column removed": (lambda db: ["DELETE FROM koherent.tracked_column WHERE column_name = 'note'"],
@@ -278,14 +343,17 @@ def test_an_independent_implementation_gets_the_same_hashes(ledger):
     cfg = db.one("SELECT id FROM koherent.tracked_config")
     with db.conn() as c:
         c.execute("SET TimeZone = 'UTC'")
+        c.execute("SET DateStyle = 'ISO, YMD'")
+        # (to_jsonb for bigint, text, integer, numeric; a timestamptz as its output text)
         rows = c.execute("SELECT history_id, history_kind, to_char(history_date AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), "
-                         "history_context::text, to_jsonb(h)::text FROM koherent_history.item h ORDER BY history_id").fetchall()
+                         "history_context::text, (to_jsonb(h) || jsonb_build_object('updated', updated::text, "
+                         "'old:updated', \"old:updated\"::text))::text FROM koherent_history.item h ORDER BY history_id").fetchall()
     ctx1 = ctx_of(db, "task-1")
     leaves = []
     for hid_, kind, date, ctx, img in rows:
         img = parse(img)
         row = {str(cols[c]): img[c] for c in cols}
-        old = {str(cols[c]): img["old:" + c] for c in cols} if kind == "UPDATE" else None
+        old = {str(cols[c]): img["old:" + c] for c in cols}
         e = {"config": Raw(str(cfg)), "id": Raw(str(hid_)), "kind": kind, "date": date, "context": ctx, "row": row, "old": old}
         if ctx == ctx1:
             leaves.append(bytes.fromhex(h("entry", e)))

@@ -192,13 +192,14 @@ pub fn entry_record(
 }
 
 /// A context's record: its fields (an object, see docs/ledger.md), its task's hash (null without
-/// a task), the Merkle root of its entries' hashes (in config, then history id order) and their
-/// count.
+/// a task), the Merkle root of its entries' hashes (in config, then history id order), their
+/// count, and the hash of its entry index ([`index_hash`]).
 pub fn context_record(
     fields: Value,
     task: Option<&Hash>,
     entries_root: &Hash,
     entries: i64,
+    index: &str,
 ) -> Value {
     let mut m = Map::new();
     m.insert("fields".into(), fields);
@@ -211,7 +212,19 @@ pub fn context_record(
         Value::from(hex::encode(entries_root)),
     );
     m.insert("entries".into(), Value::from(entries));
+    m.insert("index".into(), Value::from(index));
     Value::Object(m)
+}
+
+/// The hash of a context's entry index: hex SHA-256 of `<configs>|<ids>|<prefixes>`, the
+/// entries' config ids and history ids comma-separated and the first 8 bytes of each entry's
+/// hash in hex, all in the order the entries were combined.
+pub fn index_hash(entries: &[(i32, i64, Hash)]) -> String {
+    let configs: Vec<String> = entries.iter().map(|e| e.0.to_string()).collect();
+    let ids: Vec<String> = entries.iter().map(|e| e.1.to_string()).collect();
+    let prefixes: String = entries.iter().map(|e| hex::encode(&e.2[..8])).collect();
+    let text = format!("{}|{}|{}", configs.join(","), ids.join(","), prefixes);
+    hex::encode(Sha256::digest(text.as_bytes()))
 }
 
 /// A block's record.
@@ -494,10 +507,15 @@ mod tests {
             "edae8a62be83e9a460a362ccf34d45530e2972dc7b8c7ce4b46c6bc12c636fcd"
         );
         let fields = serde_json::json!({"id": "01a235c1-adf9-7fd8-ab67-b28e7bc50ba4"});
-        let c = context_record(fields, None, &root, 1);
+        let index = index_hash(&[(1, 7, hash)]);
+        assert_eq!(
+            index,
+            "5fe6c0385592e24033ed4ddffcb7546244ff59bbee2efe916c19939aa7a4c1bd"
+        );
+        let c = context_record(fields, None, &root, 1, &index);
         assert_eq!(
             hex::encode(record_hash("context", &c)),
-            "c840dc3b626f5a4840516154ba69e018c808d4b39c688bfceccb7edbbfaa499e"
+            "0df5f88b28cb2d2a7e841b051020396b2d5c26206b20c4148d9db0acb41fa3dc"
         );
         // vector 3: Merkle roots of none and of three leaves
         assert_eq!(
