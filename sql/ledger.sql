@@ -306,142 +306,134 @@ COMMENT ON FUNCTION koherent.seal() IS
 -- digest_mismatch (README, "The ledger").
 CREATE FUNCTION koherent.verify_history(digests jsonb DEFAULT NULL)
 RETURNS TABLE (problem text, table_name text, history_id bigint, context_id uuid, detail text)
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD'
 SET IntervalStyle = 'postgres' SET extra_float_digits = 1 SET bytea_output = 'hex' SET lc_monetary = 'C'
 SET max_parallel_workers_per_gather = 0 AS $$
 DECLARE
-    cfg koherent.tracked_config;
-    d jsonb;
-    last_schema jsonb;
+    entries text;
 BEGIN
     IF digests IS NOT NULL AND jsonb_typeof(digests) <> 'array' THEN
         RAISE EXCEPTION 'koherent: digests must be a JSON array of what koherent.digest() returned'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    CREATE TEMP TABLE koherent_verify (config integer, history_id bigint, context uuid, hash bytea) ON COMMIT DROP;
-    FOR cfg IN SELECT * FROM koherent.tracked_config ORDER BY id LOOP
-        CONTINUE WHEN to_regclass(format('koherent_history.%I', cfg.history_table)) IS NULL;
-        EXECUTE 'INSERT INTO pg_temp.koherent_verify ' || koherent._ledger_entries_sql(cfg, 'true');
-    END LOOP;
-    CREATE TEMP TABLE koherent_verify_index ON COMMIT DROP AS
-    SELECT l.context_id AS context, u.config, u.history_id, substring(l.entry_hashes FROM ((u.i - 1) * 8 + 1)::integer FOR 8) AS h8
-      FROM koherent.ledger_context l, unnest(l.entry_configs, l.entry_ids) WITH ORDINALITY AS u(config, history_id, i);
-    -- (other_context: where a moved entry is now)
-    CREATE TEMP TABLE koherent_verify_problems (problem text, table_name text, history_id bigint, context_id uuid,
-                                                detail text, other_context uuid) ON COMMIT DROP;
-
-    -- entries: each sealed one as it was sealed, and in its context
-    INSERT INTO pg_temp.koherent_verify_problems
-    SELECT CASE WHEN v.history_id IS NULL THEN 'entry_missing'
-                WHEN i.history_id IS NULL THEN 'entry_added'
-                WHEN v.context IS DISTINCT FROM i.context THEN 'entry_moved'
-                ELSE 'entry_changed' END,
-           (SELECT format('%I.%I', c.schema_name, c.table_name) FROM koherent.tracked_config c
-             WHERE c.id = coalesce(v.config, i.config)),
-           coalesce(v.history_id, i.history_id), coalesce(i.context, v.context),
-           CASE WHEN v.history_id IS NULL THEN 'a sealed entry is no longer in history'
-                WHEN i.history_id IS NULL THEN 'an entry of a sealed context that its block does not hold'
-                WHEN v.context IS DISTINCT FROM i.context THEN format('sealed in context %s, now in %s', i.context, v.context)
-                ELSE 'its recorded values differ from what was sealed' END,
-           v.context
-      FROM (SELECT * FROM pg_temp.koherent_verify x
-             WHERE EXISTS (SELECT 1 FROM koherent.ledger_context l WHERE l.context_id = x.context)
-                OR EXISTS (SELECT 1 FROM pg_temp.koherent_verify_index i WHERE i.config = x.config AND i.history_id = x.history_id)) v
-      FULL JOIN pg_temp.koherent_verify_index i ON i.config = v.config AND i.history_id = v.history_id
-     WHERE v.history_id IS NULL OR i.history_id IS NULL OR v.context IS DISTINCT FROM i.context
-        OR substring(v.hash FROM 1 FOR 8) <> i.h8;
+    -- one read-only statement (it runs in a read-only transaction and on a standby): every
+    -- entry's hash (v), every sealed entry's place (i), then the problems
+    SELECT coalesce(string_agg(koherent._ledger_entries_sql(c, 'true'), ' UNION ALL ' ORDER BY c.id),
+                    'SELECT NULL::integer, NULL::bigint, NULL::uuid, NULL::bytea WHERE false')
+      INTO entries
+      FROM koherent.tracked_config c WHERE to_regclass(format('koherent_history.%I', c.history_table)) IS NOT NULL;
+    RETURN QUERY EXECUTE format($q$
+    WITH v (config, history_id, context, hash) AS MATERIALIZED (%s),
+    i AS MATERIALIZED (
+        SELECT l.context_id AS context, u.config, u.history_id,
+               substring(l.entry_hashes FROM ((u.i - 1) * 8 + 1)::integer FOR 8) AS h8
+          FROM koherent.ledger_context l, unnest(l.entry_configs, l.entry_ids) WITH ORDINALITY AS u(config, history_id, i)),
+    names AS (SELECT c.id, format('%%I.%%I', c.schema_name, c.table_name) AS name FROM koherent.tracked_config c),
+    -- entries: each sealed one as it was sealed, and in its context (moved: where it is now)
+    ep AS MATERIALIZED (
+        SELECT CASE WHEN v.history_id IS NULL THEN 'entry_missing'
+                    WHEN i.history_id IS NULL THEN 'entry_added'
+                    WHEN v.context IS DISTINCT FROM i.context THEN 'entry_moved'
+                    ELSE 'entry_changed' END AS problem,
+               (SELECT n.name FROM names n WHERE n.id = coalesce(v.config, i.config)) AS table_name,
+               coalesce(v.history_id, i.history_id) AS history_id, coalesce(i.context, v.context) AS context_id,
+               CASE WHEN v.history_id IS NULL THEN 'a sealed entry is no longer in history'
+                    WHEN i.history_id IS NULL THEN 'an entry of a sealed context that its block does not hold'
+                    WHEN v.context IS DISTINCT FROM i.context THEN format('sealed in context %%s, now in %%s', i.context, v.context)
+                    ELSE 'its recorded values differ from what was sealed' END AS detail,
+               v.context AS other_context
+          FROM (SELECT * FROM v
+                 WHERE EXISTS (SELECT 1 FROM koherent.ledger_context l WHERE l.context_id = v.context)
+                    OR EXISTS (SELECT 1 FROM i WHERE i.config = v.config AND i.history_id = v.history_id)) v
+          FULL JOIN i ON i.config = v.config AND i.history_id = v.history_id
+         WHERE v.history_id IS NULL OR i.history_id IS NULL OR v.context IS DISTINCT FROM i.context
+            OR substring(v.hash FROM 1 FOR 8) <> i.h8),
     -- entries of contexts no block holds (and that no block holds under another context)
-    INSERT INTO pg_temp.koherent_verify_problems
-    SELECT 'unsealed', (SELECT format('%I.%I', c.schema_name, c.table_name) FROM koherent.tracked_config c WHERE c.id = v.config),
-           NULL::bigint, v.context, format('%s entries not sealed yet', count(*))
-      FROM pg_temp.koherent_verify v
-     WHERE NOT EXISTS (SELECT 1 FROM koherent.ledger_context l WHERE l.context_id = v.context)
-       AND NOT EXISTS (SELECT 1 FROM pg_temp.koherent_verify_index i WHERE i.config = v.config AND i.history_id = v.history_id)
-     GROUP BY v.config, v.context;
-
+    un AS (
+        SELECT 'unsealed'::text, (SELECT n.name FROM names n WHERE n.id = v.config), NULL::bigint, v.context,
+               format('%%s entries not sealed yet', count(*))
+          FROM v
+         WHERE NOT EXISTS (SELECT 1 FROM koherent.ledger_context l WHERE l.context_id = v.context)
+           AND NOT EXISTS (SELECT 1 FROM i WHERE i.config = v.config AND i.history_id = v.history_id)
+         GROUP BY v.config, v.context),
     -- contexts: their rows, tasks and entries as sealed
-    INSERT INTO pg_temp.koherent_verify_problems
-    SELECT p.problem, NULL::text, NULL::bigint, p.context_id, p.detail
-      FROM (SELECT l.context_id,
-                   CASE WHEN x.id IS NULL THEN 'context_missing'
-                        WHEN l.task_hash IS NOT NULL AND t.task_id IS NULL THEN 'task_missing'
-                        WHEN l.task_hash IS DISTINCT FROM
-                             CASE WHEN t.task_id IS NOT NULL THEN koherent._ledger_hash('task', koherent._ledger_task_record(t)) END
-                             THEN 'task_changed'
-                        WHEN l.hash <> koherent._ledger_context_hash(koherent._ledger_context_fields(x), l.task_hash,
-                                                                     l.entries_root, l.entries,
-                                                                     koherent._ledger_index_hash(l.entry_configs, l.entry_ids,
-                                                                                                 l.entry_hashes))
-                             THEN 'context_changed'
-                        WHEN l.entries_root <> coalesce(e.root, koherent._ledger_merkle('{}'::bytea[]))
-                             AND NOT EXISTS (SELECT 1 FROM pg_temp.koherent_verify_problems q
-                                              WHERE l.context_id IN (q.context_id, q.other_context))
-                             THEN 'entries_changed'
-                   END AS problem,
-                   CASE WHEN x.id IS NULL THEN format('sealed in block %s; no context row now', l.block)
-                        WHEN l.task_hash IS NOT NULL AND t.task_id IS NULL THEN format('task %s of issuer %s is gone', x.task_id, x.issuer)
-                        ELSE format('block %s', l.block) END AS detail
-              FROM koherent.ledger_context l
-              LEFT JOIN koherent.transaction_auth_context x ON x.id = l.context_id
-              LEFT JOIN koherent.task t ON t.task_id = x.task_id AND t.issuer = x.issuer
-              LEFT JOIN (SELECT v.context, koherent._ledger_merkle(array_agg(v.hash ORDER BY v.config, v.history_id)) AS root
-                           FROM pg_temp.koherent_verify v GROUP BY v.context) e ON e.context = l.context_id) p
-     WHERE p.problem IS NOT NULL;
-
+    cp AS (
+        SELECT p.problem, NULL::text, NULL::bigint, p.context_id, p.detail
+          FROM (SELECT l.context_id,
+                       CASE WHEN x.id IS NULL THEN 'context_missing'
+                            WHEN l.task_hash IS NOT NULL AND t.task_id IS NULL THEN 'task_missing'
+                            WHEN l.task_hash IS DISTINCT FROM
+                                 CASE WHEN t.task_id IS NOT NULL THEN koherent._ledger_hash('task', koherent._ledger_task_record(t)) END
+                                 THEN 'task_changed'
+                            WHEN l.hash <> koherent._ledger_context_hash(koherent._ledger_context_fields(x), l.task_hash,
+                                                                         l.entries_root, l.entries,
+                                                                         koherent._ledger_index_hash(l.entry_configs, l.entry_ids,
+                                                                                                     l.entry_hashes))
+                                 THEN 'context_changed'
+                            WHEN l.entries_root <> coalesce(e.root, koherent._ledger_merkle('{}'::bytea[]))
+                                 AND NOT EXISTS (SELECT 1 FROM ep q WHERE l.context_id IN (q.context_id, q.other_context))
+                                 THEN 'entries_changed'
+                       END AS problem,
+                       CASE WHEN x.id IS NULL THEN format('sealed in block %%s; no context row now', l.block)
+                            WHEN l.task_hash IS NOT NULL AND t.task_id IS NULL THEN format('task %%s of issuer %%s is gone', x.task_id, x.issuer)
+                            ELSE format('block %%s', l.block) END AS detail
+                  FROM koherent.ledger_context l
+                  LEFT JOIN koherent.transaction_auth_context x ON x.id = l.context_id
+                  LEFT JOIN koherent.task t ON t.task_id = x.task_id AND t.issuer = x.issuer
+                  LEFT JOIN (SELECT v.context, koherent._ledger_merkle(array_agg(v.hash ORDER BY v.config, v.history_id)) AS root
+                               FROM v GROUP BY v.context) e ON e.context = l.context_id) p
+         WHERE p.problem IS NOT NULL),
     -- blocks: numbered 1.., each covering its contexts, chained to the one before
-    INSERT INTO pg_temp.koherent_verify_problems
-    SELECT 'block_missing', NULL::text, NULL::bigint, NULL::uuid, format('block %s', g)
-      FROM generate_series(1, (SELECT max(b.block) FROM koherent.ledger_block b)) g
-     WHERE NOT EXISTS (SELECT 1 FROM koherent.ledger_block b WHERE b.block = g)
-    UNION ALL
-    SELECT 'block_missing', NULL::text, NULL::bigint, l.context_id, format('block %s of this context', l.block)
-      FROM koherent.ledger_context l WHERE NOT EXISTS (SELECT 1 FROM koherent.ledger_block b WHERE b.block = l.block)
-    UNION ALL
-    SELECT 'block_changed', NULL::text, NULL::bigint, NULL::uuid, format('block %s: %s', b.block, w)
-      FROM koherent.ledger_block b
-     CROSS JOIN LATERAL (SELECT CASE
-              WHEN b.format <> 'koherent-ledger-v1' THEN 'unknown format ' || b.format
-              WHEN b.hash <> koherent._ledger_block_hash(b) THEN 'its hash does not match its fields'
-              WHEN b.schema_hash <> koherent._ledger_hash('schema', b.schema) THEN 'its schema does not match its hash'
-              WHEN b.contexts_root IS DISTINCT FROM (SELECT koherent._ledger_merkle(array_agg(l.hash ORDER BY l.position))
-                                                       FROM koherent.ledger_context l WHERE l.block = b.block)
-                   OR b.contexts <> (SELECT count(*) FROM koherent.ledger_context l WHERE l.block = b.block)
-                   THEN 'its contexts differ from what was sealed'
-              WHEN b.entries <> (SELECT coalesce(sum(l.entries), 0) FROM koherent.ledger_context l WHERE l.block = b.block)
-                   THEN 'its entry count differs from the sum of its contexts' END AS w) c
-     WHERE c.w IS NOT NULL
-    UNION ALL
-    SELECT 'chain_broken', NULL::text, NULL::bigint, NULL::uuid, format('block %s does not name block %s''s hash', b.block, b.block - 1)
-      FROM koherent.ledger_block b LEFT JOIN koherent.ledger_block p ON p.block = b.block - 1
-     WHERE (b.block = 1 AND b.prev_hash IS NOT NULL) OR (b.block > 1 AND p.block IS NOT NULL AND b.prev_hash IS DISTINCT FROM p.hash);
-
+    bp AS (
+        SELECT 'block_missing'::text, NULL::text, NULL::bigint, NULL::uuid, format('block %%s', g)
+          FROM generate_series(1, (SELECT max(b.block) FROM koherent.ledger_block b)) g
+         WHERE NOT EXISTS (SELECT 1 FROM koherent.ledger_block b WHERE b.block = g)
+        UNION ALL
+        SELECT 'block_missing', NULL, NULL, l.context_id, format('block %%s of this context', l.block)
+          FROM koherent.ledger_context l WHERE NOT EXISTS (SELECT 1 FROM koherent.ledger_block b WHERE b.block = l.block)
+        UNION ALL
+        SELECT 'block_changed', NULL, NULL, NULL, format('block %%s: %%s', b.block, c.w)
+          FROM koherent.ledger_block b
+         CROSS JOIN LATERAL (SELECT CASE
+                  WHEN b.format <> 'koherent-ledger-v1' THEN 'unknown format ' || b.format
+                  WHEN b.hash <> koherent._ledger_block_hash(b) THEN 'its hash does not match its fields'
+                  WHEN b.schema_hash <> koherent._ledger_hash('schema', b.schema) THEN 'its schema does not match its hash'
+                  WHEN b.contexts_root IS DISTINCT FROM (SELECT koherent._ledger_merkle(array_agg(l.hash ORDER BY l.position))
+                                                           FROM koherent.ledger_context l WHERE l.block = b.block)
+                       OR b.contexts <> (SELECT count(*) FROM koherent.ledger_context l WHERE l.block = b.block)
+                       THEN 'its contexts differ from what was sealed'
+                  WHEN b.entries <> (SELECT coalesce(sum(l.entries), 0) FROM koherent.ledger_context l WHERE l.block = b.block)
+                       THEN 'its entry count differs from the sum of its contexts' END AS w) c
+         WHERE c.w IS NOT NULL
+        UNION ALL
+        SELECT 'chain_broken', NULL, NULL, NULL, format('block %%s does not name block %%s''s hash', b.block, b.block - 1)
+          FROM koherent.ledger_block b LEFT JOIN koherent.ledger_block p ON p.block = b.block - 1
+         WHERE (b.block = 1 AND b.prev_hash IS NOT NULL) OR (b.block > 1 AND p.block IS NOT NULL AND b.prev_hash IS DISTINCT FROM p.hash)),
     -- the tracked columns' history: what the last block recorded still holds (epochs only end,
     -- and columns only come)
-    SELECT b.schema INTO last_schema FROM koherent.ledger_block b ORDER BY b.block DESC LIMIT 1;
-    IF last_schema IS NOT NULL THEN
-        INSERT INTO pg_temp.koherent_verify_problems
-        SELECT 'schema_changed', NULL::text, NULL::bigint, NULL::uuid, format('tracked column %s (config %s): %s', s->>'column_id', s->>'config',
-                   CASE WHEN t.column_id IS NULL THEN 'gone' ELSE 'its type or epoch changed' END)
-          FROM jsonb_array_elements(last_schema->'columns') s
+    last AS (SELECT b.schema FROM koherent.ledger_block b ORDER BY b.block DESC LIMIT 1),
+    sp AS (
+        SELECT 'schema_changed'::text, NULL::text, NULL::bigint, NULL::uuid,
+               format('tracked column %%s (config %%s): %%s', s->>'column_id', s->>'config',
+                      CASE WHEN t.column_id IS NULL THEN 'gone' ELSE 'its type or epoch changed' END)
+          FROM last, jsonb_array_elements(last.schema->'columns') s
           LEFT JOIN koherent.tracked_column t ON t.column_id = (s->>'column_id')::bigint
          WHERE t.column_id IS NULL OR t.config_id <> (s->>'config')::int OR t.type_sql <> s->>'type'
             OR t.live_from <> (s->>'live_from')::bigint
             OR (s->'live_until' <> 'null' AND t.live_until IS DISTINCT FROM (s->>'live_until')::bigint)
         UNION ALL
-        SELECT 'schema_changed', NULL::text, NULL::bigint, NULL::uuid, format('config %s: %s', s->>'id',
+        SELECT 'schema_changed', NULL, NULL, NULL, format('config %%s: %%s', s->>'id',
                    CASE WHEN c.id IS NULL THEN 'gone' ELSE 'its history table or start changed' END)
-          FROM jsonb_array_elements(last_schema->'configs') s
+          FROM last, jsonb_array_elements(last.schema->'configs') s
           LEFT JOIN koherent.tracked_config c ON c.id = (s->>'id')::int
          WHERE c.id IS NULL OR c.history_table <> s->>'history_table'
-            OR koherent._ledger_time(c.tracked_since) <> s->>'tracked_since';
-    END IF;
-
+            OR koherent._ledger_time(c.tracked_since) <> s->>'tracked_since'),
     -- digests kept outside: the chain must still hold each
-    FOR d IN SELECT * FROM jsonb_array_elements(coalesce(digests, '[]')) LOOP
-        INSERT INTO pg_temp.koherent_verify_problems
-        SELECT 'digest_mismatch', NULL::text, NULL::bigint, NULL::uuid, format('digest of block %s: %s', d->>'block', w)
-          FROM (SELECT CASE
+    dp AS (
+        SELECT 'digest_mismatch'::text, NULL::text, NULL::bigint, NULL::uuid, format('digest of block %%s: %%s', d->>'block', x.w)
+          FROM jsonb_array_elements(coalesce($1, '[]')) d
+         CROSS JOIN LATERAL (SELECT CASE
                   WHEN d->>'database' IS DISTINCT FROM (SELECT m.database_id::text FROM koherent.ledger_meta m)
                        THEN 'another database''s'
                   WHEN NOT EXISTS (SELECT 1 FROM koherent.ledger_block b WHERE b.block::text = d->>'block')
@@ -452,11 +444,12 @@ BEGIN
                   WHEN (SELECT encode(koherent._ledger_block_hash(b), 'hex') FROM koherent.ledger_block b
                          WHERE b.block::text = d->>'block') IS DISTINCT FROM d->>'hash'
                        THEN 'the block no longer hashes to the digest' END AS w) x
-         WHERE x.w IS NOT NULL;
-    END LOOP;
-    RETURN QUERY SELECT p.problem, p.table_name, p.history_id, p.context_id, p.detail FROM pg_temp.koherent_verify_problems p
-                  ORDER BY p.problem, p.table_name NULLS FIRST, p.history_id NULLS FIRST, p.context_id NULLS FIRST, p.detail;
-    DROP TABLE pg_temp.koherent_verify, pg_temp.koherent_verify_index, pg_temp.koherent_verify_problems;
+         WHERE x.w IS NOT NULL)
+    SELECT * FROM (SELECT ep.problem, ep.table_name, ep.history_id, ep.context_id, ep.detail FROM ep
+                   UNION ALL SELECT * FROM un UNION ALL SELECT * FROM cp UNION ALL SELECT * FROM bp
+                   UNION ALL SELECT * FROM sp UNION ALL SELECT * FROM dp) r (problem, table_name, history_id, context_id, detail)
+     ORDER BY 1, 2 NULLS FIRST, 3 NULLS FIRST, 4 NULLS FIRST, 5
+    $q$, entries) USING digests;
 END $$;
 COMMENT ON FUNCTION koherent.verify_history(jsonb) IS
   'Recompute every sealed entry, context, task and block (and check digests kept outside): one row per problem; none means intact.';

@@ -278,6 +278,21 @@ def test_the_last_block_deleted_is_caught_by_its_digest(ledger):
     assert ("digest_mismatch", None) in problems(db, db.digests)
 
 
+def test_verify_runs_read_only(ledger):
+    """One read-only statement: a read-only transaction (an auditor's, a standby's) verifies."""
+    with ledger.conn(autocommit=False) as c:
+        c.execute("BEGIN READ ONLY")
+        assert c.execute("SELECT count(*) FROM koherent.verify_history(%s)",
+                         [psycopg.types.json.Jsonb(ledger.digests)]).fetchone()[0] == 0
+        with pytest.raises(psycopg.Error) as e:  # (the transaction is read-only indeed)
+            c.execute("CREATE TEMP TABLE x (i int)")
+        assert sqlstate(e) == "25006"
+    tamper(ledger, f"UPDATE koherent_history.item SET qty = 5 WHERE history_id = {hid(ledger, 'CREATE', 3)}")
+    with ledger.conn(autocommit=False) as c:
+        c.execute("BEGIN READ ONLY")
+        assert c.execute("SELECT problem FROM koherent.verify_history()").fetchall() == [("entry_changed",)]
+
+
 def test_digests_bad_input(ledger):
     with pytest.raises(psycopg.Error) as e:
         ledger.sql("SELECT * FROM koherent.verify_history('{\"block\": 1}')")
