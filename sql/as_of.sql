@@ -60,6 +60,44 @@ BEGIN
     END IF;
 END $$;
 
+-- Whether the key columns of `cfg`'s history are all of built-in types.
+CREATE FUNCTION koherent._as_of_builtin_key(cfg koherent.tracked_config) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT bool_and(koherent._is_builtin_type(a.atttypid))
+      FROM unnest(cfg.pk_columns) c
+      JOIN pg_attribute a ON a.attrelid = format('koherent_history.%I', cfg.history_table)::regclass AND a.attname = c
+$$;
+
+-- A key of built-in types as a filter over history entries `h` (its own entries and the UPDATEs
+-- that moved a row away from it), by the row and key-change indexes: `key_sql` is SQL giving the
+-- key as jsonb (a literal, or a statement's parameter), converted by history's built-in input
+-- functions.
+CREATE FUNCTION koherent._as_of_key_filter(cfg koherent.tracked_config, key_sql text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT format('(%s OR (%s AND %s))',
+                  string_agg(format('h.%I = (SELECT x.%I FROM jsonb_populate_record(NULL::%s, %s) x)', c, c, hist, key_sql), ' AND '),
+                  string_agg(format('h.%I = (SELECT x.%I FROM jsonb_populate_record(NULL::%s, %s) x)', 'old:' || c, c, hist, key_sql), ' AND '),
+                  koherent._key_change_predicate(cfg.pk_columns, 'h.'))
+      FROM unnest(cfg.pk_columns) c, format('koherent_history.%I', cfg.history_table) hist
+$$;
+
+-- What every as-of lookup reads of an entry `h` (the order revert follows a row in, and the
+-- row's state before the entry): id, dt, cmax (the greatest history id of its transaction among
+-- the entries read), bkey (the key it left or changed in place: UPDATE, DELETE, TRUNCATE), akey
+-- (the key it arrived at or changed in place: CREATE, UPDATE), before (the row's image before it).
+CREATE FUNCTION koherent._as_of_entry_columns(cfg koherent.tracked_config) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT format($c$h.history_id AS id, h.history_date AS dt,
+                     max(h.history_id) OVER (PARTITION BY h.history_context) AS cmax,
+                     CASE WHEN h.history_kind = 'UPDATE' THEN %1$s
+                          WHEN h.history_kind IN ('DELETE', 'TRUNCATE') THEN %2$s END AS bkey,
+                     CASE WHEN h.history_kind IN ('CREATE', 'UPDATE') THEN %2$s END AS akey,
+                     CASE WHEN h.history_kind = 'UPDATE' THEN %3$s
+                          WHEN h.history_kind IN ('DELETE', 'TRUNCATE') THEN %4$s END AS before$c$,
+                  koherent._key_expr(cfg, 'old:', 'h'), koherent._key_expr(cfg, '', 'h'),
+                  koherent._image_expr(cfg, 'old:', 'h'), koherent._image_expr(cfg, '', 'h'))
+$$;
+
 -- One key's filter over history entries `h`, as SQL (its own entries and the UPDATEs that moved
 -- a row away from it), and the key as history's images show it. No value a client chose is
 -- handled as a type here: a key of built-in types is converted from its JSON by built-in input
@@ -72,18 +110,11 @@ CREATE FUNCTION koherent._as_of_key(acting uuid, cfg koherent.tracked_config, ke
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     hist text := format('koherent_history.%I', cfg.history_table);
-    builtin boolean;
 BEGIN
-    SELECT bool_and(koherent._is_builtin_type(a.atttypid)) INTO builtin
-      FROM unnest(cfg.pk_columns) c JOIN pg_attribute a ON a.attrelid = hist::regclass AND a.attname = c;
-    IF builtin THEN
+    IF koherent._as_of_builtin_key(cfg) THEN
         EXECUTE format('SELECT %s FROM jsonb_populate_record(NULL::%s, $1) x', koherent._key_expr(cfg, '', 'x'), hist)
            INTO normalized USING key;
-        SELECT format('(%s OR (%s AND %s))',
-                      string_agg(format('h.%I = (SELECT x.%I FROM jsonb_populate_record(NULL::%s, %L::jsonb) x)', c, c, hist, key), ' AND '),
-                      string_agg(format('h.%I = (SELECT x.%I FROM jsonb_populate_record(NULL::%s, %L::jsonb) x)', 'old:' || c, c, hist, key), ' AND '),
-                      koherent._key_change_predicate(cfg.pk_columns, 'h.'))
-          INTO filter FROM unnest(cfg.pk_columns) c;
+        filter := koherent._as_of_key_filter(cfg, format('%L::jsonb', key));
     ELSE
         normalized := koherent._as_caller(acting, format(
             'SELECT jsonb_build_object(%s) FROM jsonb_populate_record(NULL::%I.%I, $1) x',
@@ -132,15 +163,9 @@ BEGIN
     END IF;
     EXECUTE format($q$
         WITH e AS MATERIALIZED (
-            SELECT h.history_id AS id, h.history_date AS dt,
-                   max(h.history_id) OVER (PARTITION BY h.history_context) AS cmax,
-                   CASE WHEN h.history_kind = 'UPDATE' THEN %2$s
-                        WHEN h.history_kind IN ('DELETE', 'TRUNCATE') THEN %3$s END AS bkey,
-                   CASE WHEN h.history_kind IN ('CREATE', 'UPDATE') THEN %3$s END AS akey,
-                   CASE WHEN h.history_kind = 'UPDATE' THEN %4$s
-                        WHEN h.history_kind IN ('DELETE', 'TRUNCATE') THEN %5$s END AS before
+            SELECT %2$s
               FROM %1$s h
-             WHERE (h.history_date > $1 OR ($3 AND h.history_date = $1))%6$s
+             WHERE (h.history_date > $1 OR ($3 AND h.history_date = $1))%3$s
         ), ev AS (
             SELECT id, cmax, dt, bkey AS k, 0 AS role, before,
                    bkey IS DISTINCT FROM akey AS death FROM e WHERE bkey IS NOT NULL
@@ -153,9 +178,8 @@ BEGIN
             SELECT DISTINCT k FROM ev WHERE death
         )
         SELECT jsonb_agg(jsonb_build_object('k', f.k, 'b', f.b, 'd', d.k IS NOT NULL))
-          FROM firsts f LEFT JOIN deaths d ON d.k = f.k %7$s
-        $q$, hist, koherent._key_expr(cfg, 'old:', 'h'), koherent._key_expr(cfg, '', 'h'),
-        koherent._image_expr(cfg, 'old:', 'h'), koherent._image_expr(cfg, '', 'h'), keyfilter,
+          FROM firsts f LEFT JOIN deaths d ON d.k = f.k %4$s
+        $q$, hist, koherent._as_of_entry_columns(cfg), keyfilter,
         CASE WHEN key IS NULL THEN '' ELSE format('WHERE f.k = %L::jsonb', knorm) END)
        INTO rows USING at, NULL::jsonb, at_too;
     rows := coalesce(rows, '[]');
@@ -420,9 +444,7 @@ DECLARE
     first jsonb;
 BEGIN
     PERFORM koherent._as_of_check(acting, cfg, at, key);
-    IF koherent._rls_active_for(cfg.relid, koherent._acting_role(acting))
-       OR NOT (SELECT bool_and(koherent._is_builtin_type(a.atttypid))
-                 FROM unnest(cfg.pk_columns) c JOIN pg_attribute a ON a.attrelid = hist::regclass AND a.attname = c) THEN
+    IF koherent._rls_active_for(cfg.relid, koherent._acting_role(acting)) OR NOT koherent._as_of_builtin_key(cfg) THEN
         RETURN NULL;
     END IF;
     -- the statement's plan is kept per backend under a name that changes with its text: the
@@ -436,26 +458,14 @@ BEGIN
         -- input functions)
         PERFORM koherent._keep(name, format($q$
             SELECT CASE WHEN r.role = 0 THEN jsonb_build_object('s', 'then', 'b', e.before) ELSE '{"s": "none"}' END
-              FROM (SELECT h.history_id AS id, h.history_date AS dt,
-                           max(h.history_id) OVER (PARTITION BY h.history_context) AS cmax,
-                           CASE WHEN h.history_kind = 'UPDATE' THEN %2$s
-                                WHEN h.history_kind IN ('DELETE', 'TRUNCATE') THEN %3$s END AS bkey,
-                           CASE WHEN h.history_kind IN ('CREATE', 'UPDATE') THEN %3$s END AS akey,
-                           CASE WHEN h.history_kind = 'UPDATE' THEN %4$s
-                                WHEN h.history_kind IN ('DELETE', 'TRUNCATE') THEN %5$s END AS before
+              FROM (SELECT %2$s
                       FROM %1$s h
-                     WHERE (h.history_date > $1 OR ($2 AND h.history_date = $1)) AND %6$s) e
+                     WHERE (h.history_date > $1 OR ($2 AND h.history_date = $1)) AND %3$s) e
              CROSS JOIN LATERAL (VALUES (0), (1)) r(role)
              WHERE CASE r.role WHEN 0 THEN e.bkey ELSE e.akey END
-                   = (SELECT %7$s FROM jsonb_populate_record(NULL::%1$s, $3) x)
+                   = (SELECT %4$s FROM jsonb_populate_record(NULL::%1$s, $3) x)
              ORDER BY e.cmax, e.dt, r.role, e.id LIMIT 1
-            $q$, hist, koherent._key_expr(cfg, 'old:', 'h'), koherent._key_expr(cfg, '', 'h'),
-            koherent._image_expr(cfg, 'old:', 'h'), koherent._image_expr(cfg, '', 'h'),
-            (SELECT format('(%s OR (%s AND %s))',
-                           string_agg(format('h.%I = (SELECT x.%I FROM jsonb_populate_record(NULL::%s, $3) x)', c, c, hist), ' AND '),
-                           string_agg(format('h.%I = (SELECT x.%I FROM jsonb_populate_record(NULL::%s, $3) x)', 'old:' || c, c, hist), ' AND '),
-                           koherent._key_change_predicate(cfg.pk_columns, 'h.'))
-               FROM unnest(cfg.pk_columns) c),
+            $q$, hist, koherent._as_of_entry_columns(cfg), koherent._as_of_key_filter(cfg, '$3'),
             koherent._key_expr(cfg, '', 'x')));
     END IF;
     first := koherent._kept_lookup(name, at, false, key);

@@ -86,6 +86,166 @@ BEGIN
     PERFORM koherent._no_owner_statistics(hist::regclass);
 END $$;
 
+CREATE OR REPLACE FUNCTION koherent._as_of_builtin_key(cfg koherent.tracked_config) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT bool_and(koherent._is_builtin_type(a.atttypid))
+      FROM unnest(cfg.pk_columns) c
+      JOIN pg_attribute a ON a.attrelid = format('koherent_history.%I', cfg.history_table)::regclass AND a.attname = c
+$$;
+
+CREATE OR REPLACE FUNCTION koherent._as_of_key_filter(cfg koherent.tracked_config, key_sql text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT format('(%s OR (%s AND %s))',
+                  string_agg(format('h.%I = (SELECT x.%I FROM jsonb_populate_record(NULL::%s, %s) x)', c, c, hist, key_sql), ' AND '),
+                  string_agg(format('h.%I = (SELECT x.%I FROM jsonb_populate_record(NULL::%s, %s) x)', 'old:' || c, c, hist, key_sql), ' AND '),
+                  koherent._key_change_predicate(cfg.pk_columns, 'h.'))
+      FROM unnest(cfg.pk_columns) c, format('koherent_history.%I', cfg.history_table) hist
+$$;
+
+CREATE OR REPLACE FUNCTION koherent._as_of_entry_columns(cfg koherent.tracked_config) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT format($c$h.history_id AS id, h.history_date AS dt,
+                     max(h.history_id) OVER (PARTITION BY h.history_context) AS cmax,
+                     CASE WHEN h.history_kind = 'UPDATE' THEN %1$s
+                          WHEN h.history_kind IN ('DELETE', 'TRUNCATE') THEN %2$s END AS bkey,
+                     CASE WHEN h.history_kind IN ('CREATE', 'UPDATE') THEN %2$s END AS akey,
+                     CASE WHEN h.history_kind = 'UPDATE' THEN %3$s
+                          WHEN h.history_kind IN ('DELETE', 'TRUNCATE') THEN %4$s END AS before$c$,
+                  koherent._key_expr(cfg, 'old:', 'h'), koherent._key_expr(cfg, '', 'h'),
+                  koherent._image_expr(cfg, 'old:', 'h'), koherent._image_expr(cfg, '', 'h'))
+$$;
+
+CREATE OR REPLACE FUNCTION koherent._as_of_key(acting uuid, cfg koherent.tracked_config, key jsonb,
+                                    OUT filter text, OUT normalized jsonb)
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    hist text := format('koherent_history.%I', cfg.history_table);
+BEGIN
+    IF koherent._as_of_builtin_key(cfg) THEN
+        EXECUTE format('SELECT %s FROM jsonb_populate_record(NULL::%s, $1) x', koherent._key_expr(cfg, '', 'x'), hist)
+           INTO normalized USING key;
+        filter := koherent._as_of_key_filter(cfg, format('%L::jsonb', key));
+    ELSE
+        normalized := koherent._as_caller(acting, format(
+            'SELECT jsonb_build_object(%s) FROM jsonb_populate_record(NULL::%I.%I, $1) x',
+            (SELECT string_agg(format('%L, %s', c, koherent._json_of(koherent._base_type(a.atttypid), format('x.%I', c))), ', ')
+               FROM unnest(cfg.pk_columns) c JOIN pg_attribute a ON a.attrelid = cfg.relid AND a.attname = c),
+            cfg.schema_name, cfg.table_name), key, false);
+        filter := format('(%s = %L::jsonb OR (%s = %L::jsonb AND %s))', koherent._key_expr(cfg, '', 'h'), normalized,
+                         koherent._key_expr(cfg, 'old:', 'h'), normalized, koherent._key_change_predicate(cfg.pk_columns, 'h.'));
+    END IF;
+END $$;
+
+CREATE OR REPLACE FUNCTION koherent._as_of_rows(acting uuid, typ regtype, at timestamptz, task_id text, key jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+SET max_parallel_workers_per_gather = 0 SET jit = off AS $$
+DECLARE
+    cfg koherent.tracked_config := koherent._as_of_config(typ);
+    caller oid := koherent._acting_role(acting);
+    tbl text := format('%I.%I', cfg.schema_name, cfg.table_name);
+    hist text := format('koherent_history.%I', cfg.history_table);
+    keyfilter text := '';
+    keymatch text;
+    src text;
+    rows jsonb;
+    at_too boolean := false;
+    kf record;
+    knorm jsonb;
+    visible jsonb;
+BEGIN
+    IF task_id IS NOT NULL THEN
+        at := coalesce(koherent._task_started(task_id), 'infinity');
+        at_too := true;
+    END IF;
+    PERFORM koherent._as_of_check(acting, cfg, at, key);
+    IF key IS NOT NULL THEN
+        -- index lookups: the row index (key, history_id) for the key's own entries, the
+        -- key-change index for the UPDATEs that moved a row away from it
+        kf := koherent._as_of_key(acting, cfg, key);
+        keyfilter := ' AND ' || kf.filter;
+        knorm := kf.normalized;
+    END IF;
+    EXECUTE format($q$
+        WITH e AS MATERIALIZED (
+            SELECT %2$s
+              FROM %1$s h
+             WHERE (h.history_date > $1 OR ($3 AND h.history_date = $1))%3$s
+        ), ev AS (
+            SELECT id, cmax, dt, bkey AS k, 0 AS role, before,
+                   bkey IS DISTINCT FROM akey AS death FROM e WHERE bkey IS NOT NULL
+            UNION ALL
+            SELECT id, cmax, dt, akey, 1, NULL, false FROM e WHERE akey IS NOT NULL
+        ), firsts AS (
+            -- a statement's moves away from a key come before its moves to it (a key swap)
+            SELECT DISTINCT ON (k) k, before AS b FROM ev ORDER BY k, cmax, dt, role, id
+        ), deaths AS (
+            SELECT DISTINCT k FROM ev WHERE death
+        )
+        SELECT jsonb_agg(jsonb_build_object('k', f.k, 'b', f.b, 'd', d.k IS NOT NULL))
+          FROM firsts f LEFT JOIN deaths d ON d.k = f.k %4$s
+        $q$, hist, koherent._as_of_entry_columns(cfg), keyfilter,
+        CASE WHEN key IS NULL THEN '' ELSE format('WHERE f.k = %L::jsonb', knorm) END)
+       INTO rows USING at, NULL::jsonb, at_too;
+    rows := coalesce(rows, '[]');
+    IF jsonb_array_length(rows) > 0 AND koherent._rls_active_for(cfg.relid, caller) THEN
+        -- under row-level security (auditors too: the rows untouched since come from the table
+        -- under the caller's policies): only the keys whose row the caller can read now, and of
+        -- those, a key whose row was deleted or moved away since, a new row taking the key, shows
+        -- nothing of its past (no row to check the policy against)
+        SELECT string_agg(format('t.%I = (p.k).%I', c, c), ' AND ') INTO keymatch FROM unnest(cfg.pk_columns) c;
+        -- the client's statement gets the keys only, never the images; it answers which it can read
+        visible := koherent._as_caller(acting, format(
+            'SELECT jsonb_agg(p.i) FROM (SELECT x.i, k FROM jsonb_array_elements($1) WITH ORDINALITY x(v, i), '
+            'LATERAL jsonb_populate_record(NULL::%1$s, x.v) k) p WHERE EXISTS (SELECT 1 FROM %1$s t WHERE %2$s)',
+            tbl, keymatch), (SELECT jsonb_agg(r->'k' ORDER BY n) FROM jsonb_array_elements(rows) WITH ORDINALITY AS e(r, n)), false);
+        SELECT coalesce(jsonb_agg(CASE WHEN (r->>'d')::boolean THEN r || '{"b": null}' ELSE r END ORDER BY n), '[]') INTO rows
+          FROM jsonb_array_elements(rows) WITH ORDINALITY AS e(r, n)
+         WHERE n IN (SELECT (jsonb_array_elements_text(coalesce(visible, '[]')))::bigint);
+    END IF;
+    RETURN jsonb_build_object('pk', to_jsonb(cfg.pk_columns), 'table', tbl, 'rows', rows);
+END $$;
+COMMENT ON FUNCTION koherent._as_of_rows(uuid, regtype, timestamptz, text, jsonb) IS
+  'Internal: the keys history touches after a moment and their images then (what the caller may see).';
+
+CREATE OR REPLACE FUNCTION koherent._row_as_of_lookup(acting uuid, typ regtype, at timestamptz, key jsonb) RETURNS jsonb
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cfg koherent.tracked_config := koherent._as_of_config(typ);
+    hist text := format('koherent_history.%I', cfg.history_table);
+    name text;
+    first jsonb;
+BEGIN
+    PERFORM koherent._as_of_check(acting, cfg, at, key);
+    IF koherent._rls_active_for(cfg.relid, koherent._acting_role(acting)) OR NOT koherent._as_of_builtin_key(cfg) THEN
+        RETURN NULL;
+    END IF;
+    -- the statement's plan is kept per backend under a name that changes with its text: the
+    -- table's config, its column epochs, the history table and its column types
+    name := 'row_as_of:' || md5(cfg::text || hist::regclass::oid || (SELECT string_agg(concat_ws(':', c.attnum, c.live_from, c.live_until), ',' ORDER BY c.live_from, c.attnum)
+                                                 FROM koherent.tracked_column c WHERE c.config_id = cfg.id)
+                                || (SELECT string_agg(a.attname || ':' || a.atttypid, ',' ORDER BY a.attnum)
+                                      FROM pg_attribute a WHERE a.attrelid = hist::regclass AND a.attnum > 0 AND NOT a.attisdropped));
+    IF NOT koherent._kept(name) THEN
+        -- $1 the moment, $2 whether entries at it count, $3 the key (history's types, built-in
+        -- input functions)
+        PERFORM koherent._keep(name, format($q$
+            SELECT CASE WHEN r.role = 0 THEN jsonb_build_object('s', 'then', 'b', e.before) ELSE '{"s": "none"}' END
+              FROM (SELECT %2$s
+                      FROM %1$s h
+                     WHERE (h.history_date > $1 OR ($2 AND h.history_date = $1)) AND %3$s) e
+             CROSS JOIN LATERAL (VALUES (0), (1)) r(role)
+             WHERE CASE r.role WHEN 0 THEN e.bkey ELSE e.akey END
+                   = (SELECT %4$s FROM jsonb_populate_record(NULL::%1$s, $3) x)
+             ORDER BY e.cmax, e.dt, r.role, e.id LIMIT 1
+            $q$, hist, koherent._as_of_entry_columns(cfg), koherent._as_of_key_filter(cfg, '$3'),
+            koherent._key_expr(cfg, '', 'x')));
+    END IF;
+    first := koherent._kept_lookup(name, at, false, key);
+    RETURN jsonb_build_object('table', format('%I.%I', cfg.schema_name, cfg.table_name), 'pk', to_jsonb(cfg.pk_columns))
+           || coalesce(first, '{"s": "now"}');
+END $$;
+
 -- sql/ledger.sql
 -- koherent: the tamper-evident ledger (koherent-ledger-v1; docs/ledger.md has the format).
 --
@@ -242,6 +402,12 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         'token', t.token, 'created_at', koherent._ledger_time(t.created_at))
 $$;
 
+-- A task row's hash (null for no task: an outer join's row of nulls).
+CREATE FUNCTION koherent._ledger_task_hash(t koherent.task) RETURNS bytea
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN t.task_id IS NOT NULL THEN koherent._ledger_hash('task', koherent._ledger_task_record(t)) END
+$$;
+
 -- A context row's ledger fields: every column.
 CREATE FUNCTION koherent._ledger_context_fields(c koherent.transaction_auth_context) RETURNS jsonb
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -281,6 +447,13 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                                                                  'type', t.type_sql, 'live_from', t.live_from,
                                                                  'live_until', t.live_until) ORDER BY t.column_id)
                                FROM koherent.tracked_column t), '[]'))
+$$;
+
+-- The Merkle root of a block's contexts' hashes, in their order.
+CREATE FUNCTION koherent._ledger_contexts_root(blk bigint) RETURNS bytea
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT koherent._ledger_merkle(coalesce(array_agg(l.hash ORDER BY l.position), '{}'))
+      FROM koherent.ledger_context l WHERE l.block = blk
 $$;
 
 CREATE FUNCTION koherent._ledger_block_hash(b koherent.ledger_block) RETURNS bytea
@@ -363,8 +536,7 @@ BEGIN
       FROM unnest(ctxs) WITH ORDINALITY AS c(id, pos)
       JOIN koherent.transaction_auth_context x ON x.id = c.id
       LEFT JOIN koherent.task t ON t.task_id = x.task_id AND t.issuer = x.issuer
-      CROSS JOIN LATERAL (SELECT CASE WHEN t.task_id IS NOT NULL
-                                      THEN koherent._ledger_hash('task', koherent._ledger_task_record(t)) END AS h) th
+      CROSS JOIN LATERAL (SELECT koherent._ledger_task_hash(t) AS h) th
       LEFT JOIN (SELECT s.context, koherent._ledger_merkle(array_agg(s.hash ORDER BY s.config, s.history_id)) AS root,
                         count(*) AS n, array_agg(s.config ORDER BY s.config, s.history_id) AS configs,
                         array_agg(s.history_id ORDER BY s.config, s.history_id) AS ids,
@@ -375,8 +547,7 @@ BEGIN
     b.block := blk;
     b.format := 'koherent-ledger-v1';
     b.prev_hash := (SELECT x.hash FROM koherent.ledger_block x WHERE x.block = blk - 1);
-    b.contexts_root := (SELECT koherent._ledger_merkle(array_agg(l.hash ORDER BY l.position))
-                          FROM koherent.ledger_context l WHERE l.block = blk);
+    b.contexts_root := koherent._ledger_contexts_root(blk);
     b.contexts := cardinality(ctxs);
     b.entries := n_entries;
     b.schema := koherent._ledger_schema();
@@ -452,9 +623,7 @@ BEGIN
           FROM (SELECT l.context_id,
                        CASE WHEN x.id IS NULL THEN 'context_missing'
                             WHEN l.task_hash IS NOT NULL AND t.task_id IS NULL THEN 'task_missing'
-                            WHEN l.task_hash IS DISTINCT FROM
-                                 CASE WHEN t.task_id IS NOT NULL THEN koherent._ledger_hash('task', koherent._ledger_task_record(t)) END
-                                 THEN 'task_changed'
+                            WHEN l.task_hash IS DISTINCT FROM koherent._ledger_task_hash(t) THEN 'task_changed'
                             WHEN l.hash <> koherent._ledger_context_hash(koherent._ledger_context_fields(x), l.task_hash,
                                                                          l.entries_root, l.entries,
                                                                          koherent._ledger_index_hash(l.entry_configs, l.entry_ids,
@@ -488,8 +657,7 @@ BEGIN
                   WHEN b.format <> 'koherent-ledger-v1' THEN 'unknown format ' || b.format
                   WHEN b.hash <> koherent._ledger_block_hash(b) THEN 'its hash does not match its fields'
                   WHEN b.schema_hash <> koherent._ledger_hash('schema', b.schema) THEN 'its schema does not match its hash'
-                  WHEN b.contexts_root IS DISTINCT FROM (SELECT koherent._ledger_merkle(array_agg(l.hash ORDER BY l.position))
-                                                           FROM koherent.ledger_context l WHERE l.block = b.block)
+                  WHEN b.contexts_root IS DISTINCT FROM koherent._ledger_contexts_root(b.block)
                        OR b.contexts <> (SELECT count(*) FROM koherent.ledger_context l WHERE l.block = b.block)
                        THEN 'its contexts differ from what was sealed'
                   WHEN b.entries <> (SELECT coalesce(sum(l.entries), 0) FROM koherent.ledger_context l WHERE l.block = b.block)

@@ -153,6 +153,12 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         'token', t.token, 'created_at', koherent._ledger_time(t.created_at))
 $$;
 
+-- A task row's hash (null for no task: an outer join's row of nulls).
+CREATE FUNCTION koherent._ledger_task_hash(t koherent.task) RETURNS bytea
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN t.task_id IS NOT NULL THEN koherent._ledger_hash('task', koherent._ledger_task_record(t)) END
+$$;
+
 -- A context row's ledger fields: every column.
 CREATE FUNCTION koherent._ledger_context_fields(c koherent.transaction_auth_context) RETURNS jsonb
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -192,6 +198,13 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                                                                  'type', t.type_sql, 'live_from', t.live_from,
                                                                  'live_until', t.live_until) ORDER BY t.column_id)
                                FROM koherent.tracked_column t), '[]'))
+$$;
+
+-- The Merkle root of a block's contexts' hashes, in their order.
+CREATE FUNCTION koherent._ledger_contexts_root(blk bigint) RETURNS bytea
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT koherent._ledger_merkle(coalesce(array_agg(l.hash ORDER BY l.position), '{}'))
+      FROM koherent.ledger_context l WHERE l.block = blk
 $$;
 
 CREATE FUNCTION koherent._ledger_block_hash(b koherent.ledger_block) RETURNS bytea
@@ -274,8 +287,7 @@ BEGIN
       FROM unnest(ctxs) WITH ORDINALITY AS c(id, pos)
       JOIN koherent.transaction_auth_context x ON x.id = c.id
       LEFT JOIN koherent.task t ON t.task_id = x.task_id AND t.issuer = x.issuer
-      CROSS JOIN LATERAL (SELECT CASE WHEN t.task_id IS NOT NULL
-                                      THEN koherent._ledger_hash('task', koherent._ledger_task_record(t)) END AS h) th
+      CROSS JOIN LATERAL (SELECT koherent._ledger_task_hash(t) AS h) th
       LEFT JOIN (SELECT s.context, koherent._ledger_merkle(array_agg(s.hash ORDER BY s.config, s.history_id)) AS root,
                         count(*) AS n, array_agg(s.config ORDER BY s.config, s.history_id) AS configs,
                         array_agg(s.history_id ORDER BY s.config, s.history_id) AS ids,
@@ -286,8 +298,7 @@ BEGIN
     b.block := blk;
     b.format := 'koherent-ledger-v1';
     b.prev_hash := (SELECT x.hash FROM koherent.ledger_block x WHERE x.block = blk - 1);
-    b.contexts_root := (SELECT koherent._ledger_merkle(array_agg(l.hash ORDER BY l.position))
-                          FROM koherent.ledger_context l WHERE l.block = blk);
+    b.contexts_root := koherent._ledger_contexts_root(blk);
     b.contexts := cardinality(ctxs);
     b.entries := n_entries;
     b.schema := koherent._ledger_schema();
@@ -363,9 +374,7 @@ BEGIN
           FROM (SELECT l.context_id,
                        CASE WHEN x.id IS NULL THEN 'context_missing'
                             WHEN l.task_hash IS NOT NULL AND t.task_id IS NULL THEN 'task_missing'
-                            WHEN l.task_hash IS DISTINCT FROM
-                                 CASE WHEN t.task_id IS NOT NULL THEN koherent._ledger_hash('task', koherent._ledger_task_record(t)) END
-                                 THEN 'task_changed'
+                            WHEN l.task_hash IS DISTINCT FROM koherent._ledger_task_hash(t) THEN 'task_changed'
                             WHEN l.hash <> koherent._ledger_context_hash(koherent._ledger_context_fields(x), l.task_hash,
                                                                          l.entries_root, l.entries,
                                                                          koherent._ledger_index_hash(l.entry_configs, l.entry_ids,
@@ -399,8 +408,7 @@ BEGIN
                   WHEN b.format <> 'koherent-ledger-v1' THEN 'unknown format ' || b.format
                   WHEN b.hash <> koherent._ledger_block_hash(b) THEN 'its hash does not match its fields'
                   WHEN b.schema_hash <> koherent._ledger_hash('schema', b.schema) THEN 'its schema does not match its hash'
-                  WHEN b.contexts_root IS DISTINCT FROM (SELECT koherent._ledger_merkle(array_agg(l.hash ORDER BY l.position))
-                                                           FROM koherent.ledger_context l WHERE l.block = b.block)
+                  WHEN b.contexts_root IS DISTINCT FROM koherent._ledger_contexts_root(b.block)
                        OR b.contexts <> (SELECT count(*) FROM koherent.ledger_context l WHERE l.block = b.block)
                        THEN 'its contexts differ from what was sealed'
                   WHEN b.entries <> (SELECT coalesce(sum(l.entries), 0) FROM koherent.ledger_context l WHERE l.block = b.block)

@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Writes sql/koherent--0.5.0--0.6.0.sql from the 0.6.0 SQL files, so that the upgrade creates
 exactly what a fresh install does (test_upgrade compares the two). Run from the repository root
-after changing sql/revert.sql, sql/as_of.sql or the functions listed in CHANGED."""
+after changing sql/revert.sql, sql/as_of.sql or the functions listed in CHANGED.
+
+0.6.0 is released (tests/fixtures/koherent--0.6.0.sql): its upgrade script is what it was, and this
+script, which reads today's SQL files, is no longer run; later changes go into later scripts."""
 import re
 
 ROOT = "."

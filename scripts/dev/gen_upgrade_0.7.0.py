@@ -5,7 +5,9 @@ after changing sql/ledger.sql or the functions listed in CHANGED."""
 import re
 
 ROOT = "."
-CHANGED = {"sql/columns.sql": ["_sync_history_columns"]}
+CHANGED = {"sql/columns.sql": ["_sync_history_columns"],
+           "sql/as_of.sql": ["_as_of_builtin_key", "_as_of_key_filter", "_as_of_entry_columns", "_as_of_key",
+                             "_as_of_rows", "_row_as_of_lookup"]}
 
 
 def function(text, name):
