@@ -12,6 +12,14 @@ pub fn hash(kind: &str, record: &JsonB) -> Vec<u8> {
     ledger::record_hash(kind, &record.0).to_vec()
 }
 
+/// `koherent._ledger_hash_text(kind, record)`: the same for a record as JSON text (numbers as
+/// written, as the jsonb of that text keeps them).
+pub fn hash_text(kind: &str, record: &str) -> Result<Vec<u8>, KoherentError> {
+    let v: serde_json::Value = serde_json::from_str(record)
+        .map_err(|e| KoherentError::Internal(format!("a ledger record that is not JSON: {e}")))?;
+    Ok(ledger::record_hash(kind, &v).to_vec())
+}
+
 /// `koherent._ledger_merkle(hashes)`: the RFC 6962 Merkle root of a list of hashes.
 pub fn merkle(hashes: impl Iterator<Item = Option<Vec<u8>>>) -> Result<Vec<u8>, KoherentError> {
     let mut leaves: Vec<Hash> = Vec::new();

@@ -1,4 +1,7 @@
-//! `koherent`: keygen, mint, verify, jwks and signed ledger digests over the koherent-token crate.
+//! `koherent`: keygen, mint, verify, jwks, signed ledger digests and audit packages over the
+//! koherent-token crate.
+
+mod audit;
 
 use koherent_token::keys::{
     parse_private_jwk, parse_public_key, private_jwk, public_jwk, public_pem,
@@ -40,7 +43,69 @@ usage:
   koherent digest verify --key PUBLIC_JWK_FILE --name NAME [--note FILE]
       checks a signed checkpoint (stdin without --note) and prints the digest it names, to pass
       to koherent.verify_history(); exit 1 with the reason when it does not verify
+  koherent audit export --db URL (--task T [--include-subtasks] | --since T1 --until T2) --out DIR
+      an audit package (docs/audit-package.md) of a task's changes (with its subtasks: the task
+      tree) or of the transactions begun in [T1, T2), read in one REPEATABLE READ snapshot by
+      koherent.audit_export() (the extension owner's, or granted to an auditor); every selected
+      transaction must be sealed
+  koherent audit verify DIR [--jwks FILE] [--digest FILE]
+      checks a package offline: file hashes, every entry, transaction and block hash and proof,
+      the chain up to the digest (the one given, else the package's), every token's signature
+      (against the JWKS given alone, else the package's keys) and claims; exit 0 when all holds,
+      else 1 and one line per problem: file:line: what
+  koherent audit show DIR [--row TABLE:KEY]
+      a readable summary: the task tree, changes per table, the transactions in time, and one
+      row's changes (KEY: a JSON object of the key columns, or the value of a one-column key)
 ";
+
+fn audit_cmd(args: &[String]) -> Result<String, String> {
+    let Some((sub, rest)) = args.split_first() else {
+        return Err(USAGE.to_string());
+    };
+    match sub.as_str() {
+        "export" => {
+            let o = Opts::parse(rest, &["include-subtasks"])?;
+            let sel = audit::export::Selection {
+                task: o.get("task").map(String::from),
+                include_subtasks: o.flag("include-subtasks"),
+                since: o.get("since").map(String::from),
+                until: o.get("until").map(String::from),
+            };
+            if sel.task.is_some() == (sel.since.is_some() || sel.until.is_some()) {
+                return Err(format!("give --task, or --since and --until\n\n{USAGE}"));
+            }
+            audit::export::export(o.req("db")?, &sel, o.req("out")?)
+        }
+        "verify" => {
+            let (dir, rest) = rest
+                .split_first()
+                .ok_or_else(|| format!("audit verify needs a package directory\n\n{USAGE}"))?;
+            let o = Opts::parse(rest, &[])?;
+            let v = audit::verify::verify(dir, o.get("jwks"), o.get("digest"))?;
+            if v.problems.is_empty() {
+                Ok(format!("{dir}: intact: {}", v.summary))
+            } else {
+                // the problems on stdout, one per line; the verdict on stderr, exit 1
+                for p in &v.problems {
+                    println!("{p}");
+                }
+                Err(format!(
+                    "{dir}: {} problems ({})",
+                    v.problems.len(),
+                    v.summary
+                ))
+            }
+        }
+        "show" => {
+            let (dir, rest) = rest
+                .split_first()
+                .ok_or_else(|| format!("audit show needs a package directory\n\n{USAGE}"))?;
+            let o = Opts::parse(rest, &[])?;
+            audit::show::show(dir, o.get("row"))
+        }
+        other => Err(format!("unknown audit command {other:?}\n\n{USAGE}")),
+    }
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -133,6 +198,7 @@ fn run(args: &[String]) -> Result<String, String> {
             })))
         }
         "digest" => digest_cmd(rest),
+        "audit" => audit_cmd(rest),
         "jwks" => {
             let o = Opts::parse(rest, &[])?;
             let v = read_json(o.req("key")?)?;

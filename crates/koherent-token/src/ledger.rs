@@ -220,11 +220,25 @@ pub fn context_record(
 /// entries' config ids and history ids comma-separated and the first 8 bytes of each entry's
 /// hash in hex, all in the order the entries were combined.
 pub fn index_hash(entries: &[(i32, i64, Hash)]) -> String {
-    let configs: Vec<String> = entries.iter().map(|e| e.0.to_string()).collect();
-    let ids: Vec<String> = entries.iter().map(|e| e.1.to_string()).collect();
-    let prefixes: String = entries.iter().map(|e| hex::encode(&e.2[..8])).collect();
+    let configs: Vec<i32> = entries.iter().map(|e| e.0).collect();
+    let ids: Vec<i64> = entries.iter().map(|e| e.1).collect();
+    let prefixes: Vec<[u8; 8]> = entries.iter().map(|e| prefix(&e.2)).collect();
+    index_hash_of(&configs, &ids, &prefixes)
+}
+
+/// [`index_hash`] from the index as a block keeps it: config ids, history ids and each entry's
+/// hash prefix (its first 8 bytes), in the entries' order.
+pub fn index_hash_of(configs: &[i32], ids: &[i64], prefixes: &[[u8; 8]]) -> String {
+    let configs: Vec<String> = configs.iter().map(|c| c.to_string()).collect();
+    let ids: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+    let prefixes: String = prefixes.iter().map(hex::encode).collect();
     let text = format!("{}|{}|{}", configs.join(","), ids.join(","), prefixes);
     hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+/// The first 8 bytes of a hash: what an entry index keeps of each entry's hash.
+pub fn prefix(h: &Hash) -> [u8; 8] {
+    h[..8].try_into().expect("a hash has 32 bytes")
 }
 
 /// A block's record.

@@ -1,0 +1,263 @@
+//! The audit package format `koherent-audit-v1` (docs/audit-package.md): file names, the shape
+//! of each kind of line, and what export and verify both derive from the lines (effective
+//! changes, the evidence graph), so that the two cannot disagree.
+
+use koherent_token::ledger::{self, Hash};
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+pub const KIND: &str = "koherent-audit-package";
+pub const FORMAT: &str = "koherent-audit-v1";
+pub const GRAPH_FORMAT: &str = "koherent-audit-graph-v1";
+
+pub const TASKS: &str = "tasks.jsonl";
+pub const CONTEXTS: &str = "contexts.jsonl";
+pub const ENTRIES: &str = "entries.jsonl";
+pub const SCHEMA: &str = "schema.jsonl";
+pub const KEYS: &str = "keys.json";
+pub const LEDGER: &str = "ledger.jsonl";
+pub const GRAPH: &str = "graph.json";
+pub const MANIFEST: &str = "manifest.json";
+
+/// Every file a package holds besides its manifest, in the manifest's order.
+pub const FILES: [&str; 7] = [TASKS, CONTEXTS, ENTRIES, SCHEMA, KEYS, LEDGER, GRAPH];
+
+/// The fields of an entry line that are its ledger record (the rest, `table` and `changes`,
+/// are derived and checked).
+pub const ENTRY_FIELDS: [&str; 7] = ["config", "id", "kind", "date", "context", "row", "old"];
+
+pub fn hex32(v: &Value) -> Option<Hash> {
+    let s = v.as_str()?;
+    let b = hex::decode(s).ok()?;
+    b.try_into().ok()
+}
+
+pub fn hex8(v: &Value) -> Option<[u8; 8]> {
+    let s = v.as_str()?;
+    let b = hex::decode(s).ok()?;
+    b.try_into().ok()
+}
+
+/// An entry's effective changes: for an UPDATE, the column ids (as the images key them, in
+/// numeric order) whose value differs between `old` and `row`; none for the other kinds (a
+/// CREATE lists no changes, as the original koherent's effective changes do).
+pub fn changes(record: &Map<String, Value>) -> Value {
+    if record.get("kind").and_then(Value::as_str) != Some("UPDATE") {
+        return json!([]);
+    }
+    let (Some(row), Some(old)) = (
+        record.get("row").and_then(Value::as_object),
+        record.get("old").and_then(Value::as_object),
+    ) else {
+        return json!([]);
+    };
+    let mut ids: Vec<&String> = row
+        .iter()
+        .filter(|(k, v)| {
+            ledger::canonical(v) != ledger::canonical(old.get(k.as_str()).unwrap_or(&Value::Null))
+        })
+        .map(|(k, _)| k)
+        .collect();
+    ids.sort_by_key(|k| (k.len(), k.as_str().to_string()));
+    Value::Array(ids.into_iter().map(|k| Value::from(k.as_str())).collect())
+}
+
+/// A tracked column: (column_id, name, live_from, live_until).
+pub type Column = (i64, String, i64, Option<i64>);
+
+/// What schema.jsonl names: tables by config, columns by id with their epochs.
+#[derive(Default)]
+pub struct Names {
+    /// config -> (qualified table name, key column names)
+    pub tables: BTreeMap<i64, (String, Vec<String>)>,
+    /// config -> columns (column_id, name, live_from, live_until)
+    pub columns: HashMap<i64, Vec<Column>>,
+}
+
+impl Names {
+    pub fn add(&mut self, line: &Value) {
+        match line.get("line").and_then(Value::as_str) {
+            Some("table") => {
+                let config = line["config"].as_i64().unwrap_or(-1);
+                let name = line["name"].as_str().unwrap_or("").to_string();
+                let key = line["key"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|k| k.as_str().map(String::from))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                self.tables.insert(config, (name, key));
+            }
+            Some("column") => {
+                self.columns
+                    .entry(line["config"].as_i64().unwrap_or(-1))
+                    .or_default()
+                    .push((
+                        line["column_id"].as_i64().unwrap_or(-1),
+                        line["name"].as_str().unwrap_or("").to_string(),
+                        line["live_from"].as_i64().unwrap_or(0),
+                        line["live_until"].as_i64(),
+                    ));
+            }
+            _ => {}
+        }
+    }
+
+    /// The column id that `name` had in table `config` at history id `id`.
+    pub fn column_at(&self, config: i64, name: &str, id: i64) -> Option<i64> {
+        self.columns
+            .get(&config)?
+            .iter()
+            .find_map(|(cid, n, from, until)| {
+                (n == name && *from <= id && until.is_none_or(|u| id < u)).then_some(*cid)
+            })
+    }
+
+    /// The name of column `column_id` (its name now).
+    pub fn column_name(&self, config: i64, column_id: &str) -> String {
+        self.columns
+            .get(&config)
+            .and_then(|cs| {
+                cs.iter()
+                    .find(|c| c.0.to_string() == column_id)
+                    .map(|c| c.1.clone())
+            })
+            .unwrap_or_else(|| format!("#{column_id}"))
+    }
+
+    /// An entry's row key, by the table's key column names: from its row image, or from its
+    /// old image where the row image has none (null).
+    pub fn row_key(&self, record: &Map<String, Value>) -> Value {
+        let config = record.get("config").and_then(Value::as_i64).unwrap_or(-1);
+        let id = record.get("id").and_then(Value::as_i64).unwrap_or(0);
+        let img = |k: &str, cid: &str| record.get(k).and_then(|i| i.get(cid)).cloned();
+        let mut key = Map::new();
+        if let Some((_, cols)) = self.tables.get(&config) {
+            for name in cols {
+                let v = self
+                    .column_at(config, name, id)
+                    .map(|cid| {
+                        let cid = cid.to_string();
+                        match img("row", &cid) {
+                            Some(v) if !v.is_null() => v,
+                            _ => img("old", &cid).unwrap_or(Value::Null),
+                        }
+                    })
+                    .unwrap_or(Value::Null);
+                key.insert(name.clone(), v);
+            }
+        }
+        Value::Object(key)
+    }
+
+    pub fn table(&self, config: i64) -> String {
+        self.tables
+            .get(&config)
+            .map(|t| t.0.clone())
+            .unwrap_or_else(|| format!("config {config}"))
+    }
+}
+
+/// The evidence graph (graph.json), written one element per line as the package's lines are
+/// read, in the order the package's files list them: a task node (and a `subtask` edge from its
+/// parent), a transaction node (and a `ran` edge from its task), per entry an entry node, a
+/// `wrote` edge from its transaction, its row's node (the first time the row appears) and a
+/// `changed` edge to it; last the package node. Export writes it; verify produces it again and
+/// compares line by line, so neither holds the graph in memory.
+pub struct Graph<'a> {
+    sink: &'a mut dyn FnMut(&str) -> Result<(), String>,
+    rows: HashSet<String>,
+    elements: u64,
+}
+
+fn task_node(issuer: &str, task: &str) -> String {
+    format!("task:{issuer}/{task}")
+}
+
+impl<'a> Graph<'a> {
+    pub fn new(sink: &'a mut dyn FnMut(&str) -> Result<(), String>) -> Result<Graph<'a>, String> {
+        let head = json!({
+            "format": GRAPH_FORMAT,
+            "layout": {"tree": {"root": "task", "edges": ["subtask", "ran", "wrote", "changed"]},
+                       "timeline": {"nodes": ["context", "entry"], "time": ["created_at", "date"]}},
+        });
+        let head = serde_json::to_string(&head).expect("JSON");
+        // the head object, left open for its elements
+        sink(&format!("{},\"elements\":[", &head[..head.len() - 1]))?;
+        Ok(Graph {
+            sink,
+            rows: HashSet::new(),
+            elements: 0,
+        })
+    }
+
+    fn element(&mut self, v: Value) -> Result<(), String> {
+        self.elements += 1;
+        (self.sink)(&(serde_json::to_string(&v).expect("JSON") + ","))
+    }
+
+    pub fn task(&mut self, t: &Value) -> Result<(), String> {
+        let issuer = t["issuer"].as_str().unwrap_or("");
+        let id = t["task_id"].as_str().unwrap_or("");
+        self.element(json!({"group": "node", "id": task_node(issuer, id), "type": "task", "issuer": issuer,
+                            "task_id": id, "agent": t["agent_client_id"], "assigner": t["assigner_sub"],
+                            "created_at": t["created_at"]}))?;
+        if let Some(p) = t["parent_task_id"].as_str() {
+            self.element(json!({"group": "edge", "from": task_node(issuer, p), "to": task_node(issuer, id), "type": "subtask"}))?;
+        }
+        Ok(())
+    }
+
+    pub fn context(&mut self, c: &Value) -> Result<(), String> {
+        let f = &c["fields"];
+        let id = format!("context:{}", c["id"].as_str().unwrap_or(""));
+        self.element(
+            json!({"group": "node", "id": id, "type": "context", "created_at": f["created_at"],
+                            "db_role": f["db_role"], "block": c["block"], "entries": c["entries"]}),
+        )?;
+        if let (Some(issuer), Some(task)) = (f["issuer"].as_str(), f["task_id"].as_str()) {
+            self.element(
+                json!({"group": "edge", "from": task_node(issuer, task), "to": id, "type": "ran"}),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// An entry: its table's name and its record.
+    pub fn entry(
+        &mut self,
+        table: &Value,
+        e: &Map<String, Value>,
+        names: &Names,
+    ) -> Result<(), String> {
+        let config = e.get("config").and_then(Value::as_i64).unwrap_or(-1);
+        let id = format!("entry:{}/{}", config, e.get("id").unwrap_or(&Value::Null));
+        self.element(json!({"group": "node", "id": id, "type": "entry", "kind": e.get("kind"), "date": e.get("date"),
+                            "table": table}))?;
+        if let Some(ctx) = e.get("context").and_then(Value::as_str) {
+            self.element(json!({"group": "edge", "from": format!("context:{ctx}"), "to": id, "type": "wrote"}))?;
+        }
+        let key = names.row_key(e);
+        let row = format!(
+            "row:{}:{}",
+            table.as_str().unwrap_or(""),
+            ledger::canonical(&key)
+        );
+        if self.rows.insert(row.clone()) {
+            self.element(
+                json!({"group": "node", "id": row, "type": "row", "table": table, "key": key}),
+            )?;
+        }
+        self.element(json!({"group": "edge", "from": id, "to": row, "type": "changed"}))
+    }
+
+    /// The package node, last, and the end of the document.
+    pub fn finish(self, manifest_counts: Value) -> Result<(), String> {
+        let last = json!({"group": "node", "id": "package", "type": "package", "counts": manifest_counts,
+                          "rows": self.rows.len(), "elements": self.elements + 1});
+        (self.sink)(&serde_json::to_string(&last).expect("JSON"))?;
+        (self.sink)("]}")
+    }
+}
