@@ -160,6 +160,27 @@ SELECT * FROM koherent.verify_history(jsonb_build_array(:'digest'::jsonb));
 ROLLBACK;
 SQL
 
+say "task-101's audit package: exported in one snapshot, verified offline against the digest kept and the issuer's key"
+PKG="$ROOT/.tmp/demo-audit-task-101"
+rm -rf "$PKG"
+"$KOHERENT" jwks --key "$KEY" > "$ROOT/.tmp/demo-issuer-jwks.json"
+"$KOHERENT" audit export --db "host=127.0.0.1 port=$DEMO_PORT user=postgres dbname=$DB" --task task-101 --out "$PKG"
+"$KOHERENT" audit verify "$PKG" --jwks "$ROOT/.tmp/demo-issuer-jwks.json" --digest "$ROOT/.tmp/demo-digest.json"
+"$KOHERENT" audit show "$PKG" --row inventory:1
+
+say "someone edits one line of the package (bolt's first count: 100 -> 1000); verify names the file and line"
+python3 - "$PKG/entries.jsonl" <<'PY'
+import sys
+path = sys.argv[1]
+lines = open(path).read().splitlines(keepends=True)
+lines[0] = lines[0].replace(":100,", ":1000,", 1)
+open(path, "w").write("".join(lines))
+PY
+if "$KOHERENT" audit verify "$PKG" --jwks "$ROOT/.tmp/demo-issuer-jwks.json" --digest "$ROOT/.tmp/demo-digest.json"; then
+    echo "the edited package verified: that is a bug" >&2
+    exit 1
+fi
+
 cat <<EOF
 
 The demo is running.

@@ -392,3 +392,30 @@ def test_export_reads_one_snapshot_in_a_read_only_transaction(audited):
         c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         kinds = [k for (k,) in c.execute("SELECT kind FROM koherent.audit_export('task-2')")]
         assert kinds[0] == "meta" and kinds.count("entry") == 1 and kinds.count("block") == 2 and kinds.count("task") == 1
+
+
+def test_every_file_matches_its_json_schema(package):
+    """docs/schemas/audit-v1: the manifest and every kind of line validate against their schemas
+    (the format's contract, docs/audit-package.md)."""
+    import jsonschema
+
+    schemas = os.path.join(ROOT, "docs", "schemas", "audit-v1")
+
+    def check(name, value):
+        schema = json.load(open(os.path.join(schemas, name)))
+        jsonschema.Draft202012Validator.check_schema(schema)
+        jsonschema.validate(value, schema, cls=jsonschema.Draft202012Validator)
+
+    check("manifest.schema.json", json.load(open(os.path.join(package, "manifest.json"))))
+    check("keys.schema.json", json.load(open(os.path.join(package, "keys.json"))))
+    check("graph.schema.json", json.load(open(os.path.join(package, "graph.json"))))
+    for name, schema in (("tasks.jsonl", "task.schema.json"), ("contexts.jsonl", "context.schema.json"),
+                         ("entries.jsonl", "entry.schema.json"), ("schema.jsonl", "schema-line.schema.json"),
+                         ("ledger.jsonl", "ledger-line.schema.json")):
+        lines = read_lines(package, name)
+        assert lines
+        for line in lines:
+            check(schema, line)
+    # and a line that breaks its schema is refused by it
+    with pytest.raises(jsonschema.ValidationError):
+        check("entry.schema.json", {**read_lines(package, "entries.jsonl")[0], "extra": 1})

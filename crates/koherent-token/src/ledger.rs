@@ -540,5 +540,21 @@ mod tests {
             hex::encode(merkle_root(&[h("a"), h("b"), h("c")])),
             "cac3d448d4e20a2ad5eae1f500e63c2a7f9217cd14572ba7fd22e26dc1ec2648"
         );
+        // vector 4 (docs/audit-package.md): the proof of leaf 1 of those three
+        let leaves = [h("a"), h("b"), h("c")];
+        let path = inclusion_proof(&leaves, 1);
+        assert_eq!(
+            path.iter().map(hex::encode).collect::<Vec<_>>(),
+            [
+                "a23bd5b06da9048238a65b3f1d9d0b9e15fae3dde262688e6489aa4c763d1820",
+                "6a3fc11b79f836bda340e75c8906e961b8adf4d6a08a2b992e3f38cd6ff38ebf"
+            ]
+        );
+        assert!(verify_inclusion(&leaves[1], 1, 3, &path, &merkle_root(&leaves)));
+        assert!(!verify_inclusion(&leaves[1], 2, 3, &path, &merkle_root(&leaves)));
+        // the index hash from an index as a block keeps it is the one from the hashes
+        let e = [(1, 7, h("x")), (2, 9, h("y"))];
+        let prefixes: Vec<[u8; 8]> = e.iter().map(|x| prefix(&x.2)).collect();
+        assert_eq!(index_hash(&e), index_hash_of(&[1, 2], &[7, 9], &prefixes));
     }
 }
