@@ -6,6 +6,8 @@
 //! | `koherent.clock_skew` | int (s) | 0 | superuser, as above |
 //! | `koherent.accept_eddsa_alg` | bool | off | superuser, as above |
 //! | `koherent.task_token` | text | unset | anyone (it carries a token in, never a verdict out) |
+//! | `koherent.seal_databases` | text | unset | postgresql.conf (server start): the databases a background sealer seals (comma-separated; koherent in `shared_preload_libraries`) |
+//! | `koherent.seal_interval` | int (s) | 60 | postgresql.conf (reload): how often the sealer calls `koherent.seal()`; 0 stops it |
 //!
 //! The first three weaken or define verification, so they are `PGC_SUSET`: an application
 //! session cannot change them. A value a non-superuser set as a placeholder before the library
@@ -18,6 +20,8 @@ pub static AUDIENCE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>
 pub static CLOCK_SKEW: GucSetting<i32> = GucSetting::<i32>::new(0);
 pub static ACCEPT_EDDSA: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static TASK_TOKEN: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static SEAL_DATABASES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static SEAL_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(60);
 
 pub fn init() {
     GucRegistry::define_string_guc(
@@ -54,10 +58,46 @@ pub fn init() {
         GucContext::Userset,
         GucFlags::NO_SHOW_ALL,
     );
+    GucRegistry::define_string_guc(
+        c"koherent.seal_databases",
+        c"The databases a koherent background sealer seals (comma-separated; needs koherent in shared_preload_libraries).",
+        c"One worker per database calls koherent.seal() every koherent.seal_interval seconds.",
+        &SEAL_DATABASES,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"koherent.seal_interval",
+        c"How often the background sealer seals (seconds; 0 stops it).",
+        c"A change is unsealed at most this long plus one seal's duration after it commits.",
+        &SEAL_INTERVAL,
+        0,
+        86400,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
     #[cfg(any(feature = "pg15", feature = "pg16", feature = "pg17"))]
     unsafe {
         pgrx::pg_sys::MarkGUCPrefixReserved(c"koherent".as_ptr());
     }
+}
+
+/// The databases named in `koherent.seal_databases`.
+pub fn seal_databases() -> Vec<String> {
+    SEAL_DATABASES
+        .get()
+        .and_then(|c| c.into_string().ok())
+        .map(|s| {
+            s.split(',')
+                .map(|d| d.trim().to_string())
+                .filter(|d| !d.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn seal_interval() -> i32 {
+    SEAL_INTERVAL.get()
 }
 
 pub fn audience() -> Option<String> {

@@ -121,4 +121,5 @@ pub extern "C-unwind" fn _PG_init() {
     writer::init();
     running::init();
     revert::init();
+    ledger::sealer::init();
 }

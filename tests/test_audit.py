@@ -125,12 +125,16 @@ def test_export_and_verify_a_task_tree(audited, package):
     jwks = os.path.join(package, "..", "jwks.json")
     open(jwks, "w").write(json.dumps({"keys": [TEST_PUBLIC_JWK]}))
     assert verify(package, "--jwks", jwks).returncode == 0
-    # a digest kept outside from before the package (block 1) and the latest one both hold
-    for d in (db.first, db.digest):
-        f = os.path.join(package, "..", f"digest{d['block']}.json")
-        open(f, "w").write(json.dumps(d))
-        r = verify(package, "--digest", f)
-        assert r.returncode == 0 and f"chain checked up to block {d['block']} (the digest given)" in r.stdout, r.stdout
+    # the latest digest kept outside holds; one from before (block 1) does not cover the two
+    # transactions sealed in block 2: verify names them
+    f = os.path.join(package, "..", "digest2.json")
+    open(f, "w").write(json.dumps(db.digest))
+    r = verify(package, "--digest", f)
+    assert r.returncode == 0 and "chain checked up to block 2 (the digest given)" in r.stdout, r.stdout
+    open(f, "w").write(json.dumps(db.first))
+    r = verify(package, "--digest", f)
+    assert r.returncode == 1 and [l.split(":")[:2] for l in r.stdout.splitlines()] == [["contexts.jsonl", "2"], ["contexts.jsonl", "3"]], r.stdout
+    assert "is sealed in block 2, after the digest's block 1" in r.stdout
 
 
 def test_export_of_a_time_window_and_show(audited, tmp_path):
@@ -280,6 +284,19 @@ EDITS = {
                       "ledger.jsonl:1: the chain starts at block 2, not 1", ""),
     "ledger reordered": (lambda p: edit_lines(p, "ledger.jsonl", lambda ls: [ls[1], ls[0]] + ls[2:]),
                          "ledger.jsonl:1: proof of transaction ", "not after its block's line"),
+    # the review's attacks: a transaction listed twice (the first made up), a key twice in an
+    # object, a column the ledger never recorded, a selection the transactions are not in
+    "context listed twice": (lambda p: edit_lines(p, "contexts.jsonl", lambda ls: [
+                                 json.dumps({**(c := json.loads(ls[0])), "fields": {**c["fields"], "db_role": "superuser"}}) + "\n"] + ls),
+                             "contexts.jsonl:1: transaction ", "is not the one block 1 sealed"),
+    "a key twice": (lambda p: edit_line(p, "entries.jsonl", 1, lambda l: '{"kind":"DELETE",' + l[1:]),
+                    "entries.jsonl:1: not a JSON object", "twice"),
+    "a made-up column": (lambda p: edit_lines(p, "schema.jsonl", lambda ls: ls + [json.dumps(
+                             {"line": "column", "column_id": 999, "config": 1, "name": "salary", "type": "integer",
+                              "live_from": 1, "live_until": None}) + "\n"]),
+                         "schema.jsonl:", "column 999: not a tracked column the ledger recorded"),
+    "selection": (lambda p: edit_manifest(p, lambda m: m["selection"].update(task_id="task-2")),
+                  "contexts.jsonl:1: transaction ", "not one the selection"),
     # schema.jsonl, keys.json, graph.json, manifest.json
     "schema record": (lambda p: edit_line(p, "schema.jsonl", 1, obj_edit(lambda v: v["record"]["columns"][0].update(type="text"))),
                       "schema.jsonl:1: the tracked columns' record is not the one block 2 sealed", ""),

@@ -1,6 +1,8 @@
-//! The ledger's hashing, for `sql/ledger.sql`: records are built in SQL as jsonb and hashed
+//! The ledger's hashing, for `sql/ledger.sql`: records are built in SQL (entries as JSON text, the rest as jsonb) and hashed
 //! here with the `koherent-ledger-v1` encoding of the koherent-token crate (the one the CLI
 //! uses to verify audit packages offline), so the two can never disagree.
+
+pub mod sealer;
 
 use koherent_token::ledger::{self, Hash};
 use pgrx::JsonB;

@@ -550,8 +550,20 @@ mod tests {
                 "6a3fc11b79f836bda340e75c8906e961b8adf4d6a08a2b992e3f38cd6ff38ebf"
             ]
         );
-        assert!(verify_inclusion(&leaves[1], 1, 3, &path, &merkle_root(&leaves)));
-        assert!(!verify_inclusion(&leaves[1], 2, 3, &path, &merkle_root(&leaves)));
+        assert!(verify_inclusion(
+            &leaves[1],
+            1,
+            3,
+            &path,
+            &merkle_root(&leaves)
+        ));
+        assert!(!verify_inclusion(
+            &leaves[1],
+            2,
+            3,
+            &path,
+            &merkle_root(&leaves)
+        ));
         // the index hash from an index as a block keeps it is the one from the hashes
         let e = [(1, 7, h("x")), (2, 9, h("y"))];
         let prefixes: Vec<[u8; 8]> = e.iter().map(|x| prefix(&x.2)).collect();

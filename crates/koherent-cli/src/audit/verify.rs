@@ -42,17 +42,38 @@ impl Problems {
 /// The lines of a JSON-lines file, numbered from 1 (a line that is not a JSON object is a
 /// problem, and skipped).
 fn lines(dir: &Path, name: &str, p: &mut Problems) -> Vec<(usize, Value)> {
-    let Ok(text) = std::fs::read_to_string(dir.join(name)) else {
-        return vec![];
-    };
+    let text = read_text(dir, name, p);
     let mut out = vec![];
     for (i, l) in text.lines().enumerate() {
-        match serde_json::from_str::<Value>(l) {
+        match pkg::parse_strict(l) {
             Ok(v) if v.is_object() => out.push((i + 1, v)),
-            _ => p.add(name, Some(i + 1), "not a JSON object"),
+            Ok(_) => p.add(name, Some(i + 1), "not a JSON object"),
+            Err(e) => p.add(name, Some(i + 1), format!("not a JSON object: {e}")),
         }
     }
     out
+}
+
+/// A package file's text ("" with a problem when it cannot be read or is not UTF-8).
+fn read_text(dir: &Path, name: &str, p: &mut Problems) -> String {
+    match std::fs::read(dir.join(name)) {
+        Err(_) => String::new(), // (named by the manifest check)
+        Ok(b) => String::from_utf8(b).unwrap_or_else(|e| {
+            let at = e.as_bytes()[..e.utf8_error().valid_up_to()]
+                .iter()
+                .filter(|c| **c == b'\n')
+                .count()
+                + 1;
+            p.add(name, Some(at), "not UTF-8");
+            String::new()
+        }),
+    }
+}
+
+/// Whether a line holds exactly these fields (what else it held would be covered by no hash).
+fn exact_fields(v: &Value, fields: &[&str]) -> bool {
+    v.as_object()
+        .is_some_and(|m| m.len() == fields.len() && fields.iter().all(|f| m.contains_key(*f)))
 }
 
 fn s(v: &Value) -> &str {
@@ -162,6 +183,13 @@ pub fn verify(dir: &str, jwks: Option<&str>, digest: Option<&str>) -> Result<Ver
     };
     // a plain JWKS ({"keys": [...]}) is trusted for every issuer the package names
     let package_issuers: Vec<String> = issuers_of(&package_keys).into_iter().map(|x| x.0).collect();
+    for (iss, set) in issuers_of(&package_keys) {
+        for k in set["keys"].as_array().into_iter().flatten() {
+            if let Some(r) = k["revoked_at"].as_str() {
+                revoked.insert((iss.clone(), s(&k["kid"]).to_string()), r.to_string());
+            }
+        }
+    }
     match &own {
         Some(own) if own.get("keys").is_some() => {
             let mut issuers: HashSet<String> = package_issuers.iter().cloned().collect();
@@ -189,11 +217,6 @@ pub fn verify(dir: &str, jwks: Option<&str>, digest: Option<&str>) -> Result<Ver
                         line_of(&keys_text, &format!("\"{iss}\"")),
                         format!("issuer {iss}: {e}"),
                     );
-                }
-                for k in set["keys"].as_array().into_iter().flatten() {
-                    if let Some(r) = k["revoked_at"].as_str() {
-                        revoked.insert((iss.clone(), s(&k["kid"]).to_string()), r.to_string());
-                    }
                 }
             }
         }
@@ -247,6 +270,29 @@ pub fn verify(dir: &str, jwks: Option<&str>, digest: Option<&str>) -> Result<Ver
     let mut prev_place = (0i64, 0i64);
     for (i, (n, c)) in contexts.iter().enumerate() {
         let id = s(&c["id"]).to_string();
+        if ctxs.contains_key(&id) {
+            p.add(
+                pkg::CONTEXTS,
+                Some(*n),
+                format!("transaction {id} is listed twice"),
+            );
+            continue;
+        }
+        if !exact_fields(
+            c,
+            &[
+                "id",
+                "block",
+                "position",
+                "fields",
+                "task",
+                "entries_root",
+                "entries",
+                "index",
+            ],
+        ) {
+            p.add(pkg::CONTEXTS, Some(*n), format!("transaction {id}: its fields are not id, block, position, fields, task, entries_root, entries, index"));
+        }
         let f = &c["fields"];
         let place = (
             c["block"].as_i64().unwrap_or(0),
@@ -383,14 +429,21 @@ pub fn verify(dir: &str, jwks: Option<&str>, digest: Option<&str>) -> Result<Ver
         for (_, c) in &contexts {
             graph.context(c)?;
         }
-        let text = std::fs::read_to_string(dir.join(pkg::ENTRIES)).unwrap_or_default();
+        let text = read_text(dir, pkg::ENTRIES, &mut p);
         let mut prev: Option<(usize, i64, i64)> = None;
         for (i, l) in text.lines().enumerate() {
             let n = i + 1;
             last_line = n;
-            let Ok(Value::Object(mut record)) = serde_json::from_str::<Value>(l) else {
-                p.add(pkg::ENTRIES, Some(n), "not a JSON object");
-                continue;
+            let mut record = match pkg::parse_strict(l) {
+                Ok(Value::Object(m)) => m,
+                Ok(_) => {
+                    p.add(pkg::ENTRIES, Some(n), "not a JSON object");
+                    continue;
+                }
+                Err(e) => {
+                    p.add(pkg::ENTRIES, Some(n), format!("not a JSON object: {e}"));
+                    continue;
+                }
             };
             n_entries += 1;
             progress.tick(n_entries);
@@ -550,6 +603,13 @@ pub fn verify(dir: &str, jwks: Option<&str>, digest: Option<&str>) -> Result<Ver
             "block" => {
                 let r = &l["record"];
                 let num = r["block"].as_i64().unwrap_or(-1);
+                if !exact_fields(l, &["line", "block", "record", "hash"]) {
+                    p.add(
+                        pkg::LEDGER,
+                        Some(*n),
+                        format!("block {num}: its fields are not line, block, record, hash"),
+                    );
+                }
                 let h = ledger::record_hash("block", r);
                 if Some(h) != pkg::hex32(&l["hash"]) || l["block"].as_i64() != Some(num) {
                     p.add(
@@ -584,7 +644,7 @@ pub fn verify(dir: &str, jwks: Option<&str>, digest: Option<&str>) -> Result<Ver
                     None if !r["prev"].is_null() => {
                         p.add(pkg::LEDGER, Some(*n), "block 1 names a previous block")
                     }
-                    Some((pn, _)) if num != pn + 1 => p.add(
+                    Some((pn, _)) if Some(num) != pn.checked_add(1) => p.add(
                         pkg::LEDGER,
                         Some(*n),
                         format!("block {num} follows block {pn}"),
@@ -624,12 +684,13 @@ pub fn verify(dir: &str, jwks: Option<&str>, digest: Option<&str>) -> Result<Ver
                     );
                     continue;
                 };
-                let path: Vec<Hash> = l["path"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(pkg::hex32)
-                    .collect();
+                let raw = l["path"].as_array().cloned().unwrap_or_default();
+                let path: Vec<Hash> = raw.iter().filter_map(pkg::hex32).collect();
+                if path.len() != raw.len()
+                    || !exact_fields(l, &["line", "context", "block", "position", "size", "path"])
+                {
+                    p.add(pkg::LEDGER, Some(*n), format!("proof of transaction {ctx}: not a proof line (fields line, context, block, position, size, path of hex hashes)"));
+                }
                 let size = l["size"].as_u64().unwrap_or(0) as usize;
                 let ok = c.block == *num
                     && l["position"].as_i64() == Some(c.position)
@@ -689,16 +750,36 @@ pub fn verify(dir: &str, jwks: Option<&str>, digest: Option<&str>) -> Result<Ver
                 .flatten()
                 .map(|c| (c["column_id"].as_i64().unwrap_or(-1), c))
                 .collect();
+            let configs: HashMap<i64, &Value> = rec["configs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| (c["id"].as_i64().unwrap_or(-1), c))
+                .collect();
+            let mut seen: HashSet<i64> = HashSet::new();
+            let mut seen_configs: HashSet<i64> = HashSet::new();
             for (ln, l) in &schema {
+                if s(&l["line"]) == "table" {
+                    let config = l["config"].as_i64().unwrap_or(-1);
+                    let ok = configs.get(&config).is_some_and(|c| {
+                        c["history_table"] == l["history_table"]
+                            && c["tracked_since"] == l["tracked_since"]
+                    });
+                    if !ok || !seen_configs.insert(config) {
+                        p.add(pkg::SCHEMA, Some(*ln), format!("table {}: not a tracked table the ledger recorded (config {config}), or listed twice", l["name"]));
+                    }
+                }
                 if s(&l["line"]) == "column" {
                     let cid = l["column_id"].as_i64().unwrap_or(-1);
                     let same = sealed.get(&cid).is_some_and(|c| {
                         c["config"] == l["config"]
                             && c["type"] == l["type"]
                             && c["live_from"] == l["live_from"]
-                            && (c["live_until"].is_null() || c["live_until"] == l["live_until"])
+                            && c["live_until"] == l["live_until"]
                     });
-                    if !same && sealed.contains_key(&cid) {
+                    if !sealed.contains_key(&cid) || !seen.insert(cid) {
+                        p.add(pkg::SCHEMA, Some(*ln), format!("column {cid}: not a tracked column the ledger recorded, or listed twice"));
+                    } else if !same {
                         p.add(
                             pkg::SCHEMA,
                             Some(*ln),
@@ -706,6 +787,15 @@ pub fn verify(dir: &str, jwks: Option<&str>, digest: Option<&str>) -> Result<Ver
                         );
                     }
                 }
+            }
+            let mut missing: Vec<&i64> = sealed.keys().filter(|c| !seen.contains(c)).collect();
+            missing.sort();
+            for cid in missing {
+                p.add(
+                    pkg::SCHEMA,
+                    None,
+                    format!("column {cid}, which the ledger recorded, has no column line"),
+                );
             }
         }
         (None, _) => p.add(pkg::SCHEMA, None, "no ledger_schema line"),
@@ -753,6 +843,86 @@ pub fn verify(dir: &str, jwks: Option<&str>, digest: Option<&str>) -> Result<Ver
                 "the package's chain (blocks {}..{}) does not reach the digest's block {dblock}",
                 blocks.keys().next().unwrap_or(&0),
                 last.as_ref().map_or(0, |l| l.0)
+            ),
+        );
+    }
+
+    // what the digest given does not cover: transactions sealed in later blocks (their blocks
+    // are only as good as the package that holds them)
+    if digest.is_some() {
+        let mut later: Vec<(&String, &Ctx)> = ctxs.iter().filter(|c| c.1.block > dblock).collect();
+        later.sort_by_key(|c| c.1.line);
+        for (id, c) in later {
+            p.add(pkg::CONTEXTS, Some(c.line), format!("transaction {id} is sealed in block {}, after the digest's block {dblock}: the digest given does not cover it (bring a later digest)", c.block));
+        }
+    }
+
+    // what was selected: every transaction is one the selection names
+    let sel = &manifest["selection"];
+    let tree: HashSet<String> = if let Some(root) = sel["task_id"].as_str() {
+        let mut t: HashSet<String> = [root.to_string()].into();
+        if sel["include_subtasks"] == Value::Bool(true) {
+            loop {
+                let before = t.len();
+                for (_, x) in &tasks {
+                    if [&x["parent_task_id"], &x["root_task_id"]]
+                        .iter()
+                        .any(|p| p.as_str().is_some_and(|p| t.contains(p)))
+                    {
+                        t.insert(s(&x["task_id"]).to_string());
+                    }
+                }
+                if t.len() == before {
+                    break;
+                }
+            }
+        }
+        t
+    } else {
+        HashSet::new()
+    };
+    for (n, c) in &contexts {
+        let f = &c["fields"];
+        let inside = match (
+            sel["task_id"].as_str(),
+            sel["since"].as_str(),
+            sel["until"].as_str(),
+        ) {
+            (Some(_), _, _) => f["task_id"].as_str().is_some_and(|t| tree.contains(t)),
+            (None, Some(a), Some(b)) => s(&f["created_at"]) >= a && s(&f["created_at"]) < b,
+            _ => false,
+        };
+        if !inside {
+            p.add(
+                pkg::CONTEXTS,
+                Some(*n),
+                format!(
+                    "transaction {}: not one the selection {sel} names",
+                    s(&c["id"])
+                ),
+            );
+        }
+    }
+    if contexts.is_empty() {
+        p.add(
+            pkg::CONTEXTS,
+            None,
+            "no transaction: a package holds at least one",
+        );
+    }
+    let bounds = (
+        blocks.keys().next().copied(),
+        blocks.keys().next_back().copied(),
+    );
+    if manifest["blocks"]["first"].as_i64() != bounds.0
+        || manifest["blocks"]["last"].as_i64() != bounds.1
+    {
+        p.add(
+            pkg::MANIFEST,
+            line_of(&mtext, "\"blocks\""),
+            format!(
+                "blocks {}..{}, the package holds {:?}..{:?}",
+                manifest["blocks"]["first"], manifest["blocks"]["last"], bounds.0, bounds.1
             ),
         );
     }
