@@ -30,8 +30,7 @@ TEST_DIR="$ROOT/.tmp/test"
 TEST_PORT=5498
 stop_cluster "$TEST_DIR"
 as_root rm -rf "$TEST_DIR"
-start_cluster "$TEST_DIR" "$TEST_PORT" "max_connections = 200" "shared_preload_libraries = 'pg_stat_statements,koherent'" \
-    "koherent.seal_databases = 'koherent_sealer'" "koherent.seal_interval = 1"
+start_cluster "$TEST_DIR" "$TEST_PORT" "max_connections = 200" "shared_preload_libraries = 'pg_stat_statements'"
 trap 'stop_cluster "$TEST_DIR"' EXIT
 
 export KOHERENT_TEST_HOST=127.0.0.1 KOHERENT_TEST_PORT=$TEST_PORT KOHERENT_TEST_PGDATA=$TEST_DIR

@@ -1,36 +1,56 @@
 """The background sealer: with koherent in shared_preload_libraries and a database named in
 koherent.seal_databases, koherent.seal() runs every koherent.seal_interval seconds without anyone
-calling it (the test cluster runs with koherent.seal_databases = 'koherent_sealer' and
-koherent.seal_interval = 1: scripts/test.sh)."""
+calling it. On a cluster of its own (scripts/lib.sh's start_cluster): the main test cluster does
+not preload koherent, since other tests need sessions that have not loaded it."""
 
+import os
+import shutil
+import subprocess
 import time
 
 import psycopg
 import pytest
 
-from conftest import ISSUER, TEST_PUBLIC_JWK, connect, mint
+from conftest import HOST, ISSUER, ROOT, TEST_PUBLIC_JWK, mint
 
 DB = "koherent_sealer"
+PORT = int(os.environ.get("KOHERENT_SEALER_TEST_PORT", "5495"))
+DIR = os.path.join(ROOT, ".tmp", "test-sealer")
 
 
-def test_changes_are_sealed_without_anyone_calling_seal():
+def lib(command):
+    subprocess.run(["bash", "-c", f"source {ROOT}/scripts/lib.sh && {command}"], check=True, cwd=ROOT)
+
+
+@pytest.fixture
+def cluster():
+    if os.geteuid() != 0 or not os.path.exists("/usr/lib/postgresql/15/bin/initdb"):
+        pytest.skip("needs root and PostgreSQL 15's initdb to start a cluster of its own")
+    lib(f"stop_cluster {DIR}")
+    shutil.rmtree(DIR, ignore_errors=True)
+    lib(f"start_cluster {DIR} {PORT} \"shared_preload_libraries = 'koherent'\" "
+        f"\"koherent.seal_databases = '{DB}'\" \"koherent.seal_interval = 1\"")
+    yield
+    lib(f"stop_cluster {DIR}")
+    shutil.rmtree(DIR, ignore_errors=True)
+
+
+def connect(dbname="postgres", autocommit=True):
+    return psycopg.connect(host=HOST, port=PORT, dbname=dbname, user="postgres", autocommit=autocommit)
+
+
+def test_changes_are_sealed_without_anyone_calling_seal(cluster):
     with connect() as c:
-        if DB not in (c.execute("SELECT current_setting('koherent.seal_databases', true)").fetchone()[0] or ""):
-            pytest.skip("the cluster runs no sealer (koherent.seal_databases)")
+        assert c.execute("SELECT current_setting('koherent.seal_databases')").fetchone()[0] == DB
         assert c.execute("SELECT current_setting('koherent.seal_interval')").fetchone()[0] == "1s"
-        # (never dropped: DROP DATABASE ... FORCE would end the database's sealer until a restart)
-        if not c.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DB]).fetchone():
-            c.execute(f"CREATE DATABASE {DB}")
+        c.execute(f"CREATE DATABASE {DB}")
     with connect(DB) as c:
-        c.execute("CREATE EXTENSION IF NOT EXISTS koherent")
-        c.execute("ALTER DATABASE koherent_sealer SET koherent.audience = 'koherent'")
-        c.execute("DELETE FROM koherent.issuer_key_store")
+        c.execute("CREATE EXTENSION koherent")
         c.execute("SELECT koherent.add_issuer_jwks(%s, %s::jsonb)",
                   [ISSUER, psycopg.types.json.Jsonb({"keys": [TEST_PUBLIC_JWK]})])
-        c.execute("DROP TABLE IF EXISTS sealed_item")
         c.execute("CREATE TABLE sealed_item (id int PRIMARY KEY, qty int)")
         c.execute("SELECT koherent.track('sealed_item')")
-        before = c.execute("SELECT coalesce((koherent.digest()->>'entries')::bigint, 0)").fetchone()[0]
+        before = 0
     with connect(DB, autocommit=False) as c:
         c.execute("SET koherent.audience = 'koherent'")
         c.execute("SELECT koherent.set_task(%s)", [mint("task-sealed")])
