@@ -6,7 +6,7 @@
 //! | `koherent.clock_skew` | int (s) | 0 | superuser, as above |
 //! | `koherent.accept_eddsa_alg` | bool | off | superuser, as above |
 //! | `koherent.task_token` | text | unset | anyone (it carries a token in, never a verdict out) |
-//! | `koherent.seal_databases` | text | unset | postgresql.conf (server start): the databases a background sealer seals (comma-separated; koherent in `shared_preload_libraries`) |
+//! | `koherent.seal_databases` | text | unset | postgresql.conf, read at server start: the databases a background sealer seals (comma-separated; koherent in `shared_preload_libraries`) |
 //! | `koherent.seal_interval` | int (s) | 60 | postgresql.conf (reload): how often the sealer calls `koherent.seal()`; 0 stops it |
 //!
 //! The first three weaken or define verification, so they are `PGC_SUSET`: an application
@@ -63,7 +63,9 @@ pub fn init() {
         c"The databases a koherent background sealer seals (comma-separated; needs koherent in shared_preload_libraries).",
         c"One worker per database calls koherent.seal() every koherent.seal_interval seconds.",
         &SEAL_DATABASES,
-        GucContext::Postmaster,
+        // (read when the postmaster starts; Postmaster context cannot be defined by a library
+        // loaded after startup, which is how koherent loads without shared_preload_libraries)
+        GucContext::Sighup,
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(
