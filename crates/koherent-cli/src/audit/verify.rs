@@ -160,6 +160,9 @@ pub fn verify(dir: &str, jwks: Option<&str>, digest: Option<&str>) -> Result<Ver
         }
     }
 
+    // (tasks.jsonl is read here: a plain JWKS is trusted for the issuers its tasks name)
+    let tasks = lines(dir, pkg::TASKS, &mut p);
+
     // 3. keys: the package's, or the auditor's own JWKS alone
     let keys_text = std::fs::read_to_string(dir.join(pkg::KEYS)).unwrap_or_default();
     let package_keys: Value = serde_json::from_str(&keys_text).unwrap_or_else(|_| {
@@ -193,7 +196,7 @@ pub fn verify(dir: &str, jwks: Option<&str>, digest: Option<&str>) -> Result<Ver
     match &own {
         Some(own) if own.get("keys").is_some() => {
             let mut issuers: HashSet<String> = package_issuers.iter().cloned().collect();
-            for (_, t) in lines(dir, pkg::TASKS, &mut Problems::default()) {
+            for (_, t) in &tasks {
                 issuers.insert(s(&t["issuer"]).to_string());
             }
             for iss in issuers {
@@ -230,7 +233,6 @@ pub fn verify(dir: &str, jwks: Option<&str>, digest: Option<&str>) -> Result<Ver
     };
 
     // 4. tasks: signatures, claims against the row, the hash their transactions were sealed with
-    let tasks = lines(dir, pkg::TASKS, &mut p);
     let mut task_hash: HashMap<(String, String), (Hash, usize)> = HashMap::new();
     let mut prev: Option<(String, String)> = None;
     for (n, t) in &tasks {
@@ -406,6 +408,9 @@ pub fn verify(dir: &str, jwks: Option<&str>, digest: Option<&str>) -> Result<Ver
         }
     }
 
+    // (ledger.jsonl is read here: the graph's package node counts its blocks)
+    let ledger_lines = lines(dir, pkg::LEDGER, &mut p);
+
     // 6. entries (streamed: the package's bulk), and the graph produced again as they are read
     let mut progress = Progress::new("verify");
     progress.total = ctxs.values().map(|c| c.entries.max(0) as u64).sum();
@@ -509,7 +514,7 @@ pub fn verify(dir: &str, jwks: Option<&str>, digest: Option<&str>) -> Result<Ver
                 .push((config, id, h, n));
         }
         let counts = serde_json::json!({"tasks": tasks.len(), "contexts": contexts.len(), "entries": n_entries,
-                                        "blocks": lines(dir, pkg::LEDGER, &mut Problems::default()).iter()
+                                        "blocks": ledger_lines.iter()
                                                       .filter(|l| s(&l.1["line"]) == "block").count()});
         graph.finish(counts)?;
     }
@@ -594,7 +599,6 @@ pub fn verify(dir: &str, jwks: Option<&str>, digest: Option<&str>) -> Result<Ver
     }
 
     // 7. the ledger: blocks chained by hash, each exported transaction proven in its block
-    let ledger_lines = lines(dir, pkg::LEDGER, &mut p);
     let mut blocks: BTreeMap<i64, (usize, Value, Hash)> = BTreeMap::new();
     let mut prev_block: Option<(i64, Hash)> = None;
     let mut current: Option<(i64, Value)> = None;
