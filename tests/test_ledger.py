@@ -442,3 +442,63 @@ def test_the_cli_signs_a_digest_and_verifies_it(ledger, tmp_path):
         bad = subprocess.run([cli, "digest", "verify", "--key", str(key), "--name", name, "--note", str(note)],
                              capture_output=True, text=True)
         assert bad.returncode == 1 and bad.stderr.startswith("koherent: ") and bad.stdout == "", bad
+
+
+def test_every_kind_of_value_is_recorded_as_documented(item):
+    """The record of one entry holding every kind of value docs/ledger.md names (what
+    koherent._ledger_fields writes): integers, numerics (and NaN, the infinities), booleans,
+    uuids, jsonb as to_jsonb gives them; text with quotes, backslashes and control characters as
+    JSON strings; reg* values as their oid; every other type (json, arrays, floats, bytea,
+    timestamps, a domain over an integer) as its output text; nulls as null. And a table of 120
+    columns (more than one call takes) seals and verifies."""
+    db = item
+    db.sql("CREATE DOMAIN small_int AS integer CHECK (VALUE < 100)")
+    db.sql("CREATE TABLE kinds (id int PRIMARY KEY, i2 smallint, i8 bigint, n numeric, nn numeric, ni numeric, "
+           "b boolean, u uuid, jb jsonb, t text, v varchar(20), r regclass, rt regtype, j json, a int[], "
+           "f float8, bt bytea, ts timestamptz, d small_int, z text)")
+    db.sql("SELECT koherent.track('kinds')")
+    db.sql("INSERT INTO kinds VALUES (1, -2, 9007199254740993, 1.50, 'NaN', '-Infinity', true, "
+           "'01a237ac-6b7f-7529-a7b5-f7f4e3749ef2', '{\"b\": [1, 2.50], \"a\": null}', "
+           "E'q\"b\\\\c\\nd\\x01é\\t', 'v', 'pg_class', 'int4', '{\"b\": 1,  \"b\": 2}', '[2:3]={4,5}', "
+           "'-0', '\\x0102', '2026-01-02 03:04:05.5+00', 7, NULL)")
+    seal(db)
+    assert verify(db) == []
+    cols = dict(db.sql("SELECT column_name, column_id FROM koherent.tracked_column c JOIN koherent.tracked_config g "
+                       "ON g.id = c.config_id WHERE g.table_name = 'kinds'"))
+    with db.conn() as c:
+        c.execute("SET TimeZone = 'UTC'")
+        c.execute("SET DateStyle = 'ISO, YMD'")
+        c.execute("SET extra_float_digits = 1")
+        sql = c.execute("SELECT koherent._ledger_records_sql(g, 'true') FROM koherent.tracked_config g "
+                        "WHERE g.table_name = 'kinds'").fetchone()[0]
+        (text,) = c.execute(f"SELECT record FROM ({sql}) r").fetchone()
+    record = json.loads(text, parse_float=str, parse_int=str)
+    row = {name: record["row"][str(cid)] for name, cid in cols.items()}
+    assert row == {
+        "id": "1", "i2": "-2", "i8": "9007199254740993", "n": "1.50", "nn": "NaN", "ni": "-Infinity", "b": True,
+        "u": "01a237ac-6b7f-7529-a7b5-f7f4e3749ef2", "jb": {"a": None, "b": ["1", "2.50"]},
+        "t": 'q"b\\c\nd\x01é\t', "v": "v",
+        "r": db.one("SELECT 'pg_class'::regclass::oid::text"), "rt": "23",
+        "j": '{"b": 1,  "b": 2}', "a": "[2:3]={4,5}", "f": "-0", "bt": "\\x0102",
+        "ts": "2026-01-02 03:04:05.5+00", "d": "7", "z": None}
+    assert set(record["old"].values()) == {None} and len(record["old"]) == len(cols) == 20
+    # the numbers as written (a JSON reader that kept floats would lose 1.50's scale)
+    assert '"1.50"' not in text and ":1.50" in text and ":9007199254740993" in text
+
+    # a wide table: the image is made by several calls (at most 90 values each)
+    db.sql("CREATE TABLE wide (id int PRIMARY KEY, " + ", ".join(f"c{i} int" for i in range(119)) + ")")
+    db.sql("SELECT koherent.track('wide')")
+    db.sql("INSERT INTO wide VALUES (1, " + ", ".join(str(i) for i in range(119)) + ")")
+    db.sql("UPDATE wide SET c118 = -1, c0 = -2")
+    seal(db)
+    assert verify(db) == []
+    with db.conn() as c:
+        sql = c.execute("SELECT koherent._ledger_records_sql(g, 'true') FROM koherent.tracked_config g "
+                        "WHERE g.table_name = 'wide'").fetchone()[0]
+        texts = [r for (r,) in c.execute(f"SELECT record FROM ({sql}) r ORDER BY history_id")]
+    upd = json.loads(texts[1])
+    assert len(upd["row"]) == len(upd["old"]) == 120
+    wcols = dict(db.sql("SELECT column_name, column_id FROM koherent.tracked_column c JOIN koherent.tracked_config g "
+                        "ON g.id = c.config_id WHERE g.table_name = 'wide'"))
+    assert upd["row"][str(wcols["c118"])] == -1 and upd["old"][str(wcols["c118"])] == 118
+    assert upd["row"][str(wcols["c0"])] == -2 and upd["row"][str(wcols["c117"])] == 117

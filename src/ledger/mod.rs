@@ -2,6 +2,7 @@
 //! here with the `koherent-ledger-v1` encoding of the koherent-token crate (the one the CLI
 //! uses to verify audit packages offline), so the two can never disagree.
 
+pub mod record;
 pub mod sealer;
 
 use koherent_token::ledger::{self, Hash};
