@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 
+import psycopg
 import pytest
 from joserfc.jwk import OKPKey
 
@@ -375,7 +376,7 @@ def test_export_refuses_bad_selections_unsealed_work_and_other_roles(audited, tm
     db = audited
     r = export(db, str(tmp_path / "a"), "--task", "no-such-task")
     assert r.returncode == 1 and "koherent: no task no-such-task (SQLSTATE P0002)" in r.stderr
-    assert not os.path.exists(tmp_path / "a" / "manifest.json")
+    assert not os.path.exists(tmp_path / "a")  # (nothing left behind)
     r = export(db, str(tmp_path / "b"), "--since", "2026-01-02", "--until", "2026-01-01")
     assert r.returncode == 1 and "since <= until (SQLSTATE 22023)" in r.stderr
     r = export(db, str(tmp_path / "c"), "--task", "task-1", "--since", "2026-01-01")
@@ -384,6 +385,10 @@ def test_export_refuses_bad_selections_unsealed_work_and_other_roles(audited, tm
     write(db, "UPDATE item SET qty = 12 WHERE id = 1", mint("task-1"))
     r = export(db, str(tmp_path / "d"), "--task", "task-1")
     assert r.returncode == 1 and "1 of the 3 selected transactions are not sealed yet" in r.stderr
+    assert not os.path.exists(tmp_path / "d")
+    os.mkdir(tmp_path / "d")  # an empty directory given: left empty
+    r = export(db, str(tmp_path / "d"), "--task", "task-1")
+    assert r.returncode == 1 and os.listdir(tmp_path / "d") == []
     # the application role cannot export; an auditor granted it can
     r = export(db, str(tmp_path / "e"), "--task", "task-2", user=APP_ROLE)
     assert r.returncode == 1 and "permission denied for function audit_export (SQLSTATE 42501)" in r.stderr
@@ -407,8 +412,28 @@ def test_export_reads_one_snapshot_in_a_read_only_transaction(audited):
     """audit_export runs in a read-only REPEATABLE READ transaction (what the CLI opens)."""
     with audited.conn(autocommit=False) as c:
         c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        kinds = [k for (k,) in c.execute("SELECT kind FROM koherent.audit_export('task-2')")]
-        assert kinds[0] == "meta" and kinds.count("entry") == 1 and kinds.count("block") == 2 and kinds.count("task") == 1
+        c.execute("SET TimeZone = 'Asia/Tokyo'")
+        rows = c.execute("SELECT kind, data FROM koherent.audit_export('task-2')").fetchall()
+        kinds = [k for (k, _) in rows]
+        assert kinds[0] == "meta" and kinds.count("entries") == 1 and kinds.count("block") == 2 and kinds.count("task") == 1
+        # the entries come from the cursor the 'entries' row names, rendered under the ledger's
+        # settings whatever the session had (they hold for the rest of the transaction)
+        cursor = dict(rows)["entries"]
+        assert c.execute("SHOW TimeZone").fetchone()[0] == "UTC"
+        entries = c.execute(f'FETCH ALL FROM "{cursor}"').fetchall()
+        assert [k for (k, _) in entries] == ["entry"]
+        e = json.loads(entries[0][1])
+        assert e["table"] == "public.item" and e["record"]["kind"] == "DELETE", e
+        assert c.execute(f'FETCH ALL FROM "{cursor}"').fetchall() == []
+
+
+def test_export_refuses_a_transaction_without_one_snapshot(audited):
+    """audit_export reads its parts with several statements: in READ COMMITTED they could see
+    different snapshots, so it refuses (25000) and names the isolation level it needs."""
+    with audited.conn(autocommit=False) as c:
+        with pytest.raises(psycopg.errors.InvalidTransactionState) as e:
+            c.execute("SELECT * FROM koherent.audit_export('task-2')")
+        assert "REPEATABLE READ" in str(e.value) and e.value.diag.sqlstate == "25000"
 
 
 def test_every_file_matches_its_json_schema(package):

@@ -84,6 +84,21 @@ pub fn export(url: &str, sel: &Selection, dir: &str) -> Result<String, String> {
             dir.display()
         ));
     }
+    let existed = dir.exists();
+    let done = write_package(url, sel, &dir);
+    if done.is_err() {
+        // no half-written package is left behind (the directory was new or empty)
+        for name in pkg::FILES.iter().chain([&pkg::MANIFEST]) {
+            let _ = std::fs::remove_file(dir.join(name));
+        }
+        if !existed {
+            let _ = std::fs::remove_dir(&dir);
+        }
+    }
+    done
+}
+
+fn write_package(url: &str, sel: &Selection, dir: &Path) -> Result<String, String> {
     let mut client = postgres::Client::connect(url, postgres::NoTls)
         .map_err(|e| format!("cannot connect: {e}"))?;
     let mut tx = client
@@ -94,23 +109,24 @@ pub fn export(url: &str, sel: &Selection, dir: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())?;
     let params: [&(dyn postgres::types::ToSql + Sync); 4] =
         [&sel.task, &sel.include_subtasks, &sel.since, &sel.until];
+    // (all rows but the entries, which come from the cursor named by the 'entries' row)
     let rows = tx
-        .query_raw(
+        .query(
             "SELECT kind, data::text FROM koherent.audit_export($1, $2, $3::text::timestamptz, $4::text::timestamptz)",
-            params,
+            &params,
         )
         .map_err(db_error)?;
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
 
-    let mut tasks = Out::create(&dir, pkg::TASKS)?;
-    let mut contexts = Out::create(&dir, pkg::CONTEXTS)?;
-    let mut entries = Out::create(&dir, pkg::ENTRIES)?;
-    let mut schema = Out::create(&dir, pkg::SCHEMA)?;
-    let mut ledger_out = Out::create(&dir, pkg::LEDGER)?;
+    let mut tasks = Out::create(dir, pkg::TASKS)?;
+    let mut contexts = Out::create(dir, pkg::CONTEXTS)?;
+    let mut entries = Out::create(dir, pkg::ENTRIES)?;
+    let mut schema = Out::create(dir, pkg::SCHEMA)?;
+    let mut ledger_out = Out::create(dir, pkg::LEDGER)?;
     let mut meta = Value::Null;
     let mut names = Names::default();
     let mut keys: Map<String, Value> = Map::new();
-    let mut graph_out = Out::create(&dir, pkg::GRAPH)?;
+    let mut graph_out = Out::create(dir, pkg::GRAPH)?;
     let mut graph_sink = |l: &str| graph_out.raw_line(l);
     let mut graph = pkg::Graph::new(&mut graph_sink)?;
     // the selected contexts' hashes, by block, for the proofs
@@ -119,11 +135,49 @@ pub fn export(url: &str, sel: &Selection, dir: &str) -> Result<String, String> {
     let (mut first_block, mut last_block) = (None::<i64>, None::<i64>);
     let mut progress = Progress::new("export");
 
-    let mut rows = rows;
-    use postgres::fallible_iterator::FallibleIterator;
-    while let Some(row) = rows.next().map_err(db_error)? {
+    for row in &rows {
         let kind: &str = row.get(0);
         let text: &str = row.get(1);
+        if kind == "entries" {
+            // fetched in batches by a thread of its own: the database makes the next batch
+            // while this one is written
+            let fetch = format!("FETCH 2000 FROM \"{}\"", text.replace('"', "\"\""));
+            let tx = &mut tx;
+            std::thread::scope(|s| -> Result<(), String> {
+                let (send, batches) = std::sync::mpsc::sync_channel::<Vec<String>>(4);
+                let fetcher = s.spawn(move || -> Result<(), String> {
+                    loop {
+                        let rows = tx.query(fetch.as_str(), &[]).map_err(db_error)?;
+                        if rows.is_empty() {
+                            return Ok(());
+                        }
+                        let batch = rows.iter().map(|r| r.get::<_, String>(1)).collect();
+                        if send.send(batch).is_err() {
+                            return Ok(()); // (the writer stopped: its error is reported)
+                        }
+                    }
+                });
+                let mut written = Ok(());
+                for batch in batches {
+                    for text in batch {
+                        written = entry(&text, &mut graph, &names, &mut entries);
+                        if written.is_err() {
+                            break;
+                        }
+                        n_entries += 1;
+                        progress.tick(n_entries);
+                    }
+                    if written.is_err() {
+                        break;
+                    }
+                }
+                written?;
+                fetcher
+                    .join()
+                    .map_err(|_| "the fetching thread failed".to_string())?
+            })?;
+            continue;
+        }
         let data: Value = serde_json::from_str(text).map_err(|e| format!("{kind}: {e}"))?;
         match kind {
             "meta" => {
@@ -174,9 +228,25 @@ pub fn export(url: &str, sel: &Selection, dir: &str) -> Result<String, String> {
             }
             "context" => {
                 let mut c = data;
-                // the entry index as the block keeps it
-                let index =
-                    json!({"configs": c["configs"], "ids": c["ids"], "prefixes": c["prefixes"]});
+                // the entry index as the block keeps it (sent as text: configs and ids
+                // comma-separated, the prefixes as one hex text)
+                let numbers = |v: &Value| -> Result<Vec<Value>, String> {
+                    let t = v.as_str().unwrap_or("");
+                    t.split(',')
+                        .filter(|x| !x.is_empty())
+                        .map(|x| {
+                            x.parse::<serde_json::Number>()
+                                .map(Value::Number)
+                                .map_err(|e| e.to_string())
+                        })
+                        .collect()
+                };
+                let prefixes = c["prefixes"].as_str().unwrap_or("");
+                if !prefixes.len().is_multiple_of(16) || !prefixes.is_ascii() {
+                    return Err("a context's hash prefixes that are not 8-byte hex".into());
+                }
+                let index = json!({"configs": numbers(&c["configs"])?, "ids": numbers(&c["ids"])?,
+                                   "prefixes": (0..prefixes.len() / 16).map(|i| &prefixes[i * 16..i * 16 + 16]).collect::<Vec<_>>()});
                 let obj = c.as_object_mut().expect("a context is an object");
                 for k in ["configs", "ids", "prefixes"] {
                     obj.remove(k);
@@ -191,23 +261,6 @@ pub fn export(url: &str, sel: &Selection, dir: &str) -> Result<String, String> {
                 contexts.line(&c)?;
                 graph.context(&c)?;
                 n_contexts += 1;
-            }
-            "entry" => {
-                let Value::Object(mut data) = data else {
-                    return Err("an entry that is not an object".into());
-                };
-                let table = data.remove("table").unwrap_or(Value::Null);
-                let Some(Value::Object(record)) = data.remove("record") else {
-                    return Err("an entry without its record".into());
-                };
-                graph.entry(&table, &record, &names)?;
-                let changes = pkg::changes(&record);
-                let mut line = record;
-                line.insert("table".into(), table);
-                line.insert("changes".into(), changes);
-                entries.line(&Value::Object(line))?;
-                n_entries += 1;
-                progress.tick(n_entries);
             }
             "block" => {
                 let record = &data["record"];
@@ -237,14 +290,13 @@ pub fn export(url: &str, sel: &Selection, dir: &str) -> Result<String, String> {
             }
         }
     }
-    drop(rows);
     tx.commit().map_err(|e| e.to_string())?;
     progress.done(n_entries);
 
     let counts =
         json!({"tasks": n_tasks, "contexts": n_contexts, "entries": n_entries, "blocks": n_blocks});
     graph.finish(counts.clone())?;
-    let mut keys_out = Out::create(&dir, pkg::KEYS)?;
+    let mut keys_out = Out::create(dir, pkg::KEYS)?;
     keys_out.whole(&json!({"issuers": keys}))?;
 
     let mut files = Map::new();
@@ -281,6 +333,29 @@ pub fn export(url: &str, sel: &Selection, dir: &str) -> Result<String, String> {
         meta["digest"]["block"],
         meta["digest"]["hash"].as_str().unwrap_or("")
     ))
+}
+
+/// One entry row (`{"table", "record"}`): its line in entries.jsonl and its graph elements.
+fn entry(
+    text: &str,
+    graph: &mut pkg::Graph,
+    names: &Names,
+    entries: &mut Out,
+) -> Result<(), String> {
+    let data: Value = serde_json::from_str(text).map_err(|e| format!("entry: {e}"))?;
+    let Value::Object(mut data) = data else {
+        return Err("an entry that is not an object".into());
+    };
+    let table = data.remove("table").unwrap_or(Value::Null);
+    let Some(Value::Object(record)) = data.remove("record") else {
+        return Err("an entry without its record".into());
+    };
+    graph.entry(&table, &record, names)?;
+    let changes = pkg::changes(&record);
+    let mut line = record;
+    line.insert("table".into(), table);
+    line.insert("changes".into(), changes);
+    entries.line(&Value::Object(line))
 }
 
 fn db_error(e: postgres::Error) -> String {
