@@ -87,6 +87,58 @@ def bulk(c):
     return res
 
 
+def print_bulk(r, label=""):
+    for op, n in (("insert", ROWS), ("update", ROWS), ("delete", ROWS // 2)):
+        p, t, ix = r[op]
+        rt, lo, hi = paired(t, p)
+        ri, ilo, ihi = paired(ix, p)
+        med = statistics.median
+        print(f"{op + label:<28} {n:>7} rows  untracked {med(p) * 1000:8.1f} ms  tracked {med(t) * 1000:8.1f} ms  "
+              f"ratio {rt:5.2f} [{lo:4.2f}-{hi:4.2f}]  (with the row index: {med(ix) * 1000:6.1f} ms, "
+              f"ratio {ri:5.2f} [{ilo:4.2f}-{ihi:4.2f}])")
+
+
+def with_sealer(c, upd, task1):
+    """The write path with the ledger sealing as it goes: the background sealer (bench.sh
+    preloads koherent with koherent.seal_databases = the bench database, koherent.seal_interval
+    = 0 until here) sealing every second, 60 times its default, while the bulk statements and
+    pgbench run: the lines above without it, these with it, in the same run."""
+    c.execute("ALTER SYSTEM SET koherent.seal_interval = 1")
+    c.execute("SELECT pg_reload_conf()")
+    for _ in range(60):  # (the sealer connects once the database exists: its restarts are 10 s apart)
+        if c.execute("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'koherent sealer' "
+                     "AND datname = current_database()").fetchone()[0]:
+            break
+        time.sleep(1)
+    else:
+        print("sealer: not running (koherent not preloaded?): no lines with the ledger sealing")
+        return
+    c.execute("SELECT koherent.seal()")
+    before = c.execute("SELECT koherent.digest()").fetchone()[0]
+    print_bulk(bulk(c), " (sealer 1 s)")
+    for t, tracked in (("plain", False), ("tracked", True)):  # (as main() made them for pgbench)
+        fresh(c, t, tracked)
+        c.execute(f"INSERT INTO {t} SELECT g, 'name ' || g, g % 1000, g * 1.5, 'note', now() "
+                  f"FROM generate_series(1, {ROWS}) g")
+        c.execute(f"VACUUM ANALYZE {t}")
+    runs = {"plain": [], "tracked": [], "task1": []}
+    for _ in range(2):
+        runs["plain"].append(pgbench(upd.format(t="plain")))
+        runs["tracked"].append(pgbench(upd.format(t="tracked")))
+        runs["task1"].append(pgbench(task1))
+    p, t, w1 = (statistics.mean(runs[k]) for k in ("plain", "tracked", "task1"))
+    time.sleep(2)
+    after = c.execute("SELECT koherent.digest()").fetchone()[0]
+    # (off again: the lines after this one measure alone)
+    c.execute("ALTER SYSTEM SET koherent.seal_interval = 0")
+    c.execute("SELECT pg_reload_conf()")
+    print(f"{'single-row update (sealer 1 s)':<28} untracked {p:8.0f} tps  tracked {t:8.0f} tps  ratio {p / t:5.2f}")
+    print(f"{'set_task + update (sealer)':<28} untracked {p:8.0f} tps  tracked {w1:8.0f} tps  ratio {p / w1:5.2f}"
+          "  (1 round trip)")
+    print(f"{'sealer while writing':<28} {after['block'] - before['block']:>7} seals  "
+          f"{after['entries'] - before['entries']:>9} entries  {after['contexts'] - before['contexts']:>7} transactions")
+
+
 def paired(tracked, plain):
     """Ratios of the runs measured side by side (same repetition): the machine's drift from
     one repetition to the next cancels out. Returns (median, min, max)."""
@@ -120,15 +172,7 @@ def main():
     with conn() as c:
         print(f"koherent benchmark: {ROWS} rows, {REPS} runs (times: medians; ratios: median of the "
               "runs' own ratios, range in brackets), 6-column table, synchronous_commit=off")
-        r = bulk(c)
-        for op, n in (("insert", ROWS), ("update", ROWS), ("delete", ROWS // 2)):
-            p, t, ix = r[op]
-            rt, lo, hi = paired(t, p)
-            ri, ilo, ihi = paired(ix, p)
-            med = statistics.median
-            print(f"{op:<28} {n:>7} rows  untracked {med(p) * 1000:8.1f} ms  tracked {med(t) * 1000:8.1f} ms  "
-                  f"ratio {rt:5.2f} [{lo:4.2f}-{hi:4.2f}]  (with the row index: {med(ix) * 1000:6.1f} ms, "
-                  f"ratio {ri:5.2f} [{ilo:4.2f}-{ihi:4.2f}])")
+        print_bulk(bulk(c))
         for t, tracked in (("plain", False), ("tracked", True)):
             fresh(c, t, tracked)
             c.execute(f"INSERT INTO {t} SELECT g, 'name ' || g, g % 1000, g * 1.5, 'note', now() "
@@ -166,6 +210,8 @@ def main():
     print(f"{'protocol alone (no koherent)':<28} untracked {p:8.0f} tps  4 trips  {pr:8.0f} tps  ratio {p / pr:5.2f}"
           f"  (BEGIN; SELECT 1; UPDATE plain; COMMIT; koherent's share of the 4-trip figure: {pr / w:4.2f})")
     print(f"{'cold token verification':<28} {micros:8.1f} us")
+    with conn() as c:
+        with_sealer(c, upd, task1)
     lookups()
     with conn() as c:
         revert_and_as_of(c)

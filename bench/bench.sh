@@ -3,7 +3,8 @@
 # port 5497 with synchronous_commit = off, and prints tracked/untracked ratios measured in the
 # same run (bulk INSERT/UPDATE/DELETE, pgbench single-row UPDATE with and without set_task), the
 # cost of one cold token verification, the lookups among >= 1M history entries, and revert_plan /
-# revert_task / as_of / row_as_of against the statements they compare with. Usage: bench/bench.sh
+# revert_task / as_of / row_as_of against the statements they compare with, the write path again
+# with the background sealer sealing every second, and the ledger's and audit packages' throughput. Usage: bench/bench.sh
 source "$(dirname "$0")/../scripts/lib.sh"
 ensure_apt
 ensure_pgrx
@@ -16,7 +17,8 @@ stop_cluster "$BENCH_DIR"
 as_root rm -rf "$BENCH_DIR"
 export BENCH_PORT=${BENCH_PORT:-5497}
 start_cluster "$BENCH_DIR" "$BENCH_PORT" "synchronous_commit = off" "shared_buffers = 512MB" \
-    "max_wal_size = 4GB" "checkpoint_timeout = 30min" "autovacuum = off"
+    "max_wal_size = 4GB" "checkpoint_timeout = 30min" "autovacuum = off" \
+    "shared_preload_libraries = 'koherent'" "koherent.seal_databases = 'bench'" "koherent.seal_interval = 0"
 trap 'stop_cluster "$BENCH_DIR"' EXIT
 
 KEY="$ROOT/tests/fixtures/test-key.private.jwk"

@@ -461,3 +461,24 @@ def test_every_file_matches_its_json_schema(package):
     # and a line that breaks its schema is refused by it
     with pytest.raises(jsonschema.ValidationError):
         check("entry.schema.json", {**read_lines(package, "entries.jsonl")[0], "extra": 1})
+
+
+def test_values_named_by_search_path_export_as_sealed(item, tmp_path):
+    """A value whose output text names objects by search_path (a regclass[]) is sealed under koherent's own path; the export's cursor renders it as it is
+    fetched, under that same path (the CLI sets it), not the session's: the package verifies."""
+    db = item
+    db.sql("CREATE DOMAIN reg_dom AS regclass")
+    db.sql("CREATE TABLE regs (id int PRIMARY KEY, rs regclass[], rd reg_dom)")
+    db.sql("SELECT koherent.track('regs')")
+    write(db, "INSERT INTO regs VALUES (1, ARRAY['item'::regclass, 'pg_class'::regclass], 'item')", mint("task-r"))
+    db.one("SELECT koherent.seal()")
+    assert db.one("SELECT rs::text FROM regs") == "{item,pg_class}"  # (as the session names them)
+    out = str(tmp_path / "r")
+    r = export(db, out, "--task", "task-r")
+    assert r.returncode == 0, r.stderr
+    ok = verify(out)
+    assert ok.returncode == 0 and ": intact: 1 tasks, 1 transactions, 1 entries" in ok.stdout, ok.stdout + ok.stderr
+    [line] = read_lines(out, "entries.jsonl")
+    # (history keeps a domain's value as its base type: the regclass's oid, as documented)
+    oid = db.one("SELECT 'item'::regclass::oid")
+    assert sorted(line["row"].values(), key=str) == sorted([1, "{public.item,pg_class}", oid], key=str)

@@ -71,7 +71,22 @@ struct Site {
 
 /// Appends `s` as the contents of a JSON string: `"` and `\` escaped, the control characters
 /// as `\b \f \n \r \t` or `\u00xx` (what PostgreSQL's escape_json writes).
+/// What one text may hold (MaxAllocSize less its header): past it the image is refused
+/// before it is written (a value of control characters grows six times when escaped).
+const LIMIT: usize = 0x3fff_ffff - 4;
+
+fn too_long() -> ! {
+    ereport!(
+        ERROR,
+        PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+        "koherent: a history entry's image is too large for the ledger (more than 1 GB as JSON)"
+    );
+}
+
 fn escape_into(out: &mut Vec<u8>, s: &[u8]) {
+    if out.len() + s.len() > LIMIT {
+        too_long();
+    }
     let mut start = 0;
     for (i, &b) in s.iter().enumerate() {
         let esc: &[u8] = match b {
@@ -86,6 +101,9 @@ fn escape_into(out: &mut Vec<u8>, s: &[u8]) {
             _ => continue,
         };
         out.extend_from_slice(&s[start..i]);
+        if out.len() > LIMIT {
+            too_long();
+        }
         if esc.is_empty() {
             out.extend_from_slice(format!("\\u{b:04x}").as_bytes());
         } else {
@@ -212,6 +230,7 @@ pub unsafe extern "C-unwind" fn koherent_ledger_fields(
                 let c = pg_sys::OutputFunctionCall(finfo, d);
                 let text = std::ffi::CStr::from_ptr(c).to_bytes();
                 match kind {
+                    _ if out.len() + text.len() > LIMIT => too_long(),
                     Kind::Raw => out.extend_from_slice(text),
                     Kind::Numeric if !matches!(text, b"NaN" | b"Infinity" | b"-Infinity") => {
                         out.extend_from_slice(text)
@@ -231,8 +250,13 @@ pub unsafe extern "C-unwind" fn koherent_ledger_fields(
             }
         }
     }
-    pg_sys::Datum::from(pg_sys::cstring_to_text_with_len(
-        out.as_ptr() as *const std::ffi::c_char,
-        out.len() as i32,
-    ))
+    if out.len() > LIMIT {
+        too_long();
+    }
+    let text =
+        pg_sys::cstring_to_text_with_len(out.as_ptr() as *const std::ffi::c_char, out.len() as i32);
+    if out.capacity() > 1 << 20 {
+        *out = Vec::with_capacity(256); // (one huge value does not stay for the rest of the query)
+    }
+    pg_sys::Datum::from(text)
 }

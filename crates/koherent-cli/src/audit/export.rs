@@ -142,6 +142,11 @@ fn write_package(url: &str, sel: &Selection, dir: &Path) -> Result<String, Strin
             // fetched in batches by a thread of its own: the database makes the next batch
             // while this one is written
             let fetch = format!("FETCH 2000 FROM \"{}\"", text.replace('"', "\"\""));
+            // the rows are rendered as they are fetched: under the search_path seal renders
+            // with (an output function names objects by it: a regclass[] value, a domain over
+            // regclass), which audit_export's own cannot set for the transaction
+            tx.batch_execute("SET LOCAL search_path = pg_catalog, pg_temp")
+                .map_err(db_error)?;
             let tx = &mut tx;
             std::thread::scope(|s| -> Result<(), String> {
                 let (send, batches) = std::sync::mpsc::sync_channel::<Vec<String>>(4);
@@ -151,7 +156,13 @@ fn write_package(url: &str, sel: &Selection, dir: &Path) -> Result<String, Strin
                         if rows.is_empty() {
                             return Ok(());
                         }
-                        let batch = rows.iter().map(|r| r.get::<_, String>(1)).collect();
+                        let batch = rows
+                            .iter()
+                            .map(|r| {
+                                r.try_get::<_, String>(1)
+                                    .map_err(|e| format!("an entry row without its data: {e}"))
+                            })
+                            .collect::<Result<Vec<_>, _>>()?;
                         if send.send(batch).is_err() {
                             return Ok(()); // (the writer stopped: its error is reported)
                         }

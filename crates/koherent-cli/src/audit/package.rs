@@ -350,6 +350,25 @@ impl<'a> Graph<'a> {
 pub fn parse_strict(text: &str) -> Result<Value, String> {
     use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
     struct Strict;
+    struct NumberText;
+    impl<'de> DeserializeSeed<'de> for NumberText {
+        type Value = String;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<String, D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+    impl<'de> Visitor<'de> for NumberText {
+        type Value = String;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a number, not an object that spells one")
+        }
+        fn visit_string<E>(self, v: String) -> Result<String, E> {
+            Ok(v)
+        }
+        fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<String, E> {
+            Err(E::custom("a number spelt as an object"))
+        }
+    }
     impl<'de> DeserializeSeed<'de> for Strict {
         type Value = Value;
         fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
@@ -366,7 +385,9 @@ pub fn parse_strict(text: &str) -> Result<Value, String> {
             while let Some(k) = m.next_key::<String>()? {
                 // (arbitrary_precision: a number arrives as a map of one magic key)
                 if out.is_empty() && k == "$serde_json::private::Number" {
-                    let n: String = m.next_value()?;
+                    // (a number's text arrives as an owned String; an object a line spells
+                    // with that key gives a str: refused, another reader would see an object)
+                    let n: String = m.next_value_seed(NumberText)?;
                     return n
                         .parse::<serde_json::Number>()
                         .map(Value::Number)
@@ -418,4 +439,29 @@ pub fn parse_strict(text: &str) -> Result<Value, String> {
     let v = Strict.deserialize(&mut de).map_err(|e| e.to_string())?;
     de.end().map_err(|e| e.to_string())?;
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_strict;
+
+    #[test]
+    fn strict_parsing_keeps_numbers_and_refuses_ambiguity() {
+        let v = parse_strict(r#"{"a":1.50,"b":[-0,12345678901234567890.5]}"#).unwrap();
+        assert_eq!(
+            serde_json::to_string(&v).unwrap(),
+            r#"{"a":1.50,"b":[-0,12345678901234567890.5]}"#
+        );
+        assert!(parse_strict(r#"{"a":1,"a":1}"#)
+            .unwrap_err()
+            .contains("twice"));
+        // an object spelling a number (what serde_json's arbitrary_precision uses inside)
+        for spelt in [
+            r#"{"x":{"$serde_json::private::Number":"5"}}"#,
+            r#"{"x":{"\u0024serde_json::private::Number":"5"}}"#,
+            r#"{"$serde_json::private::Number":"5"}"#,
+        ] {
+            assert!(parse_strict(spelt).is_err(), "{spelt}");
+        }
+    }
 }
