@@ -273,8 +273,7 @@ impl<'a> Graph<'a> {
     }
 
     fn element(&mut self, v: Value) -> Result<(), String> {
-        self.elements += 1;
-        (self.sink)(&(serde_json::to_string(&v).expect("JSON") + ","))
+        self.line(&serde_json::to_string(&v).expect("JSON"))
     }
 
     pub fn task(&mut self, t: &Value) -> Result<(), String> {
