@@ -143,8 +143,8 @@ fn write_package(url: &str, sel: &Selection, dir: &Path) -> Result<String, Strin
             // while this one is written
             let fetch = format!("FETCH 2000 FROM \"{}\"", text.replace('"', "\"\""));
             // the rows are rendered as they are fetched: under the search_path seal renders
-            // with (an output function names objects by it: a regclass[] value, a domain over
-            // regclass), which audit_export's own cannot set for the transaction
+            // with (an output function names objects by it: a regclass[] value), which
+            // audit_export's own cannot set for the transaction
             tx.batch_execute("SET LOCAL search_path = pg_catalog, pg_temp")
                 .map_err(db_error)?;
             let tx = &mut tx;
@@ -168,21 +168,16 @@ fn write_package(url: &str, sel: &Selection, dir: &Path) -> Result<String, Strin
                         }
                     }
                 });
-                let mut written = Ok(());
-                for batch in batches {
-                    for text in batch {
-                        written = entry(&text, &mut graph, &names, &mut entries);
-                        if written.is_err() {
-                            break;
-                        }
+                // (on an error the batches are dropped: the fetcher's next send fails and it stops)
+                let write = || -> Result<(), String> {
+                    for text in batches.into_iter().flatten() {
+                        entry(&text, &mut graph, &names, &mut entries)?;
                         n_entries += 1;
                         progress.tick(n_entries);
                     }
-                    if written.is_err() {
-                        break;
-                    }
-                }
-                written?;
+                    Ok(())
+                };
+                write()?;
                 fetcher
                     .join()
                     .map_err(|_| "the fetching thread failed".to_string())?

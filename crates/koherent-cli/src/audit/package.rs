@@ -152,16 +152,12 @@ impl Names {
         Value::Object(key)
     }
 
-    /// A table's name, if schema.jsonl names it.
-    pub fn table_name(&self, config: i64) -> Option<&str> {
-        self.tables.get(&config).map(|t| t.0.as_str())
-    }
-
-    pub fn table(&self, config: i64) -> String {
-        self.tables
-            .get(&config)
-            .map(|t| t.0.clone())
-            .unwrap_or_else(|| format!("config {config}"))
+    /// A table's name as schema.jsonl gives it (`config N` when it gives none).
+    pub fn table(&self, config: i64) -> std::borrow::Cow<'_, str> {
+        match self.tables.get(&config) {
+            Some(t) => t.0.as_str().into(),
+            None => format!("config {config}").into(),
+        }
     }
 }
 

@@ -90,8 +90,8 @@ pub struct Verified {
     pub summary: String,
 }
 
-/// An entries.jsonl line as the parsing thread leaves it: its record (none when the line is
-/// not a JSON object), its table, what is wrong with it on its own, its hash.
+/// An entries.jsonl line as a parsing thread leaves it: where it belongs, what is wrong with it
+/// on its own, its hash.
 struct Parsed {
     line: usize,
     /// (none when the line is not a JSON object)
@@ -140,11 +140,7 @@ fn parse_entry(line: usize, text: &str, names: &Names) -> Parsed {
             pkg::ENTRY_FIELDS.join(", ")
         ));
     }
-    let named = match names.table_name(config) {
-        Some(t) => t == s(&table),
-        None => s(&table) == names.table(config),
-    };
-    if !named {
+    if s(&table) != names.table(config) {
         e.problems.push(format!("its table is given as {table}"));
     }
     if changes.as_ref() != Some(&pkg::changes(&record)) {
