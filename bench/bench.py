@@ -57,17 +57,21 @@ def timed(c, sql):
     return time.perf_counter() - t
 
 
-def fresh(c, t, tracked, row_index=False):
+def fresh(c, t, tracked, row_index=None):
+    """A new table `t`; tracked: by plain track() (the default, with the row index since 0.7.0)
+    or with row_index => true/false."""
     c.execute(f"DROP TABLE IF EXISTS {t}")
     c.execute(DDL.format(t=t))
-    if tracked:
+    if tracked and row_index is None:
+        c.execute(f"SELECT koherent.track('{t}')")
+    elif tracked:
         c.execute(f"SELECT koherent.track('{t}', row_index => {row_index})")
     c.execute("CHECKPOINT")
 
 
-# (table, tracked, row_index): untracked, tracked (default: no row index), tracked with the row
-# index (what expose() or track(..., row_index => true) add)
-VARIANTS = [("plain", False, False), ("tracked", True, False), ("indexed", True, True)]
+# (table, tracked, row_index): untracked, tracked by default (with the row index since 0.7.0),
+# tracked with row_index => false (write-mostly tables)
+VARIANTS = [("plain", False, False), ("tracked", True, None), ("noindex", True, False)]
 
 
 def bulk(c):
@@ -94,7 +98,7 @@ def print_bulk(r, label=""):
         ri, ilo, ihi = paired(ix, p)
         med = statistics.median
         print(f"{op + label:<28} {n:>7} rows  untracked {med(p) * 1000:8.1f} ms  tracked {med(t) * 1000:8.1f} ms  "
-              f"ratio {rt:5.2f} [{lo:4.2f}-{hi:4.2f}]  (with the row index: {med(ix) * 1000:6.1f} ms, "
+              f"ratio {rt:5.2f} [{lo:4.2f}-{hi:4.2f}]  (row_index => false: {med(ix) * 1000:6.1f} ms, "
               f"ratio {ri:5.2f} [{ilo:4.2f}-{ihi:4.2f}])")
 
 
@@ -292,7 +296,7 @@ def revert_and_as_of(c):
     """revert_plan and revert_task of a task that updated every row (against that UPDATE), as_of
     of a table with few and with all rows changed since the moment (against count(*) of the
     table now), and one row_as_of among >= 1M history entries."""
-    # (a) a task UPDATEs every row of a tracked table (default: no row index); its plan, and its
+    # (a) a task UPDATEs every row of a tracked table (default: with the row index); its plan, and its
     # revert in a transaction under another task, rolled back so that every repetition reverts
     # the same UPDATE. Each repetition measures the task's UPDATE again, rolled back too (the
     # first one is committed: the one the plan and the revert undo). Only the table is vacuumed
@@ -359,11 +363,11 @@ def revert_and_as_of(c):
                     asof.append(time.perf_counter() - t)
         ratio_line(label, n, "SELECT *", plain, "as_of", asof, goal)
 
-    # (c) row_as_of: one row among the history of a table with the row index (what expose() adds),
+    # (c) row_as_of: one row among the history of a table with the row index (the default),
     # built by bulk UPDATEs of every row; the moment is halfway, so the row is rolled back
     # through half of its entries
     n = ROW_AS_OF_ROWS
-    fresh(c, "rowhist", True, row_index=True)
+    fresh(c, "rowhist", True)
     c.execute(f"INSERT INTO rowhist SELECT g, 'name ' || g, g % 1000, g * 1.5, 'note', now() "
               f"FROM generate_series(1, {n}) g")
     c.execute("VACUUM rowhist")
@@ -434,5 +438,95 @@ def ledger(c):
           f"{2 * n / verifying:10.0f} entries/s  (goal >= 200000)")
 
 
+def scale():
+    """Scale mode (bench/bench.sh --scale): one tracked table grown to 2M and then 20M history
+    entries (BENCH_SCALE_SIZES), 1M-row INSERT statements; at each size a task that changed 10
+    rows and one that changed 10k (written at that size, so they are at the new end of history)
+    and the lookups users ask: one row's history three ways, task_changes of both tasks, row_as_of,
+    as_of of a 100k-row table of the same database (its cost is its own table's, not all
+    history's) and the CLI's audit export of the 10k task. Times are medians."""
+    sizes = [int(x) for x in os.environ.get("BENCH_SCALE_SIZES", "2000000,20000000").split(",")]
+    tokens = json.loads(os.environ["BENCH_SCALE_TOKENS"])  # {"<size>-10": token, "<size>-10k": token}
+    cli = os.environ.get("KOHERENT_CLI", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                                      "target/release/koherent"))
+    with conn("postgres") as c:
+        c.execute(f"DROP DATABASE IF EXISTS {DB}_scale")
+        c.execute(f"CREATE DATABASE {DB}_scale")
+        c.execute(f"ALTER DATABASE {DB}_scale SET koherent.audience = 'koherent'")
+    db = f"{DB}_scale"
+    with conn(db) as c:
+        c.execute("CREATE EXTENSION koherent")
+        c.execute("SELECT koherent.add_issuer_jwks('rekuest', %s::jsonb)", [JWKS])
+        fresh(c, "scale", True)
+        fresh(c, "side", True)
+        c.execute("INSERT INTO side SELECT g, 'name ' || g, g % 1000, g * 1.5, 'note', now() "
+                  "FROM generate_series(1, 100000) g")
+        print(f"scale mode: table `scale` (6 columns, tracked by default: row index on), sizes {sizes}")
+        built, t_build = 0, 0.0
+        for size in sizes:
+            t = time.perf_counter()
+            while built < size:
+                step = min(1000000, size - built)
+                c.execute(f"INSERT INTO scale SELECT g, 'name ' || g, g % 1000, g * 1.5, 'note', now() "
+                          f"FROM generate_series({built + 1}, {built + step}) g")
+                built += step
+            c.execute("VACUUM ANALYZE scale")
+            c.execute("VACUUM ANALYZE koherent_history.scale")
+            t_build += time.perf_counter() - t
+            tasks = {}
+            for n, label in ((10, "10"), (10000, "10k")):
+                first = built // 2
+                c.execute("BEGIN")
+                c.execute("SELECT koherent.set_task(%s)", [tokens[f"{size}-{label}"]])
+                c.execute(f"UPDATE scale SET qty = qty + 1 WHERE id > {first} AND id <= {first + n}")
+                c.execute("COMMIT")
+                tasks[label] = f"scale-{size}-{label}"  # the token's task (bench.sh mints them)
+            c.execute("UPDATE side SET qty = qty + 1 WHERE id <= 1000")
+            at = moment(c)
+            c.execute("UPDATE side SET qty = qty + 1 WHERE id > 99000")
+            c.execute("ANALYZE")
+            entries = c.execute("SELECT count(*) FROM koherent_history.scale").fetchone()[0]
+            disk = c.execute("SELECT pg_size_pretty(pg_total_relation_size('koherent_history.scale')), "
+                             "pg_size_pretty(pg_database_size(current_database()))").fetchone()
+            print(f"{entries} entries of `scale`: built in {t_build:.0f} s so far; history table {disk[0]} "
+                  f"(with its indexes), database {disk[1]}")
+            key = built // 2 + 5   # a row the 10-change task updated: two entries
+            queries = [
+                ("row history, typed table", f"SELECT * FROM koherent_history.scale WHERE id = {key}"),
+                ("row history, provenance_entry", "SELECT * FROM koherent.provenance_entry WHERE table_name = "
+                 f"'scale'::regclass AND row_key = '{{\"id\": {key}}}'"),
+                ("row_as_of", f"SELECT koherent.row_as_of(NULL::scale, '{{\"id\": {key}}}', %(at)s)"),
+                ("task_changes, 10 changes", f"SELECT * FROM koherent.task_changes('{tasks['10']}')"),
+                ("task_changes, 10k changes", f"SELECT * FROM koherent.task_changes('{tasks['10k']}')"),
+                ("as_of, 100k-row table", "SELECT * FROM koherent.as_of(NULL::side, %(at)s)"),
+            ]
+            for label, q in queries:
+                c.execute(q, {"at": at}).fetchall()  # warm (and task_changes summarizes BRIN ranges)
+                times, rows = [], 0
+                for _ in range(20):
+                    t = time.perf_counter()
+                    rows = len(c.execute(q, {"at": at}).fetchall())
+                    times.append(time.perf_counter() - t)
+                print(f"  {label:<30} {statistics.median(times) * 1000:9.2f} ms  ({rows} rows, median of 20)")
+            with tempfile.TemporaryDirectory() as tmp:
+                times = []
+                for i in range(3):
+                    t = time.perf_counter()
+                    subprocess.run([cli, "audit", "export", "--db", f"host={HOST} port={PORT} user=postgres dbname={db}",
+                                    "--task", tasks["10k"], "--out", os.path.join(tmp, f"pkg{i}")],
+                                   check=True, capture_output=True)
+                    times.append(time.perf_counter() - t)
+            print(f"  {'audit export, 10k task (CLI)':<30} {statistics.median(times) * 1000:9.2f} ms  (median of 3)")
+            for label, q in (("provenance_entry row lookup", queries[1][1]),
+                             ("task_changes, 10 changes", queries[3][1])):
+                print(f"  EXPLAIN {label}:")
+                for (line,) in c.execute("EXPLAIN (COSTS OFF) " + q):
+                    print("     ", line)
+    with conn("postgres") as c:
+        c.execute(f"DROP DATABASE IF EXISTS {DB}_scale")
+
+
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--scale"]:
+        sys.exit(scale())
     sys.exit(main())

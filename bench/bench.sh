@@ -5,6 +5,8 @@
 # cost of one cold token verification, the lookups among >= 1M history entries, and revert_plan /
 # revert_task / as_of / row_as_of against the statements they compare with, the write path again
 # with the background sealer sealing every second, and the ledger's and audit packages' throughput. Usage: bench/bench.sh
+# bench/bench.sh --scale: history grown to 2M and 20M entries (BENCH_SCALE_SIZES) and the lookups
+# at each size (row history, task_changes of 10 and 10k changes, row_as_of, as_of, audit export).
 source "$(dirname "$0")/../scripts/lib.sh"
 ensure_apt
 ensure_pgrx
@@ -29,4 +31,17 @@ export BENCH_LOOKUP_TOKEN=$("$KOHERENT" mint --key "$KEY" --tsk lookup-task --tt
 export BENCH_REVERT_TOKEN=$("$KOHERENT" mint --key "$KEY" --tsk revert-task --ttl 86400)
 export BENCH_REVERTER_TOKEN=$("$KOHERENT" mint --key "$KEY" --tsk revert-by --ttl 86400)
 export PATH="$PG_BIN:$PATH"
+if [ "${1:-}" = "--scale" ]; then
+    # scale mode: history grown to BENCH_SCALE_SIZES entries, a 10- and a 10k-change task at each
+    export BENCH_SCALE_SIZES=${BENCH_SCALE_SIZES:-2000000,20000000}
+    tokens="{"
+    for size in ${BENCH_SCALE_SIZES//,/ }; do
+        for n in 10 10k; do
+            tokens="$tokens\"$size-$n\": \"$("$KOHERENT" mint --key "$KEY" --tsk "scale-$size-$n" --ttl 86400)\", "
+        done
+    done
+    export BENCH_SCALE_TOKENS="${tokens%, }}"
+    "$ROOT/.venv/bin/python" "$ROOT/bench/bench.py" --scale
+    exit
+fi
 "$ROOT/.venv/bin/python" "$ROOT/bench/bench.py"

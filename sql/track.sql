@@ -112,10 +112,10 @@ BEGIN
                      JOIN pg_am a ON a.oid = c.relam WHERE i.indrelid = hist AND a.amname = 'brin') THEN
         PERFORM koherent._create_lookup_indexes(hist);
     END IF;
-    -- row_index: true creates the row index, false drops it, NULL leaves it as it is (a new
-    -- history table starts without; expose() creates it).
+    -- row_index: true creates the row index, false drops it, NULL leaves an existing history
+    -- table as it is and gives a new one (hname is set only when this call created it) the index.
     idx := koherent._row_index(hist);
-    IF row_index AND idx IS NULL THEN
+    IF (row_index OR (row_index IS NULL AND hname IS NOT NULL)) AND idx IS NULL THEN
         PERFORM koherent._create_row_index(hist, cfg.pk_columns);
     ELSIF NOT row_index AND idx IS NOT NULL THEN
         EXECUTE format('DROP INDEX %s', idx);
@@ -128,7 +128,7 @@ BEGIN
 END $$;
 
 COMMENT ON FUNCTION koherent.track(regclass, text[], boolean, boolean) IS
-  'Start recording every row change of a table (idempotent; a second call applies a changed exclude, require_task or row_index). row_index => true adds the (primary key, history_id) index of its history table, false drops it; by default it is left as it is (none for a new table; expose() adds it).';
+  'Start recording every row change of a table (idempotent; a second call applies a changed exclude, require_task or row_index). row_index => true adds the (primary key, history_id) index of its history table, false drops it; by default a new history table gets it and an existing one is left as it is.';
 
 CREATE FUNCTION koherent.untrack(tbl regclass) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$

@@ -1,4 +1,4 @@
-"""Indexes of history tables: the optional row index (track(row_index => ...), added by expose()),
+"""Indexes of history tables: the row index (by default; track(row_index => ...), added by expose()),
 lookups by row and by task planned as index scans, the BRIN index on history_context whose
 ranges task_changes summarizes before it reads (and rows written into ranges already
 summarized), indexes an administrator adds to a history table."""
@@ -11,7 +11,7 @@ import pytest
 from conftest import mint, write
 
 
-def test_row_index_is_added_on_request_or_by_expose(item):
+def test_row_index_by_default_dropped_on_request_added_by_expose(item):
     def row_index():
         return item.one("SELECT row_index FROM koherent.tracked_table")
 
@@ -33,18 +33,24 @@ def test_row_index_is_added_on_request_or_by_expose(item):
                 "EXPLAIN (COSTS OFF) SELECT * FROM koherent_history.item h WHERE h.id = 1").fetchall())
         return "item_id_history_id_idx" in body
 
-    # a new history table has no row index: bulk writes pay no btree descent per entry
-    assert row_index() is False and btrees() == []
-    item.sql("INSERT INTO item (id, qty) VALUES (1, 1)")
-    item.sql("UPDATE item SET qty = 2")
-    item.sql("SELECT koherent.track('item')")  # idempotent, and the default leaves it as it is
-    assert btrees() == []
-    item.sql("SELECT koherent.track('item', row_index => true)")
+    # a new history table has the row index (and the key-change index that comes with it)
     assert row_index() is True and len(btrees()) == 1 and "(id, history_id)" in btrees()[0][0]
     assert len(key_change_index()) == 1 and '("old:id", history_id) WHERE' in key_change_index()[0][0]
     assert uses_row_index()
-    item.sql("SELECT koherent.track('item')")  # still idempotent: the index stays
+    item.sql("INSERT INTO item (id, qty) VALUES (1, 1)")
+    item.sql("UPDATE item SET qty = 2")
+    item.sql("SELECT koherent.track('item')")  # idempotent: the index stays
     assert row_index() is True and len(btrees()) == 1
+    # row_index => false drops both for a write-mostly table ...
+    item.sql("SELECT koherent.track('item', row_index => false)")
+    assert row_index() is False and btrees() == [] and key_change_index() == []
+    item.sql("SELECT koherent.track('item')")  # ... and the default does not bring them back
+    assert row_index() is False and btrees() == []
+    item.sql("SELECT koherent.untrack('item')")  # nor does tracking again after untrack
+    item.sql("SELECT koherent.track('item')")
+    assert row_index() is False and btrees() == []
+    item.sql("SELECT koherent.track('item', row_index => true)")
+    assert row_index() is True and len(btrees()) == 1 and len(key_change_index()) == 1
     item.sql("SELECT koherent.track('item', row_index => false)")
     assert row_index() is False and btrees() == [] and key_change_index() == []
     # expose() serves <table>_provenance(row), a lookup by key: it adds the row index

@@ -147,11 +147,11 @@ def test_upgrade_from_0_2_0(old_db):
     # nothing was dropped, and track() with the new default leaves the index as it is
     old.sql("SELECT koherent.track('item')")
     assert history_indexes(old) == [("brin", True, False), ("btree", False, False), ("btree", False, True)]
-    # a table tracked now starts without the row index; expose() adds it
+    # a table tracked now gets the row index (0.7.0's default); expose() adds nothing more
     old.sql("SELECT koherent.track('other')")
-    assert history_indexes(old, "other") == [("brin", True, False)]
+    assert history_indexes(old, "other") == [("brin", True, False), ("btree", False, False), ("btree", False, True)]
     assert old.sql("SELECT table_name::text, row_index FROM koherent.tracked_table ORDER BY 1") == [
-        ("item", True), ("other", False)]
+        ("item", True), ("other", True)]
     old.sql("SELECT koherent.expose('other')")
     assert history_indexes(old, "other") == [("brin", True, False), ("btree", False, False), ("btree", False, True)]
     write(old, ["UPDATE item SET qty = 20 WHERE id = 1", "DELETE FROM item WHERE id = 2",
@@ -317,6 +317,25 @@ def test_upgrade_from_0_6_0(old_db):
     assert old.one("SELECT koherent.seal()->>'block'") == "2"
     assert old.sql("SELECT problem FROM koherent.verify_history()") == []
     old.sql("ALTER TABLE item DROP COLUMN extra")
+    # 0.6.0 tracked item without the row index and the upgrade leaves it so; a table tracked
+    # after it gets the index, and the README's statement gives it to the tables without
+    assert old.sql("SELECT table_name::text, row_index FROM koherent.tracked_table") == [("item", False)]
+    assert history_indexes(old) == [("brin", True, False)]
+    old.sql("CREATE TABLE later (id int PRIMARY KEY)")
+    old.sql("SELECT koherent.track('later')")
+    assert old.sql("SELECT table_name::text, row_index FROM koherent.tracked_table ORDER BY 1") == [
+        ("item", False), ("later", True)]
+    old.sql("SELECT koherent.track(table_name, exclude, require_task, row_index => true) "
+            "FROM koherent.tracked_table WHERE NOT row_index")
+    assert old.sql("SELECT table_name::text, row_index FROM koherent.tracked_table ORDER BY 1") == [
+        ("item", True), ("later", True)]
+    assert history_indexes(old) == [("brin", True, False), ("btree", False, False), ("btree", False, True)]
+    with old.conn() as c:
+        c.execute("SET enable_seqscan = off")
+        assert c.execute("SELECT history_kind FROM koherent_history.item WHERE id = 1 ORDER BY history_id"
+                         ).fetchall() == [("CREATE",), ("UPDATE",)]
+    old.sql("SELECT koherent.untrack('later')")
+    old.sql("DROP TABLE later")
 
     fresh.sql("CREATE EXTENSION koherent")
     fresh.sql("SELECT koherent.track('item')")
