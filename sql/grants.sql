@@ -15,6 +15,8 @@ GRANT EXECUTE ON FUNCTION
     koherent.args_hash(jsonb), koherent._args_hash(text),
     -- called by the views with the reader's rights: a value's text by its output function
     koherent._text_out(anyelement),
+    -- folded by the planner in the views (loads the library and its planner hook; returns its argument)
+    koherent._relid(oid),
     -- revert and as-of: who the helpers act for (src/revert/mod.rs)
     koherent._acting(),
     -- a table as of a moment: what the caller may SELECT of it (checked by the helpers, which

@@ -82,7 +82,7 @@ CREATE FUNCTION koherent._table_literal(cfg koherent.tracked_config, by_name boo
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE WHEN by_name AND cfg.dropped_at IS NULL
                 THEN format('%L::regclass', format('%I.%I', cfg.schema_name, cfg.table_name))
-                ELSE format('%s::oid::regclass', cfg.relid) END
+                ELSE format('koherent._relid(%s::oid)::regclass', cfg.relid) END
 $$;
 
 -- The SELECT of one history table's entries, in the shape of koherent._history_all (shape

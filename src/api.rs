@@ -116,6 +116,15 @@ fn _history_date() -> pgrx::datum::TimestampWithTimeZone {
         .or_raise()
 }
 
+/// Internal: its argument. The views name each history table's relation as
+/// `koherent._relid(<oid>)::regclass`: PostgreSQL folds this IMMUTABLE C call while planning,
+/// which loads koherent's library (and its planner hook, src/planner.rs) in a backend that had
+/// not loaded it yet, before any path of the history table is built.
+#[pg_extern(immutable, parallel_safe, strict)]
+fn _relid(relid: pg_sys::Oid) -> pg_sys::Oid {
+    relid
+}
+
 /// Internal: a value's text by its type's output function, never by a cast. Casts (to text, to
 /// json) can be defined by whoever owns a type; output functions are C, written by superusers.
 #[pg_extern(stable, parallel_safe, strict)]

@@ -79,6 +79,9 @@ extern "C-unwind" {
     pub fn nextval_internal(relid: pg_sys::Oid, check_permissions: bool) -> i64;
     // access/brin.h; pgrx binds a Rust wrapper, DirectFunctionCall needs the C symbol.
     pub fn brin_summarize_range(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum;
+    // utils/numeric.h, the C symbols (src/planner.rs reads a jsonb number as text and back).
+    pub fn numeric_in(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum;
+    pub fn numeric_out(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum;
     // commands/sequence.h, the C symbol of setval(regclass, bigint).
     pub fn setval_oid(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum;
     // access/brin_revmap.h (PostgreSQL 15 signatures; BrinRevmap is opaque).

@@ -8,6 +8,7 @@
 //! | `koherent.task_token` | text | unset | anyone (it carries a token in, never a verdict out) |
 //! | `koherent.seal_databases` | text | unset | postgresql.conf, read at server start: the databases a background sealer seals (comma-separated; koherent in `shared_preload_libraries`) |
 //! | `koherent.seal_interval` | int (s) | 60 | postgresql.conf (reload): how often the sealer calls `koherent.seal()`; 0 stops it |
+//! | `koherent.row_key_lookup` | bool | on | anyone: off stops the planner deriving `pk = value` from `row_key = '{...}'` (src/planner.rs) |
 //!
 //! The first three weaken or define verification, so they are `PGC_SUSET`: an application
 //! session cannot change them. A value a non-superuser set as a placeholder before the library
@@ -22,8 +23,17 @@ pub static ACCEPT_EDDSA: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static TASK_TOKEN: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static SEAL_DATABASES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static SEAL_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(60);
+pub static ROW_KEY_LOOKUP: GucSetting<bool> = GucSetting::<bool>::new(true);
 
 pub fn init() {
+    GucRegistry::define_bool_guc(
+        c"koherent.row_key_lookup",
+        c"Look a history entry's row_key = '{...}' up through the row index (a derived key condition).",
+        c"Off leaves such a condition as PostgreSQL plans it: a scan of the history table.",
+        &ROW_KEY_LOOKUP,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
     GucRegistry::define_string_guc(
         c"koherent.audience",
         c"The audience this database accepts provenance tokens for ('*' accepts any).",
@@ -96,6 +106,10 @@ pub fn seal_databases() -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+pub fn row_key_lookup() -> bool {
+    ROW_KEY_LOOKUP.get()
 }
 
 pub fn seal_interval() -> i32 {

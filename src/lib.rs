@@ -8,6 +8,7 @@
 //! | [`legacy`] | C entry points that earlier releases' install scripts declare |
 //! | [`revert`] | revert and as-of: who they act for, statements run with that role's rights, kept plans |
 //! | [`ledger`] | the ledger's hashes (koherent-ledger-v1 records and Merkle roots) |
+//! | [`planner`] | `row_key = '{...}'` on a history table as an index lookup (a set_rel_pathlist hook) |
 //! | [`writer`] | the history trigger: plans, transition tables, id blocks, the partition guard |
 //! | [`context`] | the transaction's verified task and its context row |
 //! | [`verify`] | token verification, the key and binding caches, [`verify::Task`] |
@@ -38,6 +39,7 @@ mod guc;
 mod insert;
 mod ledger;
 mod legacy;
+mod planner;
 mod revert;
 mod running;
 mod security;
@@ -68,6 +70,7 @@ extension_sql_file!(
         api::_next_history_id,
         api::_history_date,
         api::_text_out,
+        api::_relid,
         api::_is_builtin_type,
         api::_base_type,
         api::_caller,
@@ -121,5 +124,6 @@ pub extern "C-unwind" fn _PG_init() {
     writer::init();
     running::init();
     revert::init();
+    planner::init();
     ledger::sealer::init();
 }
