@@ -22,6 +22,28 @@ BEGIN
     END IF;
 END $$;
 
+-- A history table's range index: BRIN min-max on (history_id, history_date), 128 pages per
+-- range, beside the lookup index. Its summaries are a few bytes each (the lookup index's carry a
+-- bloom filter of contexts), so reading all of them costs little even among 20M entries: the
+-- readers by task look sealed contexts up through it by the history id ranges the ledger
+-- lists (koherent._sealed_ranges), which makes task_changes cost what it returns.
+CREATE FUNCTION koherent._range_index(hist regclass) RETURNS regclass
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT i.indexrelid::regclass
+      FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam
+     WHERE i.indrelid = hist AND a.amname = 'brin' AND c.reloptions @> '{pages_per_range=128}'
+     LIMIT 1
+$$;
+
+CREATE FUNCTION koherent._create_range_index(hist regclass) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF koherent._range_index(hist) IS NULL THEN
+        EXECUTE format('CREATE INDEX ON %s USING brin (history_id, history_date) '
+                       'WITH (pages_per_range = 128, autosummarize = on)', hist);
+    END IF;
+END $$;
+
 -- 0.6.0's upgrade: a lookup index of an earlier release (without history_date) built again with
 -- it (the new index first, then the old one dropped).
 CREATE FUNCTION koherent._add_date_to_lookup_index(hist regclass) RETURNS void

@@ -364,6 +364,7 @@ BEGIN
                      JOIN pg_am a ON a.oid = c.relam WHERE i.indrelid = hist AND a.amname = 'brin') THEN
         PERFORM koherent._create_lookup_indexes(hist);
     END IF;
+    PERFORM koherent._create_range_index(hist);
     -- row_index: true creates the row index, false drops it, NULL leaves an existing history
     -- table as it is and gives a new one (hname is set only when this call created it) the index.
     idx := koherent._row_index(hist);
@@ -385,6 +386,88 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                 THEN format('%L::regclass', format('%I.%I', cfg.schema_name, cfg.table_name))
                 ELSE format('koherent._relid(%s::oid)::regclass', cfg.relid) END
 $$;
+
+CREATE OR REPLACE FUNCTION koherent._row_data_expr(hist regclass) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cols name[];
+    typs oid[];
+    parts text[] := '{}';
+    i integer;
+BEGIN
+    SELECT array_agg(a.attname ORDER BY a.attnum), array_agg(a.atttypid ORDER BY a.attnum)
+      INTO cols, typs
+      FROM pg_attribute a
+     WHERE a.attrelid = hist AND a.attnum > 0 AND NOT a.attisdropped
+       AND a.attname NOT IN ('history_id', 'history_kind', 'history_date', 'history_context')
+       AND a.attname NOT LIKE 'old:%';
+    IF cols IS NULL THEN
+        RETURN '''{}''::jsonb';
+    END IF;
+    FOR i IN 0 .. (array_length(cols, 1) - 1) / 50 LOOP
+        parts := parts || (SELECT format('jsonb_build_object(%s)',
+                                         string_agg(format('%L, %s', c, koherent._json_arg(t, format('h.%I', c))), ', ' ORDER BY o))
+                             FROM unnest(cols[i * 50 + 1 : i * 50 + 50], typs[i * 50 + 1 : i * 50 + 50])
+                                  WITH ORDINALITY AS u(c, t, o));
+    END LOOP;
+    RETURN '(' || array_to_string(parts, ' || ') || ')';
+END $$;
+
+CREATE OR REPLACE FUNCTION koherent._range_index(hist regclass) RETURNS regclass
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT i.indexrelid::regclass
+      FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam
+     WHERE i.indrelid = hist AND a.amname = 'brin' AND c.reloptions @> '{pages_per_range=128}'
+     LIMIT 1
+$$;
+
+CREATE OR REPLACE FUNCTION koherent._create_range_index(hist regclass) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF koherent._range_index(hist) IS NULL THEN
+        EXECUTE format('CREATE INDEX ON %s USING brin (history_id, history_date) '
+                       'WITH (pages_per_range = 128, autosummarize = on)', hist);
+    END IF;
+END $$;
+
+CREATE OR REPLACE FUNCTION koherent.task_changes(task_id text, include_subtasks boolean DEFAULT false)
+RETURNS SETOF koherent.provenance_entry
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- index lookups: parallel workers and JIT compilation cost more than they save (a task with
+-- many contexts makes estimates large enough to trigger both)
+SET max_parallel_workers_per_gather = 0 SET jit = off AS $$
+DECLARE
+    ctx uuid[];
+    unsealed uuid[];
+    branches text;
+BEGIN
+    ctx := koherent._task_contexts(task_id, include_subtasks);
+    IF ctx IS NULL OR cardinality(ctx) = 0 THEN
+        RETURN;
+    END IF;
+    unsealed := ARRAY(SELECT u FROM unnest(ctx) u
+                       WHERE NOT EXISTS (SELECT 1 FROM koherent.ledger_context l WHERE l.context_id = u));
+    -- summarize what is complete and still unsummarized (src/brin.rs), so that the lookups
+    -- below read no long unsummarized tail
+    PERFORM koherent._summarize(to_regclass(format('koherent_history.%I', cfg.history_table))::oid)
+       FROM koherent.tracked_config cfg;
+    -- (the context test is written so that no index takes it: the ranges pick the blocks)
+    SELECT string_agg(b, E'\nUNION ALL\n') INTO branches FROM (
+        SELECT koherent._entry_select(cfg, 'provenance_entry')
+               || ' WHERE (h.history_context = ANY ($1)) IS TRUE AND ('
+               || string_agg(format('h.history_id BETWEEN %s AND %s', r.lo, r.hi), ' OR ' ORDER BY r.lo) || ')' AS b
+          FROM koherent._sealed_ranges(ctx) r JOIN koherent.tracked_config cfg ON cfg.id = r.config_id
+         GROUP BY cfg.id
+        UNION ALL
+        SELECT koherent._entry_select(cfg, 'provenance_entry') || ' WHERE h.history_context = ANY ($2)'
+          FROM koherent.tracked_config cfg WHERE cardinality(unsealed) > 0) x;
+    IF branches IS NULL THEN
+        RETURN;
+    END IF;
+    RETURN QUERY EXECUTE 'SELECT * FROM (' || branches || ') e ORDER BY 1' USING ctx, unsealed;
+END $$;
+COMMENT ON FUNCTION koherent.task_changes(text, boolean) IS
+  'Every change one task made, across all tracked tables, in order; include_subtasks follows parent_task_id and root_task_id.';
 
 -- sql/ledger.sql
 -- koherent: the tamper-evident ledger (koherent-ledger-v1; docs/ledger.md has the format).
@@ -865,6 +948,34 @@ END $$;
 COMMENT ON FUNCTION koherent.verify_history(jsonb) IS
   'Recompute every sealed entry, context, task and block (and check digests kept outside): one row per problem; none means intact.';
 
+-- Where the entries of sealed contexts are, per history table (config id): history id ranges
+-- from the ledger's index of each context's entries (ledger_context.entry_configs/entry_ids,
+-- covered by the context's hash), each context's span in each table, spans merged where they
+-- are less than max(10000, the table's whole span / 32) ids apart (so at most 33 ranges per
+-- table). The readers by task look these up through the range index (koherent._range_index);
+-- contexts not sealed yet are not here, and are looked up by context.
+CREATE FUNCTION koherent._sealed_ranges(ctx uuid[]) RETURNS TABLE (config_id integer, lo bigint, hi bigint)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH c AS (
+        SELECT u.cfg, min(u.id) AS lo, max(u.id) AS hi
+          FROM koherent.ledger_context l CROSS JOIN LATERAL unnest(l.entry_configs, l.entry_ids) AS u(cfg, id)
+         WHERE l.context_id = ANY (ctx)
+         GROUP BY l.context_id, u.cfg
+    ), s AS (
+        SELECT c.cfg, c.lo, c.hi,
+               max(c.hi) OVER (PARTITION BY c.cfg ORDER BY c.lo, c.hi
+                               ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS reach,
+               greatest(10000, (max(c.hi) OVER (PARTITION BY c.cfg) - min(c.lo) OVER (PARTITION BY c.cfg)) / 32) AS gap
+          FROM c
+    ), g AS (
+        SELECT s.cfg, s.lo, s.hi,
+               count(*) FILTER (WHERE s.reach IS NULL OR s.lo > s.reach + s.gap)
+                   OVER (PARTITION BY s.cfg ORDER BY s.lo, s.hi) AS grp
+          FROM s
+    )
+    SELECT g.cfg, min(g.lo), max(g.hi) FROM g GROUP BY g.cfg, g.grp
+$$;
+
 -- sql/audit.sql
 -- koherent: what an audit package holds (format koherent-audit-v1; docs/audit-package.md).
 --
@@ -1083,3 +1194,6 @@ REVOKE EXECUTE ON FUNCTION koherent.expose(regclass, regrole), koherent.unexpose
   FROM PUBLIC;
 
 SELECT koherent._rebuild_views();
+
+SELECT koherent._create_range_index(format('koherent_history.%I', history_table)::regclass)
+  FROM koherent.tracked_config WHERE to_regclass(format('koherent_history.%I', history_table)) IS NOT NULL;

@@ -475,3 +475,31 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION koherent.verify_history(jsonb) IS
   'Recompute every sealed entry, context, task and block (and check digests kept outside): one row per problem; none means intact.';
+
+-- Where the entries of sealed contexts are, per history table (config id): history id ranges
+-- from the ledger's index of each context's entries (ledger_context.entry_configs/entry_ids,
+-- covered by the context's hash), each context's span in each table, spans merged where they
+-- are less than max(10000, the table's whole span / 32) ids apart (so at most 33 ranges per
+-- table). The readers by task look these up through the range index (koherent._range_index);
+-- contexts not sealed yet are not here, and are looked up by context.
+CREATE FUNCTION koherent._sealed_ranges(ctx uuid[]) RETURNS TABLE (config_id integer, lo bigint, hi bigint)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH c AS (
+        SELECT u.cfg, min(u.id) AS lo, max(u.id) AS hi
+          FROM koherent.ledger_context l CROSS JOIN LATERAL unnest(l.entry_configs, l.entry_ids) AS u(cfg, id)
+         WHERE l.context_id = ANY (ctx)
+         GROUP BY l.context_id, u.cfg
+    ), s AS (
+        SELECT c.cfg, c.lo, c.hi,
+               max(c.hi) OVER (PARTITION BY c.cfg ORDER BY c.lo, c.hi
+                               ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS reach,
+               greatest(10000, (max(c.hi) OVER (PARTITION BY c.cfg) - min(c.lo) OVER (PARTITION BY c.cfg)) / 32) AS gap
+          FROM c
+    ), g AS (
+        SELECT s.cfg, s.lo, s.hi,
+               count(*) FILTER (WHERE s.reach IS NULL OR s.lo > s.reach + s.gap)
+                   OVER (PARTITION BY s.cfg ORDER BY s.lo, s.hi) AS grp
+          FROM s
+    )
+    SELECT g.cfg, min(g.lo), max(g.hi) FROM g GROUP BY g.cfg, g.grp
+$$;

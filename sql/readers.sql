@@ -169,8 +169,10 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 -- Everything one task changed, across all tables, in order: the task's contexts first (index on
--- transaction_auth_context.task_id), then each history table by its history_context index.
--- VOLATILE: it may summarize BRIN ranges (koherent._summarize) before it reads.
+-- transaction_auth_context.task_id); the entries of the sealed ones by the history id ranges the
+-- ledger lists for each table (koherent._sealed_ranges, read through the range index: what the
+-- task wrote, not what history holds), the others by the history_context bloom of each history
+-- table's lookup index. VOLATILE: it may summarize BRIN ranges (koherent._summarize) first.
 CREATE FUNCTION koherent.task_changes(task_id text, include_subtasks boolean DEFAULT false)
 RETURNS SETOF koherent.provenance_entry
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
@@ -179,19 +181,33 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 SET max_parallel_workers_per_gather = 0 SET jit = off AS $$
 DECLARE
     ctx uuid[];
+    unsealed uuid[];
     branches text;
 BEGIN
     ctx := koherent._task_contexts(task_id, include_subtasks);
     IF ctx IS NULL OR cardinality(ctx) = 0 THEN
         RETURN;
     END IF;
+    unsealed := ARRAY(SELECT u FROM unnest(ctx) u
+                       WHERE NOT EXISTS (SELECT 1 FROM koherent.ledger_context l WHERE l.context_id = u));
     -- summarize what is complete and still unsummarized (src/brin.rs), so that the lookups
     -- below read no long unsummarized tail
     PERFORM koherent._summarize(to_regclass(format('koherent_history.%I', cfg.history_table))::oid)
        FROM koherent.tracked_config cfg;
-    SELECT string_agg(koherent._entry_select(cfg, 'provenance_entry') || ' WHERE h.history_context = ANY ($1)', E'\nUNION ALL\n')
-      INTO branches FROM koherent.tracked_config cfg;
-    RETURN QUERY EXECUTE 'SELECT * FROM (' || branches || ') e ORDER BY 1' USING ctx;
+    -- (the context test is written so that no index takes it: the ranges pick the blocks)
+    SELECT string_agg(b, E'\nUNION ALL\n') INTO branches FROM (
+        SELECT koherent._entry_select(cfg, 'provenance_entry')
+               || ' WHERE (h.history_context = ANY ($1)) IS TRUE AND ('
+               || string_agg(format('h.history_id BETWEEN %s AND %s', r.lo, r.hi), ' OR ' ORDER BY r.lo) || ')' AS b
+          FROM koherent._sealed_ranges(ctx) r JOIN koherent.tracked_config cfg ON cfg.id = r.config_id
+         GROUP BY cfg.id
+        UNION ALL
+        SELECT koherent._entry_select(cfg, 'provenance_entry') || ' WHERE h.history_context = ANY ($2)'
+          FROM koherent.tracked_config cfg WHERE cardinality(unsealed) > 0) x;
+    IF branches IS NULL THEN
+        RETURN;
+    END IF;
+    RETURN QUERY EXECUTE 'SELECT * FROM (' || branches || ') e ORDER BY 1' USING ctx, unsealed;
 END $$;
 COMMENT ON FUNCTION koherent.task_changes(text, boolean) IS
   'Every change one task made, across all tracked tables, in order; include_subtasks follows parent_task_id and root_task_id.';

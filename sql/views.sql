@@ -41,17 +41,19 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 -- row_data of a history table's entries: its data columns (live and retired) as one jsonb
--- object, built without casts (see _json_expr).
+-- object, built without casts (see _json_arg): jsonb_build_object of the data columns, 50 per
+-- call (it takes at most 100 arguments), joined by ||. (to_jsonb(h) minus the other keys gives
+-- the same object but converts every "old:" column too: 3x the time for a 6-column table.)
 CREATE FUNCTION koherent._row_data_expr(hist regclass) RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     cols name[];
-    safe boolean;
+    typs oid[];
     parts text[] := '{}';
     i integer;
 BEGIN
-    SELECT array_agg(a.attname ORDER BY a.attnum), bool_and(koherent._is_builtin_type(a.atttypid))
-      INTO cols, safe
+    SELECT array_agg(a.attname ORDER BY a.attnum), array_agg(a.atttypid ORDER BY a.attnum)
+      INTO cols, typs
       FROM pg_attribute a
      WHERE a.attrelid = hist AND a.attnum > 0 AND NOT a.attisdropped
        AND a.attname NOT IN ('history_id', 'history_kind', 'history_date', 'history_context')
@@ -59,17 +61,11 @@ BEGIN
     IF cols IS NULL THEN
         RETURN '''{}''::jsonb';
     END IF;
-    IF safe THEN  -- every column built-in: the whole row at once (fast)
-        RETURN format('(to_jsonb(h) - ARRAY[''history_id'', ''history_kind'', ''history_date'', ''history_context''%s])',
-                      coalesce((SELECT ', ' || string_agg(format('%L', a.attname), ', ')
-                                  FROM pg_attribute a
-                                 WHERE a.attrelid = hist AND a.attname LIKE 'old:%' AND NOT a.attisdropped), ''));
-    END IF;
-    -- jsonb_build_object takes at most 100 arguments: 50 columns per call, joined by ||
     FOR i IN 0 .. (array_length(cols, 1) - 1) / 50 LOOP
         parts := parts || (SELECT format('jsonb_build_object(%s)',
-                                         string_agg(format('%L, %s', c, koherent._json_expr(hist, c)), ', ' ORDER BY o))
-                             FROM unnest(cols[i * 50 + 1 : i * 50 + 50]) WITH ORDINALITY AS u(c, o));
+                                         string_agg(format('%L, %s', c, koherent._json_arg(t, format('h.%I', c))), ', ' ORDER BY o))
+                             FROM unnest(cols[i * 50 + 1 : i * 50 + 50], typs[i * 50 + 1 : i * 50 + 50])
+                                  WITH ORDINALITY AS u(c, t, o));
     END LOOP;
     RETURN '(' || array_to_string(parts, ' || ') || ')';
 END $$;

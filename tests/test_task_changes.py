@@ -1,6 +1,8 @@
 """koherent.task_changes: the changes a task made across tracked tables, with or without those of
 its subtasks."""
 
+import re
+
 from conftest import mint, write
 
 
@@ -16,3 +18,70 @@ def test_task_changes_with_subtasks(item):
         ("root", "item", "CREATE"), ("child", "other", "CREATE"), ("grandchild", "item", "UPDATE")]
     assert item.sql("SELECT task_id FROM koherent.task_changes('child', true)") == [("child",), ("grandchild",)]
     assert item.sql("SELECT * FROM koherent.task_changes('nope')") == []
+
+
+ORACLE = ("SELECT history_id, table_name::text, kind, row_key, task_id FROM koherent.provenance_entry "
+          "WHERE task_id = ANY (%s) ORDER BY history_id")
+CHANGES = "SELECT history_id, table_name::text, kind, row_key, task_id FROM koherent.task_changes(%s, %s)"
+
+
+def test_sealed_contexts_are_read_by_their_ledger_ranges(item):
+    """Sealed contexts are looked up by the history id ranges the ledger lists for each table,
+    through the range index (what the task wrote, not all history); unsealed ones by context.
+    Every mix gives the same entries as a scan of all history for the task."""
+    item.sql("CREATE TABLE other (k text PRIMARY KEY, v int)")
+    item.sql("SELECT koherent.track('other')")
+    # a task writing two tables in one transaction, then much unrelated history, then the same
+    # task again (a second context, far away in id space), then a subtask
+    write(item, ["INSERT INTO item (id, qty) SELECT g, 0 FROM generate_series(1, 50) g",
+                 "INSERT INTO other VALUES ('a', 1), ('b', 2)"], mint("run"))
+    item.sql("INSERT INTO item (id, qty) SELECT g, 0 FROM generate_series(1000, 60999) g")
+    write(item, ["UPDATE item SET qty = 5 WHERE id <= 10", "DELETE FROM other WHERE k = 'a'"], mint("run"))
+    write(item, "UPDATE item SET qty = 6 WHERE id BETWEEN 20 AND 24", mint("sub", ptk="run", rtk="run"))
+    expected = item.sql(ORACLE, [["run"]])
+    expected_tree = item.sql(ORACLE, [["run", "sub"]])
+    assert len(expected) == 50 + 2 + 10 + 1 and len(expected_tree) == len(expected) + 5
+    # nothing sealed: the lookup by context
+    assert item.sql(CHANGES, ["run", False]) == expected
+    # everything sealed: by the ledger's ranges
+    item.sql("SELECT koherent.seal()")
+    ctx = [r[0] for r in item.sql("SELECT id FROM koherent.transaction_auth_context WHERE task_id = 'run' "
+                                  "ORDER BY created_at")]
+    ranges = item.sql("SELECT t.table_name::text, r.lo, r.hi FROM koherent._sealed_ranges(%s::uuid[]) r "
+                      "JOIN koherent.tracked_table t ON t.config_id = r.config_id ORDER BY 1, 2", [ctx])
+    # item: the two contexts' spans are 60000 ids apart, more than a 32nd of item's span: two ranges
+    assert [r[0] for r in ranges] == ["item", "item", "other", "other"], ranges
+    ids = {t: [h for h, tn, *_ in expected if tn == t] for t in ("item", "other")}
+    assert ranges[0][1] == min(ids["item"]) and ranges[1][2] == max(ids["item"])
+    assert item.sql(CHANGES, ["run", False]) == expected
+    assert item.sql(CHANGES, ["run", True]) == expected_tree
+    # a mix: a third context of the task, not sealed yet
+    write(item, "INSERT INTO other VALUES ('c', 3)", mint("run"))
+    mixed = item.sql(ORACLE, [["run"]])
+    assert len(mixed) == len(expected) + 1
+    assert item.sql(CHANGES, ["run", False]) == mixed
+    item.sql("SELECT koherent.seal()")
+    assert item.sql(CHANGES, ["run", False]) == mixed
+    # the sealed lookup reads the range index and the blocks of the ranges, not the table
+    item.sql("VACUUM ANALYZE koherent_history.item")
+    lo, hi = ranges[1][1], ranges[1][2]
+    analyzed = "\n".join(r[0] for r in item.sql(
+        "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) SELECT * FROM koherent_history.item h "
+        "WHERE (h.history_context = ANY (%s::uuid[])) IS TRUE AND h.history_id BETWEEN %s AND %s", [ctx, lo, hi]))
+    assert "Bitmap Index Scan on item_history_id_history_date_idx" in analyzed, analyzed
+    blocks = int(re.search(r"Heap Blocks: lossy=(\d+)", analyzed).group(1))
+    assert blocks <= 256 and item.one("SELECT pg_relation_size('koherent_history.item') / 8192") > 600, analyzed
+
+
+def test_sealed_ranges_stay_few(item):
+    """A task with a context every few thousand ids across all of history gets at most 33 ranges
+    per table, and all its entries."""
+    for i in range(40):
+        write(item, f"INSERT INTO item (id, qty) VALUES ({i}, 0)", mint("spread"))
+        item.sql(f"INSERT INTO item (id, qty) SELECT g, 0 FROM generate_series({100000 + i * 2000}, {100000 + i * 2000 + 1999}) g")
+    item.sql("SELECT koherent.seal()")
+    n = item.one("SELECT count(*) FROM koherent._sealed_ranges(ARRAY(SELECT id FROM koherent.transaction_auth_context "
+                 "WHERE task_id = 'spread'))")
+    assert 1 <= n <= 33
+    assert item.sql(CHANGES, ["spread", False]) == item.sql(ORACLE, [["spread"]])
+    assert len(item.sql(CHANGES, ["spread", False])) == 40

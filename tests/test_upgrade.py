@@ -112,7 +112,7 @@ def test_upgrade_from_0_1_0(old_db):
     assert old.one("SELECT extversion FROM pg_extension WHERE extname = 'koherent'") == current_version()
     # the table now runs the Rust writer and has the new indexes
     assert trigger_functions(old) == [("_history_trigger", 3), ("_truncate_copy_1", 1)]
-    assert history_indexes(old) == [("brin", True, False), ("btree", False, False), ("btree", False, True)]
+    assert history_indexes(old) == [("brin", False, False), ("brin", True, False), ("btree", False, False), ("btree", False, True)]
     write(old, ["UPDATE item SET qty = 20 WHERE id = 1", "DELETE FROM item WHERE id = 2"],
           mint("after-upgrade"), user=APP_ROLE)
     assert old.sql("SELECT kind, row_key->>'id', task_id FROM koherent.provenance_entry ORDER BY history_id") == [
@@ -146,14 +146,14 @@ def test_upgrade_from_0_2_0(old_db):
     assert old.one("SELECT extversion FROM pg_extension WHERE extname = 'koherent'") == current_version()
     # nothing was dropped, and track() with the new default leaves the index as it is
     old.sql("SELECT koherent.track('item')")
-    assert history_indexes(old) == [("brin", True, False), ("btree", False, False), ("btree", False, True)]
+    assert history_indexes(old) == [("brin", False, False), ("brin", True, False), ("btree", False, False), ("btree", False, True)]
     # a table tracked now gets the row index (0.7.0's default); expose() adds nothing more
     old.sql("SELECT koherent.track('other')")
-    assert history_indexes(old, "other") == [("brin", True, False), ("btree", False, False), ("btree", False, True)]
+    assert history_indexes(old, "other") == [("brin", False, False), ("brin", True, False), ("btree", False, False), ("btree", False, True)]
     assert old.sql("SELECT table_name::text, row_index FROM koherent.tracked_table ORDER BY 1") == [
         ("item", True), ("other", True)]
     old.sql("SELECT koherent.expose('other')")
-    assert history_indexes(old, "other") == [("brin", True, False), ("btree", False, False), ("btree", False, True)]
+    assert history_indexes(old, "other") == [("brin", False, False), ("brin", True, False), ("btree", False, False), ("btree", False, True)]
     write(old, ["UPDATE item SET qty = 20 WHERE id = 1", "DELETE FROM item WHERE id = 2",
                 "INSERT INTO other VALUES ('a', 1)"], mint("after-upgrade"), user=APP_ROLE)
     write(old, ["UPDATE other SET v = 2"], mint("after-upgrade"), user=APP_ROLE)  # a known task: direct context row
@@ -273,10 +273,11 @@ def test_upgrade_from_0_5_0(old_db):
 
     old.sql("ALTER EXTENSION koherent UPDATE")
     assert old.one("SELECT extversion FROM pg_extension WHERE extname = 'koherent'") == current_version()
-    assert history_indexes(old) == [("brin", True, False), ("btree", False, False), ("btree", False, True)]
+    assert history_indexes(old) == [("brin", False, False), ("brin", True, False), ("btree", False, False), ("btree", False, True)]
     assert old.one("SELECT pg_get_indexdef(i.indexrelid) ~ 'history_date' FROM pg_index i JOIN pg_class c "
                    "ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam "
-                   "WHERE i.indrelid = 'koherent_history.item'::regclass AND a.amname = 'brin'") is True
+                   "WHERE i.indrelid = 'koherent_history.item'::regclass AND a.amname = 'brin' "
+                   "AND pg_get_indexdef(i.indexrelid) ~ 'bloom'") is True
     with old.conn(user=reader) as c:
         assert c.execute("SELECT id, qty FROM item_as_of(%s) ORDER BY id", [at]).fetchall() == [(1, 1), (2, 2)]
     old.sql(f"GRANT EXECUTE ON FUNCTION koherent.revert_task(text, boolean, text) TO {APP_ROLE}")
@@ -320,7 +321,7 @@ def test_upgrade_from_0_6_0(old_db):
     # 0.6.0 tracked item without the row index and the upgrade leaves it so; a table tracked
     # after it gets the index, and the README's statement gives it to the tables without
     assert old.sql("SELECT table_name::text, row_index FROM koherent.tracked_table") == [("item", False)]
-    assert history_indexes(old) == [("brin", True, False)]
+    assert history_indexes(old) == [("brin", False, False), ("brin", True, False)]
     old.sql("CREATE TABLE later (id int PRIMARY KEY)")
     old.sql("SELECT koherent.track('later')")
     assert old.sql("SELECT table_name::text, row_index FROM koherent.tracked_table ORDER BY 1") == [
@@ -329,7 +330,7 @@ def test_upgrade_from_0_6_0(old_db):
             "FROM koherent.tracked_table WHERE NOT row_index")
     assert old.sql("SELECT table_name::text, row_index FROM koherent.tracked_table ORDER BY 1") == [
         ("item", True), ("later", True)]
-    assert history_indexes(old) == [("brin", True, False), ("btree", False, False), ("btree", False, True)]
+    assert history_indexes(old) == [("brin", False, False), ("brin", True, False), ("btree", False, False), ("btree", False, True)]
     with old.conn() as c:
         c.execute("SET enable_seqscan = off")
         assert c.execute("SELECT history_kind FROM koherent_history.item WHERE id = 1 ORDER BY history_id"

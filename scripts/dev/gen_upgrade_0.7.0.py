@@ -9,7 +9,9 @@ CHANGED = {"sql/columns.sql": ["_sync_history_columns"],
            "sql/as_of.sql": ["_as_of_builtin_key", "_as_of_key_filter", "_as_of_entry_columns", "_as_of_key",
                              "_as_of_rows", "_row_as_of_lookup"],
            "sql/track.sql": ["track"],
-           "sql/views.sql": ["_table_literal"]}
+           "sql/views.sql": ["_table_literal", "_row_data_expr"],
+           "sql/indexes.sql": ["_range_index", "_create_range_index"],
+           "sql/readers.sql": ["task_changes"]}
 
 
 def function(text, name):
@@ -46,4 +48,7 @@ out.append("-- sql/audit.sql\n" + open(f"{ROOT}/sql/audit.sql").read())
 out.append("-- sql/grants.sql\n" + open(f"{ROOT}/sql/grants.sql").read())
 # the views name each table through koherent._relid (src/planner.rs): build them again
 out.append("SELECT koherent._rebuild_views();\n")
+# every history table gets the range index (task lookups by the ledger's id ranges)
+out.append("SELECT koherent._create_range_index(format('koherent_history.%I', history_table)::regclass)\n"
+           "  FROM koherent.tracked_config WHERE to_regclass(format('koherent_history.%I', history_table)) IS NOT NULL;\n")
 open(f"{ROOT}/sql/koherent--0.6.0--0.7.0.sql", "w").write("\n".join(out))
