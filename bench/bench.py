@@ -520,7 +520,7 @@ def scale():
             # the background sealer's job (here one seal() of everything written since the last):
             # sealed tasks are read by the ledger's id ranges, and the export needs them sealed
             t = time.perf_counter()
-            d = c.execute("SELECT koherent.seal()").fetchone()[0]
+            d = json.loads(c.execute("SELECT koherent.seal()").fetchone()[0])
             print(f"  {'seal() of what is new':<38} {(time.perf_counter() - t) * 1000:9.0f} ms  "
                   f"({d['sealed_entries']} entries)")
             for label, q in queries[3:5]:

@@ -76,6 +76,7 @@ DECLARE
     ids uuid[];
     blocks bigint[];
     poss integer[];
+    unsealed uuid[];
     cur refcursor;
 BEGIN
     IF current_setting('transaction_isolation') NOT IN ('repeatable read', 'serializable') THEN
@@ -141,20 +142,34 @@ BEGIN
                   ORDER BY a.ord;
 
     -- the entries: sorted by their keys (and where they are), each record made after the sort
-    -- from its row (a sort of the records themselves spills them all)
-    SELECT string_agg(format('SELECT a.ord, %s AS config, h.history_id, h.ctid AS tid FROM koherent_history.%I h '
+    -- from its row (a sort of the records themselves spills them all). Sealed contexts' entries
+    -- are found by the history id ranges the ledger lists (koherent._sealed_ranges, through the
+    -- range index: the subquery keeps the context join from choosing the lookup index), the
+    -- others' by context.
+    unsealed := ARRAY(SELECT u.id FROM unnest(ids, blocks) u(id, block) WHERE u.block IS NULL);
+    SELECT string_agg(format('SELECT a.ord, %s AS config, h.history_id, h.tid FROM (SELECT h.history_id, '
+                             'h.history_context, h.ctid AS tid FROM koherent_history.%I h WHERE %s OFFSET 0) h '
                              'JOIN unnest($1) WITH ORDINALITY a(id, ord) ON a.id = h.history_context',
-                             c.id, c.history_table), ' UNION ALL ' ORDER BY c.id),
-           string_agg(format('WHEN %s THEN (SELECT %L || r.record || ''}'' FROM (%s) r)', c.id,
+                             c.id, c.history_table, w.cond), ' UNION ALL ' ORDER BY c.id, w.part)
+      INTO keys
+      FROM koherent.tracked_config c
+      JOIN (SELECT r.config_id, 0 AS part,
+                   '(' || string_agg(format('h.history_id BETWEEN %s AND %s', r.lo, r.hi), ' OR ' ORDER BY r.lo) || ')' AS cond
+              FROM koherent._sealed_ranges(ids) r GROUP BY r.config_id
+            UNION ALL
+            SELECT x.id, 1, 'h.history_context = ANY ($2)' FROM koherent.tracked_config x
+             WHERE cardinality(unsealed) > 0) w ON w.config_id = c.id
+     WHERE to_regclass(format('koherent_history.%I', c.history_table)) IS NOT NULL;
+    SELECT string_agg(format('WHEN %s THEN (SELECT %L || r.record || ''}'' FROM (%s) r)', c.id,
                              '{"table":' || to_json(format('%I.%I', c.schema_name, c.table_name))::text || ',"record":',
                              koherent._ledger_records_sql(c, 'h.ctid = s.tid')), ' ' ORDER BY c.id)
-      INTO keys, records
+      INTO records
       FROM koherent.tracked_config c WHERE to_regclass(format('koherent_history.%I', c.history_table)) IS NOT NULL;
     OPEN cur NO SCROLL FOR EXECUTE format(
         'SELECT ''entry''::text AS kind, CASE s.config %s END AS data '
         'FROM (SELECT * FROM (%s) k ORDER BY k.ord, k.config, k.history_id OFFSET 0) s',
         coalesce(records, 'WHEN NULL THEN NULL'), coalesce(keys, 'SELECT 0::bigint AS ord, 0 AS config, 0::bigint AS history_id, NULL::tid AS tid WHERE false'))
-      USING ids;
+      USING ids, unsealed;
     RETURN QUERY SELECT 'entries'::text, cur::text;
 
     RETURN QUERY SELECT 'block'::text, jsonb_build_object(
