@@ -400,7 +400,8 @@ BEGIN
     END IF;
     FOR cfg IN SELECT * FROM koherent.tracked_config LOOP
         CONTINUE WHEN to_regclass(format('koherent_history.%I', cfg.history_table)) IS NULL;
-        EXECUTE format('SELECT min(history_date) FROM koherent_history.%I WHERE history_context = ANY ($1)', cfg.history_table)
+        EXECUTE format('SELECT min(h.history_date) FROM koherent_history.%I h WHERE %s', cfg.history_table,
+                       koherent._context_filter(cfg.id, ctx, '$1'))
            INTO t USING ctx;
         first := least(first, t);
     END LOOP;

@@ -252,6 +252,77 @@ BEGIN
            || coalesce(first, '{"s": "now"}');
 END $$;
 
+CREATE OR REPLACE FUNCTION koherent._task_started(task_id text) RETURNS timestamptz
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    ctx uuid[] := koherent._task_contexts(task_id, false);
+    cfg koherent.tracked_config;
+    t timestamptz;
+    first timestamptz;
+BEGIN
+    IF task_id IS NULL THEN
+        RAISE EXCEPTION 'koherent: task_id must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF ctx IS NULL THEN
+        RAISE EXCEPTION 'koherent: no task "%" is recorded', task_id USING ERRCODE = 'no_data_found';
+    END IF;
+    FOR cfg IN SELECT * FROM koherent.tracked_config LOOP
+        CONTINUE WHEN to_regclass(format('koherent_history.%I', cfg.history_table)) IS NULL;
+        EXECUTE format('SELECT min(h.history_date) FROM koherent_history.%I h WHERE %s', cfg.history_table,
+                       koherent._context_filter(cfg.id, ctx, '$1'))
+           INTO t USING ctx;
+        first := least(first, t);
+    END LOOP;
+    RETURN first;
+END $$;
+
+CREATE OR REPLACE FUNCTION koherent._revert_fast_view(acting uuid, cfg koherent.tracked_config, ctx uuid[]) RETURNS text
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    hist text := format('koherent_history.%I', cfg.history_table);
+    name text := 'koherent_revert_' || cfg.id;
+    first bigint;
+    n bigint;
+    keys bigint;
+    moved boolean;
+    epoch bigint;
+BEGIN
+    -- the view shows the caller every entry of the task in this table: only to a caller who may
+    -- see them all (SELECT on the table, and no row-level security in the way, or an auditor)
+    IF NOT cfg.active OR cfg.dropped_at IS NOT NULL OR pg_is_in_recovery()
+       OR current_setting('transaction_read_only')::boolean
+       OR NOT has_table_privilege(koherent._acting_role(acting), cfg.relid, 'SELECT')
+       OR (koherent._rls_active_for(cfg.relid, koherent._acting_role(acting)) AND NOT koherent._is_auditor(koherent._acting_role(acting))) THEN
+        RETURN NULL;
+    END IF;
+    -- (one key column counted as itself: sorting its datums is much cheaper than rows)
+    -- (sealed contexts by the ledger's id ranges, koherent._context_filter)
+    EXECUTE format('SELECT min(h.history_id), count(*), count(DISTINCT %s), coalesce(bool_or(%s), false) '
+                   'FROM %s h WHERE %s',
+                   CASE WHEN cardinality(cfg.pk_columns) = 1 THEN format('h.%I', cfg.pk_columns[1])
+                        ELSE (SELECT format('ROW(%s)', string_agg(format('h.%I', k), ', ')) FROM unnest(cfg.pk_columns) k) END,
+                   koherent._key_change_predicate(cfg.pk_columns, 'h.'), hist, koherent._context_filter(cfg.id, ctx, '$1'))
+       INTO first, n, keys, moved USING ctx;
+    SELECT max(greatest(c.live_from, coalesce(c.live_until, 0))) INTO epoch
+      FROM koherent.tracked_column c WHERE c.config_id = cfg.id;
+    IF n = 0 OR n <> keys OR moved OR epoch > first THEN
+        RETURN NULL;
+    END IF;
+    IF to_regclass(format('pg_temp.%I', name)) IS NOT NULL THEN  -- (a view a failed call left)
+        EXECUTE format('DROP VIEW pg_temp.%I', name);
+    END IF;
+    EXECUTE format('CREATE TEMP VIEW %I AS SELECT h.history_id AS head, h.history_kind AS kind, %s, %s, %s '
+                   'FROM %s h WHERE %s', name,
+                   (SELECT string_agg(format('h.%I AS %I', k, 'k:' || k), ', ') FROM unnest(cfg.pk_columns) k),
+                   (SELECT string_agg(format('h.%I AS %I', c.column_name, 'n:' || c.column_name), ', ' ORDER BY c.attnum)
+                      FROM koherent.tracked_column c WHERE c.config_id = cfg.id AND c.live_until IS NULL),
+                   (SELECT string_agg(format('h.%I AS %I', 'old:' || c.column_name, 'o:' || c.column_name), ', ' ORDER BY c.attnum)
+                      FROM koherent.tracked_column c WHERE c.config_id = cfg.id AND c.live_until IS NULL),
+                   hist, koherent._context_filter(cfg.id, ctx, quote_literal(ctx::text) || '::uuid[]'));
+    EXECUTE format('GRANT SELECT ON pg_temp.%I TO %I', name, (SELECT rolname FROM pg_roles WHERE oid = koherent._acting_role(acting)));
+    RETURN 'pg_temp.' || quote_ident(name);
+END $$;
+
 CREATE OR REPLACE FUNCTION koherent.track(tbl regclass, exclude text[] DEFAULT '{}', require_task boolean DEFAULT false,
                                row_index boolean DEFAULT NULL)
 RETURNS void
@@ -974,6 +1045,23 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
           FROM s
     )
     SELECT g.cfg, min(g.lo), max(g.hi) FROM g GROUP BY g.cfg, g.grp
+$$;
+
+-- The condition that finds the entries of contexts `ctx` in one history table (alias h), for
+-- the readers by task: by the ledger's id ranges of that table (through the range index) when
+-- every context is sealed, `false` when sealed contexts wrote nothing there, by context
+-- otherwise. `ctx_sql` is how the statement names the array (a parameter or a literal).
+CREATE FUNCTION koherent._context_filter(config_id integer, ctx uuid[], ctx_sql text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE
+        WHEN EXISTS (SELECT 1 FROM unnest(ctx) u(id)
+                      WHERE NOT EXISTS (SELECT 1 FROM koherent.ledger_context l WHERE l.context_id = u.id))
+        THEN format('h.history_context = ANY (%s)', ctx_sql)
+        ELSE coalesce((SELECT format('(h.history_context = ANY (%s)) IS TRUE AND (%s)', ctx_sql,
+                                     string_agg(format('h.history_id BETWEEN %s AND %s', r.lo, r.hi), ' OR ' ORDER BY r.lo))
+                         FROM koherent._sealed_ranges(ctx) r WHERE r.config_id = _context_filter.config_id
+                        HAVING count(*) > 0), 'false')
+    END
 $$;
 
 -- sql/audit.sql

@@ -245,11 +245,12 @@ BEGIN
         RETURN NULL;
     END IF;
     -- (one key column counted as itself: sorting its datums is much cheaper than rows)
+    -- (sealed contexts by the ledger's id ranges, koherent._context_filter)
     EXECUTE format('SELECT min(h.history_id), count(*), count(DISTINCT %s), coalesce(bool_or(%s), false) '
-                   'FROM %s h WHERE h.history_context = ANY ($1)',
+                   'FROM %s h WHERE %s',
                    CASE WHEN cardinality(cfg.pk_columns) = 1 THEN format('h.%I', cfg.pk_columns[1])
                         ELSE (SELECT format('ROW(%s)', string_agg(format('h.%I', k), ', ')) FROM unnest(cfg.pk_columns) k) END,
-                   koherent._key_change_predicate(cfg.pk_columns, 'h.'), hist)
+                   koherent._key_change_predicate(cfg.pk_columns, 'h.'), hist, koherent._context_filter(cfg.id, ctx, '$1'))
        INTO first, n, keys, moved USING ctx;
     SELECT max(greatest(c.live_from, coalesce(c.live_until, 0))) INTO epoch
       FROM koherent.tracked_column c WHERE c.config_id = cfg.id;
@@ -260,13 +261,13 @@ BEGIN
         EXECUTE format('DROP VIEW pg_temp.%I', name);
     END IF;
     EXECUTE format('CREATE TEMP VIEW %I AS SELECT h.history_id AS head, h.history_kind AS kind, %s, %s, %s '
-                   'FROM %s h WHERE h.history_context = ANY (%L::uuid[])', name,
+                   'FROM %s h WHERE %s', name,
                    (SELECT string_agg(format('h.%I AS %I', k, 'k:' || k), ', ') FROM unnest(cfg.pk_columns) k),
                    (SELECT string_agg(format('h.%I AS %I', c.column_name, 'n:' || c.column_name), ', ' ORDER BY c.attnum)
                       FROM koherent.tracked_column c WHERE c.config_id = cfg.id AND c.live_until IS NULL),
                    (SELECT string_agg(format('h.%I AS %I', 'old:' || c.column_name, 'o:' || c.column_name), ', ' ORDER BY c.attnum)
                       FROM koherent.tracked_column c WHERE c.config_id = cfg.id AND c.live_until IS NULL),
-                   hist, ctx);
+                   hist, koherent._context_filter(cfg.id, ctx, quote_literal(ctx::text) || '::uuid[]'));
     EXECUTE format('GRANT SELECT ON pg_temp.%I TO %I', name, (SELECT rolname FROM pg_roles WHERE oid = koherent._acting_role(acting)));
     RETURN 'pg_temp.' || quote_ident(name);
 END $$;

@@ -85,3 +85,33 @@ def test_sealed_ranges_stay_few(item):
     assert 1 <= n <= 33
     assert item.sql(CHANGES, ["spread", False]) == item.sql(ORACLE, [["spread"]])
     assert len(item.sql(CHANGES, ["spread", False])) == 40
+
+
+def test_revert_plan_as_of_task_and_export_read_sealed_tasks_alike(item):
+    """The other readers by task take the ledger's ranges for sealed contexts too: the same
+    plan, the same table as of the task, the same package rows, before and after sealing."""
+    item.sql("INSERT INTO item (id, qty) SELECT g, 0 FROM generate_series(1, 100) g")
+    write(item, ["UPDATE item SET qty = 9 WHERE id <= 20", "DELETE FROM item WHERE id > 95",
+                 "INSERT INTO item (id, qty) VALUES (500, 5)"], mint("bad"))
+    item.sql("INSERT INTO item (id, qty) SELECT g, 1 FROM generate_series(1000, 30999) g")
+    write(item, "UPDATE item SET qty = 10 WHERE id = 3", mint("bad"))
+    plan = "SELECT table_name::text, row_key, action, restored_data, conflict FROM koherent.revert_plan('bad') ORDER BY 2"
+    as_of = "SELECT id, qty FROM koherent.as_of_task(NULL::item, 'bad') WHERE id < 1000 ORDER BY id"
+    before_plan, before_as_of = item.sql(plan), item.sql(as_of)
+    assert len(before_plan) == 20 + 5 + 1 and before_as_of == [(i, 0) for i in range(1, 101)]
+    item.sql("SELECT koherent.seal()")
+    assert item.sql(plan) == before_plan
+    assert item.sql(as_of) == before_as_of
+    # how they find the entries: by context while a context is unsealed, by the ranges once all
+    # are, nothing in a table the sealed task did not write
+    item.sql("CREATE TABLE other (k text PRIMARY KEY)")
+    item.sql("SELECT koherent.track('other')")
+    ctx = [r[0] for r in item.sql("SELECT id FROM koherent.transaction_auth_context WHERE task_id = 'bad'")]
+    cfg = dict(item.sql("SELECT table_name::text, config_id FROM koherent.tracked_table"))
+    f = "SELECT koherent._context_filter(%s, %s::uuid[], '$1')"
+    assert item.one(f, [cfg["item"], ctx]).startswith("(h.history_context = ANY ($1)) IS TRUE AND (h.history_id BETWEEN ")
+    assert item.one(f, [cfg["other"], ctx]) == "false"
+    write(item, "INSERT INTO other VALUES ('x')", mint("bad"))
+    ctx = [r[0] for r in item.sql("SELECT id FROM koherent.transaction_auth_context WHERE task_id = 'bad'")]
+    assert item.one(f, [cfg["item"], ctx]) == "h.history_context = ANY ($1)"
+    assert len(item.sql(plan)) == len(before_plan) + 1
