@@ -3,7 +3,10 @@ its subtasks."""
 
 import re
 
-from conftest import mint, write
+import psycopg
+import pytest
+
+from conftest import APP_ROLE, mint, write
 
 
 def test_task_changes_with_subtasks(item):
@@ -102,6 +105,13 @@ def test_revert_plan_as_of_task_and_export_read_sealed_tasks_alike(item):
     item.sql("SELECT koherent.seal()")
     assert item.sql(plan) == before_plan
     assert item.sql(as_of) == before_as_of
+    # and as the application role (the ledger is not its to read: the helpers read it for it)
+    item.sql(f"GRANT EXECUTE ON FUNCTION koherent.revert_plan(text, boolean) TO {APP_ROLE}")
+    with item.app() as c:
+        assert c.execute(plan).fetchall() == before_plan
+        assert c.execute(as_of).fetchall() == before_as_of
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            c.execute("SELECT * FROM koherent._sealed_ranges('{}'::uuid[])")
     # how they find the entries: by context while a context is unsealed, by the ranges once all
     # are, nothing in a table the sealed task did not write
     item.sql("CREATE TABLE other (k text PRIMARY KEY)")
