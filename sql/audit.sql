@@ -149,13 +149,17 @@ BEGIN
     unsealed := ARRAY(SELECT u.id FROM unnest(ids, blocks) u(id, block) WHERE u.block IS NULL);
     SELECT string_agg(format('SELECT a.ord, %s AS config, h.history_id, h.tid FROM (SELECT h.history_id, '
                              'h.history_context, h.ctid AS tid FROM koherent_history.%I h WHERE %s OFFSET 0) h '
-                             'JOIN unnest($1) WITH ORDINALITY a(id, ord) ON a.id = h.history_context',
-                             c.id, c.history_table, w.cond), ' UNION ALL ' ORDER BY c.id, w.part)
+                             'JOIN unnest($1) WITH ORDINALITY a(id, ord) ON a.id = h.history_context%s',
+                             c.id, c.history_table, w.cond,
+                             -- (an unsealed context's entries inside a sealed range: from the other part)
+                             CASE WHEN w.part = 0 THEN ' AND NOT (a.id = ANY ($2))' ELSE '' END),
+                      ' UNION ALL ' ORDER BY c.id, w.part)
       INTO keys
       FROM koherent.tracked_config c
       JOIN (SELECT r.config_id, 0 AS part,
                    '(' || string_agg(format('h.history_id BETWEEN %s AND %s', r.lo, r.hi), ' OR ' ORDER BY r.lo) || ')' AS cond
-              FROM koherent._sealed_ranges(ids) r GROUP BY r.config_id
+              FROM koherent._sealed_ranges(ARRAY(SELECT u FROM unnest(ids) u WHERE NOT (u = ANY (unsealed)))) r
+             GROUP BY r.config_id
             UNION ALL
             SELECT x.id, 1, 'h.history_context = ANY ($2)' FROM koherent.tracked_config x
              WHERE cardinality(unsealed) > 0) w ON w.config_id = c.id

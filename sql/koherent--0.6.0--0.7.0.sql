@@ -510,6 +510,7 @@ SET max_parallel_workers_per_gather = 0 SET jit = off AS $$
 DECLARE
     ctx uuid[];
     unsealed uuid[];
+    sealed uuid[];
     branches text;
 BEGIN
     ctx := koherent._task_contexts(task_id, include_subtasks);
@@ -518,6 +519,9 @@ BEGIN
     END IF;
     unsealed := ARRAY(SELECT u FROM unnest(ctx) u
                        WHERE NOT EXISTS (SELECT 1 FROM koherent.ledger_context l WHERE l.context_id = u));
+    -- the ranges branch takes only the sealed contexts: an unsealed one's entries can lie inside
+    -- a sealed range (a transaction that committed after a seal), and come from the other branch
+    sealed := ARRAY(SELECT u FROM unnest(ctx) u WHERE NOT (u = ANY (unsealed)));
     -- summarize what is complete and still unsummarized (src/brin.rs), so that the lookups
     -- below read no long unsummarized tail
     PERFORM koherent._summarize(to_regclass(format('koherent_history.%I', cfg.history_table))::oid)
@@ -527,7 +531,7 @@ BEGIN
         SELECT koherent._entry_select(cfg, 'provenance_entry')
                || ' WHERE (h.history_context = ANY ($1)) IS TRUE AND ('
                || string_agg(format('h.history_id BETWEEN %s AND %s', r.lo, r.hi), ' OR ' ORDER BY r.lo) || ')' AS b
-          FROM koherent._sealed_ranges(ctx) r JOIN koherent.tracked_config cfg ON cfg.id = r.config_id
+          FROM koherent._sealed_ranges(sealed) r JOIN koherent.tracked_config cfg ON cfg.id = r.config_id
          GROUP BY cfg.id
         UNION ALL
         SELECT koherent._entry_select(cfg, 'provenance_entry') || ' WHERE h.history_context = ANY ($2)'
@@ -535,7 +539,7 @@ BEGIN
     IF branches IS NULL THEN
         RETURN;
     END IF;
-    RETURN QUERY EXECUTE 'SELECT * FROM (' || branches || ') e ORDER BY 1' USING ctx, unsealed;
+    RETURN QUERY EXECUTE 'SELECT * FROM (' || branches || ') e ORDER BY 1' USING sealed, unsealed;
 END $$;
 COMMENT ON FUNCTION koherent.task_changes(text, boolean) IS
   'Every change one task made, across all tracked tables, in order; include_subtasks follows parent_task_id and root_task_id.';
@@ -1216,13 +1220,17 @@ BEGIN
     unsealed := ARRAY(SELECT u.id FROM unnest(ids, blocks) u(id, block) WHERE u.block IS NULL);
     SELECT string_agg(format('SELECT a.ord, %s AS config, h.history_id, h.tid FROM (SELECT h.history_id, '
                              'h.history_context, h.ctid AS tid FROM koherent_history.%I h WHERE %s OFFSET 0) h '
-                             'JOIN unnest($1) WITH ORDINALITY a(id, ord) ON a.id = h.history_context',
-                             c.id, c.history_table, w.cond), ' UNION ALL ' ORDER BY c.id, w.part)
+                             'JOIN unnest($1) WITH ORDINALITY a(id, ord) ON a.id = h.history_context%s',
+                             c.id, c.history_table, w.cond,
+                             -- (an unsealed context's entries inside a sealed range: from the other part)
+                             CASE WHEN w.part = 0 THEN ' AND NOT (a.id = ANY ($2))' ELSE '' END),
+                      ' UNION ALL ' ORDER BY c.id, w.part)
       INTO keys
       FROM koherent.tracked_config c
       JOIN (SELECT r.config_id, 0 AS part,
                    '(' || string_agg(format('h.history_id BETWEEN %s AND %s', r.lo, r.hi), ' OR ' ORDER BY r.lo) || ')' AS cond
-              FROM koherent._sealed_ranges(ids) r GROUP BY r.config_id
+              FROM koherent._sealed_ranges(ARRAY(SELECT u FROM unnest(ids) u WHERE NOT (u = ANY (unsealed)))) r
+             GROUP BY r.config_id
             UNION ALL
             SELECT x.id, 1, 'h.history_context = ANY ($2)' FROM koherent.tracked_config x
              WHERE cardinality(unsealed) > 0) w ON w.config_id = c.id

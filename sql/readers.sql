@@ -182,6 +182,7 @@ SET max_parallel_workers_per_gather = 0 SET jit = off AS $$
 DECLARE
     ctx uuid[];
     unsealed uuid[];
+    sealed uuid[];
     branches text;
 BEGIN
     ctx := koherent._task_contexts(task_id, include_subtasks);
@@ -190,6 +191,9 @@ BEGIN
     END IF;
     unsealed := ARRAY(SELECT u FROM unnest(ctx) u
                        WHERE NOT EXISTS (SELECT 1 FROM koherent.ledger_context l WHERE l.context_id = u));
+    -- the ranges branch takes only the sealed contexts: an unsealed one's entries can lie inside
+    -- a sealed range (a transaction that committed after a seal), and come from the other branch
+    sealed := ARRAY(SELECT u FROM unnest(ctx) u WHERE NOT (u = ANY (unsealed)));
     -- summarize what is complete and still unsummarized (src/brin.rs), so that the lookups
     -- below read no long unsummarized tail
     PERFORM koherent._summarize(to_regclass(format('koherent_history.%I', cfg.history_table))::oid)
@@ -199,7 +203,7 @@ BEGIN
         SELECT koherent._entry_select(cfg, 'provenance_entry')
                || ' WHERE (h.history_context = ANY ($1)) IS TRUE AND ('
                || string_agg(format('h.history_id BETWEEN %s AND %s', r.lo, r.hi), ' OR ' ORDER BY r.lo) || ')' AS b
-          FROM koherent._sealed_ranges(ctx) r JOIN koherent.tracked_config cfg ON cfg.id = r.config_id
+          FROM koherent._sealed_ranges(sealed) r JOIN koherent.tracked_config cfg ON cfg.id = r.config_id
          GROUP BY cfg.id
         UNION ALL
         SELECT koherent._entry_select(cfg, 'provenance_entry') || ' WHERE h.history_context = ANY ($2)'
@@ -207,7 +211,7 @@ BEGIN
     IF branches IS NULL THEN
         RETURN;
     END IF;
-    RETURN QUERY EXECUTE 'SELECT * FROM (' || branches || ') e ORDER BY 1' USING ctx, unsealed;
+    RETURN QUERY EXECUTE 'SELECT * FROM (' || branches || ') e ORDER BY 1' USING sealed, unsealed;
 END $$;
 COMMENT ON FUNCTION koherent.task_changes(text, boolean) IS
   'Every change one task made, across all tracked tables, in order; include_subtasks follows parent_task_id and root_task_id.';

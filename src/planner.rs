@@ -268,6 +268,9 @@ unsafe fn key_pairs(
         if (*var).varno as pg_sys::Index != rti || (*var).varlevelsup != 0 || (*var).varattno <= 0 {
             return None;
         }
+        if out.iter().any(|(k, _)| *k == key) {
+            return None; // jsonb_build_object keeps the last of repeated keys: not a key expression
+        }
         out.push((key, var));
     }
     Some(out)
@@ -294,6 +297,9 @@ unsafe fn key_const(var: *mut pg_sys::Var, v: *mut pg_sys::JsonbValue) -> Key {
     let jt = (*v).type_;
     if jt == pg_sys::jbvType::jbvNull {
         return Key::Unknown; // matches entries whose key column is NULL (not derived in v1)
+    }
+    if typ == pg_sys::NUMERICOID && jt == pg_sys::jbvType::jbvString {
+        return Key::Unknown; // to_jsonb writes NaN and the infinities as strings
     }
     let expected = match typ {
         pg_sys::INT2OID | pg_sys::INT4OID | pg_sys::INT8OID | pg_sys::NUMERICOID => {

@@ -37,6 +37,7 @@ def keyed(db):
     db.sql("INSERT INTO uk SELECT md5(g::text)::uuid, 0 FROM generate_series(1, 5000) g")
     db.sql("INSERT INTO nk SELECT g, 0 FROM generate_series(1, 5000) g")
     db.sql("UPDATE nk SET n = 7.5 WHERE n = 8")  # a key change: 7.5 is a key now
+    db.sql("INSERT INTO nk VALUES ('NaN', 0), ('Infinity', 0), ('-Infinity', 0)")  # to_jsonb: strings
     db.sql("INSERT INTO ck SELECT g, 'b' || g, 0 FROM generate_series(1, 5000) g")
     db.sql("INSERT INTO dk SELECT date '2026-01-01' + g, 0 FROM generate_series(1, 2000) g")
     db.sql("ANALYZE")
@@ -118,7 +119,8 @@ def test_without_table_name_only_tables_whose_key_can_match_are_read(keyed):
         assert rows(c, Q, ['{"code": "c7"}']) == rows(c, Q, ['{"code": "c7"}'], hook=False)
 
 
-# constants that match nothing anywhere, or only entries the hook cannot derive a key for: each
+# constants that match nothing anywhere, or only entries the hook cannot derive a key for (and the
+# numeric keys NaN and the infinities, whose jsonb is a string): each
 # gives PostgreSQL's answer, with no error
 ODD = ['{"id": "7"}', '{"id": 7.5}', '{"id": 1e30}', '{"id": 2147483648}', '{"id": 9223372036854775808}',
        '{"id": -9223372036854775809}', '{"id": true}', '{"id": [7]}', '{"id": {"a": 1}}', '{"id": 7, "x": 1}',
@@ -126,7 +128,8 @@ ODD = ['{"id": "7"}', '{"id": 7.5}', '{"id": 1e30}', '{"id": 2147483648}', '{"id
        '{"n": "7"}', '{"u": "E4DA3B7F-BBCE-2345-D777-2B0674A318D5"}', '{"u": "e4da3b7fbbce2345d7772b0674a318d5"}',
        '{"u": 5}', '{"code": 7}', '{"code": ""}', '{"a": 5}', '{"a": 5, "b": 5}', '{"a": "5", "b": "b5"}',
        '{"a": 5.0, "b": "b5"}', '{"id": 7.000}', '{"id": -0}', '{"id": 0.0}', '{"d": "2026-01-05"}',
-       '{"id": 20000}', '{"small": 1}', '{"id": 1e3}']
+       '{"id": 20000}', '{"small": 1}', '{"id": 1e3}', '{"n": "NaN"}', '{"n": "Infinity"}', '{"n": "-Infinity"}',
+       '{"n": "nan"}', '{"id": "NaN"}']
 
 
 def test_results_equal_the_plan_without_the_hook(keyed):
@@ -138,6 +141,13 @@ def test_results_equal_the_plan_without_the_hook(keyed):
         # numbers in any spelling PostgreSQL's jsonb equality accepts
         assert len(rows(c, Q, ['{"id": 7.000}'])) == 2 and len(rows(c, Q, ['{"id": 1e3}'])) == 3
         assert [r[1] for r in rows(c, Q, ['{"n": 7.50}'])] == ["nk"]
+        for special in ("NaN", "Infinity", "-Infinity"):  # numeric keys whose jsonb is a string
+            assert [r[1] for r in rows(c, Q, [json.dumps({"n": special})])] == ["nk"], special
+        # an expression that repeats a key (jsonb_build_object keeps the last) is not a key
+        # expression: nothing derived, nothing left out
+        q = ("SELECT count(*) FROM koherent_history.ck h "
+             "WHERE jsonb_build_object('a', to_jsonb(h.a), 'a', to_jsonb(h.b)) = '{\"a\": \"b5\"}'")
+        assert rows(c, q) == rows(c, q, hook=False) == [(1,)]
         # an impossible constant leaves the table out of the plan altogether
         for key in ('{"id": "7"}', '{"id": 7.5}', '{"id": 2147483648}', '[7]', '{"ID": 7}'):
             p = plan(c, "SELECT * FROM koherent.provenance_entry WHERE table_name = 'small'::regclass "

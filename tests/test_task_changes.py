@@ -125,3 +125,29 @@ def test_revert_plan_as_of_task_and_export_read_sealed_tasks_alike(item):
     ctx = [r[0] for r in item.sql("SELECT id FROM koherent.transaction_auth_context WHERE task_id = 'bad'")]
     assert item.one(f, [cfg["item"], ctx]) == "h.history_context = ANY ($1)"
     assert len(item.sql(plan)) == len(before_plan) + 1
+
+
+def test_a_context_committed_after_a_seal_inside_a_sealed_range_comes_once(item):
+    """A transaction of the task still open while a seal runs commits afterwards with ids inside
+    the range of the task's sealed contexts: read once, by context, not again by the range."""
+    token = mint("overlap")
+    write(item, "INSERT INTO item (id) VALUES (1)", token)
+    with item.conn(autocommit=False) as open_tx:
+        open_tx.execute("SELECT koherent.set_task(%s)", [token])
+        open_tx.execute("INSERT INTO item (id) VALUES (2)")
+        write(item, "INSERT INTO item (id) VALUES (3)", token)
+        item.sql("SELECT koherent.seal()")
+        open_tx.commit()
+    expected = item.sql(ORACLE, [["overlap"]])
+    assert [r[3] for r in expected] == [{"id": 1}, {"id": 2}, {"id": 3}]
+    assert item.sql(CHANGES, ["overlap", False]) == expected
+    with item.conn(autocommit=False) as c:
+        c.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        c.read_only = True
+        rows = c.execute("SELECT kind, data FROM koherent.audit_export('overlap')").fetchall()
+        cursor = [d for k, d in rows if k == "entries"][0]
+        entries = c.execute(f'FETCH ALL FROM "{cursor}"').fetchall()
+        assert len(entries) == 3, entries
+        c.rollback()
+    item.sql("SELECT koherent.seal()")
+    assert item.sql(CHANGES, ["overlap", False]) == expected
