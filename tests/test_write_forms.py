@@ -315,3 +315,22 @@ def test_errors_keep_every_field_through_koherents_hooks(item):
     rows = db.sql("SELECT kind, row_data->>'qty', date FROM koherent.provenance_entry ORDER BY history_id")
     assert [(k, q) for k, q, _ in rows] == [("CREATE", "1"), ("UPDATE", "3"), ("UPDATE", "4")]
     assert rows[0][2] < rows[1][2] < rows[2][2]
+
+
+def test_context_ids_are_distinct_uuidv7_across_backends(item):
+    """Context ids are UUIDv7 (time, then random bits drawn from PostgreSQL's strong random
+    source in 4 KiB blocks per backend): distinct within a backend past a block's end, across
+    backends, and ordered by time in their first 48 bits."""
+    import uuid
+    with item.conn() as c:  # one backend: 600 transactions, more than one 4 KiB block (409 ids)
+        for i in range(600):
+            c.execute("INSERT INTO item (id) VALUES (%s)", [i])
+    for i in range(20):  # other backends
+        item.sql(f"INSERT INTO item (id) VALUES ({1000 + i})")
+    ids = [r[0] for r in item.sql("SELECT id FROM koherent.transaction_auth_context ORDER BY created_at, id")]
+    assert len(ids) == 620 and len(set(ids)) == 620
+    assert all(u.version == 7 and u.variant == uuid.RFC_4122 for u in ids)
+    ms = [int.from_bytes(u.bytes[:6], "big") for u in ids]
+    assert ms == sorted(ms)
+    # the random part differs everywhere (no block handed out twice)
+    assert len({u.bytes[6:] for u in ids}) == 620
