@@ -143,7 +143,7 @@ BEGIN
 
     -- the entries: sorted by their keys (and where they are), each record made after the sort
     -- from its row (a sort of the records themselves spills them all). Sealed contexts' entries
-    -- are found by the history id ranges the ledger lists (koherent._sealed_ranges, through the
+    -- are found by the history id ranges the ledger lists (koherent._sealed_conditions, through the
     -- range index: the subquery keeps the context join from choosing the lookup index), the
     -- others' by context.
     unsealed := ARRAY(SELECT u.id FROM unnest(ids, blocks) u(id, block) WHERE u.block IS NULL);
@@ -156,10 +156,8 @@ BEGIN
                       ' UNION ALL ' ORDER BY c.id, w.part)
       INTO keys
       FROM koherent.tracked_config c
-      JOIN (SELECT r.config_id, 0 AS part,
-                   '(' || string_agg(format('h.history_id BETWEEN %s AND %s', r.lo, r.hi), ' OR ' ORDER BY r.lo) || ')' AS cond
-              FROM koherent._sealed_ranges(ARRAY(SELECT u FROM unnest(ids) u WHERE NOT (u = ANY (unsealed)))) r
-             GROUP BY r.config_id
+      JOIN (SELECT r.config_id, 0 AS part, r.cond
+              FROM koherent._sealed_conditions(ARRAY(SELECT u FROM unnest(ids) u WHERE NOT (u = ANY (unsealed)))) r
             UNION ALL
             SELECT x.id, 1, 'h.history_context = ANY ($2)' FROM koherent.tracked_config x
              WHERE cardinality(unsealed) > 0) w ON w.config_id = c.id

@@ -529,10 +529,8 @@ BEGIN
     -- (the context test is written so that no index takes it: the ranges pick the blocks)
     SELECT string_agg(b, E'\nUNION ALL\n') INTO branches FROM (
         SELECT koherent._entry_select(cfg, 'provenance_entry')
-               || ' WHERE (h.history_context = ANY ($1)) IS TRUE AND ('
-               || string_agg(format('h.history_id BETWEEN %s AND %s', r.lo, r.hi), ' OR ' ORDER BY r.lo) || ')' AS b
-          FROM koherent._sealed_ranges(sealed) r JOIN koherent.tracked_config cfg ON cfg.id = r.config_id
-         GROUP BY cfg.id
+               || ' WHERE (h.history_context = ANY ($1)) IS TRUE AND ' || r.cond AS b
+          FROM koherent._sealed_conditions(sealed) r JOIN koherent.tracked_config cfg ON cfg.id = r.config_id
         UNION ALL
         SELECT koherent._entry_select(cfg, 'provenance_entry') || ' WHERE h.history_context = ANY ($2)'
           FROM koherent.tracked_config cfg WHERE cardinality(unsealed) > 0) x;
@@ -1051,6 +1049,14 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT g.cfg, min(g.lo), max(g.hi) FROM g GROUP BY g.cfg, g.grp
 $$;
 
+-- The ranges of koherent._sealed_ranges as one condition per history table (alias h):
+-- "(h.history_id BETWEEN lo AND hi OR ...)".
+CREATE FUNCTION koherent._sealed_conditions(ctx uuid[]) RETURNS TABLE (config_id integer, cond text)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT r.config_id, '(' || string_agg(format('h.history_id BETWEEN %s AND %s', r.lo, r.hi), ' OR ' ORDER BY r.lo) || ')'
+      FROM koherent._sealed_ranges(ctx) r GROUP BY r.config_id
+$$;
+
 -- The condition that finds the entries of contexts `ctx` in one history table (alias h), for
 -- the readers by task: by the ledger's id ranges of that table (through the range index) when
 -- every context is sealed, `false` when sealed contexts wrote nothing there, by context
@@ -1061,10 +1067,8 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         WHEN EXISTS (SELECT 1 FROM unnest(ctx) u(id)
                       WHERE NOT EXISTS (SELECT 1 FROM koherent.ledger_context l WHERE l.context_id = u.id))
         THEN format('h.history_context = ANY (%s)', ctx_sql)
-        ELSE coalesce((SELECT format('(h.history_context = ANY (%s)) IS TRUE AND (%s)', ctx_sql,
-                                     string_agg(format('h.history_id BETWEEN %s AND %s', r.lo, r.hi), ' OR ' ORDER BY r.lo))
-                         FROM koherent._sealed_ranges(ctx) r WHERE r.config_id = _context_filter.config_id
-                        HAVING count(*) > 0), 'false')
+        ELSE coalesce((SELECT format('(h.history_context = ANY (%s)) IS TRUE AND %s', ctx_sql, r.cond)
+                         FROM koherent._sealed_conditions(ctx) r WHERE r.config_id = _context_filter.config_id), 'false')
     END
 $$;
 
@@ -1214,7 +1218,7 @@ BEGIN
 
     -- the entries: sorted by their keys (and where they are), each record made after the sort
     -- from its row (a sort of the records themselves spills them all). Sealed contexts' entries
-    -- are found by the history id ranges the ledger lists (koherent._sealed_ranges, through the
+    -- are found by the history id ranges the ledger lists (koherent._sealed_conditions, through the
     -- range index: the subquery keeps the context join from choosing the lookup index), the
     -- others' by context.
     unsealed := ARRAY(SELECT u.id FROM unnest(ids, blocks) u(id, block) WHERE u.block IS NULL);
@@ -1227,10 +1231,8 @@ BEGIN
                       ' UNION ALL ' ORDER BY c.id, w.part)
       INTO keys
       FROM koherent.tracked_config c
-      JOIN (SELECT r.config_id, 0 AS part,
-                   '(' || string_agg(format('h.history_id BETWEEN %s AND %s', r.lo, r.hi), ' OR ' ORDER BY r.lo) || ')' AS cond
-              FROM koherent._sealed_ranges(ARRAY(SELECT u FROM unnest(ids) u WHERE NOT (u = ANY (unsealed)))) r
-             GROUP BY r.config_id
+      JOIN (SELECT r.config_id, 0 AS part, r.cond
+              FROM koherent._sealed_conditions(ARRAY(SELECT u FROM unnest(ids) u WHERE NOT (u = ANY (unsealed)))) r
             UNION ALL
             SELECT x.id, 1, 'h.history_context = ANY ($2)' FROM koherent.tracked_config x
              WHERE cardinality(unsealed) > 0) w ON w.config_id = c.id

@@ -504,6 +504,14 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT g.cfg, min(g.lo), max(g.hi) FROM g GROUP BY g.cfg, g.grp
 $$;
 
+-- The ranges of koherent._sealed_ranges as one condition per history table (alias h):
+-- "(h.history_id BETWEEN lo AND hi OR ...)".
+CREATE FUNCTION koherent._sealed_conditions(ctx uuid[]) RETURNS TABLE (config_id integer, cond text)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT r.config_id, '(' || string_agg(format('h.history_id BETWEEN %s AND %s', r.lo, r.hi), ' OR ' ORDER BY r.lo) || ')'
+      FROM koherent._sealed_ranges(ctx) r GROUP BY r.config_id
+$$;
+
 -- The condition that finds the entries of contexts `ctx` in one history table (alias h), for
 -- the readers by task: by the ledger's id ranges of that table (through the range index) when
 -- every context is sealed, `false` when sealed contexts wrote nothing there, by context
@@ -514,9 +522,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         WHEN EXISTS (SELECT 1 FROM unnest(ctx) u(id)
                       WHERE NOT EXISTS (SELECT 1 FROM koherent.ledger_context l WHERE l.context_id = u.id))
         THEN format('h.history_context = ANY (%s)', ctx_sql)
-        ELSE coalesce((SELECT format('(h.history_context = ANY (%s)) IS TRUE AND (%s)', ctx_sql,
-                                     string_agg(format('h.history_id BETWEEN %s AND %s', r.lo, r.hi), ' OR ' ORDER BY r.lo))
-                         FROM koherent._sealed_ranges(ctx) r WHERE r.config_id = _context_filter.config_id
-                        HAVING count(*) > 0), 'false')
+        ELSE coalesce((SELECT format('(h.history_context = ANY (%s)) IS TRUE AND %s', ctx_sql, r.cond)
+                         FROM koherent._sealed_conditions(ctx) r WHERE r.config_id = _context_filter.config_id), 'false')
     END
 $$;

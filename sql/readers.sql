@@ -170,7 +170,7 @@ $$;
 
 -- Everything one task changed, across all tables, in order: the task's contexts first (index on
 -- transaction_auth_context.task_id); the entries of the sealed ones by the history id ranges the
--- ledger lists for each table (koherent._sealed_ranges, read through the range index: what the
+-- ledger lists for each table (koherent._sealed_conditions, read through the range index: what the
 -- task wrote, not what history holds), the others by the history_context bloom of each history
 -- table's lookup index. VOLATILE: it may summarize BRIN ranges (koherent._summarize) first.
 CREATE FUNCTION koherent.task_changes(task_id text, include_subtasks boolean DEFAULT false)
@@ -201,10 +201,8 @@ BEGIN
     -- (the context test is written so that no index takes it: the ranges pick the blocks)
     SELECT string_agg(b, E'\nUNION ALL\n') INTO branches FROM (
         SELECT koherent._entry_select(cfg, 'provenance_entry')
-               || ' WHERE (h.history_context = ANY ($1)) IS TRUE AND ('
-               || string_agg(format('h.history_id BETWEEN %s AND %s', r.lo, r.hi), ' OR ' ORDER BY r.lo) || ')' AS b
-          FROM koherent._sealed_ranges(sealed) r JOIN koherent.tracked_config cfg ON cfg.id = r.config_id
-         GROUP BY cfg.id
+               || ' WHERE (h.history_context = ANY ($1)) IS TRUE AND ' || r.cond AS b
+          FROM koherent._sealed_conditions(sealed) r JOIN koherent.tracked_config cfg ON cfg.id = r.config_id
         UNION ALL
         SELECT koherent._entry_select(cfg, 'provenance_entry') || ' WHERE h.history_context = ANY ($2)'
           FROM koherent.tracked_config cfg WHERE cardinality(unsealed) > 0) x;

@@ -229,7 +229,6 @@ fn random_bytes(out: &mut [u8]) -> bool {
         }
         let at = r.next;
         out.copy_from_slice(&r.bytes[at..at + out.len()]);
-        r.bytes[at..at + out.len()].fill(0);
         r.next += out.len();
         true
     })
