@@ -53,6 +53,17 @@ def test_row_index_by_default_dropped_on_request_added_by_expose(item):
     assert row_index() is True and len(btrees()) == 1 and len(key_change_index()) == 1
     item.sql("SELECT koherent.track('item', row_index => false)")
     assert row_index() is False and btrees() == [] and key_change_index() == []
+    # a lookup index dropped by hand comes back with the next track() that changes something,
+    # also beside the range index (the other BRIN)
+    brins = ("SELECT count(*) FILTER (WHERE pg_get_indexdef(i.indexrelid) ~ 'bloom'), count(*) FROM pg_index i "
+             "JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam "
+             "WHERE i.indrelid = 'koherent_history.item'::regclass AND a.amname = 'brin'")
+    assert item.sql(brins) == [(1, 2)]
+    item.sql("DROP INDEX koherent_history.item_history_id_history_context_history_date_idx")
+    assert item.sql(brins) == [(0, 1)]
+    item.sql("SELECT koherent.track('item', row_index => true)")
+    assert item.sql(brins) == [(1, 2)]
+    item.sql("SELECT koherent.track('item', row_index => false)")
     # expose() serves <table>_provenance(row), a lookup by key: it adds the row index
     item.sql("SELECT koherent.expose('item')")
     assert row_index() is True and len(btrees()) == 1 and uses_row_index()
