@@ -257,6 +257,8 @@ DECLARE
     blk bigint;
     b koherent.ledger_block;
     n_entries bigint;
+    pruned jsonb;
+    events bigint[];
 BEGIN
     -- the contexts are read after the lock: a snapshot older than it could miss a block sealed
     -- meanwhile and seal its contexts again
@@ -271,7 +273,11 @@ BEGIN
       FROM koherent.transaction_auth_context c
      WHERE NOT EXISTS (SELECT 1 FROM koherent.ledger_context l WHERE l.context_id = c.id)
        AND c.id IS DISTINCT FROM koherent.current_context_id();
-    IF ctxs IS NULL THEN
+    -- retention events (koherent.prune) not sealed yet: the block's schema lists them
+    SELECT jsonb_agg(koherent._ledger_retention_record(e) ORDER BY e.id), array_agg(e.id)
+      INTO pruned, events
+      FROM koherent.retention_event e WHERE e.block IS NULL;
+    IF ctxs IS NULL AND events IS NULL THEN
         RETURN coalesce(koherent.digest(), '{}') || '{"sealed": 0}';
     END IF;
     IF NOT EXISTS (SELECT 1 FROM koherent.ledger_block) THEN
@@ -283,7 +289,7 @@ BEGIN
     CREATE TEMP TABLE koherent_seal (config integer, history_id bigint, context uuid, hash bytea) ON COMMIT DROP;
     -- an entry is dated at or after its transaction began: the BRIN index's date column keeps
     -- the scan to the history since the oldest of these contexts began
-    FOR cfg IN SELECT * FROM koherent.tracked_config ORDER BY id LOOP
+    FOR cfg IN SELECT * FROM koherent.tracked_config WHERE ctxs IS NOT NULL ORDER BY id LOOP
         CONTINUE WHEN to_regclass(format('koherent_history.%I', cfg.history_table)) IS NULL;
         EXECUTE 'INSERT INTO pg_temp.koherent_seal ' ||
                 koherent._ledger_entries_sql(cfg, 'h.history_date >= $1 AND h.history_context = ANY ($2)')
@@ -313,9 +319,13 @@ BEGIN
     b.format := 'koherent-ledger-v1';
     b.prev_hash := (SELECT x.hash FROM koherent.ledger_block x WHERE x.block = blk - 1);
     b.contexts_root := koherent._ledger_contexts_root(blk);
-    b.contexts := cardinality(ctxs);
+    b.contexts := coalesce(cardinality(ctxs), 0);
     b.entries := n_entries;
     b.schema := koherent._ledger_schema();
+    IF events IS NOT NULL THEN
+        b.schema := b.schema || jsonb_build_object('pruned', pruned);
+        UPDATE koherent.retention_event SET block = blk WHERE id = ANY (events);
+    END IF;
     b.schema_hash := koherent._ledger_hash('schema', b.schema);
     b.sealed_at := clock_timestamp();
     b.hash := koherent._ledger_block_hash(b);
@@ -328,7 +338,11 @@ COMMENT ON FUNCTION koherent.seal() IS
 -- Recompute everything sealed: no rows means intact. Problems: entry_changed, entry_missing,
 -- entry_added, entry_moved, unsealed, context_missing, context_changed, task_changed,
 -- task_missing, entries_changed, block_changed, block_missing, chain_broken, schema_changed,
--- digest_mismatch (README, "The ledger").
+-- digest_mismatch, pruned_unsealed, retention_changed, retention_missing; and one row `pruned`
+-- (not a problem) per history partition koherent.prune() dropped (README, "The ledger").
+-- A sealed entry no longer in history whose id a sealed retention event of its table lists
+-- was pruned, not deleted; the entries root of its context cannot be recomputed (the ledger
+-- keeps 8 bytes of each entry's hash), its other entries are checked one by one.
 CREATE FUNCTION koherent.verify_history(digests jsonb DEFAULT NULL)
 RETURNS TABLE (problem text, table_name text, history_id bigint, context_id uuid, detail text)
 LANGUAGE plpgsql STABLE SECURITY DEFINER
@@ -355,8 +369,10 @@ BEGIN
                substring(l.entry_hashes FROM ((u.i - 1) * 8 + 1)::integer FOR 8) AS h8
           FROM koherent.ledger_context l, unnest(l.entry_configs, l.entry_ids) WITH ORDINALITY AS u(config, history_id, i)),
     names AS (SELECT c.id, format('%%I.%%I', c.schema_name, c.table_name) AS name FROM koherent.tracked_config c),
-    -- entries: each sealed one as it was sealed, and in its context (moved: where it is now)
-    ep AS MATERIALIZED (
+    ev AS MATERIALIZED (SELECT e.id, e.config_id, r AS ids FROM koherent.retention_event e, unnest(e.id_ranges) r),
+    -- entries: each sealed one as it was sealed, and in its context (moved: where it is now);
+    -- event: the retention event that dropped a missing one
+    ep0 AS MATERIALIZED (
         SELECT CASE WHEN v.history_id IS NULL THEN 'entry_missing'
                     WHEN i.history_id IS NULL THEN 'entry_added'
                     WHEN v.context IS DISTINCT FROM i.context THEN 'entry_moved'
@@ -367,13 +383,33 @@ BEGIN
                     WHEN i.history_id IS NULL THEN 'an entry of a sealed context that its block does not hold'
                     WHEN v.context IS DISTINCT FROM i.context THEN format('sealed in context %%s, now in %%s', i.context, v.context)
                     ELSE 'its recorded values differ from what was sealed' END AS detail,
-               v.context AS other_context
+               v.context AS other_context, coalesce(v.config, i.config) AS config,
+               CASE WHEN v.history_id IS NULL
+                    THEN (SELECT min(x.id) FROM ev x WHERE x.config_id = i.config AND x.ids @> i.history_id) END AS event
           FROM (SELECT * FROM v
                  WHERE EXISTS (SELECT 1 FROM koherent.ledger_context l WHERE l.context_id = v.context)
                     OR EXISTS (SELECT 1 FROM i WHERE i.config = v.config AND i.history_id = v.history_id)) v
           FULL JOIN i ON i.config = v.config AND i.history_id = v.history_id
          WHERE v.history_id IS NULL OR i.history_id IS NULL OR v.context IS DISTINCT FROM i.context
             OR substring(v.hash FROM 1 FOR 8) <> i.h8),
+    ep AS MATERIALIZED (SELECT * FROM ep0 WHERE ep0.event IS NULL),
+    -- retention events: each sealed by the block it names, as it is now; each sealed one still there
+    rp AS (
+        SELECT CASE WHEN e.block IS NULL THEN 'pruned_unsealed'
+                    WHEN NOT EXISTS (SELECT 1 FROM koherent.ledger_block b, jsonb_array_elements(b.schema->'pruned') s
+                                      WHERE b.block = e.block AND s = koherent._ledger_retention_record(e))
+                         THEN 'retention_changed'
+                    ELSE 'pruned' END::text,
+               (SELECT n.name FROM names n WHERE n.id = e.config_id), NULL::bigint, NULL::uuid,
+               format('partition %%s [%%s, %%s) dropped at %%s by %%s: %%s entries, %%s of them sealed; retention event %%s, %%s',
+                      e.partition_name, coalesce(e.range_from::text, 'MINVALUE'), e.range_to, e.dropped_at,
+                      e.dropped_by, e.entries, (SELECT count(*) FROM ep0 q WHERE q.event = e.id), e.id,
+                      coalesce('block ' || e.block, 'not sealed yet'))
+          FROM koherent.retention_event e
+        UNION ALL
+        SELECT 'retention_missing', NULL, NULL, NULL, format('block %%s sealed retention event %%s, which is gone', b.block, s->>'id')
+          FROM koherent.ledger_block b, jsonb_array_elements(coalesce(b.schema->'pruned', '[]')) s
+         WHERE NOT EXISTS (SELECT 1 FROM koherent.retention_event e WHERE e.id::text = s->>'id')),
     -- entries of contexts no block holds (and that no block holds under another context)
     un AS (
         SELECT 'unsealed'::text, (SELECT n.name FROM names n WHERE n.id = v.config), NULL::bigint, v.context,
@@ -396,6 +432,7 @@ BEGIN
                                  THEN 'context_changed'
                             WHEN l.entries_root <> coalesce(e.root, koherent._ledger_merkle('{}'::bytea[]))
                                  AND NOT EXISTS (SELECT 1 FROM ep q WHERE l.context_id IN (q.context_id, q.other_context))
+                                 AND NOT EXISTS (SELECT 1 FROM ep0 q WHERE q.event IS NOT NULL AND q.context_id = l.context_id)
                                  THEN 'entries_changed'
                        END AS problem,
                        CASE WHEN x.id IS NULL THEN format('sealed in block %%s; no context row now', l.block)
@@ -469,7 +506,7 @@ BEGIN
          WHERE x.w IS NOT NULL)
     SELECT * FROM (SELECT ep.problem, ep.table_name, ep.history_id, ep.context_id, ep.detail FROM ep
                    UNION ALL SELECT * FROM un UNION ALL SELECT * FROM cp UNION ALL SELECT * FROM bp
-                   UNION ALL SELECT * FROM sp UNION ALL SELECT * FROM dp) r (problem, table_name, history_id, context_id, detail)
+                   UNION ALL SELECT * FROM sp UNION ALL SELECT * FROM dp UNION ALL SELECT * FROM rp) r (problem, table_name, history_id, context_id, detail)
      ORDER BY 1, 2 NULLS FIRST, 3 NULLS FIRST, 4 NULLS FIRST, 5
     $q$, entries) USING digests;
 END $$;

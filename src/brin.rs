@@ -46,6 +46,18 @@ pub unsafe fn summarize_history(heap: pg_sys::Oid) {
     if rel.is_null() {
         return;
     }
+    if (*(*rel).rd_rel).relkind == pg_sys::RELKIND_PARTITIONED_TABLE as std::ffi::c_char {
+        // a partitioned history table (koherent.set_retention): each partition has its own
+        // BRIN indexes; the ones before the last are complete and summarized once
+        pg_sys::table_close(rel, pg_sys::AccessShareLock as _);
+        let parts = pg_sys::ffi::pg_guard_ffi_boundary(|| {
+            crate::ffi::find_inheritance_children(heap, pg_sys::AccessShareLock as _)
+        });
+        for k in 0..if parts.is_null() { 0 } else { (*parts).length } {
+            summarize_history(pg_sys::list_nth_oid(parts, k));
+        }
+        return;
+    }
     // brin_summarize_range wants the index's owner (task_changes runs as the extension's)
     if !pg_sys::superuser() && (*(*rel).rd_rel).relowner != pg_sys::GetUserId() {
         pg_sys::table_close(rel, pg_sys::AccessShareLock as _);

@@ -33,6 +33,8 @@ pub enum KoherentError {
     MergeBehindTrigger { table: String, trigger: String },
     #[error("a statement that began before koherent was loaded in this session moves rows of {table} between partitions, and koherent cannot tell whether it is a MERGE (whose moves PostgreSQL 15 does not show history)")]
     MoverUnknown { table: String },
+    #[error("the history table {table} has no partition for this statement's date")]
+    NoHistoryPartition { table: String },
     #[error("the history of a tracked table is out of step with the table: {0}")]
     HistoryOutOfSync(String),
     #[error("{0}")]
@@ -74,6 +76,7 @@ impl KoherentError {
             | KoherentError::MoverUnknown { .. }
             | KoherentError::RevertTwice => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             KoherentError::HistoryOutOfSync(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            KoherentError::NoHistoryPartition { .. } => ERRCODE_CHECK_VIOLATION,
             KoherentError::TriggerProtocol(_) => ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
             KoherentError::NullArgument(_) => ERRCODE_NULL_VALUE_NOT_ALLOWED,
             KoherentError::Restricted => ERRCODE_INSUFFICIENT_PRIVILEGE,
@@ -92,6 +95,7 @@ impl KoherentError {
             KoherentError::MergeBehindTrigger { .. } => Some("reason: merge_behind_trigger".into()),
             KoherentError::MoverUnknown { .. } => Some("reason: mover_unknown".into()),
             KoherentError::HistoryOutOfSync(_) => Some("reason: history_out_of_sync".into()),
+            KoherentError::NoHistoryPartition { .. } => Some("reason: no_history_partition".into()),
             KoherentError::RevertTwice => Some("reason: revert_twice".into()),
             KoherentError::Restricted => Some("reason: security_restricted".into()),
             _ => None,
@@ -129,6 +133,9 @@ impl KoherentError {
             ),
             KoherentError::MergeBehindTrigger { .. } => Some(
                 "Triggers fire in name order: rename the trigger so that its name sorts before koherent_merge_guard, or update these rows with UPDATE.",
+            ),
+            KoherentError::NoHistoryPartition { .. } => Some(
+                "History partitions are made ahead by koherent.create_partitions() (run by the sealer worker, by koherent.prune() and by koherent.set_retention()); run it, or schedule koherent.prune().",
             ),
             KoherentError::HistoryOutOfSync(_) => Some(
                 "Run koherent.track(<table>) again: it brings the history table and the triggers in line with the table.",

@@ -75,6 +75,35 @@ extern "C-unwind" {
         typ_by_val: bool,
         typ_len: std::ffi::c_int,
     ) -> pg_sys::Datum;
+    // executor/execPartition.h; not in pgrx's bindings (the writer routes history to its
+    // partitions as COPY does: src/insert/mod.rs)
+    #[cfg(not(feature = "pg13"))]
+    pub fn ExecSetupPartitionTupleRouting(
+        estate: *mut pg_sys::EState,
+        rel: pg_sys::Relation,
+    ) -> *mut pg_sys::PartitionTupleRouting;
+    #[cfg(feature = "pg13")]
+    pub fn ExecSetupPartitionTupleRouting(
+        estate: *mut pg_sys::EState,
+        mtstate: *mut pg_sys::ModifyTableState,
+        rel: pg_sys::Relation,
+    ) -> *mut pg_sys::PartitionTupleRouting;
+    pub fn ExecFindPartition(
+        mtstate: *mut pg_sys::ModifyTableState,
+        root: *mut pg_sys::ResultRelInfo,
+        proute: *mut pg_sys::PartitionTupleRouting,
+        slot: *mut pg_sys::TupleTableSlot,
+        estate: *mut pg_sys::EState,
+    ) -> *mut pg_sys::ResultRelInfo;
+    // catalog/pg_inherits.h; not in pgrx's bindings
+    pub fn find_inheritance_children(
+        parent: pg_sys::Oid,
+        lockmode: pg_sys::LOCKMODE,
+    ) -> *mut pg_sys::List;
+    pub fn ExecCleanupTupleRouting(
+        mtstate: *mut pg_sys::ModifyTableState,
+        proute: *mut pg_sys::PartitionTupleRouting,
+    );
     // commands/sequence.h; not in pgrx's bindings.
     pub fn nextval_internal(relid: pg_sys::Oid, check_permissions: bool) -> i64;
     // access/brin.h; pgrx binds a Rust wrapper, DirectFunctionCall needs the C symbol.

@@ -110,6 +110,11 @@ extension_sql_file!("../sql/as_of.sql", name = "as_of", requires = ["revert"]);
 extension_sql_file!("../sql/graphql.sql", name = "graphql", requires = ["as_of"]);
 extension_sql_file!("../sql/ledger.sql", name = "ledger", requires = ["graphql"]);
 extension_sql_file!("../sql/audit.sql", name = "audit", requires = ["ledger"]);
+extension_sql_file!(
+    "../sql/retention.sql",
+    name = "retention",
+    requires = ["audit"]
+);
 extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 
 #[pg_guard]

@@ -345,3 +345,15 @@ def test_upgrade_from_0_6_0(old_db):
         fresh.sql(ddl)
     assert members(old) == members(fresh)
     assert history_indexes(old) == history_indexes(fresh)
+    # the history of an upgraded table partitioned: the old table becomes the first partition,
+    # and everything sealed before still verifies
+    n = old.one("SELECT count(*) FROM koherent.provenance_entry")
+    r = old.one("SELECT koherent.set_retention('item', NULL, '1 month')")
+    assert r["partitions_made"] == 3 and r["partitions"][0]["from"] is None
+    assert old.one("SELECT relkind FROM pg_class WHERE oid = 'koherent_history.item'::regclass") == "p"
+    write(old, "UPDATE item SET qty = 20 WHERE id = 2", mint("partitioned"), user=APP_ROLE)
+    assert old.one("SELECT count(*) FROM koherent.provenance_entry") == n + 1
+    assert old.sql("SELECT kind FROM koherent.provenance_entry WHERE row_key = '{\"id\": 2}' ORDER BY history_id") == [
+        ("CREATE",), ("UPDATE",), ("UPDATE",)]
+    old.sql("SELECT koherent.seal()")
+    assert old.sql("SELECT problem FROM koherent.verify_history()") == []

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes sql/koherent--0.6.0--0.7.0.sql from the 0.7.0 SQL files, so that the upgrade creates
 exactly what a fresh install does (test_upgrade compares the two). Run from the repository root
-after changing sql/ledger.sql, sql/audit.sql or the functions listed in CHANGED."""
+after changing sql/ledger.sql, sql/audit.sql, sql/retention.sql or the functions listed in CHANGED."""
 import re
 
 ROOT = "."
@@ -46,6 +46,7 @@ for path, names in CHANGED.items():
         out.append(function(text, n))
 out.append("-- sql/ledger.sql\n" + open(f"{ROOT}/sql/ledger.sql").read())
 out.append("-- sql/audit.sql\n" + open(f"{ROOT}/sql/audit.sql").read())
+out.append("-- sql/retention.sql\n" + open(f"{ROOT}/sql/retention.sql").read())
 out.append("-- sql/grants.sql\n" + open(f"{ROOT}/sql/grants.sql").read())
 # the views name each table through koherent._relid (src/planner.rs): build them again
 out.append("SELECT koherent._rebuild_views();\n")

@@ -1,5 +1,5 @@
 //! The sealer: a background worker per database named in `koherent.seal_databases` that calls
-//! `koherent.seal()` every `koherent.seal_interval` seconds, so that sealing happens without
+//! `koherent.create_partitions()` and `koherent.seal()` every `koherent.seal_interval` seconds, so that sealing happens without
 //! anyone calling it. Started by the postmaster when koherent is in `shared_preload_libraries`
 //! (a worker registered at startup is the only kind that survives restarts and crashes without a
 //! client to start it again). It runs as the bootstrap superuser, which owns nothing of the
@@ -62,6 +62,21 @@ pub extern "C-unwind" fn koherent_sealer_main(_arg: pg_sys::Datum) {
             );
             if let Ok(Some(true)) = installed {
                 if let Err(e) = Spi::run("SELECT koherent.seal()") {
+                    warning!("koherent sealer: {e}");
+                }
+            }
+        });
+        // history partitions ahead of the writes that need them (koherent.set_retention), in a
+        // transaction of their own after the seal (an error here ends the worker, which the
+        // postmaster starts again, after sealing)
+        BackgroundWorker::transaction(|| {
+            let present = Spi::get_one::<bool>(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n \
+                 ON n.oid = p.pronamespace WHERE n.nspname = 'koherent' \
+                 AND p.proname = 'create_partitions')",
+            );
+            if let Ok(Some(true)) = present {
+                if let Err(e) = Spi::run("SELECT koherent.create_partitions()") {
                     warning!("koherent sealer: {e}");
                 }
             }
