@@ -5,6 +5,7 @@ whole partitions older than keep under concurrent writes and records retention e
 ledger seals, and verify_history reports the dropped entries as pruned, never as tampering."""
 
 import datetime
+import hashlib
 import json
 import os
 import subprocess
@@ -290,6 +291,25 @@ def test_prune_under_concurrent_writes(db, tmp_path):
     assert all(t == "public.lg" for _, t, _ in problems)
     sealed_dropped = sum(int(x.split(" entries, ")[1].split(" ")[0]) for _, _, x in problems)
     assert 0 < sealed_dropped <= events
+    # the blocks' schema records with their "pruned" member hash as docs/ledger.md says
+    # (recomputed here), and the documented test vector
+    def canon(v):
+        if isinstance(v, dict):
+            return "{" + ",".join(json.dumps(k) + ":" + canon(v[k]) for k in sorted(v)) + "}"
+        if isinstance(v, list):
+            return "[" + ",".join(canon(x) for x in v) + "]"
+        return json.dumps(v, ensure_ascii=False)
+    blocks = db.sql("SELECT schema, encode(schema_hash, 'hex') FROM koherent.ledger_block WHERE schema ? 'pruned'")
+    assert blocks and sum(len(b["pruned"]) for b, _ in blocks) == n_events
+    for schema, hashed in blocks:
+        assert hashlib.sha256(b"koherent-ledger-v1 schema\n" + canon(schema).encode()).hexdigest() == hashed
+        assert all(set(e) == {"id", "config", "partition", "from", "to", "entries", "ids", "dropped_at", "dropped_by"}
+                   for e in schema["pruned"])
+    vector = ('{"columns":[],"configs":[{"history_table":"lg","id":1,"tracked_since":"2026-12-03T08:16:35.000000Z"}],'
+              '"pruned":[{"config":1,"dropped_at":"2026-12-03T08:16:40.250030Z","dropped_by":"postgres","entries":1,'
+              '"from":null,"id":1,"ids":[[2,2]],"partition":"lg_1_p0","to":"2026-12-03T08:16:37.000000Z"}]}')
+    assert db.one("SELECT encode(koherent._ledger_hash('schema', %s::jsonb), 'hex')", [vector]) == \
+        "ec73832dafbec9e8981aff85bbba037a621e66182f75ff782dfdce1bf77894a2"
     # the package exported before pruning still verifies offline
     r = subprocess.run([CLI, "audit", "verify", pkg], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -73,3 +73,21 @@ def test_changes_are_sealed_without_anyone_calling_seal(cluster):
         # the context is in a block, sealed by the worker (no client called seal())
         assert c.execute("SELECT count(*) FROM koherent.ledger_context l JOIN koherent.transaction_auth_context x "
                          "ON x.id = l.context_id WHERE x.task_id = 'task-sealed'").fetchone()[0] >= 1
+
+        # the worker also makes history partitions ahead (koherent.set_retention): with
+        # one-second partitions and two ahead, writes go on for longer than the partitions
+        # set_retention made, without anyone calling create_partitions()
+        c.execute("SELECT koherent.set_retention('sealed_item', NULL, '1 second', 2)")
+        made = c.execute("SELECT max(hi) FROM koherent._partitions('koherent_history.sealed_item')").fetchone()[0]
+        for i in range(6):
+            with connect(DB, autocommit=False) as w:
+                w.execute("SET koherent.audience = 'koherent'")
+                w.execute("SELECT koherent.set_task(%s)", [mint("task-partitioned")])
+                w.execute("UPDATE sealed_item SET qty = qty + 1 WHERE id = 1")
+                w.commit()
+            time.sleep(1)
+        assert c.execute("SELECT max(hi) > %s AND max(hi) > now() FROM koherent._partitions('koherent_history.sealed_item')",
+                         [made]).fetchone()[0] is True
+        assert c.execute("SELECT count(*) FROM koherent.task_changes('task-partitioned')").fetchone()[0] == 6
+        assert c.execute("SELECT count(DISTINCT tableoid) FROM koherent_history.sealed_item "
+                         "WHERE history_kind = 'UPDATE'").fetchone()[0] >= 5
