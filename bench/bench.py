@@ -74,14 +74,16 @@ def fresh(c, t, tracked, row_index=None):
 VARIANTS = [("plain", False, False), ("tracked", True, None), ("noindex", True, False)]
 
 
-def bulk(c):
-    res = {op: [[] for _ in VARIANTS] for op in ("insert", "update", "delete")}
+def bulk(c, variants=VARIANTS):
+    res = {op: [[] for _ in variants] for op in ("insert", "update", "delete")}
     for rep in range(REPS):
-        order = list(enumerate(VARIANTS))
+        order = list(enumerate(variants))
         if rep % 2:
             order.reverse()
         for i, (t, tracked, row_index) in order:
             fresh(c, t, tracked, row_index)
+            if t == "parted":
+                c.execute("SELECT koherent.set_retention('parted', NULL, '1 month')")
             res["insert"][i].append(timed(c, f"INSERT INTO {t} SELECT g, 'name ' || g, g % 1000, g * 1.5, "
                                              f"'note', now() FROM generate_series(1, {ROWS}) g"))
             c.execute(f"VACUUM ANALYZE {t}")
@@ -100,6 +102,17 @@ def print_bulk(r, label=""):
         print(f"{op + label:<28} {n:>7} rows  untracked {med(p) * 1000:8.1f} ms  tracked {med(t) * 1000:8.1f} ms  "
               f"ratio {rt:5.2f} [{lo:4.2f}-{hi:4.2f}]  (row_index => false: {med(ix) * 1000:6.1f} ms, "
               f"ratio {ri:5.2f} [{ilo:4.2f}-{ihi:4.2f}])")
+
+
+def print_partitioned(r):
+    """Partitioned history (koherent.set_retention, monthly partitions): the writer routes each
+    statement to its partition (ExecFindPartition) and writes it as before."""
+    for op, n in (("insert", ROWS), ("update", ROWS), ("delete", ROWS // 2)):
+        p, t = r[op]
+        rt, lo, hi = paired(t, p)
+        med = statistics.median
+        print(f"{op + ' (partitioned)':<28} {n:>7} rows  untracked {med(p) * 1000:8.1f} ms  tracked {med(t) * 1000:8.1f} ms  "
+              f"ratio {rt:5.2f} [{lo:4.2f}-{hi:4.2f}]")
 
 
 def with_sealer(c, upd, task1):
@@ -177,6 +190,7 @@ def main():
         print(f"koherent benchmark: {ROWS} rows, {REPS} runs (times: medians; ratios: median of the "
               "runs' own ratios, range in brackets), 6-column table, synchronous_commit=off")
         print_bulk(bulk(c))
+        print_partitioned(bulk(c, [("plain", False, False), ("parted", True, None)]))
         for t, tracked in (("plain", False), ("tracked", True)):
             fresh(c, t, tracked)
             c.execute(f"INSERT INTO {t} SELECT g, 'name ' || g, g % 1000, g * 1.5, 'note', now() "
@@ -213,6 +227,19 @@ def main():
           "  (1 round trip)")
     print(f"{'protocol alone (no koherent)':<28} untracked {p:8.0f} tps  4 trips  {pr:8.0f} tps  ratio {p / pr:5.2f}"
           f"  (BEGIN; SELECT 1; UPDATE plain; COMMIT; koherent's share of the 4-trip figure: {pr / w:4.2f})")
+    with conn() as c:
+        fresh(c, "parted", True)
+        c.execute("SELECT koherent.set_retention('parted', NULL, '1 month')")
+        c.execute(f"INSERT INTO parted SELECT g, 'name ' || g, g % 1000, g * 1.5, 'note', now() "
+                  f"FROM generate_series(1, {ROWS}) g")
+        c.execute("VACUUM ANALYZE parted")
+    pl, pa = [], []
+    for _ in range(2):
+        pl.append(pgbench(upd.format(t="plain")))
+        pa.append(pgbench(upd.format(t="parted")))
+    pl, pa = statistics.mean(pl), statistics.mean(pa)
+    print(f"{'single-row (partitioned)':<28} untracked {pl:8.0f} tps  tracked {pa:8.0f} tps  ratio {pl / pa:5.2f}"
+          "  (history partitioned by month)")
     print(f"{'cold token verification':<28} {micros:8.1f} us")
     with conn() as c:
         with_sealer(c, upd, task1)

@@ -88,8 +88,16 @@ def test_an_existing_history_becomes_the_first_partition(item):
     assert db.one("SELECT count(*) FROM koherent.task_changes('after')") == 2
     assert db.sql("SELECT action, row_key FROM koherent.revert_plan('after') ORDER BY row_key") == [
         ("INSERT", {"id": 1}), ("UPDATE", {"id": 2})]
+    # a column added to the table comes to every partition (the old one gets it after its
+    # dropped attribute: mapped by name)
+    db.sql("ALTER TABLE item ADD COLUMN extra int")
+    write(db, "UPDATE item SET extra = 5 WHERE id = 2", mint("ddl"), user=APP_ROLE)
+    assert entries(db)[-1] == ("UPDATE", {"id": 2}, {"id": 2, "qty": 4, "name": None, "note": None, "price": None,
+                                                     "extra": 5})
+    assert db.sql("SELECT count(*) FROM pg_attribute a JOIN koherent._partitions('koherent_history.item') p "
+                  "ON a.attrelid = p.part WHERE a.attname IN ('extra', 'old:extra')") == [(8,)]
     d = db.one("SELECT koherent.seal()")
-    assert d["entries"] == 5
+    assert d["entries"] == 6
     assert db.sql("SELECT * FROM koherent.verify_history(%s)", [json.dumps([d])]) == []
 
 

@@ -68,7 +68,14 @@ impl Sink {
             (*mtstate).ps.plan = std::ptr::null_mut();
             (*mtstate).ps.state = estate;
             (*mtstate).operation = pg_sys::CmdType::CMD_INSERT;
-            (*mtstate).mt_nrels = 1;
+            #[cfg(not(feature = "pg13"))]
+            {
+                (*mtstate).mt_nrels = 1;
+            }
+            #[cfg(feature = "pg13")]
+            {
+                (*mtstate).mt_nplans = 1;
+            }
             (*mtstate).resultRelInfo = rri;
             (*mtstate).rootResultRelInfo = rri;
             #[cfg(not(feature = "pg13"))]
