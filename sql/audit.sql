@@ -159,7 +159,8 @@ BEGIN
       JOIN (SELECT r.config_id, 0 AS part, r.cond
               FROM koherent._sealed_conditions(ARRAY(SELECT u FROM unnest(ids) u WHERE NOT (u = ANY (unsealed)))) r
             UNION ALL
-            SELECT x.id, 1, 'h.history_context = ANY ($2)' FROM koherent.tracked_config x
+            SELECT x.id, 1, format('h.history_context = ANY ($2) AND h.history_date >= %L::timestamptz',
+                                   koherent._contexts_since(unsealed)) FROM koherent.tracked_config x
              WHERE cardinality(unsealed) > 0) w ON w.config_id = c.id
      WHERE to_regclass(format('koherent_history.%I', c.history_table)) IS NOT NULL;
     SELECT string_agg(format('WHEN %s THEN (SELECT %L || r.record || ''}'' FROM (%s) r)', c.id,

@@ -533,12 +533,16 @@ BEGIN
                || ' WHERE (h.history_context = ANY ($1)) IS TRUE AND ' || r.cond AS b
           FROM koherent._sealed_conditions(sealed) r JOIN koherent.tracked_config cfg ON cfg.id = r.config_id
         UNION ALL
-        SELECT koherent._entry_select(cfg, 'provenance_entry') || ' WHERE h.history_context = ANY ($2)'
+        SELECT koherent._entry_select(cfg, 'provenance_entry')
+               || ' WHERE h.history_context = ANY ($2) AND h.history_date >= $3'
           FROM koherent.tracked_config cfg WHERE cardinality(unsealed) > 0) x;
     IF branches IS NULL THEN
         RETURN;
     END IF;
-    RETURN QUERY EXECUTE 'SELECT * FROM (' || branches || ') e ORDER BY 1' USING sealed, unsealed;
+    -- (unsealed contexts: their entries are dated at or after the oldest one began, see
+    -- koherent._contexts_since)
+    RETURN QUERY EXECUTE 'SELECT * FROM (' || branches || ') e ORDER BY 1'
+      USING sealed, unsealed, koherent._contexts_since(unsealed);
 END $$;
 COMMENT ON FUNCTION koherent.task_changes(text, boolean) IS
   'Every change one task made, across all tracked tables, in order; include_subtasks follows parent_task_id and root_task_id.';
@@ -1099,12 +1103,22 @@ $$;
 -- the readers by task: by the ledger's id ranges of that table (through the range index) when
 -- every context is sealed, `false` when sealed contexts wrote nothing there, by context
 -- otherwise. `ctx_sql` is how the statement names the array (a parameter or a literal).
+-- The moment the oldest of these contexts began: every entry of theirs is dated at or after it
+-- (a statement's date is never before its transaction's start), so a lookup of unsealed
+-- contexts by the bloom of the lookup index can add `history_date >= since`, which lets the
+-- planner read only the history written since (through the range index) when that is less.
+CREATE FUNCTION koherent._contexts_since(ctx uuid[]) RETURNS timestamptz
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(min(c.created_at), '-infinity') FROM koherent.transaction_auth_context c WHERE c.id = ANY (ctx)
+$$;
+
 CREATE FUNCTION koherent._context_filter(config_id integer, ctx uuid[], ctx_sql text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE
         WHEN EXISTS (SELECT 1 FROM unnest(ctx) u(id)
                       WHERE NOT EXISTS (SELECT 1 FROM koherent.ledger_context l WHERE l.context_id = u.id))
-        THEN format('h.history_context = ANY (%s)', ctx_sql)
+        THEN format('h.history_context = ANY (%s) AND h.history_date >= %L::timestamptz', ctx_sql,
+                    koherent._contexts_since(ctx))
         ELSE coalesce((SELECT format('(h.history_context = ANY (%s)) IS TRUE AND %s', ctx_sql, r.cond)
                          FROM koherent._sealed_conditions(ctx) r WHERE r.config_id = _context_filter.config_id), 'false')
     END
@@ -1272,7 +1286,8 @@ BEGIN
       JOIN (SELECT r.config_id, 0 AS part, r.cond
               FROM koherent._sealed_conditions(ARRAY(SELECT u FROM unnest(ids) u WHERE NOT (u = ANY (unsealed)))) r
             UNION ALL
-            SELECT x.id, 1, 'h.history_context = ANY ($2)' FROM koherent.tracked_config x
+            SELECT x.id, 1, format('h.history_context = ANY ($2) AND h.history_date >= %L::timestamptz',
+                                   koherent._contexts_since(unsealed)) FROM koherent.tracked_config x
              WHERE cardinality(unsealed) > 0) w ON w.config_id = c.id
      WHERE to_regclass(format('koherent_history.%I', c.history_table)) IS NOT NULL;
     SELECT string_agg(format('WHEN %s THEN (SELECT %L || r.record || ''}'' FROM (%s) r)', c.id,

@@ -553,12 +553,22 @@ $$;
 -- the readers by task: by the ledger's id ranges of that table (through the range index) when
 -- every context is sealed, `false` when sealed contexts wrote nothing there, by context
 -- otherwise. `ctx_sql` is how the statement names the array (a parameter or a literal).
+-- The moment the oldest of these contexts began: every entry of theirs is dated at or after it
+-- (a statement's date is never before its transaction's start), so a lookup of unsealed
+-- contexts by the bloom of the lookup index can add `history_date >= since`, which lets the
+-- planner read only the history written since (through the range index) when that is less.
+CREATE FUNCTION koherent._contexts_since(ctx uuid[]) RETURNS timestamptz
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(min(c.created_at), '-infinity') FROM koherent.transaction_auth_context c WHERE c.id = ANY (ctx)
+$$;
+
 CREATE FUNCTION koherent._context_filter(config_id integer, ctx uuid[], ctx_sql text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE
         WHEN EXISTS (SELECT 1 FROM unnest(ctx) u(id)
                       WHERE NOT EXISTS (SELECT 1 FROM koherent.ledger_context l WHERE l.context_id = u.id))
-        THEN format('h.history_context = ANY (%s)', ctx_sql)
+        THEN format('h.history_context = ANY (%s) AND h.history_date >= %L::timestamptz', ctx_sql,
+                    koherent._contexts_since(ctx))
         ELSE coalesce((SELECT format('(h.history_context = ANY (%s)) IS TRUE AND %s', ctx_sql, r.cond)
                          FROM koherent._sealed_conditions(ctx) r WHERE r.config_id = _context_filter.config_id), 'false')
     END

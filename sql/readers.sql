@@ -204,12 +204,16 @@ BEGIN
                || ' WHERE (h.history_context = ANY ($1)) IS TRUE AND ' || r.cond AS b
           FROM koherent._sealed_conditions(sealed) r JOIN koherent.tracked_config cfg ON cfg.id = r.config_id
         UNION ALL
-        SELECT koherent._entry_select(cfg, 'provenance_entry') || ' WHERE h.history_context = ANY ($2)'
+        SELECT koherent._entry_select(cfg, 'provenance_entry')
+               || ' WHERE h.history_context = ANY ($2) AND h.history_date >= $3'
           FROM koherent.tracked_config cfg WHERE cardinality(unsealed) > 0) x;
     IF branches IS NULL THEN
         RETURN;
     END IF;
-    RETURN QUERY EXECUTE 'SELECT * FROM (' || branches || ') e ORDER BY 1' USING sealed, unsealed;
+    -- (unsealed contexts: their entries are dated at or after the oldest one began, see
+    -- koherent._contexts_since)
+    RETURN QUERY EXECUTE 'SELECT * FROM (' || branches || ') e ORDER BY 1'
+      USING sealed, unsealed, koherent._contexts_since(unsealed);
 END $$;
 COMMENT ON FUNCTION koherent.task_changes(text, boolean) IS
   'Every change one task made, across all tracked tables, in order; include_subtasks follows parent_task_id and root_task_id.';
