@@ -49,6 +49,13 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Nothing is known of the table before koherent.track; ask for a moment since then.';
     END IF;
+    -- the changes since the moment must all be there: none of them in a dropped partition
+    IF EXISTS (SELECT 1 FROM koherent.retention_event e WHERE e.config_id = cfg.id AND e.entries > 0 AND e.range_to > at) THEN
+        RAISE EXCEPTION 'koherent: the history of % before % was pruned, after %', tbl,
+                        (SELECT max(e.range_to) FROM koherent.retention_event e WHERE e.config_id = cfg.id AND e.entries > 0), at
+            USING ERRCODE = 'invalid_parameter_value', DETAIL = 'reason: history_pruned',
+                  HINT = 'koherent.retention_event lists what koherent.prune() dropped; ask for a moment since.';
+    END IF;
     IF key IS NOT NULL THEN
         IF jsonb_typeof(key) <> 'object'
            OR (SELECT array_agg(k ORDER BY k) FROM jsonb_object_keys(key) k)

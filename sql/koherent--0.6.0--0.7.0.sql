@@ -276,6 +276,40 @@ BEGIN
     RETURN first;
 END $$;
 
+CREATE OR REPLACE FUNCTION koherent._as_of_check(acting uuid, cfg koherent.tracked_config, at timestamptz, key jsonb) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    tbl text := format('%I.%I', cfg.schema_name, cfg.table_name);
+BEGIN
+    IF at IS NULL THEN
+        RAISE EXCEPTION 'koherent: the moment must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF NOT has_table_privilege(koherent._acting_role(acting), cfg.relid, 'SELECT') THEN
+        RAISE EXCEPTION 'permission denied for table %', cfg.table_name USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF at < cfg.tracked_since THEN
+        RAISE EXCEPTION 'koherent: the history of % begins at %, after %', tbl, cfg.tracked_since, at
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Nothing is known of the table before koherent.track; ask for a moment since then.';
+    END IF;
+    -- the changes since the moment must all be there: none of them in a dropped partition
+    IF EXISTS (SELECT 1 FROM koherent.retention_event e WHERE e.config_id = cfg.id AND e.entries > 0 AND e.range_to > at) THEN
+        RAISE EXCEPTION 'koherent: the history of % before % was pruned, after %', tbl,
+                        (SELECT max(e.range_to) FROM koherent.retention_event e WHERE e.config_id = cfg.id AND e.entries > 0), at
+            USING ERRCODE = 'invalid_parameter_value', DETAIL = 'reason: history_pruned',
+                  HINT = 'koherent.retention_event lists what koherent.prune() dropped; ask for a moment since.';
+    END IF;
+    IF key IS NOT NULL THEN
+        IF jsonb_typeof(key) <> 'object'
+           OR (SELECT array_agg(k ORDER BY k) FROM jsonb_object_keys(key) k)
+              IS DISTINCT FROM (SELECT array_agg(k::text ORDER BY k) FROM unnest(cfg.pk_columns) k) THEN
+            RAISE EXCEPTION 'koherent: a row key of % is a JSON object of its primary key columns (%)', tbl,
+                            array_to_string(cfg.pk_columns, ', ')
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+    END IF;
+END $$;
+
 CREATE OR REPLACE FUNCTION koherent._revert_fast_view(acting uuid, cfg koherent.tracked_config, ctx uuid[]) RETURNS text
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -321,6 +355,332 @@ BEGIN
                    hist, koherent._context_filter(cfg.id, ctx, quote_literal(ctx::text) || '::uuid[]'));
     EXECUTE format('GRANT SELECT ON pg_temp.%I TO %I', name, (SELECT rolname FROM pg_roles WHERE oid = koherent._acting_role(acting)));
     RETURN 'pg_temp.' || quote_ident(name);
+END $$;
+
+CREATE OR REPLACE FUNCTION koherent._revert_plan_prepare(acting uuid, ctx uuid[]) RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cfg koherent.tracked_config;
+    view text;
+    fast jsonb := '[]';
+BEGIN
+    PERFORM koherent._revert_plan_check(acting);
+    PERFORM koherent._pruned_check(ctx, 'revert');
+    FOR cfg IN SELECT * FROM koherent.tracked_config c ORDER BY c.id LOOP
+        CONTINUE WHEN to_regclass(format('koherent_history.%I', cfg.history_table)) IS NULL;
+        PERFORM koherent._summarize(to_regclass(format('koherent_history.%I', cfg.history_table))::oid);
+        view := koherent._revert_fast_view(acting, cfg, ctx);
+        IF view IS NOT NULL THEN
+            fast := fast || jsonb_build_object('cfg', cfg.id, 'sql', koherent._revert_fast_plan_sql(acting, cfg, view));
+        END IF;
+    END LOOP;
+    RETURN fast;
+END $$;
+
+CREATE OR REPLACE FUNCTION koherent._revert_apply(acting uuid, ctx uuid[], on_conflict text, what jsonb) RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+SET max_parallel_workers_per_gather = 0 SET jit = off AS $$
+DECLARE
+    plan jsonb;
+    blocking jsonb;
+    conflicts jsonb;
+    tables oid[];
+    cfgs integer[];
+    cfg_id integer;
+    ks jsonb;
+    moves jsonb;
+    wave jsonb;
+    fast jsonb := '{}';
+    view text;
+    tc koherent.tracked_config;
+    tbl text;
+    pk name[];
+    keymatch text;
+    g record;
+    n bigint;
+    deleted bigint := 0;
+    inserted bigint := 0;
+    updated bigint := 0;
+    skipped bigint := 0;
+BEGIN
+    PERFORM koherent._pruned_check(ctx, 'revert');
+    PERFORM koherent._revert_check_args(on_conflict);
+    -- the tables on the typed path: locked and checked there; the others planned row by row
+    FOR tc IN SELECT * FROM koherent.tracked_config x ORDER BY x.id LOOP
+        CONTINUE WHEN to_regclass(format('koherent_history.%I', tc.history_table)) IS NULL;
+        PERFORM koherent._summarize(to_regclass(format('koherent_history.%I', tc.history_table))::oid);
+        view := koherent._revert_fast_view(acting, tc, ctx);
+        IF view IS NOT NULL THEN
+            fast := fast || jsonb_build_object(tc.id::text, koherent._revert_fast_prepare(acting, tc, view));
+        END IF;
+    END LOOP;
+    SELECT coalesce(jsonb_agg(to_jsonb(r) ORDER BY r.cfg_id, r.head), '[]') INTO plan
+      FROM koherent._revert_rows(acting, ctx, true, (SELECT coalesce(array_agg(k::int), '{}') FROM jsonb_object_keys(fast) k)) r;
+    SELECT coalesce(jsonb_agg(jsonb_build_object('table_name', p->>'table_name', 'row_key', p->'row_key',
+                                                 'action', p->>'action', 'conflict', p->>'conflict')), '[]')
+      INTO conflicts FROM jsonb_array_elements(plan) p WHERE p->>'conflict' IS NOT NULL;
+    SELECT conflicts || coalesce(jsonb_agg(x), '[]') INTO conflicts
+      FROM jsonb_each(fast) f, jsonb_array_elements(f.value->'conflicts') x;
+    -- what no mode can write: under abort every conflict, under overwrite those it cannot resolve
+    SELECT jsonb_agg(c) INTO blocking FROM jsonb_array_elements(conflicts) c
+     WHERE on_conflict = 'abort'
+        OR (on_conflict = 'overwrite' AND c->>'conflict' IN ('not_tracked', 'not_visible', 'key_exists', 'excluded_required'));
+    IF blocking IS NOT NULL THEN
+        RAISE EXCEPTION 'koherent: the revert has % conflict(s); nothing was written', jsonb_array_length(blocking)
+            USING ERRCODE = 'integrity_constraint_violation',
+                  DETAIL = (SELECT string_agg(format('%s %s %s: %s', c->>'table_name', c->>'action',
+                                                     coalesce(c->>'row_key', '(hidden)'), c->>'conflict'), '; ')
+                              FROM (SELECT c FROM jsonb_array_elements(blocking) c LIMIT 5) x),
+                  HINT = 'koherent.revert_plan shows every conflict; on_conflict => ''skip'' reverts the other rows, ''overwrite'' overwrites later changes.';
+    END IF;
+    IF on_conflict = 'skip' THEN
+        skipped := jsonb_array_length(conflicts);
+        SELECT coalesce(jsonb_agg(p), '[]') INTO plan FROM jsonb_array_elements(plan) p WHERE p->>'conflict' IS NULL;
+    ELSE
+        -- overwrite: a row deleted since is written back whole; a row the task created and
+        -- someone deleted since needs nothing
+        SELECT coalesce(jsonb_agg(CASE WHEN p->>'conflict' = 'deleted_later' AND p->>'action' = 'UPDATE'
+                                       THEN p || jsonb_build_object('action', 'INSERT', 'restored_data', p->'before_data',
+                                                 'fields', (SELECT jsonb_agg(f ORDER BY f) FROM jsonb_object_keys(p->'before_data') f))
+                                       ELSE p END), '[]')
+          INTO plan FROM jsonb_array_elements(plan) p
+         WHERE p->>'conflict' IS DISTINCT FROM 'deleted_later' OR p->>'action' <> 'DELETE';
+    END IF;
+
+    SELECT array_agg(DISTINCT (p->>'cfg_id')::int) || (SELECT array_agg(k::int) FROM jsonb_object_keys(fast) k)
+      INTO cfgs FROM jsonb_array_elements(plan) p;
+    SELECT koherent._fk_order(array_agg(c.relid)) INTO tables FROM koherent.tracked_config c
+     WHERE c.id = ANY (cfgs) AND c.dropped_at IS NULL;
+    tables := coalesce(tables, '{}');
+    -- deletes, children first
+    FOR i IN REVERSE coalesce(array_length(tables, 1), 0) .. 1 LOOP
+        SELECT c.id, format('%I.%I', c.schema_name, c.table_name), c.pk_columns INTO cfg_id, tbl, pk
+          FROM koherent.tracked_config c WHERE c.relid = tables[i] AND c.dropped_at IS NULL;
+        IF fast ? cfg_id::text THEN
+            deleted := deleted + koherent._revert_fast_write(acting, fast->(cfg_id::text), 'delete', on_conflict);
+            CONTINUE;
+        END IF;
+        SELECT string_agg(format('t.%I = koherent_k.%I', c, c), ' AND ') INTO keymatch FROM unnest(pk) c;
+        SELECT jsonb_agg(p->'at_key'), count(*) INTO ks, n FROM jsonb_array_elements(plan) p
+         WHERE (p->>'cfg_id')::int = cfg_id AND p->>'action' = 'DELETE';
+        IF n > 0 THEN
+            PERFORM koherent._revert_write(acting, format(
+                'DELETE FROM %1$s t USING jsonb_array_elements($1) p, LATERAL jsonb_populate_record(NULL::%1$s, p) koherent_k WHERE %2$s',
+                tbl, keymatch), ks, n, 'delete', tbl);
+            deleted := deleted + n;
+        END IF;
+    END LOOP;
+    -- updates, then inserts (parents first); one statement per set of columns written
+    FOR i IN 1 .. coalesce(array_length(tables, 1), 0) LOOP
+        SELECT c.id, format('%I.%I', c.schema_name, c.table_name), c.pk_columns INTO cfg_id, tbl, pk
+          FROM koherent.tracked_config c WHERE c.relid = tables[i] AND c.dropped_at IS NULL;
+        IF fast ? cfg_id::text THEN
+            updated := updated + koherent._revert_fast_write(acting, fast->(cfg_id::text), 'update', on_conflict);
+            inserted := inserted + koherent._revert_fast_write(acting, fast->(cfg_id::text), 'insert', on_conflict);
+            CONTINUE;
+        END IF;
+        SELECT string_agg(format('t.%I = koherent_k.%I', c, c), ' AND ') INTO keymatch FROM unnest(pk) c;
+        -- updates that keep the key, then those that move rows back to their old keys, in
+        -- waves: a row moves once no row still waiting to move holds its old key (a cycle, a
+        -- key swap, is written as it stands: a unique key then needs to be DEFERRABLE)
+        moves := coalesce((SELECT jsonb_agg(p) FROM jsonb_array_elements(plan) p
+                            WHERE (p->>'cfg_id')::int = cfg_id AND p->>'action' = 'UPDATE'
+                              AND (SELECT bool_or(p->'restored_data' ? c) FROM unnest(pk) c)), '[]');
+        wave := coalesce((SELECT jsonb_agg(p) FROM jsonb_array_elements(plan) p
+                           WHERE (p->>'cfg_id')::int = cfg_id AND p->>'action' = 'UPDATE'
+                             AND NOT (SELECT bool_or(p->'restored_data' ? c) FROM unnest(pk) c)), '[]');
+        LOOP
+            FOR g IN SELECT p->'fields' AS fields, jsonb_agg(jsonb_build_object('k', p->'at_key', 'r', p->'restored_data')) AS rows,
+                            count(*) AS n
+                       FROM jsonb_array_elements(wave) p
+                      GROUP BY p->'fields' ORDER BY (p->'fields')::text LOOP
+                PERFORM koherent._revert_write(acting, format(
+                    'UPDATE %1$s t SET %3$s FROM jsonb_array_elements($1) p, LATERAL jsonb_populate_record(NULL::%1$s, p->''k'') koherent_k, '
+                    'LATERAL jsonb_populate_record(NULL::%1$s, p->''r'') koherent_r WHERE %2$s', tbl, keymatch,
+                    (SELECT string_agg(format('%I = koherent_r.%I', f, f), ', ') FROM jsonb_array_elements_text(g.fields) f)),
+                    g.rows, g.n, 'update', tbl);
+                updated := updated + g.n;
+            END LOOP;
+            EXIT WHEN jsonb_array_length(moves) = 0;
+            -- the next wave: moves whose old key no waiting row holds now
+            SELECT coalesce(jsonb_agg(m), '[]') INTO wave FROM jsonb_array_elements(moves) m
+             WHERE NOT EXISTS (SELECT 1 FROM jsonb_array_elements(moves) o
+                                WHERE o->'at_key' = (SELECT jsonb_object_agg(c, coalesce(m->'restored_data'->c, m->'at_key'->c)) FROM unnest(pk) c)
+                                  AND o <> m);
+            IF jsonb_array_length(wave) = 0 THEN
+                wave := moves;  -- a cycle
+            END IF;
+            SELECT coalesce(jsonb_agg(m), '[]') INTO moves FROM jsonb_array_elements(moves) m
+             WHERE NOT (m IN (SELECT w FROM jsonb_array_elements(wave) w));
+        END LOOP;
+        FOR g IN SELECT p->'fields' AS fields, jsonb_agg(p->'restored_data') AS rows, count(*) AS n
+                   FROM jsonb_array_elements(plan) p
+                  WHERE (p->>'cfg_id')::int = cfg_id AND p->>'action' = 'INSERT'
+                  GROUP BY p->'fields' ORDER BY (p->'fields')::text LOOP
+            PERFORM koherent._revert_write(acting, format(
+                'INSERT INTO %1$s (%2$s) OVERRIDING SYSTEM VALUE SELECT %3$s FROM jsonb_array_elements($1) p, '
+                'LATERAL jsonb_populate_record(NULL::%1$s, p) r', tbl,
+                (SELECT string_agg(format('%I', f), ', ') FROM jsonb_array_elements_text(g.fields) f),
+                (SELECT string_agg(format('r.%I', f), ', ') FROM jsonb_array_elements_text(g.fields) f)),
+                g.rows, g.n, 'insert', tbl);
+            inserted := inserted + g.n;
+        END LOOP;
+    END LOOP;
+    FOR view IN SELECT f.value->'sql'->>'view' FROM jsonb_each(fast) f LOOP
+        EXECUTE 'DROP VIEW ' || view;
+    END LOOP;
+    PERFORM koherent._mark_revert(what);
+    RETURN jsonb_build_object('deleted', deleted, 'inserted', inserted, 'updated', updated,
+                              'skipped', skipped, 'conflicts', conflicts);
+END $$;
+
+CREATE OR REPLACE FUNCTION koherent._revert_rows(acting uuid, ctx uuid[], lock boolean, skip integer[] DEFAULT '{}')
+RETURNS TABLE (cfg_id integer, table_name regclass, row_key jsonb, action text, current_data jsonb,
+               restored_data jsonb, conflict text, at_key jsonb, fields text[], before_data jsonb, head bigint)
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+SET max_parallel_workers_per_gather = 0 SET jit = off AS $$
+DECLARE
+    cfg koherent.tracked_config;
+    caller oid := koherent._acting_role(acting);
+    auditor boolean := koherent._is_auditor(koherent._acting_role(acting));
+    hist regclass;
+    threads jsonb;
+    cur jsonb;
+    occ jsonb;
+    tbl text;
+    keymatch text;
+    restorable text[];
+    generated text[];
+    required text[];
+    readable boolean;
+    rls boolean;
+    keys jsonb;
+BEGIN
+    FOR cfg IN SELECT * FROM koherent.tracked_config c WHERE NOT (c.id = ANY (skip)) ORDER BY c.id LOOP
+        hist := to_regclass(format('koherent_history.%I', cfg.history_table));
+        CONTINUE WHEN hist IS NULL;
+        PERFORM koherent._summarize(hist::oid);
+        EXECUTE format('SELECT jsonb_agg(to_jsonb(x) ORDER BY x.head) FROM (%s) x', koherent._revert_threads_sql(cfg))
+           INTO threads USING ctx;
+        CONTINUE WHEN threads IS NULL;
+
+        IF NOT cfg.active OR cfg.dropped_at IS NOT NULL OR to_regclass(cfg.relid::regclass::text) IS NULL THEN
+            RETURN QUERY
+            SELECT cfg.id, cfg.relid::regclass,
+                   CASE WHEN auditor THEN coalesce(t.v->'akey', t.v->'bkey') END,
+                   CASE WHEN t.v->'before' IS NULL OR t.v->'before' = 'null' THEN 'DELETE'
+                        WHEN t.v->'after' IS NULL OR t.v->'after' = 'null' THEN 'INSERT' ELSE 'UPDATE' END,
+                   NULL::jsonb, CASE WHEN auditor THEN t.v->'before' END, 'not_tracked'::text,
+                   NULL::jsonb, NULL::text[], NULL::jsonb, (t.v->>'head')::bigint
+              FROM jsonb_array_elements(threads) t(v);
+            CONTINUE;
+        END IF;
+
+        tbl := format('%I.%I', cfg.schema_name, cfg.table_name);
+        readable := has_table_privilege(caller, cfg.relid, 'SELECT');
+        rls := koherent._rls_active_for(cfg.relid, caller);
+        SELECT array_agg(a.attname::text) FILTER (WHERE a.attgenerated = '' AND NOT (a.attname = ANY (cfg.exclude))),
+               array_agg(a.attname::text) FILTER (WHERE a.attgenerated <> ''),
+               array_agg(a.attname::text) FILTER (WHERE a.attnotnull AND NOT a.atthasdef AND a.attidentity = ''
+                                                   AND a.attgenerated = '')
+          INTO restorable, generated, required
+          FROM pg_attribute a WHERE a.attrelid = cfg.relid AND a.attnum > 0 AND NOT a.attisdropped;
+        restorable := coalesce(restorable, '{}');
+        generated := coalesce(generated, '{}');
+        required := coalesce(required, '{}');
+        SELECT string_agg(format('t.%I = koherent_k.%I', c, c), ' AND ') INTO keymatch FROM unnest(cfg.pk_columns) c;
+
+        cur := NULL;
+        occ := NULL;
+        IF readable THEN
+            -- the client's statements get the keys only, never the rows' past images
+            SELECT jsonb_agg(jsonb_build_object('akey', t.v->'akey', 'bkey', t.v->'bkey') ORDER BY t.i) INTO keys
+              FROM jsonb_array_elements(threads) WITH ORDINALITY AS t(v, i);
+            -- as the client: lock the rows at their keys now, then read them and whether the
+            -- keys a revert would move or reinsert rows to are taken
+            IF lock THEN
+                PERFORM koherent._as_caller(acting, format(
+                    'SELECT to_jsonb(count(*)) FROM (SELECT 1 FROM %1$s t, jsonb_array_elements($1) p, '
+                    'LATERAL jsonb_populate_record(NULL::%1$s, coalesce(nullif(p->''akey'', ''null''), ''{}'')) koherent_k '
+                    'WHERE %2$s FOR UPDATE OF t) x', tbl, keymatch), keys, false);
+            END IF;
+            cur := koherent._as_caller(acting, format(
+                'SELECT jsonb_agg(CASE WHEN t.ctid IS NOT NULL THEN %3$s END ORDER BY p.i) '
+                'FROM (SELECT p.i, koherent_k FROM jsonb_array_elements($1) WITH ORDINALITY p(v, i), '
+                'LATERAL jsonb_populate_record(NULL::%1$s, coalesce(nullif(p.v->''akey'', ''null''), ''{}'')) koherent_k) p '
+                'LEFT JOIN %1$s t ON %2$s', tbl, replace(keymatch, 'koherent_k.', '(p.koherent_k).'), koherent._source_json_expr(cfg, 't')), keys, false);
+            occ := koherent._as_caller(acting, format(
+                'SELECT jsonb_agg(t.ctid IS NOT NULL ORDER BY p.i) '
+                'FROM (SELECT p.i, koherent_k FROM jsonb_array_elements($1) WITH ORDINALITY p(v, i), '
+                'LATERAL jsonb_populate_record(NULL::%1$s, CASE WHEN p.v->''bkey'' IS DISTINCT FROM p.v->''akey'' '
+                'THEN coalesce(nullif(p.v->''bkey'', ''null''), ''{}'') ELSE ''{}'' END) koherent_k) p '
+                'LEFT JOIN %1$s t ON %2$s', tbl, replace(keymatch, 'koherent_k.', '(p.koherent_k).')), keys, false);
+        END IF;
+
+        RETURN QUERY
+        WITH z AS (
+            SELECT z.t, nullif(z.c, 'null') AS c, coalesce((z.o)::text::boolean, false) AS o, z.i
+              FROM ROWS FROM (jsonb_array_elements(threads),
+                              jsonb_array_elements(coalesce(cur, '[]')),
+                              jsonb_array_elements(coalesce(occ, '[]'))) WITH ORDINALITY AS z(t, c, o, i)
+        ), p AS (
+            SELECT z.*, nullif(z.t->'before', 'null') AS b, nullif(z.t->'after', 'null') AS a,
+                   nullif(z.t->'bkey', 'null') AS bk, nullif(z.t->'akey', 'null') AS ak
+              FROM z
+        ), q AS (
+            SELECT p.*,
+                   CASE WHEN p.b IS NULL THEN 'DELETE' WHEN p.a IS NULL THEN 'INSERT' ELSE 'UPDATE' END AS act,
+                   -- the fields an UPDATE writes: those the contexts changed
+                   (SELECT array_agg(f ORDER BY f) FROM jsonb_object_keys(p.b) f
+                     WHERE p.a IS NOT NULL AND (p.b->f)::text IS DISTINCT FROM (p.a->f)::text AND NOT (f = ANY (generated))) AS changed
+              FROM p
+        ), r AS (
+            SELECT q.*,
+                   CASE q.act
+                        WHEN 'UPDATE' THEN (SELECT jsonb_object_agg(f, q.b->f) FROM unnest(q.changed) f)
+                        WHEN 'INSERT' THEN (SELECT jsonb_object_agg(f, v) FROM jsonb_each(q.b) x(f, v)
+                                             WHERE f = ANY (restorable))
+                   END AS restored
+              FROM q
+             WHERE q.act <> 'UPDATE' OR q.changed IS NOT NULL
+        ), freed AS (  -- keys this revert empties: rows it deletes or moves away
+            SELECT r.ak FROM r WHERE r.act = 'DELETE' OR (r.act = 'UPDATE' AND r.ak IS DISTINCT FROM r.bk)
+        ), s AS (
+            SELECT r.*,
+                   CASE
+                     WHEN NOT readable THEN 'not_visible'
+                     WHEN r.a IS NOT NULL AND r.c IS NULL AND rls THEN 'not_visible'
+                     WHEN r.a IS NULL AND rls AND NOT auditor THEN 'not_visible'
+                     WHEN r.act = 'UPDATE' AND EXISTS (SELECT 1 FROM unnest(r.changed) f WHERE NOT (f = ANY (restorable)))
+                          THEN 'column_dropped'
+                     WHEN r.act = 'INSERT' AND EXISTS (SELECT 1 FROM unnest(required) f WHERE NOT (r.restored ? f))
+                          THEN 'excluded_required'
+                     WHEN r.a IS NOT NULL AND r.c IS NULL THEN 'deleted_later'
+                     WHEN (r.act = 'INSERT' OR (r.act = 'UPDATE' AND r.ak IS DISTINCT FROM r.bk)) AND r.o
+                          AND NOT EXISTS (SELECT 1 FROM freed WHERE freed.ak = r.bk) THEN 'key_exists'
+                     WHEN r.act = 'UPDATE' AND EXISTS (SELECT 1 FROM unnest(r.changed) f
+                                                        WHERE r.c ? f AND (r.c->f)::text IS DISTINCT FROM (r.a->f)::text)
+                          THEN 'changed_later'
+                     WHEN r.act = 'DELETE' AND EXISTS (SELECT 1 FROM jsonb_each(r.a) x(f, v)
+                                                        WHERE r.c ? f AND (r.c->f)::text IS DISTINCT FROM v::text)
+                          THEN 'changed_later'
+                   END AS why
+              FROM r
+        )
+        SELECT cfg.id, cfg.relid::regclass,
+               CASE WHEN s.why = 'not_visible' AND NOT auditor THEN NULL
+                    WHEN s.act = 'INSERT' THEN s.bk ELSE s.ak END,
+               s.act,
+               CASE WHEN s.why = 'not_visible' AND NOT auditor THEN NULL ELSE s.c END,
+               CASE WHEN s.why = 'not_visible' AND NOT auditor THEN NULL ELSE s.restored END,
+               s.why, s.ak,
+               CASE s.act WHEN 'UPDATE' THEN s.changed
+                          WHEN 'INSERT' THEN (SELECT array_agg(f ORDER BY f) FROM jsonb_object_keys(s.restored) f) END,
+               CASE WHEN s.why = 'not_visible' AND NOT auditor THEN NULL
+                    ELSE (SELECT jsonb_object_agg(f, v) FROM jsonb_each(s.b) x(f, v) WHERE f = ANY (restorable)) END,
+               (s.t->>'head')::bigint
+          FROM s ORDER BY s.i;
+    END LOOP;
 END $$;
 
 CREATE OR REPLACE FUNCTION koherent.track(tbl regclass, exclude text[] DEFAULT '{}', require_task boolean DEFAULT false,
@@ -450,6 +810,8 @@ BEGIN
     END IF;
     PERFORM koherent._install_triggers(cfg.id);
     PERFORM koherent._rebuild_views();
+    -- partitioned history (koherent.set_retention): the partitions writes need from now on
+    PERFORM koherent._create_partitions(cfg.id);
 END $$;
 
 CREATE OR REPLACE FUNCTION koherent._table_literal(cfg koherent.tracked_config, by_name boolean) RETURNS text
@@ -826,7 +1188,10 @@ BEGIN
     -- retention events (koherent.prune) not sealed yet: the block's schema lists them
     SELECT jsonb_agg(koherent._ledger_retention_record(e) ORDER BY e.id), array_agg(e.id)
       INTO pruned, events
-      FROM koherent.retention_event e WHERE e.block IS NULL;
+      FROM koherent.retention_event e
+     WHERE e.block IS NULL  -- (and none a block holds already: each is sealed once)
+       AND NOT EXISTS (SELECT 1 FROM koherent.ledger_block x, jsonb_array_elements(coalesce(x.schema->'pruned', '[]')) s
+                        WHERE s->>'id' = e.id::text);
     IF ctxs IS NULL AND events IS NULL THEN
         RETURN coalesce(koherent.digest(), '{}') || '{"sealed": 0}';
     END IF;
@@ -888,7 +1253,7 @@ COMMENT ON FUNCTION koherent.seal() IS
 -- Recompute everything sealed: no rows means intact. Problems: entry_changed, entry_missing,
 -- entry_added, entry_moved, unsealed, context_missing, context_changed, task_changed,
 -- task_missing, entries_changed, block_changed, block_missing, chain_broken, schema_changed,
--- digest_mismatch, pruned_unsealed, retention_changed, retention_missing; and one row `pruned`
+-- digest_mismatch, pruned_unsealed, retention_changed, retention_missing, pruned_mismatch; and one row `pruned`
 -- (not a problem) per history partition koherent.prune() dropped (README, "The ledger").
 -- A sealed entry no longer in history whose id a sealed retention event of its table lists
 -- was pruned, not deleted; the entries root of its context cannot be recomputed (the ledger
@@ -919,7 +1284,10 @@ BEGIN
                substring(l.entry_hashes FROM ((u.i - 1) * 8 + 1)::integer FOR 8) AS h8
           FROM koherent.ledger_context l, unnest(l.entry_configs, l.entry_ids) WITH ORDINALITY AS u(config, history_id, i)),
     names AS (SELECT c.id, format('%%I.%%I', c.schema_name, c.table_name) AS name FROM koherent.tracked_config c),
-    ev AS MATERIALIZED (SELECT e.id, e.config_id, r AS ids FROM koherent.retention_event e, unnest(e.id_ranges) r),
+    ev AS MATERIALIZED (SELECT e.id, e.config_id, e.range_to, r AS ids FROM koherent.retention_event e, unnest(e.id_ranges) r),
+    -- retention events as the blocks sealed them
+    sev AS MATERIALIZED (SELECT (s->>'id')::bigint AS id, b.block, s AS rec
+                           FROM koherent.ledger_block b, jsonb_array_elements(coalesce(b.schema->'pruned', '[]')) s),
     -- entries: each sealed one as it was sealed, and in its context (moved: where it is now);
     -- event: the retention event that dropped a missing one
     ep0 AS MATERIALIZED (
@@ -935,7 +1303,11 @@ BEGIN
                     ELSE 'its recorded values differ from what was sealed' END AS detail,
                v.context AS other_context, coalesce(v.config, i.config) AS config,
                CASE WHEN v.history_id IS NULL
-                    THEN (SELECT min(x.id) FROM ev x WHERE x.config_id = i.config AND x.ids @> i.history_id) END AS event
+                    -- (an entry is dated at or after its context began: a partition that ended
+                    -- before that cannot have held it)
+                    THEN (SELECT min(x.id) FROM ev x WHERE x.config_id = i.config AND x.ids @> i.history_id
+                             AND x.range_to > (SELECT t.created_at FROM koherent.transaction_auth_context t
+                                                WHERE t.id = i.context)) END AS event
           FROM (SELECT * FROM v
                  WHERE EXISTS (SELECT 1 FROM koherent.ledger_context l WHERE l.context_id = v.context)
                     OR EXISTS (SELECT 1 FROM i WHERE i.config = v.config AND i.history_id = v.history_id)) v
@@ -945,10 +1317,21 @@ BEGIN
     ep AS MATERIALIZED (SELECT * FROM ep0 WHERE ep0.event IS NULL),
     -- retention events: each sealed by the block it names, as it is now; each sealed one still there
     rp AS (
-        SELECT CASE WHEN e.block IS NULL THEN 'pruned_unsealed'
-                    WHEN NOT EXISTS (SELECT 1 FROM koherent.ledger_block b, jsonb_array_elements(b.schema->'pruned') s
-                                      WHERE b.block = e.block AND s = koherent._ledger_retention_record(e))
+        SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM sev WHERE sev.id = e.id) THEN 'pruned_unsealed'
+                    -- sealed once, by the block it names, as it is now
+                    WHEN (SELECT count(*) FROM sev WHERE sev.id = e.id) > 1
+                      OR e.block IS DISTINCT FROM (SELECT min(sev.block) FROM sev WHERE sev.id = e.id)
+                      OR NOT EXISTS (SELECT 1 FROM sev WHERE sev.id = e.id AND sev.block = e.block
+                                        AND sev.rec = koherent._ledger_retention_record(e))
                          THEN 'retention_changed'
+                    -- it covers no more sealed entries than it dropped, and no partition of its
+                    -- range is still there
+                    WHEN (SELECT count(*) FROM ep0 q WHERE q.event = e.id) > e.entries
+                      OR EXISTS (SELECT 1 FROM koherent.tracked_config c,
+                                        koherent._partitions(to_regclass(format('koherent_history.%%I', c.history_table))) p
+                                  WHERE c.id = e.config_id AND to_regclass(format('koherent_history.%%I', c.history_table)) IS NOT NULL
+                                    AND (p.lo IS NULL OR p.lo < e.range_to) AND (e.range_from IS NULL OR p.hi > e.range_from))
+                         THEN 'pruned_mismatch'
                     ELSE 'pruned' END::text,
                (SELECT n.name FROM names n WHERE n.id = e.config_id), NULL::bigint, NULL::uuid,
                format('partition %%s [%%s, %%s) dropped at %%s by %%s: %%s entries, %%s of them sealed; retention event %%s, %%s',
@@ -1394,10 +1777,19 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT koherent._partition_start(timezone('UTC', timezone('UTC', lo) + step), step)
 $$;
 
--- The partitions of a history table and their bounds (lo NULL: from MINVALUE).
+-- The longest prefix of t of at most `bytes` bytes (names are cut in bytes, not characters).
+CREATE FUNCTION koherent._name_prefix(t text, bytes integer) RETURNS text
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT left(t, n) FROM generate_series(least(length(t), bytes), 0, -1) n
+     WHERE octet_length(left(t, n)) <= bytes LIMIT 1
+$$;
+
+-- The partitions of a history table and their bounds (lo NULL: from MINVALUE), read from their
+-- bound expressions under fixed settings (a session's DateStyle and TimeZone abbreviations must
+-- not move them).
 CREATE FUNCTION koherent._partitions(hist regclass)
 RETURNS TABLE (part regclass, lo timestamptz, hi timestamptz)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' AS $$
     SELECT c.oid::regclass,
            (substring(b.e FROM 'FROM \(''([^'']*)''\)'))::timestamptz,
            (substring(b.e FROM 'TO \(''([^'']*)''\)'))::timestamptz
@@ -1411,7 +1803,7 @@ $$;
 -- EXCLUSIVE on the history table: writers go on); ATTACH builds the history table's indexes on
 -- it. It gets the history table's owner.
 CREATE FUNCTION koherent._create_partitions(cfg_id integer) RETURNS integer
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' AS $$
 DECLARE
     cfg koherent.tracked_config;
     ret koherent.retention;
@@ -1428,6 +1820,8 @@ BEGIN
     IF hist IS NULL OR ret.config_id IS NULL OR (SELECT relkind FROM pg_class WHERE oid = hist) <> 'p' THEN
         RETURN 0;
     END IF;
+    -- one maker at a time (create_partitions, track, set_retention, prune)
+    LOCK TABLE koherent.retention IN EXCLUSIVE MODE;
     top := koherent._partition_start(now(), ret.partition_interval);
     FOR i IN 1..ret.ahead + 1 LOOP
         top := koherent._partition_next(top, ret.partition_interval);
@@ -1436,7 +1830,7 @@ BEGIN
                    koherent._partition_start(now(), ret.partition_interval));
     WHILE lo < top LOOP
         hi := koherent._partition_next(lo, ret.partition_interval);
-        pname := format('%s_%s_p%s', left(cfg.history_table, 35), cfg.id,
+        pname := format('%s_%s_p%s', koherent._name_prefix(cfg.history_table, 35), cfg.id,
                         to_char(timezone('UTC', lo), 'YYYYMMDD"_"HH24MISS'));
         EXECUTE format('CREATE TABLE koherent_history.%I (LIKE %s INCLUDING DEFAULTS INCLUDING STORAGE)', pname, hist);
         EXECUTE format('ALTER TABLE koherent_history.%I OWNER TO %I', pname,
@@ -1472,10 +1866,10 @@ COMMENT ON FUNCTION koherent.create_partitions() IS
 -- checks its dates) under an ACCESS EXCLUSIVE lock, once. Its indexes become the partitions of
 -- the new table's.
 CREATE FUNCTION koherent._partition_history(cfg koherent.tracked_config, step interval) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' AS $$
 DECLARE
     hist regclass := format('koherent_history.%I', cfg.history_table)::regclass;
-    oldname name := format('%s_%s_p0', left(cfg.history_table, 35), cfg.id);
+    oldname name := format('%s_%s_p0', koherent._name_prefix(cfg.history_table, 35), cfg.id);
     newhist regclass;
     had_lookup boolean;
     had_row boolean;
@@ -1528,6 +1922,10 @@ BEGIN
     END IF;
     IF ahead IS NULL OR ahead < 1 OR ahead > 1000 THEN
         RAISE EXCEPTION 'koherent.set_retention: ahead must be between 1 and 1000, not %', ahead
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF partition * (ahead + 1) > interval '100 years' THEN
+        RAISE EXCEPTION 'koherent.set_retention: % partitions of % reach more than 100 years ahead', ahead, partition
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     LOCK TABLE koherent.retention IN EXCLUSIVE MODE;
@@ -1587,11 +1985,15 @@ BEGIN
 END $$;
 
 -- Drop whole history partitions older than their table's keep (never a DELETE); see the README,
--- "Retention". Seals first (the ledger then keeps the hashes of what is dropped), waits at most
--- lock_timeout (2 s when unset) for the writers of each history table, and records a retention
--- event per partition dropped, which the closing seal covers.
+-- "Retention". Seals first (the ledger then keeps the hashes of what is dropped); then, without
+-- any lock a writer waits for, locks each expired partition (SHARE: no writer writes there, its
+-- dates are older than keep) and reads its entry count and id ranges; then per table takes the
+-- history table's ACCESS EXCLUSIVE lock (waiting at most lock_timeout, 2 s when unset: a table
+-- it cannot lock is skipped and pruned next time), detaches and drops its expired partitions
+-- and records a retention event each; the closing seal covers the events. The locks of the
+-- tables pruned are held until the transaction ends.
 CREATE FUNCTION koherent.prune() RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' AS $$
 DECLARE
     c record;
     p record;
@@ -1600,45 +2002,66 @@ DECLARE
     pr record;
     dropped jsonb := '[]';
     skipped jsonb := '[]';
+    caller_wait text := current_setting('lock_timeout');
     wait text := CASE WHEN current_setting('lock_timeout') IN ('0', '0ms') THEN '2s'
                       ELSE current_setting('lock_timeout') END;
     ev koherent.retention_event;
-    pname name;
+    todo jsonb := '[]';
+    t jsonb;
+    x jsonb;
 BEGIN
     IF current_setting('transaction_isolation') <> 'read committed' THEN
         RAISE EXCEPTION 'koherent: prune() runs in a READ COMMITTED transaction, not %', current_setting('transaction_isolation')
-            USING ERRCODE = 'invalid_transaction_state', HINT = 'Call it on its own, outside a transaction block.';
+            USING ERRCODE = 'invalid_transaction_state',
+                  HINT = 'Call it on its own (it holds the locks of the history tables it pruned until the transaction ends).';
     END IF;
     made := koherent.create_partitions();
     PERFORM koherent.seal();
+    -- what to drop, and what each partition holds
     FOR c IN SELECT t.*, r.keep FROM koherent.retention r JOIN koherent.tracked_config t ON t.id = r.config_id
               WHERE r.keep IS NOT NULL ORDER BY t.id LOOP
         hist := to_regclass(format('koherent_history.%I', c.history_table));
         CONTINUE WHEN hist IS NULL;
-        FOR p IN SELECT * FROM koherent._partitions(hist) x WHERE x.hi <= now() - c.keep ORDER BY x.hi LOOP
+        x := '[]';
+        FOR p IN SELECT * FROM koherent._partitions(hist) y WHERE y.hi <= now() - c.keep ORDER BY y.hi LOOP
             BEGIN
                 PERFORM set_config('lock_timeout', wait, true);
-                -- no writer may add to it now (none should: its dates are older than keep)
                 EXECUTE format('LOCK TABLE %s IN SHARE MODE', p.part);
                 pr := koherent._pruned_ranges(hist, p.part);
-                pname := (SELECT relname FROM pg_class WHERE oid = p.part);
-                EXECUTE format('ALTER TABLE %s DETACH PARTITION %s', hist, p.part);
-                EXECUTE format('DROP TABLE %s', p.part);
-                INSERT INTO koherent.retention_event (config_id, partition_name, range_from, range_to, entries,
-                                                      id_ranges, dropped_at, dropped_by)
-                VALUES (c.id, pname, p.lo, p.hi, pr.entries, pr.ranges,
-                        now(), current_user)
-                RETURNING * INTO ev;
-                dropped := dropped || jsonb_build_object('table', format('%I.%I', c.schema_name, c.table_name),
-                                                         'partition', ev.partition_name, 'from', p.lo, 'to', p.hi,
-                                                         'entries', pr.entries, 'event', ev.id);
-            EXCEPTION WHEN lock_not_available THEN
+                x := x || jsonb_build_object('part', p.part::oid, 'name', (SELECT relname FROM pg_class WHERE oid = p.part),
+                                             'lo', p.lo, 'hi', p.hi, 'entries', pr.entries, 'ranges', pr.ranges::text);
+            EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
                 skipped := skipped || jsonb_build_object('table', format('%I.%I', c.schema_name, c.table_name),
-                                                         'partition', p.part::text, 'reason', 'lock_timeout');
+                                                         'partition', p.part::text, 'reason', SQLERRM);
             END;
         END LOOP;
+        IF x <> '[]' THEN
+            todo := todo || jsonb_build_object('cfg', c.id, 'hist', hist::oid,
+                                               'table', format('%I.%I', c.schema_name, c.table_name), 'parts', x);
+        END IF;
     END LOOP;
-    PERFORM set_config('lock_timeout', wait, true);
+    -- per table: its lock (a moment for its writers), then its partitions go
+    FOR t IN SELECT * FROM jsonb_array_elements(todo) LOOP
+        BEGIN
+            PERFORM set_config('lock_timeout', wait, true);
+            EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', (t->>'hist')::oid::regclass);
+            FOR x IN SELECT * FROM jsonb_array_elements(t->'parts') LOOP
+                EXECUTE format('ALTER TABLE %s DETACH PARTITION %s', (t->>'hist')::oid::regclass, (x->>'part')::oid::regclass);
+                EXECUTE format('DROP TABLE %s', (x->>'part')::oid::regclass);
+                INSERT INTO koherent.retention_event (config_id, partition_name, range_from, range_to, entries,
+                                                      id_ranges, dropped_at, dropped_by)
+                VALUES ((t->>'cfg')::int, x->>'name', (x->>'lo')::timestamptz, (x->>'hi')::timestamptz,
+                        (x->>'entries')::bigint, (x->>'ranges')::int8range[], now(), current_user)
+                RETURNING * INTO ev;
+                dropped := dropped || jsonb_build_object('table', t->>'table', 'partition', ev.partition_name,
+                                                         'from', ev.range_from, 'to', ev.range_to,
+                                                         'entries', ev.entries, 'event', ev.id);
+            END LOOP;
+        EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
+            skipped := skipped || jsonb_build_object('table', t->>'table', 'reason', SQLERRM);
+        END;
+    END LOOP;
+    PERFORM set_config('lock_timeout', caller_wait, true);
     IF dropped <> '[]' THEN
         PERFORM koherent.seal();
     END IF;
@@ -1648,6 +2071,26 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION koherent.prune() IS
   'Drop whole history partitions older than their table''s keep (koherent.set_retention), recording a retention event each (sealed into the ledger); returns what it dropped.';
+
+-- Refuse what needs history that was pruned: a revert of contexts that began before the end
+-- of a dropped partition (some of their entries may be gone).
+CREATE FUNCTION koherent._pruned_check(ctx uuid[], what text) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    e record;
+BEGIN
+    SELECT r.range_to, format('%I.%I', c.schema_name, c.table_name) AS tbl INTO e
+      FROM koherent.retention_event r JOIN koherent.tracked_config c ON c.id = r.config_id
+     WHERE r.entries > 0
+       AND r.range_to > (SELECT min(x.created_at) FROM koherent.transaction_auth_context x WHERE x.id = ANY (ctx))
+     ORDER BY r.range_to DESC LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'koherent: cannot %: history of % before % was pruned, and this work began before that', what, e.tbl, e.range_to
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'reason: history_pruned',
+                  HINT = 'koherent.retention_event lists what koherent.prune() dropped.';
+    END IF;
+END $$;
 
 -- A retention event as the ledger seals it (a member of the block's schema, "pruned").
 CREATE FUNCTION koherent._ledger_retention_record(e koherent.retention_event) RETURNS jsonb

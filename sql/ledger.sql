@@ -276,7 +276,10 @@ BEGIN
     -- retention events (koherent.prune) not sealed yet: the block's schema lists them
     SELECT jsonb_agg(koherent._ledger_retention_record(e) ORDER BY e.id), array_agg(e.id)
       INTO pruned, events
-      FROM koherent.retention_event e WHERE e.block IS NULL;
+      FROM koherent.retention_event e
+     WHERE e.block IS NULL  -- (and none a block holds already: each is sealed once)
+       AND NOT EXISTS (SELECT 1 FROM koherent.ledger_block x, jsonb_array_elements(coalesce(x.schema->'pruned', '[]')) s
+                        WHERE s->>'id' = e.id::text);
     IF ctxs IS NULL AND events IS NULL THEN
         RETURN coalesce(koherent.digest(), '{}') || '{"sealed": 0}';
     END IF;
@@ -338,7 +341,7 @@ COMMENT ON FUNCTION koherent.seal() IS
 -- Recompute everything sealed: no rows means intact. Problems: entry_changed, entry_missing,
 -- entry_added, entry_moved, unsealed, context_missing, context_changed, task_changed,
 -- task_missing, entries_changed, block_changed, block_missing, chain_broken, schema_changed,
--- digest_mismatch, pruned_unsealed, retention_changed, retention_missing; and one row `pruned`
+-- digest_mismatch, pruned_unsealed, retention_changed, retention_missing, pruned_mismatch; and one row `pruned`
 -- (not a problem) per history partition koherent.prune() dropped (README, "The ledger").
 -- A sealed entry no longer in history whose id a sealed retention event of its table lists
 -- was pruned, not deleted; the entries root of its context cannot be recomputed (the ledger
@@ -369,7 +372,10 @@ BEGIN
                substring(l.entry_hashes FROM ((u.i - 1) * 8 + 1)::integer FOR 8) AS h8
           FROM koherent.ledger_context l, unnest(l.entry_configs, l.entry_ids) WITH ORDINALITY AS u(config, history_id, i)),
     names AS (SELECT c.id, format('%%I.%%I', c.schema_name, c.table_name) AS name FROM koherent.tracked_config c),
-    ev AS MATERIALIZED (SELECT e.id, e.config_id, r AS ids FROM koherent.retention_event e, unnest(e.id_ranges) r),
+    ev AS MATERIALIZED (SELECT e.id, e.config_id, e.range_to, r AS ids FROM koherent.retention_event e, unnest(e.id_ranges) r),
+    -- retention events as the blocks sealed them
+    sev AS MATERIALIZED (SELECT (s->>'id')::bigint AS id, b.block, s AS rec
+                           FROM koherent.ledger_block b, jsonb_array_elements(coalesce(b.schema->'pruned', '[]')) s),
     -- entries: each sealed one as it was sealed, and in its context (moved: where it is now);
     -- event: the retention event that dropped a missing one
     ep0 AS MATERIALIZED (
@@ -385,7 +391,11 @@ BEGIN
                     ELSE 'its recorded values differ from what was sealed' END AS detail,
                v.context AS other_context, coalesce(v.config, i.config) AS config,
                CASE WHEN v.history_id IS NULL
-                    THEN (SELECT min(x.id) FROM ev x WHERE x.config_id = i.config AND x.ids @> i.history_id) END AS event
+                    -- (an entry is dated at or after its context began: a partition that ended
+                    -- before that cannot have held it)
+                    THEN (SELECT min(x.id) FROM ev x WHERE x.config_id = i.config AND x.ids @> i.history_id
+                             AND x.range_to > (SELECT t.created_at FROM koherent.transaction_auth_context t
+                                                WHERE t.id = i.context)) END AS event
           FROM (SELECT * FROM v
                  WHERE EXISTS (SELECT 1 FROM koherent.ledger_context l WHERE l.context_id = v.context)
                     OR EXISTS (SELECT 1 FROM i WHERE i.config = v.config AND i.history_id = v.history_id)) v
@@ -395,10 +405,21 @@ BEGIN
     ep AS MATERIALIZED (SELECT * FROM ep0 WHERE ep0.event IS NULL),
     -- retention events: each sealed by the block it names, as it is now; each sealed one still there
     rp AS (
-        SELECT CASE WHEN e.block IS NULL THEN 'pruned_unsealed'
-                    WHEN NOT EXISTS (SELECT 1 FROM koherent.ledger_block b, jsonb_array_elements(b.schema->'pruned') s
-                                      WHERE b.block = e.block AND s = koherent._ledger_retention_record(e))
+        SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM sev WHERE sev.id = e.id) THEN 'pruned_unsealed'
+                    -- sealed once, by the block it names, as it is now
+                    WHEN (SELECT count(*) FROM sev WHERE sev.id = e.id) > 1
+                      OR e.block IS DISTINCT FROM (SELECT min(sev.block) FROM sev WHERE sev.id = e.id)
+                      OR NOT EXISTS (SELECT 1 FROM sev WHERE sev.id = e.id AND sev.block = e.block
+                                        AND sev.rec = koherent._ledger_retention_record(e))
                          THEN 'retention_changed'
+                    -- it covers no more sealed entries than it dropped, and no partition of its
+                    -- range is still there
+                    WHEN (SELECT count(*) FROM ep0 q WHERE q.event = e.id) > e.entries
+                      OR EXISTS (SELECT 1 FROM koherent.tracked_config c,
+                                        koherent._partitions(to_regclass(format('koherent_history.%%I', c.history_table))) p
+                                  WHERE c.id = e.config_id AND to_regclass(format('koherent_history.%%I', c.history_table)) IS NOT NULL
+                                    AND (p.lo IS NULL OR p.lo < e.range_to) AND (e.range_from IS NULL OR p.hi > e.range_from))
+                         THEN 'pruned_mismatch'
                     ELSE 'pruned' END::text,
                (SELECT n.name FROM names n WHERE n.id = e.config_id), NULL::bigint, NULL::uuid,
                format('partition %%s [%%s, %%s) dropped at %%s by %%s: %%s entries, %%s of them sealed; retention event %%s, %%s',

@@ -78,10 +78,19 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT koherent._partition_start(timezone('UTC', timezone('UTC', lo) + step), step)
 $$;
 
--- The partitions of a history table and their bounds (lo NULL: from MINVALUE).
+-- The longest prefix of t of at most `bytes` bytes (names are cut in bytes, not characters).
+CREATE FUNCTION koherent._name_prefix(t text, bytes integer) RETURNS text
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT left(t, n) FROM generate_series(least(length(t), bytes), 0, -1) n
+     WHERE octet_length(left(t, n)) <= bytes LIMIT 1
+$$;
+
+-- The partitions of a history table and their bounds (lo NULL: from MINVALUE), read from their
+-- bound expressions under fixed settings (a session's DateStyle and TimeZone abbreviations must
+-- not move them).
 CREATE FUNCTION koherent._partitions(hist regclass)
 RETURNS TABLE (part regclass, lo timestamptz, hi timestamptz)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' AS $$
     SELECT c.oid::regclass,
            (substring(b.e FROM 'FROM \(''([^'']*)''\)'))::timestamptz,
            (substring(b.e FROM 'TO \(''([^'']*)''\)'))::timestamptz
@@ -95,7 +104,7 @@ $$;
 -- EXCLUSIVE on the history table: writers go on); ATTACH builds the history table's indexes on
 -- it. It gets the history table's owner.
 CREATE FUNCTION koherent._create_partitions(cfg_id integer) RETURNS integer
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' AS $$
 DECLARE
     cfg koherent.tracked_config;
     ret koherent.retention;
@@ -112,6 +121,8 @@ BEGIN
     IF hist IS NULL OR ret.config_id IS NULL OR (SELECT relkind FROM pg_class WHERE oid = hist) <> 'p' THEN
         RETURN 0;
     END IF;
+    -- one maker at a time (create_partitions, track, set_retention, prune)
+    LOCK TABLE koherent.retention IN EXCLUSIVE MODE;
     top := koherent._partition_start(now(), ret.partition_interval);
     FOR i IN 1..ret.ahead + 1 LOOP
         top := koherent._partition_next(top, ret.partition_interval);
@@ -120,7 +131,7 @@ BEGIN
                    koherent._partition_start(now(), ret.partition_interval));
     WHILE lo < top LOOP
         hi := koherent._partition_next(lo, ret.partition_interval);
-        pname := format('%s_%s_p%s', left(cfg.history_table, 35), cfg.id,
+        pname := format('%s_%s_p%s', koherent._name_prefix(cfg.history_table, 35), cfg.id,
                         to_char(timezone('UTC', lo), 'YYYYMMDD"_"HH24MISS'));
         EXECUTE format('CREATE TABLE koherent_history.%I (LIKE %s INCLUDING DEFAULTS INCLUDING STORAGE)', pname, hist);
         EXECUTE format('ALTER TABLE koherent_history.%I OWNER TO %I', pname,
@@ -156,10 +167,10 @@ COMMENT ON FUNCTION koherent.create_partitions() IS
 -- checks its dates) under an ACCESS EXCLUSIVE lock, once. Its indexes become the partitions of
 -- the new table's.
 CREATE FUNCTION koherent._partition_history(cfg koherent.tracked_config, step interval) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' AS $$
 DECLARE
     hist regclass := format('koherent_history.%I', cfg.history_table)::regclass;
-    oldname name := format('%s_%s_p0', left(cfg.history_table, 35), cfg.id);
+    oldname name := format('%s_%s_p0', koherent._name_prefix(cfg.history_table, 35), cfg.id);
     newhist regclass;
     had_lookup boolean;
     had_row boolean;
@@ -212,6 +223,10 @@ BEGIN
     END IF;
     IF ahead IS NULL OR ahead < 1 OR ahead > 1000 THEN
         RAISE EXCEPTION 'koherent.set_retention: ahead must be between 1 and 1000, not %', ahead
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF partition * (ahead + 1) > interval '100 years' THEN
+        RAISE EXCEPTION 'koherent.set_retention: % partitions of % reach more than 100 years ahead', ahead, partition
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     LOCK TABLE koherent.retention IN EXCLUSIVE MODE;
@@ -271,11 +286,15 @@ BEGIN
 END $$;
 
 -- Drop whole history partitions older than their table's keep (never a DELETE); see the README,
--- "Retention". Seals first (the ledger then keeps the hashes of what is dropped), waits at most
--- lock_timeout (2 s when unset) for the writers of each history table, and records a retention
--- event per partition dropped, which the closing seal covers.
+-- "Retention". Seals first (the ledger then keeps the hashes of what is dropped); then, without
+-- any lock a writer waits for, locks each expired partition (SHARE: no writer writes there, its
+-- dates are older than keep) and reads its entry count and id ranges; then per table takes the
+-- history table's ACCESS EXCLUSIVE lock (waiting at most lock_timeout, 2 s when unset: a table
+-- it cannot lock is skipped and pruned next time), detaches and drops its expired partitions
+-- and records a retention event each; the closing seal covers the events. The locks of the
+-- tables pruned are held until the transaction ends.
 CREATE FUNCTION koherent.prune() RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' AS $$
 DECLARE
     c record;
     p record;
@@ -284,45 +303,66 @@ DECLARE
     pr record;
     dropped jsonb := '[]';
     skipped jsonb := '[]';
+    caller_wait text := current_setting('lock_timeout');
     wait text := CASE WHEN current_setting('lock_timeout') IN ('0', '0ms') THEN '2s'
                       ELSE current_setting('lock_timeout') END;
     ev koherent.retention_event;
-    pname name;
+    todo jsonb := '[]';
+    t jsonb;
+    x jsonb;
 BEGIN
     IF current_setting('transaction_isolation') <> 'read committed' THEN
         RAISE EXCEPTION 'koherent: prune() runs in a READ COMMITTED transaction, not %', current_setting('transaction_isolation')
-            USING ERRCODE = 'invalid_transaction_state', HINT = 'Call it on its own, outside a transaction block.';
+            USING ERRCODE = 'invalid_transaction_state',
+                  HINT = 'Call it on its own (it holds the locks of the history tables it pruned until the transaction ends).';
     END IF;
     made := koherent.create_partitions();
     PERFORM koherent.seal();
+    -- what to drop, and what each partition holds
     FOR c IN SELECT t.*, r.keep FROM koherent.retention r JOIN koherent.tracked_config t ON t.id = r.config_id
               WHERE r.keep IS NOT NULL ORDER BY t.id LOOP
         hist := to_regclass(format('koherent_history.%I', c.history_table));
         CONTINUE WHEN hist IS NULL;
-        FOR p IN SELECT * FROM koherent._partitions(hist) x WHERE x.hi <= now() - c.keep ORDER BY x.hi LOOP
+        x := '[]';
+        FOR p IN SELECT * FROM koherent._partitions(hist) y WHERE y.hi <= now() - c.keep ORDER BY y.hi LOOP
             BEGIN
                 PERFORM set_config('lock_timeout', wait, true);
-                -- no writer may add to it now (none should: its dates are older than keep)
                 EXECUTE format('LOCK TABLE %s IN SHARE MODE', p.part);
                 pr := koherent._pruned_ranges(hist, p.part);
-                pname := (SELECT relname FROM pg_class WHERE oid = p.part);
-                EXECUTE format('ALTER TABLE %s DETACH PARTITION %s', hist, p.part);
-                EXECUTE format('DROP TABLE %s', p.part);
-                INSERT INTO koherent.retention_event (config_id, partition_name, range_from, range_to, entries,
-                                                      id_ranges, dropped_at, dropped_by)
-                VALUES (c.id, pname, p.lo, p.hi, pr.entries, pr.ranges,
-                        now(), current_user)
-                RETURNING * INTO ev;
-                dropped := dropped || jsonb_build_object('table', format('%I.%I', c.schema_name, c.table_name),
-                                                         'partition', ev.partition_name, 'from', p.lo, 'to', p.hi,
-                                                         'entries', pr.entries, 'event', ev.id);
-            EXCEPTION WHEN lock_not_available THEN
+                x := x || jsonb_build_object('part', p.part::oid, 'name', (SELECT relname FROM pg_class WHERE oid = p.part),
+                                             'lo', p.lo, 'hi', p.hi, 'entries', pr.entries, 'ranges', pr.ranges::text);
+            EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
                 skipped := skipped || jsonb_build_object('table', format('%I.%I', c.schema_name, c.table_name),
-                                                         'partition', p.part::text, 'reason', 'lock_timeout');
+                                                         'partition', p.part::text, 'reason', SQLERRM);
             END;
         END LOOP;
+        IF x <> '[]' THEN
+            todo := todo || jsonb_build_object('cfg', c.id, 'hist', hist::oid,
+                                               'table', format('%I.%I', c.schema_name, c.table_name), 'parts', x);
+        END IF;
     END LOOP;
-    PERFORM set_config('lock_timeout', wait, true);
+    -- per table: its lock (a moment for its writers), then its partitions go
+    FOR t IN SELECT * FROM jsonb_array_elements(todo) LOOP
+        BEGIN
+            PERFORM set_config('lock_timeout', wait, true);
+            EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', (t->>'hist')::oid::regclass);
+            FOR x IN SELECT * FROM jsonb_array_elements(t->'parts') LOOP
+                EXECUTE format('ALTER TABLE %s DETACH PARTITION %s', (t->>'hist')::oid::regclass, (x->>'part')::oid::regclass);
+                EXECUTE format('DROP TABLE %s', (x->>'part')::oid::regclass);
+                INSERT INTO koherent.retention_event (config_id, partition_name, range_from, range_to, entries,
+                                                      id_ranges, dropped_at, dropped_by)
+                VALUES ((t->>'cfg')::int, x->>'name', (x->>'lo')::timestamptz, (x->>'hi')::timestamptz,
+                        (x->>'entries')::bigint, (x->>'ranges')::int8range[], now(), current_user)
+                RETURNING * INTO ev;
+                dropped := dropped || jsonb_build_object('table', t->>'table', 'partition', ev.partition_name,
+                                                         'from', ev.range_from, 'to', ev.range_to,
+                                                         'entries', ev.entries, 'event', ev.id);
+            END LOOP;
+        EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
+            skipped := skipped || jsonb_build_object('table', t->>'table', 'reason', SQLERRM);
+        END;
+    END LOOP;
+    PERFORM set_config('lock_timeout', caller_wait, true);
     IF dropped <> '[]' THEN
         PERFORM koherent.seal();
     END IF;
@@ -332,6 +372,26 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION koherent.prune() IS
   'Drop whole history partitions older than their table''s keep (koherent.set_retention), recording a retention event each (sealed into the ledger); returns what it dropped.';
+
+-- Refuse what needs history that was pruned: a revert of contexts that began before the end
+-- of a dropped partition (some of their entries may be gone).
+CREATE FUNCTION koherent._pruned_check(ctx uuid[], what text) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    e record;
+BEGIN
+    SELECT r.range_to, format('%I.%I', c.schema_name, c.table_name) AS tbl INTO e
+      FROM koherent.retention_event r JOIN koherent.tracked_config c ON c.id = r.config_id
+     WHERE r.entries > 0
+       AND r.range_to > (SELECT min(x.created_at) FROM koherent.transaction_auth_context x WHERE x.id = ANY (ctx))
+     ORDER BY r.range_to DESC LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'koherent: cannot %: history of % before % was pruned, and this work began before that', what, e.tbl, e.range_to
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'reason: history_pruned',
+                  HINT = 'koherent.retention_event lists what koherent.prune() dropped.';
+    END IF;
+END $$;
 
 -- A retention event as the ledger seals it (a member of the block's schema, "pruned").
 CREATE FUNCTION koherent._ledger_retention_record(e koherent.retention_event) RETURNS jsonb

@@ -399,6 +399,7 @@ DECLARE
     fast jsonb := '[]';
 BEGIN
     PERFORM koherent._revert_plan_check(acting);
+    PERFORM koherent._pruned_check(ctx, 'revert');
     FOR cfg IN SELECT * FROM koherent.tracked_config c ORDER BY c.id LOOP
         CONTINUE WHEN to_regclass(format('koherent_history.%I', cfg.history_table)) IS NULL;
         PERFORM koherent._summarize(to_regclass(format('koherent_history.%I', cfg.history_table))::oid);
@@ -616,7 +617,7 @@ BEGIN
         restorable := coalesce(restorable, '{}');
         generated := coalesce(generated, '{}');
         required := coalesce(required, '{}');
-        SELECT string_agg(format('t.%I = k.%I', c, c), ' AND ') INTO keymatch FROM unnest(cfg.pk_columns) c;
+        SELECT string_agg(format('t.%I = koherent_k.%I', c, c), ' AND ') INTO keymatch FROM unnest(cfg.pk_columns) c;
 
         cur := NULL;
         occ := NULL;
@@ -629,20 +630,20 @@ BEGIN
             IF lock THEN
                 PERFORM koherent._as_caller(acting, format(
                     'SELECT to_jsonb(count(*)) FROM (SELECT 1 FROM %1$s t, jsonb_array_elements($1) p, '
-                    'LATERAL jsonb_populate_record(NULL::%1$s, coalesce(nullif(p->''akey'', ''null''), ''{}'')) k '
+                    'LATERAL jsonb_populate_record(NULL::%1$s, coalesce(nullif(p->''akey'', ''null''), ''{}'')) koherent_k '
                     'WHERE %2$s FOR UPDATE OF t) x', tbl, keymatch), keys, false);
             END IF;
             cur := koherent._as_caller(acting, format(
                 'SELECT jsonb_agg(CASE WHEN t.ctid IS NOT NULL THEN %3$s END ORDER BY p.i) '
-                'FROM (SELECT p.i, k FROM jsonb_array_elements($1) WITH ORDINALITY p(v, i), '
-                'LATERAL jsonb_populate_record(NULL::%1$s, coalesce(nullif(p.v->''akey'', ''null''), ''{}'')) k) p '
-                'LEFT JOIN %1$s t ON %2$s', tbl, replace(keymatch, 'k.', '(p.k).'), koherent._source_json_expr(cfg, 't')), keys, false);
+                'FROM (SELECT p.i, koherent_k FROM jsonb_array_elements($1) WITH ORDINALITY p(v, i), '
+                'LATERAL jsonb_populate_record(NULL::%1$s, coalesce(nullif(p.v->''akey'', ''null''), ''{}'')) koherent_k) p '
+                'LEFT JOIN %1$s t ON %2$s', tbl, replace(keymatch, 'koherent_k.', '(p.koherent_k).'), koherent._source_json_expr(cfg, 't')), keys, false);
             occ := koherent._as_caller(acting, format(
                 'SELECT jsonb_agg(t.ctid IS NOT NULL ORDER BY p.i) '
-                'FROM (SELECT p.i, k FROM jsonb_array_elements($1) WITH ORDINALITY p(v, i), '
+                'FROM (SELECT p.i, koherent_k FROM jsonb_array_elements($1) WITH ORDINALITY p(v, i), '
                 'LATERAL jsonb_populate_record(NULL::%1$s, CASE WHEN p.v->''bkey'' IS DISTINCT FROM p.v->''akey'' '
-                'THEN coalesce(nullif(p.v->''bkey'', ''null''), ''{}'') ELSE ''{}'' END) k) p '
-                'LEFT JOIN %1$s t ON %2$s', tbl, replace(keymatch, 'k.', '(p.k).')), keys, false);
+                'THEN coalesce(nullif(p.v->''bkey'', ''null''), ''{}'') ELSE ''{}'' END) koherent_k) p '
+                'LEFT JOIN %1$s t ON %2$s', tbl, replace(keymatch, 'koherent_k.', '(p.koherent_k).')), keys, false);
         END IF;
 
         RETURN QUERY
@@ -818,6 +819,7 @@ DECLARE
     updated bigint := 0;
     skipped bigint := 0;
 BEGIN
+    PERFORM koherent._pruned_check(ctx, 'revert');
     PERFORM koherent._revert_check_args(on_conflict);
     -- the tables on the typed path: locked and checked there; the others planned row by row
     FOR tc IN SELECT * FROM koherent.tracked_config x ORDER BY x.id LOOP
@@ -874,12 +876,12 @@ BEGIN
             deleted := deleted + koherent._revert_fast_write(acting, fast->(cfg_id::text), 'delete', on_conflict);
             CONTINUE;
         END IF;
-        SELECT string_agg(format('t.%I = k.%I', c, c), ' AND ') INTO keymatch FROM unnest(pk) c;
+        SELECT string_agg(format('t.%I = koherent_k.%I', c, c), ' AND ') INTO keymatch FROM unnest(pk) c;
         SELECT jsonb_agg(p->'at_key'), count(*) INTO ks, n FROM jsonb_array_elements(plan) p
          WHERE (p->>'cfg_id')::int = cfg_id AND p->>'action' = 'DELETE';
         IF n > 0 THEN
             PERFORM koherent._revert_write(acting, format(
-                'DELETE FROM %1$s t USING jsonb_array_elements($1) p, LATERAL jsonb_populate_record(NULL::%1$s, p) k WHERE %2$s',
+                'DELETE FROM %1$s t USING jsonb_array_elements($1) p, LATERAL jsonb_populate_record(NULL::%1$s, p) koherent_k WHERE %2$s',
                 tbl, keymatch), ks, n, 'delete', tbl);
             deleted := deleted + n;
         END IF;
@@ -893,7 +895,7 @@ BEGIN
             inserted := inserted + koherent._revert_fast_write(acting, fast->(cfg_id::text), 'insert', on_conflict);
             CONTINUE;
         END IF;
-        SELECT string_agg(format('t.%I = k.%I', c, c), ' AND ') INTO keymatch FROM unnest(pk) c;
+        SELECT string_agg(format('t.%I = koherent_k.%I', c, c), ' AND ') INTO keymatch FROM unnest(pk) c;
         -- updates that keep the key, then those that move rows back to their old keys, in
         -- waves: a row moves once no row still waiting to move holds its old key (a cycle, a
         -- key swap, is written as it stands: a unique key then needs to be DEFERRABLE)
@@ -909,9 +911,9 @@ BEGIN
                        FROM jsonb_array_elements(wave) p
                       GROUP BY p->'fields' ORDER BY (p->'fields')::text LOOP
                 PERFORM koherent._revert_write(acting, format(
-                    'UPDATE %1$s t SET %3$s FROM jsonb_array_elements($1) p, LATERAL jsonb_populate_record(NULL::%1$s, p->''k'') k, '
-                    'LATERAL jsonb_populate_record(NULL::%1$s, p->''r'') r WHERE %2$s', tbl, keymatch,
-                    (SELECT string_agg(format('%I = r.%I', f, f), ', ') FROM jsonb_array_elements_text(g.fields) f)),
+                    'UPDATE %1$s t SET %3$s FROM jsonb_array_elements($1) p, LATERAL jsonb_populate_record(NULL::%1$s, p->''k'') koherent_k, '
+                    'LATERAL jsonb_populate_record(NULL::%1$s, p->''r'') koherent_r WHERE %2$s', tbl, keymatch,
+                    (SELECT string_agg(format('%I = koherent_r.%I', f, f), ', ') FROM jsonb_array_elements_text(g.fields) f)),
                     g.rows, g.n, 'update', tbl);
                 updated := updated + g.n;
             END LOOP;

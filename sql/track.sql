@@ -127,6 +127,8 @@ BEGIN
     END IF;
     PERFORM koherent._install_triggers(cfg.id);
     PERFORM koherent._rebuild_views();
+    -- partitioned history (koherent.set_retention): the partitions writes need from now on
+    PERFORM koherent._create_partitions(cfg.id);
 END $$;
 
 COMMENT ON FUNCTION koherent.track(regclass, text[], boolean, boolean) IS

@@ -339,3 +339,148 @@ def test_prune_under_concurrent_writes(db, tmp_path):
     db.sql("DELETE FROM koherent.retention_event WHERE partition_name = 'forged'")
     problems = db.sql("SELECT problem, history_id FROM koherent.verify_history() WHERE problem <> 'pruned'")
     assert sorted(problems) == [("entry_missing", kept), ("retention_changed", None)]
+
+
+def pruned_table(db, name="pt", keep="1 second", width="1 second"):
+    db.sql(f"CREATE TABLE {name} (id int PRIMARY KEY, v text)")
+    db.sql(f"SELECT koherent.track('{name}')")
+    db.sql(f"SELECT koherent.set_retention('{name}', '{keep}', '{width}', 5)")
+
+
+def test_tampering_behind_retention_is_caught(db):
+    """A superuser who deletes a kept entry and hides it behind a retention event: edited and
+    sealed again, forged and sealed, or swallowed by an honest prune of an interleaved range."""
+    pruned_table(db)
+    write(db, "INSERT INTO pt VALUES (1, 'a')", mint("old"))
+    db.sql("SELECT koherent.seal()")
+    time.sleep(2.2)
+    write(db, "INSERT INTO pt VALUES (2, 'b'), (3, 'c')", mint("new"))
+    r = db.one("SELECT koherent.prune()")
+    assert r["entries_dropped"] == 1 and r["skipped"] == []
+    assert {p for p, in db.sql("SELECT problem FROM koherent.verify_history()")} == {"pruned"}
+    kept = db.one("SELECT min(history_id) FROM koherent_history.pt")
+    ev = db.one("SELECT id FROM koherent.retention_event WHERE entries = 1")
+    with db.conn() as c:
+        c.execute("SET session_replication_role = replica")
+        c.execute("DELETE FROM koherent_history.pt WHERE history_id = %s", [kept])
+    assert db.sql("SELECT problem, history_id FROM koherent.verify_history() WHERE problem <> 'pruned'") == [
+        ("entry_missing", kept)]
+    # 1. the event widened to cover it, marked unsealed and sealed again
+    db.sql("UPDATE koherent.retention_event SET id_ranges = id_ranges || int8range(%s, %s, '[]'), entries = 2, "
+           "block = NULL WHERE id = %s", [kept, kept, ev])
+    db.sql("SELECT koherent.seal()")
+    assert db.one("SELECT count(*) FROM koherent.ledger_block WHERE schema ? 'pruned'") == 1  # not sealed twice
+    # (the entry's transaction began after the partition ended, so no event covers it either)
+    assert sorted(db.sql("SELECT problem FROM koherent.verify_history() WHERE problem <> 'pruned'")) == [
+        ("entry_missing",), ("retention_changed",)]
+    db.sql("UPDATE koherent.retention_event SET id_ranges = id_ranges[1:1], entries = 1, "
+           "block = (SELECT block FROM koherent.ledger_block WHERE schema ? 'pruned') WHERE id = %s", [ev])
+    assert db.sql("SELECT problem FROM koherent.verify_history() WHERE problem <> 'pruned'") == [("entry_missing",)]
+    # 2. a forged event of a range long before the entry's transaction began, sealed
+    db.sql("INSERT INTO koherent.retention_event (config_id, partition_name, range_from, range_to, entries, id_ranges, "
+           "dropped_at, dropped_by) SELECT config_id, 'pt_1_p20000101_000000', '2000-01-01', '2000-01-01 00:00:01', 1, "
+           "ARRAY[int8range(%s, %s, '[]')], now(), 'postgres' FROM koherent.retention_event LIMIT 1", [kept, kept])
+    db.sql("SELECT koherent.seal()")
+    assert db.sql("SELECT problem, history_id FROM koherent.verify_history() WHERE problem <> 'pruned'") == [
+        ("entry_missing", kept)]
+    # ... or of a range that a partition still attached covers
+    db.sql("INSERT INTO koherent.retention_event (config_id, partition_name, range_from, range_to, entries, id_ranges, "
+           "dropped_at, dropped_by) SELECT config_id, 'forged', now() - interval '1 hour', now() + interval '1 hour', 1, "
+           "ARRAY[int8range(%s, %s, '[]')], now(), 'postgres' FROM koherent.retention_event LIMIT 1", [kept, kept])
+    db.sql("SELECT koherent.seal()")
+    assert db.sql("SELECT problem FROM koherent.verify_history() WHERE problem <> 'pruned'") == [("pruned_mismatch",)]
+
+
+def test_an_honest_prune_does_not_swallow_an_entry_deleted_before(db):
+    """A statement that began in one partition's second and reserved its ids after a write of
+    the next second: the dropped partition's id span holds a kept entry's id. Deleted before the
+    prune, that entry is inside the event's ranges; its transaction began after the partition
+    ended, so the event cannot have held it: entry_missing. (Had it begun before, the event
+    would cover more sealed entries than it dropped: pruned_mismatch.)"""
+    pruned_table(db)
+    parts = partitions(db, "koherent_history.pt")
+    s = next(lo for _, lo, _ in parts if lo and lo > datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=0.2))
+    sleep_past(s)
+    write(db, "INSERT INTO pt VALUES (1, 'a')")                     # second s: the smallest id
+    long = threading.Thread(target=write, args=(db, "INSERT INTO pt SELECT 3, 'c' FROM pg_sleep(1.4)"))
+    long.start()                                                      # second s, ids at its end
+    sleep_past(s + datetime.timedelta(seconds=1.1))
+    write(db, "INSERT INTO pt VALUES (2, 'b')")                       # second s + 1: an id between
+    long.join()
+    rows = db.sql("SELECT id, history_id, tableoid::regclass::text FROM koherent_history.pt ORDER BY history_id")
+    assert [r[0] for r in rows] == [1, 2, 3] and rows[0][2] == rows[2][2] != rows[1][2]
+    db.sql("SELECT koherent.seal()")
+    with db.conn() as c:
+        c.execute("SET session_replication_role = replica")
+        c.execute("DELETE FROM koherent_history.pt WHERE id = 2")
+    sleep_past(s + datetime.timedelta(seconds=2.05))
+    r = db.one("SELECT koherent.prune()")
+    assert [d["entries"] for d in r["dropped"] if d["entries"]] == [2]
+    assert db.sql("SELECT problem FROM koherent.verify_history() WHERE problem <> 'pruned'") == [("entry_missing",)]
+    assert db.one("SELECT id_ranges::text FROM koherent.retention_event WHERE entries = 2") == \
+        f"{{\"[{rows[0][1]},{rows[2][1] + 1})\"}}"
+
+
+def test_readers_refuse_what_was_pruned_and_settings_do_not_move_partitions(db):
+    pruned_table(db)
+    with db.conn(autocommit=False) as c:
+        c.execute("SELECT koherent.set_task(%s)", [mint("gone")])
+        c.execute("INSERT INTO pt VALUES (1, 'a')")
+        before = c.execute("SELECT statement_timestamp()").fetchone()[0]
+        c.commit()
+    time.sleep(2.2)
+    write(db, "UPDATE pt SET v = 'b'", mint("later"))
+    assert db.one("SELECT koherent.prune()")["entries_dropped"] == 1
+    # the table as of a moment whose later changes were dropped, the row, a revert of a task
+    # whose entries were dropped: refused, nothing written
+    for q in ("SELECT count(*) FROM koherent.as_of(NULL::pt, %s)",
+              "SELECT koherent.row_as_of(NULL::pt, '{\"id\": 1}', %s)"):
+        with pytest.raises(psycopg.Error) as e:
+            db.sql(q, [before])
+        assert sqlstate(e) == "22023" and "was pruned" in str(e.value), q
+    for q in ("SELECT count(*) FROM koherent.revert_plan('gone')",
+              "SELECT koherent.revert_task('gone', on_conflict => 'overwrite')"):
+        with pytest.raises(psycopg.Error) as e:
+            db.sql(q)
+        assert sqlstate(e) == "55000" and "reason: history_pruned" in e.value.diag.message_detail, q
+    assert db.sql("SELECT * FROM pt") == [(1, "b")]
+    assert db.one("SELECT count(*) FROM koherent.revert_plan('later')") == 1   # work since: fine
+    # a session's DateStyle and TimeZone abbreviations do not move partition bounds; prune leaves
+    # the caller's lock_timeout as it was
+    bounds = ("SELECT part::text, extract(epoch FROM lo), extract(epoch FROM hi) "
+              "FROM koherent._partitions('koherent_history.pt') ORDER BY hi")
+    want = db.sql(bounds)
+    with db.conn() as c:
+        c.execute("SET TimeZone = 'Asia/Kolkata'")
+        c.execute("SET DateStyle = 'SQL, DMY'")
+        c.execute("SET lock_timeout = '7s'")
+        assert c.execute(bounds).fetchall() == want
+        c.execute("BEGIN")
+        c.execute("SELECT koherent.prune()")
+        assert c.execute("SHOW lock_timeout").fetchone()[0] == "7s"
+        c.execute("COMMIT")
+        assert c.execute("SELECT koherent.create_partitions()").fetchone()[0] >= 0
+        assert {hi % 1 for _, _, hi in c.execute(bounds).fetchall()} == {0}
+
+
+def test_names_in_bytes_and_tracking_again(db):
+    name = "ж" * 30  # 60 bytes
+    db.sql(f'CREATE TABLE "{name}" (id int PRIMARY KEY)')
+    db.sql(f"""SELECT koherent.track('"{name}"')""")
+    r = db.one(f"""SELECT koherent.set_retention('"{name}"', NULL, '1 day', 2)""")
+    names = [p["partition"] for p in r["partitions"]]
+    assert len(names) == 3 and len(set(names)) == 3 and all(len(n.encode()) <= 63 + 20 for n in names)
+    db.sql(f"""INSERT INTO "{name}" VALUES (1)""")
+    # untracked, partitions are not made; tracked again, they are there before the next write
+    db.sql("CREATE TABLE rt (id int PRIMARY KEY)")
+    db.sql("SELECT koherent.track('rt')")
+    db.sql("SELECT koherent.set_retention('rt', NULL, '1 second', 1)")
+    db.sql("SELECT koherent.untrack('rt')")
+    time.sleep(2.5)
+    assert db.one("SELECT koherent.create_partitions()") == 0
+    db.sql("SELECT koherent.track('rt')")
+    db.sql("INSERT INTO rt VALUES (1)")
+    assert db.one("SELECT count(*) FROM koherent_history.rt") == 1
+    with pytest.raises(psycopg.Error) as e:
+        db.sql("SELECT koherent.set_retention('rt', NULL, '1000 years', 1000)")
+    assert sqlstate(e) == "22023"

@@ -429,3 +429,21 @@ def test_typed_path_truncate_identity_generated_and_excluded_columns(db):
     r = revert(db, "task-102", on_conflict="skip")
     assert (r["updated"], r["skipped"]) == (1, 1)
     assert db.sql("SELECT id, a, b, j::text FROM g ORDER BY id") == [(1, 1, 2, '{"x": 1}'), (2, 2, 4, "[3]")]
+
+
+def test_a_table_with_columns_named_like_the_reverts_aliases(db):
+    """Columns named k, r or p (the revert's own statements name their row sources otherwise)."""
+    db.sql("CREATE TABLE pv (id int, k int, r text, v text, PRIMARY KEY (id, k))")
+    db.sql("SELECT koherent.track('pv')")
+    db.sql("INSERT INTO pv VALUES (1, 1, 'r0', 'a'), (2, 2, 'r0', 'a')")
+    with db.conn(autocommit=False) as c:
+        c.execute("INSERT INTO pv VALUES (3, 3, 'r1', 'new')")
+        c.execute("UPDATE pv SET r = 'r2', v = 'b' WHERE id = 1")
+        c.execute("DELETE FROM pv WHERE id = 2")
+        ctx = c.execute("SELECT koherent.current_context_id()").fetchone()[0]
+        c.commit()
+    plan = db.sql("SELECT action, row_key FROM koherent.revert_context_plan(%s) ORDER BY row_key->>'id'", [ctx])
+    assert plan == [("UPDATE", {"id": 1, "k": 1}), ("INSERT", {"id": 2, "k": 2}), ("DELETE", {"id": 3, "k": 3})]
+    r = db.one("SELECT koherent.revert_context(%s)", [ctx])
+    assert (r["updated"], r["inserted"], r["deleted"]) == (1, 1, 1)
+    assert db.sql("SELECT * FROM pv ORDER BY id") == [(1, 1, "r0", "a"), (2, 2, "r0", "a")]

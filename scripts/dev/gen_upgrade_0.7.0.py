@@ -7,8 +7,8 @@ import re
 ROOT = "."
 CHANGED = {"sql/columns.sql": ["_sync_history_columns"],
            "sql/as_of.sql": ["_as_of_builtin_key", "_as_of_key_filter", "_as_of_entry_columns", "_as_of_key",
-                             "_as_of_rows", "_row_as_of_lookup", "_task_started"],
-           "sql/revert.sql": ["_revert_fast_view"],
+                             "_as_of_rows", "_row_as_of_lookup", "_task_started", "_as_of_check"],
+           "sql/revert.sql": ["_revert_fast_view", "_revert_plan_prepare", "_revert_apply", "_revert_rows"],
            "sql/track.sql": ["track"],
            "sql/views.sql": ["_table_literal", "_row_data_expr"],
            "sql/indexes.sql": ["_range_index", "_create_range_index"],
