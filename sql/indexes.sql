@@ -35,6 +35,14 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
      LIMIT 1
 $$;
 
+-- Whether a history table has its lookup index (a BRIN index other than the range index).
+CREATE FUNCTION koherent._has_lookup_index(hist regclass) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+                     JOIN pg_am a ON a.oid = c.relam WHERE i.indrelid = hist AND a.amname = 'brin'
+                      AND i.indexrelid IS DISTINCT FROM koherent._range_index(hist))
+$$;
+
 CREATE FUNCTION koherent._create_range_index(hist regclass) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN

@@ -791,9 +791,7 @@ BEGIN
     END IF;
     PERFORM koherent._sync_history_columns(cfg.id);
     hist := format('koherent_history.%I', cfg.history_table)::regclass;
-    IF NOT EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-                     JOIN pg_am a ON a.oid = c.relam WHERE i.indrelid = hist AND a.amname = 'brin'
-                      AND i.indexrelid IS DISTINCT FROM koherent._range_index(hist)) THEN
+    IF NOT koherent._has_lookup_index(hist) THEN
         PERFORM koherent._create_lookup_indexes(hist);
     END IF;
     PERFORM koherent._create_range_index(hist);
@@ -853,6 +851,13 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
       FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam
      WHERE i.indrelid = hist AND a.amname = 'brin' AND c.reloptions @> '{pages_per_range=128}'
      LIMIT 1
+$$;
+
+CREATE OR REPLACE FUNCTION koherent._has_lookup_index(hist regclass) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+                     JOIN pg_am a ON a.oid = c.relam WHERE i.indrelid = hist AND a.amname = 'brin'
+                      AND i.indexrelid IS DISTINCT FROM koherent._range_index(hist))
 $$;
 
 CREATE OR REPLACE FUNCTION koherent._create_range_index(hist regclass) RETURNS void
@@ -1876,9 +1881,7 @@ DECLARE
     hi timestamptz;
 BEGIN
     EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', hist);
-    had_lookup := EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-                            JOIN pg_am a ON a.oid = c.relam WHERE i.indrelid = hist AND a.amname = 'brin'
-                             AND i.indexrelid IS DISTINCT FROM koherent._range_index(hist));
+    had_lookup := koherent._has_lookup_index(hist);
     had_row := koherent._row_index(hist) IS NOT NULL;
     EXECUTE format('SELECT max(history_date) FROM %s', hist) INTO hi;
     hi := koherent._partition_next(koherent._partition_start(greatest(hi, now()), step), step);

@@ -177,9 +177,7 @@ DECLARE
     hi timestamptz;
 BEGIN
     EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', hist);
-    had_lookup := EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-                            JOIN pg_am a ON a.oid = c.relam WHERE i.indrelid = hist AND a.amname = 'brin'
-                             AND i.indexrelid IS DISTINCT FROM koherent._range_index(hist));
+    had_lookup := koherent._has_lookup_index(hist);
     had_row := koherent._row_index(hist) IS NOT NULL;
     EXECUTE format('SELECT max(history_date) FROM %s', hist) INTO hi;
     hi := koherent._partition_next(koherent._partition_start(greatest(hi, now()), step), step);

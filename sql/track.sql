@@ -108,9 +108,7 @@ BEGIN
     END IF;
     PERFORM koherent._sync_history_columns(cfg.id);
     hist := format('koherent_history.%I', cfg.history_table)::regclass;
-    IF NOT EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-                     JOIN pg_am a ON a.oid = c.relam WHERE i.indrelid = hist AND a.amname = 'brin'
-                      AND i.indexrelid IS DISTINCT FROM koherent._range_index(hist)) THEN
+    IF NOT koherent._has_lookup_index(hist) THEN
         PERFORM koherent._create_lookup_indexes(hist);
     END IF;
     PERFORM koherent._create_range_index(hist);

@@ -11,7 +11,7 @@ CHANGED = {"sql/columns.sql": ["_sync_history_columns"],
            "sql/revert.sql": ["_revert_fast_view", "_revert_plan_prepare", "_revert_apply", "_revert_rows"],
            "sql/track.sql": ["track"],
            "sql/views.sql": ["_table_literal", "_row_data_expr"],
-           "sql/indexes.sql": ["_range_index", "_create_range_index"],
+           "sql/indexes.sql": ["_range_index", "_has_lookup_index", "_create_range_index"],
            "sql/readers.sql": ["task_changes"]}
 
 
