@@ -92,8 +92,9 @@ def forged_cases():
         ("payload altered", f"{h}.{b64(payload.replace('forged', 'forgeD').encode())}.{s}", "28000", "bad_signature"),
         ("header altered", f"{b64(json.dumps({**H, 'typ': 'JOSE'}).encode())}.{p}.{s}", "28000", "bad_signature"),
         ("expired", mint("forged", exp=now - 5), "28000", "expired"),
-        ("iat in the future", mint("forged", iat=now + 300), "28000", "issued_in_future"),
-        ("nbf ahead", mint("forged", nbf=now + 300), "28000", "not_yet_valid"),
+        # hours ahead, not minutes: the cases are minted when pytest collects, long before this test runs
+        ("iat in the future", mint("forged", iat=now + 6 * 3600, exp=now + 12 * 3600), "28000", "issued_in_future"),
+        ("nbf ahead", mint("forged", nbf=now + 6 * 3600, exp=now + 12 * 3600), "28000", "not_yet_valid"),
         ("audience missing", raw(H, without("aud")), "22023", "invalid_claim"),
         ("audience empty", mint("forged", aud=[]), "22023", "invalid_claim"),
         ("audience other", mint("forged", aud=["elsewhere"]), "28000", "wrong_audience"),
