@@ -15,6 +15,8 @@ GRANT EXECUTE ON FUNCTION
     koherent.args_hash(jsonb), koherent._args_hash(text),
     -- called by the views with the reader's rights: a value's text by its output function
     koherent._text_out(anyelement),
+    -- and the images they build (src/image.rs: built-in types' conversions only)
+    koherent._jsonb_object("any"),
     -- folded by the planner in the views (loads the library and its planner hook; returns its argument)
     koherent._relid(oid),
     -- revert and as-of: who the helpers act for (src/revert/mod.rs)

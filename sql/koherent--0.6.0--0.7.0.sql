@@ -14,6 +14,63 @@ CREATE FUNCTION koherent."_ledger_merkle"("hashes" bytea[]) RETURNS bytea
 IMMUTABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', '_ledger_merkle_wrapper';
 CREATE FUNCTION koherent."_relid"("relid" oid) RETURNS oid
 IMMUTABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', '_relid_wrapper';
+CREATE FUNCTION koherent."_jsonb_object_takes"("typ" oid) RETURNS bool
+STABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', '_jsonb_object_takes_wrapper';
+CREATE FUNCTION koherent._jsonb_object(VARIADIC "any") RETURNS jsonb
+LANGUAGE c STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'koherent_jsonb_object';
+
+CREATE OR REPLACE FUNCTION koherent._object_expr(keys text[], exprs text[], typs oid[], keys_sql boolean DEFAULT false) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    fast text[] := '{}';
+    slow text[] := '{}';
+    parts text[] := '{}';
+    i integer;
+BEGIN
+    FOR i IN 1 .. coalesce(cardinality(keys), 0) LOOP
+        IF NOT koherent._is_builtin_type(typs[i]) OR koherent._jsonb_object_takes(typs[i]) THEN
+            fast := fast || format('%s, %s', CASE WHEN keys_sql THEN keys[i] ELSE format('%L::text', keys[i]) END,
+                                   koherent._json_arg(typs[i], exprs[i]));
+        ELSIF keys_sql THEN  -- (jsonb_build_object refuses a null key)
+            slow := slow || format('CASE WHEN %s IS NOT NULL THEN jsonb_build_object(%s, %s) ELSE ''{}''::jsonb END',
+                                   keys[i], keys[i], exprs[i]);
+        ELSE
+            slow := slow || format('%L::text, %s', keys[i], exprs[i]);
+        END IF;
+    END LOOP;
+    FOR i IN 0 .. (cardinality(fast) + 49) / 50 - 1 LOOP
+        parts := parts || format('koherent._jsonb_object(%s)', array_to_string(fast[i * 50 + 1 : i * 50 + 50], ', '));
+    END LOOP;
+    IF keys_sql THEN
+        parts := parts || slow;
+    ELSE
+        FOR i IN 0 .. (cardinality(slow) + 49) / 50 - 1 LOOP
+            parts := parts || format('jsonb_build_object(%s)', array_to_string(slow[i * 50 + 1 : i * 50 + 50], ', '));
+        END LOOP;
+    END IF;
+    IF cardinality(parts) = 0 THEN
+        RETURN '''{}''::jsonb';
+    END IF;
+    RETURN '(' || array_to_string(parts, ' || ') || ')';
+END $$;
+
+CREATE OR REPLACE FUNCTION koherent._table_literal(cfg koherent.tracked_config, by_name boolean) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN by_name AND cfg.dropped_at IS NULL
+                THEN format('%L::regclass', format('%I.%I', cfg.schema_name, cfg.table_name))
+                ELSE format('koherent._relid(%s::oid)::regclass', cfg.relid) END
+$$;
+
+CREATE OR REPLACE FUNCTION koherent._row_data_expr(hist regclass) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT koherent._object_expr(array_agg(a.attname::text ORDER BY a.attnum),
+                                 array_agg(format('h.%I', a.attname) ORDER BY a.attnum),
+                                 array_agg(a.atttypid ORDER BY a.attnum))
+      FROM pg_attribute a
+     WHERE a.attrelid = hist AND a.attnum > 0 AND NOT a.attisdropped
+       AND a.attname NOT IN ('history_id', 'history_kind', 'history_date', 'history_context')
+       AND a.attname NOT LIKE 'old:%'
+$$;
 
 CREATE OR REPLACE FUNCTION koherent._sync_history_columns(cfg_id integer) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -310,6 +367,61 @@ BEGIN
     END IF;
 END $$;
 
+CREATE OR REPLACE FUNCTION koherent._image_expr(cfg koherent.tracked_config, prefix text, alias text) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    hist regclass := format('koherent_history.%I', cfg.history_table)::regclass;
+    marks bigint[];
+    lo bigint;
+    hi bigint;
+    branches text := '';
+    obj text;
+    i integer;
+BEGIN
+    SELECT array_agg(DISTINCT m ORDER BY m) INTO marks
+      FROM (SELECT live_from AS m FROM koherent.tracked_column WHERE config_id = cfg.id
+            UNION SELECT live_until FROM koherent.tracked_column WHERE config_id = cfg.id AND live_until IS NOT NULL) s;
+    IF marks IS NULL THEN
+        RETURN '''{}''::jsonb';
+    END IF;
+    -- one object per interval between marks: the columns live in it
+    FOR i IN 1 .. array_length(marks, 1) LOOP
+        lo := marks[i];
+        hi := marks[i + 1];  -- null for the last interval
+        SELECT koherent._object_expr(array_agg(x.target::text ORDER BY x.n), array_agg(format('%s.%I', alias, x.col) ORDER BY x.n),
+                                     array_agg(x.typ ORDER BY x.n))
+          INTO obj
+          FROM (SELECT c.column_name AS hcol, (prefix || c.column_name)::name AS col, a.atttypid AS typ,
+                       coalesce((SELECT s.column_name FROM koherent.tracked_column s
+                                  WHERE s.config_id = cfg.id AND c.live_until IS NOT NULL
+                                    AND s.live_from = c.live_until AND s.live_until IS NULL
+                                    AND (s.column_name = c.column_name
+                                         OR c.column_name = left(s.column_name, 40) || '@' || c.live_until)),
+                                c.column_name) AS target,
+                       row_number() OVER (ORDER BY c.attnum NULLS LAST, c.column_name) AS n
+                  FROM koherent.tracked_column c
+                  JOIN pg_attribute a ON a.attrelid = hist AND a.attname = (prefix || c.column_name)::name AND NOT a.attisdropped
+                 WHERE c.config_id = cfg.id AND c.live_from <= lo AND (c.live_until IS NULL OR c.live_until > lo)) x;
+        IF hi IS NULL AND i = 1 THEN
+            RETURN obj;  -- no column came or went
+        ELSIF hi IS NULL THEN
+            branches := branches || format(' ELSE %s END', obj);
+        ELSE
+            branches := branches || format(' WHEN %s.history_id < %s THEN %s', alias, hi, obj);
+        END IF;
+    END LOOP;
+    RETURN '(CASE' || branches || ')';
+END $$;
+
+CREATE OR REPLACE FUNCTION koherent._source_json_expr(cfg koherent.tracked_config, alias text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT koherent._object_expr(array_agg(a.attname::text ORDER BY a.attnum),
+                                 array_agg(format('%s.%I', alias, a.attname) ORDER BY a.attnum),
+                                 array_agg(a.atttypid ORDER BY a.attnum))
+      FROM pg_attribute a
+     WHERE a.attrelid = cfg.relid AND a.attnum > 0 AND NOT a.attisdropped AND NOT (a.attname = ANY (cfg.exclude))
+$$;
+
 CREATE OR REPLACE FUNCTION koherent._revert_fast_view(acting uuid, cfg koherent.tracked_config, ctx uuid[]) RETURNS text
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -355,6 +467,79 @@ BEGIN
                    hist, koherent._context_filter(cfg.id, ctx, quote_literal(ctx::text) || '::uuid[]'));
     EXECUTE format('GRANT SELECT ON pg_temp.%I TO %I', name, (SELECT rolname FROM pg_roles WHERE oid = koherent._acting_role(acting)));
     RETURN 'pg_temp.' || quote_ident(name);
+END $$;
+
+CREATE OR REPLACE FUNCTION koherent._revert_fast_sql(acting uuid, cfg koherent.tracked_config, view text) RETURNS jsonb
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    caller oid := koherent._acting_role(acting);
+    auditor boolean := koherent._is_auditor(koherent._acting_role(acting));
+    rls boolean := koherent._rls_active_for(cfg.relid, caller);
+    hist regclass := format('koherent_history.%I', cfg.history_table)::regclass;
+    tbl text := format('%I.%I', cfg.schema_name, cfg.table_name);
+    c record;
+    changed jsonb := '{}';
+    later_upd text[] := '{}';
+    later_del text[] := '{}';
+    r_keys text[] := '{}';
+    r_exprs text[] := '{}';
+    i_exprs text[] := '{}';
+    typs oid[] := '{}';
+    cols text[] := '{}';
+    required_missing boolean;
+    conflict text;
+BEGIN
+    FOR c IN
+        SELECT t.column_name AS col, a.atttypid AS typ,
+               coalesce((SELECT s.attgenerated <> '' FROM pg_attribute s
+                          WHERE s.attrelid = cfg.relid AND s.attname = t.column_name AND NOT s.attisdropped), false) AS gen
+          FROM koherent.tracked_column t
+          JOIN pg_attribute a ON a.attrelid = hist AND a.attname = t.column_name AND NOT a.attisdropped
+         WHERE t.config_id = cfg.id AND t.live_until IS NULL ORDER BY t.attnum
+    LOOP
+        later_del := later_del || format('NOT %s', koherent._same_expr(c.typ, format('t.%I', c.col), format('v.%I', 'n:' || c.col)));
+        CONTINUE WHEN c.gen;
+        changed := changed || jsonb_build_object(c.col,
+            format('NOT %s', koherent._same_expr(c.typ, format('v.%I', 'o:' || c.col), format('v.%I', 'n:' || c.col))));
+        later_upd := later_upd || format('(%s AND NOT %s)', changed->>c.col,
+            koherent._same_expr(c.typ, format('t.%I', c.col), format('v.%I', 'n:' || c.col)));
+        -- (a null key leaves its pair out: the restored image holds the columns that changed)
+        r_keys := r_keys || format('CASE WHEN %s THEN %L::text END', changed->>c.col, c.col);
+        r_exprs := r_exprs || format('v.%I', 'o:' || c.col);
+        i_exprs := i_exprs || format('v.%I', 'n:' || c.col);
+        typs := typs || c.typ;
+        cols := cols || c.col::text;
+    END LOOP;
+    -- a reinsert gets defaults for what history does not hold: a NOT NULL column without one blocks it
+    SELECT EXISTS (SELECT 1 FROM pg_attribute a
+                    WHERE a.attrelid = cfg.relid AND a.attnum > 0 AND NOT a.attisdropped AND a.attnotnull
+                      AND NOT a.atthasdef AND a.attidentity = '' AND a.attgenerated = ''
+                      AND NOT (a.attname::text = ANY (cols)))
+      INTO required_missing;
+    conflict := format($c$CASE
+        WHEN %1$s AND ((v.kind IN ('CREATE', 'UPDATE') AND t.ctid IS NULL) OR (v.kind IN ('DELETE', 'TRUNCATE') AND NOT %2$s))
+             THEN 'not_visible'
+        WHEN v.kind IN ('DELETE', 'TRUNCATE') AND %3$s THEN 'excluded_required'
+        WHEN v.kind IN ('CREATE', 'UPDATE') AND t.ctid IS NULL THEN 'deleted_later'
+        WHEN v.kind IN ('DELETE', 'TRUNCATE') AND t.ctid IS NOT NULL THEN 'key_exists'
+        WHEN v.kind = 'UPDATE' AND (%4$s) THEN 'changed_later'
+        WHEN v.kind = 'CREATE' AND (%5$s) THEN 'changed_later'
+    END$c$, rls::text, auditor::text, required_missing::text,
+        coalesce(nullif(array_to_string(later_upd, ' OR '), ''), 'false'),
+        coalesce(nullif(array_to_string(later_del, ' OR '), ''), 'false'));
+    RETURN jsonb_build_object(
+        'table', tbl, 'view', view, 'rls', rls, 'auditor', auditor, 'required_missing', required_missing,
+        'keymatch', (SELECT string_agg(format('t.%I = v.%I', k, 'k:' || k), ' AND ') FROM unnest(cfg.pk_columns) k),
+        'changed', changed,
+        'any_changed', coalesce((SELECT string_agg(value #>> '{}', ' OR ') FROM jsonb_each(changed)), 'false'),
+        'conflict', conflict,
+        'row_key', (SELECT koherent._object_expr(array_agg(k::text ORDER BY o), array_agg(format('v.%I', 'k:' || k) ORDER BY o),
+                                                 array_agg(a.atttypid ORDER BY o))
+                      FROM unnest(cfg.pk_columns) WITH ORDINALITY u(k, o) JOIN pg_attribute a ON a.attrelid = hist AND a.attname = k),
+        'current', koherent._source_json_expr(cfg, 't'),
+        'restored_update', koherent._object_expr(r_keys, r_exprs, typs, keys_sql => true),
+        'restored_insert', koherent._object_expr(cols, i_exprs, typs),
+        'cols', to_jsonb(cols));
 END $$;
 
 CREATE OR REPLACE FUNCTION koherent._revert_plan_prepare(acting uuid, ctx uuid[]) RETURNS jsonb
@@ -810,39 +995,6 @@ BEGIN
     PERFORM koherent._rebuild_views();
     -- partitioned history (koherent.set_retention): the partitions writes need from now on
     PERFORM koherent._create_partitions(cfg.id);
-END $$;
-
-CREATE OR REPLACE FUNCTION koherent._table_literal(cfg koherent.tracked_config, by_name boolean) RETURNS text
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT CASE WHEN by_name AND cfg.dropped_at IS NULL
-                THEN format('%L::regclass', format('%I.%I', cfg.schema_name, cfg.table_name))
-                ELSE format('koherent._relid(%s::oid)::regclass', cfg.relid) END
-$$;
-
-CREATE OR REPLACE FUNCTION koherent._row_data_expr(hist regclass) RETURNS text
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    cols name[];
-    typs oid[];
-    parts text[] := '{}';
-    i integer;
-BEGIN
-    SELECT array_agg(a.attname ORDER BY a.attnum), array_agg(a.atttypid ORDER BY a.attnum)
-      INTO cols, typs
-      FROM pg_attribute a
-     WHERE a.attrelid = hist AND a.attnum > 0 AND NOT a.attisdropped
-       AND a.attname NOT IN ('history_id', 'history_kind', 'history_date', 'history_context')
-       AND a.attname NOT LIKE 'old:%';
-    IF cols IS NULL THEN
-        RETURN '''{}''::jsonb';
-    END IF;
-    FOR i IN 0 .. (array_length(cols, 1) - 1) / 50 LOOP
-        parts := parts || (SELECT format('jsonb_build_object(%s)',
-                                         string_agg(format('%L, %s', c, koherent._json_arg(t, format('h.%I', c))), ', ' ORDER BY o))
-                             FROM unnest(cols[i * 50 + 1 : i * 50 + 50], typs[i * 50 + 1 : i * 50 + 50])
-                                  WITH ORDINALITY AS u(c, t, o));
-    END LOOP;
-    RETURN '(' || array_to_string(parts, ' || ') || ')';
 END $$;
 
 CREATE OR REPLACE FUNCTION koherent._range_index(hist regclass) RETURNS regclass
@@ -2124,6 +2276,8 @@ GRANT EXECUTE ON FUNCTION
     koherent.args_hash(jsonb), koherent._args_hash(text),
     -- called by the views with the reader's rights: a value's text by its output function
     koherent._text_out(anyelement),
+    -- and the images they build (src/image.rs: built-in types' conversions only)
+    koherent._jsonb_object("any"),
     -- folded by the planner in the views (loads the library and its planner hook; returns its argument)
     koherent._relid(oid),
     -- revert and as-of: who the helpers act for (src/revert/mod.rs)

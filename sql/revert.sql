@@ -24,8 +24,6 @@ DECLARE
     marks bigint[];
     lo bigint;
     hi bigint;
-    parts text[];
-    cols record;
     branches text := '';
     obj text;
     i integer;
@@ -40,32 +38,20 @@ BEGIN
     FOR i IN 1 .. array_length(marks, 1) LOOP
         lo := marks[i];
         hi := marks[i + 1];  -- null for the last interval
-        parts := '{}';
-        FOR cols IN
-            SELECT c.column_name AS hcol,
-                   coalesce((SELECT s.column_name FROM koherent.tracked_column s
-                              WHERE s.config_id = cfg.id AND c.live_until IS NOT NULL
-                                AND s.live_from = c.live_until AND s.live_until IS NULL
-                                AND (s.column_name = c.column_name
-                                     OR c.column_name = left(s.column_name, 40) || '@' || c.live_until)),
-                            c.column_name) AS target,
-                   row_number() OVER (ORDER BY c.attnum NULLS LAST, c.column_name) AS n
-              FROM koherent.tracked_column c
-             WHERE c.config_id = cfg.id AND c.live_from <= lo AND (c.live_until IS NULL OR c.live_until > lo)
-             ORDER BY n
-        LOOP
-            IF (cols.n - 1) % 50 = 0 THEN
-                parts := parts || ''::text;
-            END IF;
-            parts[array_length(parts, 1)] := parts[array_length(parts, 1)]
-                || CASE WHEN (cols.n - 1) % 50 = 0 THEN '' ELSE ', ' END
-                || format('%L, %s', cols.target, koherent._json_expr(hist, (prefix || cols.hcol)::name, alias));
-        END LOOP;
-        IF array_length(parts, 1) IS NULL THEN
-            obj := '''{}''::jsonb';
-        ELSE
-            SELECT string_agg(format('jsonb_build_object(%s)', p), ' || ') INTO obj FROM unnest(parts) p;
-        END IF;
+        SELECT koherent._object_expr(array_agg(x.target::text ORDER BY x.n), array_agg(format('%s.%I', alias, x.col) ORDER BY x.n),
+                                     array_agg(x.typ ORDER BY x.n))
+          INTO obj
+          FROM (SELECT c.column_name AS hcol, (prefix || c.column_name)::name AS col, a.atttypid AS typ,
+                       coalesce((SELECT s.column_name FROM koherent.tracked_column s
+                                  WHERE s.config_id = cfg.id AND c.live_until IS NOT NULL
+                                    AND s.live_from = c.live_until AND s.live_until IS NULL
+                                    AND (s.column_name = c.column_name
+                                         OR c.column_name = left(s.column_name, 40) || '@' || c.live_until)),
+                                c.column_name) AS target,
+                       row_number() OVER (ORDER BY c.attnum NULLS LAST, c.column_name) AS n
+                  FROM koherent.tracked_column c
+                  JOIN pg_attribute a ON a.attrelid = hist AND a.attname = (prefix || c.column_name)::name AND NOT a.attisdropped
+                 WHERE c.config_id = cfg.id AND c.live_from <= lo AND (c.live_until IS NULL OR c.live_until > lo)) x;
         IF hi IS NULL AND i = 1 THEN
             RETURN obj;  -- no column came or went
         ELSIF hi IS NULL THEN
@@ -80,27 +66,13 @@ END $$;
 -- A current row of a tracked table as jsonb, built as history builds its images (see
 -- koherent._json_expr): its columns except the excluded ones. Runs as the client.
 CREATE FUNCTION koherent._source_json_expr(cfg koherent.tracked_config, alias text) RETURNS text
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    parts text[] := '{}';
-    i integer;
-    cols name[];
-BEGIN
-    SELECT array_agg(a.attname ORDER BY a.attnum) INTO cols
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT koherent._object_expr(array_agg(a.attname::text ORDER BY a.attnum),
+                                 array_agg(format('%s.%I', alias, a.attname) ORDER BY a.attnum),
+                                 array_agg(a.atttypid ORDER BY a.attnum))
       FROM pg_attribute a
-     WHERE a.attrelid = cfg.relid AND a.attnum > 0 AND NOT a.attisdropped AND NOT (a.attname = ANY (cfg.exclude));
-    IF cols IS NULL THEN
-        RETURN '''{}''::jsonb';
-    END IF;
-    FOR i IN 0 .. (array_length(cols, 1) - 1) / 50 LOOP
-        parts := parts || (SELECT format('jsonb_build_object(%s)', string_agg(
-                    format('%L, %s', c, koherent._json_arg(koherent._base_type(a.atttypid), format('%s.%I', alias, c))),
-                    ', ' ORDER BY o))
-                             FROM unnest(cols[i * 50 + 1 : i * 50 + 50]) WITH ORDINALITY AS u(c, o)
-                             JOIN pg_attribute a ON a.attrelid = cfg.relid AND a.attname = u.c);
-    END LOOP;
-    RETURN '(' || array_to_string(parts, ' || ') || ')';
-END $$;
+     WHERE a.attrelid = cfg.relid AND a.attnum > 0 AND NOT a.attisdropped AND NOT (a.attname = ANY (cfg.exclude))
+$$;
 
 -- Whether row-level security filters the rows of `tbl` for role `r` (row_security_active asks
 -- for the current user; inside SECURITY DEFINER that is the owner).
@@ -288,9 +260,11 @@ DECLARE
     changed jsonb := '{}';
     later_upd text[] := '{}';
     later_del text[] := '{}';
-    restored text[] := '{}';
+    r_keys text[] := '{}';
+    r_exprs text[] := '{}';
+    i_exprs text[] := '{}';
+    typs oid[] := '{}';
     cols text[] := '{}';
-    inserted text[] := '{}';
     required_missing boolean;
     conflict text;
 BEGIN
@@ -308,9 +282,11 @@ BEGIN
             format('NOT %s', koherent._same_expr(c.typ, format('v.%I', 'o:' || c.col), format('v.%I', 'n:' || c.col))));
         later_upd := later_upd || format('(%s AND NOT %s)', changed->>c.col,
             koherent._same_expr(c.typ, format('t.%I', c.col), format('v.%I', 'n:' || c.col)));
-        restored := restored || format('CASE WHEN %s THEN jsonb_build_object(%L, %s) ELSE ''{}''::jsonb END',
-                                       changed->>c.col, c.col, koherent._json_arg(c.typ, format('v.%I', 'o:' || c.col)));
-        inserted := inserted || format('%L, %s', c.col, koherent._json_arg(c.typ, format('v.%I', 'n:' || c.col)));
+        -- (a null key leaves its pair out: the restored image holds the columns that changed)
+        r_keys := r_keys || format('CASE WHEN %s THEN %L::text END', changed->>c.col, c.col);
+        r_exprs := r_exprs || format('v.%I', 'o:' || c.col);
+        i_exprs := i_exprs || format('v.%I', 'n:' || c.col);
+        typs := typs || c.typ;
         cols := cols || c.col::text;
     END LOOP;
     -- a reinsert gets defaults for what history does not hold: a NOT NULL column without one blocks it
@@ -336,17 +312,12 @@ BEGIN
         'changed', changed,
         'any_changed', coalesce((SELECT string_agg(value #>> '{}', ' OR ') FROM jsonb_each(changed)), 'false'),
         'conflict', conflict,
-        'row_key', format('jsonb_build_object(%s)', (SELECT string_agg(format('%L, %s', k,
-                          koherent._json_arg(a.atttypid, format('v.%I', 'k:' || k))), ', ')
-                     FROM unnest(cfg.pk_columns) k JOIN pg_attribute a ON a.attrelid = hist AND a.attname = k)),
-        'current', CASE WHEN (SELECT bool_and(koherent._is_builtin_type(koherent._base_type(a.atttypid)))
-                                FROM pg_attribute a WHERE a.attrelid = cfg.relid AND a.attnum > 0 AND NOT a.attisdropped)
-                        THEN format('(to_jsonb(t) - %L::text[])', cfg.exclude)
-                        ELSE koherent._source_json_expr(cfg, 't') END,
-        'restored_update', coalesce(nullif(array_to_string(restored, ' || '), ''), '''{}''::jsonb'),
-        'restored_insert', (SELECT string_agg(format('jsonb_build_object(%s)', p), ' || ')
-                              FROM (SELECT string_agg(x, ', ') AS p FROM unnest(inserted) WITH ORDINALITY u(x, i)
-                                     GROUP BY (i - 1) / 50) s),
+        'row_key', (SELECT koherent._object_expr(array_agg(k::text ORDER BY o), array_agg(format('v.%I', 'k:' || k) ORDER BY o),
+                                                 array_agg(a.atttypid ORDER BY o))
+                      FROM unnest(cfg.pk_columns) WITH ORDINALITY u(k, o) JOIN pg_attribute a ON a.attrelid = hist AND a.attname = k),
+        'current', koherent._source_json_expr(cfg, 't'),
+        'restored_update', koherent._object_expr(r_keys, r_exprs, typs, keys_sql => true),
+        'restored_insert', koherent._object_expr(cols, i_exprs, typs),
         'cols', to_jsonb(cols));
 END $$;
 

@@ -40,35 +40,64 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
       FROM unnest(cfg.pk_columns) k
 $$;
 
--- row_data of a history table's entries: its data columns (live and retired) as one jsonb
--- object, built without casts (see _json_arg): jsonb_build_object of the data columns, 50 per
--- call (it takes at most 100 arguments), joined by ||. (to_jsonb(h) minus the other keys gives
--- the same object but converts every "old:" column too: 3x the time for a 6-column table.)
-CREATE FUNCTION koherent._row_data_expr(hist regclass) RETURNS text
+-- jsonb_build_object for images, each value's conversion looked up once per call site
+-- (src/image.rs): the same object for the types koherent._jsonb_object_takes.
+CREATE FUNCTION koherent._jsonb_object(VARIADIC "any") RETURNS jsonb
+LANGUAGE c STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'koherent_jsonb_object';
+
+-- The jsonb object of (key, expression of type typ) pairs, each value as koherent._json_arg
+-- gives it (a built-in type's value as it is, any other's output text): koherent._jsonb_object
+-- of the values it takes, jsonb_build_object of the others (the same object: to_jsonb's
+-- conversions), 50 pairs per call (a call takes at most 100 arguments), joined by ||.
+-- keys_sql: the keys are SQL text expressions (a null one leaves its pair out, see src/image.rs).
+CREATE FUNCTION koherent._object_expr(keys text[], exprs text[], typs oid[], keys_sql boolean DEFAULT false) RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    cols name[];
-    typs oid[];
+    fast text[] := '{}';
+    slow text[] := '{}';
     parts text[] := '{}';
     i integer;
 BEGIN
-    SELECT array_agg(a.attname ORDER BY a.attnum), array_agg(a.atttypid ORDER BY a.attnum)
-      INTO cols, typs
+    FOR i IN 1 .. coalesce(cardinality(keys), 0) LOOP
+        IF NOT koherent._is_builtin_type(typs[i]) OR koherent._jsonb_object_takes(typs[i]) THEN
+            fast := fast || format('%s, %s', CASE WHEN keys_sql THEN keys[i] ELSE format('%L::text', keys[i]) END,
+                                   koherent._json_arg(typs[i], exprs[i]));
+        ELSIF keys_sql THEN  -- (jsonb_build_object refuses a null key)
+            slow := slow || format('CASE WHEN %s IS NOT NULL THEN jsonb_build_object(%s, %s) ELSE ''{}''::jsonb END',
+                                   keys[i], keys[i], exprs[i]);
+        ELSE
+            slow := slow || format('%L::text, %s', keys[i], exprs[i]);
+        END IF;
+    END LOOP;
+    FOR i IN 0 .. (cardinality(fast) + 49) / 50 - 1 LOOP
+        parts := parts || format('koherent._jsonb_object(%s)', array_to_string(fast[i * 50 + 1 : i * 50 + 50], ', '));
+    END LOOP;
+    IF keys_sql THEN
+        parts := parts || slow;
+    ELSE
+        FOR i IN 0 .. (cardinality(slow) + 49) / 50 - 1 LOOP
+            parts := parts || format('jsonb_build_object(%s)', array_to_string(slow[i * 50 + 1 : i * 50 + 50], ', '));
+        END LOOP;
+    END IF;
+    IF cardinality(parts) = 0 THEN
+        RETURN '''{}''::jsonb';
+    END IF;
+    RETURN '(' || array_to_string(parts, ' || ') || ')';
+END $$;
+
+-- row_data of a history table's entries: its data columns (live and retired) as one jsonb
+-- object (koherent._object_expr). (to_jsonb(h) minus the other keys gives the same object but
+-- converts every "old:" column too: 3x the time for a 6-column table.)
+CREATE FUNCTION koherent._row_data_expr(hist regclass) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT koherent._object_expr(array_agg(a.attname::text ORDER BY a.attnum),
+                                 array_agg(format('h.%I', a.attname) ORDER BY a.attnum),
+                                 array_agg(a.atttypid ORDER BY a.attnum))
       FROM pg_attribute a
      WHERE a.attrelid = hist AND a.attnum > 0 AND NOT a.attisdropped
        AND a.attname NOT IN ('history_id', 'history_kind', 'history_date', 'history_context')
-       AND a.attname NOT LIKE 'old:%';
-    IF cols IS NULL THEN
-        RETURN '''{}''::jsonb';
-    END IF;
-    FOR i IN 0 .. (array_length(cols, 1) - 1) / 50 LOOP
-        parts := parts || (SELECT format('jsonb_build_object(%s)',
-                                         string_agg(format('%L, %s', c, koherent._json_arg(t, format('h.%I', c))), ', ' ORDER BY o))
-                             FROM unnest(cols[i * 50 + 1 : i * 50 + 50], typs[i * 50 + 1 : i * 50 + 50])
-                                  WITH ORDINALITY AS u(c, t, o));
-    END LOOP;
-    RETURN '(' || array_to_string(parts, ' || ') || ')';
-END $$;
+       AND a.attname NOT LIKE 'old:%'
+$$;
 
 -- How generated SQL names a tracked table. Function bodies (the exposed functions, dumped as
 -- text and restored elsewhere, where the table has another oid) name it, while it exists. Views

@@ -151,6 +151,13 @@ fn _base_type(typ: pg_sys::Oid) -> pg_sys::Oid {
     unsafe { pg_sys::getBaseType(typ) }
 }
 
+/// Internal: whether `koherent._jsonb_object` takes values of a type (domains by their base
+/// type; src/image.rs): the SQL that builds images gives other types to jsonb_build_object.
+#[pg_extern(stable, parallel_safe, strict)]
+fn _jsonb_object_takes(typ: pg_sys::Oid) -> bool {
+    crate::image::takes(typ)
+}
+
 /// Internal: the role the client acts as (SET ROLE's), also inside SECURITY DEFINER functions.
 #[pg_extern(stable, parallel_safe)]
 fn _caller() -> pg_sys::Oid {

@@ -18,6 +18,7 @@
 //! | [`security`] | running a check with the client's rights; the client's role |
 //! | [`catalog`] | oid lookups of koherent's relations and their invalidation, columns by name |
 //! | [`datum`] | text, byte copies and flat jsonb datums |
+//! | [`image`] | history images as jsonb objects (`koherent._jsonb_object`) |
 //! | [`ffi`] | PostgreSQL C functions pgrx does not bind |
 //! | [`guc`] | the settings |
 //! | [`error`] | typed errors and their SQLSTATEs, details and hints |
@@ -36,6 +37,7 @@ mod datum;
 mod error;
 mod ffi;
 mod guc;
+mod image;
 mod insert;
 mod ledger;
 mod legacy;
@@ -73,6 +75,7 @@ extension_sql_file!(
         api::_relid,
         api::_is_builtin_type,
         api::_base_type,
+        api::_jsonb_object_takes,
         api::_caller,
         api::_visible_to_caller,
         api::_base_type_sql,
