@@ -16,6 +16,9 @@ CREATE FUNCTION koherent."_relid"("relid" oid) RETURNS oid
 IMMUTABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', '_relid_wrapper';
 CREATE FUNCTION koherent."_jsonb_object_takes"("typ" oid) RETURNS bool
 STABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', '_jsonb_object_takes_wrapper';
+CREATE FUNCTION koherent."_entry_spans"("configs" integer[], "ids" bigint[])
+RETURNS TABLE ("cfg" integer, "lo" bigint, "hi" bigint)
+IMMUTABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', '_entry_spans_wrapper';
 CREATE FUNCTION koherent._jsonb_object(VARIADIC "any") RETURNS jsonb
 LANGUAGE c STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'koherent_jsonb_object';
 
@@ -1612,10 +1615,10 @@ COMMENT ON FUNCTION koherent.verify_history(jsonb) IS
 CREATE FUNCTION koherent._sealed_ranges(ctx uuid[]) RETURNS TABLE (config_id integer, lo bigint, hi bigint)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     WITH c AS (
-        SELECT u.cfg, min(u.id) AS lo, max(u.id) AS hi
-          FROM koherent.ledger_context l CROSS JOIN LATERAL unnest(l.entry_configs, l.entry_ids) AS u(cfg, id)
+        -- (koherent._entry_spans: min and max per table without a row per entry)
+        SELECT u.cfg, u.lo, u.hi
+          FROM koherent.ledger_context l CROSS JOIN LATERAL koherent._entry_spans(l.entry_configs, l.entry_ids) AS u
          WHERE l.context_id = ANY (ctx)
-         GROUP BY l.context_id, u.cfg
     ), s AS (
         SELECT c.cfg, c.lo, c.hi,
                max(c.hi) OVER (PARTITION BY c.cfg ORDER BY c.lo, c.hi

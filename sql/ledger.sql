@@ -543,10 +543,10 @@ COMMENT ON FUNCTION koherent.verify_history(jsonb) IS
 CREATE FUNCTION koherent._sealed_ranges(ctx uuid[]) RETURNS TABLE (config_id integer, lo bigint, hi bigint)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     WITH c AS (
-        SELECT u.cfg, min(u.id) AS lo, max(u.id) AS hi
-          FROM koherent.ledger_context l CROSS JOIN LATERAL unnest(l.entry_configs, l.entry_ids) AS u(cfg, id)
+        -- (koherent._entry_spans: min and max per table without a row per entry)
+        SELECT u.cfg, u.lo, u.hi
+          FROM koherent.ledger_context l CROSS JOIN LATERAL koherent._entry_spans(l.entry_configs, l.entry_ids) AS u
          WHERE l.context_id = ANY (ctx)
-         GROUP BY l.context_id, u.cfg
     ), s AS (
         SELECT c.cfg, c.lo, c.hi,
                max(c.hi) OVER (PARTITION BY c.cfg ORDER BY c.lo, c.hi

@@ -316,3 +316,18 @@ fn _ledger_hash_text(kind: &str, record: &str) -> Vec<u8> {
 fn _ledger_merkle(hashes: pgrx::Array<&[u8]>) -> Vec<u8> {
     crate::ledger::merkle(hashes.iter().map(|h| h.map(|b| b.to_vec()))).or_raise()
 }
+
+/// Internal: each table's span of a sealed context's entries, from the ledger's index of it
+/// (`entry_configs`, `entry_ids`): (config id, lowest history id, highest). Null elements are
+/// left out, as min/max leave them.
+#[pg_extern(immutable, parallel_safe, strict)]
+fn _entry_spans(
+    configs: pgrx::Array<i32>,
+    ids: pgrx::Array<i64>,
+) -> TableIterator<'static, (name!(cfg, i32), name!(lo, i64), name!(hi, i64))> {
+    let pairs = configs
+        .iter()
+        .zip(ids.iter())
+        .filter_map(|(c, i)| Some((c?, i?)));
+    TableIterator::new(crate::ledger::spans(pairs))
+}

@@ -127,6 +127,16 @@ unsafe fn site(fcinfo: pg_sys::FunctionCallInfo) -> &'static mut Site {
             );
         }
         let untyped = key == pg_sys::UNKNOWNOID;
+        // an untyped argument's datum is a C string only as a constant (or a stable parameter)
+        for (j, t) in [(i, key), (i + 1, typ)] {
+            if t == pg_sys::UNKNOWNOID && !pg_sys::get_fn_expr_arg_stable(flinfo, j as i32) {
+                ereport!(
+                    ERROR,
+                    PgSqlErrorCode::ERRCODE_INDETERMINATE_DATATYPE,
+                    format!("koherent._jsonb_object: argument {} has no type", j + 1)
+                );
+            }
+        }
         let Some(kind) = kind_of(typ) else {
             ereport!(
                 ERROR,

@@ -90,6 +90,7 @@ extension_sql_file!(
         api::_kept_lookup,
         api::_ledger_hash,
         api::_ledger_merkle,
+        api::_entry_spans,
     ]
 );
 extension_sql_file!(

@@ -42,6 +42,9 @@ CREATE FUNCTION koherent."_relid"("relid" oid) RETURNS oid
 IMMUTABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', '_relid_wrapper';
 CREATE FUNCTION koherent."_jsonb_object_takes"("typ" oid) RETURNS bool
 STABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', '_jsonb_object_takes_wrapper';
+CREATE FUNCTION koherent."_entry_spans"("configs" integer[], "ids" bigint[])
+RETURNS TABLE ("cfg" integer, "lo" bigint, "hi" bigint)
+IMMUTABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', '_entry_spans_wrapper';
 CREATE FUNCTION koherent._jsonb_object(VARIADIC "any") RETURNS jsonb
 LANGUAGE c STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'koherent_jsonb_object';
 """]

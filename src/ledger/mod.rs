@@ -35,3 +35,35 @@ pub fn merkle(hashes: impl Iterator<Item = Option<Vec<u8>>>) -> Result<Vec<u8>, 
     }
     Ok(ledger::merkle_root(&leaves).to_vec())
 }
+
+/// Each table's span of one context's sealed entries: per config id (ascending), the lowest and
+/// the highest history id among `(config id, history id)` pairs (the ledger's index of a
+/// context, `ledger_context.entry_configs/entry_ids`). What `min`/`max` over `unnest` of both
+/// arrays grouped by config gives, without a row per entry.
+pub fn spans(pairs: impl Iterator<Item = (i32, i64)>) -> Vec<(i32, i64, i64)> {
+    let mut out: Vec<(i32, i64, i64)> = Vec::new();
+    for (cfg, id) in pairs {
+        match out.iter_mut().find(|s| s.0 == cfg) {
+            Some(s) => {
+                s.1 = s.1.min(id);
+                s.2 = s.2.max(id);
+            }
+            None => out.push((cfg, id, id)),
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+#[cfg(test)]
+mod spans_tests {
+    #[test]
+    fn spans_per_config() {
+        assert_eq!(super::spans([].into_iter()), vec![]);
+        let pairs = [(2, 50), (1, 7), (2, 9), (1, 3), (2, 70), (3, 1)];
+        assert_eq!(
+            super::spans(pairs.into_iter()),
+            vec![(1, 3, 7), (2, 9, 70), (3, 1, 1)]
+        );
+    }
+}
