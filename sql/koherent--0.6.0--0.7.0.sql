@@ -394,7 +394,7 @@ BEGIN
         SELECT koherent._object_expr(array_agg(x.target::text ORDER BY x.n), array_agg(format('%s.%I', alias, x.col) ORDER BY x.n),
                                      array_agg(x.typ ORDER BY x.n))
           INTO obj
-          FROM (SELECT c.column_name AS hcol, (prefix || c.column_name)::name AS col, a.atttypid AS typ,
+          FROM (SELECT (prefix || c.column_name)::name AS col, a.atttypid AS typ,
                        coalesce((SELECT s.column_name FROM koherent.tracked_column s
                                   WHERE s.config_id = cfg.id AND c.live_until IS NOT NULL
                                     AND s.live_from = c.live_until AND s.live_until IS NULL

@@ -1,4 +1,5 @@
-//! Datums koherent builds by hand: text, palloc'd byte copies, and jsonb values kept flat.
+//! Datums koherent builds by hand: text, palloc'd byte copies, and jsonb values kept flat; and
+//! the state a version-1 C function keeps per call site.
 
 use pgrx::pg_sys;
 use std::rc::Rc;
@@ -47,4 +48,33 @@ pub unsafe fn palloc_copy(bytes: &[u8]) -> pg_sys::Datum {
     let p = pg_sys::palloc(bytes.len()) as *mut u8;
     std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len());
     pg_sys::Datum::from(p)
+}
+
+/// The state a version-1 C function taking `VARIADIC "any"` keeps for its call site: made by
+/// `build` on the first call (in `fn_extra`, dropped with `fn_mcxt`), the same on later calls.
+/// Refuses a VARIADIC array (its argument types are what `build` reads). `name` names the
+/// function in the error.
+///
+/// # Safety
+/// `fcinfo` is the call's; the state must not outlive `fn_mcxt` (it is dropped with it).
+pub unsafe fn call_site<T>(
+    fcinfo: pg_sys::FunctionCallInfo,
+    name: &str,
+    build: impl FnOnce(*mut pg_sys::FmgrInfo) -> T,
+) -> &'static mut T {
+    let flinfo = (*fcinfo).flinfo;
+    if !(*flinfo).fn_extra.is_null() {
+        return &mut *((*flinfo).fn_extra as *mut T);
+    }
+    if pg_sys::get_fn_expr_variadic(flinfo) {
+        pgrx::ereport!(
+            ERROR,
+            pgrx::PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("{name} takes its values as arguments, not as a VARIADIC array")
+        );
+    }
+    let state = build(flinfo);
+    let p = pgrx::PgMemoryContexts::For((*flinfo).fn_mcxt).leak_and_drop_on_delete(state);
+    (*flinfo).fn_extra = p as *mut std::ffi::c_void;
+    &mut *p
 }

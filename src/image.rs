@@ -96,17 +96,14 @@ struct Site {
 /// # Safety
 /// Called by PostgreSQL as a version-1 C function.
 unsafe fn site(fcinfo: pg_sys::FunctionCallInfo) -> &'static mut Site {
-    let flinfo = (*fcinfo).flinfo;
-    if !(*flinfo).fn_extra.is_null() {
-        return &mut *((*flinfo).fn_extra as *mut Site);
-    }
-    if pg_sys::get_fn_expr_variadic(flinfo) {
-        ereport!(
-            ERROR,
-            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-            "koherent._jsonb_object takes its keys and values as arguments, not as a VARIADIC array"
-        );
-    }
+    crate::datum::call_site(fcinfo, "koherent._jsonb_object", |flinfo| unsafe {
+        build_site(fcinfo, flinfo)
+    })
+}
+
+/// # Safety
+/// On the first call of a call site (`site`).
+unsafe fn build_site(fcinfo: pg_sys::FunctionCallInfo, flinfo: *mut pg_sys::FmgrInfo) -> Site {
     let n = (*fcinfo).nargs as usize;
     if !n.is_multiple_of(2) {
         ereport!(
@@ -163,10 +160,7 @@ unsafe fn site(fcinfo: pg_sys::FunctionCallInfo) -> &'static mut Site {
         &mut numeric_in,
         (*flinfo).fn_mcxt,
     );
-    let p = pgrx::PgMemoryContexts::For((*flinfo).fn_mcxt)
-        .leak_and_drop_on_delete(Site { pairs, numeric_in });
-    (*flinfo).fn_extra = p as *mut std::ffi::c_void;
-    &mut *p
+    Site { pairs, numeric_in }
 }
 
 /// A jsonb string value of `len` bytes at `ptr` (which lives until the object is built).

@@ -17,8 +17,8 @@
 //! | [`running`] | which statement is executing (an ExecutorRun hook) |
 //! | [`security`] | running a check with the client's rights; the client's role |
 //! | [`catalog`] | oid lookups of koherent's relations and their invalidation, columns by name |
-//! | [`datum`] | text, byte copies and flat jsonb datums |
 //! | [`image`] | history images as jsonb objects (`koherent._jsonb_object`) |
+//! | [`datum`] | text, byte copies and flat jsonb datums |
 //! | [`ffi`] | PostgreSQL C functions pgrx does not bind |
 //! | [`guc`] | the settings |
 //! | [`error`] | typed errors and their SQLSTATEs, details and hints |

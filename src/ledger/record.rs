@@ -139,17 +139,14 @@ fn parse_keys(text: &[u8], n: usize) -> Vec<Vec<u8>> {
 /// # Safety
 /// Called by PostgreSQL as a version-1 C function.
 unsafe fn site(fcinfo: pg_sys::FunctionCallInfo) -> &'static mut Site {
-    let flinfo = (*fcinfo).flinfo;
-    if !(*flinfo).fn_extra.is_null() {
-        return &mut *((*flinfo).fn_extra as *mut Site);
-    }
-    if pg_sys::get_fn_expr_variadic(flinfo) {
-        ereport!(
-            ERROR,
-            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-            "koherent._ledger_fields takes its values as arguments, not as a VARIADIC array"
-        );
-    }
+    crate::datum::call_site(fcinfo, "koherent._ledger_fields", |flinfo| unsafe {
+        build_site(fcinfo, flinfo)
+    })
+}
+
+/// # Safety
+/// On the first call of a call site (`site`).
+unsafe fn build_site(fcinfo: pg_sys::FunctionCallInfo, flinfo: *mut pg_sys::FmgrInfo) -> Site {
     let n = (*fcinfo).nargs as usize - 1;
     let mut args = Vec::with_capacity(n);
     for i in 1..=n {
@@ -167,15 +164,12 @@ unsafe fn site(fcinfo: pg_sys::FunctionCallInfo) -> &'static mut Site {
         }
         args.push((kind, finfo));
     }
-    let s = Site {
+    Site {
         keys: Vec::new(),
         keys_text: Vec::new(),
         args,
         out: Vec::with_capacity(256),
-    };
-    let p = pgrx::PgMemoryContexts::For((*flinfo).fn_mcxt).leak_and_drop_on_delete(s);
-    (*flinfo).fn_extra = p as *mut std::ffi::c_void;
-    &mut *p
+    }
 }
 
 #[no_mangle]
