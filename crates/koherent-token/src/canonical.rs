@@ -136,19 +136,30 @@ pub fn python_float_repr(f: f64) -> String {
 
 pub(crate) fn write_string(s: &str, out: &mut String) {
     out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{08}' => out.push_str("\\b"),
-            '\u{0c}' => out.push_str("\\f"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
+    // Runs of characters that stand for themselves are copied whole: every character that is
+    // escaped is ASCII, so a byte below 0x20, '"' or '\\' is always a whole character.
+    let mut run = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let esc = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&s[run..i]);
+        if esc.is_empty() {
+            out.push_str(&format!("\\u{:04x}", b));
+        } else {
+            out.push_str(esc);
         }
+        run = i + 1;
     }
+    out.push_str(&s[run..]);
     out.push('"');
 }
 
@@ -158,6 +169,55 @@ mod tests {
 
     fn canon(s: &str) -> String {
         canonical_json_str(s).unwrap()
+    }
+
+    /// The character-by-character definition the run-copying `write_string` must agree with.
+    fn write_string_by_char(s: &str) -> String {
+        let mut out = String::from('"');
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                '\u{08}' => out.push_str("\\b"),
+                '\u{0c}' => out.push_str("\\f"),
+                c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+        out
+    }
+
+    #[test]
+    fn string_escapes_match_their_definition() {
+        let mut cases: Vec<String> = [
+            "",
+            "plain",
+            "\"",
+            "a\\b",
+            "ünïcødé 🦀 \u{7f}\u{80}\u{2028}",
+            "\"\"\\\\x",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        cases.push((0u8..0x80).map(char::from).collect());
+        cases.push(
+            (0u8..0x20)
+                .map(|b| format!("é{}€", char::from(b)))
+                .collect(),
+        );
+        for c in &cases {
+            let mut out = String::new();
+            write_string(c, &mut out);
+            assert_eq!(out, write_string_by_char(c), "{c:?}");
+        }
+        let mut out = String::new();
+        write_string("\u{1}\u{1f}", &mut out);
+        assert_eq!(out, "\"\\u0001\\u001f\"");
     }
 
     #[test]

@@ -31,10 +31,8 @@ fn write(v: &Value, out: &mut String) {
     match v {
         Value::Null => out.push_str("null"),
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::Number(n) => {
-            use std::fmt::Write;
-            let _ = write!(out, "{n}");
-        }
+        // (arbitrary_precision: a number is its text, written as it was read)
+        Value::Number(n) => out.push_str(n.as_str()),
         Value::String(s) => crate::canonical::write_string(s, out),
         Value::Array(items) => {
             out.push('[');

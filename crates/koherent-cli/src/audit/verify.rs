@@ -10,6 +10,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
+use std::sync::Arc;
 
 pub struct Problem {
     pub file: String,
@@ -41,8 +42,9 @@ impl Problems {
 
 /// The lines of a JSON-lines file, numbered from 1 (a line that is not a JSON object is a
 /// problem, and skipped).
-fn lines(dir: &Path, name: &str, p: &mut Problems) -> Vec<(usize, Value)> {
-    let text = read_text(dir, name, p);
+fn lines(files: &mut Files, name: &'static str, p: &mut Problems) -> Vec<(usize, Value)> {
+    let bytes = files.bytes(name);
+    let text = utf8(name, &bytes, p);
     let mut out = vec![];
     for (i, l) in text.lines().enumerate() {
         match pkg::parse_strict(l) {
@@ -54,19 +56,51 @@ fn lines(dir: &Path, name: &str, p: &mut Problems) -> Vec<(usize, Value)> {
     out
 }
 
-/// A package file's text ("" with a problem when it cannot be read or is not UTF-8).
-fn read_text(dir: &Path, name: &str, p: &mut Problems) -> String {
-    match std::fs::read(dir.join(name)) {
-        Err(_) => String::new(), // (named by the manifest check)
-        Ok(b) => String::from_utf8(b).unwrap_or_else(|e| {
-            let at = e.as_bytes()[..e.utf8_error().valid_up_to()]
-                .iter()
-                .filter(|c| **c == b'\n')
-                .count()
-                + 1;
-            p.add(name, Some(at), "not UTF-8");
-            String::new()
-        }),
+/// A package file's text ("" when it could not be read, or with a problem when it is not
+/// UTF-8).
+fn utf8<'a>(name: &str, bytes: &'a Option<Arc<Vec<u8>>>, p: &mut Problems) -> &'a str {
+    let Some(b) = bytes else {
+        return ""; // (named by the manifest check)
+    };
+    std::str::from_utf8(b).unwrap_or_else(|e| {
+        let at = b[..e.valid_up_to()].iter().filter(|c| **c == b'\n').count() + 1;
+        p.add(name, Some(at), "not UTF-8");
+        ""
+    })
+}
+
+/// The package's files, each read once: by the thread that hashes them, in the order verify
+/// needs them (the small ones first), handed over as they are read.
+struct Files {
+    rx: std::sync::mpsc::Receiver<(&'static str, Option<Arc<Vec<u8>>>)>,
+    got: HashMap<&'static str, Option<Arc<Vec<u8>>>>,
+}
+
+/// The order the file thread reads the package's files in: the order verify reads them.
+const READ_ORDER: [&str; 7] = [
+    pkg::SCHEMA,
+    pkg::TASKS,
+    pkg::KEYS,
+    pkg::CONTEXTS,
+    pkg::LEDGER,
+    pkg::GRAPH,
+    pkg::ENTRIES,
+];
+
+impl Files {
+    /// A file's bytes (None when it cannot be read), waiting for the file thread to read it.
+    fn bytes(&mut self, name: &str) -> Option<Arc<Vec<u8>>> {
+        loop {
+            if let Some(b) = self.got.remove(name) {
+                return b;
+            }
+            match self.rx.recv() {
+                Ok((n, b)) => {
+                    self.got.insert(n, b);
+                }
+                Err(_) => return None,
+            }
+        }
     }
 }
 
@@ -178,23 +212,34 @@ pub fn verify(dir: &str, jwks: Option<&str>, digest: Option<&str>) -> Result<Ver
         ));
     }
 
-    // 1. the files, as the manifest lists them (hashed by a thread of its own while the rest
-    // is checked: their SHA-256 is a sixth of the work; its problems come first)
-    let files = manifest["files"].as_object().cloned().unwrap_or_default();
+    // 1. the files, as the manifest lists them: read once and hashed by a thread of its own
+    // while the rest is checked (their SHA-256 is a sixth of the work; its problems come
+    // first, in the manifest's order of files), which hands each file over as it reads it
+    let listed = manifest["files"].as_object().cloned().unwrap_or_default();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut files = Files {
+        rx,
+        got: HashMap::new(),
+    };
     let file_check = {
         let (dir, mtext) = (dir.to_path_buf(), mtext.clone());
         std::thread::spawn(move || {
-            let mut p = Problems::default();
-            for name in pkg::FILES {
+            let mut found: Vec<(usize, Problem)> = vec![];
+            for name in READ_ORDER {
+                let order = pkg::FILES.iter().position(|f| *f == name).expect("a file");
+                let mut p = Problems::default();
+                let read = std::fs::read(dir.join(name)).map(Arc::new);
+                let _ = tx.send((name, read.as_ref().ok().cloned()));
                 let at = line_of(&mtext, &format!("\"{name}\""));
-                let Some(f) = files.get(name) else {
+                let Some(f) = listed.get(name) else {
                     p.add(pkg::MANIFEST, at, format!("{name} is not listed"));
+                    found.extend(p.0.into_iter().map(|x| (order, x)));
                     continue;
                 };
-                match std::fs::read(dir.join(name)) {
+                match read {
                     Err(e) => p.add(name, None, format!("cannot be read: {e}")),
                     Ok(bytes) => {
-                        let sha = hex::encode(Sha256::digest(&bytes));
+                        let sha = hex::encode(Sha256::digest(&bytes[..]));
                         let n = bytes.iter().filter(|b| **b == b'\n').count() as u64;
                         if sha != s(&f["sha256"]) {
                             p.add(
@@ -212,8 +257,11 @@ pub fn verify(dir: &str, jwks: Option<&str>, digest: Option<&str>) -> Result<Ver
                         }
                     }
                 }
+                found.extend(p.0.into_iter().map(|x| (order, x)));
             }
-            for name in files.keys() {
+            found.sort_by_key(|f| f.0);
+            let mut p = Problems(found.into_iter().map(|f| f.1).collect());
+            for name in listed.keys() {
                 if !pkg::FILES.contains(&name.as_str()) {
                     p.add(
                         pkg::MANIFEST,
@@ -228,7 +276,7 @@ pub fn verify(dir: &str, jwks: Option<&str>, digest: Option<&str>) -> Result<Ver
     let database = s(&manifest["database"]["id"]).to_string();
 
     // 2. names (schema.jsonl)
-    let schema = lines(dir, pkg::SCHEMA, &mut p);
+    let schema = lines(&mut files, pkg::SCHEMA, &mut p);
     let mut names = Names::default();
     let mut ledger_schema: Option<(usize, Value)> = None;
     for (n, l) in &schema {
@@ -240,11 +288,15 @@ pub fn verify(dir: &str, jwks: Option<&str>, digest: Option<&str>) -> Result<Ver
     }
 
     // (tasks.jsonl is read here: a plain JWKS is trusted for the issuers its tasks name)
-    let tasks = lines(dir, pkg::TASKS, &mut p);
+    let tasks = lines(&mut files, pkg::TASKS, &mut p);
 
     // 3. keys: the package's, or the auditor's own JWKS alone
-    let keys_text = std::fs::read_to_string(dir.join(pkg::KEYS)).unwrap_or_default();
-    let package_keys: Value = serde_json::from_str(&keys_text).unwrap_or_else(|_| {
+    let keys_bytes = files.bytes(pkg::KEYS);
+    let keys_text = keys_bytes
+        .as_deref()
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .unwrap_or_default();
+    let package_keys: Value = serde_json::from_str(keys_text).unwrap_or_else(|_| {
         p.add(pkg::KEYS, None, "not JSON");
         Value::Null
     });
@@ -296,7 +348,7 @@ pub fn verify(dir: &str, jwks: Option<&str>, digest: Option<&str>) -> Result<Ver
                 if let Err(e) = keyset.insert_jwks(&iss, &set) {
                     p.add(
                         pkg::KEYS,
-                        line_of(&keys_text, &format!("\"{iss}\"")),
+                        line_of(keys_text, &format!("\"{iss}\"")),
                         format!("issuer {iss}: {e}"),
                     );
                 }
@@ -307,8 +359,8 @@ pub fn verify(dir: &str, jwks: Option<&str>, digest: Option<&str>) -> Result<Ver
         if own.is_some() {
             return None;
         }
-        let at = line_of(&keys_text, &format!("\"kid\": \"{kid}\""));
-        at.or_else(|| line_of(&keys_text, &format!("\"{iss}\"")))
+        let at = line_of(keys_text, &format!("\"kid\": \"{kid}\""));
+        at.or_else(|| line_of(keys_text, &format!("\"{iss}\"")))
     };
 
     // 4. tasks: signatures, claims against the row, the hash their transactions were sealed with
@@ -332,7 +384,7 @@ pub fn verify(dir: &str, jwks: Option<&str>, digest: Option<&str>) -> Result<Ver
     }
 
     // 5. contexts: their hashes from their fields, their task's hash and their entry index
-    let contexts = lines(dir, pkg::CONTEXTS, &mut p);
+    let contexts = lines(&mut files, pkg::CONTEXTS, &mut p);
     struct Ctx {
         line: usize,
         block: i64,
@@ -424,11 +476,8 @@ pub fn verify(dir: &str, jwks: Option<&str>, digest: Option<&str>) -> Result<Ver
             _ => {}
         }
         let idx = &c["index"];
-        let (configs, ids, prefixes) = (
-            idx["configs"].as_array().cloned().unwrap_or_default(),
-            idx["ids"].as_array().cloned().unwrap_or_default(),
-            idx["prefixes"].as_array().cloned().unwrap_or_default(),
-        );
+        let list = |k: &str| idx[k].as_array().map(Vec::as_slice).unwrap_or_default();
+        let (configs, ids, prefixes) = (list("configs"), list("ids"), list("prefixes"));
         let entries = c["entries"].as_i64().unwrap_or(-1);
         let mut index = vec![];
         if configs.len() != ids.len() || ids.len() != prefixes.len() || ids.len() as i64 != entries
@@ -488,14 +537,18 @@ pub fn verify(dir: &str, jwks: Option<&str>, digest: Option<&str>) -> Result<Ver
     }
 
     // (ledger.jsonl is read here: the graph's package node counts its blocks)
-    let ledger_lines = lines(dir, pkg::LEDGER, &mut p);
+    let ledger_lines = lines(&mut files, pkg::LEDGER, &mut p);
 
     // 6. entries (streamed: the package's bulk), and the graph produced again as they are read
     let mut progress = Progress::new("verify");
     progress.total = ctxs.values().map(|c| c.entries.max(0) as u64).sum();
     let mut n_entries = 0u64;
     let mut last_line = 0usize;
-    let gtext = std::fs::read_to_string(dir.join(pkg::GRAPH)).unwrap_or_default();
+    let gbytes = files.bytes(pkg::GRAPH);
+    let gtext = gbytes
+        .as_deref()
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .unwrap_or_default();
     let mut glines = gtext.lines();
     let (mut gline, mut gdiff) = (0usize, None::<usize>);
     {
@@ -513,7 +566,8 @@ pub fn verify(dir: &str, jwks: Option<&str>, digest: Option<&str>) -> Result<Ver
         for (_, c) in &contexts {
             graph.context(c)?;
         }
-        let text = read_text(dir, pkg::ENTRIES, &mut p);
+        let ebytes = files.bytes(pkg::ENTRIES);
+        let text = utf8(pkg::ENTRIES, &ebytes, &mut p);
         let all: Vec<&str> = text.lines().collect();
         let mut prev: Option<(usize, i64, i64)> = None;
         // each line parsed, checked and hashed by a thread of its own, a batch at a time, while
