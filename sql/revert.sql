@@ -91,8 +91,11 @@ $$;
 -- it). Order within the contexts: one transaction's entries by statement date, then id;
 -- different transactions' entries of one row by the greatest history id each wrote (a row's
 -- writers are serialized by its row lock, so every id of the earlier one is smaller).
--- Parameter $1: the context ids. Columns: head (first entry id), bkey, akey, before, after.
-CREATE FUNCTION koherent._revert_threads_sql(cfg koherent.tracked_config) RETURNS text
+-- Parameter $1: the context ids; `entries`: the condition that picks their entries (made by
+-- koherent._context_filter: sealed contexts by the ledger's id ranges, so that a table the
+-- contexts did not write is not read at all). Columns: head (first entry id), bkey, akey,
+-- before, after.
+CREATE FUNCTION koherent._revert_threads_sql(cfg koherent.tracked_config, entries text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT format($q$
         WITH RECURSIVE e AS MATERIALIZED (
@@ -105,7 +108,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                         WHEN h.history_kind IN ('DELETE', 'TRUNCATE') THEN %5$s END AS before,
                    CASE WHEN h.history_kind IN ('CREATE', 'UPDATE') THEN %5$s END AS after
               FROM koherent_history.%1$I h
-             WHERE h.history_context = ANY ($1)
+             WHERE %6$s
         ),
         -- each entry leaves its old key (role 0) and arrives at its new one (role 1); in one
         -- key's order, a leave right after an arrival continues that arrival's row; within a
@@ -139,7 +142,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
          WHERE h.before IS NOT NULL OR t.after IS NOT NULL
         $q$, cfg.history_table,
         koherent._key_expr(cfg, 'old:', 'h'), koherent._key_expr(cfg, '', 'h'),
-        koherent._image_expr(cfg, 'old:', 'h'), koherent._image_expr(cfg, '', 'h'))
+        koherent._image_expr(cfg, 'old:', 'h'), koherent._image_expr(cfg, '', 'h'), entries)
 $$;
 
 -- Tables in foreign key order: a table after every table it references (cycles: by oid).
@@ -197,8 +200,9 @@ $$;
 -- (pg_temp.koherent_revert_<config id>), else null. Columns: head (history id), kind, "k:<key
 -- column>", "n:<column>" (the entry's row), "o:<column>" (an UPDATE's old row), for the
 -- columns history records now.
+-- (no sequential scan of the history table for the count: see koherent.task_changes)
 CREATE FUNCTION koherent._revert_fast_view(acting uuid, cfg koherent.tracked_config, ctx uuid[]) RETURNS text
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp SET enable_seqscan = off AS $$
 DECLARE
     hist text := format('koherent_history.%I', cfg.history_table);
     name text := 'koherent_revert_' || cfg.id;
@@ -400,11 +404,13 @@ BEGIN
 END $$;
 
 -- The plan (revert_plan, revert_context_plan): the typed path's tables, then the others.
+-- (no sequential scan of history: see koherent.task_changes; the plan of a 100k-row task,
+-- whose rows are then read by their keys, costs the same)
 CREATE FUNCTION koherent._revert_plan(acting uuid, ctx uuid[])
 RETURNS TABLE (table_name regclass, row_key jsonb, action text, current_data jsonb, restored_data jsonb,
                conflict text)
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
-SET max_parallel_workers_per_gather = 0 SET jit = off AS $$
+SET max_parallel_workers_per_gather = 0 SET jit = off SET enable_seqscan = off AS $$
 DECLARE
     fast jsonb := koherent._revert_plan_prepare(acting, ctx);
     f jsonb;
@@ -560,7 +566,8 @@ BEGIN
         hist := to_regclass(format('koherent_history.%I', cfg.history_table));
         CONTINUE WHEN hist IS NULL;
         PERFORM koherent._summarize(hist::oid);
-        EXECUTE format('SELECT jsonb_agg(to_jsonb(x) ORDER BY x.head) FROM (%s) x', koherent._revert_threads_sql(cfg))
+        EXECUTE format('SELECT jsonb_agg(to_jsonb(x) ORDER BY x.head) FROM (%s) x',
+                       koherent._revert_threads_sql(cfg, koherent._context_filter(cfg.id, ctx, '$1')))
            INTO threads USING ctx;
         CONTINUE WHEN threads IS NULL;
 
@@ -715,7 +722,7 @@ CREATE FUNCTION koherent.revert_plan(task_id text, include_subtasks boolean DEFA
 RETURNS TABLE (table_name regclass, row_key jsonb, action text, current_data jsonb, restored_data jsonb,
                conflict text)
 LANGUAGE plpgsql VOLATILE
-SET max_parallel_workers_per_gather = 0 SET jit = off AS $$
+SET max_parallel_workers_per_gather = 0 SET jit = off SET enable_seqscan = off AS $$
 DECLARE
     acting uuid := koherent._acting();  -- the role executing this function (SECURITY INVOKER)
     ctx uuid[] := koherent._revert_task_contexts(acting, task_id, include_subtasks);

@@ -114,7 +114,10 @@ $$;
 -- 'history_all': the table named by oid, as the views need) or of koherent.provenance_entry
 -- ('provenance_entry': joined with its context row, the table named by name, as the readers'
 -- function bodies need). The one place that knows how row_key, row_data and table_ident are made.
-CREATE FUNCTION koherent._entry_select(cfg koherent.tracked_config, shape text)
+-- `contexts` (provenance_entry only): an SQL expression of a uuid[] that holds the context of
+-- every entry selected: the attribution join then reads only those contexts (task_changes: a
+-- task's entries, whose count the planner cannot know, joined to its few contexts).
+CREATE FUNCTION koherent._entry_select(cfg koherent.tracked_config, shape text, contexts text DEFAULT NULL)
 RETURNS text LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     hist regclass := format('koherent_history.%I', cfg.history_table)::regclass;
@@ -138,7 +141,9 @@ BEGIN
         CASE WHEN attributed THEN ', c.effective_role' ELSE '' END,
         cfg.history_table,
         CASE WHEN attributed
-             THEN ' LEFT JOIN koherent.transaction_auth_context c ON c.id = h.history_context' ELSE '' END);
+             THEN ' LEFT JOIN koherent.transaction_auth_context c ON c.id = h.history_context'
+                  || CASE WHEN contexts IS NOT NULL THEN format(' AND c.id = ANY (%s)', contexts) ELSE '' END
+             ELSE '' END);
 END $$;
 
 -- Rebuild the views over all history tables (after track, untrack, ALTER TABLE, DROP TABLE).

@@ -2,6 +2,7 @@
 its subtasks."""
 
 import re
+import time
 
 import psycopg
 import pytest
@@ -127,6 +128,56 @@ def test_revert_plan_as_of_task_and_export_read_sealed_tasks_alike(item):
     since = item.one("SELECT min(created_at)::text FROM koherent.transaction_auth_context WHERE task_id = 'bad'")
     assert item.one(f, [cfg["item"], ctx]) == f"h.history_context = ANY ($1) AND h.history_date >= '{since}'::timestamptz"
     assert len(item.sql(plan)) == len(before_plan) + 1
+
+
+def test_readers_by_task_do_not_read_all_history_without_statistics(item):
+    """A task written after the last ANALYZE of its history (or before any: the usual case) lies
+    beyond what the statistics know, and no btree on history_id lets the planner look further:
+    task_changes and revert_plan must still read the ranges the ledger lists, not every entry
+    (no sequential scan of a history table), and not read a table the sealed task did not write
+    at all. Checked by the tables' scan counters."""
+    item.sql("CREATE TABLE other (k int PRIMARY KEY, v int)")
+    item.sql("SELECT koherent.track('other')")
+    for t in ("item", "other"):
+        item.sql(f"ALTER TABLE koherent_history.{t} SET (autovacuum_enabled = false)")
+    item.sql("INSERT INTO item (id, qty) SELECT g, 0 FROM generate_series(1, 20000) g")
+    item.sql("INSERT INTO other SELECT g, 0 FROM generate_series(1, 20000) g")
+    write(item, "UPDATE item SET qty = 7 WHERE id BETWEEN 100 AND 104", mint("small"))
+    item.sql("SELECT koherent.seal()")
+    assert item.one("SELECT count(*) FROM pg_stats WHERE schemaname = 'koherent_history'") == 0
+
+    def scans():
+        return dict((r[0], (r[1], r[2])) for r in item.sql(
+            "SELECT relname, seq_scan, coalesce(idx_scan, 0) FROM pg_stat_user_tables "
+            "WHERE schemaname = 'koherent_history' AND relname IN ('item', 'other')"))
+
+    # (the first reader summarizes the new BRIN ranges, a scan of each range; and the counters of
+    # the backends that wrote, sealed and summarized reach the shared statistics when those exit:
+    # wait until they stand still)
+    assert item.one("SELECT count(*) FROM koherent.task_changes('small')") == 5
+    before, still = scans(), 0
+    for _ in range(50):
+        time.sleep(0.2)
+        now = scans()
+        still = still + 1 if now == before else 0
+        if still == 3:
+            break
+        before = now
+    with item.conn() as c:
+        changes = c.execute("SELECT kind, row_key FROM koherent.task_changes('small')").fetchall()
+        plan = c.execute("SELECT action, row_key, restored_data FROM koherent.revert_plan('small') "
+                         "ORDER BY row_key").fetchall()
+        c.execute("SELECT pg_stat_force_next_flush()")
+    assert changes == [("UPDATE", {"id": i}) for i in range(100, 105)]
+    assert plan == [("UPDATE", {"id": i}, {"qty": 0}) for i in range(100, 105)]
+    for _ in range(50):  # (the counters reach the shared statistics once the backend flushed them)
+        after = scans()
+        if after["item"][1] > before["item"][1]:
+            break
+        time.sleep(0.1)
+    assert after["item"][1] > before["item"][1]  # read through the range index
+    assert after["item"][0] == before["item"][0]  # no sequential scan
+    assert after["other"] == before["other"]  # not read
 
 
 def test_a_context_committed_after_a_seal_inside_a_sealed_range_comes_once(item):

@@ -5,12 +5,12 @@ after changing sql/ledger.sql, sql/audit.sql, sql/retention.sql or the functions
 import re
 
 ROOT = "."
-CHANGED = {"sql/views.sql": ["_object_expr", "_table_literal", "_row_data_expr"],
+CHANGED = {"sql/views.sql": ["_entry_select", "_object_expr", "_table_literal", "_row_data_expr"],
            "sql/columns.sql": ["_sync_history_columns"],
            "sql/as_of.sql": ["_as_of_builtin_key", "_as_of_key_filter", "_as_of_entry_columns", "_as_of_key",
                              "_as_of_rows", "_row_as_of_lookup", "_task_started", "_as_of_check"],
-           "sql/revert.sql": ["_image_expr", "_source_json_expr", "_revert_fast_view", "_revert_fast_sql",
-                              "_revert_plan_prepare", "_revert_apply", "_revert_rows"],
+           "sql/revert.sql": ["_revert_threads_sql", "_image_expr", "_source_json_expr", "_revert_fast_view", "_revert_fast_sql",
+                              "_revert_plan_prepare", "_revert_plan", "revert_plan", "_revert_apply", "_revert_rows"],
            "sql/track.sql": ["track"],
            "sql/indexes.sql": ["_range_index", "_has_lookup_index", "_create_range_index"],
            "sql/readers.sql": ["task_changes"]}
@@ -47,6 +47,9 @@ RETURNS TABLE ("cfg" integer, "lo" bigint, "hi" bigint)
 IMMUTABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', '_entry_spans_wrapper';
 CREATE FUNCTION koherent._jsonb_object(VARIADIC "any") RETURNS jsonb
 LANGUAGE c STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'koherent_jsonb_object';
+-- (now take the condition that picks the entries, the contexts the entries are among)
+DROP FUNCTION koherent._revert_threads_sql(koherent.tracked_config);
+DROP FUNCTION koherent._entry_select(koherent.tracked_config, text);
 """]
 for path, names in CHANGED.items():
     text = open(f"{ROOT}/{path}").read()
