@@ -304,13 +304,14 @@ BEGIN
         keyfilter := ' AND ' || (koherent._as_of_key(acting, cfg, key)).filter;
     END IF;
     -- each entry with the greatest history id of its transaction in place of its context id
+    -- (one key's: the moment's test taken by no index, see koherent._row_as_of_lookup)
     RETURN QUERY EXECUTE format('SELECT h.history_id, h.history_kind, h.history_date, '
                                 'max(h.history_id) OVER (PARTITION BY h.history_context), %s '
-                                'FROM %s h WHERE (h.history_date > $1 OR ($2 AND h.history_date = $1))%s',
+                                'FROM %s h WHERE (h.history_date > $1 OR ($2 AND h.history_date = $1))%s%s',
                                 (SELECT string_agg(format('h.%I', a.attname), ', ' ORDER BY a.attnum)
                                    FROM pg_attribute a WHERE a.attrelid = hist::regclass AND a.attnum > 0 AND NOT a.attisdropped
                                     AND a.attname NOT IN ('history_id', 'history_kind', 'history_date', 'history_context')),
-                                hist, keyfilter)
+                                hist, CASE WHEN keyfilter <> '' THEN ' IS TRUE' ELSE '' END, keyfilter)
                  USING at, at_too;
 END $$;
 
@@ -456,7 +457,9 @@ BEGIN
         RETURN NULL;
     END IF;
     -- the statement's plan is kept per backend under a name that changes with its text: the
-    -- table's config, its column epochs, the history table and its column types
+    -- table's config, its column epochs, the history table and its column types. (The moment's
+    -- test is written so that no index takes it: BitmapAnd-ing the row index with the BRIN of
+    -- history_date read every summary of the table, 0.4 of the 0.7 ms among 1.1M entries.)
     name := 'row_as_of:' || md5(cfg::text || hist::regclass::oid || (SELECT string_agg(concat_ws(':', c.attnum, c.live_from, c.live_until), ',' ORDER BY c.live_from, c.attnum)
                                                  FROM koherent.tracked_column c WHERE c.config_id = cfg.id)
                                 || (SELECT string_agg(a.attname || ':' || a.atttypid, ',' ORDER BY a.attnum)
@@ -468,7 +471,7 @@ BEGIN
             SELECT CASE WHEN r.role = 0 THEN jsonb_build_object('s', 'then', 'b', e.before) ELSE '{"s": "none"}' END
               FROM (SELECT %2$s
                       FROM %1$s h
-                     WHERE (h.history_date > $1 OR ($2 AND h.history_date = $1)) AND %3$s) e
+                     WHERE (h.history_date > $1 OR ($2 AND h.history_date = $1)) IS TRUE AND %3$s) e
              CROSS JOIN LATERAL (VALUES (0), (1)) r(role)
              WHERE CASE r.role WHEN 0 THEN e.bkey ELSE e.akey END
                    = (SELECT %4$s FROM jsonb_populate_record(NULL::%1$s, $3) x)

@@ -8,7 +8,7 @@ ROOT = "."
 CHANGED = {"sql/views.sql": ["_entry_select", "_object_expr", "_table_literal", "_row_data_expr"],
            "sql/columns.sql": ["_sync_history_columns"],
            "sql/as_of.sql": ["_as_of_builtin_key", "_as_of_key_filter", "_as_of_entry_columns", "_as_of_key",
-                             "_as_of_rows", "_row_as_of_lookup", "_task_started", "_as_of_check"],
+                             "_as_of_rows", "_as_of_entries", "_row_as_of_lookup", "_task_started", "_as_of_check"],
            "sql/revert.sql": ["_revert_threads_sql", "_image_expr", "_source_json_expr", "_revert_fast_view", "_revert_fast_sql",
                               "_revert_plan_prepare", "_revert_plan", "revert_plan", "_revert_apply", "_revert_rows"],
            "sql/track.sql": ["track"],
