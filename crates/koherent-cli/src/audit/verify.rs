@@ -69,6 +69,15 @@ fn utf8<'a>(name: &str, bytes: &'a Option<Arc<Vec<u8>>>, p: &mut Problems) -> &'
     })
 }
 
+/// A file's text, "" when it could not be read or is not UTF-8 (for the files whose problems
+/// are reported otherwise: keys.json as not JSON, graph.json as not the package's graph).
+fn text_or_empty(bytes: &Option<Arc<Vec<u8>>>) -> &str {
+    bytes
+        .as_deref()
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .unwrap_or_default()
+}
+
 /// The package's files, each read once: by the thread that hashes them, in the order verify
 /// needs them (the small ones first), handed over as they are read.
 struct Files {
@@ -224,16 +233,16 @@ pub fn verify(dir: &str, jwks: Option<&str>, digest: Option<&str>) -> Result<Ver
     let file_check = {
         let (dir, mtext) = (dir.to_path_buf(), mtext.clone());
         std::thread::spawn(move || {
-            let mut found: Vec<(usize, Problem)> = vec![];
+            // (each file's problems kept apart, reported in the manifest's order of files)
+            let mut per_file: Vec<Problems> =
+                pkg::FILES.iter().map(|_| Problems::default()).collect();
             for name in READ_ORDER {
-                let order = pkg::FILES.iter().position(|f| *f == name).expect("a file");
-                let mut p = Problems::default();
+                let p = &mut per_file[pkg::FILES.iter().position(|f| *f == name).expect("a file")];
                 let read = std::fs::read(dir.join(name)).map(Arc::new);
                 let _ = tx.send((name, read.as_ref().ok().cloned()));
                 let at = line_of(&mtext, &format!("\"{name}\""));
                 let Some(f) = listed.get(name) else {
                     p.add(pkg::MANIFEST, at, format!("{name} is not listed"));
-                    found.extend(p.0.into_iter().map(|x| (order, x)));
                     continue;
                 };
                 match read {
@@ -257,10 +266,8 @@ pub fn verify(dir: &str, jwks: Option<&str>, digest: Option<&str>) -> Result<Ver
                         }
                     }
                 }
-                found.extend(p.0.into_iter().map(|x| (order, x)));
             }
-            found.sort_by_key(|f| f.0);
-            let mut p = Problems(found.into_iter().map(|f| f.1).collect());
+            let mut p = Problems(per_file.into_iter().flat_map(|p| p.0).collect());
             for name in listed.keys() {
                 if !pkg::FILES.contains(&name.as_str()) {
                     p.add(
@@ -292,10 +299,7 @@ pub fn verify(dir: &str, jwks: Option<&str>, digest: Option<&str>) -> Result<Ver
 
     // 3. keys: the package's, or the auditor's own JWKS alone
     let keys_bytes = files.bytes(pkg::KEYS);
-    let keys_text = keys_bytes
-        .as_deref()
-        .and_then(|b| std::str::from_utf8(b).ok())
-        .unwrap_or_default();
+    let keys_text = text_or_empty(&keys_bytes);
     let package_keys: Value = serde_json::from_str(keys_text).unwrap_or_else(|_| {
         p.add(pkg::KEYS, None, "not JSON");
         Value::Null
@@ -545,10 +549,7 @@ pub fn verify(dir: &str, jwks: Option<&str>, digest: Option<&str>) -> Result<Ver
     let mut n_entries = 0u64;
     let mut last_line = 0usize;
     let gbytes = files.bytes(pkg::GRAPH);
-    let gtext = gbytes
-        .as_deref()
-        .and_then(|b| std::str::from_utf8(b).ok())
-        .unwrap_or_default();
+    let gtext = text_or_empty(&gbytes);
     let mut glines = gtext.lines();
     let (mut gline, mut gdiff) = (0usize, None::<usize>);
     {
