@@ -78,6 +78,57 @@ def test_the_same_object_as_jsonb_build_object(db, settings):
                    .fetchone()[0]) == 50
 
 
+def test_the_same_bytes_as_jsonb_build_object(db):
+    """The object is written directly in jsonb's on-disk form: the stored bytes (read off the
+    heap page with pageinspect) are jsonb_build_object's, for every value of every type, integers
+    at the edges of numeric's base-10000 digits, and objects of many pairs (every 32nd entry an
+    offset, numerics int-aligned after keys and strings of every length)."""
+    with db.conn() as c:
+        c.execute("CREATE EXTENSION pageinspect")
+        c.execute("CREATE TABLE jb (a jsonb)")
+        c.execute("ALTER TABLE jb ALTER a SET STORAGE plain")  # (never compressed)
+
+        def stored(args):
+            c.execute("TRUNCATE jb")
+            c.execute(f"INSERT INTO jb VALUES (koherent._jsonb_object({args})), (jsonb_build_object({args}))")
+            rows = c.execute("SELECT t_data FROM heap_page_items(get_raw_page('jb', 0)) ORDER BY lp").fetchall()
+            assert len(rows) == 2
+            return rows[0][0], rows[1][0]
+
+        checked = 0
+        for typ, values in VALUES:
+            small = [v for v in values if "repeat" not in v]  # (the 100 kB text would not fit a page)
+            for v in small:
+                ours, theirs = stored(f"'v'::text, ({v})::{typ}, 'n'::text, NULL::{typ}")
+                assert ours == theirs, (typ, v, bytes(ours), bytes(theirs))
+                checked += 1
+            ours, theirs = stored(", ".join(f"'{i}'::text, ({v})::{typ}" for i, v in enumerate(small)))
+            assert ours == theirs, (typ, bytes(ours), bytes(theirs))
+        for x in [0, 1, -1, 9999, 10000, 10001, 99990000, 100000000, -100000000, 123456789012, 2**31 - 1,
+                  -2**31, 2**63 - 1, -2**63, 10**18, -(10**16), 5 * 10**12]:
+            for typ in ("smallint", "integer", "bigint"):
+                if typ == "smallint" and not -2**15 <= x < 2**15 or typ == "integer" and not -2**31 <= x < 2**31:
+                    continue
+                ours, theirs = stored(f"'v'::text, ({x})::{typ}")
+                assert ours == theirs, (typ, x, bytes(ours), bytes(theirs))
+                checked += 1
+        # 49 pairs (98 entries: offsets at 0, 32, 64, 96), keys of many lengths, numerics after
+        # strings of odd lengths (padding), repeated keys (the last kept), a null key left out
+        many = [(f"'{'k' * (i % 7)}{i}'::text", f"{i * 7919}") for i in range(45)]
+        many += [("'x'::text", "'abc'::text"), ("'y'::text", "1.5::numeric"), ("'x'::text", "2.25::numeric"),
+                 ("NULL::text", "3")]
+        ours, theirs = stored(", ".join(f"{k}, {v}" for k, v in many).replace("NULL::text, 3", "'z'::text, 3"))
+        assert ours == theirs
+        ours = c.execute(f"SELECT koherent._jsonb_object({', '.join(f'{k}, {v}' for k, v in many)})").fetchone()[0]
+        assert ours["x"] == 2.25 and "z" not in ours and len(ours) == 47
+        # the empty object (every key null)
+        c.execute("TRUNCATE jb")
+        c.execute("INSERT INTO jb VALUES (koherent._jsonb_object(NULL::text, 1)), (jsonb_build_object())")
+        rows = c.execute("SELECT t_data FROM heap_page_items(get_raw_page('jb', 0)) ORDER BY lp").fetchall()
+        assert rows[0][0] == rows[1][0] and c.execute("SELECT a = '{}' FROM jb").fetchall() == [(True,), (True,)]
+        assert checked > 100
+
+
 def test_keys_values_and_refusals(db):
     with db.conn() as c:
         one = lambda q: c.execute(q).fetchone()[0]  # noqa: E731
