@@ -531,6 +531,26 @@ BEGIN
     RETURN '(CASE' || branches || ')';
 END $$;
 
+CREATE OR REPLACE FUNCTION koherent._same_expr(typ oid, a text, b text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE
+        -- types whose equality is identity: compared as they are (fast)
+        WHEN typ IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype, 'bool'::regtype, 'text'::regtype,
+                     'varchar'::regtype, 'name'::regtype, 'uuid'::regtype, 'date'::regtype, 'timestamp'::regtype,
+                     'timestamptz'::regtype, 'bytea'::regtype, 'oid'::regtype, '"char"'::regtype)
+             THEN format('(%s IS NOT DISTINCT FROM %s)', a, b)
+        -- numeric: its JSON text is its output text (a number, or a string for NaN and the
+        -- infinities), which is fixed by the value and the display scale: 1.0 and 1.00 differ.
+        -- Compared as such, without printing either (NaN equals NaN, each infinity itself; their
+        -- scale is null)
+        WHEN typ = 'numeric'::regtype
+             THEN format('(%1$s IS NOT DISTINCT FROM %2$s AND scale(%1$s) IS NOT DISTINCT FROM scale(%2$s))', a, b)
+        -- any other: as history shows it, the JSON text of the value (interval '1 day' and
+        -- '24 hours', char padding differ; float -0 and 0 do not; see koherent._json_of)
+        ELSE format('(%s::text IS NOT DISTINCT FROM %s::text)', koherent._json_of(typ, a), koherent._json_of(typ, b))
+    END
+$$;
+
 CREATE OR REPLACE FUNCTION koherent._source_json_expr(cfg koherent.tracked_config, alias text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT koherent._object_expr(array_agg(a.attname::text ORDER BY a.attnum),
@@ -684,7 +704,7 @@ CREATE OR REPLACE FUNCTION koherent._revert_plan(acting uuid, ctx uuid[])
 RETURNS TABLE (table_name regclass, row_key jsonb, action text, current_data jsonb, restored_data jsonb,
                conflict text)
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
-SET max_parallel_workers_per_gather = 0 SET jit = off SET enable_seqscan = off AS $$
+SET jit = off SET enable_seqscan = off AS $$
 DECLARE
     fast jsonb := koherent._revert_plan_prepare(acting, ctx);
     f jsonb;
@@ -700,7 +720,7 @@ CREATE OR REPLACE FUNCTION koherent.revert_plan(task_id text, include_subtasks b
 RETURNS TABLE (table_name regclass, row_key jsonb, action text, current_data jsonb, restored_data jsonb,
                conflict text)
 LANGUAGE plpgsql VOLATILE
-SET max_parallel_workers_per_gather = 0 SET jit = off SET enable_seqscan = off AS $$
+SET jit = off SET enable_seqscan = off AS $$
 DECLARE
     acting uuid := koherent._acting();  -- the role executing this function (SECURITY INVOKER)
     ctx uuid[] := koherent._revert_task_contexts(acting, task_id, include_subtasks);
