@@ -565,10 +565,13 @@ LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp SET enable_seqsc
 DECLARE
     hist text := format('koherent_history.%I', cfg.history_table);
     name text := 'koherent_revert_' || cfg.id;
+    keycols text := (SELECT string_agg(format('h.%I', k), ', ') FROM unnest(cfg.pk_columns) k);
+    filter text := koherent._context_filter(cfg.id, ctx, quote_literal(ctx::text) || '::uuid[]');
     first bigint;
     n bigint;
     keys bigint;
     moved boolean;
+    broken boolean;
     epoch bigint;
 BEGIN
     -- the view shows the caller every entry of the task in this table: only to a caller who may
@@ -583,26 +586,75 @@ BEGIN
     -- (sealed contexts by the ledger's id ranges, koherent._context_filter)
     EXECUTE format('SELECT min(h.history_id), count(*), count(DISTINCT %s), coalesce(bool_or(%s), false) '
                    'FROM %s h WHERE %s',
-                   CASE WHEN cardinality(cfg.pk_columns) = 1 THEN format('h.%I', cfg.pk_columns[1])
-                        ELSE (SELECT format('ROW(%s)', string_agg(format('h.%I', k), ', ')) FROM unnest(cfg.pk_columns) k) END,
+                   CASE WHEN cardinality(cfg.pk_columns) = 1 THEN keycols ELSE format('ROW(%s)', keycols) END,
                    koherent._key_change_predicate(cfg.pk_columns, 'h.'), hist, koherent._context_filter(cfg.id, ctx, '$1'))
        INTO first, n, keys, moved USING ctx;
     SELECT max(greatest(c.live_from, coalesce(c.live_until, 0))) INTO epoch
       FROM koherent.tracked_column c WHERE c.config_id = cfg.id;
-    IF n = 0 OR n <> keys OR moved OR epoch > first THEN
+    IF n = 0 OR moved OR epoch > first THEN
         RETURN NULL;
+    END IF;
+    IF n <> keys THEN
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM (SELECT h.history_kind AS kind, lag(h.history_id) OVER w AS prev, '
+                       'lead(h.history_id) OVER w AS next FROM %s h WHERE %s '
+                       'WINDOW w AS (PARTITION BY %s ORDER BY h.history_id)) x '
+                       'WHERE (x.kind = ''CREATE'' AND x.prev IS NOT NULL) '
+                       'OR (x.kind IN (''DELETE'', ''TRUNCATE'') AND x.next IS NOT NULL))',
+                       hist, koherent._context_filter(cfg.id, ctx, '$1'), keycols)
+           INTO broken USING ctx;
+        IF broken THEN
+            RETURN NULL;
+        END IF;
     END IF;
     IF to_regclass(format('pg_temp.%I', name)) IS NOT NULL THEN  -- (a view a failed call left)
         EXECUTE format('DROP VIEW pg_temp.%I', name);
     END IF;
-    EXECUTE format('CREATE TEMP VIEW %I AS SELECT h.history_id AS head, h.history_kind AS kind, %s, %s, %s '
-                   'FROM %s h WHERE %s', name,
-                   (SELECT string_agg(format('h.%I AS %I', k, 'k:' || k), ', ') FROM unnest(cfg.pk_columns) k),
-                   (SELECT string_agg(format('h.%I AS %I', c.column_name, 'n:' || c.column_name), ', ' ORDER BY c.attnum)
-                      FROM koherent.tracked_column c WHERE c.config_id = cfg.id AND c.live_until IS NULL),
-                   (SELECT string_agg(format('h.%I AS %I', 'old:' || c.column_name, 'o:' || c.column_name), ', ' ORDER BY c.attnum)
-                      FROM koherent.tracked_column c WHERE c.config_id = cfg.id AND c.live_until IS NULL),
-                   hist, koherent._context_filter(cfg.id, ctx, quote_literal(ctx::text) || '::uuid[]'));
+    IF n = keys THEN
+        EXECUTE format('CREATE TEMP VIEW %I AS SELECT h.history_id AS head, h.history_kind AS kind, %s, %s, %s '
+                       'FROM %s h WHERE %s', name,
+                       (SELECT string_agg(format('h.%I AS %I', k, 'k:' || k), ', ') FROM unnest(cfg.pk_columns) k),
+                       (SELECT string_agg(format('h.%I AS %I', c.column_name, 'n:' || c.column_name), ', ' ORDER BY c.attnum)
+                          FROM koherent.tracked_column c WHERE c.config_id = cfg.id AND c.live_until IS NULL),
+                       (SELECT string_agg(format('h.%I AS %I', 'old:' || c.column_name, 'o:' || c.column_name), ', ' ORDER BY c.attnum)
+                          FROM koherent.tracked_column c WHERE c.config_id = cfg.id AND c.live_until IS NULL),
+                       hist, filter);
+    ELSE
+        -- per key, the last entry (x."h:id", x."h:kind", its row x."c:<column>") with the first
+        -- one's id, kind and rows beside it (x."f:id", x."f:kind", x."f:n:<column>",
+        -- x."f:o:<column>"; every name prefixed, so no column's name can take another's); kind
+        -- as one entry would have it: CREATE when the first created the row, DELETE/TRUNCATE
+        -- when the last removed it (its row: the one before the first), UPDATE otherwise
+        EXECUTE format($v$CREATE TEMP VIEW %1$I AS
+            SELECT x."f:id" AS head,
+                   CASE WHEN x."f:kind" = 'CREATE' THEN 'CREATE'
+                        WHEN x."h:kind" IN ('DELETE', 'TRUNCATE') THEN x."h:kind" ELSE 'UPDATE' END AS kind,
+                   %2$s, %3$s, %4$s
+              FROM (SELECT h.history_id AS "h:id", h.history_kind AS "h:kind", %5$s,
+                           first_value(h.history_id) OVER w AS "f:id", first_value(h.history_kind) OVER w AS "f:kind",
+                           last_value(h.history_id) OVER w AS "l:id", %6$s
+                      FROM %7$s h WHERE %8$s
+                    WINDOW w AS (PARTITION BY %9$s ORDER BY h.history_id ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)) x
+             WHERE x."h:id" = x."l:id" AND NOT (x."f:kind" = 'CREATE' AND x."h:kind" IN ('DELETE', 'TRUNCATE'))$v$,
+            name,
+            (SELECT string_agg(format('x.%I', 'k:' || k), ', ') FROM unnest(cfg.pk_columns) k),
+            (SELECT string_agg(format($c$CASE WHEN x."h:kind" NOT IN ('DELETE', 'TRUNCATE') THEN x.%1$I
+                                              WHEN x."f:kind" = 'UPDATE' THEN x.%3$I ELSE x.%2$I END AS %4$I$c$,
+                                      'c:' || c.column_name, 'f:n:' || c.column_name, 'f:o:' || c.column_name,
+                                      'n:' || c.column_name),
+                               ', ' ORDER BY c.attnum)
+               FROM koherent.tracked_column c WHERE c.config_id = cfg.id AND c.live_until IS NULL),
+            (SELECT string_agg(format($c$CASE WHEN x."f:kind" = 'UPDATE' THEN x.%I END AS %I$c$,
+                                      'f:o:' || c.column_name, 'o:' || c.column_name), ', ' ORDER BY c.attnum)
+               FROM koherent.tracked_column c WHERE c.config_id = cfg.id AND c.live_until IS NULL),
+            (SELECT string_agg(format('h.%I AS %I', k, 'k:' || k), ', ') FROM unnest(cfg.pk_columns) k)
+              || coalesce(', ' || (SELECT string_agg(format('h.%I AS %I', c.column_name, 'c:' || c.column_name), ', ' ORDER BY c.attnum)
+                                     FROM koherent.tracked_column c WHERE c.config_id = cfg.id AND c.live_until IS NULL), ''),
+            (SELECT string_agg(format('first_value(h.%I) OVER w AS %I, first_value(h.%I) OVER w AS %I',
+                                      c.column_name, 'f:n:' || c.column_name, 'old:' || c.column_name, 'f:o:' || c.column_name),
+                               ', ' ORDER BY c.attnum)
+               FROM koherent.tracked_column c WHERE c.config_id = cfg.id AND c.live_until IS NULL),
+            hist, filter, keycols);
+    END IF;
     EXECUTE format('GRANT SELECT ON pg_temp.%I TO %I', name, (SELECT rolname FROM pg_roles WHERE oid = koherent._acting_role(acting)));
     RETURN 'pg_temp.' || quote_ident(name);
 END $$;
@@ -678,6 +730,32 @@ BEGIN
         'restored_update', koherent._object_expr(r_keys, r_exprs, typs, keys_sql => true),
         'restored_insert', koherent._object_expr(cols, i_exprs, typs),
         'cols', to_jsonb(cols));
+END $$;
+
+CREATE OR REPLACE FUNCTION koherent._revert_fast_plan_sql(acting uuid, cfg koherent.tracked_config, view text) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    q jsonb := koherent._revert_fast_sql(acting, cfg, view);
+BEGIN
+    -- the conflict computed once per row, in the join (OFFSET 0 keeps the planner from copying
+    -- it into every expression that uses it); what a non-auditor may not see is masked; the row
+    -- now only for a row of the task's (an INSERT's key may hold another row: key_exists, and
+    -- current_data null, as on the row-by-row path)
+    RETURN format($s$
+        SELECT %10$s::oid::regclass,
+               CASE WHEN m.masked THEN NULL ELSE %3$s END,
+               CASE v.kind WHEN 'CREATE' THEN 'DELETE' WHEN 'UPDATE' THEN 'UPDATE' ELSE 'INSERT' END,
+               CASE WHEN m.masked THEN NULL ELSE v.cur END,
+               CASE WHEN m.masked THEN NULL
+                    WHEN v.kind = 'UPDATE' THEN %6$s
+                    WHEN v.kind IN ('DELETE', 'TRUNCATE') THEN %7$s END,
+               v.w
+          FROM (SELECT v.*, CASE WHEN t.ctid IS NOT NULL AND v.kind IN ('CREATE', 'UPDATE') THEN %4$s END AS cur, %5$s AS w
+                  FROM %1$s v LEFT JOIN %2$s t ON %8$s
+                 WHERE v.kind <> 'UPDATE' OR %9$s OFFSET 0) v
+         CROSS JOIN LATERAL (SELECT v.w = 'not_visible' AND NOT %11$s) m(masked)
+        $s$, view, q->>'table', q->>'row_key', q->>'current', q->>'conflict',
+        q->>'restored_update', q->>'restored_insert', q->>'keymatch', q->>'any_changed', cfg.relid, q->>'auditor');
 END $$;
 
 CREATE OR REPLACE FUNCTION koherent._revert_plan_prepare(acting uuid, ctx uuid[]) RETURNS jsonb

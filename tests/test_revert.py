@@ -447,3 +447,70 @@ def test_a_table_with_columns_named_like_the_reverts_aliases(db):
     r = db.one("SELECT koherent.revert_context(%s)", [ctx])
     assert (r["updated"], r["inserted"], r["deleted"]) == (1, 1, 1)
     assert db.sql("SELECT * FROM pv ORDER BY id") == [(1, 1, "r0", "a"), (2, 2, "r0", "a")]
+
+
+def test_typed_path_of_rows_changed_many_times_agrees_with_the_row_by_row_path(db):
+    """A task that changed rows more than once (in several transactions) takes the typed path
+    (one row per key from its first and last entries) when every key's entries are one thread;
+    its plan is the row-by-row path's, row for row, conflicts included, and its revert restores
+    what that plan says. A key the task deleted and created again leaves the table to the
+    row-by-row path."""
+    db.sql("CREATE TABLE mc (id int PRIMARY KEY, a int, b text, c numeric)")
+    db.sql("SELECT koherent.track('mc')")
+    write(db, "INSERT INTO mc SELECT g, g, 'b' || g, g * 1.5 FROM generate_series(1, 40) g", mint("task-100"))
+    seed = db.sql("SELECT * FROM mc ORDER BY id")
+    t101 = mint("task-101")
+    write(db, ["UPDATE mc SET a = a + 1 WHERE id <= 20", "DELETE FROM mc WHERE id IN (35, 36)",
+               "INSERT INTO mc SELECT g, g, 'new', 0 FROM generate_series(41, 45) g"], t101)
+    write(db, ["UPDATE mc SET b = 'x' WHERE id BETWEEN 10 AND 30",
+               "UPDATE mc SET a = a - 1 WHERE id BETWEEN 1 AND 5",  # changed back: nothing to revert
+               "DELETE FROM mc WHERE id IN (15, 16)",                # changed, then deleted: reinserted as before
+               "UPDATE mc SET c = 9.50 WHERE id IN (41, 42)",        # created, then changed: deleted
+               "DELETE FROM mc WHERE id = 43"], t101)               # created, then deleted: nothing
+    write(db, "UPDATE mc SET a = 100, c = 1.50 WHERE id IN (20, 30)", t101)
+    # later, by others: a field the task changed, one it did not, a row it created, a key it freed
+    write(db, ["UPDATE mc SET b = 'later' WHERE id = 12", "UPDATE mc SET a = 7 WHERE id = 25",
+               "DELETE FROM mc WHERE id = 41", "INSERT INTO mc VALUES (15, 0, 'taken', 0)"], mint("task-102"))
+    cfg = db.one("SELECT id FROM koherent.tracked_config WHERE relid = 'mc'::regclass")
+    cols = "table_name::text, row_key, action, current_data, restored_data, conflict"
+
+    def paths(task):
+        """(whether the typed path takes the table, revert_plan's rows, the row-by-row path's)"""
+        with db.conn(autocommit=False) as c:  # (an acting capability is its transaction's)
+            acting = c.execute("SELECT koherent._acting()").fetchone()[0]
+            ctx = c.execute("SELECT koherent._revert_task_contexts(%s, %s, false)", [acting, task]).fetchone()[0]
+            view = c.execute("SELECT koherent._revert_fast_view(%s, c, %s) FROM koherent.tracked_config c "
+                             "WHERE c.id = %s", [acting, ctx, cfg]).fetchone()[0]
+            typed = c.execute(f"SELECT {cols} FROM koherent.revert_plan(%s) ORDER BY (row_key->>'id')::int, action",
+                              [task]).fetchall()
+            by_row = c.execute(f"SELECT {cols} FROM koherent._revert_plan_rest(%s, %s, '{{}}') "
+                               "ORDER BY (row_key->>'id')::int, action", [acting, ctx]).fetchall()
+            return view == f"pg_temp.koherent_revert_{cfg}", typed, by_row
+
+    fast, typed, by_row = paths("task-101")
+    assert fast and typed == by_row
+    got = {k["id"]: (a, res, w) for _, k, a, _, res, w in typed}
+    assert not any(k in got for k in (1, 2, 3, 4, 5, 43))  # changed back; created and deleted
+    assert got[6] == ("UPDATE", {"a": 6}, None)
+    assert got[11] == ("UPDATE", {"a": 11, "b": "b11"}, None)
+    assert got[12] == ("UPDATE", {"a": 12, "b": "b12"}, "changed_later")
+    assert got[15] == ("INSERT", {"id": 15, "a": 15, "b": "b15", "c": 22.5}, "key_exists")
+    assert got[16] == ("INSERT", {"id": 16, "a": 16, "b": "b16", "c": 24.0}, None)
+    assert got[20] == ("UPDATE", {"a": 20, "b": "b20", "c": 30.0}, None)
+    assert got[25] == ("UPDATE", {"b": "b25"}, None)
+    assert got[35] == ("INSERT", {"id": 35, "a": 35, "b": "b35", "c": 52.5}, None)
+    assert got[41] == ("DELETE", None, "deleted_later")
+    assert got[42] == ("DELETE", None, None) and got[45] == ("DELETE", None, None)
+    assert len(got) == 31
+    r = revert(db, "task-101", token=mint("task-103"), on_conflict="skip")
+    assert (r["updated"], r["inserted"], r["deleted"], r["skipped"]) == (22, 3, 3, 3)
+    want = {row[0]: row for row in seed}
+    want[12] = (12, 13, "later", 18)  # skipped: b changed later
+    want[15] = (15, 0, "taken", 0)    # skipped: its key is taken
+    want[25] = (25, 7, "b25", 37.5)   # b reverted beside the later change of a
+    assert db.sql("SELECT * FROM mc ORDER BY id") == [want[k] for k in sorted(want)]
+    # a key deleted and created again by the task: one key, two threads: the row-by-row path
+    write(db, ["DELETE FROM mc WHERE id = 1", "INSERT INTO mc VALUES (1, -1, 'again', 0)"], mint("task-104"))
+    fast, typed, by_row = paths("task-104")
+    assert not fast and typed == by_row
+    assert [(a, res) for _, _, a, _, res, _ in typed] == [("DELETE", None), ("INSERT", {"id": 1, "a": 1, "b": "b1", "c": 1.5})]

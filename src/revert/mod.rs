@@ -82,7 +82,7 @@ fn lookup(id: &Uuid) -> (pg_sys::Oid, CString) {
         })
         .unwrap_or_else(|| {
             KoherentError::InvalidArgument(
-                "koherent: unknown acting capability (koherent._acting() gives one)".into(),
+                "unknown acting capability (koherent._acting() gives one)".into(),
             )
             .raise()
         })
