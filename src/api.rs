@@ -23,18 +23,10 @@ fn _set_task_args(token: Option<&str>, args: Option<&str>) -> FlatJsonb {
     context::set_task(token, Some(args.map(|a| JsonB(parse_json(a)))))
 }
 
-/// JSON text (jsonb's own output) as a value; nesting beyond serde_json's limit (128 levels)
-/// or anything else malformed is 22023, never a panic.
+/// JSON text (jsonb's own output) as a value (koherent_token::json: nesting beyond 128 levels
+/// or anything else malformed is 22023, never a panic).
 fn parse_json(text: &str) -> serde_json::Value {
-    serde_json::from_str(text)
-        .map_err(|e| {
-            KoherentError::InvalidArgument(if e.to_string().contains("recursion limit") {
-                "JSON nested deeper than 128 levels is not accepted".into()
-            } else {
-                format!("malformed JSON: {e}")
-            })
-        })
-        .or_raise()
+    crate::datum::parse_json(text).or_raise()
 }
 
 /// Verify a provenance token without using it; returns its claims or raises the refusal.
@@ -201,11 +193,12 @@ fn _parse_public_key_bound(
         .map_err(KoherentError::from)
         .or_raise();
     // a JWK's alg binds the key to tokens of that alg (a PEM carries none)
-    let alg = serde_json::from_str::<serde_json::Value>(public_key.trim())
-        .ok()
-        .filter(|v| v.is_object())
-        .and_then(|v| koherent_token::keys::parse_public_jwk_bound(&v).ok())
-        .and_then(|(_, _, b)| b.alg.map(|a| a.as_str().to_string()));
+    let alg =
+        koherent_token::json::parse_with(public_key.trim(), koherent_token::json::Options::STRICT)
+            .ok()
+            .filter(|v| v.is_object())
+            .and_then(|v| koherent_token::keys::parse_public_jwk_bound(&v).ok())
+            .and_then(|(_, _, b)| b.alg.map(|a| a.as_str().to_string()));
     TableIterator::once((kid, key.as_bytes().to_vec(), alg))
 }
 
@@ -256,8 +249,8 @@ fn _cold_verify_micros(token: &str, iterations: i32) -> f64 {
 /// by koherent.revert_task / revert_context (SECURITY DEFINER) after their writes; REVOKEd from
 /// PUBLIC, so that no client marks a transaction as a revert.
 #[pg_extern(volatile, parallel_unsafe)]
-fn _mark_revert(what: JsonB) {
-    context::mark_revert(what)
+fn _mark_revert(what: crate::datum::JsonbText) {
+    context::mark_revert(JsonB(what.value()))
 }
 
 /// Internal: a capability for the role executing the caller, for the revert and as-of helpers
@@ -287,8 +280,8 @@ fn _kept_lookup(
     name: &str,
     at: pgrx::datum::TimestampWithTimeZone,
     at_too: bool,
-    key: JsonB,
-) -> Option<JsonB> {
+    key: FlatJsonb,
+) -> Option<FlatJsonb> {
     crate::revert::kept::lookup(name, at, at_too, key)
 }
 
@@ -300,8 +293,8 @@ fn _acting_role(acting: Uuid) -> pg_sys::Oid {
 
 /// Internal: the ledger hash of a record (koherent-ledger-v1, src/ledger/mod.rs).
 #[pg_extern(immutable, parallel_safe, strict)]
-fn _ledger_hash(kind: &str, record: JsonB) -> Vec<u8> {
-    crate::ledger::hash(kind, &record)
+fn _ledger_hash(kind: &str, record: crate::datum::JsonbText) -> Vec<u8> {
+    crate::ledger::hash_text(kind, &record.0).or_raise()
 }
 
 /// Internal: the ledger hash of a record given as JSON text (entries: built as text, cheaper

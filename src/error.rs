@@ -41,6 +41,9 @@ pub enum KoherentError {
     TriggerProtocol(String),
     #[error("{0}")]
     InvalidArgument(String),
+    /// JSON text an argument spells that koherent's reader refuses
+    #[error("{}", json_message(.0))]
+    Json(#[from] koherent_token::json::JsonError),
     #[error("this transaction already reverted a task or context; one revert per transaction")]
     RevertTwice,
     #[error("koherent cannot act for a role inside a security-restricted operation (ANALYZE, REFRESH MATERIALIZED VIEW, an index expression)")]
@@ -51,6 +54,15 @@ pub enum KoherentError {
     Internal(String),
 }
 
+fn json_message(e: &koherent_token::json::JsonError) -> String {
+    match e.problem {
+        koherent_token::json::Problem::TooDeep(n) => {
+            format!("JSON nested deeper than {n} levels is not accepted")
+        }
+        _ => format!("malformed JSON: {e}"),
+    }
+}
+
 impl KoherentError {
     fn sqlstate(&self) -> PgSqlErrorCode {
         use PgSqlErrorCode::*;
@@ -59,7 +71,7 @@ impl KoherentError {
                 Class::Malformed => ERRCODE_INVALID_PARAMETER_VALUE,
                 Class::Unauthorized => ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
             },
-            KoherentError::Key(_) | KoherentError::InvalidArgument(_) => {
+            KoherentError::Key(_) | KoherentError::InvalidArgument(_) | KoherentError::Json(_) => {
                 ERRCODE_INVALID_PARAMETER_VALUE
             }
             KoherentError::TaskRequired { .. }

@@ -140,7 +140,7 @@ pub fn request_header_token() -> Option<String> {
         }
         std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
     };
-    let v: serde_json::Value = serde_json::from_str(&raw).ok()?;
+    let v = koherent_token::json::parse(&raw).ok()?;
     v.get("rekuest-task")
         .and_then(|t| t.as_str())
         .map(|s| s.trim().to_string())

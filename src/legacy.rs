@@ -6,32 +6,33 @@ use pgrx::prelude::*;
 use pgrx::JsonB;
 
 use crate::context;
-use crate::datum::FlatJsonb;
+use crate::datum::{FlatJsonb, JsonbText};
 use crate::error::{KoherentError, OrRaise};
 
+// (jsonb arguments read by koherent's JSON reader, as the current functions read them)
 #[pg_extern(sql = false)]
-fn set_task_with_args(token: &str, args: Option<JsonB>) -> FlatJsonb {
-    context::set_task(token, Some(args))
+fn set_task_with_args(token: &str, args: Option<JsonbText>) -> FlatJsonb {
+    context::set_task(token, Some(args.map(|a| JsonB(a.value()))))
 }
 
 #[pg_extern(sql = false)]
-fn set_context(metadata: JsonB) {
-    context::set_context(metadata)
+fn set_context(metadata: JsonbText) {
+    context::set_context(JsonB(metadata.value()))
 }
 
 #[pg_extern(sql = false)]
-fn canonical_args(args: JsonB) -> String {
-    koherent_token::canonical_json(&args.0)
+fn canonical_args(args: JsonbText) -> String {
+    koherent_token::canonical_json(&args.value())
 }
 
 #[pg_extern(sql = false)]
-fn args_hash(args: Option<JsonB>) -> String {
-    koherent_token::args_hash(args.as_ref().map(|a| &a.0))
+fn args_hash(args: Option<JsonbText>) -> String {
+    koherent_token::args_hash(args.map(|a| a.value()).as_ref())
 }
 
 #[pg_extern(sql = false)]
-fn _parse_jwks(jwks: JsonB) -> TableIterator<'static, (name!(kid, String), name!(x, Vec<u8>))> {
-    let keys = koherent_token::keys::parse_jwks(&jwks.0)
+fn _parse_jwks(jwks: JsonbText) -> TableIterator<'static, (name!(kid, String), name!(x, Vec<u8>))> {
+    let keys = koherent_token::keys::parse_jwks(&jwks.value())
         .map_err(KoherentError::from)
         .or_raise();
     TableIterator::new(

@@ -6,21 +6,18 @@ pub mod record;
 pub mod sealer;
 
 use koherent_token::ledger::{self, Hash};
-use pgrx::JsonB;
 
 use crate::error::KoherentError;
 
-/// `koherent._ledger_hash(kind, record)`: the SHA-256 of a record of this kind.
-pub fn hash(kind: &str, record: &JsonB) -> Vec<u8> {
-    ledger::record_hash(kind, &record.0).to_vec()
-}
-
-/// `koherent._ledger_hash_text(kind, record)`: the same for a record as JSON text (numbers as
-/// written, as the jsonb of that text keeps them).
+/// `koherent._ledger_hash(kind, record)` (the record as jsonb, read as its text) and
+/// `koherent._ledger_hash_text(kind, record)` (entries, built as JSON text: cheaper than
+/// jsonb): the SHA-256 of a record of this kind, numbers as written. The text is canonicalized
+/// as it is read (`ledger::canonical_text`): no value is built, so a jsonb value of any depth,
+/// or an object named like serde_json's private number member, hashes as what it is.
 pub fn hash_text(kind: &str, record: &str) -> Result<Vec<u8>, KoherentError> {
-    let v: serde_json::Value = serde_json::from_str(record)
-        .map_err(|e| KoherentError::Internal(format!("a ledger record that is not JSON: {e}")))?;
-    Ok(ledger::record_hash(kind, &v).to_vec())
+    ledger::record_hash_text(kind, record)
+        .map(|h| h.to_vec())
+        .map_err(|e| KoherentError::Internal(format!("a ledger record that is not JSON: {e}")))
 }
 
 /// `koherent._ledger_merkle(hashes)`: the RFC 6962 Merkle root of a list of hashes.

@@ -9,7 +9,9 @@
 use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
-use pgrx::{JsonB, PgOid};
+use pgrx::PgOid;
+
+use crate::datum::FlatJsonb;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -50,7 +52,12 @@ pub fn keep(name: &str, query: &str) {
 
 /// `koherent._kept_lookup(name, at, at_too, key)`: the first column of the first row of the
 /// plan kept under `name`, run with these parameters.
-pub fn lookup(name: &str, at: TimestampWithTimeZone, at_too: bool, key: JsonB) -> Option<JsonB> {
+pub fn lookup(
+    name: &str,
+    at: TimestampWithTimeZone,
+    at_too: bool,
+    key: FlatJsonb,
+) -> Option<FlatJsonb> {
     let Some(plan) = KEPT.with(|k| k.borrow().get(name).cloned()) else {
         KoherentError::Internal(format!("no plan is kept as {name}")).raise()
     };
@@ -59,7 +66,8 @@ pub fn lookup(name: &str, at: TimestampWithTimeZone, at_too: bool, key: JsonB) -
         if rows.is_empty() {
             return Ok(None);
         }
-        rows.first().get::<JsonB>(1)
+        // (the image as stored, not through serde_json: see FlatJsonb)
+        rows.first().get::<FlatJsonb>(1)
     })
     .map_err(|e| KoherentError::Internal(e.to_string()))
     .or_raise()

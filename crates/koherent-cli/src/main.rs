@@ -109,7 +109,18 @@ fn audit_cmd(args: &[String]) -> Result<String, String> {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match run(&args) {
+    // (on a thread whose stack takes values as deep as a package may hold: serde_json drops,
+    // compares and writes values by recursion)
+    let ran = std::thread::Builder::new()
+        .stack_size(audit::package::STACK)
+        .spawn(move || run(&args))
+        .expect("a thread for the command")
+        .join();
+    let Ok(ran) = ran else {
+        // (the panic has been printed)
+        return ExitCode::FAILURE;
+    };
+    match ran {
         Ok(out) => {
             if !out.is_empty() {
                 println!("{out}");
@@ -175,7 +186,8 @@ fn now() -> i64 {
 
 fn read_json(path: &str) -> Result<Value, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
-    serde_json::from_str(&text).map_err(|e| format!("{path}: {e}"))
+    koherent_token::json::parse_with(&text, koherent_token::json::Options::STRICT)
+        .map_err(|e| format!("{path}: {e}"))
 }
 
 fn pretty(v: &Value) -> String {
@@ -227,7 +239,7 @@ fn run(args: &[String]) -> Result<String, String> {
             let ttl = o.int("ttl")?.unwrap_or(3600);
             let task_args: Option<Value> = o
                 .get("args")
-                .map(|a| serde_json::from_str(a).map_err(|e| format!("--args: {e}")))
+                .map(|a| koherent_token::json::parse(a).map_err(|e| format!("--args: {e}")))
                 .transpose()?;
             let mut claims = json!({
                 "iss": o.get("iss").unwrap_or("rekuest"),
@@ -246,7 +258,8 @@ fn run(args: &[String]) -> Result<String, String> {
             });
             if let Some(extra) = o.get("claims") {
                 let extra: Value =
-                    serde_json::from_str(extra).map_err(|e| format!("--claims: {e}"))?;
+                    koherent_token::json::parse_with(extra, koherent_token::json::Options::STRICT)
+                        .map_err(|e| format!("--claims: {e}"))?;
                 let Value::Object(extra) = extra else {
                     return Err("--claims must be a JSON object".into());
                 };
@@ -273,8 +286,9 @@ fn run(args: &[String]) -> Result<String, String> {
                 if line.trim().is_empty() {
                     continue;
                 }
-                let case: Value = serde_json::from_str(&line)
-                    .map_err(|e| format!("stdin line {}: {e}", i + 1))?;
+                let case: Value =
+                    koherent_token::json::parse_with(&line, koherent_token::json::Options::STRICT)
+                        .map_err(|e| format!("stdin line {}: {e}", i + 1))?;
                 let verdict = batch_one(&case, &defaults)
                     .map_err(|e| format!("stdin line {}: {e}", i + 1))?;
                 writeln!(out, "{verdict}").map_err(|e| e.to_string())?;
@@ -303,7 +317,8 @@ fn run(args: &[String]) -> Result<String, String> {
                 .map_err(refuse)?;
             claims.check(&policy).map_err(refuse)?;
             if let Some(a) = o.get("args") {
-                let a: Value = serde_json::from_str(a).map_err(|e| format!("--args: {e}"))?;
+                let a: Value =
+                    koherent_token::json::parse(a).map_err(|e| format!("--args: {e}"))?;
                 claims.check_args(Some(&a)).map_err(refuse)?;
             }
             Ok(pretty(&Value::Object(claims.payload)))
@@ -394,8 +409,11 @@ fn digest_cmd(args: &[String]) -> Result<String, String> {
     match sub.as_str() {
         "sign" => {
             let (_, k) = parse_private_jwk(&key).map_err(|e| e.to_string())?;
-            let digest: Value = serde_json::from_str(&read_input(o.get("digest"))?)
-                .map_err(|e| format!("the digest: {e}"))?;
+            let digest: Value = koherent_token::json::parse_with(
+                &read_input(o.get("digest"))?,
+                koherent_token::json::Options::STRICT,
+            )
+            .map_err(|e| format!("the digest: {e}"))?;
             let note = ledger::sign_note(&ledger::checkpoint_body(&digest)?, name, &k)?;
             Ok(note.trim_end_matches('\n').to_string())
         }

@@ -19,12 +19,14 @@ pub fn canonical_json(value: &Value) -> String {
     out
 }
 
-/// Canonical JSON text of a JSON document given as text (an empty text counts as `{}`).
-pub fn canonical_json_str(json: &str) -> Result<String, serde_json::Error> {
+/// Canonical JSON text of a JSON document given as text (an empty text counts as `{}`), read
+/// by [`crate::json::parse`]: at most 128 levels deep, a member named twice kept last (as
+/// Python's `json.loads` keeps it).
+pub fn canonical_json_str(json: &str) -> Result<String, crate::json::JsonError> {
     if json.trim().is_empty() {
         return Ok("{}".to_string());
     }
-    let v: Value = serde_json::from_str(json)?;
+    let v: Value = crate::json::parse(json)?;
     Ok(canonical_json(&v))
 }
 
@@ -280,6 +282,43 @@ mod tests {
         assert_eq!(
             python_float_repr(12345678901234567.0),
             "1.2345678901234568e+16"
+        );
+    }
+
+    #[test]
+    fn serde_jsons_number_member_is_an_ordinary_member() {
+        // (what the fuzzer found: serde_json's arbitrary_precision read these as numbers or
+        // refused them; Python's json.dumps writes them as the objects they are)
+        let m = "$serde_json::private::Number";
+        for (text, want) in [
+            (format!(r#"{{"{m}":"5"}}"#), format!(r#"{{"{m}":"5"}}"#)),
+            (format!(r#"{{"{m}":"abc"}}"#), format!(r#"{{"{m}":"abc"}}"#)),
+            (
+                format!(r#"{{"a":1,"{m}":"1"}}"#),
+                format!(r#"{{"{m}":"1","a":1}}"#),
+            ),
+            (
+                format!(r#"[{{"{m}":1,"z":[]}}]"#),
+                format!(r#"[{{"{m}":1,"z":[]}}]"#),
+            ),
+        ] {
+            let c = canon(&text);
+            assert_eq!(c, want);
+            assert_eq!(canon(&c), c, "a fixed point");
+        }
+        assert_ne!(
+            args_hash(Some(
+                &crate::json::parse(&format!(r#"{{"{m}":"5"}}"#)).unwrap()
+            )),
+            args_hash(Some(&crate::json::parse("5").unwrap()))
+        );
+        // Python: hashlib.sha256(json.dumps({m: "5"}, sort_keys=True, separators=(",", ":"),
+        // ensure_ascii=False).encode()).hexdigest()
+        assert_eq!(
+            args_hash(Some(
+                &crate::json::parse(&format!(r#"{{"{m}":"5"}}"#)).unwrap()
+            )),
+            "6d583aa9d4601424b5c5b810acb553172d94bf1b43b20ac76edb4134f94fa000"
         );
     }
 

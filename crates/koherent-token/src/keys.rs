@@ -269,7 +269,8 @@ pub fn parse_jwks_bound(v: &Value) -> Result<Vec<(String, VerifyingKey, KeyBindi
 pub fn parse_public_key(text: &str) -> Result<(Option<String>, VerifyingKey), KeyError> {
     let t = text.trim();
     if t.starts_with('{') {
-        let v: Value = serde_json::from_str(t).map_err(|e| KeyError::Json(e.to_string()))?;
+        let v: Value = crate::json::parse_with(t, crate::json::Options::STRICT)
+            .map_err(|e| KeyError::Json(e.to_string()))?;
         parse_public_jwk(&v)
     } else if t.starts_with("-----BEGIN PUBLIC KEY-----") {
         let key = VerifyingKey::from_public_key_pem(t)

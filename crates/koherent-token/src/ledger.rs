@@ -14,6 +14,8 @@
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use crate::json::{Event, JsonError, Problem, Reader};
+
 /// The format name, recorded in every block.
 pub const FORMAT: &str = "koherent-ledger-v1";
 
@@ -77,11 +79,6 @@ fn write(v: &Value, out: &mut String) {
 
 /// The hash of a record of kind `kind` (`entry`, `task`, `context`, `block`).
 pub fn record_hash(kind: &str, record: &Value) -> Hash {
-    let mut h = Sha256::new();
-    h.update(FORMAT.as_bytes());
-    h.update(b" ");
-    h.update(kind.as_bytes());
-    h.update(b"\n");
     // (one buffer per thread: a record's text is made and hashed 200k times a second)
     thread_local! {
         static BUF: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
@@ -90,8 +87,155 @@ pub fn record_hash(kind: &str, record: &Value) -> Hash {
         let mut b = b.borrow_mut();
         b.clear();
         write(record, &mut b);
-        h.update(b.as_bytes());
-    });
+        tagged_hash(kind, b.as_bytes())
+    })
+}
+
+/// The canonical JSON (see the module) of a JSON text, appended to `out`: the same text as
+/// [`canonical`] of the value the text spells, read by [`crate::json::Reader`] and written as it
+/// is read, without building the value: any nesting (a jsonb column's value is as deep as
+/// PostgreSQL let it be, and the ledger must hash what it holds), no recursion. A member named
+/// twice in one object is refused (two readers could keep different ones).
+pub fn canonical_text(text: &str, out: &mut String) -> Result<(), JsonError> {
+    use crate::canonical::write_string;
+    // Per open object: where its members start in `out`, where its members' entries start in
+    // `members` and its names in `names`, whether its names came in order so far. Members are
+    // written as they come; an object whose names are not in order is rewritten in order at
+    // its end.
+    struct Object {
+        start: usize,
+        first_member: usize,
+        sorted: bool,
+    }
+    // per member of the open objects: its name in `names` and where its text starts in `out`
+    // (after the comma)
+    struct Member {
+        name: std::ops::Range<usize>,
+        at: usize,
+    }
+    enum Open {
+        Array { empty: bool },
+        Object(Object),
+    }
+    let mut r = Reader::new(text, usize::MAX);
+    let mut open: Vec<Open> = Vec::new();
+    let mut members: Vec<Member> = Vec::new();
+    let mut names = String::new();
+    let mut scratch = String::new();
+    let base = out.len();
+    while let Some(ev) = r.next()? {
+        // a value's comma in an array (an object's members get theirs with their name)
+        if !matches!(ev, Event::Key(_) | Event::EndArray | Event::EndObject) {
+            if let Some(Open::Array { empty }) = open.last_mut() {
+                if !*empty {
+                    out.push(',');
+                }
+                *empty = false;
+            }
+        }
+        match ev {
+            Event::BeginArray => {
+                out.push('[');
+                open.push(Open::Array { empty: true });
+            }
+            Event::EndArray => {
+                out.push(']');
+                open.pop();
+            }
+            Event::BeginObject => {
+                out.push('{');
+                open.push(Open::Object(Object {
+                    start: out.len(),
+                    first_member: members.len(),
+                    sorted: true,
+                }));
+            }
+            Event::Key(k) => {
+                let Some(Open::Object(o)) = open.last_mut() else {
+                    unreachable!("a member name outside an object")
+                };
+                if members.len() > o.first_member {
+                    let last = &members[members.len() - 1];
+                    if names[last.name.clone()] >= *k {
+                        o.sorted = false;
+                    }
+                    out.push(',');
+                }
+                let from = names.len();
+                names.push_str(&k);
+                members.push(Member {
+                    name: from..names.len(),
+                    at: out.len(),
+                });
+                write_string(&k, out);
+                out.push(':');
+            }
+            Event::EndObject => {
+                let Some(Open::Object(o)) = open.pop() else {
+                    unreachable!("an object's end outside an object")
+                };
+                let mine = &members[o.first_member..];
+                if !o.sorted {
+                    let mut order: Vec<usize> = (0..mine.len()).collect();
+                    order.sort_by(|&a, &b| {
+                        names[mine[a].name.clone()].cmp(&names[mine[b].name.clone()])
+                    });
+                    if let Some(w) = order
+                        .windows(2)
+                        .find(|w| names[mine[w[0]].name.clone()] == names[mine[w[1]].name.clone()])
+                    {
+                        let name = names[mine[w[0]].name.clone()].to_string();
+                        return Err(r.error(Problem::Duplicate(name)));
+                    }
+                    // member i's text: from its start to the next one's comma (or the end)
+                    let end = |i: usize| mine.get(i + 1).map_or(out.len(), |m| m.at - 1);
+                    scratch.clear();
+                    for (n, &i) in order.iter().enumerate() {
+                        if n > 0 {
+                            scratch.push(',');
+                        }
+                        scratch.push_str(&out[mine[i].at..end(i)]);
+                    }
+                    out.truncate(o.start);
+                    out.push_str(&scratch);
+                }
+                out.push('}');
+                if let Some(first) = members.get(o.first_member) {
+                    names.truncate(first.name.start);
+                }
+                members.truncate(o.first_member);
+            }
+            Event::Str(s) => write_string(&s, out),
+            Event::Num(n) => out.push_str(n),
+            Event::Bool(b) => out.push_str(if b { "true" } else { "false" }),
+            Event::Null => out.push_str("null"),
+        }
+    }
+    debug_assert!(out.len() > base);
+    Ok(())
+}
+
+/// The hash of a record of kind `kind` given as JSON text: [`record_hash`] of the value the
+/// text spells, by [`canonical_text`].
+pub fn record_hash_text(kind: &str, record: &str) -> Result<Hash, JsonError> {
+    thread_local! {
+        static BUF: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+    }
+    BUF.with(|b| {
+        let mut b = b.borrow_mut();
+        b.clear();
+        canonical_text(record, &mut b)?;
+        Ok(tagged_hash(kind, b.as_bytes()))
+    })
+}
+
+fn tagged_hash(kind: &str, canonical: &[u8]) -> Hash {
+    let mut h = Sha256::new();
+    h.update(FORMAT.as_bytes());
+    h.update(b" ");
+    h.update(kind.as_bytes());
+    h.update(b"\n");
+    h.update(canonical);
     h.finalize().into()
 }
 
@@ -456,6 +600,69 @@ mod tests {
             canonical(&v),
             "{\"a\":[1,12345678901234567890.123,\"é\\n\"],\"b\":1.10,\"c\":null}"
         );
+    }
+
+    #[test]
+    fn canonical_text_is_canonical_of_the_value() {
+        let m = "$serde_json::private::Number";
+        for t in [
+            r#"{"b": 1.10, "a": [1, 12345678901234567890.123, "é\n"], "c": null}"#.to_string(),
+            r#"{"zz":{"y":[{"b":2,"a":1},[],{}],"x":"\u0001"},"a":true,"":false}"#.to_string(),
+            r#"{"\u0001":1,"A":2,"a":3,"\"":4,"\\":5,"é":6,"😀":7,"\uffff":8}"#.to_string(),
+            r#"{"a":{"c":1,"b":2},"b":[{"d":1,"c":[3,{"f":1,"e":2}]}]}"#.to_string(),
+            format!(r#"{{"a":1,"{m}":"1"}}"#),
+            format!(r#"{{"{m}":"abc"}}"#),
+            "[]".into(),
+            "{}".into(),
+            "5".into(),
+            "\"x\"".into(),
+            "[[],[[]],{}]".into(),
+        ] {
+            let v = crate::json::parse(&t).unwrap();
+            let mut out = String::new();
+            canonical_text(&t, &mut out).unwrap();
+            assert_eq!(out, canonical(&v), "{t}");
+            assert_eq!(
+                record_hash_text("entry", &t).unwrap(),
+                record_hash("entry", &v)
+            );
+        }
+        let mut out = String::new();
+        assert_eq!(
+            canonical_text(r#"{"a":{"b":1,"c":2,"b":3}}"#, &mut out)
+                .unwrap_err()
+                .problem,
+            Problem::Duplicate("b".into())
+        );
+        out.clear();
+        assert!(canonical_text(r#"{"a":1,"a":1}"#, &mut out).is_err());
+        // the member spelt like a serde_json number is an object, not the number 5
+        assert_ne!(
+            record_hash_text("entry", &format!(r#"{{"row":{{"1":{{"{m}":"5"}}}}}}"#)).unwrap(),
+            record_hash_text("entry", r#"{"row":{"1":5}}"#).unwrap()
+        );
+        // docs/ledger.md, test vector 5
+        let v5 = r#"{"config":1,"context":null,"date":"2026-12-07T00:00:00.000000Z","id":1,"kind":"CREATE","old":null,"row":{"1":1,"2":{"$serde_json::private::Number":"5"}}}"#;
+        assert_eq!(
+            hex::encode(record_hash_text("entry", v5).unwrap()),
+            "9f1aeceb84418dc51729fd9fe3112110ce3b16a73486c7c1f717bcbbd10368f7"
+        );
+        assert_eq!(
+            hex::encode(
+                record_hash_text(
+                    "entry",
+                    &v5.replace(r#"{"$serde_json::private::Number":"5"}"#, "5")
+                )
+                .unwrap()
+            ),
+            "9e134c4ae0d03dd0ece99d3f11fc9e688e91c405827c4741898b35a52aa330ad"
+        );
+        // any depth, no recursion
+        let n = 200_000;
+        let deep = "[{\"b\":1,\"a\":".repeat(n) + "0" + &"}]".repeat(n);
+        out.clear();
+        canonical_text(&deep, &mut out).unwrap();
+        assert_eq!(out, "[{\"a\":".repeat(n) + "0" + &",\"b\":1}]".repeat(n));
     }
 
     #[test]

@@ -11,7 +11,7 @@
 
 pub mod canonical;
 pub mod error;
-mod json;
+pub mod json;
 pub mod keys;
 pub mod ledger;
 pub mod token;

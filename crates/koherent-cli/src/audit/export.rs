@@ -184,7 +184,7 @@ fn write_package(url: &str, sel: &Selection, dir: &Path) -> Result<String, Strin
             })?;
             continue;
         }
-        let data: Value = serde_json::from_str(text).map_err(|e| format!("{kind}: {e}"))?;
+        let data: Value = pkg::parse_strict(text).map_err(|e| format!("{kind}: {e}"))?;
         match kind {
             "meta" => {
                 let unsealed = data["unsealed"].as_i64().unwrap_or(0);
@@ -348,7 +348,7 @@ fn entry(
     names: &Names,
     entries: &mut Out,
 ) -> Result<(), String> {
-    let data: Value = serde_json::from_str(text).map_err(|e| format!("entry: {e}"))?;
+    let data: Value = pkg::parse_strict(text).map_err(|e| format!("entry: {e}"))?;
     let Value::Object(mut data) = data else {
         return Err("an entry that is not an object".into());
     };

@@ -340,105 +340,35 @@ impl<'a> Graph<'a> {
     }
 }
 
-/// A JSON value parsed strictly: an object with a key twice is refused (serde_json keeps the
-/// last, another reader may keep the first: the record hashed would not be the one read).
+/// How deep the values of a package may nest: far beyond what PostgreSQL's jsonb holds at
+/// its largest `max_stack_depth` (a jsonb column's value is written into the package as it
+/// is), within what the CLI's threads' stacks take (`STACK`: serde_json drops, compares and
+/// writes values by recursion).
+pub const MAX_DEPTH: usize = 100_000;
+
+/// The stack of the CLI's threads: enough for values [`MAX_DEPTH`] deep (a level takes a few
+/// hundred bytes of stack at most); reserved, not used, until something is that deep.
+pub const STACK: usize = 512 << 20;
+
+/// A JSON value of a package parsed strictly, by koherent's reader (`koherent_token::json`):
+/// an object with a member named twice is refused (serde_json keeps the last, another reader
+/// may keep the first: the record hashed would not be the one read), numbers keep their text,
+/// and an object is an object, whatever its members are called (serde_json's own reader takes
+/// `{"$serde_json::private::Number":"5"}` for the number 5).
 pub fn parse_strict(text: &str) -> Result<Value, String> {
-    use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
-    struct Strict;
-    struct NumberText;
-    impl<'de> DeserializeSeed<'de> for NumberText {
-        type Value = String;
-        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<String, D::Error> {
-            d.deserialize_any(self)
-        }
-    }
-    impl<'de> Visitor<'de> for NumberText {
-        type Value = String;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a number, not an object that spells one")
-        }
-        fn visit_string<E>(self, v: String) -> Result<String, E> {
-            Ok(v)
-        }
-        fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<String, E> {
-            Err(E::custom("a number spelt as an object"))
-        }
-    }
-    impl<'de> DeserializeSeed<'de> for Strict {
-        type Value = Value;
-        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-            d.deserialize_any(Strict)
-        }
-    }
-    impl<'de> Visitor<'de> for Strict {
-        type Value = Value;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("JSON")
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Value, A::Error> {
-            let mut out = Map::new();
-            while let Some(k) = m.next_key::<String>()? {
-                // (arbitrary_precision: a number arrives as a map of one magic key)
-                if out.is_empty() && k == "$serde_json::private::Number" {
-                    // (a number's text arrives as an owned String; an object a line spells
-                    // with that key gives a str: refused, another reader would see an object)
-                    let n: String = m.next_value_seed(NumberText)?;
-                    return n
-                        .parse::<serde_json::Number>()
-                        .map(Value::Number)
-                        .map_err(serde::de::Error::custom);
-                }
-                let v = m.next_value_seed(Strict)?;
-                if out.contains_key(&k) {
-                    return Err(serde::de::Error::custom(format!("the key {k:?} twice")));
-                }
-                out.insert(k, v);
-            }
-            Ok(Value::Object(out))
-        }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Value, A::Error> {
-            let mut out = vec![];
-            while let Some(v) = s.next_element_seed(Strict)? {
-                out.push(v);
-            }
-            Ok(Value::Array(out))
-        }
-        fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-            Ok(Value::Bool(v))
-        }
-        fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-            Ok(Value::from(v))
-        }
-        fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-            Ok(Value::from(v))
-        }
-        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Value, E> {
-            serde_json::Number::from_f64(v)
-                .map(Value::Number)
-                .ok_or_else(|| E::custom("not a JSON number"))
-        }
-        fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-            Ok(Value::String(v.to_string()))
-        }
-        fn visit_string<E>(self, v: String) -> Result<Value, E> {
-            Ok(Value::String(v))
-        }
-        fn visit_unit<E>(self) -> Result<Value, E> {
-            Ok(Value::Null)
-        }
-        fn visit_none<E>(self) -> Result<Value, E> {
-            Ok(Value::Null)
-        }
-    }
-    let mut de = serde_json::Deserializer::from_str(text);
-    let v = Strict.deserialize(&mut de).map_err(|e| e.to_string())?;
-    de.end().map_err(|e| e.to_string())?;
-    Ok(v)
+    koherent_token::json::parse_with(
+        text,
+        koherent_token::json::Options {
+            max_depth: MAX_DEPTH,
+            duplicates: koherent_token::json::Duplicates::Refuse,
+        },
+    )
+    .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::parse_strict;
+    use super::{parse_strict, MAX_DEPTH};
 
     #[test]
     fn strict_parsing_keeps_numbers_and_refuses_ambiguity() {
@@ -450,13 +380,26 @@ mod tests {
         assert!(parse_strict(r#"{"a":1,"a":1}"#)
             .unwrap_err()
             .contains("twice"));
-        // an object spelling a number (what serde_json's arbitrary_precision uses inside)
-        for spelt in [
-            r#"{"x":{"$serde_json::private::Number":"5"}}"#,
-            r#"{"x":{"\u0024serde_json::private::Number":"5"}}"#,
-            r#"{"$serde_json::private::Number":"5"}"#,
+        // an object named like serde_json's private number is an object (serde_json's reader,
+        // with arbitrary_precision, takes it for the number; this one does not)
+        for (spelt, inner) in [
+            (r#"{"x":{"$serde_json::private::Number":"5"}}"#, "5"),
+            (
+                r#"{"x":{"\u0024serde_json::private::Number":"abc"}}"#,
+                "abc",
+            ),
+            (r#"{"x":{"a":1,"$serde_json::private::Number":"5"}}"#, "5"),
         ] {
-            assert!(parse_strict(spelt).is_err(), "{spelt}");
+            let v = parse_strict(spelt).unwrap();
+            assert_eq!(v["x"]["$serde_json::private::Number"], inner, "{spelt}");
         }
+        // deep values are read (PostgreSQL's jsonb holds thousands of levels)
+        let deep = "[".repeat(5000) + &"]".repeat(5000);
+        assert!(parse_strict(&deep).is_ok());
+        assert!(
+            parse_strict(&("[".repeat(MAX_DEPTH + 1) + &"]".repeat(MAX_DEPTH + 1)))
+                .unwrap_err()
+                .contains("deeper than")
+        );
     }
 }

@@ -11,7 +11,7 @@ fn read_lines(dir: &Path, name: &str) -> Result<Vec<Value>, String> {
     let text = std::fs::read_to_string(dir.join(name)).map_err(|e| format!("{name}: {e}"))?;
     text.lines()
         .enumerate()
-        .map(|(i, l)| serde_json::from_str(l).map_err(|e| format!("{name}:{}: {e}", i + 1)))
+        .map(|(i, l)| pkg::parse_strict(l).map_err(|e| format!("{name}:{}: {e}", i + 1)))
         .collect()
 }
 
@@ -23,7 +23,7 @@ fn s(v: &Value) -> &str {
 /// one column, its value (`inventory:1`).
 pub fn show(dir: &str, row: Option<&str>) -> Result<String, String> {
     let dir = Path::new(dir);
-    let manifest: Value = serde_json::from_str(
+    let manifest: Value = pkg::parse_strict(
         &std::fs::read_to_string(dir.join(pkg::MANIFEST))
             .map_err(|e| format!("{}: {e}", pkg::MANIFEST))?,
     )
@@ -129,7 +129,7 @@ pub fn show(dir: &str, row: Option<&str>) -> Result<String, String> {
 
     if let Some(row) = row {
         let (table, key) = row.split_once(':').ok_or("--row is table:key")?;
-        let key: Value = serde_json::from_str(key).unwrap_or_else(|_| Value::from(key));
+        let key: Value = koherent_token::json::parse(key).unwrap_or_else(|_| Value::from(key));
         let _ = writeln!(out, "\nchanges of {row}:");
         let mut found = 0;
         for e in &entries {

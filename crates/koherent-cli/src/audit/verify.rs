@@ -210,7 +210,7 @@ pub fn verify(dir: &str, jwks: Option<&str>, digest: Option<&str>) -> Result<Ver
     let mtext = std::fs::read_to_string(dir.join(pkg::MANIFEST))
         .map_err(|e| format!("{}: {e}", dir.join(pkg::MANIFEST).display()))?;
     let manifest: Value =
-        serde_json::from_str(&mtext).map_err(|e| format!("{}: not JSON: {e}", pkg::MANIFEST))?;
+        pkg::parse_strict(&mtext).map_err(|e| format!("{}: not JSON: {e}", pkg::MANIFEST))?;
     if s(&manifest["kind"]) != pkg::KIND || s(&manifest["format"]) != pkg::FORMAT {
         return Err(format!(
             "{}: not a {} package (kind {}, format {})",
@@ -300,7 +300,7 @@ pub fn verify(dir: &str, jwks: Option<&str>, digest: Option<&str>) -> Result<Ver
     // 3. keys: the package's, or the auditor's own JWKS alone
     let keys_bytes = files.bytes(pkg::KEYS);
     let keys_text = text_or_empty(&keys_bytes);
-    let package_keys: Value = serde_json::from_str(keys_text).unwrap_or_else(|_| {
+    let package_keys: Value = pkg::parse_strict(keys_text).unwrap_or_else(|_| {
         p.add(pkg::KEYS, None, "not JSON");
         Value::Null
     });
@@ -310,7 +310,7 @@ pub fn verify(dir: &str, jwks: Option<&str>, digest: Option<&str>) -> Result<Ver
         .map(|f| {
             std::fs::read_to_string(f)
                 .map_err(|e| format!("{f}: {e}"))
-                .and_then(|t| serde_json::from_str(&t).map_err(|e| format!("{f}: not JSON: {e}")))
+                .and_then(|t| pkg::parse_strict(&t).map_err(|e| format!("{f}: not JSON: {e}")))
         })
         .transpose()?;
     let issuers_of = |v: &Value| -> Vec<(String, Value)> {
@@ -588,21 +588,24 @@ pub fn verify(dir: &str, jwks: Option<&str>, digest: Option<&str>) -> Result<Ver
                 back.push(done);
                 let all = &all;
                 let names = &names;
-                sc.spawn(move || {
-                    for (c, chunk) in all.chunks(BATCH).enumerate().skip(w).step_by(THREADS) {
-                        while let Ok(b) = used.try_recv() {
-                            drop(b);
+                let worker = std::thread::Builder::new().stack_size(pkg::STACK);
+                worker
+                    .spawn_scoped(sc, move || {
+                        for (c, chunk) in all.chunks(BATCH).enumerate().skip(w).step_by(THREADS) {
+                            while let Ok(b) = used.try_recv() {
+                                drop(b);
+                            }
+                            let batch = chunk
+                                .iter()
+                                .enumerate()
+                                .map(|(i, l)| parse_entry(c * BATCH + i + 1, l, names))
+                                .collect();
+                            if send.send(batch).is_err() {
+                                return;
+                            }
                         }
-                        let batch = chunk
-                            .iter()
-                            .enumerate()
-                            .map(|(i, l)| parse_entry(c * BATCH + i + 1, l, names))
-                            .collect();
-                        if send.send(batch).is_err() {
-                            return;
-                        }
-                    }
-                });
+                    })
+                    .map_err(|e| format!("a thread to check entries: {e}"))?;
             }
             let batches = (0..all.len().div_ceil(BATCH))
                 .map_while(|c| from[c % THREADS].recv().ok().map(|b| (c % THREADS, b)));
@@ -946,7 +949,7 @@ pub fn verify(dir: &str, jwks: Option<&str>, digest: Option<&str>) -> Result<Ver
     let (dfile, d) = match digest {
         Some(f) => {
             let t = std::fs::read_to_string(f).map_err(|e| format!("{f}: {e}"))?;
-            let v: Value = serde_json::from_str(&t).map_err(|e| format!("{f}: not JSON: {e}"))?;
+            let v: Value = pkg::parse_strict(&t).map_err(|e| format!("{f}: not JSON: {e}"))?;
             // a signed checkpoint is checked with `koherent digest verify`, which prints this
             (f.to_string(), v)
         }
