@@ -7,6 +7,8 @@ REVOKE ALL ON ALL SEQUENCES IN SCHEMA koherent FROM PUBLIC;
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA koherent FROM PUBLIC;
 -- Public keys are public: set_task reads them with the caller's rights.
 GRANT SELECT ON koherent.issuer_key_store, koherent.issuer_key TO PUBLIC;
+-- Types for pg_graphql, views that never have a row (sql/graphql.sql).
+GRANT SELECT ON koherent.provenance_entry_node, koherent.effective_change_json TO PUBLIC;
 GRANT EXECUTE ON FUNCTION
     koherent.set_task(text), koherent.set_task(text, jsonb), koherent._set_task_args(text, text),
     koherent.verify_token(text), koherent.current_task(), koherent._current_task_claims(),

@@ -4,15 +4,44 @@
 -- koherent._filter_keys_<config id> behind it.
 
 -- pg_graphql names: computed fields are functions _<field>(rec <type>).
+-- pg_graphql gives a jsonb column as `col #>> '{}'`: a JSON string without its quotes, any other
+-- value as JSON text, so the string "1" and the number 1 come back alike (seen with pg_graphql
+-- 1.6.1). Its effectiveChanges therefore have the values as their JSON text (text columns):
+-- oldValue "1" is the number 1, "\"1\"" the string "1", null a null; a client parses them.
+CREATE VIEW koherent.effective_change_json AS
+SELECT NULL::bigint AS history_id, NULL::text AS field, NULL::text AS old_value, NULL::text AS new_value
+ WHERE false;
+COMMENT ON VIEW koherent.effective_change_json IS
+E'@omit\n@graphql({"primary_key_columns": ["history_id", "field"], "description": "koherent: a field a history entry changed, its old and new values as JSON text (a client parses them: \\"1\\" is a string, 1 a number)"})';
 CREATE FUNCTION koherent._effective_changes(rec koherent.provenance_entry)
-RETURNS SETOF koherent.effective_change LANGUAGE sql STABLE AS $$
-    SELECT * FROM koherent.provenance_entry_effective_changes(rec)
+RETURNS SETOF koherent.effective_change_json LANGUAGE sql STABLE AS $$
+    SELECT c.history_id, c.field, c.old_value::text, c.new_value::text
+      FROM koherent.provenance_entry_effective_changes(rec) c
 $$;
+-- pg_graphql shows a node type's fields only to a role that may SELECT its columns. A reader may
+-- not read koherent.provenance_entry (it is all history), so the provenance field that expose()
+-- gives pg_graphql (_provenance(rec <table>)) returns rows of this view instead: the same columns,
+-- never a row, readable by everyone (sql/grants.sql). The rows come from <table>_provenance(rec),
+-- which shows a row's history only if the caller can read the row.
+CREATE VIEW koherent.provenance_entry_node AS
+SELECT NULL::bigint AS history_id, NULL::regclass AS table_name, NULL::jsonb AS row_key, NULL::text AS kind,
+       NULL::timestamptz AS date, NULL::uuid AS context_id, NULL::text AS db_role, NULL::jsonb AS row_data,
+       NULL::text AS task_id, NULL::text AS agent_client_id, NULL::text AS issuer, NULL::text AS changed_by,
+       NULL::text AS table_ident, NULL::text AS effective_role
+ WHERE false;
+COMMENT ON VIEW koherent.provenance_entry_node IS
+E'@omit\n@graphql({"primary_key_columns": ["history_id"], "description": "koherent: a recorded change of a row, with its attribution"})';
+CREATE FUNCTION koherent._effective_changes(rec koherent.provenance_entry_node)
+RETURNS SETOF koherent.effective_change_json LANGUAGE sql STABLE AS $$
+    SELECT * FROM koherent._effective_changes(rec::text::koherent.provenance_entry)
+$$;
+COMMENT ON FUNCTION koherent._effective_changes(koherent.provenance_entry_node) IS E'@omit';
 CREATE FUNCTION koherent._task(rec koherent.provenance_entry) RETURNS koherent.task_info
 LANGUAGE sql STABLE AS $$ SELECT koherent.provenance_entry_task(rec) $$;
 COMMENT ON FUNCTION koherent._effective_changes(koherent.provenance_entry) IS E'@omit';
 COMMENT ON FUNCTION koherent._task(koherent.provenance_entry) IS E'@omit';
 REVOKE EXECUTE ON FUNCTION koherent._effective_changes(koherent.provenance_entry),
+    koherent._effective_changes(koherent.provenance_entry_node),
     koherent._task(koherent.provenance_entry) FROM PUBLIC;
 
 CREATE FUNCTION koherent.expose(tbl regclass, grant_to regrole DEFAULT NULL) RETURNS void
@@ -66,7 +95,7 @@ BEGIN
     EXECUTE format('COMMENT ON FUNCTION %I.%I(%s) IS %L', nsp, rel || '_provenance', t,
                    'koherent: every recorded change of this row, oldest first, with its attribution.');
     EXECUTE format($f$
-        CREATE OR REPLACE FUNCTION %1$I._provenance(rec %2$s) RETURNS SETOF koherent.provenance_entry
+        CREATE OR REPLACE FUNCTION %1$I._provenance(rec %2$s) RETURNS SETOF koherent.provenance_entry_node
         LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $b$ SELECT * FROM %1$I.%3$I(rec) $b$ $f$,
         nsp, t, rel || '_provenance');
     EXECUTE format('COMMENT ON FUNCTION %I._provenance(%s) IS %L', nsp, t, E'@omit');
@@ -110,6 +139,7 @@ BEGIN
                        'koherent.provenance_entry_effective_changes(koherent.provenance_entry), '
                        'koherent.provenance_entry_task(koherent.provenance_entry), '
                        'koherent._effective_changes(koherent.provenance_entry), '
+                       'koherent._effective_changes(koherent.provenance_entry_node), '
                        'koherent._task(koherent.provenance_entry) TO %s',
                        nsp, rel || '_provenance', t, nsp, t, nsp, rel || '_by_provenance', filter_sig,
                        '_filter_keys_' || cfg.id, filter_sig, grant_to);

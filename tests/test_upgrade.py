@@ -357,3 +357,27 @@ def test_upgrade_from_0_6_0(old_db):
         ("CREATE",), ("UPDATE",), ("UPDATE",)]
     old.sql("SELECT koherent.seal()")
     assert old.sql("SELECT problem FROM koherent.verify_history()") == []
+
+
+def test_upgrade_from_0_6_0_keeps_the_graphql_grants(old_db):
+    """0.7.0 makes pg_graphql's effectiveChanges give values as JSON text (a new return type for
+    koherent._effective_changes): the roles expose() granted it before keep their grant, and the
+    values come back as JSON text (the string "1" and the number 1 told apart)."""
+    old, fresh = old_db
+    reader = install_exposed(old, fresh, "0.6.0")
+    write(old, "INSERT INTO item (id, name, qty) VALUES (1, '1', 1)", mint("before-upgrade"))
+    fn = "koherent._effective_changes(koherent.provenance_entry)"
+    assert old.one(f"SELECT has_function_privilege('{reader}', '{fn}', 'EXECUTE')") is True
+    old.sql("ALTER EXTENSION koherent UPDATE")
+    assert old.one(f"SELECT has_function_privilege('{reader}', '{fn}', 'EXECUTE')") is True
+    assert old.one(f"SELECT has_function_privilege('{APP_ROLE}', '{fn}', 'EXECUTE')") is False
+    assert old.one(f"SELECT prorettype::regtype::text FROM pg_proc WHERE oid = '{fn}'::regprocedure") == \
+        "koherent.effective_change_json"
+    with old.conn(user=reader) as c:
+        got = c.execute("SELECT ch.field, ch.new_value FROM item i, item_provenance(i) e, koherent._effective_changes(e) ch "
+                        "WHERE i.id = 1 AND ch.field IN ('name', 'qty') ORDER BY 1").fetchall()
+    assert got == [("name", '"1"'), ("qty", "1")]
+    fresh.sql("CREATE EXTENSION koherent")
+    fresh.sql("SELECT koherent.track('item', require_task => true)")
+    fresh.sql(f"SELECT koherent.expose('item', '{reader}')")
+    assert members(old) == members(fresh)

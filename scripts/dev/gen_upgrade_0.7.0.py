@@ -13,7 +13,8 @@ CHANGED = {"sql/views.sql": ["_entry_select", "_object_expr", "_table_literal", 
                               "_revert_plan_prepare", "_revert_plan", "revert_plan", "_revert_apply", "_revert_rows"],
            "sql/track.sql": ["track"],
            "sql/indexes.sql": ["_range_index", "_has_lookup_index", "_create_range_index"],
-           "sql/readers.sql": ["task_changes"]}
+           "sql/readers.sql": ["task_changes"],
+           "sql/graphql.sql": ["expose"]}
 
 
 def function(text, name):
@@ -51,6 +52,65 @@ LANGUAGE c STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'koherent_jsonb_object';
 DROP FUNCTION koherent._revert_threads_sql(koherent.tracked_config);
 DROP FUNCTION koherent._entry_select(koherent.tracked_config, text);
 """]
+# pg_graphql's effectiveChanges: the values as JSON text (a new return type: the function is made
+# again, and the roles expose() granted it keep their grant)
+GQL = open(f"{ROOT}/sql/graphql.sql").read()
+view = re.search(r"^CREATE VIEW koherent\.effective_change_json .*?';\n", GQL, re.S | re.M).group(0)
+out.append("""-- (the grantees kept in a setting of this transaction: a table made here would be the extension's)
+SELECT pg_catalog.set_config('koherent_upgrade.grantees', coalesce(pg_catalog.json_agg(a.grantee::regrole::text)::text, '[]'), true)
+  FROM pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) a
+ WHERE p.oid = 'koherent._effective_changes(koherent.provenance_entry)'::regprocedure
+   AND a.privilege_type = 'EXECUTE' AND a.grantee <> 0 AND a.grantee <> p.proowner;
+DROP FUNCTION koherent._effective_changes(koherent.provenance_entry);
+""" + view + function(GQL, "_effective_changes").replace("CREATE OR REPLACE FUNCTION", "CREATE FUNCTION", 1) + """COMMENT ON FUNCTION koherent._effective_changes(koherent.provenance_entry) IS E'@omit';
+REVOKE EXECUTE ON FUNCTION koherent._effective_changes(koherent.provenance_entry) FROM PUBLIC;
+DO $$
+DECLARE g text;
+BEGIN
+    FOR g IN SELECT pg_catalog.json_array_elements_text(pg_catalog.current_setting('koherent_upgrade.grantees')::json) LOOP
+        EXECUTE format('GRANT EXECUTE ON FUNCTION koherent._effective_changes(koherent.provenance_entry) TO %s', g);
+    END LOOP;
+END $$;
+""")
+# pg_graphql's provenance field for readers: rows of koherent.provenance_entry_node (a view with
+# no rows that everyone may read); the _provenance(rec <table>) that expose() made are made again
+# with that type, for the roles that had them (the table's, not the extension's)
+node_view = re.search(r"^CREATE VIEW koherent\.provenance_entry_node .*?';\n", GQL, re.S | re.M).group(0)
+node_fn = re.search(r"^CREATE FUNCTION koherent\._effective_changes\(rec koherent\.provenance_entry_node\).*?^COMMENT ON FUNCTION koherent\._effective_changes\(koherent\.provenance_entry_node\) IS E'@omit';\n",
+                    GQL, re.S | re.M).group(0)
+out.append(node_view + node_fn + """REVOKE EXECUTE ON FUNCTION koherent._effective_changes(koherent.provenance_entry_node) FROM PUBLIC;
+DO $upgrade$
+DECLARE
+    cfg koherent.tracked_config;
+    prov regprocedure;
+    grantees regrole[];
+    g regrole;
+BEGIN
+    FOR cfg IN SELECT * FROM koherent.tracked_config WHERE dropped_at IS NULL ORDER BY id LOOP
+        prov := to_regprocedure(format('%I._provenance(%I.%I)', cfg.schema_name, cfg.schema_name, cfg.table_name));
+        CONTINUE WHEN prov IS NULL;
+        SELECT coalesce(array_agg(a.grantee::regrole), '{}') INTO grantees FROM pg_proc p, aclexplode(p.proacl) a
+         WHERE p.oid = prov AND a.privilege_type = 'EXECUTE' AND a.grantee <> 0 AND a.grantee <> p.proowner;
+        EXECUTE format('DROP FUNCTION %s', prov);
+        EXECUTE format($f$
+            CREATE FUNCTION %1$I._provenance(rec %1$I.%2$I) RETURNS SETOF koherent.provenance_entry_node
+            LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $b$ SELECT * FROM %1$I.%3$I(rec) $b$ $f$,
+            cfg.schema_name, cfg.table_name, cfg.table_name || '_provenance');
+        -- created by this script, it would be the extension's: it is the table's, as expose() makes it
+        EXECUTE format('ALTER EXTENSION koherent DROP FUNCTION %I._provenance(%I.%I)', cfg.schema_name,
+                       cfg.schema_name, cfg.table_name);
+        EXECUTE format('COMMENT ON FUNCTION %I._provenance(%I.%I) IS %L', cfg.schema_name, cfg.schema_name,
+                       cfg.table_name, '@omit');
+        EXECUTE format('REVOKE ALL ON FUNCTION %I._provenance(%I.%I) FROM PUBLIC', cfg.schema_name,
+                       cfg.schema_name, cfg.table_name);
+        FOREACH g IN ARRAY grantees LOOP
+            EXECUTE format('GRANT EXECUTE ON FUNCTION %I._provenance(%I.%I) TO %s', cfg.schema_name,
+                           cfg.schema_name, cfg.table_name, g);
+            EXECUTE format('GRANT EXECUTE ON FUNCTION koherent._effective_changes(koherent.provenance_entry_node) TO %s', g);
+        END LOOP;
+    END LOOP;
+END $upgrade$;
+""")
 for path, names in CHANGED.items():
     text = open(f"{ROOT}/{path}").read()
     for n in names:
