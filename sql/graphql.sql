@@ -33,7 +33,7 @@ COMMENT ON VIEW koherent.provenance_entry_node IS
 E'@omit\n@graphql({"primary_key_columns": ["history_id"], "description": "koherent: a recorded change of a row, with its attribution"})';
 CREATE FUNCTION koherent._effective_changes(rec koherent.provenance_entry_node)
 RETURNS SETOF koherent.effective_change_json LANGUAGE sql STABLE AS $$
-    SELECT * FROM koherent._effective_changes(rec::text::koherent.provenance_entry)
+    SELECT * FROM koherent._effective_changes(ROW((rec).*)::koherent.provenance_entry)
 $$;
 COMMENT ON FUNCTION koherent._effective_changes(koherent.provenance_entry_node) IS E'@omit';
 CREATE FUNCTION koherent._task(rec koherent.provenance_entry) RETURNS koherent.task_info

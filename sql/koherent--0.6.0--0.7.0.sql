@@ -61,38 +61,42 @@ COMMENT ON VIEW koherent.provenance_entry_node IS
 E'@omit\n@graphql({"primary_key_columns": ["history_id"], "description": "koherent: a recorded change of a row, with its attribution"})';
 CREATE FUNCTION koherent._effective_changes(rec koherent.provenance_entry_node)
 RETURNS SETOF koherent.effective_change_json LANGUAGE sql STABLE AS $$
-    SELECT * FROM koherent._effective_changes(rec::text::koherent.provenance_entry)
+    SELECT * FROM koherent._effective_changes(ROW((rec).*)::koherent.provenance_entry)
 $$;
 COMMENT ON FUNCTION koherent._effective_changes(koherent.provenance_entry_node) IS E'@omit';
 REVOKE EXECUTE ON FUNCTION koherent._effective_changes(koherent.provenance_entry_node) FROM PUBLIC;
 DO $upgrade$
 DECLARE
     cfg koherent.tracked_config;
-    prov regprocedure;
-    grantees regrole[];
-    g regrole;
+    f record;
+    g record;
+    sig text;
 BEGIN
     FOR cfg IN SELECT * FROM koherent.tracked_config WHERE dropped_at IS NULL ORDER BY id LOOP
-        prov := to_regprocedure(format('%I._provenance(%I.%I)', cfg.schema_name, cfg.schema_name, cfg.table_name));
-        CONTINUE WHEN prov IS NULL;
-        SELECT coalesce(array_agg(a.grantee::regrole), '{}') INTO grantees FROM pg_proc p, aclexplode(p.proacl) a
-         WHERE p.oid = prov AND a.privilege_type = 'EXECUTE' AND a.grantee <> 0 AND a.grantee <> p.proowner;
-        EXECUTE format('DROP FUNCTION %s', prov);
-        EXECUTE format($f$
-            CREATE FUNCTION %1$I._provenance(rec %1$I.%2$I) RETURNS SETOF koherent.provenance_entry_node
-            LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $b$ SELECT * FROM %1$I.%3$I(rec) $b$ $f$,
-            cfg.schema_name, cfg.table_name, cfg.table_name || '_provenance');
-        -- created by this script, it would be the extension's: it is the table's, as expose() makes it
-        EXECUTE format('ALTER EXTENSION koherent DROP FUNCTION %I._provenance(%I.%I)', cfg.schema_name,
-                       cfg.schema_name, cfg.table_name);
-        EXECUTE format('COMMENT ON FUNCTION %I._provenance(%I.%I) IS %L', cfg.schema_name, cfg.schema_name,
-                       cfg.table_name, '@omit');
-        EXECUTE format('REVOKE ALL ON FUNCTION %I._provenance(%I.%I) FROM PUBLIC', cfg.schema_name,
-                       cfg.schema_name, cfg.table_name);
-        FOREACH g IN ARRAY grantees LOOP
-            EXECUTE format('GRANT EXECUTE ON FUNCTION %I._provenance(%I.%I) TO %s', cfg.schema_name,
-                           cfg.schema_name, cfg.table_name, g);
-            EXECUTE format('GRANT EXECUTE ON FUNCTION koherent._effective_changes(koherent.provenance_entry_node) TO %s', g);
+        -- (found by its argument's type, not by name: the table may have been renamed or moved
+        -- since expose(), which named it; its body, owner and grants are kept)
+        FOR f IN SELECT p.oid, p.pronamespace::regnamespace::text AS nsp, p.proowner::regrole::text AS owner,
+                        p.proowner, p.proacl, p.prosrc, pg_catalog.format_type(p.proargtypes[0], NULL) AS argtype
+                   FROM pg_catalog.pg_proc p
+                  WHERE p.proname = '_provenance' AND p.pronargs = 1
+                    AND p.proargtypes[0] = (SELECT reltype FROM pg_catalog.pg_class WHERE oid = cfg.relid)
+                    AND p.prorettype = 'koherent.provenance_entry'::regtype LOOP
+            sig := format('%s._provenance(%s)', f.nsp, f.argtype);
+            EXECUTE format('DROP FUNCTION %s', sig);
+            EXECUTE format('CREATE FUNCTION %s._provenance(rec %s) RETURNS SETOF koherent.provenance_entry_node '
+                           'LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS %L', f.nsp, f.argtype, f.prosrc);
+            -- created by this script, it would be the extension's: it is the table's, as expose() makes it
+            EXECUTE format('ALTER EXTENSION koherent DROP FUNCTION %s', sig);
+            EXECUTE format('ALTER FUNCTION %s OWNER TO %s', sig, f.owner);
+            EXECUTE format('COMMENT ON FUNCTION %s IS %L', sig, '@omit');
+            EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', sig);
+            FOR g IN SELECT a.grantee::regrole::text AS grantee, a.is_grantable AS grantable
+                       FROM pg_catalog.aclexplode(f.proacl) a
+                      WHERE a.privilege_type = 'EXECUTE' AND a.grantee <> 0 AND a.grantee <> f.proowner LOOP
+                EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %s%s', sig, g.grantee,
+                               CASE WHEN g.grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+                EXECUTE format('GRANT EXECUTE ON FUNCTION koherent._effective_changes(koherent.provenance_entry_node) TO %s', g.grantee);
+            END LOOP;
         END LOOP;
     END LOOP;
 END $upgrade$;

@@ -52,12 +52,6 @@ impl Options {
         max_depth: DEFAULT_MAX_DEPTH,
         duplicates: Duplicates::Refuse,
     };
-    /// Any nesting, duplicates refused: ledger records (a jsonb value is as deep as
-    /// PostgreSQL let it be; the ledger must hash whatever it holds).
-    pub const LEDGER: Options = Options {
-        max_depth: usize::MAX,
-        duplicates: Duplicates::Refuse,
-    };
 }
 
 /// What is wrong with a text.

@@ -96,19 +96,22 @@ pub fn record_hash(kind: &str, record: &Value) -> Hash {
 /// is read, without building the value: any nesting (a jsonb column's value is as deep as
 /// PostgreSQL let it be, and the ledger must hash what it holds), no recursion. A member named
 /// twice in one object is refused (two readers could keep different ones).
+///
+/// Members are written in the order they come; an object whose names are not in order (jsonb
+/// writes keys shortest first) is noted with its members' places, and the text is then written
+/// once more with each such object's members in order: every byte is copied twice at most,
+/// however deep the objects out of order are nested.
 pub fn canonical_text(text: &str, out: &mut String) -> Result<(), JsonError> {
     use crate::canonical::write_string;
-    // Per open object: where its members start in `out`, where its members' entries start in
-    // `members` and its names in `names`, whether its names came in order so far. Members are
-    // written as they come; an object whose names are not in order is rewritten in order at
-    // its end.
+    // an open object: where its members start in `out`, where its members' entries start in
+    // `members`, whether its names came in order so far
     struct Object {
         start: usize,
         first_member: usize,
         sorted: bool,
     }
-    // per member of the open objects: its name in `names` and where its text starts in `out`
-    // (after the comma)
+    // a member of an open object: its name in `names`, where its text starts in `out` (after
+    // the comma)
     struct Member {
         name: std::ops::Range<usize>,
         at: usize,
@@ -117,12 +120,19 @@ pub fn canonical_text(text: &str, out: &mut String) -> Result<(), JsonError> {
         Array { empty: bool },
         Object(Object),
     }
+    // an object out of order: its members' text (after `{`, up to `}`) and their places in
+    // the order they must have
+    struct Reorder {
+        start: usize,
+        end: usize,
+        order: Vec<std::ops::Range<usize>>,
+    }
+    let base = out.len();
     let mut r = Reader::new(text, usize::MAX);
     let mut open: Vec<Open> = Vec::new();
     let mut members: Vec<Member> = Vec::new();
     let mut names = String::new();
-    let mut scratch = String::new();
-    let base = out.len();
+    let mut reorders: Vec<Reorder> = Vec::new();
     while let Some(ev) = r.next()? {
         // a value's comma in an array (an object's members get theirs with their name)
         if !matches!(ev, Event::Key(_) | Event::EndArray | Event::EndObject) {
@@ -176,28 +186,19 @@ pub fn canonical_text(text: &str, out: &mut String) -> Result<(), JsonError> {
                 };
                 let mine = &members[o.first_member..];
                 if !o.sorted {
+                    let name = |i: usize| &names[mine[i].name.clone()];
                     let mut order: Vec<usize> = (0..mine.len()).collect();
-                    order.sort_by(|&a, &b| {
-                        names[mine[a].name.clone()].cmp(&names[mine[b].name.clone()])
-                    });
-                    if let Some(w) = order
-                        .windows(2)
-                        .find(|w| names[mine[w[0]].name.clone()] == names[mine[w[1]].name.clone()])
-                    {
-                        let name = names[mine[w[0]].name.clone()].to_string();
-                        return Err(r.error(Problem::Duplicate(name)));
+                    order.sort_by(|&a, &b| name(a).cmp(name(b)));
+                    if let Some(w) = order.windows(2).find(|w| name(w[0]) == name(w[1])) {
+                        return Err(r.error(Problem::Duplicate(name(w[0]).to_string())));
                     }
                     // member i's text: from its start to the next one's comma (or the end)
                     let end = |i: usize| mine.get(i + 1).map_or(out.len(), |m| m.at - 1);
-                    scratch.clear();
-                    for (n, &i) in order.iter().enumerate() {
-                        if n > 0 {
-                            scratch.push(',');
-                        }
-                        scratch.push_str(&out[mine[i].at..end(i)]);
-                    }
-                    out.truncate(o.start);
-                    out.push_str(&scratch);
+                    reorders.push(Reorder {
+                        start: o.start,
+                        end: out.len(),
+                        order: order.iter().map(|&i| mine[i].at..end(i)).collect(),
+                    });
                 }
                 out.push('}');
                 if let Some(first) = members.get(o.first_member) {
@@ -211,7 +212,59 @@ pub fn canonical_text(text: &str, out: &mut String) -> Result<(), JsonError> {
             Event::Null => out.push_str("null"),
         }
     }
-    debug_assert!(out.len() > base);
+    if reorders.is_empty() {
+        return Ok(());
+    }
+    // Written again, each object out of order with its members in order: a stack of pieces of
+    // the first text still to copy, and of objects whose members are being written.
+    let first = out.split_off(base);
+    for ro in &mut reorders {
+        ro.start -= base;
+        ro.end -= base;
+        for m in &mut ro.order {
+            *m = m.start - base..m.end - base;
+        }
+    }
+    reorders.sort_unstable_by_key(|ro| ro.start);
+    enum Step {
+        Copy(std::ops::Range<usize>),
+        Members { object: usize, next: usize },
+    }
+    let mut steps = vec![Step::Copy(0..first.len())];
+    while let Some(step) = steps.last_mut() {
+        match step {
+            Step::Copy(range) => {
+                // the first object out of order inside the piece, if any (an object's members
+                // start where it does: a piece that is its first member is not inside it)
+                let i = reorders.partition_point(|ro| ro.start <= range.start);
+                match reorders.get(i) {
+                    Some(ro) if ro.start < range.end => {
+                        out.push_str(&first[range.start..ro.start]);
+                        // (after its members: its `}` and what follows)
+                        range.start = ro.end;
+                        steps.push(Step::Members { object: i, next: 0 });
+                    }
+                    _ => {
+                        out.push_str(&first[range.clone()]);
+                        steps.pop();
+                    }
+                }
+            }
+            Step::Members { object, next } => {
+                let ro = &reorders[*object];
+                if *next < ro.order.len() {
+                    if *next > 0 {
+                        out.push(',');
+                    }
+                    let m = ro.order[*next].clone();
+                    *next += 1;
+                    steps.push(Step::Copy(m));
+                } else {
+                    steps.pop();
+                }
+            }
+        }
+    }
     Ok(())
 }
 

@@ -232,53 +232,57 @@ pub fn verify(dir: &str, jwks: Option<&str>, digest: Option<&str>) -> Result<Ver
     };
     let file_check = {
         let (dir, mtext) = (dir.to_path_buf(), mtext.clone());
-        std::thread::spawn(move || {
-            // (each file's problems kept apart, reported in the manifest's order of files)
-            let mut per_file: Vec<Problems> =
-                pkg::FILES.iter().map(|_| Problems::default()).collect();
-            for name in READ_ORDER {
-                let p = &mut per_file[pkg::FILES.iter().position(|f| *f == name).expect("a file")];
-                let read = std::fs::read(dir.join(name)).map(Arc::new);
-                let _ = tx.send((name, read.as_ref().ok().cloned()));
-                let at = line_of(&mtext, &format!("\"{name}\""));
-                let Some(f) = listed.get(name) else {
-                    p.add(pkg::MANIFEST, at, format!("{name} is not listed"));
-                    continue;
-                };
-                match read {
-                    Err(e) => p.add(name, None, format!("cannot be read: {e}")),
-                    Ok(bytes) => {
-                        let sha = hex::encode(Sha256::digest(&bytes[..]));
-                        let n = bytes.iter().filter(|b| **b == b'\n').count() as u64;
-                        if sha != s(&f["sha256"]) {
-                            p.add(
-                            pkg::MANIFEST,
-                            at,
-                            format!("{name}: its SHA-256 is not the manifest's (the file was changed)"),
-                        );
-                        }
-                        if Some(n) != f["lines"].as_u64() {
-                            p.add(
+        // (its own big stack: the manifest's values, dropped here, are as deep as a package's)
+        std::thread::Builder::new()
+            .stack_size(pkg::STACK)
+            .spawn(move || {
+                // (each file's problems kept apart, reported in the manifest's order of files)
+                let mut per_file: Vec<Problems> =
+                    pkg::FILES.iter().map(|_| Problems::default()).collect();
+                for name in READ_ORDER {
+                    let p = &mut per_file[pkg::FILES.iter().position(|f| *f == name).expect("a file")];
+                    let read = std::fs::read(dir.join(name)).map(Arc::new);
+                    let _ = tx.send((name, read.as_ref().ok().cloned()));
+                    let at = line_of(&mtext, &format!("\"{name}\""));
+                    let Some(f) = listed.get(name) else {
+                        p.add(pkg::MANIFEST, at, format!("{name} is not listed"));
+                        continue;
+                    };
+                    match read {
+                        Err(e) => p.add(name, None, format!("cannot be read: {e}")),
+                        Ok(bytes) => {
+                            let sha = hex::encode(Sha256::digest(&bytes[..]));
+                            let n = bytes.iter().filter(|b| **b == b'\n').count() as u64;
+                            if sha != s(&f["sha256"]) {
+                                p.add(
                                 pkg::MANIFEST,
                                 at,
-                                format!("{name}: {n} lines, the manifest says {}", f["lines"]),
+                                format!("{name}: its SHA-256 is not the manifest's (the file was changed)"),
                             );
+                            }
+                            if Some(n) != f["lines"].as_u64() {
+                                p.add(
+                                    pkg::MANIFEST,
+                                    at,
+                                    format!("{name}: {n} lines, the manifest says {}", f["lines"]),
+                                );
+                            }
                         }
                     }
                 }
-            }
-            let mut p = Problems(per_file.into_iter().flat_map(|p| p.0).collect());
-            for name in listed.keys() {
-                if !pkg::FILES.contains(&name.as_str()) {
-                    p.add(
-                        pkg::MANIFEST,
-                        line_of(&mtext, &format!("\"{name}\"")),
-                        format!("lists {name}, which is no part of the format"),
-                    );
+                let mut p = Problems(per_file.into_iter().flat_map(|p| p.0).collect());
+                for name in listed.keys() {
+                    if !pkg::FILES.contains(&name.as_str()) {
+                        p.add(
+                            pkg::MANIFEST,
+                            line_of(&mtext, &format!("\"{name}\"")),
+                            format!("lists {name}, which is no part of the format"),
+                        );
+                    }
                 }
-            }
-            p.0
-        })
+                p.0
+            })
+            .map_err(|e| format!("a thread to check the files: {e}"))?
     };
     let database = s(&manifest["database"]["id"]).to_string();
 
