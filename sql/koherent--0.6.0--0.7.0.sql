@@ -25,12 +25,17 @@ LANGUAGE c STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'koherent_jsonb_object';
 DROP FUNCTION koherent._revert_threads_sql(koherent.tracked_config);
 DROP FUNCTION koherent._entry_select(koherent.tracked_config, text);
 
--- (the grantees kept in a setting of this transaction: a table made here would be the extension's)
-SELECT pg_catalog.set_config('koherent_upgrade.grantees', coalesce(pg_catalog.json_agg(a.grantee::regrole::text)::text, '[]'), true)
-  FROM pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) a
- WHERE p.oid = 'koherent._effective_changes(koherent.provenance_entry)'::regprocedure
-   AND a.privilege_type = 'EXECUTE' AND a.grantee <> 0 AND a.grantee <> p.proowner;
-DROP FUNCTION koherent._effective_changes(koherent.provenance_entry);
+DO $upgrade$
+DECLARE
+    acl aclitem[];
+    acl_owner oid;
+    cfg koherent.tracked_config;
+    f record;
+    g record;
+    sig text;
+BEGIN
+    SELECT proacl, proowner INTO acl, acl_owner FROM pg_catalog.pg_proc WHERE oid = 'koherent._effective_changes(koherent.provenance_entry)'::regprocedure;
+    DROP FUNCTION koherent._effective_changes(koherent.provenance_entry);
 CREATE VIEW koherent.effective_change_json AS
 SELECT NULL::bigint AS history_id, NULL::text AS field, NULL::text AS old_value, NULL::text AS new_value
  WHERE false;
@@ -42,15 +47,13 @@ RETURNS SETOF koherent.effective_change_json LANGUAGE sql STABLE AS $$
       FROM koherent.provenance_entry_effective_changes(rec) c
 $$;
 COMMENT ON FUNCTION koherent._effective_changes(koherent.provenance_entry) IS E'@omit';
-REVOKE EXECUTE ON FUNCTION koherent._effective_changes(koherent.provenance_entry) FROM PUBLIC;
-DO $$
-DECLARE g text;
-BEGIN
-    FOR g IN SELECT pg_catalog.json_array_elements_text(pg_catalog.current_setting('koherent_upgrade.grantees')::json) LOOP
-        EXECUTE format('GRANT EXECUTE ON FUNCTION koherent._effective_changes(koherent.provenance_entry) TO %s', g);
+    REVOKE EXECUTE ON FUNCTION koherent._effective_changes(koherent.provenance_entry) FROM PUBLIC;
+    FOR g IN SELECT a.grantee::regrole::text AS grantee, a.is_grantable AS grantable
+               FROM pg_catalog.aclexplode(acl) a
+              WHERE a.privilege_type = 'EXECUTE' AND a.grantee <> 0 AND a.grantee <> acl_owner LOOP
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %s%s', 'koherent._effective_changes(koherent.provenance_entry)', g.grantee,
+                       CASE WHEN g.grantable THEN ' WITH GRANT OPTION' ELSE '' END);
     END LOOP;
-END $$;
-
 CREATE VIEW koherent.provenance_entry_node AS
 SELECT NULL::bigint AS history_id, NULL::regclass AS table_name, NULL::jsonb AS row_key, NULL::text AS kind,
        NULL::timestamptz AS date, NULL::uuid AS context_id, NULL::text AS db_role, NULL::jsonb AS row_data,
@@ -64,14 +67,7 @@ RETURNS SETOF koherent.effective_change_json LANGUAGE sql STABLE AS $$
     SELECT * FROM koherent._effective_changes(ROW((rec).*)::koherent.provenance_entry)
 $$;
 COMMENT ON FUNCTION koherent._effective_changes(koherent.provenance_entry_node) IS E'@omit';
-REVOKE EXECUTE ON FUNCTION koherent._effective_changes(koherent.provenance_entry_node) FROM PUBLIC;
-DO $upgrade$
-DECLARE
-    cfg koherent.tracked_config;
-    f record;
-    g record;
-    sig text;
-BEGIN
+    REVOKE EXECUTE ON FUNCTION koherent._effective_changes(koherent.provenance_entry_node) FROM PUBLIC;
     FOR cfg IN SELECT * FROM koherent.tracked_config WHERE dropped_at IS NULL ORDER BY id LOOP
         -- (found by its argument's type, not by name: the table may have been renamed or moved
         -- since expose(), which named it; its body, owner and grants are kept)

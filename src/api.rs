@@ -4,7 +4,7 @@
 use pgrx::prelude::*;
 use pgrx::{pg_sys, JsonB, Uuid};
 
-use crate::datum::FlatJsonb;
+use crate::datum::{parse_json, FlatJsonb};
 use crate::error::{KoherentError, OrRaise};
 use crate::{brin, catalog, context, security, verify, writer};
 
@@ -21,12 +21,6 @@ fn _set_task_args(token: Option<&str>, args: Option<&str>) -> FlatJsonb {
         KoherentError::NullArgument("token").raise()
     };
     context::set_task(token, Some(args.map(|a| JsonB(parse_json(a)))))
-}
-
-/// JSON text (jsonb's own output) as a value (koherent_token::json: nesting beyond 128 levels
-/// or anything else malformed is 22023, never a panic).
-fn parse_json(text: &str) -> serde_json::Value {
-    crate::datum::parse_json(text).or_raise()
 }
 
 /// Verify a provenance token without using it; returns its claims or raises the refusal.

@@ -120,15 +120,18 @@ impl JsonbText {
     /// The value the text spells (at most 128 levels deep: 22023 beyond, as any malformed
     /// argument).
     pub fn value(&self) -> serde_json::Value {
-        use crate::error::OrRaise;
-        parse_json(&self.0).or_raise()
+        parse_json(&self.0)
     }
 }
 
 /// JSON text (an argument, jsonb's output) as a value, by koherent's reader: at most 128
-/// levels, a member named twice kept last (as jsonb keeps it).
-pub fn parse_json(text: &str) -> Result<serde_json::Value, crate::error::KoherentError> {
-    Ok(koherent_token::json::parse(text)?)
+/// levels, a member named twice kept last (as jsonb keeps it); anything it refuses is 22023,
+/// never a panic.
+pub fn parse_json(text: &str) -> serde_json::Value {
+    use crate::error::{KoherentError, OrRaise};
+    koherent_token::json::parse(text)
+        .map_err(KoherentError::from)
+        .or_raise()
 }
 
 macro_rules! argument_by_from_datum {

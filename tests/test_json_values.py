@@ -173,4 +173,4 @@ def test_task_arguments_with_the_member(db):
     with db.app(autocommit=False) as c:
         with pytest.raises(psycopg.Error) as e:
             c.execute("SELECT koherent.set_task(%s, %s::jsonb)", [tok, json.dumps({"b": [5], M: "x", "a": 1})])
-        assert e.value.sqlstate is not None and e.value.sqlstate != "XX000"
+        assert e.value.sqlstate == "28000" and "args_mismatch" in e.value.diag.message_detail

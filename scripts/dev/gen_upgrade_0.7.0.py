@@ -3,6 +3,7 @@
 exactly what a fresh install does (test_upgrade compares the two). Run from the repository root
 after changing sql/ledger.sql, sql/audit.sql, sql/retention.sql or the functions listed in CHANGED."""
 import re
+import textwrap
 
 ROOT = "."
 CHANGED = {"sql/views.sql": ["_entry_select", "_object_expr", "_table_literal", "_row_data_expr"],
@@ -53,39 +54,45 @@ DROP FUNCTION koherent._revert_threads_sql(koherent.tracked_config);
 DROP FUNCTION koherent._entry_select(koherent.tracked_config, text);
 """]
 # pg_graphql's effectiveChanges: the values as JSON text (a new return type: the function is made
-# again, and the roles expose() granted it keep their grant)
+# again), and its provenance field for readers: rows of koherent.provenance_entry_node (a view with
+# no rows that everyone may read), so the _provenance(rec <table>) that expose() made are made again
+# with that type (the table's, not the extension's). Each keeps its owner's grants, options too.
 GQL = open(f"{ROOT}/sql/graphql.sql").read()
 view = re.search(r"^CREATE VIEW koherent\.effective_change_json .*?';\n", GQL, re.S | re.M).group(0)
-out.append("""-- (the grantees kept in a setting of this transaction: a table made here would be the extension's)
-SELECT pg_catalog.set_config('koherent_upgrade.grantees', coalesce(pg_catalog.json_agg(a.grantee::regrole::text)::text, '[]'), true)
-  FROM pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) a
- WHERE p.oid = 'koherent._effective_changes(koherent.provenance_entry)'::regprocedure
-   AND a.privilege_type = 'EXECUTE' AND a.grantee <> 0 AND a.grantee <> p.proowner;
-DROP FUNCTION koherent._effective_changes(koherent.provenance_entry);
-""" + view + function(GQL, "_effective_changes").replace("CREATE OR REPLACE FUNCTION", "CREATE FUNCTION", 1) + """COMMENT ON FUNCTION koherent._effective_changes(koherent.provenance_entry) IS E'@omit';
-REVOKE EXECUTE ON FUNCTION koherent._effective_changes(koherent.provenance_entry) FROM PUBLIC;
-DO $$
-DECLARE g text;
-BEGIN
-    FOR g IN SELECT pg_catalog.json_array_elements_text(pg_catalog.current_setting('koherent_upgrade.grantees')::json) LOOP
-        EXECUTE format('GRANT EXECUTE ON FUNCTION koherent._effective_changes(koherent.provenance_entry) TO %s', g);
-    END LOOP;
-END $$;
-""")
-# pg_graphql's provenance field for readers: rows of koherent.provenance_entry_node (a view with
-# no rows that everyone may read); the _provenance(rec <table>) that expose() made are made again
-# with that type, for the roles that had them (the table's, not the extension's)
 node_view = re.search(r"^CREATE VIEW koherent\.provenance_entry_node .*?';\n", GQL, re.S | re.M).group(0)
 node_fn = re.search(r"^CREATE FUNCTION koherent\._effective_changes\(rec koherent\.provenance_entry_node\).*?^COMMENT ON FUNCTION koherent\._effective_changes\(koherent\.provenance_entry_node\) IS E'@omit';\n",
                     GQL, re.S | re.M).group(0)
-out.append(node_view + node_fn + """REVOKE EXECUTE ON FUNCTION koherent._effective_changes(koherent.provenance_entry_node) FROM PUBLIC;
-DO $upgrade$
+
+
+def regrant(acl, owner, sig, indent, also=""):
+    """PL/pgSQL, `indent` deep: GRANT EXECUTE on the function `sig` (an expression) to each role
+    the ACL `acl` gave EXECUTE, but its owner `owner`, with the grant option it had; `also` (a
+    statement) runs per grantee too."""
+    text = f"""FOR g IN SELECT a.grantee::regrole::text AS grantee, a.is_grantable AS grantable
+           FROM pg_catalog.aclexplode({acl}) a
+          WHERE a.privilege_type = 'EXECUTE' AND a.grantee <> 0 AND a.grantee <> {owner} LOOP
+    EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %s%s', {sig}, g.grantee,
+                   CASE WHEN g.grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+""" + (f"    {also}\n" if also else "") + "END LOOP;\n"
+    return textwrap.indent(text, " " * indent)
+
+
+old_ec = "'koherent._effective_changes(koherent.provenance_entry)'::regprocedure"
+out.append("""DO $upgrade$
 DECLARE
+    acl aclitem[];
+    acl_owner oid;
     cfg koherent.tracked_config;
     f record;
     g record;
     sig text;
 BEGIN
+    SELECT proacl, proowner INTO acl, acl_owner FROM pg_catalog.pg_proc WHERE oid = """ + old_ec + """;
+    DROP FUNCTION koherent._effective_changes(koherent.provenance_entry);
+""" + view + function(GQL, "_effective_changes").replace("CREATE OR REPLACE FUNCTION", "CREATE FUNCTION", 1)
+           + """COMMENT ON FUNCTION koherent._effective_changes(koherent.provenance_entry) IS E'@omit';
+    REVOKE EXECUTE ON FUNCTION koherent._effective_changes(koherent.provenance_entry) FROM PUBLIC;
+""" + regrant("acl", "acl_owner", "'koherent._effective_changes(koherent.provenance_entry)'", 4) + node_view + node_fn + """    REVOKE EXECUTE ON FUNCTION koherent._effective_changes(koherent.provenance_entry_node) FROM PUBLIC;
     FOR cfg IN SELECT * FROM koherent.tracked_config WHERE dropped_at IS NULL ORDER BY id LOOP
         -- (found by its argument's type, not by name: the table may have been renamed or moved
         -- since expose(), which named it; its body, owner and grants are kept)
@@ -104,14 +111,8 @@ BEGIN
             EXECUTE format('ALTER FUNCTION %s OWNER TO %s', sig, f.owner);
             EXECUTE format('COMMENT ON FUNCTION %s IS %L', sig, '@omit');
             EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', sig);
-            FOR g IN SELECT a.grantee::regrole::text AS grantee, a.is_grantable AS grantable
-                       FROM pg_catalog.aclexplode(f.proacl) a
-                      WHERE a.privilege_type = 'EXECUTE' AND a.grantee <> 0 AND a.grantee <> f.proowner LOOP
-                EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %s%s', sig, g.grantee,
-                               CASE WHEN g.grantable THEN ' WITH GRANT OPTION' ELSE '' END);
-                EXECUTE format('GRANT EXECUTE ON FUNCTION koherent._effective_changes(koherent.provenance_entry_node) TO %s', g.grantee);
-            END LOOP;
-        END LOOP;
+""" + regrant("f.proacl", "f.proowner", "sig", 12,
+              "EXECUTE format('GRANT EXECUTE ON FUNCTION koherent._effective_changes(koherent.provenance_entry_node) TO %s', g.grantee);") + """        END LOOP;
     END LOOP;
 END $upgrade$;
 """)

@@ -111,8 +111,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     // (on a thread whose stack takes values as deep as a package may hold: serde_json drops,
     // compares and writes values by recursion)
-    let ran = std::thread::Builder::new()
-        .stack_size(audit::package::STACK)
+    let ran = audit::package::deep_thread()
         .spawn(move || run(&args))
         .expect("a thread for the command")
         .join();

@@ -151,11 +151,6 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// How many containers are open.
-    pub fn depth(&self) -> usize {
-        self.open.len()
-    }
-
     /// The error `problem` at the reader's position.
     pub fn error(&self, problem: Problem) -> JsonError {
         let at = self.pos.min(self.s.len());
@@ -444,7 +439,7 @@ impl<'a> Reader<'a> {
 /// that keeps it exactly. (`Number::from_str` would read it again and rewrite an exponent:
 /// `1e400` as `1e+400`. serde_json's constructor from a string is hidden from its docs; the
 /// lock file pins the serde_json it is checked with, and `numbers_keep_their_text` tests it.)
-pub fn number(text: &str) -> Number {
+fn number(text: &str) -> Number {
     Number::from_string_unchecked(text.to_owned())
 }
 

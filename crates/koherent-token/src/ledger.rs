@@ -77,12 +77,14 @@ fn write(v: &Value, out: &mut String) {
     }
 }
 
+// The canonical text of the record being hashed: one buffer per thread (a record's text is made
+// and hashed 200k times a second).
+thread_local! {
+    static BUF: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
 /// The hash of a record of kind `kind` (`entry`, `task`, `context`, `block`).
 pub fn record_hash(kind: &str, record: &Value) -> Hash {
-    // (one buffer per thread: a record's text is made and hashed 200k times a second)
-    thread_local! {
-        static BUF: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
-    }
     BUF.with(|b| {
         let mut b = b.borrow_mut();
         b.clear();
@@ -271,9 +273,6 @@ pub fn canonical_text(text: &str, out: &mut String) -> Result<(), JsonError> {
 /// The hash of a record of kind `kind` given as JSON text: [`record_hash`] of the value the
 /// text spells, by [`canonical_text`].
 pub fn record_hash_text(kind: &str, record: &str) -> Result<Hash, JsonError> {
-    thread_local! {
-        static BUF: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
-    }
     BUF.with(|b| {
         let mut b = b.borrow_mut();
         b.clear();

@@ -348,7 +348,12 @@ pub const MAX_DEPTH: usize = 100_000;
 
 /// The stack of the CLI's threads: enough for values [`MAX_DEPTH`] deep (a level takes a few
 /// hundred bytes of stack at most); reserved, not used, until something is that deep.
-pub const STACK: usize = 512 << 20;
+const STACK: usize = 512 << 20;
+
+/// A thread with a [`STACK`]-sized stack, for anything that holds a package's values.
+pub fn deep_thread() -> std::thread::Builder {
+    std::thread::Builder::new().stack_size(STACK)
+}
 
 /// A JSON value of a package parsed strictly, by koherent's reader (`koherent_token::json`):
 /// an object with a member named twice is refused (serde_json keeps the last, another reader

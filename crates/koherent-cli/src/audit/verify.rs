@@ -233,8 +233,7 @@ pub fn verify(dir: &str, jwks: Option<&str>, digest: Option<&str>) -> Result<Ver
     let file_check = {
         let (dir, mtext) = (dir.to_path_buf(), mtext.clone());
         // (its own big stack: the manifest's values, dropped here, are as deep as a package's)
-        std::thread::Builder::new()
-            .stack_size(pkg::STACK)
+        pkg::deep_thread()
             .spawn(move || {
                 // (each file's problems kept apart, reported in the manifest's order of files)
                 let mut per_file: Vec<Problems> =
@@ -592,8 +591,7 @@ pub fn verify(dir: &str, jwks: Option<&str>, digest: Option<&str>) -> Result<Ver
                 back.push(done);
                 let all = &all;
                 let names = &names;
-                let worker = std::thread::Builder::new().stack_size(pkg::STACK);
-                worker
+                pkg::deep_thread()
                     .spawn_scoped(sc, move || {
                         for (c, chunk) in all.chunks(BATCH).enumerate().skip(w).step_by(THREADS) {
                             while let Ok(b) = used.try_recv() {
