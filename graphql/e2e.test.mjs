@@ -9,6 +9,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import pg from "pg";
 import { createServer } from "./server.mjs";
+import { KOHERENT_SCHEMA, koherentPgSettings } from "../clients/postgraphile/index.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const HOST = process.env.KOHERENT_TEST_HOST || "127.0.0.1";
@@ -67,7 +68,7 @@ before(async () => {
 
   server = createServer({
     databaseUrl: `postgres://${ROLE}@${HOST}:${PORT}/${DB}`,
-    schemas: ["public", "koherent"],
+    schemas: ["public", "koherent_graphql"],
     graphiql: false,
   });
   await new Promise((r) => server.listen(0, "127.0.0.1", r));
@@ -236,4 +237,47 @@ test("widgetAsOf shows the table as it was at a moment (expose() creates widget_
   assert.deepEqual(all.data.widgetAsOf.nodes.filter((n) => n.id === id), [{ id, name: "gear", qty: 1 }]);
   const now = await gql(`{ widgetById(id: ${id}) { name qty } }`);
   assert.deepEqual(now.data.widgetById, { name: "cog", qty: 9 });
+});
+
+test("PostGraphile with its default options shows provenance (schemas public and koherent_graphql)", async () => {
+  // an existing app adds the schema and pgSettings, nothing else: no includeExtensionResources
+  const { postgraphile } = (await import("postgraphile")).default;
+  const http = await import("node:http");
+  const plain = http.createServer(postgraphile(`postgres://${ROLE}@${HOST}:${PORT}/${DB}`, ["public", KOHERENT_SCHEMA],
+    { pgSettings: koherentPgSettings, disableQueryLog: true }));
+  await new Promise((r) => plain.listen(0, "127.0.0.1", r));
+  const ask = async (query, headers = {}) => (await fetch(`http://127.0.0.1:${plain.address().port}/graphql`, {
+    method: "POST", headers: { "content-type": "application/json", ...headers }, body: JSON.stringify({ query }),
+  })).json();
+  try {
+    const created = await ask(`mutation { createWidget(input: { widget: { name: "plain", qty: 2 } }) { widget { id } } }`,
+      { "Rekuest-Task": mint("gql-defaults") });
+    assert.equal(created.errors, undefined, JSON.stringify(created.errors));
+    const id = created.data.createWidget.widget.id;
+    const upd = await ask(`mutation { updateWidgetById(input: { id: ${id}, widgetPatch: { qty: 3 } }) { widget { qty } } }`);
+    assert.equal(upd.errors, undefined, JSON.stringify(upd.errors));
+    const res = await ask(`{ widgetById(id: ${id}) { provenance { nodes { kind taskId changedBy
+      task { taskId agentClientId token } effectiveChanges { nodes { field oldValue newValue } } } } } }`);
+    assert.equal(res.errors, undefined, JSON.stringify(res.errors));
+    // (JSON as JSON text: PostGraphile's default, dynamicJson off)
+    assert.deepEqual(res.data.widgetById.provenance.nodes, [
+      { kind: "CREATE", taskId: "gql-defaults", changedBy: "agent-7",
+        task: { taskId: "gql-defaults", agentClientId: "agent-client-9", token: null },
+        effectiveChanges: { nodes: [
+          { field: "id", oldValue: null, newValue: String(id) },
+          { field: "name", oldValue: null, newValue: '"plain"' },
+          { field: "qty", oldValue: null, newValue: "2" },
+        ] } },
+      { kind: "UPDATE", taskId: null, changedBy: null, task: null,
+        effectiveChanges: { nodes: [{ field: "qty", oldValue: "2", newValue: "3" }] } },
+    ]);
+    // nothing of the extension itself became a field: no root field for koherent's view, tables or
+    // functions, and the type is koherent_graphql's
+    const schema = await ask(`{ __schema { queryType { fields { name } } mutationType { fields { name } } } }`);
+    const names = [...schema.data.__schema.queryType.fields, ...schema.data.__schema.mutationType.fields].map((f) => f.name);
+    assert.deepEqual(names.filter((n) => /provenance|task|seal|digest|ledger|issuer|revert|expose|track/i.test(n)).sort(),
+      ["vaultByProvenance", "widgetByProvenance"]);
+  } finally {
+    await new Promise((r) => plain.close(r));
+  }
 });

@@ -1,7 +1,7 @@
 // clients/postgraphile: what an existing PostGraphile app imports.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { koherentOptions, koherentPgSettings, makeKoherentPgSettings } from "../clients/postgraphile/index.mjs";
+import { KOHERENT_SCHEMA, koherentOptions, koherentPgSettings, makeKoherentPgSettings } from "../clients/postgraphile/index.mjs";
 
 test("the Rekuest-Task header becomes koherent.task_token, nothing else does", () => {
   assert.deepEqual(koherentPgSettings({ headers: { "rekuest-task": "  eyJ.a.b " } }), { "koherent.task_token": "eyJ.a.b" });
@@ -14,7 +14,8 @@ test("the Rekuest-Task header becomes koherent.task_token, nothing else does", (
 });
 
 test("the options koherent needs", () => {
-  assert.equal(koherentOptions.includeExtensionResources, true);
-  assert.deepEqual(koherentOptions.extendedErrors, ["errcode", "detail", "hint"]);
-  assert.throws(() => { koherentOptions.includeExtensionResources = false; });
+  // nothing that widens what PostGraphile shows: koherent's types are in a schema of their own
+  assert.deepEqual(koherentOptions, { setofFunctionsContainNulls: false, extendedErrors: ["errcode", "detail", "hint"] });
+  assert.equal(KOHERENT_SCHEMA, "koherent_graphql");
+  assert.throws(() => { koherentOptions.includeExtensionResources = true; });
 });

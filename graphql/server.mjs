@@ -8,12 +8,13 @@
 //
 //   DATABASE_URL=postgres://koherent_gql@127.0.0.1:5433/koherent_demo PORT=5678 node server.mjs
 //
-// Schemas: the application's schemas plus `koherent` (provenance_entry, task, computed columns).
+// Schemas: the application's schemas plus `koherent_graphql` (the types expose()'s functions
+// return, and their computed columns; created by koherent.expose()).
 // ignoreRBAC: false, so only what the connecting role was granted appears in the schema.
 
 import http from "node:http";
 import pg from "postgraphile";
-import { koherentOptions, koherentPgSettings } from "../clients/postgraphile/index.mjs";
+import { KOHERENT_SCHEMA, koherentOptions, koherentPgSettings } from "../clients/postgraphile/index.mjs";
 
 const { postgraphile } = pg;
 
@@ -21,7 +22,7 @@ export { koherentPgSettings };
 
 export function createServer({
   databaseUrl = process.env.DATABASE_URL,
-  schemas = (process.env.SCHEMAS || "public,koherent").split(","),
+  schemas = (process.env.SCHEMAS || `public,${KOHERENT_SCHEMA}`).split(","),
   graphiql = true,
 } = {}) {
   const middleware = postgraphile(databaseUrl, schemas, {

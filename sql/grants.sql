@@ -8,7 +8,7 @@ REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA koherent FROM PUBLIC;
 -- Public keys are public: set_task reads them with the caller's rights.
 GRANT SELECT ON koherent.issuer_key_store, koherent.issuer_key TO PUBLIC;
 -- Types for pg_graphql, views that never have a row (sql/graphql.sql).
-GRANT SELECT ON koherent.provenance_entry_node, koherent.effective_change_json TO PUBLIC;
+GRANT SELECT ON koherent.provenance_entry_node, koherent.effective_change_json, koherent.task_node TO PUBLIC;
 GRANT EXECUTE ON FUNCTION
     koherent.set_task(text), koherent.set_task(text, jsonb), koherent._set_task_args(text, text),
     koherent.verify_token(text), koherent.current_task(), koherent._current_task_claims(),
@@ -40,7 +40,7 @@ GRANT EXECUTE ON FUNCTION
   TO PUBLIC;
 
 
-REVOKE EXECUTE ON FUNCTION koherent.expose(regclass, regrole), koherent.unexpose(regclass),
+REVOKE EXECUTE ON FUNCTION koherent.expose(regclass, regrole), koherent.unexpose(regclass), koherent._graphql_schema(),
     koherent.task_changes(text, boolean), koherent.provenance_entry_effective_changes(koherent.provenance_entry),
     koherent.provenance_entry_task(koherent.provenance_entry), koherent._entry_select(koherent.tracked_config, text, text),
     koherent._visibility_check(regclass), koherent._caller_is_auditor(), koherent._visible_entry(bigint, regclass),

@@ -67,7 +67,28 @@ RETURNS SETOF koherent.effective_change_json LANGUAGE sql STABLE AS $$
     SELECT * FROM koherent._effective_changes(ROW((rec).*)::koherent.provenance_entry)
 $$;
 COMMENT ON FUNCTION koherent._effective_changes(koherent.provenance_entry_node) IS E'@omit';
-    REVOKE EXECUTE ON FUNCTION koherent._effective_changes(koherent.provenance_entry_node) FROM PUBLIC;
+CREATE VIEW koherent.task_node AS
+SELECT NULL::text AS issuer, NULL::text AS task_id, NULL::text AS parent_task_id, NULL::text AS root_task_id,
+       NULL::text AS assigner_sub, NULL::text AS caller_sub, NULL::text AS agent_sub,
+       NULL::text AS agent_client_id, NULL::text AS token_id, NULL::text AS args_hash,
+       NULL::text AS args_hash_algorithm, NULL::jsonb AS claims, NULL::text AS token,
+       NULL::timestamptz AS created_at
+ WHERE false;
+COMMENT ON VIEW koherent.task_node IS
+E'@omit\n@graphql({"primary_key_columns": ["issuer", "task_id"], "description": "koherent: the verified task of a history entry (token only for auditors)"})';
+CREATE FUNCTION koherent._task(rec koherent.provenance_entry_node) RETURNS koherent.task_node
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t koherent.task_info := koherent.provenance_entry_task(ROW((rec).*)::koherent.provenance_entry);
+BEGIN
+    IF t.task_id IS NULL THEN
+        RETURN NULL;
+    END IF;
+    RETURN ROW((t).*)::koherent.task_node;
+END $$;
+COMMENT ON FUNCTION koherent._task(koherent.provenance_entry_node) IS E'@omit';
+    REVOKE EXECUTE ON FUNCTION koherent._effective_changes(koherent.provenance_entry_node),
+        koherent._task(koherent.provenance_entry_node) FROM PUBLIC;
     FOR cfg IN SELECT * FROM koherent.tracked_config WHERE dropped_at IS NULL ORDER BY id LOOP
         -- (found by its argument's type, not by name: the table may have been renamed or moved
         -- since expose(), which named it; its body, owner and grants are kept)
@@ -91,7 +112,7 @@ COMMENT ON FUNCTION koherent._effective_changes(koherent.provenance_entry_node) 
                       WHERE a.privilege_type = 'EXECUTE' AND a.grantee <> 0 AND a.grantee <> f.proowner LOOP
                 EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %s%s', sig, g.grantee,
                                CASE WHEN g.grantable THEN ' WITH GRANT OPTION' ELSE '' END);
-                EXECUTE format('GRANT EXECUTE ON FUNCTION koherent._effective_changes(koherent.provenance_entry_node) TO %s', g.grantee);
+                EXECUTE format('GRANT EXECUTE ON FUNCTION koherent._effective_changes(koherent.provenance_entry_node), koherent._task(koherent.provenance_entry_node) TO %s', g.grantee);
             END LOOP;
         END LOOP;
     END LOOP;
@@ -1395,6 +1416,81 @@ END $$;
 COMMENT ON FUNCTION koherent.task_changes(text, boolean) IS
   'Every change one task made, across all tracked tables, in order; include_subtasks follows parent_task_id and root_task_id.';
 
+CREATE OR REPLACE FUNCTION koherent._graphql_schema() RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    owner oid;
+BEGIN
+    SELECT n.nspowner INTO owner FROM pg_namespace n WHERE n.nspname = 'koherent_graphql';
+    IF NOT FOUND THEN
+        CREATE SCHEMA koherent_graphql;
+        COMMENT ON SCHEMA koherent_graphql IS
+          'koherent: the types of the GraphQL-facing functions expose() makes, and their computed columns (PostGraphile introspects this schema beside the application''s).';
+        GRANT USAGE ON SCHEMA koherent_graphql TO PUBLIC;
+    ELSIF owner <> current_user::regrole THEN
+        -- someone else's schema of that name: its functions would be shown as koherent's fields
+        RAISE EXCEPTION 'koherent.expose: schema koherent_graphql belongs to role %, not to koherent''s owner %',
+                        owner::regrole, current_user
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'koherent creates this schema itself: drop or rename the one that is there.';
+    END IF;
+    IF to_regtype('koherent_graphql.provenance_entry') IS NULL THEN
+        CREATE TYPE koherent_graphql.provenance_entry AS (
+            history_id bigint, table_name regclass, row_key jsonb, kind text, date timestamptz,
+            context_id uuid, db_role text, row_data jsonb, task_id text, agent_client_id text,
+            issuer text, changed_by text, table_ident text, effective_role text);
+        COMMENT ON TYPE koherent_graphql.provenance_entry IS
+          'koherent: a recorded change of a row, with its attribution';
+    END IF;
+    IF to_regtype('koherent_graphql.effective_change') IS NULL THEN
+        CREATE TYPE koherent_graphql.effective_change AS (
+            history_id bigint, field text, old_value jsonb, new_value jsonb);
+        COMMENT ON TYPE koherent_graphql.effective_change IS
+          'koherent: a field a history entry changed, with its old and new values';
+    END IF;
+    IF to_regtype('koherent_graphql.task_info') IS NULL THEN
+        CREATE TYPE koherent_graphql.task_info AS (
+            issuer text, task_id text, parent_task_id text, root_task_id text, assigner_sub text,
+            caller_sub text, agent_sub text, agent_client_id text, token_id text, args_hash text,
+            args_hash_algorithm text, claims jsonb, token text, created_at timestamptz);
+        COMMENT ON TYPE koherent_graphql.task_info IS
+          'koherent: the verified task of a history entry (token only for auditors).';
+    END IF;
+    -- an entry of <table>_provenance(row) goes where koherent.provenance_entry went before 0.7.0
+    -- (koherent.provenance_entry_effective_changes(entry), ..._task(entry)): an implicit cast
+    IF to_regprocedure('koherent_graphql.as_koherent_entry(koherent_graphql.provenance_entry)') IS NULL THEN
+        CREATE FUNCTION koherent_graphql.as_koherent_entry(e koherent_graphql.provenance_entry)
+        RETURNS koherent.provenance_entry LANGUAGE sql IMMUTABLE STRICT
+        SET search_path = pg_catalog, pg_temp AS $b$ SELECT ROW((e).*)::koherent.provenance_entry $b$;
+        COMMENT ON FUNCTION koherent_graphql.as_koherent_entry(koherent_graphql.provenance_entry) IS E'@omit';
+        CREATE CAST (koherent_graphql.provenance_entry AS koherent.provenance_entry)
+          WITH FUNCTION koherent_graphql.as_koherent_entry(koherent_graphql.provenance_entry) AS IMPLICIT;
+    END IF;
+    CREATE OR REPLACE FUNCTION koherent_graphql.provenance_entry_effective_changes(e koherent_graphql.provenance_entry)
+    RETURNS SETOF koherent_graphql.effective_change LANGUAGE sql STABLE
+    SET search_path = pg_catalog, pg_temp AS $b$
+        SELECT c.history_id, c.field, c.old_value, c.new_value
+          FROM koherent.provenance_entry_effective_changes(ROW((e).*)::koherent.provenance_entry) c
+    $b$;
+    COMMENT ON FUNCTION koherent_graphql.provenance_entry_effective_changes(koherent_graphql.provenance_entry) IS
+      'The fields this entry changed, with their old and new values (nothing unless the caller may read the entry''s row).';
+    CREATE OR REPLACE FUNCTION koherent_graphql.provenance_entry_task(e koherent_graphql.provenance_entry)
+    RETURNS koherent_graphql.task_info LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp AS $b$
+    DECLARE
+        t koherent.task_info := koherent.provenance_entry_task(ROW((e).*)::koherent.provenance_entry);
+    BEGIN
+        IF t.task_id IS NULL THEN
+            RETURN NULL;
+        END IF;
+        RETURN ROW((t).*)::koherent_graphql.task_info;
+    END $b$;
+    COMMENT ON FUNCTION koherent_graphql.provenance_entry_task(koherent_graphql.provenance_entry) IS
+      'The verified task this entry was made under (null when unattributed, or when the caller may not read the entry''s row); its token only for auditors.';
+    REVOKE ALL ON FUNCTION koherent_graphql.provenance_entry_effective_changes(koherent_graphql.provenance_entry),
+        koherent_graphql.provenance_entry_task(koherent_graphql.provenance_entry) FROM PUBLIC;
+END $$;
+
 CREATE OR REPLACE FUNCTION koherent.expose(tbl regclass, grant_to regrole DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -1408,6 +1504,9 @@ DECLARE
     chk text;
     -- the argument types of <table>_by_provenance and koherent._filter_keys_<id>
     filter_sig constant text := '(text, text, text, text, text, timestamptz, timestamptz)';
+    acl aclitem[];
+    acl_owner oid;
+    g record;
 BEGIN
     IF koherent._relink() THEN
         PERFORM koherent._rebuild_views();
@@ -1432,8 +1531,17 @@ BEGIN
     -- passed in is not trusted (its key is looked up as the caller, with its privileges and
     -- row-level security).
     chk := koherent._visibility_check(tbl);
+    PERFORM koherent._graphql_schema();
+    -- made by an expose() before 0.7.0, it returns koherent.provenance_entry (the extension's,
+    -- hidden from PostGraphile's defaults): made again, with the grants it had
+    SELECT p.proacl, p.proowner INTO acl, acl_owner FROM pg_proc p
+     WHERE p.oid = to_regprocedure(format('%I.%I(%s)', nsp, rel || '_provenance', t))
+       AND p.prorettype <> 'koherent_graphql.provenance_entry'::regtype;
+    IF FOUND THEN
+        EXECUTE format('DROP FUNCTION %I.%I(%s)', nsp, rel || '_provenance', t);
+    END IF;
     EXECUTE format($f$
-        CREATE OR REPLACE FUNCTION %1$I.%2$I(rec %3$s) RETURNS SETOF koherent.provenance_entry
+        CREATE OR REPLACE FUNCTION %1$I.%2$I(rec %3$s) RETURNS SETOF koherent_graphql.provenance_entry
         LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $b$
         BEGIN
             IF NOT koherent._visible_to_caller(%6$L, ROW(%7$s)) THEN
@@ -1445,6 +1553,13 @@ BEGIN
         koherent._current_life(cfg, 'h', 'rec'));
     EXECUTE format('COMMENT ON FUNCTION %I.%I(%s) IS %L', nsp, rel || '_provenance', t,
                    'koherent: every recorded change of this row, oldest first, with its attribution.');
+    FOR g IN SELECT a.grantee::regrole::text AS grantee, a.is_grantable AS grantable FROM aclexplode(acl) a
+              WHERE a.privilege_type = 'EXECUTE' AND a.grantee <> 0 AND a.grantee <> acl_owner LOOP
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %I.%I(%s) TO %s%s', nsp, rel || '_provenance', t, g.grantee,
+                       CASE WHEN g.grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+        EXECUTE format('GRANT EXECUTE ON FUNCTION koherent_graphql.provenance_entry_effective_changes(koherent_graphql.provenance_entry), '
+                       'koherent_graphql.provenance_entry_task(koherent_graphql.provenance_entry) TO %s', g.grantee);
+    END LOOP;
     EXECUTE format($f$
         CREATE OR REPLACE FUNCTION %1$I._provenance(rec %2$s) RETURNS SETOF koherent.provenance_entry_node
         LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $b$ SELECT * FROM %1$I.%3$I(rec) $b$ $f$,
@@ -1491,7 +1606,9 @@ BEGIN
                        'koherent.provenance_entry_task(koherent.provenance_entry), '
                        'koherent._effective_changes(koherent.provenance_entry), '
                        'koherent._effective_changes(koherent.provenance_entry_node), '
-                       'koherent._task(koherent.provenance_entry) TO %s',
+                       'koherent._task(koherent.provenance_entry), koherent._task(koherent.provenance_entry_node), '
+                       'koherent_graphql.provenance_entry_effective_changes(koherent_graphql.provenance_entry), '
+                       'koherent_graphql.provenance_entry_task(koherent_graphql.provenance_entry) TO %s',
                        nsp, rel || '_provenance', t, nsp, t, nsp, rel || '_by_provenance', filter_sig,
                        '_filter_keys_' || cfg.id, filter_sig, grant_to);
     END IF;
@@ -2706,7 +2823,7 @@ REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA koherent FROM PUBLIC;
 -- Public keys are public: set_task reads them with the caller's rights.
 GRANT SELECT ON koherent.issuer_key_store, koherent.issuer_key TO PUBLIC;
 -- Types for pg_graphql, views that never have a row (sql/graphql.sql).
-GRANT SELECT ON koherent.provenance_entry_node, koherent.effective_change_json TO PUBLIC;
+GRANT SELECT ON koherent.provenance_entry_node, koherent.effective_change_json, koherent.task_node TO PUBLIC;
 GRANT EXECUTE ON FUNCTION
     koherent.set_task(text), koherent.set_task(text, jsonb), koherent._set_task_args(text, text),
     koherent.verify_token(text), koherent.current_task(), koherent._current_task_claims(),
@@ -2738,7 +2855,7 @@ GRANT EXECUTE ON FUNCTION
   TO PUBLIC;
 
 
-REVOKE EXECUTE ON FUNCTION koherent.expose(regclass, regrole), koherent.unexpose(regclass),
+REVOKE EXECUTE ON FUNCTION koherent.expose(regclass, regrole), koherent.unexpose(regclass), koherent._graphql_schema(),
     koherent.task_changes(text, boolean), koherent.provenance_entry_effective_changes(koherent.provenance_entry),
     koherent.provenance_entry_task(koherent.provenance_entry), koherent._entry_select(koherent.tracked_config, text, text),
     koherent._visibility_check(regclass), koherent._caller_is_auditor(), koherent._visible_entry(bigint, regclass),

@@ -54,3 +54,83 @@ def test_expose_refuses_untracked(db):
     with pytest.raises(psycopg.Error) as e:
         db.sql("SELECT koherent.expose('loose')")
     assert e.value.sqlstate == "55000"
+
+
+def test_graphql_types_live_in_koherent_graphql(item):
+    """The types PostGraphile sees are koherent_graphql's (no extension member: its defaults show
+    them), owned by koherent's owner, with the readers' checks behind their computed columns."""
+    item.sql(f"SELECT koherent.expose('item', '{APP_ROLE}')")
+    assert item.sql("SELECT pg_get_function_result('item_provenance(item)'::regprocedure)") == [
+        ("SETOF koherent_graphql.provenance_entry",)]
+    members = item.one("SELECT count(*) FROM pg_depend d JOIN pg_namespace n ON d.objid = n.oid "
+                       "WHERE d.classid = 'pg_namespace'::regclass AND n.nspname = 'koherent_graphql' AND d.deptype = 'e'")
+    assert members == 0
+    owners = item.sql("SELECT DISTINCT pg_get_userbyid(t.typowner) FROM pg_type t "
+                      "WHERE t.typnamespace = 'koherent_graphql'::regnamespace AND t.typtype = 'c' "
+                      "UNION SELECT pg_get_userbyid(p.proowner) FROM pg_proc p "
+                      "WHERE p.pronamespace = 'koherent_graphql'::regnamespace")
+    assert owners == [("postgres",)]
+    write(item, "INSERT INTO item (id, qty) VALUES (1, 1), (2, 2)", mint("t-gql"))
+    write(item, "UPDATE item SET qty = 5 WHERE id = 1")
+    item.sql(f"CREATE POLICY only_one ON item FOR SELECT TO {APP_ROLE} USING (id = 1)")
+    item.sql("ALTER TABLE item ENABLE ROW LEVEL SECURITY")
+    with item.app() as c:
+        entries = "(SELECT e FROM item_provenance((SELECT i FROM item i WHERE id = 1)) e ORDER BY history_id"
+        assert c.execute(f"SELECT (koherent_graphql.provenance_entry_task(e)).task_id, "
+                         f"(SELECT array_agg(ARRAY[x.field, x.old_value::text, x.new_value::text] ORDER BY x.field) "
+                         f"   FROM koherent_graphql.provenance_entry_effective_changes(e) x) "
+                         f"FROM {entries}) s(e)").fetchall() == [
+            ("t-gql", [["id", None, "1"], ["name", None, None], ["note", None, None], ["price", None, None],
+                       ["qty", None, "1"], ["updated", None, '"2026-01-01T00:00:00+00:00"']]),
+            (None, [["qty", "1", "5"]])]
+        # a made-up entry of row 2 (which the role may not read) gets nothing
+        forged = c.execute("SELECT task_id FROM koherent_graphql.provenance_entry_task(NULL)").fetchall()
+        assert forged == [(None,)]
+        other = item.one("SELECT max(history_id) FROM koherent_history.item WHERE id = 2")
+        fake = (f"ROW({other}, 'item'::regclass, NULL, 'CREATE', now(), NULL, NULL, NULL, NULL, NULL, NULL, NULL, "
+                f"NULL, NULL)::koherent_graphql.provenance_entry")
+        assert c.execute(f"SELECT koherent_graphql.provenance_entry_task({fake}) IS NULL, "
+                         f"(SELECT count(*) FROM koherent_graphql.provenance_entry_effective_changes({fake}))"
+                         ).fetchall() == [(True, 0)]
+        # and nobody but koherent's owner creates in that schema
+        with pytest.raises(psycopg.Error) as e:
+            c.execute("CREATE FUNCTION koherent_graphql.provenance_entry_x(e koherent_graphql.provenance_entry) "
+                      "RETURNS text LANGUAGE sql AS 'SELECT ''forged'''")
+        assert e.value.sqlstate == "42501"
+
+
+def test_expose_refuses_a_koherent_graphql_schema_of_someone_else(item):
+    """A role that may create schemas could make koherent_graphql first and put its own
+    provenance_entry_task there (a forged task shown to every GraphQL reader): expose() refuses
+    to use a schema it does not own, and creates nothing."""
+    item.sql(f"GRANT CREATE ON DATABASE {item.name} TO {APP_ROLE}")
+    with item.app() as c:
+        c.execute("CREATE SCHEMA koherent_graphql")
+    with pytest.raises(psycopg.Error) as e:
+        item.sql("SELECT koherent.expose('item')")
+    assert e.value.sqlstate == "42501"
+    assert "koherent_graphql belongs to role" in e.value.diag.message_primary
+    assert item.one("SELECT count(*) FROM pg_proc WHERE proname IN ('item_provenance', '_provenance', 'item_by_provenance')") == 0
+
+
+def test_expose_remakes_a_provenance_function_of_an_earlier_release(item):
+    """Before 0.7.0, <table>_provenance returned koherent.provenance_entry (the extension's view,
+    hidden from PostGraphile's defaults): expose() makes it again with koherent_graphql's type and
+    keeps the grants it had."""
+    item.sql("CREATE ROLE koherent_old_reader")
+    try:
+        item.sql("CREATE FUNCTION item_provenance(rec item) RETURNS SETOF koherent.provenance_entry "
+                 "LANGUAGE sql STABLE AS 'SELECT * FROM koherent.provenance_entry WHERE false'")
+        item.sql("GRANT EXECUTE ON FUNCTION item_provenance(item) TO koherent_old_reader WITH GRANT OPTION")
+        item.sql("SELECT koherent.expose('item')")
+        assert item.one("SELECT pg_get_function_result('item_provenance(item)'::regprocedure)") == \
+            "SETOF koherent_graphql.provenance_entry"
+        assert item.one("SELECT has_function_privilege('koherent_old_reader', 'item_provenance(item)', "
+                        "'EXECUTE WITH GRANT OPTION')")
+        assert item.one("SELECT has_function_privilege('koherent_old_reader', "
+                        "'koherent_graphql.provenance_entry_task(koherent_graphql.provenance_entry)', 'EXECUTE')")
+        write(item, "INSERT INTO item (id) VALUES (1)", mint("t-old"))
+        assert item.sql("SELECT kind, task_id FROM item_provenance((SELECT i FROM item i))") == [("CREATE", "t-old")]
+    finally:
+        item.sql("DROP OWNED BY koherent_old_reader")
+        item.sql("DROP ROLE koherent_old_reader")

@@ -10,7 +10,7 @@ import pytest
 from conftest import mint, write
 
 README_QUERY = """{ itemCollection(filter: {id: {eq: 1}}) { edges { node { id name
-    provenance { edges { node { historyId kind taskId agentClientId
+    provenance { edges { node { historyId kind taskId agentClientId task { taskId agentClientId token }
       effectiveChanges { edges { node { field oldValue newValue } } } } } } } } } }"""
 
 
@@ -36,6 +36,11 @@ def test_the_readme_query_works_as_written(item):
     node = out["data"]["itemCollection"]["edges"][0]["node"]
     kinds = [e["node"]["kind"] for e in node["provenance"]["edges"]]
     assert kinds == ["CREATE", "UPDATE"] and {e["node"]["taskId"] for e in node["provenance"]["edges"]} == {"t-gql"}
+    # the task field (a to-one relation: koherent._task returns a koherent.task_node row); the
+    # signed token only for auditors (this superuser is one; the reader below is not)
+    token = item.one("SELECT token FROM koherent.task WHERE task_id = 't-gql'")
+    assert [e["node"]["task"] for e in node["provenance"]["edges"]] == [
+        {"taskId": "t-gql", "agentClientId": "agent-client-9", "token": token}] * 2
     changes = node["provenance"]["edges"][1]["node"]["effectiveChanges"]["edges"]
     print(json.dumps(out))
     assert [c["node"] for c in changes] == [{"field": "qty", "oldValue": "3", "newValue": "4"}]
@@ -44,8 +49,11 @@ def test_the_readme_query_works_as_written(item):
     assert created["name"] == {"field": "name", "oldValue": None, "newValue": '"gear"'}
     assert created["qty"] == {"field": "qty", "oldValue": None, "newValue": "3"}
     write(item, "UPDATE item SET name = '1', qty = 1", mint("t-gql-2"))
+    write(item, "UPDATE item SET qty = 2")  # no task: task is null
     out = item.one("SELECT graphql.resolve(%s)", [README_QUERY])
-    last = out["data"]["itemCollection"]["edges"][0]["node"]["provenance"]["edges"][-1]["node"]
+    hist = out["data"]["itemCollection"]["edges"][0]["node"]["provenance"]["edges"]
+    assert (hist[-1]["node"]["taskId"], hist[-1]["node"]["task"]) == (None, None)
+    last = hist[-2]["node"]
     assert {c["node"]["field"]: json.loads(c["node"]["newValue"]) for c in last["effectiveChanges"]["edges"]} == \
         {"name": "1", "qty": 1}
 
@@ -76,7 +84,9 @@ def test_a_reader_sees_the_history_of_the_rows_it_may_read(item):
             nodes = [e["node"] for e in out["data"]["itemCollection"]["edges"]]
             assert [n["id"] for n in nodes] == ["1"]
             hist = [e["node"] for e in nodes[0]["provenance"]["edges"]]
-            assert [(h["kind"], h["taskId"]) for h in hist] == [("CREATE", "t-gql"), ("UPDATE", "t-gql")]
+            assert [(h["kind"], h["taskId"], h["task"]) for h in hist] == [
+                ("CREATE", "t-gql", {"taskId": "t-gql", "agentClientId": "agent-client-9", "token": None}),
+                ("UPDATE", "t-gql", {"taskId": "t-gql", "agentClientId": "agent-client-9", "token": None})]
             assert [c["node"] for c in hist[1]["effectiveChanges"]["edges"]] == [
                 {"field": "qty", "oldValue": "3", "newValue": "4"}]
             # the type's own collection never has a row; koherent's history itself stays unreadable

@@ -376,6 +376,11 @@ def test_upgrade_from_0_6_0_keeps_the_graphql_grants(old_db):
         "koherent.provenance_entry_node"
     assert old.one(f"SELECT has_function_privilege('{reader}', '{prov}', 'EXECUTE')") is True
     assert old.one(f"SELECT has_function_privilege('{APP_ROLE}', '{prov}', 'EXECUTE')") is False
+    # pg_graphql's task field (new in 0.7.0) for the same readers
+    assert old.one(f"SELECT has_function_privilege('{reader}', 'koherent._task(koherent.provenance_entry_node)', "
+                   "'EXECUTE')") is True
+    assert old.one(f"SELECT has_function_privilege('{APP_ROLE}', 'koherent._task(koherent.provenance_entry_node)', "
+                   "'EXECUTE')") is False
     assert old.one(f"SELECT count(*) FROM pg_depend WHERE objid = '{prov}'::regprocedure AND deptype = 'e'") == 0
     assert old.one(f"SELECT proowner::regrole::text FROM pg_proc WHERE oid = '{prov}'::regprocedure") == "postgres"
     # (the functions expose() made name the table as it was then: named so again to be read)
@@ -392,3 +397,18 @@ def test_upgrade_from_0_6_0_keeps_the_graphql_grants(old_db):
         got = c.execute("SELECT ch.field, ch.new_value FROM item i, _provenance(i) e, koherent._effective_changes(e) ch "
                         "WHERE i.id = 1 AND ch.field = 'qty'").fetchall()
         assert got == [("qty", "1")]
+    # expose() again (README, "Upgrading"): <table>_provenance returns koherent_graphql's type
+    # (PostGraphile's default options show it), the reader keeps every field
+    assert old.one("SELECT prorettype::regtype::text FROM pg_proc WHERE oid = 'item_provenance(item)'::regprocedure") == \
+        "koherent.provenance_entry"
+    old.sql("SELECT koherent.expose('item')")
+    assert old.one("SELECT prorettype::regtype::text FROM pg_proc WHERE oid = 'item_provenance(item)'::regprocedure") == \
+        "koherent_graphql.provenance_entry"
+    with old.conn(user=reader) as c:
+        got = c.execute("SELECT (koherent_graphql.provenance_entry_task(e)).task_id, ch.new_value "
+                        "FROM item i, item_provenance(i) e, koherent_graphql.provenance_entry_effective_changes(e) ch "
+                        "WHERE i.id = 1 AND ch.field = 'qty'").fetchall()
+        assert got == [("before-upgrade", 1)]
+        got = c.execute("SELECT ch.new_value FROM item i, _provenance(i) e, koherent._effective_changes(e) ch "
+                        "WHERE i.id = 1 AND ch.field = 'qty'").fetchall()
+        assert got == [("1",)]

@@ -1,7 +1,7 @@
 // koherent for an existing PostGraphile 4 app: an import and two options.
 //
-//   import { koherentPgSettings, koherentOptions } from "koherent-postgraphile";
-//   postgraphile(DATABASE_URL, ["public", "koherent"], {
+//   import { koherentPgSettings, koherentOptions, KOHERENT_SCHEMA } from "koherent-postgraphile";
+//   postgraphile(DATABASE_URL, ["public", KOHERENT_SCHEMA], {
 //     ...yourOptions,
 //     ...koherentOptions,
 //     pgSettings: koherentPgSettings,            // or: (req) => ({ ...yours(req), ...koherentPgSettings(req) })
@@ -25,11 +25,15 @@ export function makeKoherentPgSettings(header = KOHERENT_HEADER) {
 
 export const koherentPgSettings = makeKoherentPgSettings();
 
-// The options koherent's objects need: its view, types and functions belong to the extension,
-// which PostGraphile skips unless includeExtensionResources is on; extendedErrors hands clients
-// koherent's SQLSTATE, DETAIL (reason: ...) and HINT.
+// The schema koherent's GraphQL types live in (the types expose()'s functions return, and their
+// computed columns effectiveChanges and task): introspect it beside your own. koherent's objects
+// there belong to no extension, so PostGraphile's defaults show them; includeExtensionResources
+// stays off (it would show every extension's functions and types).
+export const KOHERENT_SCHEMA = "koherent_graphql";
+
+// Recommended, not required: setofFunctionsContainNulls off (provenance lists hold no nulls),
+// extendedErrors hands clients koherent's SQLSTATE, DETAIL (reason: ...) and HINT.
 export const koherentOptions = Object.freeze({
-  includeExtensionResources: true,
   setofFunctionsContainNulls: false,
   extendedErrors: ["errcode", "detail", "hint"],
 });

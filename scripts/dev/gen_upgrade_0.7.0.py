@@ -15,7 +15,7 @@ CHANGED = {"sql/views.sql": ["_entry_select", "_object_expr", "_table_literal", 
            "sql/track.sql": ["track"],
            "sql/indexes.sql": ["_range_index", "_has_lookup_index", "_create_range_index"],
            "sql/readers.sql": ["task_changes"],
-           "sql/graphql.sql": ["expose"]}
+           "sql/graphql.sql": ["_graphql_schema", "expose"]}
 
 
 def function(text, name):
@@ -60,6 +60,9 @@ DROP FUNCTION koherent._entry_select(koherent.tracked_config, text);
 GQL = open(f"{ROOT}/sql/graphql.sql").read()
 view = re.search(r"^CREATE VIEW koherent\.effective_change_json .*?';\n", GQL, re.S | re.M).group(0)
 node_view = re.search(r"^CREATE VIEW koherent\.provenance_entry_node .*?';\n", GQL, re.S | re.M).group(0)
+task_node = re.search(r"^CREATE VIEW koherent\.task_node .*?';\n", GQL, re.S | re.M).group(0)
+task_fn = re.search(r"^CREATE FUNCTION koherent\._task\(rec koherent\.provenance_entry_node\).*?^COMMENT ON FUNCTION koherent\._task\(koherent\.provenance_entry_node\) IS E'@omit';\n",
+                    GQL, re.S | re.M).group(0)
 node_fn = re.search(r"^CREATE FUNCTION koherent\._effective_changes\(rec koherent\.provenance_entry_node\).*?^COMMENT ON FUNCTION koherent\._effective_changes\(koherent\.provenance_entry_node\) IS E'@omit';\n",
                     GQL, re.S | re.M).group(0)
 
@@ -92,7 +95,8 @@ BEGIN
 """ + view + function(GQL, "_effective_changes").replace("CREATE OR REPLACE FUNCTION", "CREATE FUNCTION", 1)
            + """COMMENT ON FUNCTION koherent._effective_changes(koherent.provenance_entry) IS E'@omit';
     REVOKE EXECUTE ON FUNCTION koherent._effective_changes(koherent.provenance_entry) FROM PUBLIC;
-""" + regrant("acl", "acl_owner", "'koherent._effective_changes(koherent.provenance_entry)'", 4) + node_view + node_fn + """    REVOKE EXECUTE ON FUNCTION koherent._effective_changes(koherent.provenance_entry_node) FROM PUBLIC;
+""" + regrant("acl", "acl_owner", "'koherent._effective_changes(koherent.provenance_entry)'", 4) + node_view + node_fn + task_node + task_fn + """    REVOKE EXECUTE ON FUNCTION koherent._effective_changes(koherent.provenance_entry_node),
+        koherent._task(koherent.provenance_entry_node) FROM PUBLIC;
     FOR cfg IN SELECT * FROM koherent.tracked_config WHERE dropped_at IS NULL ORDER BY id LOOP
         -- (found by its argument's type, not by name: the table may have been renamed or moved
         -- since expose(), which named it; its body, owner and grants are kept)
@@ -112,7 +116,8 @@ BEGIN
             EXECUTE format('COMMENT ON FUNCTION %s IS %L', sig, '@omit');
             EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', sig);
 """ + regrant("f.proacl", "f.proowner", "sig", 12,
-              "EXECUTE format('GRANT EXECUTE ON FUNCTION koherent._effective_changes(koherent.provenance_entry_node) TO %s', g.grantee);") + """        END LOOP;
+              "EXECUTE format('GRANT EXECUTE ON FUNCTION koherent._effective_changes(koherent.provenance_entry_node), "
+              "koherent._task(koherent.provenance_entry_node) TO %s', g.grantee);") + """        END LOOP;
     END LOOP;
 END $upgrade$;
 """)
