@@ -75,17 +75,32 @@ REVOKE EXECUTE ON FUNCTION koherent._effective_changes(koherent.provenance_entry
 -- a schema expose() creates (it is no member of the extension: pg_dump dumps it like the
 -- functions expose() makes), owned by koherent's owner, only composite types (no root fields)
 -- and thin functions over koherent's readers, which do every check themselves.
+-- The shared objects are made once, under a lock (concurrent first calls of expose() wait
+-- instead of failing), and checked on every call: the schema is koherent's owner's, nobody
+-- else may create in it or owns anything in it, and the types have this release's columns.
 CREATE FUNCTION koherent._graphql_schema() RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
+    nsp oid;
     owner oid;
+    g record;
+    want text;
+    have text;
 BEGIN
-    SELECT n.nspowner INTO owner FROM pg_namespace n WHERE n.nspname = 'koherent_graphql';
+    PERFORM pg_advisory_xact_lock(hashtext('koherent.koherent_graphql'));
+    SELECT n.oid, n.nspowner INTO nsp, owner FROM pg_namespace n WHERE n.nspname = 'koherent_graphql';
     IF NOT FOUND THEN
         CREATE SCHEMA koherent_graphql;
+        -- what ALTER DEFAULT PRIVILEGES ... ON SCHEMAS may have given others, taken back
+        FOR g IN SELECT DISTINCT a.grantee FROM pg_namespace n, aclexplode(n.nspacl) a
+                  WHERE n.nspname = 'koherent_graphql' AND a.grantee <> n.nspowner LOOP
+            EXECUTE format('REVOKE ALL ON SCHEMA koherent_graphql FROM %s',
+                           CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE g.grantee::regrole::text END);
+        END LOOP;
         COMMENT ON SCHEMA koherent_graphql IS
           'koherent: the types of the GraphQL-facing functions expose() makes, and their computed columns (PostGraphile introspects this schema beside the application''s).';
         GRANT USAGE ON SCHEMA koherent_graphql TO PUBLIC;
+        SELECT n.oid, n.nspowner INTO nsp, owner FROM pg_namespace n WHERE n.nspname = 'koherent_graphql';
     ELSIF owner <> current_user::regrole THEN
         -- someone else's schema of that name: its functions would be shown as koherent's fields
         RAISE EXCEPTION 'koherent.expose: schema koherent_graphql belongs to role %, not to koherent''s owner %',
@@ -93,13 +108,40 @@ BEGIN
             USING ERRCODE = 'insufficient_privilege',
                   HINT = 'koherent creates this schema itself: drop or rename the one that is there.';
     END IF;
+    SELECT string_agg(DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END, ', ')
+      INTO have FROM pg_namespace n, aclexplode(n.nspacl) a
+     WHERE n.oid = nsp AND a.privilege_type = 'CREATE' AND a.grantee <> owner;
+    IF have IS NOT NULL THEN
+        RAISE EXCEPTION 'koherent.expose: roles other than koherent''s owner may create in schema koherent_graphql: %', have
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Their functions there would show as koherent''s GraphQL fields: REVOKE CREATE ON SCHEMA koherent_graphql FROM them.';
+    END IF;
+    SELECT string_agg(o.what, ', ') INTO have FROM (
+        SELECT format('function %s of %s', p.oid::regprocedure, p.proowner::regrole) AS what
+          FROM pg_proc p WHERE p.pronamespace = nsp AND p.proowner <> owner
+        UNION ALL
+        SELECT format('type %s of %s', t.oid::regtype, t.typowner::regrole)
+          FROM pg_type t WHERE t.typnamespace = nsp AND t.typowner <> owner
+        UNION ALL
+        SELECT format('relation %s of %s', c.oid::regclass, c.relowner::regrole)
+          FROM pg_class c WHERE c.relnamespace = nsp AND c.relowner <> owner
+        UNION ALL
+        SELECT format('operator %s of %s', o.oid::regoperator, o.oprowner::regrole)
+          FROM pg_operator o WHERE o.oprnamespace = nsp AND o.oprowner <> owner) o;
+    IF have IS NOT NULL THEN
+        RAISE EXCEPTION 'koherent.expose: schema koherent_graphql holds objects of other roles: %', have
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Only koherent makes objects there (they show as koherent''s GraphQL fields): drop them.';
+    END IF;
     IF to_regtype('koherent_graphql.provenance_entry') IS NULL THEN
-        CREATE TYPE koherent_graphql.provenance_entry AS (
-            history_id bigint, table_name regclass, row_key jsonb, kind text, date timestamptz,
-            context_id uuid, db_role text, row_data jsonb, task_id text, agent_client_id text,
-            issuer text, changed_by text, table_ident text, effective_role text);
-        COMMENT ON TYPE koherent_graphql.provenance_entry IS
-          'koherent: a recorded change of a row, with its attribution';
+        -- a view over an extension's view (never a row), not a type of its own: DROP EXTENSION
+        -- koherent CASCADE drops it, and with it the functions expose() made that return it
+        -- (SECURITY DEFINER readers, which would otherwise outlive the extension with their
+        -- grants and read a later install's history). @omit all: no root field.
+        CREATE VIEW koherent_graphql.provenance_entry AS SELECT * FROM koherent.provenance_entry_node;
+        COMMENT ON VIEW koherent_graphql.provenance_entry IS
+          E'@omit all\nkoherent: a recorded change of a row, with its attribution';
+        GRANT SELECT ON koherent_graphql.provenance_entry TO PUBLIC;
     END IF;
     IF to_regtype('koherent_graphql.effective_change') IS NULL THEN
         CREATE TYPE koherent_graphql.effective_change AS (
@@ -115,6 +157,24 @@ BEGIN
         COMMENT ON TYPE koherent_graphql.task_info IS
           'koherent: the verified task of a history entry (token only for auditors).';
     END IF;
+    -- the functions below take rows by position: the types must have koherent's columns
+    FOR g IN SELECT * FROM (VALUES ('koherent_graphql.provenance_entry'::regclass, 'koherent.provenance_entry'::regclass),
+                                   ('koherent_graphql.effective_change', 'koherent.effective_change'),
+                                   ('koherent_graphql.task_info', 'koherent.task_info')) v(mine, theirs) LOOP
+        SELECT string_agg(format('%I %s', a.attname, format_type(CASE WHEN t.typtype = 'd' THEN t.typbasetype
+                                                                      ELSE a.atttypid END, a.atttypmod)), ', ' ORDER BY a.attnum)
+          INTO have FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+         WHERE a.attrelid = g.mine AND a.attnum > 0 AND NOT a.attisdropped;
+        SELECT string_agg(format('%I %s', a.attname, format_type(CASE WHEN t.typtype = 'd' THEN t.typbasetype
+                                                                      ELSE a.atttypid END, a.atttypmod)), ', ' ORDER BY a.attnum)
+          INTO want FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+         WHERE a.attrelid = g.theirs AND a.attnum > 0 AND NOT a.attisdropped;
+        IF have IS DISTINCT FROM want THEN
+            RAISE EXCEPTION 'koherent.expose: type % has other columns than %', g.mine, g.theirs
+                USING ERRCODE = 'object_not_in_prerequisite_state', DETAIL = format('%s: (%s); %s: (%s)', g.mine, have, g.theirs, want),
+                      HINT = 'Made by another release of koherent: DROP SCHEMA koherent_graphql CASCADE, then expose() each exposed table again.';
+        END IF;
+    END LOOP;
     -- an entry of <table>_provenance(row) goes where koherent.provenance_entry went before 0.7.0
     -- (koherent.provenance_entry_effective_changes(entry), ..._task(entry)): an implicit cast
     IF to_regprocedure('koherent_graphql.as_koherent_entry(koherent_graphql.provenance_entry)') IS NULL THEN
@@ -148,6 +208,24 @@ BEGIN
       'The verified task this entry was made under (null when unattributed, or when the caller may not read the entry''s row); its token only for auditors.';
     REVOKE ALL ON FUNCTION koherent_graphql.provenance_entry_effective_changes(koherent_graphql.provenance_entry),
         koherent_graphql.provenance_entry_task(koherent_graphql.provenance_entry) FROM PUBLIC;
+END $$;
+
+-- expose() replaces the functions it made before (CREATE OR REPLACE keeps a function's owner
+-- and grants): one of those names made by another role is refused, not taken over.
+CREATE FUNCTION koherent._expose_owner_check(sig text) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    o oid;
+BEGIN
+    SELECT p.proowner INTO o FROM pg_proc p WHERE p.oid = to_regprocedure(sig);
+    IF FOUND AND o <> current_user::regrole
+       AND o <> (SELECT e.extowner FROM pg_extension e WHERE e.extname = 'koherent')
+       AND NOT (SELECT r.rolsuper FROM pg_roles r WHERE r.oid = o) THEN
+        RAISE EXCEPTION 'koherent.expose: function % exists and belongs to role %', sig, o::regrole
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = 'expose() makes this function itself; one of another role (neither koherent''s owner nor a superuser) is not taken over.',
+                  HINT = 'Drop that function, then call koherent.expose again.';
+    END IF;
 END $$;
 
 CREATE FUNCTION koherent.expose(tbl regclass, grant_to regrole DEFAULT NULL) RETURNS void
@@ -193,9 +271,15 @@ BEGIN
     PERFORM koherent._graphql_schema();
     -- made by an expose() before 0.7.0, it returns koherent.provenance_entry (the extension's,
     -- hidden from PostGraphile's defaults): made again, with the grants it had
+    -- a function of these names that someone else made (a table owner, an application role
+    -- with CREATE on the schema) is not replaced: its owner would keep it, and its grants
+    PERFORM koherent._expose_owner_check(format('%I.%I(%s)', nsp, rel || '_provenance', t));
+    PERFORM koherent._expose_owner_check(format('%I._provenance(%s)', nsp, t));
+    PERFORM koherent._expose_owner_check(format('%I.%I%s', nsp, rel || '_by_provenance', filter_sig));
+    PERFORM koherent._expose_owner_check(format('%I.%I(timestamptz)', nsp, rel || '_as_of'));
     SELECT p.proacl, p.proowner INTO acl, acl_owner FROM pg_proc p
      WHERE p.oid = to_regprocedure(format('%I.%I(%s)', nsp, rel || '_provenance', t))
-       AND p.prorettype <> 'koherent_graphql.provenance_entry'::regtype;
+       AND p.prorettype = 'koherent.provenance_entry'::regtype AND p.prosecdef;
     IF FOUND THEN
         EXECUTE format('DROP FUNCTION %I.%I(%s)', nsp, rel || '_provenance', t);
     END IF;

@@ -162,3 +162,45 @@ def test_a_transaction_begun_before_the_middleware_is_attributed_too(project):
         with using_task(mint("t-late")):
             Author.objects.create(name="late")
     assert [(t, task) for t, _, task, _ in entries(project)] == [("djangoapp_author", "t-late")]
+
+
+@pytest.mark.parametrize("atomic_requests", [False, True])
+def test_through_pgbouncer_in_transaction_mode_nothing_leaks(project, atomic_requests):
+    """Django on a persistent connection to a real PgBouncer in transaction mode, one server
+    connection for everyone: an attributed request, then an unattributed one, then a raw client
+    of the same pool in between; each write has exactly its own request's task (a task lives as
+    long as its transaction, and the pooler hands the server connection on between them)."""
+    from django.db import connections
+    from django.test import Client
+
+    from test_reliability import pgbouncer_for
+
+    settings = connections["default"].settings_dict
+    with pgbouncer_for(project) as port:
+        saved = (settings["HOST"], settings["PORT"], settings["ATOMIC_REQUESTS"])
+        connections.close_all()
+        settings.update(HOST="127.0.0.1", PORT=port, ATOMIC_REQUESTS=atomic_requests)
+        try:
+            client = Client()
+            post(client, mint("t-pooled"), title="A", author="X")
+            other = psycopg.connect(host="127.0.0.1", port=port, dbname=project, user=APP_ROLE, autocommit=True,
+                                    prepare_threshold=None)
+            try:
+                other.execute("INSERT INTO djangoapp_author (name) VALUES ('raw')")
+            finally:
+                other.close()
+            post(client, None, title="B", author="Y")
+            post(client, mint("t-pooled-2"), title="C", author="Z", atomic=True)
+            post(client, None, title="D", author="W", atomic=True)
+        finally:
+            connections.close_all()
+            settings["HOST"], settings["PORT"], settings["ATOMIC_REQUESTS"] = saved
+    got = [(t, k, task) for t, k, task, _ in entries(project)]
+    assert got == [
+        ("djangoapp_author", "CREATE", "t-pooled"), ("djangoapp_book", "CREATE", "t-pooled"),
+        ("djangoapp_author", "CREATE", None),
+        ("djangoapp_author", "CREATE", None), ("djangoapp_book", "CREATE", None),
+        ("djangoapp_author", "CREATE", "t-pooled-2"), ("djangoapp_book", "CREATE", "t-pooled-2"),
+        ("djangoapp_book", "UPDATE", "t-pooled-2"), ("djangoapp_author", "UPDATE", "t-pooled-2"),
+        ("djangoapp_author", "CREATE", None), ("djangoapp_book", "CREATE", None),
+        ("djangoapp_book", "UPDATE", None), ("djangoapp_author", "UPDATE", None)]

@@ -120,7 +120,7 @@ def test_expose_remakes_a_provenance_function_of_an_earlier_release(item):
     item.sql("CREATE ROLE koherent_old_reader")
     try:
         item.sql("CREATE FUNCTION item_provenance(rec item) RETURNS SETOF koherent.provenance_entry "
-                 "LANGUAGE sql STABLE AS 'SELECT * FROM koherent.provenance_entry WHERE false'")
+                 "LANGUAGE sql STABLE SECURITY DEFINER AS 'SELECT * FROM koherent.provenance_entry WHERE false'")
         item.sql("GRANT EXECUTE ON FUNCTION item_provenance(item) TO koherent_old_reader WITH GRANT OPTION")
         item.sql("SELECT koherent.expose('item')")
         assert item.one("SELECT pg_get_function_result('item_provenance(item)'::regprocedure)") == \
@@ -134,3 +134,101 @@ def test_expose_remakes_a_provenance_function_of_an_earlier_release(item):
     finally:
         item.sql("DROP OWNED BY koherent_old_reader")
         item.sql("DROP ROLE koherent_old_reader")
+
+
+def test_expose_does_not_take_over_a_function_another_role_made(item):
+    """A role with CREATE on the table's schema makes item_provenance(item) first (any return
+    type) and grants it to a role of its own: expose() refuses (42501) instead of replacing it
+    and copying those grants onto koherent's reader."""
+    item.sql(f"GRANT SELECT ON item TO {APP_ROLE}")
+    with item.app() as c:
+        c.execute("CREATE FUNCTION item_provenance(rec item) RETURNS int LANGUAGE sql AS 'SELECT 1'")
+    with pytest.raises(psycopg.Error) as e:
+        item.sql("SELECT koherent.expose('item')")
+    assert e.value.sqlstate == "42501"
+    assert "belongs to role" in e.value.diag.message_primary
+    assert item.one("SELECT pg_get_function_result('item_provenance(item)'::regprocedure)") == "integer"
+    assert item.one("SELECT count(*) FROM pg_proc WHERE proname IN ('_provenance', 'item_by_provenance')") == 0
+    # the same for the other names expose() makes
+    item.sql("DROP FUNCTION item_provenance(item)")
+    with item.app() as c:
+        c.execute("CREATE FUNCTION item_as_of(at timestamptz) RETURNS SETOF item LANGUAGE sql AS 'SELECT * FROM item'")
+    with pytest.raises(psycopg.Error) as e:
+        item.sql("SELECT koherent.expose('item')")
+    assert e.value.sqlstate == "42501"
+    with item.app() as c:
+        c.execute("DROP FUNCTION item_as_of(timestamptz)")
+    item.sql("SELECT koherent.expose('item')")
+    assert item.one("SELECT pg_get_function_result('item_provenance(item)'::regprocedure)") == \
+        "SETOF koherent_graphql.provenance_entry"
+
+
+def test_koherent_graphql_takes_no_one_elses_objects(item):
+    """Default privileges that give others CREATE on new schemas are taken back when expose()
+    makes koherent_graphql; CREATE granted later, or an object of another role in it, makes
+    expose() refuse (42501)."""
+    item.sql(f"ALTER DEFAULT PRIVILEGES FOR ROLE postgres GRANT USAGE, CREATE ON SCHEMAS TO {APP_ROLE}")
+    try:
+        item.sql("SELECT koherent.expose('item')")
+    finally:
+        item.sql(f"ALTER DEFAULT PRIVILEGES FOR ROLE postgres REVOKE USAGE, CREATE ON SCHEMAS FROM {APP_ROLE}")
+    assert item.one(f"SELECT has_schema_privilege('{APP_ROLE}', 'koherent_graphql', 'CREATE')") is False
+    assert item.one("SELECT has_schema_privilege('public', 'koherent_graphql', 'USAGE')") is True
+    item.sql(f"GRANT CREATE ON SCHEMA koherent_graphql TO {APP_ROLE}")
+    with item.app() as c:
+        c.execute("CREATE FUNCTION koherent_graphql.provenance_entry_verified_by(e koherent_graphql.provenance_entry) "
+                  "RETURNS text LANGUAGE sql STABLE AS $$SELECT 'security-team (signed)'$$")
+    with pytest.raises(psycopg.Error) as e:
+        item.sql("SELECT koherent.expose('item')")
+    assert e.value.sqlstate == "42501" and APP_ROLE in e.value.diag.message_primary
+    item.sql(f"REVOKE CREATE ON SCHEMA koherent_graphql FROM {APP_ROLE}")
+    with pytest.raises(psycopg.Error) as e:
+        item.sql("SELECT koherent.expose('item')")
+    assert e.value.sqlstate == "42501"
+    assert "provenance_entry_verified_by" in e.value.diag.message_primary
+    item.sql("DROP FUNCTION koherent_graphql.provenance_entry_verified_by(koherent_graphql.provenance_entry)")
+    item.sql("SELECT koherent.expose('item')")
+
+
+def test_drop_extension_cascade_takes_the_exposed_readers_along(item):
+    """The readers expose() made run with koherent's rights: DROP EXTENSION koherent CASCADE
+    drops them (through koherent_graphql.provenance_entry, a view over koherent's),
+    so no reader outlives the extension to read a later install's history."""
+    item.sql(f"SELECT koherent.expose('item', '{APP_ROLE}')")
+    with pytest.raises(psycopg.Error) as e:
+        item.sql("DROP EXTENSION koherent")
+    assert e.value.sqlstate == "2BP01"
+    item.sql("DROP EXTENSION koherent CASCADE")
+    assert item.one("SELECT count(*) FROM pg_proc WHERE proname IN ('item_provenance', '_provenance')") == 0
+    assert item.one("SELECT count(*) FROM pg_proc WHERE pronamespace = 'koherent_graphql'::regnamespace") == 0
+    item.sql("CREATE EXTENSION koherent")
+    item.sql("SELECT koherent.track('item')")
+    item.sql(f"SELECT koherent.expose('item', '{APP_ROLE}')")
+    write(item, "INSERT INTO item (id) VALUES (1)")
+    with item.app() as c:
+        assert c.execute("SELECT kind FROM item_provenance((SELECT i FROM item i))").fetchall() == [("CREATE",)]
+
+
+def test_concurrent_first_exposes_wait_for_each_other(item):
+    import threading
+
+    item.sql("CREATE TABLE other (id int PRIMARY KEY)")
+    item.sql("SELECT koherent.track('other')")
+    errors = []
+
+    def expose(t):
+        try:
+            with item.conn() as c:
+                c.execute(f"SELECT koherent.expose('{t}')")
+        except psycopg.Error as ex:  # pragma: no cover - the failure this test is about
+            errors.append(ex)
+
+    for _ in range(3):
+        item.sql("DROP SCHEMA IF EXISTS koherent_graphql CASCADE")
+        threads = [threading.Thread(target=expose, args=(t,)) for t in ("item", "other")]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        assert errors == []
+        assert item.one("SELECT count(*) FROM pg_proc WHERE proname IN ('item_provenance', 'other_provenance')") == 2

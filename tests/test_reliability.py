@@ -2,6 +2,7 @@
 rollbacks (history equals what committed), PgBouncer transaction pooling (attribution never
 leaks to the next client), a backend killed mid-transaction, an immediate shutdown mid-write."""
 
+import contextlib
 import os
 import shutil
 import signal
@@ -85,8 +86,10 @@ def test_pgbench_mix_history_equals_committed_changes(item):
     print(f"pgbench mix: {done} transactions, {committed} committed, checked exactly")
 
 
-@pytest.fixture
-def pgbouncer(item):
+@contextlib.contextmanager
+def pgbouncer_for(dbname):
+    """A real PgBouncer in transaction mode in front of database `dbname`, one server connection
+    for all clients (so every client shares it); yields its port."""
     if not shutil.which("pgbouncer") and not os.path.exists("/usr/sbin/pgbouncer"):
         pytest.fail("pgbouncer is not installed (scripts/test.sh installs it)")
     d = tempfile.mkdtemp(prefix="koherent-pgb-")
@@ -98,7 +101,7 @@ def pgbouncer(item):
         f.write(f'"{APP_ROLE}" ""\n"postgres" ""\n')
     with open(f"{d}/pgbouncer.ini", "w") as f:
         f.write(f"""[databases]
-{item.name} = host={HOST} port={PORT} dbname={item.name}
+{dbname} = host={HOST} port={PORT} dbname={dbname}
 [pgbouncer]
 listen_addr = 127.0.0.1
 listen_port = {port}
@@ -112,16 +115,24 @@ logfile = {d}/pgbouncer.log
 pidfile = {d}/pgbouncer.pid
 """)
     proc = subprocess.Popen(["runuser", "-u", "postgres", "--", "/usr/sbin/pgbouncer", f"{d}/pgbouncer.ini"])
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    yield port
-    proc.terminate()
-    proc.wait(10)
-    shutil.rmtree(d, ignore_errors=True)
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def pgbouncer(item):
+    with pgbouncer_for(item.name) as port:
+        yield port
 
 
 def bouncer_conn(db, port):

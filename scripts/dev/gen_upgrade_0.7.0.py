@@ -15,7 +15,7 @@ CHANGED = {"sql/views.sql": ["_entry_select", "_object_expr", "_table_literal", 
            "sql/track.sql": ["track"],
            "sql/indexes.sql": ["_range_index", "_has_lookup_index", "_create_range_index"],
            "sql/readers.sql": ["task_changes"],
-           "sql/graphql.sql": ["_graphql_schema", "expose"]}
+           "sql/graphql.sql": ["_graphql_schema", "_expose_owner_check", "expose"]}
 
 
 def function(text, name):
