@@ -7,6 +7,7 @@
 # with the background sealer sealing every second, and the ledger's and audit packages' throughput. Usage: bench/bench.sh
 # bench/bench.sh --scale: history grown to 2M and 20M entries (BENCH_SCALE_SIZES) and the lookups
 # at each size (row history, task_changes of 10 and 10k changes, row_as_of, as_of, audit export).
+# bench/bench.sh --ledger: the ledger's and audit packages' lines alone.
 source "$(dirname "$0")/../scripts/lib.sh"
 ensure_apt
 ensure_pgrx
@@ -44,4 +45,6 @@ if [ "${1:-}" = "--scale" ]; then
     "$ROOT/.venv/bin/python" "$ROOT/bench/bench.py" --scale
     exit
 fi
-"$ROOT/.venv/bin/python" "$ROOT/bench/bench.py"
+# bench/bench.sh --ledger: only the ledger's and audit packages' lines (seal, verify_history,
+# audit export and verify)
+"$ROOT/.venv/bin/python" "$ROOT/bench/bench.py" ${1:+"$1"}
