@@ -455,24 +455,22 @@ def ledger(c):
                              "FROM koherent.transaction_auth_context").fetchone()
     db = c.info.dbname
     with tempfile.TemporaryDirectory() as tmp:
-        # (the median of 3 as well: one export run moved by a fifth between bench runs)
-        exports = []
-        for i in range(3):
-            out = os.path.join(tmp, f"pkg{i}")
-            t = time.perf_counter()
-            subprocess.run([cli, "audit", "export", "--db", f"host={HOST} port={PORT} user=postgres dbname={db}",
-                            "--since", since, "--until", until, "--out", out], check=True, capture_output=True)
-            exports.append(time.perf_counter() - t)
-        exporting = statistics.median(exports)
-        # (the median of 3: one run is a second long, and a passing load on the machine moves it
-        # by a quarter: 1.05 s for 200k entries in one bench run, 0.81 s for the same on the dev
-        # cluster, first run or fourth)
-        runs = []
-        for _ in range(3):
-            t = time.perf_counter()
-            subprocess.run([cli, "audit", "verify", out], check=True, capture_output=True)
-            runs.append(time.perf_counter() - t)
-        verifying = statistics.median(runs)
+        def three(args_of):
+            """Three timed runs of the CLI (args_of(i): the i-th run's arguments): their times."""
+            times = []
+            for i in range(3):
+                t = time.perf_counter()
+                subprocess.run([cli, *args_of(i)], check=True, capture_output=True)
+                times.append(time.perf_counter() - t)
+            return times
+
+        # medians of 3: one run is a second or two long, and a passing load on the machine moves
+        # it by a quarter (verify: 1.05 s for 200k entries in one bench run, 0.81 s for the same on
+        # the dev cluster, first run or fourth; export: by a fifth between bench runs)
+        exports = three(lambda i: ["audit", "export", "--db", f"host={HOST} port={PORT} user=postgres dbname={db}",
+                                   "--since", since, "--until", until, "--out", os.path.join(tmp, f"pkg{i}")])
+        runs = three(lambda i: ["audit", "verify", os.path.join(tmp, "pkg0")])
+        exporting, verifying = statistics.median(exports), statistics.median(runs)
     print(f"{'audit export':<28} {2 * n:>7} entries  {exporting * 1000:8.1f} ms  {2 * n / exporting:10.0f} entries/s"
           f"  (goal >= 100000; median of 3: {', '.join(f'{r * 1000:.0f}' for r in exports)} ms)")
     print(f"{'audit verify (offline)':<28} {2 * n:>7} entries  {verifying * 1000:8.1f} ms  "

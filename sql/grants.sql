@@ -41,6 +41,7 @@ GRANT EXECUTE ON FUNCTION
 
 
 REVOKE EXECUTE ON FUNCTION koherent.expose(regclass, regrole), koherent.unexpose(regclass), koherent._graphql_schema(), koherent._expose_owner_check(text),
+    koherent._regrant(aclitem[], oid, text),
     koherent.task_changes(text, boolean), koherent.provenance_entry_effective_changes(koherent.provenance_entry),
     koherent.provenance_entry_task(koherent.provenance_entry), koherent._entry_select(koherent.tracked_config, text, text),
     koherent._visibility_check(regclass), koherent._caller_is_auditor(), koherent._visible_entry(bigint, regclass),

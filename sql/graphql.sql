@@ -73,8 +73,9 @@ REVOKE EXECUTE ON FUNCTION koherent._effective_changes(koherent.provenance_entry
 -- from functions in a schema it introspects. So the types that the exposed functions return to
 -- PostGraphile, and their computed columns (effectiveChanges, task), live in koherent_graphql:
 -- a schema expose() creates (it is no member of the extension: pg_dump dumps it like the
--- functions expose() makes), owned by koherent's owner, only composite types (no root fields)
--- and thin functions over koherent's readers, which do every check themselves.
+-- functions expose() makes), owned by koherent's owner: types without root fields (a view that
+-- never has a row, `@omit all`, and composite types) and thin functions over koherent's readers,
+-- which do every check themselves.
 -- The shared objects are made once, under a lock (concurrent first calls of expose() wait
 -- instead of failing), and checked on every call: the schema is koherent's owner's, nobody
 -- else may create in it or owns anything in it, and the types have this release's columns.
@@ -91,16 +92,17 @@ BEGIN
     SELECT n.oid, n.nspowner INTO nsp, owner FROM pg_namespace n WHERE n.nspname = 'koherent_graphql';
     IF NOT FOUND THEN
         CREATE SCHEMA koherent_graphql;
+        nsp := 'koherent_graphql'::regnamespace;
+        owner := current_user::regrole;
         -- what ALTER DEFAULT PRIVILEGES ... ON SCHEMAS may have given others, taken back
         FOR g IN SELECT DISTINCT a.grantee FROM pg_namespace n, aclexplode(n.nspacl) a
-                  WHERE n.nspname = 'koherent_graphql' AND a.grantee <> n.nspowner LOOP
+                  WHERE n.oid = nsp AND a.grantee <> owner LOOP
             EXECUTE format('REVOKE ALL ON SCHEMA koherent_graphql FROM %s',
                            CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE g.grantee::regrole::text END);
         END LOOP;
         COMMENT ON SCHEMA koherent_graphql IS
           'koherent: the types of the GraphQL-facing functions expose() makes, and their computed columns (PostGraphile introspects this schema beside the application''s).';
         GRANT USAGE ON SCHEMA koherent_graphql TO PUBLIC;
-        SELECT n.oid, n.nspowner INTO nsp, owner FROM pg_namespace n WHERE n.nspname = 'koherent_graphql';
     ELSIF owner <> current_user::regrole THEN
         -- someone else's schema of that name: its functions would be shown as koherent's fields
         RAISE EXCEPTION 'koherent.expose: schema koherent_graphql belongs to role %, not to koherent''s owner %',
@@ -161,14 +163,12 @@ BEGIN
     FOR g IN SELECT * FROM (VALUES ('koherent_graphql.provenance_entry'::regclass, 'koherent.provenance_entry'::regclass),
                                    ('koherent_graphql.effective_change', 'koherent.effective_change'),
                                    ('koherent_graphql.task_info', 'koherent.task_info')) v(mine, theirs) LOOP
-        SELECT string_agg(format('%I %s', a.attname, format_type(CASE WHEN t.typtype = 'd' THEN t.typbasetype
-                                                                      ELSE a.atttypid END, a.atttypmod)), ', ' ORDER BY a.attnum)
-          INTO have FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
-         WHERE a.attrelid = g.mine AND a.attnum > 0 AND NOT a.attisdropped;
-        SELECT string_agg(format('%I %s', a.attname, format_type(CASE WHEN t.typtype = 'd' THEN t.typbasetype
-                                                                      ELSE a.atttypid END, a.atttypmod)), ', ' ORDER BY a.attnum)
-          INTO want FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
-         WHERE a.attrelid = g.theirs AND a.attnum > 0 AND NOT a.attisdropped;
+        SELECT string_agg(c.col, ', ' ORDER BY c.attnum) FILTER (WHERE c.attrelid = g.mine),
+               string_agg(c.col, ', ' ORDER BY c.attnum) FILTER (WHERE c.attrelid = g.theirs)
+          INTO have, want
+          FROM (SELECT a.attrelid, a.attnum, format('%I %s', a.attname, format_type(a.atttypid, a.atttypmod)) AS col
+                  FROM pg_attribute a
+                 WHERE a.attrelid IN (g.mine, g.theirs) AND a.attnum > 0 AND NOT a.attisdropped) c;
         IF have IS DISTINCT FROM want THEN
             RAISE EXCEPTION 'koherent.expose: type % has other columns than %', g.mine, g.theirs
                 USING ERRCODE = 'object_not_in_prerequisite_state', DETAIL = format('%s: (%s); %s: (%s)', g.mine, have, g.theirs, want),
@@ -210,6 +210,22 @@ BEGIN
         koherent_graphql.provenance_entry_task(koherent_graphql.provenance_entry) FROM PUBLIC;
 END $$;
 
+-- GRANT EXECUTE on the function `sig` to each role the ACL `acl` gave EXECUTE (but its owner
+-- `owner`, and PUBLIC), with the grant option it had; returns those roles. A function made again
+-- (DROP and CREATE: a new return type) keeps its grants through it: expose() and the 0.7.0 upgrade.
+CREATE FUNCTION koherent._regrant(acl aclitem[], owner oid, sig text) RETURNS SETOF text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    g record;
+BEGIN
+    FOR g IN SELECT a.grantee::regrole::text AS grantee, a.is_grantable AS grantable FROM aclexplode(acl) a
+              WHERE a.privilege_type = 'EXECUTE' AND a.grantee <> 0 AND a.grantee <> owner LOOP
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %s%s', sig, g.grantee,
+                       CASE WHEN g.grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+        RETURN NEXT g.grantee;
+    END LOOP;
+END $$;
+
 -- expose() replaces the functions it made before (CREATE OR REPLACE keeps a function's owner
 -- and grants): one of those names made by another role is refused, not taken over.
 CREATE FUNCTION koherent._expose_owner_check(sig text) RETURNS void
@@ -243,7 +259,8 @@ DECLARE
     filter_sig constant text := '(text, text, text, text, text, timestamptz, timestamptz)';
     acl aclitem[];
     acl_owner oid;
-    g record;
+    grantee text;
+    prov text;
 BEGIN
     IF koherent._relink() THEN
         PERFORM koherent._rebuild_views();
@@ -269,19 +286,20 @@ BEGIN
     -- row-level security).
     chk := koherent._visibility_check(tbl);
     PERFORM koherent._graphql_schema();
-    -- made by an expose() before 0.7.0, it returns koherent.provenance_entry (the extension's,
-    -- hidden from PostGraphile's defaults): made again, with the grants it had
+    prov := format('%I.%I(%s)', nsp, rel || '_provenance', t);
     -- a function of these names that someone else made (a table owner, an application role
     -- with CREATE on the schema) is not replaced: its owner would keep it, and its grants
-    PERFORM koherent._expose_owner_check(format('%I.%I(%s)', nsp, rel || '_provenance', t));
+    PERFORM koherent._expose_owner_check(prov);
     PERFORM koherent._expose_owner_check(format('%I._provenance(%s)', nsp, t));
     PERFORM koherent._expose_owner_check(format('%I.%I%s', nsp, rel || '_by_provenance', filter_sig));
     PERFORM koherent._expose_owner_check(format('%I.%I(timestamptz)', nsp, rel || '_as_of'));
+    -- made by an expose() before 0.7.0, it returns koherent.provenance_entry (the extension's,
+    -- hidden from PostGraphile's defaults): made again, with the grants it had
     SELECT p.proacl, p.proowner INTO acl, acl_owner FROM pg_proc p
-     WHERE p.oid = to_regprocedure(format('%I.%I(%s)', nsp, rel || '_provenance', t))
+     WHERE p.oid = to_regprocedure(prov)
        AND p.prorettype = 'koherent.provenance_entry'::regtype AND p.prosecdef;
     IF FOUND THEN
-        EXECUTE format('DROP FUNCTION %I.%I(%s)', nsp, rel || '_provenance', t);
+        EXECUTE format('DROP FUNCTION %s', prov);
     END IF;
     EXECUTE format($f$
         CREATE OR REPLACE FUNCTION %1$I.%2$I(rec %3$s) RETURNS SETOF koherent_graphql.provenance_entry
@@ -294,14 +312,11 @@ BEGIN
         END $b$ $f$, nsp, rel || '_provenance', t, koherent._entry_select(cfg, 'provenance_entry'), keymatch,
         chk, (SELECT string_agg(format('rec.%I', k), ', ') FROM unnest(cfg.pk_columns) k),
         koherent._current_life(cfg, 'h', 'rec'));
-    EXECUTE format('COMMENT ON FUNCTION %I.%I(%s) IS %L', nsp, rel || '_provenance', t,
+    EXECUTE format('COMMENT ON FUNCTION %s IS %L', prov,
                    'koherent: every recorded change of this row, oldest first, with its attribution.');
-    FOR g IN SELECT a.grantee::regrole::text AS grantee, a.is_grantable AS grantable FROM aclexplode(acl) a
-              WHERE a.privilege_type = 'EXECUTE' AND a.grantee <> 0 AND a.grantee <> acl_owner LOOP
-        EXECUTE format('GRANT EXECUTE ON FUNCTION %I.%I(%s) TO %s%s', nsp, rel || '_provenance', t, g.grantee,
-                       CASE WHEN g.grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+    FOR grantee IN SELECT koherent._regrant(acl, acl_owner, prov) LOOP
         EXECUTE format('GRANT EXECUTE ON FUNCTION koherent_graphql.provenance_entry_effective_changes(koherent_graphql.provenance_entry), '
-                       'koherent_graphql.provenance_entry_task(koherent_graphql.provenance_entry) TO %s', g.grantee);
+                       'koherent_graphql.provenance_entry_task(koherent_graphql.provenance_entry) TO %s', grantee);
     END LOOP;
     EXECUTE format($f$
         CREATE OR REPLACE FUNCTION %1$I._provenance(rec %2$s) RETURNS SETOF koherent.provenance_entry_node

@@ -25,6 +25,18 @@ LANGUAGE c STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'koherent_jsonb_object';
 DROP FUNCTION koherent._revert_threads_sql(koherent.tracked_config);
 DROP FUNCTION koherent._entry_select(koherent.tracked_config, text);
 
+CREATE FUNCTION koherent._regrant(acl aclitem[], owner oid, sig text) RETURNS SETOF text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    g record;
+BEGIN
+    FOR g IN SELECT a.grantee::regrole::text AS grantee, a.is_grantable AS grantable FROM aclexplode(acl) a
+              WHERE a.privilege_type = 'EXECUTE' AND a.grantee <> 0 AND a.grantee <> owner LOOP
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %s%s', sig, g.grantee,
+                       CASE WHEN g.grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+        RETURN NEXT g.grantee;
+    END LOOP;
+END $$;
 DO $upgrade$
 DECLARE
     acl aclitem[];
@@ -48,12 +60,7 @@ RETURNS SETOF koherent.effective_change_json LANGUAGE sql STABLE AS $$
 $$;
 COMMENT ON FUNCTION koherent._effective_changes(koherent.provenance_entry) IS E'@omit';
     REVOKE EXECUTE ON FUNCTION koherent._effective_changes(koherent.provenance_entry) FROM PUBLIC;
-    FOR g IN SELECT a.grantee::regrole::text AS grantee, a.is_grantable AS grantable
-               FROM pg_catalog.aclexplode(acl) a
-              WHERE a.privilege_type = 'EXECUTE' AND a.grantee <> 0 AND a.grantee <> acl_owner LOOP
-        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %s%s', 'koherent._effective_changes(koherent.provenance_entry)', g.grantee,
-                       CASE WHEN g.grantable THEN ' WITH GRANT OPTION' ELSE '' END);
-    END LOOP;
+    PERFORM koherent._regrant(acl, acl_owner, 'koherent._effective_changes(koherent.provenance_entry)');
 CREATE VIEW koherent.provenance_entry_node AS
 SELECT NULL::bigint AS history_id, NULL::regclass AS table_name, NULL::jsonb AS row_key, NULL::text AS kind,
        NULL::timestamptz AS date, NULL::uuid AS context_id, NULL::text AS db_role, NULL::jsonb AS row_data,
@@ -107,12 +114,9 @@ COMMENT ON FUNCTION koherent._task(koherent.provenance_entry_node) IS E'@omit';
             EXECUTE format('ALTER FUNCTION %s OWNER TO %s', sig, f.owner);
             EXECUTE format('COMMENT ON FUNCTION %s IS %L', sig, '@omit');
             EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', sig);
-            FOR g IN SELECT a.grantee::regrole::text AS grantee, a.is_grantable AS grantable
-                       FROM pg_catalog.aclexplode(f.proacl) a
-                      WHERE a.privilege_type = 'EXECUTE' AND a.grantee <> 0 AND a.grantee <> f.proowner LOOP
-                EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %s%s', sig, g.grantee,
-                               CASE WHEN g.grantable THEN ' WITH GRANT OPTION' ELSE '' END);
-                EXECUTE format('GRANT EXECUTE ON FUNCTION koherent._effective_changes(koherent.provenance_entry_node), koherent._task(koherent.provenance_entry_node) TO %s', g.grantee);
+            FOR g IN SELECT * FROM koherent._regrant(f.proacl, f.proowner, sig) r(grantee) LOOP
+                EXECUTE format('GRANT EXECUTE ON FUNCTION koherent._effective_changes(koherent.provenance_entry_node), '
+                               'koherent._task(koherent.provenance_entry_node) TO %s', g.grantee);
             END LOOP;
         END LOOP;
     END LOOP;
@@ -1429,16 +1433,17 @@ BEGIN
     SELECT n.oid, n.nspowner INTO nsp, owner FROM pg_namespace n WHERE n.nspname = 'koherent_graphql';
     IF NOT FOUND THEN
         CREATE SCHEMA koherent_graphql;
+        nsp := 'koherent_graphql'::regnamespace;
+        owner := current_user::regrole;
         -- what ALTER DEFAULT PRIVILEGES ... ON SCHEMAS may have given others, taken back
         FOR g IN SELECT DISTINCT a.grantee FROM pg_namespace n, aclexplode(n.nspacl) a
-                  WHERE n.nspname = 'koherent_graphql' AND a.grantee <> n.nspowner LOOP
+                  WHERE n.oid = nsp AND a.grantee <> owner LOOP
             EXECUTE format('REVOKE ALL ON SCHEMA koherent_graphql FROM %s',
                            CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE g.grantee::regrole::text END);
         END LOOP;
         COMMENT ON SCHEMA koherent_graphql IS
           'koherent: the types of the GraphQL-facing functions expose() makes, and their computed columns (PostGraphile introspects this schema beside the application''s).';
         GRANT USAGE ON SCHEMA koherent_graphql TO PUBLIC;
-        SELECT n.oid, n.nspowner INTO nsp, owner FROM pg_namespace n WHERE n.nspname = 'koherent_graphql';
     ELSIF owner <> current_user::regrole THEN
         -- someone else's schema of that name: its functions would be shown as koherent's fields
         RAISE EXCEPTION 'koherent.expose: schema koherent_graphql belongs to role %, not to koherent''s owner %',
@@ -1499,14 +1504,12 @@ BEGIN
     FOR g IN SELECT * FROM (VALUES ('koherent_graphql.provenance_entry'::regclass, 'koherent.provenance_entry'::regclass),
                                    ('koherent_graphql.effective_change', 'koherent.effective_change'),
                                    ('koherent_graphql.task_info', 'koherent.task_info')) v(mine, theirs) LOOP
-        SELECT string_agg(format('%I %s', a.attname, format_type(CASE WHEN t.typtype = 'd' THEN t.typbasetype
-                                                                      ELSE a.atttypid END, a.atttypmod)), ', ' ORDER BY a.attnum)
-          INTO have FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
-         WHERE a.attrelid = g.mine AND a.attnum > 0 AND NOT a.attisdropped;
-        SELECT string_agg(format('%I %s', a.attname, format_type(CASE WHEN t.typtype = 'd' THEN t.typbasetype
-                                                                      ELSE a.atttypid END, a.atttypmod)), ', ' ORDER BY a.attnum)
-          INTO want FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
-         WHERE a.attrelid = g.theirs AND a.attnum > 0 AND NOT a.attisdropped;
+        SELECT string_agg(c.col, ', ' ORDER BY c.attnum) FILTER (WHERE c.attrelid = g.mine),
+               string_agg(c.col, ', ' ORDER BY c.attnum) FILTER (WHERE c.attrelid = g.theirs)
+          INTO have, want
+          FROM (SELECT a.attrelid, a.attnum, format('%I %s', a.attname, format_type(a.atttypid, a.atttypmod)) AS col
+                  FROM pg_attribute a
+                 WHERE a.attrelid IN (g.mine, g.theirs) AND a.attnum > 0 AND NOT a.attisdropped) c;
         IF have IS DISTINCT FROM want THEN
             RAISE EXCEPTION 'koherent.expose: type % has other columns than %', g.mine, g.theirs
                 USING ERRCODE = 'object_not_in_prerequisite_state', DETAIL = format('%s: (%s); %s: (%s)', g.mine, have, g.theirs, want),
@@ -1579,7 +1582,8 @@ DECLARE
     filter_sig constant text := '(text, text, text, text, text, timestamptz, timestamptz)';
     acl aclitem[];
     acl_owner oid;
-    g record;
+    grantee text;
+    prov text;
 BEGIN
     IF koherent._relink() THEN
         PERFORM koherent._rebuild_views();
@@ -1605,19 +1609,20 @@ BEGIN
     -- row-level security).
     chk := koherent._visibility_check(tbl);
     PERFORM koherent._graphql_schema();
-    -- made by an expose() before 0.7.0, it returns koherent.provenance_entry (the extension's,
-    -- hidden from PostGraphile's defaults): made again, with the grants it had
+    prov := format('%I.%I(%s)', nsp, rel || '_provenance', t);
     -- a function of these names that someone else made (a table owner, an application role
     -- with CREATE on the schema) is not replaced: its owner would keep it, and its grants
-    PERFORM koherent._expose_owner_check(format('%I.%I(%s)', nsp, rel || '_provenance', t));
+    PERFORM koherent._expose_owner_check(prov);
     PERFORM koherent._expose_owner_check(format('%I._provenance(%s)', nsp, t));
     PERFORM koherent._expose_owner_check(format('%I.%I%s', nsp, rel || '_by_provenance', filter_sig));
     PERFORM koherent._expose_owner_check(format('%I.%I(timestamptz)', nsp, rel || '_as_of'));
+    -- made by an expose() before 0.7.0, it returns koherent.provenance_entry (the extension's,
+    -- hidden from PostGraphile's defaults): made again, with the grants it had
     SELECT p.proacl, p.proowner INTO acl, acl_owner FROM pg_proc p
-     WHERE p.oid = to_regprocedure(format('%I.%I(%s)', nsp, rel || '_provenance', t))
+     WHERE p.oid = to_regprocedure(prov)
        AND p.prorettype = 'koherent.provenance_entry'::regtype AND p.prosecdef;
     IF FOUND THEN
-        EXECUTE format('DROP FUNCTION %I.%I(%s)', nsp, rel || '_provenance', t);
+        EXECUTE format('DROP FUNCTION %s', prov);
     END IF;
     EXECUTE format($f$
         CREATE OR REPLACE FUNCTION %1$I.%2$I(rec %3$s) RETURNS SETOF koherent_graphql.provenance_entry
@@ -1630,14 +1635,11 @@ BEGIN
         END $b$ $f$, nsp, rel || '_provenance', t, koherent._entry_select(cfg, 'provenance_entry'), keymatch,
         chk, (SELECT string_agg(format('rec.%I', k), ', ') FROM unnest(cfg.pk_columns) k),
         koherent._current_life(cfg, 'h', 'rec'));
-    EXECUTE format('COMMENT ON FUNCTION %I.%I(%s) IS %L', nsp, rel || '_provenance', t,
+    EXECUTE format('COMMENT ON FUNCTION %s IS %L', prov,
                    'koherent: every recorded change of this row, oldest first, with its attribution.');
-    FOR g IN SELECT a.grantee::regrole::text AS grantee, a.is_grantable AS grantable FROM aclexplode(acl) a
-              WHERE a.privilege_type = 'EXECUTE' AND a.grantee <> 0 AND a.grantee <> acl_owner LOOP
-        EXECUTE format('GRANT EXECUTE ON FUNCTION %I.%I(%s) TO %s%s', nsp, rel || '_provenance', t, g.grantee,
-                       CASE WHEN g.grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+    FOR grantee IN SELECT koherent._regrant(acl, acl_owner, prov) LOOP
         EXECUTE format('GRANT EXECUTE ON FUNCTION koherent_graphql.provenance_entry_effective_changes(koherent_graphql.provenance_entry), '
-                       'koherent_graphql.provenance_entry_task(koherent_graphql.provenance_entry) TO %s', g.grantee);
+                       'koherent_graphql.provenance_entry_task(koherent_graphql.provenance_entry) TO %s', grantee);
     END LOOP;
     EXECUTE format($f$
         CREATE OR REPLACE FUNCTION %1$I._provenance(rec %2$s) RETURNS SETOF koherent.provenance_entry_node

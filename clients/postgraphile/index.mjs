@@ -1,4 +1,4 @@
-// koherent for an existing PostGraphile 4 app: an import and two options.
+// koherent for an existing PostGraphile 4 app: an import, one more schema and pgSettings.
 //
 //   import { koherentPgSettings, koherentOptions, KOHERENT_SCHEMA } from "koherent-postgraphile";
 //   postgraphile(DATABASE_URL, ["public", KOHERENT_SCHEMA], {

@@ -3,7 +3,6 @@
 exactly what a fresh install does (test_upgrade compares the two). Run from the repository root
 after changing sql/ledger.sql, sql/audit.sql, sql/retention.sql or the functions listed in CHANGED."""
 import re
-import textwrap
 
 ROOT = "."
 CHANGED = {"sql/views.sql": ["_entry_select", "_object_expr", "_table_literal", "_row_data_expr"],
@@ -67,21 +66,9 @@ node_fn = re.search(r"^CREATE FUNCTION koherent\._effective_changes\(rec koheren
                     GQL, re.S | re.M).group(0)
 
 
-def regrant(acl, owner, sig, indent, also=""):
-    """PL/pgSQL, `indent` deep: GRANT EXECUTE on the function `sig` (an expression) to each role
-    the ACL `acl` gave EXECUTE, but its owner `owner`, with the grant option it had; `also` (a
-    statement) runs per grantee too."""
-    text = f"""FOR g IN SELECT a.grantee::regrole::text AS grantee, a.is_grantable AS grantable
-           FROM pg_catalog.aclexplode({acl}) a
-          WHERE a.privilege_type = 'EXECUTE' AND a.grantee <> 0 AND a.grantee <> {owner} LOOP
-    EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %s%s', {sig}, g.grantee,
-                   CASE WHEN g.grantable THEN ' WITH GRANT OPTION' ELSE '' END);
-""" + (f"    {also}\n" if also else "") + "END LOOP;\n"
-    return textwrap.indent(text, " " * indent)
-
-
 old_ec = "'koherent._effective_changes(koherent.provenance_entry)'::regprocedure"
-out.append("""DO $upgrade$
+# (grants kept through koherent._regrant, expose()'s: made before the block that uses it)
+out.append(function(GQL, "_regrant").replace("CREATE OR REPLACE FUNCTION", "CREATE FUNCTION", 1) + """DO $upgrade$
 DECLARE
     acl aclitem[];
     acl_owner oid;
@@ -95,7 +82,8 @@ BEGIN
 """ + view + function(GQL, "_effective_changes").replace("CREATE OR REPLACE FUNCTION", "CREATE FUNCTION", 1)
            + """COMMENT ON FUNCTION koherent._effective_changes(koherent.provenance_entry) IS E'@omit';
     REVOKE EXECUTE ON FUNCTION koherent._effective_changes(koherent.provenance_entry) FROM PUBLIC;
-""" + regrant("acl", "acl_owner", "'koherent._effective_changes(koherent.provenance_entry)'", 4) + node_view + node_fn + task_node + task_fn + """    REVOKE EXECUTE ON FUNCTION koherent._effective_changes(koherent.provenance_entry_node),
+    PERFORM koherent._regrant(acl, acl_owner, 'koherent._effective_changes(koherent.provenance_entry)');
+""" + node_view + node_fn + task_node + task_fn + """    REVOKE EXECUTE ON FUNCTION koherent._effective_changes(koherent.provenance_entry_node),
         koherent._task(koherent.provenance_entry_node) FROM PUBLIC;
     FOR cfg IN SELECT * FROM koherent.tracked_config WHERE dropped_at IS NULL ORDER BY id LOOP
         -- (found by its argument's type, not by name: the table may have been renamed or moved
@@ -115,9 +103,11 @@ BEGIN
             EXECUTE format('ALTER FUNCTION %s OWNER TO %s', sig, f.owner);
             EXECUTE format('COMMENT ON FUNCTION %s IS %L', sig, '@omit');
             EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', sig);
-""" + regrant("f.proacl", "f.proowner", "sig", 12,
-              "EXECUTE format('GRANT EXECUTE ON FUNCTION koherent._effective_changes(koherent.provenance_entry_node), "
-              "koherent._task(koherent.provenance_entry_node) TO %s', g.grantee);") + """        END LOOP;
+            FOR g IN SELECT * FROM koherent._regrant(f.proacl, f.proowner, sig) r(grantee) LOOP
+                EXECUTE format('GRANT EXECUTE ON FUNCTION koherent._effective_changes(koherent.provenance_entry_node), '
+                               'koherent._task(koherent.provenance_entry_node) TO %s', g.grantee);
+            END LOOP;
+        END LOOP;
     END LOOP;
 END $upgrade$;
 """)
