@@ -195,11 +195,22 @@ def edit_manifest(pkg, f):
     open(path, "w").write(json.dumps(m, indent=2) + "\n")
 
 
+# How an edited line is written again: as export writes its lines (compact, keys in order: the
+# CLI's fast path for plain entries reads those) or spaced (the general path reads those).
+STYLE = {"spaced": False}
+
+
+def dumps(v):
+    if STYLE["spaced"]:
+        return json.dumps(v)
+    return json.dumps(v, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+
+
 def obj_edit(f):
     def apply(line):
         v = json.loads(line)
         f(v)
-        return json.dumps(v) + "\n"
+        return dumps(v) + "\n"
     return apply
 
 
@@ -237,7 +248,7 @@ EDITS = {
     "entry dropped": (lambda p: edit_lines(p, "entries.jsonl", lambda ls: ls[:1] + ls[2:]),
                       "entries.jsonl:2: entry public.item #", "is missing"),
     "entry added": (lambda p: edit_lines(p, "entries.jsonl", lambda ls: ls[:3] + [
-                        json.dumps({**json.loads(ls[2]), "id": json.loads(ls[2])["id"] + 1000}) + "\n"] + ls[3:]),
+                        dumps({**json.loads(ls[2]), "id": json.loads(ls[2])["id"] + 1000}) + "\n"] + ls[3:]),
                     "entries.jsonl:4: ", "not one of the entries transaction"),
     "entries reordered": (lambda p: edit_lines(p, "entries.jsonl", lambda ls: [ls[1], ls[0]] + ls[2:]),
                           "entries.jsonl:2: ", "out of order"),
@@ -315,8 +326,12 @@ EDITS = {
 }
 
 
-@pytest.mark.parametrize("case", list(EDITS))
-def test_every_edit_is_named_by_file_and_line(package, case):
+@pytest.mark.parametrize("case,style", [(c, s) for c in EDITS
+                                        for s in (["compact", "spaced"] if c.startswith("entr") else ["compact"])])
+def test_every_edit_is_named_by_file_and_line(package, case, style, monkeypatch):
+    """(entries' edits both ways: written compact, the fast path for plain entries judges the
+    line; spaced, the general path)"""
+    monkeypatch.setitem(STYLE, "spaced", style == "spaced")
     edit, where, what = EDITS[case]
     before = {n: open(os.path.join(package, n), "rb").read() for n in FILES}
     edit(package)
@@ -482,3 +497,35 @@ def test_values_named_by_search_path_export_as_sealed(item, tmp_path):
     # (history keeps a domain's value as its base type: the regclass's oid, as documented)
     oid = db.one("SELECT 'item'::regclass::oid")
     assert sorted(line["row"].values(), key=str) == sorted([1, "{public.item,pg_class}", oid], key=str)
+
+
+def test_entries_of_every_kind_of_value_verify_and_their_edits_are_named(db, tmp_path):
+    """Values the fast path for plain entries leaves to the general path (jsonb objects and
+    arrays, strings with escapes, non-ASCII text) beside plain ones, in one package: it verifies
+    intact, and an edit of either kind of line is named by its line."""
+    db.sql("CREATE TABLE odd (id int PRIMARY KEY, doc jsonb, t text, n numeric, k text)")
+    db.sql("SELECT koherent.track('odd')")
+    write(db, ["INSERT INTO odd VALUES (1, '{\"b\": [1, {\"z\": null}], \"a\": \"x\\ny\"}', E'tab\\there \"q\"', 1.50, 'ü'),"
+               " (2, NULL, 'plain', 2, 'k'), (3, '[]', E'nl\\n', -0.0, 'é')",
+               "UPDATE odd SET doc = jsonb_set(doc, '{a}', '\"new\"') WHERE id = 1",
+               "UPDATE odd SET n = 3 WHERE id = 2"], mint("task-1"))
+    db.one("SELECT koherent.seal()")
+    out = str(tmp_path / "odd")
+    r = export(db, out, "--task", "task-1")
+    assert r.returncode == 0, r.stderr
+    r = verify(out)
+    assert r.returncode == 0 and ": intact: 1 tasks, 1 transactions, 5 entries" in r.stdout, (r.stdout, r.stderr)
+    lines = open(os.path.join(out, "entries.jsonl")).read().splitlines()
+    got = [json.loads(l) for l in lines]
+    assert [(e["kind"], e["changes"]) for e in got] == [("CREATE", [])] * 3 + [("UPDATE", [col(out, "doc")]), ("UPDATE", [col(out, "n")])]
+    assert got[0]["row"][col(out, "doc")] == {"a": "x\ny", "b": [1, {"z": None}]}
+    assert got[0]["row"][col(out, "t")] == 'tab\there "q"' and got[2]["row"][col(out, "k")] == "é"
+    assert '"n":' not in lines[0] and f'"{col(out, "n")}":1.50' in lines[0]  # numbers as written
+    # a value inside the jsonb of line 4 (general path), a number of line 5 (plain: fast path)
+    replace_in(out, "entries.jsonl", '"new"', '"old"')
+    replace_in(out, "entries.jsonl", f'"{col(out, "n")}":3,', f'"{col(out, "n")}":4,')
+    r = verify(out)
+    assert r.returncode == 1
+    problems = [l for l in r.stdout.splitlines() if l.startswith("entries.jsonl:")]
+    assert [p.split(":")[1] for p in problems] == ["4", "5"], r.stdout
+    assert all("values are not the ones sealed" in p for p in problems), problems

@@ -3,6 +3,7 @@
 
 pub mod export;
 pub mod package;
+mod plain;
 mod progress;
 pub mod show;
 pub mod verify;

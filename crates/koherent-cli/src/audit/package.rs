@@ -163,6 +163,7 @@ impl Names {
 
 /// An entry's graph elements, as their lines (without the separating comma): its node, the
 /// `wrote` edge from its transaction, its row's id and node, the `changed` edge to the row.
+#[derive(Debug, PartialEq)]
 pub struct EntryElements {
     node: String,
     wrote: Option<String>,
@@ -175,21 +176,49 @@ impl EntryElements {
     /// (written as serde_json writes the objects, keys in order: a 4th of verify's time went
     /// into building and writing them as `Value`s)
     pub fn of(table: &Value, e: &Map<String, Value>, names: &Names) -> EntryElements {
-        fn put(out: &mut Vec<u8>, v: &(impl serde::Serialize + ?Sized)) {
+        let json = |v: &Value| serde_json::to_string(v).expect("JSON");
+        let config = e.get("config").and_then(Value::as_i64).unwrap_or(-1);
+        let id = format!("entry:{}/{}", config, e.get("id").unwrap_or(&Value::Null));
+        let key = names.row_key(e);
+        EntryElements::from_texts(
+            &json(e.get("date").unwrap_or(&Value::Null)),
+            &id,
+            &json(e.get("kind").unwrap_or(&Value::Null)),
+            &json(table),
+            e.get("context").and_then(Value::as_str),
+            table.as_str().unwrap_or(""),
+            &ledger::canonical(&key),
+            &json(&key),
+        )
+    }
+
+    /// The elements of an entry given as texts: its date, kind and table as JSON, its entry id,
+    /// context id (a string's), table name, and row key as canonical JSON (the row's id) and
+    /// as serde_json writes it (the row node's `key`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_texts(
+        date: &str,
+        id: &str,
+        kind: &str,
+        table: &str,
+        context: Option<&str>,
+        table_name: &str,
+        key_canonical: &str,
+        key: &str,
+    ) -> EntryElements {
+        fn put(out: &mut Vec<u8>, v: &str) {
             serde_json::to_writer(&mut *out, v).expect("JSON");
         }
         let text = |b: Vec<u8>| String::from_utf8(b).expect("JSON is UTF-8");
-        let config = e.get("config").and_then(Value::as_i64).unwrap_or(-1);
-        let id = format!("entry:{}/{}", config, e.get("id").unwrap_or(&Value::Null));
         let mut b = Vec::with_capacity(160);
         b.extend_from_slice(b"{\"date\":");
-        put(&mut b, &e.get("date"));
+        b.extend_from_slice(date.as_bytes());
         b.extend_from_slice(b",\"group\":\"node\",\"id\":");
-        put(&mut b, id.as_str());
+        put(&mut b, id);
         b.extend_from_slice(b",\"kind\":");
-        put(&mut b, &e.get("kind"));
+        b.extend_from_slice(kind.as_bytes());
         b.extend_from_slice(b",\"table\":");
-        put(&mut b, table);
+        b.extend_from_slice(table.as_bytes());
         b.extend_from_slice(b",\"type\":\"entry\"}");
         let node = text(b);
         let edge = |from: &str, to: &str, kind: &str| {
@@ -203,24 +232,16 @@ impl EntryElements {
             b.push(b'}');
             text(b)
         };
-        let wrote = e
-            .get("context")
-            .and_then(Value::as_str)
-            .map(|ctx| edge(&format!("context:{ctx}"), &id, "wrote"));
-        let key = names.row_key(e);
-        let row = format!(
-            "row:{}:{}",
-            table.as_str().unwrap_or(""),
-            ledger::canonical(&key)
-        );
-        let changed = edge(&id, &row, "changed");
+        let wrote = context.map(|ctx| edge(&format!("context:{ctx}"), id, "wrote"));
+        let row = format!("row:{table_name}:{key_canonical}");
+        let changed = edge(id, &row, "changed");
         let mut b = Vec::with_capacity(160);
         b.extend_from_slice(b"{\"group\":\"node\",\"id\":");
         put(&mut b, row.as_str());
         b.extend_from_slice(b",\"key\":");
-        put(&mut b, &key);
+        b.extend_from_slice(key.as_bytes());
         b.extend_from_slice(b",\"table\":");
-        put(&mut b, table);
+        b.extend_from_slice(table.as_bytes());
         b.extend_from_slice(b",\"type\":\"row\"}");
         let row_node = text(b);
         EntryElements {
@@ -297,16 +318,6 @@ impl<'a> Graph<'a> {
             )?;
         }
         Ok(())
-    }
-
-    /// An entry: its table's name and its record.
-    pub fn entry(
-        &mut self,
-        table: &Value,
-        e: &Map<String, Value>,
-        names: &Names,
-    ) -> Result<(), String> {
-        self.entry_elements(&EntryElements::of(table, e, names))
     }
 
     /// An entry's elements, made beforehand (by another thread): the row's node goes out the
