@@ -26,6 +26,11 @@ CREATE TABLE koherent.task (
     claims              jsonb NOT NULL,
     token               text NOT NULL,
     created_at          timestamptz NOT NULL DEFAULT now(),
+    -- the organization the task ran in (the token's claim koherent.organization_claim names,
+    -- else the koherent.organization setting of the transaction that wrote it first), and the
+    -- local user the resolver found for assigner_sub (koherent.set_user_resolver); null: none
+    organization        text,
+    assigner_user       jsonb,
     PRIMARY KEY (task_id, issuer)
 );
 CREATE INDEX task_parent_idx ON koherent.task (parent_task_id) WHERE parent_task_id IS NOT NULL;
@@ -46,7 +51,11 @@ CREATE TABLE koherent.transaction_auth_context (
     client_addr      inet,
     backend_pid      integer NOT NULL,
     created_at       timestamptz NOT NULL DEFAULT now(),
-    metadata         jsonb NOT NULL DEFAULT '{}'
+    metadata         jsonb NOT NULL DEFAULT '{}',
+    -- the organization the transaction wrote in (its task's, else the koherent.organization
+    -- setting) and the user the application says it acts for (the koherent.app_user setting)
+    organization     text,
+    app_user         text
 );
 CREATE INDEX transaction_auth_context_task_idx
     ON koherent.transaction_auth_context (task_id, issuer) WHERE task_id IS NOT NULL;
@@ -80,6 +89,17 @@ CREATE TABLE koherent.agent_binding_store (
 COMMENT ON TABLE koherent.agent_binding_store IS
   'koherent: roles allowed to present the tokens of an agent (issuer, act.cid). Write through bind_agent / unbind_agent.';
 SELECT pg_catalog.pg_extension_config_dump('koherent.agent_binding_store', '');
+
+-- The local user resolver (koherent.set_user_resolver): at most one row.
+CREATE TABLE koherent.user_resolver (
+    one      boolean PRIMARY KEY DEFAULT true CHECK (one),
+    resolver regprocedure NOT NULL,
+    set_by   text NOT NULL DEFAULT current_user,
+    set_at   timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE koherent.user_resolver IS
+  'koherent: the function that finds the local user of a new task''s assigner (issuer, sub) -> jsonb. Write through set_user_resolver.';
+SELECT pg_catalog.pg_extension_config_dump('koherent.user_resolver', '');
 
 -- What is tracked. One row per tracking of a table (a dropped table keeps its row).
 CREATE TABLE koherent.tracked_config (

@@ -36,13 +36,16 @@ GRANT EXECUTE ON FUNCTION
     koherent._revert_plan(uuid, uuid[]), koherent._revert_plan_prepare(uuid, uuid[]),
     koherent._revert_plan_rest(uuid, uuid[], integer[]), koherent._revert_task_contexts(uuid, text, boolean),
     koherent._revert_context_check(uuid, uuid), koherent._revert_task(uuid, text, boolean, text),
-    koherent._revert_context(uuid, uuid, text)
+    koherent._revert_context(uuid, uuid, text),
+    -- called by provenance_entry with the reader's rights: whether row-level security on the
+    -- contexts lets the reader see an entry's transaction (it asks as the reader)
+    koherent._context_rls(), koherent._context_visible(uuid)
   TO PUBLIC;
 
 
 REVOKE EXECUTE ON FUNCTION koherent.expose(regclass, regrole), koherent.unexpose(regclass), koherent._graphql_schema(), koherent._expose_owner_check(text),
     koherent._regrant(aclitem[], oid, text),
-    koherent.task_changes(text, boolean), koherent.provenance_entry_effective_changes(koherent.provenance_entry),
+    koherent.task_changes(text, boolean, text), koherent.provenance_entry_effective_changes(koherent.provenance_entry),
     koherent.provenance_entry_task(koherent.provenance_entry), koherent._entry_select(koherent.tracked_config, text, text),
     koherent._visibility_check(regclass), koherent._caller_is_auditor(), koherent._visible_entry(bigint, regclass),
     koherent._current_life(koherent.tracked_config, text, text)

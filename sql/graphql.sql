@@ -27,7 +27,8 @@ CREATE VIEW koherent.provenance_entry_node AS
 SELECT NULL::bigint AS history_id, NULL::regclass AS table_name, NULL::jsonb AS row_key, NULL::text AS kind,
        NULL::timestamptz AS date, NULL::uuid AS context_id, NULL::text AS db_role, NULL::jsonb AS row_data,
        NULL::text AS task_id, NULL::text AS agent_client_id, NULL::text AS issuer, NULL::text AS changed_by,
-       NULL::text AS table_ident, NULL::text AS effective_role
+       NULL::text AS table_ident, NULL::text AS effective_role, NULL::text AS organization,
+       NULL::text AS app_user
  WHERE false;
 COMMENT ON VIEW koherent.provenance_entry_node IS
 E'@omit\n@graphql({"primary_key_columns": ["history_id"], "description": "koherent: a recorded change of a row, with its attribution"})';
@@ -45,7 +46,7 @@ SELECT NULL::text AS issuer, NULL::text AS task_id, NULL::text AS parent_task_id
        NULL::text AS assigner_sub, NULL::text AS caller_sub, NULL::text AS agent_sub,
        NULL::text AS agent_client_id, NULL::text AS token_id, NULL::text AS args_hash,
        NULL::text AS args_hash_algorithm, NULL::jsonb AS claims, NULL::text AS token,
-       NULL::timestamptz AS created_at
+       NULL::timestamptz AS created_at, NULL::text AS organization, NULL::jsonb AS assigner_user
  WHERE false;
 COMMENT ON VIEW koherent.task_node IS
 E'@omit\n@graphql({"primary_key_columns": ["issuer", "task_id"], "description": "koherent: the verified task of a history entry (token only for auditors)"})';
@@ -155,7 +156,8 @@ BEGIN
         CREATE TYPE koherent_graphql.task_info AS (
             issuer text, task_id text, parent_task_id text, root_task_id text, assigner_sub text,
             caller_sub text, agent_sub text, agent_client_id text, token_id text, args_hash text,
-            args_hash_algorithm text, claims jsonb, token text, created_at timestamptz);
+            args_hash_algorithm text, claims jsonb, token text, created_at timestamptz,
+            organization text, assigner_user jsonb);
         COMMENT ON TYPE koherent_graphql.task_info IS
           'koherent: the verified task of a history entry (token only for auditors).';
     END IF;
@@ -308,7 +310,10 @@ BEGIN
             IF NOT koherent._visible_to_caller(%6$L, ROW(%7$s)) THEN
                 RETURN;
             END IF;
-            RETURN QUERY SELECT * FROM (%4$s WHERE %5$s AND %8$s) e ORDER BY 1;
+            -- (and of those, what row-level security on the contexts lets the caller see)
+            RETURN QUERY SELECT * FROM (%4$s WHERE %5$s AND %8$s
+                AND (NOT (SELECT koherent._context_rls()) OR koherent._context_visible(h.history_context))) e
+              ORDER BY 1;
         END $b$ $f$, nsp, rel || '_provenance', t, koherent._entry_select(cfg, 'provenance_entry'), keymatch,
         chk, (SELECT string_agg(format('rec.%I', k), ', ') FROM unnest(cfg.pk_columns) k),
         koherent._current_life(cfg, 'h', 'rec'));
@@ -339,7 +344,8 @@ BEGIN
                  AND ($3 IS NULL OR c.issuer = $3) AND ($4 IS NULL OR c.changed_by = $4)
                  AND ($5 IS NULL OR h.history_kind = $5) AND ($6 IS NULL OR h.history_date >= $6)
                  AND ($7 IS NULL OR h.history_date < $7)
-                 AND %7$s) k
+                 AND %7$s
+                 AND (NOT (SELECT koherent._context_rls()) OR koherent._context_visible(h.history_context))) k
              WHERE koherent._visible_to_caller(%5$L, ROW(%6$s))
         $b$ $f$, '_filter_keys_' || cfg.id, keytypes,
         (SELECT string_agg(format('h.%I', k), ', ') FROM unnest(cfg.pk_columns) k), cfg.history_table,

@@ -25,6 +25,44 @@ LANGUAGE c STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'koherent_jsonb_object';
 DROP FUNCTION koherent._revert_threads_sql(koherent.tracked_config);
 DROP FUNCTION koherent._entry_select(koherent.tracked_config, text);
 
+-- who a task's people are: its organization and local assigner, a transaction's organization
+-- and application user (existing rows: null), the local user resolver
+ALTER TABLE koherent.task ADD COLUMN organization text, ADD COLUMN assigner_user jsonb;
+ALTER TABLE koherent.transaction_auth_context ADD COLUMN organization text, ADD COLUMN app_user text;
+ALTER TYPE koherent.task_info ADD ATTRIBUTE organization text, ADD ATTRIBUTE assigner_user jsonb;
+-- The local user resolver (koherent.set_user_resolver): at most one row.
+CREATE TABLE koherent.user_resolver (
+    one      boolean PRIMARY KEY DEFAULT true CHECK (one),
+    resolver regprocedure NOT NULL,
+    set_by   text NOT NULL DEFAULT current_user,
+    set_at   timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE koherent.user_resolver IS
+  'koherent: the function that finds the local user of a new task''s assigner (issuer, sub) -> jsonb. Write through set_user_resolver.';
+SELECT pg_catalog.pg_extension_config_dump('koherent.user_resolver', '');
+CREATE FUNCTION koherent._context_visible(ctx uuid) RETURNS boolean
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT koherent._context_rls() THEN
+        RETURN true;
+    END IF;
+    RETURN ctx IS NOT NULL
+       AND koherent._visible_to_caller('SELECT 1 FROM koherent.transaction_auth_context t WHERE t.id = $1', ROW(ctx));
+END $$;
+CREATE FUNCTION koherent._context_rls() RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT c.relrowsecurity FROM pg_catalog.pg_class c WHERE c.oid = 'koherent.transaction_auth_context'::regclass
+$$;
+CREATE OR REPLACE VIEW koherent.provenance_entry AS
+SELECT e.history_id, e.table_name, e.row_key, e.kind, e.date, e.context_id, c.db_role, e.row_data,
+       c.task_id, c.client_id AS agent_client_id, c.issuer, c.changed_by, e.table_ident,
+       c.effective_role, c.organization, c.app_user
+  FROM koherent._history_all e
+  LEFT JOIN koherent.transaction_auth_context c ON c.id = e.context_id
+ -- (row-level security on the contexts: only what the reader may see; README, "Organizations".
+ -- Without it, the first test is true once per query and nothing is asked per entry)
+ WHERE NOT (SELECT koherent._context_rls()) OR koherent._context_visible(e.context_id);
+
 CREATE FUNCTION koherent._regrant(acl aclitem[], owner oid, sig text) RETURNS SETOF text
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -65,7 +103,8 @@ CREATE VIEW koherent.provenance_entry_node AS
 SELECT NULL::bigint AS history_id, NULL::regclass AS table_name, NULL::jsonb AS row_key, NULL::text AS kind,
        NULL::timestamptz AS date, NULL::uuid AS context_id, NULL::text AS db_role, NULL::jsonb AS row_data,
        NULL::text AS task_id, NULL::text AS agent_client_id, NULL::text AS issuer, NULL::text AS changed_by,
-       NULL::text AS table_ident, NULL::text AS effective_role
+       NULL::text AS table_ident, NULL::text AS effective_role, NULL::text AS organization,
+       NULL::text AS app_user
  WHERE false;
 COMMENT ON VIEW koherent.provenance_entry_node IS
 E'@omit\n@graphql({"primary_key_columns": ["history_id"], "description": "koherent: a recorded change of a row, with its attribution"})';
@@ -79,7 +118,7 @@ SELECT NULL::text AS issuer, NULL::text AS task_id, NULL::text AS parent_task_id
        NULL::text AS assigner_sub, NULL::text AS caller_sub, NULL::text AS agent_sub,
        NULL::text AS agent_client_id, NULL::text AS token_id, NULL::text AS args_hash,
        NULL::text AS args_hash_algorithm, NULL::jsonb AS claims, NULL::text AS token,
-       NULL::timestamptz AS created_at
+       NULL::timestamptz AS created_at, NULL::text AS organization, NULL::jsonb AS assigner_user
  WHERE false;
 COMMENT ON VIEW koherent.task_node IS
 E'@omit\n@graphql({"primary_key_columns": ["issuer", "task_id"], "description": "koherent: the verified task of a history entry (token only for auditors)"})';
@@ -120,6 +159,53 @@ COMMENT ON FUNCTION koherent._task(koherent.provenance_entry_node) IS E'@omit';
             END LOOP;
         END LOOP;
     END LOOP;
+    -- the <table>_provenance that expose() made before 0.7.0 return koherent.provenance_entry,
+    -- which has two more columns now (organization, app_user): their generated query gains them
+    -- (same owner, grants and comment; until expose() makes them again with 0.7.0's types)
+    FOR f IN SELECT p.oid, p.oid::regprocedure::text AS sig, p.proowner::regrole::text AS owner, p.proowner,
+                    p.proacl, pg_catalog.pg_get_functiondef(p.oid) AS def,
+                    pg_catalog.obj_description(p.oid, 'pg_proc') AS comment
+               FROM pg_catalog.pg_proc p
+              WHERE p.prorettype = 'koherent.provenance_entry'::regtype AND p.proretset AND p.prosecdef
+                AND p.prosrc LIKE '%, c.effective_role FROM koherent\_history.%'
+                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                                 WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e') LOOP
+        EXECUTE format('DROP FUNCTION %s', f.sig);
+        -- (and the check that row-level security on the contexts lets the caller see an entry)
+        EXECUTE replace(replace(f.def, ', c.effective_role FROM koherent_history.',
+                                ', c.effective_role, c.organization, c.app_user FROM koherent_history.'),
+                        ') e ORDER BY 1;', E'
+                AND (NOT (SELECT koherent._context_rls()) OR koherent._context_visible(h.history_context))) e
+              ORDER BY 1;');
+        EXECUTE format('ALTER EXTENSION koherent DROP FUNCTION %s', f.sig);
+        EXECUTE format('ALTER FUNCTION %s OWNER TO %s', f.sig, f.owner);
+        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f.sig);
+        EXECUTE format('COMMENT ON FUNCTION %s IS %L', f.sig, f.comment);
+        PERFORM koherent._regrant(f.proacl, f.proowner, f.sig);
+    END LOOP;
+    -- the history lookups of <table>_by_provenance (koherent._filter_keys_<config>) gain that check
+    -- (named with their schema: the script's search_path has koherent, _regrant's does not)
+    FOR f IN SELECT p.oid, pg_catalog.format('koherent.%I(%s)', p.proname, pg_catalog.oidvectortypes(p.proargtypes)) AS sig,
+                    p.proowner::regrole::text AS owner, p.proowner,
+                    p.proacl, pg_catalog.pg_get_functiondef(p.oid) AS def,
+                    pg_catalog.obj_description(p.oid, 'pg_proc') AS comment
+               FROM pg_catalog.pg_proc p
+              WHERE p.pronamespace = 'koherent'::regnamespace AND p.proname LIKE '\_filter\_keys\_%'
+                AND p.prosrc NOT LIKE '%koherent._context_visible%'
+                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                                 WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e') LOOP
+        EXECUTE format('DROP FUNCTION %s', f.sig);
+        EXECUTE replace(f.def, E') k
+             WHERE koherent._visible_to_caller(',
+                        E'
+                 AND (NOT (SELECT koherent._context_rls()) OR koherent._context_visible(h.history_context))) k
+             WHERE koherent._visible_to_caller(');
+        EXECUTE format('ALTER EXTENSION koherent DROP FUNCTION %s', f.sig);
+        EXECUTE format('ALTER FUNCTION %s OWNER TO %s', f.sig, f.owner);
+        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f.sig);
+        EXECUTE format('COMMENT ON FUNCTION %s IS %L', f.sig, f.comment);
+        PERFORM koherent._regrant(f.proacl, f.proowner, f.sig);
+    END LOOP;
 END $upgrade$;
 
 CREATE OR REPLACE FUNCTION koherent._entry_select(cfg koherent.tracked_config, shape text, contexts text DEFAULT NULL)
@@ -143,7 +229,7 @@ BEGIN
         koherent._row_data_expr(hist),
         CASE WHEN attributed THEN 'c.task_id, c.client_id AS agent_client_id, c.issuer, c.changed_by, ' ELSE '' END,
         format('%I.%I', cfg.schema_name, cfg.table_name),
-        CASE WHEN attributed THEN ', c.effective_role' ELSE '' END,
+        CASE WHEN attributed THEN ', c.effective_role, c.organization, c.app_user' ELSE '' END,
         cfg.history_table,
         CASE WHEN attributed
              THEN ' LEFT JOIN koherent.transaction_auth_context c ON c.id = h.history_context'
@@ -1372,7 +1458,45 @@ BEGIN
     END IF;
 END $$;
 
-CREATE OR REPLACE FUNCTION koherent.task_changes(task_id text, include_subtasks boolean DEFAULT false)
+CREATE OR REPLACE FUNCTION koherent._visible_entry(history_id bigint, table_name regclass,
+                                        OUT visible boolean, OUT context_id uuid)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cfg koherent.tracked_config;
+    auditor boolean := koherent._caller_is_auditor();
+    caller oid := koherent._caller();
+BEGIN
+    visible := false;
+    SELECT * INTO cfg FROM koherent.tracked_config c WHERE c.relid = _visible_entry.table_name
+     ORDER BY c.dropped_at IS NULL DESC LIMIT 1;
+    IF NOT FOUND OR to_regclass(format('koherent_history.%I', cfg.history_table)) IS NULL THEN
+        RETURN;
+    END IF;
+    IF NOT auditor THEN
+        -- no privilege to read the table's keys: nothing, and no error that would tell which
+        -- history ids belong to it
+        IF cfg.dropped_at IS NOT NULL
+           OR NOT (has_table_privilege(caller, cfg.relid, 'SELECT')
+                   OR (SELECT bool_and(has_column_privilege(caller, cfg.relid, k, 'SELECT'))
+                         FROM unnest(cfg.pk_columns) k)) THEN
+            RETURN;
+        END IF;
+    END IF;
+    EXECUTE format('SELECT h.history_context, $3 OR (%s AND koherent._visible_to_caller($2, ROW(%s))) '
+                   'FROM koherent_history.%I h WHERE h.history_id = $1',
+                   koherent._current_life(cfg, 'h', 'h'),
+                   (SELECT string_agg(format('h.%I', k), ', ') FROM unnest(cfg.pk_columns) k),
+                   cfg.history_table)
+       INTO context_id, visible
+      USING _visible_entry.history_id, koherent._visibility_check(cfg.relid), auditor;
+    visible := coalesce(visible, false) AND koherent._context_visible(context_id);
+    IF NOT visible THEN
+        context_id := NULL;
+    END IF;
+END $$;
+
+CREATE OR REPLACE FUNCTION koherent.task_changes(task_id text, include_subtasks boolean DEFAULT false,
+                                      organization text DEFAULT NULL)
 RETURNS SETOF koherent.provenance_entry
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 -- index lookups: parallel workers and JIT compilation cost more than they save (a task with
@@ -1390,6 +1514,14 @@ BEGIN
     ctx := koherent._task_contexts(task_id, include_subtasks);
     IF ctx IS NULL OR cardinality(ctx) = 0 THEN
         RETURN;
+    END IF;
+    -- only the transactions of that organization, and (row-level security on the contexts) only
+    -- those the caller may see
+    IF task_changes.organization IS NOT NULL OR koherent._context_rls() THEN
+        ctx := ARRAY(SELECT x.id FROM koherent.transaction_auth_context x
+                      WHERE x.id = ANY (ctx)
+                        AND (task_changes.organization IS NULL OR x.organization = task_changes.organization)
+                        AND koherent._context_visible(x.id));
     END IF;
     unsealed := ARRAY(SELECT u FROM unnest(ctx) u
                        WHERE NOT EXISTS (SELECT 1 FROM koherent.ledger_context l WHERE l.context_id = u));
@@ -1417,8 +1549,45 @@ BEGIN
     RETURN QUERY EXECUTE 'SELECT * FROM (' || branches || ') e ORDER BY 1'
       USING sealed, unsealed, koherent._contexts_since(unsealed), ctx;
 END $$;
-COMMENT ON FUNCTION koherent.task_changes(text, boolean) IS
-  'Every change one task made, across all tracked tables, in order; include_subtasks follows parent_task_id and root_task_id.';
+COMMENT ON FUNCTION koherent.task_changes(text, boolean, text) IS
+  'Every change one task made, across all tracked tables, in order; include_subtasks follows parent_task_id and root_task_id; organization keeps the transactions written in that organization.';
+
+CREATE OR REPLACE FUNCTION koherent.current_task() RETURNS koherent.task
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT ROW(c->>'iss', c->>'tsk', c->>'ptk', c->>'rtk', c->>'rcb', c->>'sub',
+               c->'act'->>'sub', c->'act'->>'cid', c->>'jti', c->>'ahs', c->>'aha',
+               c - '__token', c->>'__token', NULL, NULL, NULL)::koherent.task
+      FROM koherent._current_task_claims() c
+     WHERE c IS NOT NULL
+$$;
+COMMENT ON FUNCTION koherent.current_task() IS
+  'The verified task of the current transaction (null when none); created_at, organization and assigner_user are null until its row is written.';
+
+CREATE OR REPLACE FUNCTION koherent.set_user_resolver(resolver regprocedure) RETURNS void
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    p pg_proc;
+BEGIN
+    IF resolver IS NULL THEN
+        DELETE FROM koherent.user_resolver;
+        RETURN;
+    END IF;
+    SELECT * INTO p FROM pg_proc WHERE oid = resolver;
+    IF p.prokind <> 'f' OR p.proretset OR p.prorettype <> 'jsonb'::regtype OR p.pronargs <> 2
+       OR p.proargtypes[0] <> 'text'::regtype OR p.proargtypes[1] <> 'text'::regtype THEN
+        RAISE EXCEPTION 'koherent: a user resolver takes (issuer text, sub text) and returns jsonb; % does not', resolver
+            USING ERRCODE = '22023';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM unnest(p.proconfig) c WHERE c LIKE 'search_path=%') THEN
+        RAISE EXCEPTION 'koherent: the user resolver % does not pin its search_path', resolver
+            USING ERRCODE = '22023',
+                  HINT = 'ALTER FUNCTION ... SET search_path = pg_catalog, pg_temp, and name its tables with their schema: it runs inside other roles'' writes.';
+    END IF;
+    INSERT INTO koherent.user_resolver (resolver) VALUES (resolver)
+        ON CONFLICT (one) DO UPDATE SET resolver = EXCLUDED.resolver, set_by = current_user, set_at = now();
+END $$;
+COMMENT ON FUNCTION koherent.set_user_resolver(regprocedure) IS
+  'Name the function (issuer text, sub text) RETURNS jsonb that finds a new task''s local assigner (null: none). Extension owner only.';
 
 CREATE OR REPLACE FUNCTION koherent._graphql_schema() RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -1496,7 +1665,8 @@ BEGIN
         CREATE TYPE koherent_graphql.task_info AS (
             issuer text, task_id text, parent_task_id text, root_task_id text, assigner_sub text,
             caller_sub text, agent_sub text, agent_client_id text, token_id text, args_hash text,
-            args_hash_algorithm text, claims jsonb, token text, created_at timestamptz);
+            args_hash_algorithm text, claims jsonb, token text, created_at timestamptz,
+            organization text, assigner_user jsonb);
         COMMENT ON TYPE koherent_graphql.task_info IS
           'koherent: the verified task of a history entry (token only for auditors).';
     END IF;
@@ -1631,7 +1801,10 @@ BEGIN
             IF NOT koherent._visible_to_caller(%6$L, ROW(%7$s)) THEN
                 RETURN;
             END IF;
-            RETURN QUERY SELECT * FROM (%4$s WHERE %5$s AND %8$s) e ORDER BY 1;
+            -- (and of those, what row-level security on the contexts lets the caller see)
+            RETURN QUERY SELECT * FROM (%4$s WHERE %5$s AND %8$s
+                AND (NOT (SELECT koherent._context_rls()) OR koherent._context_visible(h.history_context))) e
+              ORDER BY 1;
         END $b$ $f$, nsp, rel || '_provenance', t, koherent._entry_select(cfg, 'provenance_entry'), keymatch,
         chk, (SELECT string_agg(format('rec.%I', k), ', ') FROM unnest(cfg.pk_columns) k),
         koherent._current_life(cfg, 'h', 'rec'));
@@ -1662,7 +1835,8 @@ BEGIN
                  AND ($3 IS NULL OR c.issuer = $3) AND ($4 IS NULL OR c.changed_by = $4)
                  AND ($5 IS NULL OR h.history_kind = $5) AND ($6 IS NULL OR h.history_date >= $6)
                  AND ($7 IS NULL OR h.history_date < $7)
-                 AND %7$s) k
+                 AND %7$s
+                 AND (NOT (SELECT koherent._context_rls()) OR koherent._context_visible(h.history_context))) k
              WHERE koherent._visible_to_caller(%5$L, ROW(%6$s))
         $b$ $f$, '_filter_keys_' || cfg.id, keytypes,
         (SELECT string_agg(format('h.%I', k), ', ') FROM unnest(cfg.pk_columns) k), cfg.history_table,
@@ -1697,6 +1871,17 @@ BEGIN
                    'koherent: the current rows with at least one recorded change matching all given conditions (exact matches; changedSince inclusive, changedBefore exclusive).');
     PERFORM koherent._expose_as_of(tbl, grant_to);
 END $$;
+
+DO $upgrade$
+DECLARE
+    acl aclitem[];
+    acl_owner oid;
+BEGIN
+    SELECT proacl, proowner INTO acl, acl_owner FROM pg_catalog.pg_proc
+     WHERE oid = 'koherent.task_changes(text, boolean)'::regprocedure;
+    DROP FUNCTION koherent.task_changes(text, boolean);
+    PERFORM koherent._regrant(acl, acl_owner, 'koherent.task_changes(text, boolean, text)');
+END $upgrade$;
 
 -- sql/ledger.sql
 -- koherent: the tamper-evident ledger (koherent-ledger-v1; docs/ledger.md has the format).
@@ -1860,6 +2045,9 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         'agent_sub', t.agent_sub, 'agent_client_id', t.agent_client_id, 'token_id', t.token_id,
         'args_hash', t.args_hash, 'args_hash_algorithm', t.args_hash_algorithm, 'claims', t.claims,
         'token', t.token, 'created_at', koherent._ledger_time(t.created_at))
+        -- (0.7.0's columns only where they hold something: records without them hash as before)
+        || CASE WHEN t.organization IS NULL THEN '{}' ELSE jsonb_build_object('organization', t.organization) END
+        || CASE WHEN t.assigner_user IS NULL THEN '{}' ELSE jsonb_build_object('assigner_user', t.assigner_user) END
 $$;
 
 -- A task row's hash (null for no task: an outer join's row of nulls).
@@ -1877,6 +2065,8 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         'effective_role', to_jsonb(c) -> 'effective_role', 'application_name', c.application_name,
         'client_addr', c.client_addr::text, 'backend_pid', c.backend_pid,
         'created_at', koherent._ledger_time(c.created_at), 'metadata', c.metadata)
+        || jsonb_strip_nulls(jsonb_build_object('organization', to_jsonb(c) -> 'organization',
+                                                'app_user', to_jsonb(c) -> 'app_user'))
 $$;
 
 -- The hash of a context's entry index (where each entry is: configs, ids, hash prefixes).
@@ -2932,12 +3122,16 @@ GRANT EXECUTE ON FUNCTION
     koherent._revert_plan(uuid, uuid[]), koherent._revert_plan_prepare(uuid, uuid[]),
     koherent._revert_plan_rest(uuid, uuid[], integer[]), koherent._revert_task_contexts(uuid, text, boolean),
     koherent._revert_context_check(uuid, uuid), koherent._revert_task(uuid, text, boolean, text),
-    koherent._revert_context(uuid, uuid, text)
+    koherent._revert_context(uuid, uuid, text),
+    -- called by provenance_entry with the reader's rights: whether row-level security on the
+    -- contexts lets the reader see an entry's transaction (it asks as the reader)
+    koherent._context_rls(), koherent._context_visible(uuid)
   TO PUBLIC;
 
 
 REVOKE EXECUTE ON FUNCTION koherent.expose(regclass, regrole), koherent.unexpose(regclass), koherent._graphql_schema(), koherent._expose_owner_check(text),
-    koherent.task_changes(text, boolean), koherent.provenance_entry_effective_changes(koherent.provenance_entry),
+    koherent._regrant(aclitem[], oid, text),
+    koherent.task_changes(text, boolean, text), koherent.provenance_entry_effective_changes(koherent.provenance_entry),
     koherent.provenance_entry_task(koherent.provenance_entry), koherent._entry_select(koherent.tracked_config, text, text),
     koherent._visibility_check(regclass), koherent._caller_is_auditor(), koherent._visible_entry(bigint, regclass),
     koherent._current_life(koherent.tracked_config, text, text)

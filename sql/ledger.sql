@@ -159,6 +159,9 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         'agent_sub', t.agent_sub, 'agent_client_id', t.agent_client_id, 'token_id', t.token_id,
         'args_hash', t.args_hash, 'args_hash_algorithm', t.args_hash_algorithm, 'claims', t.claims,
         'token', t.token, 'created_at', koherent._ledger_time(t.created_at))
+        -- (0.7.0's columns only where they hold something: records without them hash as before)
+        || CASE WHEN t.organization IS NULL THEN '{}' ELSE jsonb_build_object('organization', t.organization) END
+        || CASE WHEN t.assigner_user IS NULL THEN '{}' ELSE jsonb_build_object('assigner_user', t.assigner_user) END
 $$;
 
 -- A task row's hash (null for no task: an outer join's row of nulls).
@@ -176,6 +179,8 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         'effective_role', to_jsonb(c) -> 'effective_role', 'application_name', c.application_name,
         'client_addr', c.client_addr::text, 'backend_pid', c.backend_pid,
         'created_at', koherent._ledger_time(c.created_at), 'metadata', c.metadata)
+        || jsonb_strip_nulls(jsonb_build_object('organization', to_jsonb(c) -> 'organization',
+                                                'app_user', to_jsonb(c) -> 'app_user'))
 $$;
 
 -- The hash of a context's entry index (where each entry is: configs, ids, hash prefixes).

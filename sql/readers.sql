@@ -98,7 +98,7 @@ BEGIN
                    cfg.history_table)
        INTO context_id, visible
       USING _visible_entry.history_id, koherent._visibility_check(cfg.relid), auditor;
-    visible := coalesce(visible, false);
+    visible := coalesce(visible, false) AND koherent._context_visible(context_id);
     IF NOT visible THEN
         context_id := NULL;
     END IF;
@@ -121,7 +121,8 @@ COMMENT ON FUNCTION koherent.provenance_entry_effective_changes(koherent.provena
 CREATE TYPE koherent.task_info AS (
     issuer text, task_id text, parent_task_id text, root_task_id text, assigner_sub text,
     caller_sub text, agent_sub text, agent_client_id text, token_id text, args_hash text,
-    args_hash_algorithm text, claims jsonb, token text, created_at timestamptz);
+    args_hash_algorithm text, claims jsonb, token text, created_at timestamptz,
+    organization text, assigner_user jsonb);
 COMMENT ON TYPE koherent.task_info IS
   'koherent: the verified task of a history entry (token only for auditors).';
 
@@ -173,7 +174,8 @@ $$;
 -- ledger lists for each table (koherent._sealed_conditions, read through the range index: what the
 -- task wrote, not what history holds), the others by the history_context bloom of each history
 -- table's lookup index. VOLATILE: it may summarize BRIN ranges (koherent._summarize) first.
-CREATE FUNCTION koherent.task_changes(task_id text, include_subtasks boolean DEFAULT false)
+CREATE FUNCTION koherent.task_changes(task_id text, include_subtasks boolean DEFAULT false,
+                                      organization text DEFAULT NULL)
 RETURNS SETOF koherent.provenance_entry
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 -- index lookups: parallel workers and JIT compilation cost more than they save (a task with
@@ -191,6 +193,14 @@ BEGIN
     ctx := koherent._task_contexts(task_id, include_subtasks);
     IF ctx IS NULL OR cardinality(ctx) = 0 THEN
         RETURN;
+    END IF;
+    -- only the transactions of that organization, and (row-level security on the contexts) only
+    -- those the caller may see
+    IF task_changes.organization IS NOT NULL OR koherent._context_rls() THEN
+        ctx := ARRAY(SELECT x.id FROM koherent.transaction_auth_context x
+                      WHERE x.id = ANY (ctx)
+                        AND (task_changes.organization IS NULL OR x.organization = task_changes.organization)
+                        AND koherent._context_visible(x.id));
     END IF;
     unsealed := ARRAY(SELECT u FROM unnest(ctx) u
                        WHERE NOT EXISTS (SELECT 1 FROM koherent.ledger_context l WHERE l.context_id = u));
@@ -218,5 +228,5 @@ BEGIN
     RETURN QUERY EXECUTE 'SELECT * FROM (' || branches || ') e ORDER BY 1'
       USING sealed, unsealed, koherent._contexts_since(unsealed), ctx;
 END $$;
-COMMENT ON FUNCTION koherent.task_changes(text, boolean) IS
-  'Every change one task made, across all tracked tables, in order; include_subtasks follows parent_task_id and root_task_id.';
+COMMENT ON FUNCTION koherent.task_changes(text, boolean, text) IS
+  'Every change one task made, across all tracked tables, in order; include_subtasks follows parent_task_id and root_task_id; organization keeps the transactions written in that organization.';

@@ -138,7 +138,7 @@ BEGIN
         koherent._row_data_expr(hist),
         CASE WHEN attributed THEN 'c.task_id, c.client_id AS agent_client_id, c.issuer, c.changed_by, ' ELSE '' END,
         format('%I.%I', cfg.schema_name, cfg.table_name),
-        CASE WHEN attributed THEN ', c.effective_role' ELSE '' END,
+        CASE WHEN attributed THEN ', c.effective_role, c.organization, c.app_user' ELSE '' END,
         cfg.history_table,
         CASE WHEN attributed
              THEN ' LEFT JOIN koherent.transaction_auth_context c ON c.id = h.history_context'
@@ -198,12 +198,36 @@ SELECT NULL::bigint AS history_id, NULL::text AS field, NULL::jsonb AS old_value
 COMMENT ON VIEW koherent.effective_change IS
 E'koherent: one row per field a history entry changed (CREATE: every field, old null; DELETE/TRUNCATE: every field, new null; UPDATE: the fields whose value changed).\n@graphql({"primary_key_columns": ["history_id", "field"]})';
 
+-- Whether the client may see what transaction `ctx` wrote: yes, unless row-level security is on
+-- for koherent.transaction_auth_context (an administrator's policies, for example one that keeps
+-- each organization's history to itself: README, "Organizations"); then only if the client
+-- itself can read that context row (the client then needs SELECT on the table). Every history
+-- reader asks it, as the client.
+CREATE FUNCTION koherent._context_visible(ctx uuid) RETURNS boolean
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT koherent._context_rls() THEN
+        RETURN true;
+    END IF;
+    RETURN ctx IS NOT NULL
+       AND koherent._visible_to_caller('SELECT 1 FROM koherent.transaction_auth_context t WHERE t.id = $1', ROW(ctx));
+END $$;
+
+-- Whether row-level security is on for koherent.transaction_auth_context.
+CREATE FUNCTION koherent._context_rls() RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT c.relrowsecurity FROM pg_catalog.pg_class c WHERE c.oid = 'koherent.transaction_auth_context'::regclass
+$$;
+
 CREATE VIEW koherent.provenance_entry AS
 SELECT e.history_id, e.table_name, e.row_key, e.kind, e.date, e.context_id, c.db_role, e.row_data,
        c.task_id, c.client_id AS agent_client_id, c.issuer, c.changed_by, e.table_ident,
-       c.effective_role
+       c.effective_role, c.organization, c.app_user
   FROM koherent._history_all e
-  LEFT JOIN koherent.transaction_auth_context c ON c.id = e.context_id;
+  LEFT JOIN koherent.transaction_auth_context c ON c.id = e.context_id
+ -- (row-level security on the contexts: only what the reader may see; README, "Organizations".
+ -- Without it, the first test is true once per query and nothing is asked per entry)
+ WHERE NOT (SELECT koherent._context_rls()) OR koherent._context_visible(e.context_id);
 COMMENT ON VIEW koherent.provenance_entry IS
 E'koherent: one row per recorded change across all tracked tables, with its attribution.\n@graphql({"primary_key_columns": ["history_id"]})';
 

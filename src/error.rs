@@ -48,6 +48,11 @@ pub enum KoherentError {
     RevertTwice,
     #[error("koherent cannot act for a role inside a security-restricted operation (ANALYZE, REFRESH MATERIALIZED VIEW, an index expression)")]
     Restricted,
+    /// (the task's own organization is not named: the writer is of another one)
+    #[error("{task} is recorded in another organization than \"{given}\"")]
+    OrganizationMismatch { task: String, given: String },
+    #[error("the token names organization \"{claim}\", the transaction's koherent.organization \"{setting}\"")]
+    OrganizationConflict { claim: String, setting: String },
     #[error("{0} must not be null")]
     NullArgument(&'static str),
     #[error("internal error: {0}")]
@@ -76,7 +81,9 @@ impl KoherentError {
             }
             KoherentError::TaskRequired { .. }
             | KoherentError::KeyRevoked { .. }
-            | KoherentError::PresenterNotBound { .. } => {
+            | KoherentError::PresenterNotBound { .. }
+            | KoherentError::OrganizationMismatch { .. }
+            | KoherentError::OrganizationConflict { .. } => {
                 ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION
             }
             KoherentError::UnpairedUpdate { .. } => ERRCODE_TRIGGERED_DATA_CHANGE_VIOLATION,
@@ -109,6 +116,10 @@ impl KoherentError {
             KoherentError::HistoryOutOfSync(_) => Some("reason: history_out_of_sync".into()),
             KoherentError::NoHistoryPartition { .. } => Some("reason: no_history_partition".into()),
             KoherentError::RevertTwice => Some("reason: revert_twice".into()),
+            KoherentError::OrganizationMismatch { .. }
+            | KoherentError::OrganizationConflict { .. } => {
+                Some("reason: organization_mismatch".into())
+            }
             KoherentError::Restricted => Some("reason: security_restricted".into()),
             _ => None,
         }
@@ -161,6 +172,9 @@ impl KoherentError {
             KoherentError::TaskAlreadyFixed { .. } => {
                 Some("Call koherent.set_task(token) before the transaction's first tracked write.")
             }
+            KoherentError::OrganizationMismatch { .. } | KoherentError::OrganizationConflict { .. } => Some(
+                "A task id belongs to the organization it was first recorded in (the token's koherent.organization_claim, else koherent.organization): write it from that organization.",
+            ),
             KoherentError::RevertTwice => Some(
                 "Commit, then revert the next task in a transaction of its own: each revert's context records what it reverted.",
             ),

@@ -9,8 +9,14 @@
 //! | `koherent.seal_databases` | text | unset | postgresql.conf, read at server start: the databases a background sealer seals (comma-separated; koherent in `shared_preload_libraries`) |
 //! | `koherent.seal_interval` | int (s) | 60 | postgresql.conf (reload): how often the sealer calls `koherent.seal()`; 0 stops it |
 //! | `koherent.row_key_lookup` | bool | on | anyone: off stops the planner deriving `pk = value` from `row_key = '{...}'` (src/planner.rs) |
+//! | `koherent.organization_claim` | text | unset | superuser, as `koherent.audience`: the token claim that names a task's organization |
+//! | `koherent.organization` | text | unset | anyone: the organization the application says this transaction writes in (`set_config(..., true)`, PostGraphile's `pgSettings`), where the token names none |
+//! | `koherent.app_user` | text | unset | anyone: the user the application says the transaction acts for, recorded in its context (`app_user`) |
 //!
-//! The first three weaken or define verification, so they are `PGC_SUSET`: an application
+//! The local user resolver is no setting: `koherent.set_user_resolver(regprocedure)`, the
+//! extension owner's, stores it in `koherent.user_resolver`.
+//!
+//! The first three and `organization_claim` weaken or define verification, so they are `PGC_SUSET`: an application
 //! session cannot change them. A value a non-superuser set as a placeholder before the library
 //! was loaded is refused by PostgreSQL when the library defines the setting.
 
@@ -24,6 +30,10 @@ pub static TASK_TOKEN: GucSetting<Option<CString>> = GucSetting::<Option<CString
 pub static SEAL_DATABASES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static SEAL_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(60);
 pub static ROW_KEY_LOOKUP: GucSetting<bool> = GucSetting::<bool>::new(true);
+pub static ORGANIZATION_CLAIM: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(None);
+pub static ORGANIZATION: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static APP_USER: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 pub fn init() {
     GucRegistry::define_bool_guc(
@@ -88,6 +98,30 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::UNIT_S,
     );
+    GucRegistry::define_string_guc(
+        c"koherent.organization_claim",
+        c"The provenance token claim that names the organization a task runs in.",
+        c"Unset: tasks take their organization from koherent.organization, set by the application.",
+        &ORGANIZATION_CLAIM,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"koherent.organization",
+        c"The organization this transaction writes in, as the application says (where the token names none).",
+        c"Set it with set_config('koherent.organization', org, true), as PostGraphile's pgSettings does.",
+        &ORGANIZATION,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"koherent.app_user",
+        c"The user the application says this transaction acts for: recorded in its context (app_user).",
+        c"Set it with set_config('koherent.app_user', user, true).",
+        &APP_USER,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
     #[cfg(any(feature = "pg15", feature = "pg16", feature = "pg17"))]
     unsafe {
         pgrx::pg_sys::MarkGUCPrefixReserved(c"koherent".as_ptr());
@@ -121,6 +155,25 @@ pub fn audience() -> Option<String> {
         .get()
         .and_then(|c| c.into_string().ok())
         .filter(|s| !s.is_empty())
+}
+
+fn text_setting(s: &GucSetting<Option<CString>>) -> Option<String> {
+    s.get()
+        .and_then(|c| c.into_string().ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+pub fn organization_claim() -> Option<String> {
+    text_setting(&ORGANIZATION_CLAIM)
+}
+
+pub fn organization() -> Option<String> {
+    text_setting(&ORGANIZATION)
+}
+
+pub fn app_user() -> Option<String> {
+    text_setting(&APP_USER)
 }
 
 pub fn task_token() -> Option<String> {

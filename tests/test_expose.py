@@ -88,7 +88,7 @@ def test_graphql_types_live_in_koherent_graphql(item):
         assert forged == [(None,)]
         other = item.one("SELECT max(history_id) FROM koherent_history.item WHERE id = 2")
         fake = (f"ROW({other}, 'item'::regclass, NULL, 'CREATE', now(), NULL, NULL, NULL, NULL, NULL, NULL, NULL, "
-                f"NULL, NULL)::koherent_graphql.provenance_entry")
+                f"NULL, NULL, NULL, NULL)::koherent_graphql.provenance_entry")
         assert c.execute(f"SELECT koherent_graphql.provenance_entry_task({fake}) IS NULL, "
                          f"(SELECT count(*) FROM koherent_graphql.provenance_entry_effective_changes({fake}))"
                          ).fetchall() == [(True, 0)]

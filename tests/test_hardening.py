@@ -250,7 +250,7 @@ def as_reader(db, tenant, role=READER):
 
 def fabricated(hid, table="tdoc", key='{"id": 1}'):
     return (f"ROW({hid}::bigint, '{table}'::regclass, '{key}'::jsonb, 'CREATE', now(), "
-            "NULL::uuid, NULL, NULL::jsonb, NULL, NULL, NULL, NULL, NULL, NULL)::koherent.provenance_entry")
+            "NULL::uuid, NULL, NULL::jsonb, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)::koherent.provenance_entry")
 
 
 def test_reader_gets_history_only_of_rows_it_can_see(tenants):

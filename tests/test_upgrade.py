@@ -312,6 +312,20 @@ def test_upgrade_from_0_6_0(old_db):
     d = old.one("SELECT koherent.seal()")
     assert (d["block"], d["contexts"], d["entries"]) == (1, 2, 3)
     assert old.sql("SELECT * FROM koherent.verify_history(%s)", [json.dumps([d])]) == []
+    # tasks and contexts from before keep null organizations and users; such a task keeps
+    # taking writes, from an organization or none (#16)
+    assert old.sql("SELECT task_id, organization, assigner_user FROM koherent.task ORDER BY 1") == [
+        ("before-upgrade", None, None), ("second", None, None)]
+    assert old.sql("SELECT DISTINCT organization, app_user FROM koherent.provenance_entry") == [(None, None)]
+    with old.conn(user=APP_ROLE, autocommit=False) as c:
+        c.execute("SELECT set_config('koherent.organization', 'acme', true), set_config('koherent.app_user', 'ana', true)")
+        c.execute("SELECT koherent.set_task(%s)", [mint("second")])
+        c.execute("UPDATE item SET qty = 11 WHERE id = 1")
+        c.commit()
+    write(old, "UPDATE item SET qty = 12 WHERE id = 1", mint("second"), user=APP_ROLE)
+    assert old.sql("SELECT task_id, organization, app_user FROM koherent.provenance_entry ORDER BY history_id DESC LIMIT 2") == [
+        ("second", None, None), ("second", "acme", "ana")]
+    assert old.sql("SELECT organization FROM koherent.task WHERE task_id = 'second'") == [(None,)]
     old.sql("ALTER TABLE item ADD COLUMN extra int")
     assert old.one("SELECT max(column_id) > 6 FROM koherent.tracked_column") is True
     write(old, "UPDATE item SET extra = 1 WHERE id = 2", mint("after"), user=APP_ROLE)
@@ -334,7 +348,7 @@ def test_upgrade_from_0_6_0(old_db):
     with old.conn() as c:
         c.execute("SET enable_seqscan = off")
         assert c.execute("SELECT history_kind FROM koherent_history.item WHERE id = 1 ORDER BY history_id"
-                         ).fetchall() == [("CREATE",), ("UPDATE",)]
+                         ).fetchall() == [("CREATE",), ("UPDATE",), ("UPDATE",), ("UPDATE",)]
     old.sql("SELECT koherent.untrack('later')")
     old.sql("DROP TABLE later")
 
@@ -397,6 +411,19 @@ def test_upgrade_from_0_6_0_keeps_the_graphql_grants(old_db):
         got = c.execute("SELECT ch.field, ch.new_value FROM item i, _provenance(i) e, koherent._effective_changes(e) ch "
                         "WHERE i.id = 1 AND ch.field = 'qty'").fetchall()
         assert got == [("qty", "1")]
+    # the functions made before 0.7.0 honour row-level security on the contexts (README,
+    # "Organizations"): the entry from before (no organization) is nobody's under the policy
+    old.sql("ALTER TABLE koherent.transaction_auth_context ENABLE ROW LEVEL SECURITY; "
+            "CREATE POLICY own ON koherent.transaction_auth_context FOR SELECT "
+            "USING (organization IS NOT DISTINCT FROM current_setting('koherent.organization', true))")
+    old.sql(f"GRANT SELECT ON koherent.transaction_auth_context TO {reader}")
+    for org, n in ((None, 1), ("acme", 0)):
+        with old.conn(user=reader) as c:
+            if org:
+                c.execute("SELECT set_config('koherent.organization', %s, false)", [org])
+            assert c.execute("SELECT count(*) FROM item i, item_provenance(i) e WHERE i.id = 1").fetchone()[0] == n
+            assert c.execute("SELECT count(*) FROM item_by_provenance(task_id => 'before-upgrade')").fetchone()[0] == n
+    old.sql("ALTER TABLE koherent.transaction_auth_context DISABLE ROW LEVEL SECURITY")
     # expose() again (README, "Upgrading"): <table>_provenance returns koherent_graphql's type
     # (PostGraphile's default options show it), the reader keeps every field
     assert old.one("SELECT prorettype::regtype::text FROM pg_proc WHERE oid = 'item_provenance(item)'::regprocedure") == \

@@ -14,12 +14,22 @@
 
 export const KOHERENT_HEADER = "rekuest-task";
 
-export function makeKoherentPgSettings(header = KOHERENT_HEADER) {
+// Options: `organization(req)` and `appUser(req)` give, from your own authentication of the
+// request (never from a header the client chooses), the organization the request writes and
+// reads in (koherent.organization: a task keeps to the organization it was recorded in, and a
+// row-level-security policy on the contexts can keep each organization's history to itself) and
+// the user it acts for (koherent.app_user, recorded in the transaction's context).
+export function makeKoherentPgSettings(header = KOHERENT_HEADER, { organization, appUser } = {}) {
   const name = header.toLowerCase();
   return function koherentPgSettings(req) {
     const value = req.headers[name];
     const token = Array.isArray(value) ? value[0] : value;
-    return token && String(token).trim() ? { "koherent.task_token": String(token).trim() } : {};
+    const settings = token && String(token).trim() ? { "koherent.task_token": String(token).trim() } : {};
+    for (const [setting, of] of [["koherent.organization", organization], ["koherent.app_user", appUser]]) {
+      const v = of ? of(req) : undefined;
+      if (v !== undefined && v !== null && String(v) !== "") settings[setting] = String(v);
+    }
+    return settings;
   };
 }
 

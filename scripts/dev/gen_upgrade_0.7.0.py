@@ -13,7 +13,8 @@ CHANGED = {"sql/views.sql": ["_entry_select", "_object_expr", "_table_literal", 
                               "_revert_plan_prepare", "_revert_plan", "revert_plan", "_revert_apply", "_revert_rows"],
            "sql/track.sql": ["track"],
            "sql/indexes.sql": ["_range_index", "_has_lookup_index", "_create_range_index"],
-           "sql/readers.sql": ["task_changes"],
+           "sql/readers.sql": ["_visible_entry", "task_changes"],
+           "sql/tasks.sql": ["current_task", "set_user_resolver"],
            "sql/graphql.sql": ["_graphql_schema", "_expose_owner_check", "expose"]}
 
 
@@ -51,7 +52,19 @@ LANGUAGE c STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'koherent_jsonb_object';
 -- (now take the condition that picks the entries, the contexts the entries are among)
 DROP FUNCTION koherent._revert_threads_sql(koherent.tracked_config);
 DROP FUNCTION koherent._entry_select(koherent.tracked_config, text);
-"""]
+
+-- who a task's people are: its organization and local assigner, a transaction's organization
+-- and application user (existing rows: null), the local user resolver
+ALTER TABLE koherent.task ADD COLUMN organization text, ADD COLUMN assigner_user jsonb;
+ALTER TABLE koherent.transaction_auth_context ADD COLUMN organization text, ADD COLUMN app_user text;
+ALTER TYPE koherent.task_info ADD ATTRIBUTE organization text, ADD ATTRIBUTE assigner_user jsonb;
+""" + re.search(r"^-- The local user resolver \(koherent\.set_user_resolver\).*?pg_extension_config_dump\('koherent\.user_resolver', ''\);\n",
+                open(f"{ROOT}/sql/bootstrap.sql").read(), re.S | re.M).group(0)
+    + "".join(function(open(f"{ROOT}/sql/views.sql").read(), n).replace("CREATE OR REPLACE FUNCTION", "CREATE FUNCTION", 1)
+              for n in ("_context_visible", "_context_rls"))
+    + re.search(r"^CREATE VIEW koherent\.provenance_entry AS.*?;\n", open(f"{ROOT}/sql/views.sql").read(), re.S | re.M)
+        .group(0).replace("CREATE VIEW", "CREATE OR REPLACE VIEW", 1)
+    ]
 # pg_graphql's effectiveChanges: the values as JSON text (a new return type: the function is made
 # again), and its provenance field for readers: rows of koherent.provenance_entry_node (a view with
 # no rows that everyone may read), so the _provenance(rec <table>) that expose() made are made again
@@ -109,12 +122,66 @@ BEGIN
             END LOOP;
         END LOOP;
     END LOOP;
+    -- the <table>_provenance that expose() made before 0.7.0 return koherent.provenance_entry,
+    -- which has two more columns now (organization, app_user): their generated query gains them
+    -- (same owner, grants and comment; until expose() makes them again with 0.7.0's types)
+    FOR f IN SELECT p.oid, p.oid::regprocedure::text AS sig, p.proowner::regrole::text AS owner, p.proowner,
+                    p.proacl, pg_catalog.pg_get_functiondef(p.oid) AS def,
+                    pg_catalog.obj_description(p.oid, 'pg_proc') AS comment
+               FROM pg_catalog.pg_proc p
+              WHERE p.prorettype = 'koherent.provenance_entry'::regtype AND p.proretset AND p.prosecdef
+                AND p.prosrc LIKE '%, c.effective_role FROM koherent\_history.%'
+                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                                 WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e') LOOP
+        EXECUTE format('DROP FUNCTION %s', f.sig);
+        -- (and the check that row-level security on the contexts lets the caller see an entry)
+        EXECUTE replace(replace(f.def, ', c.effective_role FROM koherent_history.',
+                                ', c.effective_role, c.organization, c.app_user FROM koherent_history.'),
+                        ') e ORDER BY 1;', E'\n                AND (NOT (SELECT koherent._context_rls()) OR koherent._context_visible(h.history_context))) e\n              ORDER BY 1;');
+        EXECUTE format('ALTER EXTENSION koherent DROP FUNCTION %s', f.sig);
+        EXECUTE format('ALTER FUNCTION %s OWNER TO %s', f.sig, f.owner);
+        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f.sig);
+        EXECUTE format('COMMENT ON FUNCTION %s IS %L', f.sig, f.comment);
+        PERFORM koherent._regrant(f.proacl, f.proowner, f.sig);
+    END LOOP;
+    -- the history lookups of <table>_by_provenance (koherent._filter_keys_<config>) gain that check
+    -- (named with their schema: the script's search_path has koherent, _regrant's does not)
+    FOR f IN SELECT p.oid, pg_catalog.format('koherent.%I(%s)', p.proname, pg_catalog.oidvectortypes(p.proargtypes)) AS sig,
+                    p.proowner::regrole::text AS owner, p.proowner,
+                    p.proacl, pg_catalog.pg_get_functiondef(p.oid) AS def,
+                    pg_catalog.obj_description(p.oid, 'pg_proc') AS comment
+               FROM pg_catalog.pg_proc p
+              WHERE p.pronamespace = 'koherent'::regnamespace AND p.proname LIKE '\_filter\_keys\_%'
+                AND p.prosrc NOT LIKE '%koherent._context_visible%'
+                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                                 WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e') LOOP
+        EXECUTE format('DROP FUNCTION %s', f.sig);
+        EXECUTE replace(f.def, E') k\n             WHERE koherent._visible_to_caller(',
+                        E'\n                 AND (NOT (SELECT koherent._context_rls()) OR koherent._context_visible(h.history_context))) k\n             WHERE koherent._visible_to_caller(');
+        EXECUTE format('ALTER EXTENSION koherent DROP FUNCTION %s', f.sig);
+        EXECUTE format('ALTER FUNCTION %s OWNER TO %s', f.sig, f.owner);
+        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f.sig);
+        EXECUTE format('COMMENT ON FUNCTION %s IS %L', f.sig, f.comment);
+        PERFORM koherent._regrant(f.proacl, f.proowner, f.sig);
+    END LOOP;
 END $upgrade$;
 """)
 for path, names in CHANGED.items():
     text = open(f"{ROOT}/{path}").read()
     for n in names:
         out.append(function(text, n))
+# task_changes takes an organization now (made above): the old one goes, its grants go to the new
+out.append("""DO $upgrade$
+DECLARE
+    acl aclitem[];
+    acl_owner oid;
+BEGIN
+    SELECT proacl, proowner INTO acl, acl_owner FROM pg_catalog.pg_proc
+     WHERE oid = 'koherent.task_changes(text, boolean)'::regprocedure;
+    DROP FUNCTION koherent.task_changes(text, boolean);
+    PERFORM koherent._regrant(acl, acl_owner, 'koherent.task_changes(text, boolean, text)');
+END $upgrade$;
+""")
 out.append("-- sql/ledger.sql\n" + open(f"{ROOT}/sql/ledger.sql").read())
 out.append("-- sql/audit.sql\n" + open(f"{ROOT}/sql/audit.sql").read())
 out.append("-- sql/retention.sql\n" + open(f"{ROOT}/sql/retention.sql").read())

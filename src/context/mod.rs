@@ -11,6 +11,7 @@
 
 //! [`row`] writes the context row (and the task row).
 
+mod resolver;
 mod row;
 
 use pgrx::pg_sys;
@@ -19,7 +20,7 @@ use pgrx::spi::Spi;
 use pgrx::{JsonB, Uuid};
 use serde_json::{Map, Value};
 use std::cell::RefCell;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::rc::Rc;
 
 use crate::catalog::rel_name;
@@ -28,12 +29,16 @@ use crate::error::{KoherentError, OrRaise};
 use crate::guc;
 use crate::security::outer_role_name;
 use crate::verify::{self, Task};
-use row::{insert_context_row, statements};
+use row::{
+    insert_context_row, recorded_organization, recorded_organization_as_owner, statements, Identity,
+};
 
 /// The context row, once written in this transaction.
 struct Written {
     subid: pg_sys::SubTransactionId,
     task: Option<Rc<Task>>,
+    /// The organization its task row records (for [`KNOWN_TASKS`]).
+    task_organization: Option<String>,
 }
 
 #[derive(Default)]
@@ -49,13 +54,14 @@ struct Xact {
     revert_subid: Option<pg_sys::SubTransactionId>,
 }
 
-/// Tasks whose row this backend saw committed, by (issuer, task id). Their later transactions
-/// write only the context row: the task row exists (task rows are never deleted). Bounded.
+/// Tasks whose row this backend saw committed, by (issuer, task id), with the organization the
+/// row records. Their later transactions write only the context row: the task row exists (task
+/// rows are never deleted, and never change). Bounded.
 const KNOWN_TASKS_MAX: usize = 10_000;
 
 thread_local! {
     static XACT: RefCell<Xact> = RefCell::new(Xact::default());
-    static KNOWN_TASKS: RefCell<HashSet<(String, String)>> = RefCell::new(HashSet::new());
+    static KNOWN_TASKS: RefCell<HashMap<(String, String), Option<String>>> = RefCell::new(HashMap::new());
 }
 
 #[pg_guard]
@@ -66,18 +72,19 @@ unsafe extern "C-unwind" fn xact_callback(
     use pg_sys::XactEvent::*;
     if matches!(event, XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT) {
         let written = XACT.with(|x| {
-            x.borrow()
-                .written
-                .as_ref()
-                .and_then(|w| w.task.as_ref().map(|t| t.key()))
+            x.borrow().written.as_ref().and_then(|w| {
+                w.task
+                    .as_ref()
+                    .map(|t| (t.key(), w.task_organization.clone()))
+            })
         });
-        if let Some(key) = written {
+        if let Some((key, organization)) = written {
             KNOWN_TASKS.with(|k| {
                 let mut k = k.borrow_mut();
                 if k.len() >= KNOWN_TASKS_MAX {
                     k.clear();
                 }
-                k.insert(key);
+                k.insert(key, organization);
             });
         }
     }
@@ -171,6 +178,20 @@ pub fn set_task(token: &str, args: Option<Option<JsonB>>) -> FlatJsonb {
             .raise(),
         }
     }
+    // a task recorded in another organization is refused now, not only at the first write
+    if let Some(org) = write_organization(Some(&task)).or_raise() {
+        let known = KNOWN_TASKS.with(|k| k.borrow().get(&task.key()).cloned());
+        let recorded = known
+            .or_else(|| recorded_organization_as_owner(&task.claims.iss, &task.claims.tsk))
+            .flatten();
+        if recorded.is_some_and(|r| r != org) {
+            KoherentError::OrganizationMismatch {
+                task: task.label(),
+                given: org,
+            }
+            .raise();
+        }
+    }
     let subid = unsafe { pg_sys::GetCurrentSubTransactionId() };
     let out = task.claims_jsonb();
     XACT.with(|x| {
@@ -180,6 +201,42 @@ pub fn set_task(token: &str, args: Option<Option<JsonB>>) -> FlatJsonb {
     });
     warn_outside_block("koherent.set_task");
     out
+}
+
+/// The organization this transaction writes in: the one its task's token names (the claim
+/// `koherent.organization_claim` names: a string, or a number as written), else the
+/// application's `koherent.organization` setting. Both given and different: refused.
+fn write_organization(task: Option<&Task>) -> Result<Option<String>, KoherentError> {
+    let setting = guc::organization();
+    let claim = task.and_then(|t| {
+        let name = guc::organization_claim()?;
+        match t.claims.payload.get(&name)? {
+            Value::String(s) if !s.is_empty() => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        }
+    });
+    match (claim, setting) {
+        (Some(c), Some(s)) if c != s => Err(KoherentError::OrganizationConflict {
+            claim: c,
+            setting: s,
+        }),
+        (Some(c), _) => Ok(Some(c)),
+        (None, s) => Ok(s),
+    }
+}
+
+/// Refuse a write in organization `given` to a task recorded in another.
+fn check_organization(task: &Task, recorded: &Option<String>, given: &Option<String>) {
+    if let (Some(r), Some(g)) = (recorded, given) {
+        if r != g {
+            KoherentError::OrganizationMismatch {
+                task: task.label(),
+                given: g.clone(),
+            }
+            .raise();
+        }
+    }
 }
 
 /// The task this transaction writes under: set_task's, else a token given by setting.
@@ -394,47 +451,84 @@ pub fn write_context(require_task: bool, relid: pg_sys::Oid) -> Uuid {
     let id = context_id();
     let metadata = XACT.with(|x| JsonB(Value::Object(x.borrow().metadata.clone())));
     let uuid = Uuid::from_bytes(id);
-    let known = task
-        .as_ref()
-        .is_some_and(|t| KNOWN_TASKS.with(|k| k.borrow().contains(&t.key())));
+    let organization = write_organization(task.as_deref()).or_raise();
+    let mut identity = Identity {
+        organization: organization.clone(),
+        app_user: guc::app_user(),
+    };
+    let mut task_organization = None;
     match task.as_deref() {
-        // A task not yet known to exist: one statement inserts its row (if missing) and the
-        // context row. $1..$6 and $16: the context row; $7..$15: the task row.
-        Some(t) if !known => {
-            let statements = statements();
-            let cl = &t.claims;
-            let mut args: Vec<pgrx::datum::DatumWithOid> = vec![
-                uuid.into(),
-                cl.tsk.clone().into(),
-                cl.iss.clone().into(),
-                cl.act.sub.clone().into(),
-                cl.act.cid.clone().into(),
-                metadata.into(),
-                cl.ptk.clone().into(),
-                cl.rtk.clone().into(),
-                cl.rcb.clone().into(),
-                cl.sub.clone().into(),
-                cl.jti.clone().into(),
-                cl.ahs.clone().into(),
-                cl.aha.clone().into(),
-                t.claims_json().into(),
-                t.token.clone().into(),
-            ];
-            if statements.effective_role {
-                args.push(outer_role_name().into());
+        Some(t) => {
+            // the task's row: known to this backend, else looked up (the writer runs as the
+            // extension owner)
+            let known = KNOWN_TASKS.with(|k| k.borrow().get(&t.key()).cloned());
+            let recorded = known.or_else(|| recorded_organization(&t.claims.iss, &t.claims.tsk));
+            match recorded {
+                Some(recorded) => {
+                    check_organization(t, &recorded, &organization);
+                    // (a task recorded in an organization writes in it)
+                    identity.organization = recorded.clone().or(organization);
+                    task_organization = recorded;
+                    insert_context_row(id, Some(t), metadata, &identity);
+                }
+                // A task not recorded yet: one statement inserts its row (if still missing) and
+                // the context row. $1..$6, $16..$18: the context row; $7..$15, $17, $19: the
+                // task row.
+                None => {
+                    let statements = statements();
+                    let assigner_user = if statements.identity {
+                        resolver::resolve(&t.claims.iss, &t.claims.rcb).map(JsonB)
+                    } else {
+                        None
+                    };
+                    let cl = &t.claims;
+                    let args: Vec<pgrx::datum::DatumWithOid> = vec![
+                        uuid.into(),
+                        cl.tsk.clone().into(),
+                        cl.iss.clone().into(),
+                        cl.act.sub.clone().into(),
+                        cl.act.cid.clone().into(),
+                        metadata.into(),
+                        cl.ptk.clone().into(),
+                        cl.rtk.clone().into(),
+                        cl.rcb.clone().into(),
+                        cl.sub.clone().into(),
+                        cl.jti.clone().into(),
+                        cl.ahs.clone().into(),
+                        cl.aha.clone().into(),
+                        t.claims_json().into(),
+                        t.token.clone().into(),
+                        outer_role_name().into(),
+                        identity.organization.clone().into(),
+                        identity.app_user.clone().into(),
+                        assigner_user.into(),
+                    ];
+                    let made = Spi::connect_mut(|c| {
+                        let rows = c.update(&statements.context_with_task, None, &args)?;
+                        rows.first().get::<i64>(1)
+                    })
+                    .map_err(|e| KoherentError::Internal(e.to_string()))
+                    .or_raise();
+                    task_organization = organization.clone();
+                    if made != Some(1) {
+                        // made meanwhile by another transaction (which committed first): its
+                        // organization decides
+                        let recorded = recorded_organization(&cl.iss, &cl.tsk).unwrap_or(None);
+                        check_organization(t, &recorded, &organization);
+                        task_organization = recorded;
+                    }
+                }
             }
-            Spi::connect_mut(|c| {
-                c.update(&statements.context_with_task, None, &args)
-                    .map(|_| ())
-            })
-            .map_err(|e| KoherentError::Internal(e.to_string()))
-            .or_raise();
         }
-        t => insert_context_row(id, t, metadata),
+        None => insert_context_row(id, None, metadata, &identity),
     }
     let subid = unsafe { pg_sys::GetCurrentSubTransactionId() };
     XACT.with(|x| {
-        x.borrow_mut().written = Some(Written { subid, task });
+        x.borrow_mut().written = Some(Written {
+            subid,
+            task,
+            task_organization,
+        });
     });
     uuid
 }

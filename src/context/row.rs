@@ -15,6 +15,14 @@ use crate::error::{KoherentError, OrRaise};
 use crate::security::outer_role_name;
 use crate::verify::Task;
 
+/// What the context row records of who the transaction writes for: its organization and the
+/// application's user (0.7.0's columns).
+#[derive(Default, Clone)]
+pub struct Identity {
+    pub organization: Option<String>,
+    pub app_user: Option<String>,
+}
+
 thread_local! {
     static STATEMENTS: RefCell<Option<Rc<ContextStatements>>> = const { RefCell::new(None) };
     /// inet_client_addr() of this backend (null for a Unix socket), as a flat varlena.
@@ -26,68 +34,89 @@ pub struct ContextStatements {
     /// Whether the context table has effective_role (0.4.0 on; a 0.3.0 schema under the new
     /// library, before ALTER EXTENSION UPDATE, has not).
     pub effective_role: bool,
+    /// Whether the task and context tables have 0.7.0's organization, assigner_user and
+    /// app_user columns.
+    pub identity: bool,
     /// The task row (if missing) and the context row, in one statement: see [`CONTEXT_INSERT_SQL`].
+    /// It returns whether it made the task row.
     pub context_with_task: OwnedPreparedStatement,
     /// `metadata = metadata || $2` of a context row already written.
     pub metadata: OwnedPreparedStatement,
+    /// A task row's organization ($1 issuer, $2 task id): a row when the task is recorded.
+    pub task_organization: OwnedPreparedStatement,
 }
 
 /// The context row's INSERT. Its parameters: $1 id, $2 task id, $3 issuer, $4 changed_by
-/// (act.sub), $5 client id (act.cid), $6 metadata, $16 effective role; $7..$15 are the task
-/// row's (see [`ContextStatements::prepare`]). The rest comes from the session.
+/// (act.sub), $5 client id (act.cid), $6 metadata, $16 effective role, $17 organization, $18
+/// app user; $7..$15 and $19 (assigner_user) are the task row's (see
+/// [`ContextStatements::prepare`]). The rest comes from the session.
 const CONTEXT_INSERT_SQL: &str = "INSERT INTO koherent.transaction_auth_context
    (id, txid, task_id, issuer, changed_by, client_id, db_role, effective_role, application_name,
-    client_addr, backend_pid, created_at, metadata)
+    client_addr, backend_pid, created_at, metadata, organization, app_user)
  VALUES ($1, pg_catalog.pg_current_xact_id(), $2, $3, $4, $5, pg_catalog.session_user(), $16,
     pg_catalog.current_setting('application_name'), pg_catalog.inet_client_addr(),
-    pg_catalog.pg_backend_pid(), pg_catalog.now(), $6)";
+    pg_catalog.pg_backend_pid(), pg_catalog.now(), $6, $17, $18)";
+
+fn has_column(relid: pg_sys::Oid, name: &std::ffi::CStr) -> bool {
+    unsafe { pg_sys::get_attnum(relid, name.as_ptr()) != pg_sys::InvalidAttrNumber as i16 }
+}
 
 /// Whether the context table has the effective_role column (see [`ContextStatements`]).
 pub fn context_has_effective_role() -> bool {
-    unsafe {
-        let relid = koherent_oids().context_table;
-        pg_sys::get_attnum(relid, c"effective_role".as_ptr()) != pg_sys::InvalidAttrNumber as i16
-    }
+    has_column(unsafe { koherent_oids() }.context_table, c"effective_role")
+}
+
+/// Whether the context table has 0.7.0's identity columns (see [`ContextStatements`]).
+pub fn has_identity_columns() -> bool {
+    has_column(unsafe { koherent_oids() }.context_table, c"app_user")
 }
 
 /// The prepared statements, made on first use and again when the schema changed under them.
 pub fn statements() -> Rc<ContextStatements> {
     let effective_role = context_has_effective_role();
+    let identity = has_identity_columns();
     if let Some(p) = STATEMENTS.with(|p| p.borrow().clone()) {
-        if p.effective_role == effective_role {
+        if p.effective_role == effective_role && p.identity == identity {
             return p;
         }
     }
     let text = PgOid::from_untagged(pg_sys::TEXTOID);
     let uuid = PgOid::from_untagged(pg_sys::UUIDOID);
     let jsonb = PgOid::from_untagged(pg_sys::JSONBOID);
-    let context_insert = if effective_role {
-        CONTEXT_INSERT_SQL.to_string()
-    } else {
-        CONTEXT_INSERT_SQL
+    let mut context_insert = CONTEXT_INSERT_SQL.to_string();
+    if !effective_role {
+        context_insert = context_insert
             .replace(" effective_role,", "")
-            .replace(" $16,", "")
+            .replace(" $16,", "");
+    }
+    if !identity {
+        context_insert = context_insert
+            .replace(", organization, app_user)", ")")
+            .replace(", $17, $18)", ")");
+    }
+    let (task_cols, task_vals) = if identity {
+        (", organization, assigner_user", ", $17, $19")
+    } else {
+        ("", "")
     };
     let with_task = format!(
         "WITH t AS (
            INSERT INTO koherent.task (issuer, task_id, parent_task_id, root_task_id, assigner_sub,
              caller_sub, agent_sub, agent_client_id, token_id, args_hash, args_hash_algorithm,
-             claims, token)
-           VALUES ($3, $2, $7, $8, $9, $10, $4, $5, $11, $12, $13, $14, $15)
-           ON CONFLICT (issuer, task_id) DO NOTHING)
-         {context_insert}"
+             claims, token{task_cols})
+           VALUES ($3, $2, $7, $8, $9, $10, $4, $5, $11, $12, $13, $14, $15{task_vals})
+           ON CONFLICT (issuer, task_id) DO NOTHING RETURNING 1)
+         {context_insert} RETURNING (SELECT pg_catalog.count(*) FROM t)"
     );
     let statements = Spi::connect(|c| -> Result<ContextStatements, pgrx::spi::Error> {
         // The parameter types, by number: $1 uuid (context id), $2..$5 text (task id, issuer,
         // changed_by, client id), $6 jsonb (metadata); the task row's $7..$13 text (parent,
         // root, assigner, caller, token id, args hash, its algorithm), $14 jsonb (claims),
-        // $15 text (token); $16 text (effective role) where the table has that column.
+        // $15 text (token); $16 text (effective role), $17 text (organization), $18 text (app
+        // user), $19 jsonb (assigner_user); a parameter the schema has no column for is unused.
         let mut types = vec![uuid, text, text, text, text, jsonb];
         types.extend([text; 7]);
-        types.extend([jsonb, text]);
-        if effective_role {
-            types.push(text);
-        }
+        types.extend([jsonb, text, text, text, text, jsonb]);
         let context_with_task = c.prepare_mut(with_task.as_str(), &types)?.keep();
         let metadata = c
             .prepare_mut(
@@ -95,10 +124,22 @@ pub fn statements() -> Rc<ContextStatements> {
                 &[uuid, jsonb],
             )?
             .keep();
+        let task_organization = c
+            .prepare_mut(
+                if identity {
+                    "SELECT organization FROM koherent.task WHERE issuer = $1 AND task_id = $2"
+                } else {
+                    "SELECT NULL::text FROM koherent.task WHERE issuer = $1 AND task_id = $2"
+                },
+                &[text, text],
+            )?
+            .keep();
         Ok(ContextStatements {
             effective_role,
+            identity,
             context_with_task,
             metadata,
+            task_organization,
         })
     })
     .map_err(|e| KoherentError::Internal(e.to_string()))
@@ -106,6 +147,45 @@ pub fn statements() -> Rc<ContextStatements> {
     let statements = Rc::new(statements);
     STATEMENTS.with(|p| *p.borrow_mut() = Some(statements.clone()));
     statements
+}
+
+/// [`recorded_organization`] for a caller outside the history writer (set_task, with the
+/// client's rights): looked up as the extension owner, who owns koherent.task. Nothing of it
+/// reaches the client but set_task's verdict on its own verified token.
+pub fn recorded_organization_as_owner(issuer: &str, task_id: &str) -> Option<Option<String>> {
+    let owner = Spi::get_one::<pg_sys::Oid>(
+        "SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'koherent'",
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(pg_sys::InvalidOid);
+    unsafe {
+        let (mut user, mut sec) = (pg_sys::InvalidOid, 0);
+        pg_sys::GetUserIdAndSecContext(&mut user, &mut sec);
+        pg_sys::SetUserIdAndSecContext(owner, sec | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
+        // (an ERROR ends the transaction, whose abort restores the user)
+        let found = recorded_organization(issuer, task_id);
+        pg_sys::SetUserIdAndSecContext(user, sec);
+        found
+    }
+}
+
+/// A task's recorded organization: None when it has no row, Some(None) when it has none.
+pub fn recorded_organization(issuer: &str, task_id: &str) -> Option<Option<String>> {
+    let statements = statements();
+    Spi::connect(|c| -> Result<Option<Option<String>>, pgrx::spi::Error> {
+        let rows = c.select(
+            &statements.task_organization,
+            Some(1),
+            &[issuer.into(), task_id.into()],
+        )?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(rows.first().get::<String>(1)?))
+    })
+    .map_err(|e| KoherentError::Internal(e.to_string()))
+    .or_raise()
 }
 
 unsafe fn client_addr() -> Option<pg_sys::Datum> {
@@ -131,7 +211,7 @@ unsafe fn client_addr() -> Option<pg_sys::Datum> {
 
 /// The context row, inserted directly (see insert::row): what [`CONTEXT_INSERT_SQL`] writes,
 /// without planning and executing a statement per transaction.
-pub fn insert_context_row(id: [u8; 16], task: Option<&Task>, metadata: JsonB) {
+pub fn insert_context_row(id: [u8; 16], task: Option<&Task>, metadata: JsonB, identity: &Identity) {
     use pgrx::IntoDatum;
     unsafe {
         let relid = koherent_oids().context_table;
@@ -175,6 +255,11 @@ pub fn insert_context_row(id: [u8; 16], task: Option<&Task>, metadata: JsonB) {
                 )),
             ),
             ("metadata", metadata.into_datum()),
+            (
+                "organization",
+                identity.organization.as_deref().map(text_datum),
+            ),
+            ("app_user", identity.app_user.as_deref().map(text_datum)),
         ];
         crate::insert::row::insert_row(relid, &columns);
     }

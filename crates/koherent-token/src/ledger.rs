@@ -820,6 +820,15 @@ mod tests {
             hex::encode(record_hash("context", &c)),
             "0df5f88b28cb2d2a7e841b051020396b2d5c26206b20c4148d9db0acb41fa3dc"
         );
+        // vector 6: that context in an organization, with the application's user (0.7.0's
+        // fields, present only when set)
+        let fields = serde_json::json!({"id": "01a235c1-adf9-7fd8-ab67-b28e7bc50ba4",
+                                        "organization": "acme", "app_user": "ana@acme"});
+        let c = context_record(fields, None, &root, 1, &index);
+        assert_eq!(
+            hex::encode(record_hash("context", &c)),
+            "9a3eb314363bb298e973c113a17bedfeaec5f32a910844aa8d7e4de16171e280"
+        );
         // vector 3: Merkle roots of none and of three leaves
         assert_eq!(
             hex::encode(merkle_root(&[])),

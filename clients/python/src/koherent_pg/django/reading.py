@@ -93,10 +93,11 @@ def effective_changes_rows(keys: Any, using: str = "default") -> List[tuple]:
     conn = connections[using]
     values = ", ".join(["(%s::text, %s::bigint)"] * len(keys))
     params: List[Any] = [x for k in keys for x in k]
-    nulls = ", ".join(["NULL"] * 12)
+    # (the entry made by name, the rest null: whatever columns a later release adds)
     sql = (f"SELECT k.t, k.h, c.field, c.old_value, c.new_value FROM (VALUES {values}) k(t, h), "
-           f"LATERAL koherent.provenance_entry_effective_changes("
-           f"ROW(k.h, k.t::regclass, {nulls})::koherent.provenance_entry) c ORDER BY k.h, c.field")
+           f"LATERAL koherent.provenance_entry_effective_changes(jsonb_populate_record("
+           f"NULL::koherent.provenance_entry, jsonb_build_object('history_id', k.h, 'table_name', k.t::regclass))) c "
+           f"ORDER BY k.h, c.field")
     with conn.cursor() as cur:
         cur.execute(sql, params)
         return [(t, h, f, _json(o), _json(n)) for t, h, f, o, n in cur.fetchall()]
