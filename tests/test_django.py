@@ -147,6 +147,40 @@ def test_the_header_name_is_a_setting(project):
     assert {task for _, _, task, _ in entries(project)} == {"t-header"}
 
 
+def org_of(request):
+    """The application's own word on the request's organization (here a header the test trusts)."""
+    return request.headers.get("X-Test-Org")
+
+
+@pytest.mark.parametrize("atomic_requests", [False, True])
+def test_the_requests_organization_and_user_go_with_it(project, atomic_requests):
+    from django.db import DatabaseError, connections
+    from django.test import Client, override_settings
+
+    connections["default"].settings_dict["ATOMIC_REQUESTS"] = atomic_requests
+    with override_settings(KOHERENT_PG_ORGANIZATION="test_django.org_of",
+                           KOHERENT_PG_APP_USER=lambda r: r.headers.get("X-Test-User")):
+        client = Client()
+        for i, (token, org, user) in enumerate(((mint("t-acme"), "acme", "ana"), (None, "globex", "gus"),
+                                                 (None, None, None))):
+            headers = {k: v for k, v in (("Rekuest-Task", token), ("X-Test-Org", org), ("X-Test-User", user)) if v}
+            r = client.post("/books/", data=json.dumps({"title": "T", "author": f"A{i}"}),
+                            content_type="application/json", headers=headers)
+            assert r.status_code == 200, r.content
+        # acme's task from globex: refused (28000), nothing written
+        before = len(entries(project))
+        with pytest.raises(DatabaseError) as e:
+            client.post("/books/", data=json.dumps({"title": "X", "author": "Y"}), content_type="application/json",
+                        headers={"Rekuest-Task": mint("t-acme"), "X-Test-Org": "globex"})
+        assert e.value.__cause__.sqlstate == "28000"
+        assert e.value.__cause__.diag.message_detail == "reason: organization_mismatch"
+        assert len(entries(project)) == before
+    with connect(project) as c:
+        got = c.execute("SELECT task_id, organization, app_user FROM koherent.provenance_entry "
+                        "WHERE kind = 'CREATE' ORDER BY history_id").fetchall()
+    assert got == [("t-acme", "acme", "ana")] * 2 + [(None, "globex", "gus")] * 2 + [(None, None, None)] * 2
+
+
 def test_a_transaction_begun_before_the_middleware_is_attributed_too(project):
     """A middleware listed before TaskMiddleware opens a transaction and queries: the request's
     writes still run under its task (set in that transaction at the first statement the token
