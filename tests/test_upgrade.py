@@ -415,7 +415,7 @@ def test_upgrade_from_0_6_0_keeps_the_graphql_grants(old_db):
     # "Organizations"): the entry from before (no organization) is nobody's under the policy
     old.sql("ALTER TABLE koherent.transaction_auth_context ENABLE ROW LEVEL SECURITY; "
             "CREATE POLICY own ON koherent.transaction_auth_context FOR SELECT "
-            "USING (organization IS NOT DISTINCT FROM current_setting('koherent.organization', true))")
+            "USING (coalesce(organization, '') = coalesce(current_setting('koherent.organization', true), ''))")
     old.sql(f"GRANT SELECT ON koherent.transaction_auth_context TO {reader}")
     for org, n in ((None, 1), ("acme", 0)):
         with old.conn(user=reader) as c:
