@@ -24,7 +24,7 @@ const ROLE = "koherent_gql_orgs";
 // the application's users (its own authentication: a key per user, never a client's claim)
 const USERS = { "key-ana": { org: "acme", email: "ana@acme" }, "key-gus": { org: "globex", email: "gus@globex" } };
 
-const mint = (tsk) => execFileSync(CLI, ["mint", "--key", KEY, "--tsk", tsk]).toString().trim();
+const mint = (tsk, rcb = "user-1") => execFileSync(CLI, ["mint", "--key", KEY, "--tsk", tsk, "--rcb", rcb]).toString().trim();
 
 let server, url, admin;
 
@@ -56,6 +56,14 @@ before(async () => {
     CREATE POLICY own_organization ON koherent.transaction_auth_context FOR SELECT
         USING (organization = current_setting('koherent.organization', true));
     GRANT SELECT ON koherent.transaction_auth_context TO ${ROLE};
+    -- a local user resolver: the task's assigner (rcb) as the application's user row
+    CREATE TABLE people (id integer PRIMARY KEY, sub text UNIQUE);
+    INSERT INTO people VALUES (41, 'user-1');
+    CREATE FUNCTION find_person(issuer text, sub text) RETURNS jsonb
+    LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+        SELECT jsonb_build_object('table', 'people', 'id', p.id) FROM public.people p WHERE p.sub = find_person.sub
+    $$;
+    SELECT koherent.set_user_resolver('public.find_person(text, text)');
   `);
   await admin.query("SELECT koherent.add_issuer_jwks('rekuest', $1::jsonb)",
     [execFileSync(CLI, ["jwks", "--key", KEY]).toString()]);
@@ -81,7 +89,7 @@ test("each organization sees its own history of a shared row, and a task stays i
     "key-ana", mint("acme-run"));
   assert.equal(made.errors, undefined, JSON.stringify(made.errors));
   const upd = await gql(`mutation { updateGadgetById(input: { id: 1, gadgetPatch: { qty: 2 } }) { gadget { qty } } }`,
-    "key-gus", mint("globex-run"));
+    "key-gus", mint("globex-run", "someone-else"));
   assert.equal(upd.errors, undefined, JSON.stringify(upd.errors));
   // acme's task presented by globex's user: refused, nothing written
   const stolen = await gql(`mutation { updateGadgetById(input: { id: 1, gadgetPatch: { qty: 99 } }) { gadget { qty } } }`,
@@ -90,17 +98,19 @@ test("each organization sees its own history of a shared row, and a task stays i
   assert.equal(stolen.errors[0].detail, "reason: organization_mismatch");
   assert.equal((await admin.query("SELECT qty FROM gadget")).rows[0].qty, 2);
 
-  const ask = `{ gadgetById(id: 1) { qty provenance { nodes { kind taskId task { taskId organization }
+  const ask = `{ gadgetById(id: 1) { qty provenance { nodes { kind taskId task { taskId organization assignerUser assignerSub }
     effectiveChanges { nodes { field newValue } } } } } }`;
   const ana = await gql(ask, "key-ana");
   assert.equal(ana.errors, undefined, JSON.stringify(ana.errors));
   assert.deepEqual(ana.data.gadgetById, { qty: 2, provenance: { nodes: [
-    { kind: "CREATE", taskId: "acme-run", task: { taskId: "acme-run", organization: "acme" },
+    { kind: "CREATE", taskId: "acme-run",
+      task: { taskId: "acme-run", organization: "acme", assignerUser: '{"id":41,"table":"people"}', assignerSub: "user-1" },
       effectiveChanges: { nodes: [{ field: "id", newValue: "1" }, { field: "name", newValue: '"shared"' },
                                   { field: "qty", newValue: "1" }] } }] } });
   const gus = await gql(ask, "key-gus");
   assert.deepEqual(gus.data.gadgetById, { qty: 2, provenance: { nodes: [
-    { kind: "UPDATE", taskId: "globex-run", task: { taskId: "globex-run", organization: "globex" },
+    { kind: "UPDATE", taskId: "globex-run",
+      task: { taskId: "globex-run", organization: "globex", assignerUser: null, assignerSub: "someone-else" },
       effectiveChanges: { nodes: [{ field: "qty", newValue: "2" }] } }] } });
   // nobody's request: no organization, no history
   const anon = await gql(ask, "no-such-key");
