@@ -10,12 +10,10 @@ import { execFileSync } from "node:child_process";
 import http from "node:http";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import pg from "pg";
+import { HOST, PORT, freshDatabase } from "./testdb.mjs";
 import { KOHERENT_SCHEMA, koherentOptions, makeKoherentPgSettings } from "../clients/postgraphile/index.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
-const HOST = process.env.KOHERENT_TEST_HOST || "127.0.0.1";
-const PORT = Number(process.env.KOHERENT_TEST_PORT || 5498);
 const CLI = process.env.KOHERENT_CLI || path.join(here, "../target/release/koherent");
 const KEY = path.join(here, "../tests/fixtures/test-key.private.jwk");
 const DB = "koherent_gql_orgs";
@@ -36,16 +34,7 @@ async function gql(query, key, token) {
 }
 
 before(async () => {
-  const root = new pg.Client({ host: HOST, port: PORT, user: "postgres", database: "postgres" });
-  await root.connect();
-  await root.query(`DROP DATABASE IF EXISTS ${DB} WITH (FORCE)`);
-  await root.query(`CREATE DATABASE ${DB}`);
-  await root.query(`ALTER DATABASE ${DB} SET koherent.audience = 'koherent'`);
-  if ((await root.query("SELECT 1 FROM pg_roles WHERE rolname = $1", [ROLE])).rows.length === 0)
-    await root.query(`CREATE ROLE ${ROLE} LOGIN`);
-  await root.end();
-  admin = new pg.Client({ host: HOST, port: PORT, user: "postgres", database: DB });
-  await admin.connect();
+  admin = await freshDatabase(DB, ROLE);
   await admin.query(`
     CREATE EXTENSION koherent;
     CREATE TABLE gadget (id integer PRIMARY KEY, name text NOT NULL, qty integer NOT NULL DEFAULT 0);

@@ -123,41 +123,31 @@ BEGIN
         END LOOP;
     END LOOP;
     -- the <table>_provenance that expose() made before 0.7.0 return koherent.provenance_entry,
-    -- which has two more columns now (organization, app_user): their generated query gains them
-    -- (same owner, grants and comment; until expose() makes them again with 0.7.0's types)
-    FOR f IN SELECT p.oid, p.oid::regprocedure::text AS sig, p.proowner::regrole::text AS owner, p.proowner,
-                    p.proacl, pg_catalog.pg_get_functiondef(p.oid) AS def,
-                    pg_catalog.obj_description(p.oid, 'pg_proc') AS comment
-               FROM pg_catalog.pg_proc p
-              WHERE p.prorettype = 'koherent.provenance_entry'::regtype AND p.proretset AND p.prosecdef
-                AND p.prosrc LIKE '%, c.effective_role FROM koherent\_history.%'
+    -- which has two more columns now (organization, app_user): their generated query gains them;
+    -- they and the history lookups of <table>_by_provenance (koherent._filter_keys_<config>) gain
+    -- the check that row-level security on the contexts lets the caller see an entry. Same owner,
+    -- grants and comment (until expose() makes them again). (Named with their schema: the
+    -- script's search_path has koherent, _regrant's does not.)
+    FOR f IN SELECT pg_catalog.format('%I.%I(%s)', n.nspname, p.proname,
+                                      pg_catalog.oidvectortypes(p.proargtypes)) AS sig,
+                    p.proowner::regrole::text AS owner, p.proowner, p.proacl,
+                    pg_catalog.obj_description(p.oid, 'pg_proc') AS comment,
+                    CASE WHEN p.proname LIKE '\_filter\_keys\_%'
+                         THEN replace(pg_catalog.pg_get_functiondef(p.oid), E') k\n             WHERE koherent._visible_to_caller(',
+                                      E'\n                 AND (NOT (SELECT koherent._context_rls()) OR koherent._context_visible(h.history_context))) k\n             WHERE koherent._visible_to_caller(')
+                         ELSE replace(replace(pg_catalog.pg_get_functiondef(p.oid), ', c.effective_role FROM koherent_history.',
+                                              ', c.effective_role, c.organization, c.app_user FROM koherent_history.'),
+                                      ') e ORDER BY 1;', E'\n                AND (NOT (SELECT koherent._context_rls()) OR koherent._context_visible(h.history_context))) e\n              ORDER BY 1;')
+                    END AS def
+               FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+              WHERE ((p.prorettype = 'koherent.provenance_entry'::regtype AND p.proretset AND p.prosecdef
+                      AND p.prosrc LIKE '%, c.effective_role FROM koherent\_history.%')
+                     OR (p.pronamespace = 'koherent'::regnamespace AND p.proname LIKE '\_filter\_keys\_%'
+                         AND p.prosrc NOT LIKE '%koherent._context_visible%'))
                 AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
                                  WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e') LOOP
         EXECUTE format('DROP FUNCTION %s', f.sig);
-        -- (and the check that row-level security on the contexts lets the caller see an entry)
-        EXECUTE replace(replace(f.def, ', c.effective_role FROM koherent_history.',
-                                ', c.effective_role, c.organization, c.app_user FROM koherent_history.'),
-                        ') e ORDER BY 1;', E'\n                AND (NOT (SELECT koherent._context_rls()) OR koherent._context_visible(h.history_context))) e\n              ORDER BY 1;');
-        EXECUTE format('ALTER EXTENSION koherent DROP FUNCTION %s', f.sig);
-        EXECUTE format('ALTER FUNCTION %s OWNER TO %s', f.sig, f.owner);
-        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f.sig);
-        EXECUTE format('COMMENT ON FUNCTION %s IS %L', f.sig, f.comment);
-        PERFORM koherent._regrant(f.proacl, f.proowner, f.sig);
-    END LOOP;
-    -- the history lookups of <table>_by_provenance (koherent._filter_keys_<config>) gain that check
-    -- (named with their schema: the script's search_path has koherent, _regrant's does not)
-    FOR f IN SELECT p.oid, pg_catalog.format('koherent.%I(%s)', p.proname, pg_catalog.oidvectortypes(p.proargtypes)) AS sig,
-                    p.proowner::regrole::text AS owner, p.proowner,
-                    p.proacl, pg_catalog.pg_get_functiondef(p.oid) AS def,
-                    pg_catalog.obj_description(p.oid, 'pg_proc') AS comment
-               FROM pg_catalog.pg_proc p
-              WHERE p.pronamespace = 'koherent'::regnamespace AND p.proname LIKE '\_filter\_keys\_%'
-                AND p.prosrc NOT LIKE '%koherent._context_visible%'
-                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
-                                 WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e') LOOP
-        EXECUTE format('DROP FUNCTION %s', f.sig);
-        EXECUTE replace(f.def, E') k\n             WHERE koherent._visible_to_caller(',
-                        E'\n                 AND (NOT (SELECT koherent._context_rls()) OR koherent._context_visible(h.history_context))) k\n             WHERE koherent._visible_to_caller(');
+        EXECUTE f.def;
         EXECUTE format('ALTER EXTENSION koherent DROP FUNCTION %s', f.sig);
         EXECUTE format('ALTER FUNCTION %s OWNER TO %s', f.sig, f.owner);
         EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f.sig);

@@ -208,21 +208,29 @@ fn canonical(v: &Val, out: &mut String) {
         Val::Scalar(t) | Val::Array(t) => out.push_str(t),
         Val::Object(t, m) if m.windows(2).all(|w| w[0].0 < w[1].0) => out.push_str(t),
         Val::Object(_, m) => {
-            let mut m: Vec<&(&str, Val)> = m.iter().collect();
+            let mut m: Vec<(&str, &Val)> = m.iter().map(|(k, v)| (*k, v)).collect();
             m.sort_unstable_by_key(|x| x.0);
-            out.push('{');
-            for (i, (k, v)) in m.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push('"');
-                out.push_str(k);
-                out.push_str("\":");
-                canonical(v, out);
-            }
-            out.push('}');
+            write_object(m, out);
         }
     }
+}
+
+/// `{"name":value,...}` of plain members, in the order given, each value canonical.
+fn write_object<'a, 'v: 'a>(
+    members: impl IntoIterator<Item = (&'a str, &'a Val<'v>)>,
+    out: &mut String,
+) {
+    out.push('{');
+    for (i, (k, v)) in members.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('"');
+        out.push_str(k);
+        out.push_str("\":");
+        canonical(v, out);
+    }
+    out.push('}');
 }
 
 /// An entry's record: its images must be objects of scalars (values compare as their text).
@@ -292,17 +300,9 @@ fn elements(table: &Val, record: &[(&str, Val)], names: &Names) -> Option<EntryE
     }
     key.sort_by_key(|k| k.0);
     key.dedup_by_key(|k| k.0);
-    let mut key_text = String::from("{");
-    for (i, (k, v)) in key.iter().enumerate() {
-        if i > 0 {
-            key_text.push(',');
-        }
-        key_text.push('"');
-        key_text.push_str(k);
-        key_text.push_str("\":");
-        key_text.push_str(v);
-    }
-    key_text.push('}');
+    let key: Vec<(&str, Val)> = key.into_iter().map(|(k, v)| (k, Val::Scalar(v))).collect();
+    let mut key_text = String::new();
+    write_object(key.iter().map(|(k, v)| (*k, v)), &mut key_text);
     Some(EntryElements::from_texts(
         text("date"),
         &id,
@@ -335,17 +335,7 @@ pub fn export_entry(text: &str, names: &Names) -> Option<(String, EntryElements)
     line.push(("table", table));
     line.sort_unstable_by_key(|m| m.0);
     let mut out = String::with_capacity(text.len() + 32);
-    out.push('{');
-    for (i, (k, v)) in line.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push('"');
-        out.push_str(k);
-        out.push_str("\":");
-        canonical(v, &mut out);
-    }
-    out.push('}');
+    write_object(line, &mut out);
     Some((out, elements(table, record, names)?))
 }
 
@@ -376,17 +366,7 @@ pub fn verified_entry(
         .collect();
     record.sort_unstable_by_key(|m| m.0);
     let mut canon = String::with_capacity(text.len());
-    canon.push('{');
-    for (i, (k, v)) in record.into_iter().enumerate() {
-        if i > 0 {
-            canon.push(',');
-        }
-        canon.push('"');
-        canon.push_str(k);
-        canon.push_str("\":");
-        canonical(v, &mut canon);
-    }
-    canon.push('}');
+    write_object(record.into_iter().map(|(k, v)| (*k, v)), &mut canon);
     Some((
         config,
         get(&line, "id").and_then(Val::as_i64).unwrap_or(-1),
