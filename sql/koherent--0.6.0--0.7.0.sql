@@ -25,6 +25,12 @@ LANGUAGE c STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'koherent_jsonb_object';
 DROP FUNCTION koherent._revert_threads_sql(koherent.tracked_config);
 DROP FUNCTION koherent._entry_select(koherent.tracked_config, text);
 
+-- the token functions name no object of the caller's (set_task looks a task's organization up
+-- as the extension owner)
+ALTER FUNCTION koherent.set_task(text) SET search_path TO pg_catalog, pg_temp;
+ALTER FUNCTION koherent._set_task_args(text, text) SET search_path TO pg_catalog, pg_temp;
+ALTER FUNCTION koherent.verify_token(text) SET search_path TO pg_catalog, pg_temp;
+
 -- who a task's people are: its organization and local assigner, a transaction's organization
 -- and application user (existing rows: null), the local user resolver
 ALTER TABLE koherent.task ADD COLUMN organization text, ADD COLUMN assigner_user jsonb;
@@ -1485,6 +1491,25 @@ BEGIN
     END IF;
 END $$;
 
+CREATE OR REPLACE FUNCTION koherent._task_contexts(task_id text, include_subtasks boolean) RETURNS uuid[]
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH RECURSIVE tasks(task_id, issuer) AS (
+        SELECT t.task_id, t.issuer FROM koherent.task t WHERE t.task_id = _task_contexts.task_id
+        UNION
+        SELECT t.task_id, t.issuer FROM koherent.task t JOIN tasks p
+            ON (t.parent_task_id = p.task_id OR t.root_task_id = p.task_id) AND t.issuer = p.issuer
+         WHERE include_subtasks
+    ), ids AS (
+        SELECT CASE WHEN EXISTS (SELECT 1 FROM tasks) THEN coalesce(array_agg(c.id), '{}') END AS ids
+          FROM tasks t CROSS JOIN LATERAL (
+                SELECT x.id FROM koherent.transaction_auth_context x
+                 WHERE x.task_id = t.task_id AND x.issuer = t.issuer OFFSET 0) c
+    )
+    SELECT CASE WHEN NOT (SELECT koherent._context_rls()) THEN i.ids
+                ELSE (SELECT array_agg(u) FROM unnest(i.ids) u WHERE koherent._context_visible(u)) END
+      FROM ids i
+$$;
+
 CREATE OR REPLACE FUNCTION koherent.task_changes(task_id text, include_subtasks boolean DEFAULT false,
                                       organization text DEFAULT NULL)
 RETURNS SETOF koherent.provenance_entry
@@ -1505,13 +1530,11 @@ BEGIN
     IF ctx IS NULL OR cardinality(ctx) = 0 THEN
         RETURN;
     END IF;
-    -- only the transactions of that organization, and (row-level security on the contexts) only
-    -- those the caller may see
-    IF task_changes.organization IS NOT NULL OR koherent._context_rls() THEN
+    -- only the transactions of that organization (_task_contexts keeps only those the caller
+    -- may see, under row-level security on the contexts)
+    IF task_changes.organization IS NOT NULL THEN
         ctx := ARRAY(SELECT x.id FROM koherent.transaction_auth_context x
-                      WHERE x.id = ANY (ctx)
-                        AND (task_changes.organization IS NULL OR x.organization = task_changes.organization)
-                        AND koherent._context_visible(x.id));
+                      WHERE x.id = ANY (ctx) AND x.organization = task_changes.organization);
     END IF;
     unsealed := ARRAY(SELECT u FROM unnest(ctx) u
                        WHERE NOT EXISTS (SELECT 1 FROM koherent.ledger_context l WHERE l.context_id = u));

@@ -153,7 +153,9 @@ COMMENT ON FUNCTION koherent.provenance_entry_task(koherent.provenance_entry) IS
 
 -- The contexts (transactions) of a task, or of the task and its subtasks (parent_task_id and
 -- root_task_id, as task_changes follows them), under every issuer that used the id. Null when
--- the task id is unknown.
+-- the task id is unknown, and (row-level security on the contexts) when the caller may see none
+-- of its contexts: every reader by task (task_changes, as_of_task, revert_plan, revert_task, the
+-- audit export) then answers as for an unknown task.
 CREATE FUNCTION koherent._task_contexts(task_id text, include_subtasks boolean) RETURNS uuid[]
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     WITH RECURSIVE tasks(task_id, issuer) AS (
@@ -162,11 +164,15 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         SELECT t.task_id, t.issuer FROM koherent.task t JOIN tasks p
             ON (t.parent_task_id = p.task_id OR t.root_task_id = p.task_id) AND t.issuer = p.issuer
          WHERE include_subtasks
+    ), ids AS (
+        SELECT CASE WHEN EXISTS (SELECT 1 FROM tasks) THEN coalesce(array_agg(c.id), '{}') END AS ids
+          FROM tasks t CROSS JOIN LATERAL (
+                SELECT x.id FROM koherent.transaction_auth_context x
+                 WHERE x.task_id = t.task_id AND x.issuer = t.issuer OFFSET 0) c
     )
-    SELECT CASE WHEN EXISTS (SELECT 1 FROM tasks) THEN coalesce(array_agg(c.id), '{}') END
-      FROM tasks t CROSS JOIN LATERAL (
-            SELECT x.id FROM koherent.transaction_auth_context x
-             WHERE x.task_id = t.task_id AND x.issuer = t.issuer OFFSET 0) c
+    SELECT CASE WHEN NOT (SELECT koherent._context_rls()) THEN i.ids
+                ELSE (SELECT array_agg(u) FROM unnest(i.ids) u WHERE koherent._context_visible(u)) END
+      FROM ids i
 $$;
 
 -- Everything one task changed, across all tables, in order: the task's contexts first (index on
@@ -194,13 +200,11 @@ BEGIN
     IF ctx IS NULL OR cardinality(ctx) = 0 THEN
         RETURN;
     END IF;
-    -- only the transactions of that organization, and (row-level security on the contexts) only
-    -- those the caller may see
-    IF task_changes.organization IS NOT NULL OR koherent._context_rls() THEN
+    -- only the transactions of that organization (_task_contexts keeps only those the caller
+    -- may see, under row-level security on the contexts)
+    IF task_changes.organization IS NOT NULL THEN
         ctx := ARRAY(SELECT x.id FROM koherent.transaction_auth_context x
-                      WHERE x.id = ANY (ctx)
-                        AND (task_changes.organization IS NULL OR x.organization = task_changes.organization)
-                        AND koherent._context_visible(x.id));
+                      WHERE x.id = ANY (ctx) AND x.organization = task_changes.organization);
     END IF;
     unsealed := ARRAY(SELECT u FROM unnest(ctx) u
                        WHERE NOT EXISTS (SELECT 1 FROM koherent.ledger_context l WHERE l.context_id = u));

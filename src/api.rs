@@ -9,13 +9,17 @@ use crate::error::{KoherentError, OrRaise};
 use crate::{brin, catalog, context, security, verify, writer};
 
 /// Verify a provenance token and make it the current transaction's task. Returns its claims.
+/// (Its search_path pinned: what it runs, also as the extension owner, names no object of the
+/// caller's.)
 #[pg_extern(name = "set_task", volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
 fn set_task(token: &str) -> FlatJsonb {
     context::set_task(token, None)
 }
 
 /// Internal: set_task(token, args jsonb) (sql/tasks.sql passes args as jsonb's text).
 #[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
 fn _set_task_args(token: Option<&str>, args: Option<&str>) -> FlatJsonb {
     let Some(token) = token else {
         KoherentError::NullArgument("token").raise()
@@ -25,6 +29,7 @@ fn _set_task_args(token: Option<&str>, args: Option<&str>) -> FlatJsonb {
 
 /// Verify a provenance token without using it; returns its claims or raises the refusal.
 #[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
 fn verify_token(token: &str) -> FlatJsonb {
     verify::verify_token(token).or_raise().claims_jsonb()
 }

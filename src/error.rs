@@ -53,6 +53,12 @@ pub enum KoherentError {
     OrganizationMismatch { task: String, given: String },
     #[error("the token names organization \"{claim}\", the transaction's koherent.organization \"{setting}\"")]
     OrganizationConflict { claim: String, setting: String },
+    #[error(
+        "a user resolver may not write tracked tables or change the transaction's task or context"
+    )]
+    InsideResolver,
+    #[error("the token's claim \"{claim}\" (koherent.organization_claim) is not an organization: a non-empty string or a number")]
+    OrganizationClaimInvalid { claim: String },
     #[error("{0} must not be null")]
     NullArgument(&'static str),
     #[error("internal error: {0}")]
@@ -98,7 +104,12 @@ impl KoherentError {
             KoherentError::NoHistoryPartition { .. } => ERRCODE_CHECK_VIOLATION,
             KoherentError::TriggerProtocol(_) => ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
             KoherentError::NullArgument(_) => ERRCODE_NULL_VALUE_NOT_ALLOWED,
-            KoherentError::Restricted => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            KoherentError::Restricted | KoherentError::InsideResolver => {
+                ERRCODE_INSUFFICIENT_PRIVILEGE
+            }
+            KoherentError::OrganizationClaimInvalid { .. } => {
+                ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION
+            }
             KoherentError::Internal(_) => ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -116,10 +127,16 @@ impl KoherentError {
             KoherentError::HistoryOutOfSync(_) => Some("reason: history_out_of_sync".into()),
             KoherentError::NoHistoryPartition { .. } => Some("reason: no_history_partition".into()),
             KoherentError::RevertTwice => Some("reason: revert_twice".into()),
-            KoherentError::OrganizationMismatch { .. }
-            | KoherentError::OrganizationConflict { .. } => {
+            KoherentError::OrganizationMismatch { .. } => {
                 Some("reason: organization_mismatch".into())
             }
+            KoherentError::OrganizationConflict { .. } => {
+                Some("reason: organization_conflict".into())
+            }
+            KoherentError::OrganizationClaimInvalid { .. } => {
+                Some("reason: organization_claim_invalid".into())
+            }
+            KoherentError::InsideResolver => Some("reason: inside_resolver".into()),
             KoherentError::Restricted => Some("reason: security_restricted".into()),
             _ => None,
         }
@@ -172,7 +189,10 @@ impl KoherentError {
             KoherentError::TaskAlreadyFixed { .. } => {
                 Some("Call koherent.set_task(token) before the transaction's first tracked write.")
             }
-            KoherentError::OrganizationMismatch { .. } | KoherentError::OrganizationConflict { .. } => Some(
+            KoherentError::OrganizationConflict { .. } => Some(
+                "The application's koherent.organization must name the organization the token's claim names.",
+            ),
+            KoherentError::OrganizationMismatch { .. } => Some(
                 "A task id belongs to the organization it was first recorded in (the token's koherent.organization_claim, else koherent.organization): write it from that organization.",
             ),
             KoherentError::RevertTwice => Some(

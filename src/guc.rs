@@ -168,12 +168,19 @@ pub fn organization_claim() -> Option<String> {
     text_setting(&ORGANIZATION_CLAIM)
 }
 
+/// (as set, not trimmed: a row-level-security policy compares the setting as it is)
+fn exact_setting(s: &GucSetting<Option<CString>>) -> Option<String> {
+    s.get()
+        .and_then(|c| c.into_string().ok())
+        .filter(|s| !s.is_empty())
+}
+
 pub fn organization() -> Option<String> {
-    text_setting(&ORGANIZATION)
+    exact_setting(&ORGANIZATION)
 }
 
 pub fn app_user() -> Option<String> {
-    text_setting(&APP_USER)
+    exact_setting(&APP_USER)
 }
 
 pub fn task_token() -> Option<String> {

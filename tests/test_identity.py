@@ -186,7 +186,13 @@ def test_the_organization_comes_from_the_token_claim(item):
     before = db.state_counts()
     with pytest.raises(psycopg.Error) as e:
         org_write(db, "UPDATE item SET qty = 3 WHERE id = 1", mint("t-acme2", org="acme"), org="globex")
-    assert sqlstate(e) == "28000" and e.value.diag.message_detail == "reason: organization_mismatch"
+    assert sqlstate(e) == "28000" and e.value.diag.message_detail == "reason: organization_conflict"
+    assert db.state_counts() == before
+    # a claim that is there and names no organization is refused, not taken for none
+    for bad in (["acme"], True, {"id": "acme"}, ""):
+        with pytest.raises(psycopg.Error) as e:
+            org_write(db, "UPDATE item SET qty = 3 WHERE id = 1", mint("t-bad", org=bad), org="acme")
+        assert sqlstate(e) == "28000" and e.value.diag.message_detail == "reason: organization_claim_invalid", bad
     assert db.state_counts() == before
     # an application role cannot change which claim counts
     with db.app() as c:
@@ -412,3 +418,120 @@ def test_the_ledger_and_audit_packages_hold_them(users, tmp_path):
         r = subprocess.run([cli, "audit", "verify", out], capture_output=True, text=True)
         assert r.returncode == 1 and any(l.startswith(f"{name}:1: ") for l in r.stdout.splitlines()), r.stdout
         open(path, "w").write(text)
+
+
+# --- what a hostile review found (each fixed) -----------------------------------------------
+
+
+def test_set_task_runs_no_operator_of_the_callers(item):
+    """set_task looks a task's organization up as the extension owner: under a pinned
+    search_path, by a statement whose every operator is named with its schema. An application
+    role's own `=` in its search_path never runs there (it would have run as the owner)."""
+    db = item
+    with db.app() as c:
+        c.execute("""CREATE FUNCTION public.evil_eq(a text, b text) RETURNS boolean LANGUAGE plpgsql
+                     SET search_path = pg_catalog AS $$
+                     BEGIN
+                         IF current_user <> session_user THEN
+                             RAISE EXCEPTION 'hijacked: ran as %', current_user;
+                         END IF;
+                         RETURN texteq(a, b);
+                     END $$""")
+        c.execute("CREATE OPERATOR public.= (LEFTARG = text, RIGHTARG = text, FUNCTION = public.evil_eq)")
+    org_write(db, "INSERT INTO item (id, qty) VALUES (1, 1)", mint("t-op"), org="acme")
+    with db.conn(user=APP_ROLE, autocommit=False) as c:
+        c.execute("SET search_path = public, pg_catalog")
+        c.execute("SELECT set_config('koherent.organization', 'acme', true)")
+        c.execute("SELECT koherent.set_task(%s)", [mint("t-op")])
+        c.execute("SELECT koherent.verify_token(%s)", [mint("t-op")])
+        c.execute("UPDATE item SET qty = 2 WHERE id = 1")
+        c.commit()
+    assert db.one("SELECT count(*) FROM koherent.provenance_entry WHERE task_id = 't-op'") == 2
+
+
+def test_a_resolver_cannot_change_the_transaction_it_runs_in(users):
+    """Its tracked writes, set_context_id, set_context and set_task fail inside its own
+    subtransaction (the resolver fails: no user); settings it changes are undone."""
+    db = users
+    db.sql("CREATE TABLE accounts.seen (sub text PRIMARY KEY)")
+    db.sql("SELECT koherent.track('accounts.seen')")
+    db.sql(f"GRANT ALL ON accounts.seen TO {RESOLVER_OWNER}")
+    other = db.one("SELECT gen_random_uuid()")
+    db.sql(f"""CREATE OR REPLACE FUNCTION accounts.find_user(issuer text, sub text) RETURNS jsonb
+               LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+               BEGIN
+                   PERFORM pg_catalog.set_config('koherent.organization', 'evil', false);
+                   IF sub = 'writes' THEN
+                       INSERT INTO accounts.seen VALUES (sub);
+                   ELSIF sub = 'moves' THEN
+                       PERFORM koherent.set_context_id('{other}');
+                   ELSIF sub = 'meta' THEN
+                       PERFORM koherent.set_context('{{"forged": true}}');
+                   END IF;
+                   RETURN jsonb_build_object('ok', sub);
+               END $$""")
+    db.sql(f"ALTER FUNCTION accounts.find_user(text, text) OWNER TO {RESOLVER_OWNER}")
+    for sub in ("writes", "moves", "meta"):
+        notices = []
+        with db.conn(user=APP_ROLE, autocommit=False) as c:
+            c.add_notice_handler(lambda d: notices.append(d.message_primary))
+            c.execute("SELECT set_config('koherent.organization', 'acme', false)")
+            c.execute("SELECT koherent.set_task(%s)", [mint(f"t-{sub}", rcb=sub)])
+            ctx = c.execute("SELECT koherent.current_context_id()").fetchone()[0]
+            c.execute(f"INSERT INTO item (id, qty) VALUES ({len(sub)}, 1)")
+            c.execute(f"UPDATE item SET qty = 2 WHERE id = {len(sub)}")
+            c.commit()
+            assert c.execute("SELECT current_setting('koherent.organization')").fetchone()[0] == "acme"
+        assert assigner(db, f"t-{sub}") == [(sub, None)], sub
+        assert any("may not write tracked tables or change the transaction" in n for n in notices), notices
+        # both statements in the transaction's own context, nothing of the resolver's
+        assert db.sql(f"SELECT DISTINCT context_id FROM koherent.provenance_entry WHERE task_id = 't-{sub}'") == [(ctx,)]
+        assert db.one(f"SELECT metadata FROM koherent.transaction_auth_context WHERE id = '{ctx}'") == {}
+    assert db.count("accounts.seen") == 0 and db.count(f"koherent.transaction_auth_context WHERE id = '{other}'") == 0
+
+
+def test_a_cancel_inside_the_resolver_ends_the_statement(users):
+    """statement_timeout (or pg_cancel_backend) while the resolver runs is not the resolver's
+    error: the write fails with 57014 and nothing is written."""
+    db = users
+    db.sql("""CREATE OR REPLACE FUNCTION accounts.find_user(issuer text, sub text) RETURNS jsonb
+              LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+              BEGIN PERFORM pg_sleep(30); RETURN NULL; END $$""")
+    before = db.state_counts()
+    with db.conn(user=APP_ROLE, autocommit=False) as c:
+        c.execute("SELECT koherent.set_task(%s)", [mint("t-slow")])
+        c.execute("SET LOCAL statement_timeout = '300ms'")
+        with pytest.raises(psycopg.Error) as e:
+            c.execute("INSERT INTO item (id, qty) VALUES (1, 1)")
+        assert sqlstate(e) == "57014"
+    assert db.state_counts() == before and db.count("item") == 0
+
+
+def test_organizations_are_compared_as_set(item):
+    """The setting is taken as it is (a policy compares it as it is): ' acme ' is not acme."""
+    db = item
+    org_write(db, "INSERT INTO item (id, qty) VALUES (1, 1)", mint("t-1"), org="acme")
+    with pytest.raises(psycopg.Error) as e:
+        org_write(db, "UPDATE item SET qty = 2", mint("t-1"), org=" acme ")
+    assert sqlstate(e) == "28000"
+    org_write(db, "INSERT INTO item (id, qty) VALUES (2, 1)", org=" acme ")
+    assert db.sql("SELECT organization FROM koherent.provenance_entry ORDER BY history_id") == [("acme",), (" acme ",)]
+
+
+def test_readers_by_task_answer_for_another_organizations_task_as_for_none(tenants):
+    """Under the policy, as_of_task, revert_plan and revert_task of another organization's task
+    say 'no task', as for an unknown one (no existence, no start time)."""
+    db = tenants
+    db.sql(f"GRANT EXECUTE ON FUNCTION koherent.revert_plan(text, boolean), "
+           f"koherent.revert_task(text, boolean, text) TO {db.reader}")
+    db.sql(f"GRANT UPDATE ON item TO {db.reader}")
+    with as_org(db, db.reader, "acme") as c:
+        for task in ("t-globex", "no-such-task"):
+            for q in (f"SELECT count(*) FROM koherent.as_of_task(NULL::item, '{task}')",
+                      f"SELECT count(*) FROM koherent.revert_plan('{task}')",
+                      f"SELECT koherent.revert_task('{task}', false, 'skip')"):
+                with pytest.raises(psycopg.Error) as e:
+                    c.execute(q)
+                assert sqlstate(e) == "P0002" and f'no task "{task}" is recorded' in str(e.value), q
+        assert c.execute("SELECT count(*) FROM koherent.as_of_task(NULL::item, 't-acme')").fetchone()[0] == 0
+    assert db.one("SELECT qty FROM item WHERE id = 1") == 10

@@ -13,7 +13,7 @@ CHANGED = {"sql/views.sql": ["_entry_select", "_object_expr", "_table_literal", 
                               "_revert_plan_prepare", "_revert_plan", "revert_plan", "_revert_apply", "_revert_rows"],
            "sql/track.sql": ["track"],
            "sql/indexes.sql": ["_range_index", "_has_lookup_index", "_create_range_index"],
-           "sql/readers.sql": ["_visible_entry", "task_changes"],
+           "sql/readers.sql": ["_visible_entry", "_task_contexts", "task_changes"],
            "sql/tasks.sql": ["current_task", "set_user_resolver"],
            "sql/graphql.sql": ["_graphql_schema", "_expose_owner_check", "expose"]}
 
@@ -52,6 +52,12 @@ LANGUAGE c STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'koherent_jsonb_object';
 -- (now take the condition that picks the entries, the contexts the entries are among)
 DROP FUNCTION koherent._revert_threads_sql(koherent.tracked_config);
 DROP FUNCTION koherent._entry_select(koherent.tracked_config, text);
+
+-- the token functions name no object of the caller's (set_task looks a task's organization up
+-- as the extension owner)
+ALTER FUNCTION koherent.set_task(text) SET search_path TO pg_catalog, pg_temp;
+ALTER FUNCTION koherent._set_task_args(text, text) SET search_path TO pg_catalog, pg_temp;
+ALTER FUNCTION koherent.verify_token(text) SET search_path TO pg_catalog, pg_temp;
 
 -- who a task's people are: its organization and local assigner, a transaction's organization
 -- and application user (existing rows: null), the local user resolver

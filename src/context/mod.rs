@@ -154,8 +154,16 @@ fn warn_outside_block(what: &str) {
     }
 }
 
+/// Refuse a change of the transaction's task, context or writes while a user resolver runs.
+fn not_inside_resolver() {
+    if resolver::resolving() {
+        KoherentError::InsideResolver.raise();
+    }
+}
+
 /// `koherent.set_task(token)`: verify and make it the transaction's task.
 pub fn set_task(token: &str, args: Option<Option<JsonB>>) -> FlatJsonb {
+    not_inside_resolver();
     let task = verify::verify_token(token).or_raise();
     verify::check_presenter(&task).or_raise();
     if let Some(args) = args {
@@ -208,14 +216,16 @@ pub fn set_task(token: &str, args: Option<Option<JsonB>>) -> FlatJsonb {
 /// application's `koherent.organization` setting. Both given and different: refused.
 fn write_organization(task: Option<&Task>) -> Result<Option<String>, KoherentError> {
     let setting = guc::organization();
-    let claim = task.and_then(|t| {
-        let name = guc::organization_claim()?;
-        match t.claims.payload.get(&name)? {
-            Value::String(s) if !s.is_empty() => Some(s.clone()),
-            Value::Number(n) => Some(n.to_string()),
-            _ => None,
-        }
-    });
+    let mut claim = None;
+    if let (Some(t), Some(name)) = (task, guc::organization_claim()) {
+        claim = match t.claims.payload.get(&name) {
+            None => None,
+            Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            // present and not an organization: refused, not taken for none
+            Some(_) => return Err(KoherentError::OrganizationClaimInvalid { claim: name }),
+        };
+    }
     match (claim, setting) {
         (Some(c), Some(s)) if c != s => Err(KoherentError::OrganizationConflict {
             claim: c,
@@ -320,6 +330,7 @@ pub fn current_context_id() -> Uuid {
 }
 
 pub fn set_context_id(id: Uuid) {
+    not_inside_resolver();
     let bytes: [u8; 16] = *id.as_bytes();
     XACT.with(|x| {
         let mut x = x.borrow_mut();
@@ -342,6 +353,7 @@ pub fn set_context_id(id: Uuid) {
 pub const REVERTS_KEY: &str = "reverts";
 
 pub fn set_context(metadata: JsonB) {
+    not_inside_resolver();
     let Value::Object(m) = metadata.0 else {
         KoherentError::InvalidArgument("context metadata must be a JSON object".into()).raise()
     };
@@ -357,6 +369,7 @@ pub fn set_context(metadata: JsonB) {
 
 /// Record what this transaction reverts: `metadata.reverts`, once per transaction.
 pub fn mark_revert(what: JsonB) {
+    not_inside_resolver();
     let already = XACT.with(|x| x.borrow().metadata.contains_key(REVERTS_KEY));
     if already {
         KoherentError::RevertTwice.raise();
@@ -423,6 +436,7 @@ pub fn require_task(relid: pg_sys::Oid) {
 /// token again (see verify::recheck): a token that expired or whose key was revoked since the
 /// transaction began fails the write.
 pub fn write_context(require_task: bool, relid: pg_sys::Oid) -> Uuid {
+    not_inside_resolver();
     let fast = XACT.with(|x| {
         let x = x.borrow();
         x.written

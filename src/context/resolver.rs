@@ -2,7 +2,13 @@
 //! to find the local user of the task's assigner (rcb). It runs as its own owner, never with
 //! koherent's rights (the history writer runs as the extension owner), under a security-
 //! restricted operation, in a subtransaction: an error or a null is no user, a WARNING says why,
-//! and the write goes on.
+//! and the write goes on. A cancel (statement_timeout, pg_cancel_backend) is not an error of the
+//! resolver: it ends the statement, as PL/pgSQL's `WHEN OTHERS` lets it.
+//!
+//! While it runs it cannot change the transaction koherent is writing: its tracked writes and
+//! its calls of set_task, set_context_id, set_context fail inside its subtransaction
+//! ([`resolving`]), and settings it changes (`set_config(..., false)` included) are undone when
+//! it returns.
 
 use pgrx::pg_sys;
 use pgrx::pg_sys::panic::CaughtError;
@@ -11,14 +17,27 @@ use pgrx::spi::Spi;
 use serde_json::Value;
 
 use crate::datum::text_datum;
+use std::cell::Cell;
+
+thread_local! {
+    static RESOLVING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether a user resolver is running (koherent's state-changing entry points refuse then).
+pub fn resolving() -> bool {
+    RESOLVING.with(|r| r.get())
+}
 
 /// The resolver as `koherent.user_resolver` names it: (oid, owner, name, pins search_path).
 fn configured() -> Option<(pg_sys::Oid, pg_sys::Oid, String, bool)> {
     let found = Spi::connect(|c| {
         let rows = c.select(
-            "SELECT r.resolver::oid, p.proowner, r.resolver::text, p.oid IS NOT NULL,
-                    EXISTS (SELECT 1 FROM pg_catalog.unnest(p.proconfig) x WHERE x LIKE 'search_path=%')
-               FROM koherent.user_resolver r LEFT JOIN pg_catalog.pg_proc p ON p.oid = r.resolver",
+            // (every name and operator with its schema)
+            "SELECT r.resolver::pg_catalog.oid, p.proowner, r.resolver::pg_catalog.text, p.oid IS NOT NULL,
+                    EXISTS (SELECT 1 FROM pg_catalog.unnest(p.proconfig) x
+                             WHERE x OPERATOR(pg_catalog.~~) 'search_path=%')
+               FROM koherent.user_resolver r
+               LEFT JOIN pg_catalog.pg_proc p ON p.oid OPERATOR(pg_catalog.=) r.resolver::pg_catalog.oid",
             Some(1),
             &[],
         )?;
@@ -94,7 +113,12 @@ unsafe fn call(
             sec | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
                 | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
         );
+        // settings it changes are undone when it returns (as a function's SET clause is)
+        let guc = pg_sys::NewGUCNestLevel();
+        RESOLVING.with(|r| r.set(true));
         let result = invoke(oid, &issuer, &sub);
+        RESOLVING.with(|r| r.set(false));
+        pg_sys::AtEOXact_GUC(false, guc);
         pg_sys::SetUserIdAndSecContext(user, sec);
         pg_sys::ReleaseCurrentSubTransaction();
         pg_sys::MemoryContextSwitchTo(context);
@@ -102,11 +126,22 @@ unsafe fn call(
         Ok(result)
     })
     .catch_others(|e| {
-        // (the rollback restores the user id and security context the subtransaction began with)
+        // (the rollback restores the user id, security context and settings the subtransaction
+        // began with)
+        RESOLVING.with(|r| r.set(false));
         pg_sys::MemoryContextSwitchTo(context);
         pg_sys::RollbackAndReleaseCurrentSubTransaction();
         pg_sys::MemoryContextSwitchTo(context);
         pg_sys::CurrentResourceOwner = resowner;
+        let cancelled = match &e {
+            CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => {
+                r.sql_error_code() == PgSqlErrorCode::ERRCODE_QUERY_CANCELED
+            }
+            CaughtError::RustPanic { .. } => false,
+        };
+        if cancelled {
+            e.rethrow();
+        }
         Err(match &e {
             CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r.message().to_string(),
             CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),

@@ -120,16 +120,19 @@ pub fn statements() -> Rc<ContextStatements> {
         let context_with_task = c.prepare_mut(with_task.as_str(), &types)?.keep();
         let metadata = c
             .prepare_mut(
-                "UPDATE koherent.transaction_auth_context SET metadata = metadata || $2 WHERE id = $1",
+                // (operators named with their schema: prepared once, whatever search_path)
+                "UPDATE koherent.transaction_auth_context SET metadata = metadata OPERATOR(pg_catalog.||) $2 \
+                 WHERE id OPERATOR(pg_catalog.=) $1",
                 &[uuid, jsonb],
             )?
             .keep();
         let task_organization = c
             .prepare_mut(
                 if identity {
-                    "SELECT organization FROM koherent.task WHERE issuer = $1 AND task_id = $2"
+                    TASK_ORGANIZATION_SQL
                 } else {
-                    "SELECT NULL::text FROM koherent.task WHERE issuer = $1 AND task_id = $2"
+                    "SELECT NULL::pg_catalog.text FROM koherent.task \
+                     WHERE issuer OPERATOR(pg_catalog.=) $1 AND task_id OPERATOR(pg_catalog.=) $2"
                 },
                 &[text, text],
             )?
@@ -149,22 +152,50 @@ pub fn statements() -> Rc<ContextStatements> {
     statements
 }
 
+/// A task's organization (every name and operator with its schema).
+const TASK_ORGANIZATION_SQL: &str = "SELECT organization FROM koherent.task \
+     WHERE issuer OPERATOR(pg_catalog.=) $1 AND task_id OPERATOR(pg_catalog.=) $2";
+
 /// [`recorded_organization`] for a caller outside the history writer (set_task, with the
-/// client's rights): looked up as the extension owner, who owns koherent.task. Nothing of it
-/// reaches the client but set_task's verdict on its own verified token.
+/// client's rights): looked up as the owner of koherent's tables (the extension owner), under a
+/// security-restricted operation, by a one-off statement that names every object and operator
+/// with its schema (none of the caller's can run). Nothing of it reaches the client but
+/// set_task's verdict on its own verified token.
 pub fn recorded_organization_as_owner(issuer: &str, task_id: &str) -> Option<Option<String>> {
-    let owner = Spi::get_one::<pg_sys::Oid>(
-        "SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'koherent'",
-    )
-    .ok()
-    .flatten()
-    .unwrap_or(pg_sys::InvalidOid);
+    if !has_identity_columns() {
+        return Some(None);
+    }
     unsafe {
+        let tup = pg_sys::SearchSysCache1(
+            pg_sys::SysCacheIdentifier::RELOID as _,
+            pg_sys::Datum::from(koherent_oids().context_table),
+        );
+        if tup.is_null() {
+            return None;
+        }
+        let owner = (*(pg_sys::GETSTRUCT(tup) as pg_sys::Form_pg_class)).relowner;
+        pg_sys::ReleaseSysCache(tup);
         let (mut user, mut sec) = (pg_sys::InvalidOid, 0);
         pg_sys::GetUserIdAndSecContext(&mut user, &mut sec);
-        pg_sys::SetUserIdAndSecContext(owner, sec | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
+        pg_sys::SetUserIdAndSecContext(
+            owner,
+            sec | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
+                | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
+        );
         // (an ERROR ends the transaction, whose abort restores the user)
-        let found = recorded_organization(issuer, task_id);
+        let found = Spi::connect(|c| -> Result<Option<Option<String>>, pgrx::spi::Error> {
+            let rows = c.select(
+                TASK_ORGANIZATION_SQL,
+                Some(1),
+                &[issuer.into(), task_id.into()],
+            )?;
+            if rows.is_empty() {
+                return Ok(None);
+            }
+            Ok(Some(rows.first().get::<String>(1)?))
+        })
+        .map_err(|e| KoherentError::Internal(e.to_string()))
+        .or_raise();
         pg_sys::SetUserIdAndSecContext(user, sec);
         found
     }
