@@ -159,9 +159,11 @@ BEGIN
       JOIN (SELECT r.config_id, 0 AS part, r.cond
               FROM koherent._sealed_conditions(ARRAY(SELECT u FROM unnest(ids) u WHERE NOT (u = ANY (unsealed)))) r
             UNION ALL
-            SELECT x.id, 1, format('h.history_context = ANY ($2) AND h.history_date >= %L::timestamptz',
-                                   koherent._contexts_since(unsealed)) FROM koherent.tracked_config x
-             WHERE cardinality(unsealed) > 0) w ON w.config_id = c.id
+            SELECT x.id, 1, koherent._unsealed_condition(format('koherent_history.%I', x.history_table)::regclass, '$2',
+                                                         s.since, format('%L::timestamptz', s.since))
+              FROM koherent.tracked_config x, koherent._contexts_since(unsealed) s(since)
+             WHERE cardinality(unsealed) > 0
+               AND to_regclass(format('koherent_history.%I', x.history_table)) IS NOT NULL) w ON w.config_id = c.id
      WHERE to_regclass(format('koherent_history.%I', c.history_table)) IS NOT NULL;
     SELECT string_agg(format('WHEN %s THEN (SELECT %L || r.record || ''}'' FROM (%s) r)', c.id,
                              '{"table":' || to_json(format('%I.%I', c.schema_name, c.table_name))::text || ',"record":',

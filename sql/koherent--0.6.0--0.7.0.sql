@@ -204,35 +204,6 @@ COMMENT ON FUNCTION koherent._task(koherent.provenance_entry_node) IS E'@omit';
     END LOOP;
 END $upgrade$;
 
-CREATE OR REPLACE FUNCTION koherent._entry_select(cfg koherent.tracked_config, shape text, contexts text DEFAULT NULL)
-RETURNS text LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    hist regclass := format('koherent_history.%I', cfg.history_table)::regclass;
-    attributed boolean;
-BEGIN
-    IF shape NOT IN ('history_all', 'provenance_entry') THEN
-        RAISE EXCEPTION 'koherent._entry_select: unknown shape %', shape USING ERRCODE = '22023';
-    END IF;
-    attributed := shape = 'provenance_entry';
-    RETURN format(
-        'SELECT h.history_id, %s AS table_name, %s AS row_key, '
-        'h.history_kind AS kind, h.history_date AS date, h.history_context AS context_id, %s'
-        '%s AS row_data, '
-        '%s%L::text AS table_ident%s FROM koherent_history.%I h%s',
-        koherent._table_literal(cfg, attributed),
-        koherent._key_expr(cfg, '', 'h'),
-        CASE WHEN attributed THEN 'c.db_role, ' ELSE '' END,
-        koherent._row_data_expr(hist),
-        CASE WHEN attributed THEN 'c.task_id, c.client_id AS agent_client_id, c.issuer, c.changed_by, ' ELSE '' END,
-        format('%I.%I', cfg.schema_name, cfg.table_name),
-        CASE WHEN attributed THEN ', c.effective_role, c.organization, c.app_user' ELSE '' END,
-        cfg.history_table,
-        CASE WHEN attributed
-             THEN ' LEFT JOIN koherent.transaction_auth_context c ON c.id = h.history_context'
-                  || CASE WHEN contexts IS NOT NULL THEN format(' AND c.id = ANY (%s)', contexts) ELSE '' END
-             ELSE '' END);
-END $$;
-
 CREATE OR REPLACE FUNCTION koherent._object_expr(keys text[], exprs text[], typs oid[], keys_sql boolean DEFAULT false) RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -268,13 +239,6 @@ BEGIN
     RETURN '(' || array_to_string(parts, ' || ') || ')';
 END $$;
 
-CREATE OR REPLACE FUNCTION koherent._table_literal(cfg koherent.tracked_config, by_name boolean) RETURNS text
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT CASE WHEN by_name AND cfg.dropped_at IS NULL
-                THEN format('%L::regclass', format('%I.%I', cfg.schema_name, cfg.table_name))
-                ELSE format('koherent._relid(%s::oid)::regclass', cfg.relid) END
-$$;
-
 CREATE OR REPLACE FUNCTION koherent._row_data_expr(hist regclass) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT koherent._object_expr(array_agg(a.attname::text ORDER BY a.attnum),
@@ -284,6 +248,52 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
      WHERE a.attrelid = hist AND a.attnum > 0 AND NOT a.attisdropped
        AND a.attname NOT IN ('history_id', 'history_kind', 'history_date', 'history_context')
        AND a.attname NOT LIKE 'old:%'
+$$;
+
+CREATE OR REPLACE FUNCTION koherent._key_object_expr(cfg koherent.tracked_config) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT koherent._object_expr(array_agg(u.k::text ORDER BY u.o), array_agg(format('h.%I', u.k) ORDER BY u.o),
+                                 array_agg(a.atttypid ORDER BY u.o))
+      FROM unnest(cfg.pk_columns) WITH ORDINALITY u(k, o)
+      JOIN pg_attribute a ON a.attrelid = format('koherent_history.%I', cfg.history_table)::regclass
+                         AND a.attname = u.k AND a.attnum > 0 AND NOT a.attisdropped
+$$;
+
+CREATE OR REPLACE FUNCTION koherent._entry_select(cfg koherent.tracked_config, shape text, contexts text DEFAULT NULL)
+RETURNS text LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    hist regclass := format('koherent_history.%I', cfg.history_table)::regclass;
+    attributed boolean;
+BEGIN
+    IF shape NOT IN ('history_all', 'provenance_entry') THEN
+        RAISE EXCEPTION 'koherent._entry_select: unknown shape %', shape USING ERRCODE = '22023';
+    END IF;
+    attributed := shape = 'provenance_entry';
+    RETURN format(
+        'SELECT h.history_id, %s AS table_name, %s AS row_key, '
+        'h.history_kind AS kind, h.history_date AS date, h.history_context AS context_id, %s'
+        '%s AS row_data, '
+        '%s%L::text AS table_ident%s FROM koherent_history.%I h%s',
+        koherent._table_literal(cfg, attributed),
+        -- (the readers by task, which name their contexts, take the faster form)
+        CASE WHEN contexts IS NULL THEN koherent._key_expr(cfg, '', 'h') ELSE koherent._key_object_expr(cfg) END,
+        CASE WHEN attributed THEN 'c.db_role, ' ELSE '' END,
+        koherent._row_data_expr(hist),
+        CASE WHEN attributed THEN 'c.task_id, c.client_id AS agent_client_id, c.issuer, c.changed_by, ' ELSE '' END,
+        format('%I.%I', cfg.schema_name, cfg.table_name),
+        CASE WHEN attributed THEN ', c.effective_role, c.organization, c.app_user' ELSE '' END,
+        cfg.history_table,
+        CASE WHEN attributed
+             THEN ' LEFT JOIN koherent.transaction_auth_context c ON c.id = h.history_context'
+                  || CASE WHEN contexts IS NOT NULL THEN format(' AND c.id = ANY (%s)', contexts) ELSE '' END
+             ELSE '' END);
+END $$;
+
+CREATE OR REPLACE FUNCTION koherent._table_literal(cfg koherent.tracked_config, by_name boolean) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN by_name AND cfg.dropped_at IS NULL
+                THEN format('%L::regclass', format('%I.%I', cfg.schema_name, cfg.table_name))
+                ELSE format('koherent._relid(%s::oid)::regclass', cfg.relid) END
 $$;
 
 CREATE OR REPLACE FUNCTION koherent._sync_history_columns(cfg_id integer) RETURNS void
@@ -1445,6 +1455,29 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                       AND i.indexrelid IS DISTINCT FROM koherent._range_index(hist))
 $$;
 
+CREATE OR REPLACE FUNCTION koherent._recent_history(hist regclass, since timestamptz) RETURNS boolean
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    nblocks bigint;
+    tail bigint;
+    newest timestamptz;
+BEGIN
+    IF since IS NULL OR since = '-infinity' OR current_setting('server_version_num')::int < 140000
+       OR NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = hist AND c.relkind = 'r'
+                         AND c.relnamespace = 'koherent_history'::regnamespace) THEN
+        RETURN false;
+    END IF;
+    nblocks := pg_relation_size(hist) / current_setting('block_size')::int;
+    IF nblocks < 2048 THEN
+        RETURN false;
+    END IF;
+    tail := greatest(nblocks / 128, 128);
+    EXECUTE format('SELECT max(h.history_date) FROM %s h WHERE h.ctid = ANY ($1)', hist) INTO newest
+      USING ARRAY(SELECT format('(%s,%s)', b, k)::tid
+                    FROM generate_series(nblocks - tail, nblocks - tail + 3) b, generate_series(1, 8) k);
+    RETURN coalesce(newest < since, false);
+END $$;
+
 CREATE OR REPLACE FUNCTION koherent._create_range_index(hist regclass) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -1525,6 +1558,7 @@ DECLARE
     unsealed uuid[];
     sealed uuid[];
     branches text;
+    since timestamptz;
 BEGIN
     ctx := koherent._task_contexts(task_id, include_subtasks);
     IF ctx IS NULL OR cardinality(ctx) = 0 THEN
@@ -1541,6 +1575,7 @@ BEGIN
     -- the ranges branch takes only the sealed contexts: an unsealed one's entries can lie inside
     -- a sealed range (a transaction that committed after a seal), and come from the other branch
     sealed := ARRAY(SELECT u FROM unnest(ctx) u WHERE NOT (u = ANY (unsealed)));
+    since := koherent._contexts_since(unsealed);
     -- summarize what is complete and still unsummarized (src/brin.rs), so that the lookups
     -- below read no long unsummarized tail
     PERFORM koherent._summarize(to_regclass(format('koherent_history.%I', cfg.history_table))::oid)
@@ -1551,8 +1586,8 @@ BEGIN
                || ' WHERE (h.history_context = ANY ($1)) IS TRUE AND ' || r.cond AS b
           FROM koherent._sealed_conditions(sealed) r JOIN koherent.tracked_config cfg ON cfg.id = r.config_id
         UNION ALL
-        SELECT koherent._entry_select(cfg, 'provenance_entry', '$4')
-               || ' WHERE h.history_context = ANY ($2) AND h.history_date >= $3'
+        SELECT koherent._entry_select(cfg, 'provenance_entry', '$4') || ' WHERE '
+               || koherent._unsealed_condition(format('koherent_history.%I', cfg.history_table)::regclass, '$2', since, '$3')
           FROM koherent.tracked_config cfg WHERE cardinality(unsealed) > 0) x;
     IF branches IS NULL THEN
         RETURN;
@@ -1560,7 +1595,7 @@ BEGIN
     -- (unsealed contexts: their entries are dated at or after the oldest one began, see
     -- koherent._contexts_since)
     RETURN QUERY EXECUTE 'SELECT * FROM (' || branches || ') e ORDER BY 1'
-      USING sealed, unsealed, koherent._contexts_since(unsealed), ctx;
+      USING sealed, unsealed, since, ctx;
 END $$;
 COMMENT ON FUNCTION koherent.task_changes(text, boolean, text) IS
   'Every change one task made, across all tracked tables, in order; include_subtasks follows parent_task_id and root_task_id; organization keeps the transactions written in that organization.';
@@ -2490,13 +2525,32 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(min(c.created_at), '-infinity') FROM koherent.transaction_auth_context c WHERE c.id = ANY (ctx)
 $$;
 
+-- The condition (alias h) that finds the entries of unsealed contexts `ctx_sql` that began at
+-- `since` or later in history table `hist`. When the history since then is a short tail of the
+-- table (koherent._recent_history), through the range index by date alone (the context test
+-- written so that no index takes it); otherwise by the bloom filters of the lookup index alone
+-- (the date test so written: the planner, which knows nothing of the ids and dates of entries
+-- written since the last ANALYZE, would read all history from `since` on through the range
+-- index); partitioned history by both, so that its partitions are pruned by date. `since_sql`:
+-- how the statement names the moment (a parameter or a literal).
+CREATE FUNCTION koherent._unsealed_condition(hist regclass, ctx_sql text, since timestamptz, since_sql text)
+RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = hist AND c.relkind = 'p')
+                THEN format('h.history_context = ANY (%s) AND h.history_date >= %s', ctx_sql, since_sql)
+                WHEN koherent._recent_history(hist, since)
+                THEN format('(h.history_context = ANY (%s)) IS TRUE AND h.history_date >= %s', ctx_sql, since_sql)
+                ELSE format('h.history_context = ANY (%s) AND (h.history_date >= %s) IS TRUE', ctx_sql, since_sql) END
+$$;
+
 CREATE FUNCTION koherent._context_filter(config_id integer, ctx uuid[], ctx_sql text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE
         WHEN EXISTS (SELECT 1 FROM unnest(ctx) u(id)
                       WHERE NOT EXISTS (SELECT 1 FROM koherent.ledger_context l WHERE l.context_id = u.id))
-        THEN format('h.history_context = ANY (%s) AND h.history_date >= %L::timestamptz', ctx_sql,
-                    koherent._contexts_since(ctx))
+        THEN (SELECT koherent._unsealed_condition(format('koherent_history.%I', c.history_table)::regclass, ctx_sql, s.since,
+                                                  format('%L::timestamptz', s.since))
+                FROM koherent.tracked_config c, koherent._contexts_since(ctx) s(since)
+               WHERE c.id = _context_filter.config_id)
         ELSE coalesce((SELECT format('(h.history_context = ANY (%s)) IS TRUE AND %s', ctx_sql, r.cond)
                          FROM koherent._sealed_conditions(ctx) r WHERE r.config_id = _context_filter.config_id), 'false')
     END
@@ -2664,9 +2718,11 @@ BEGIN
       JOIN (SELECT r.config_id, 0 AS part, r.cond
               FROM koherent._sealed_conditions(ARRAY(SELECT u FROM unnest(ids) u WHERE NOT (u = ANY (unsealed)))) r
             UNION ALL
-            SELECT x.id, 1, format('h.history_context = ANY ($2) AND h.history_date >= %L::timestamptz',
-                                   koherent._contexts_since(unsealed)) FROM koherent.tracked_config x
-             WHERE cardinality(unsealed) > 0) w ON w.config_id = c.id
+            SELECT x.id, 1, koherent._unsealed_condition(format('koherent_history.%I', x.history_table)::regclass, '$2',
+                                                         s.since, format('%L::timestamptz', s.since))
+              FROM koherent.tracked_config x, koherent._contexts_since(unsealed) s(since)
+             WHERE cardinality(unsealed) > 0
+               AND to_regclass(format('koherent_history.%I', x.history_table)) IS NOT NULL) w ON w.config_id = c.id
      WHERE to_regclass(format('koherent_history.%I', c.history_table)) IS NOT NULL;
     SELECT string_agg(format('WHEN %s THEN (SELECT %L || r.record || ''}'' FROM (%s) r)', c.id,
                              '{"table":' || to_json(format('%I.%I', c.schema_name, c.table_name))::text || ',"record":',

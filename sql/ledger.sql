@@ -591,13 +591,32 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(min(c.created_at), '-infinity') FROM koherent.transaction_auth_context c WHERE c.id = ANY (ctx)
 $$;
 
+-- The condition (alias h) that finds the entries of unsealed contexts `ctx_sql` that began at
+-- `since` or later in history table `hist`. When the history since then is a short tail of the
+-- table (koherent._recent_history), through the range index by date alone (the context test
+-- written so that no index takes it); otherwise by the bloom filters of the lookup index alone
+-- (the date test so written: the planner, which knows nothing of the ids and dates of entries
+-- written since the last ANALYZE, would read all history from `since` on through the range
+-- index); partitioned history by both, so that its partitions are pruned by date. `since_sql`:
+-- how the statement names the moment (a parameter or a literal).
+CREATE FUNCTION koherent._unsealed_condition(hist regclass, ctx_sql text, since timestamptz, since_sql text)
+RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = hist AND c.relkind = 'p')
+                THEN format('h.history_context = ANY (%s) AND h.history_date >= %s', ctx_sql, since_sql)
+                WHEN koherent._recent_history(hist, since)
+                THEN format('(h.history_context = ANY (%s)) IS TRUE AND h.history_date >= %s', ctx_sql, since_sql)
+                ELSE format('h.history_context = ANY (%s) AND (h.history_date >= %s) IS TRUE', ctx_sql, since_sql) END
+$$;
+
 CREATE FUNCTION koherent._context_filter(config_id integer, ctx uuid[], ctx_sql text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE
         WHEN EXISTS (SELECT 1 FROM unnest(ctx) u(id)
                       WHERE NOT EXISTS (SELECT 1 FROM koherent.ledger_context l WHERE l.context_id = u.id))
-        THEN format('h.history_context = ANY (%s) AND h.history_date >= %L::timestamptz', ctx_sql,
-                    koherent._contexts_since(ctx))
+        THEN (SELECT koherent._unsealed_condition(format('koherent_history.%I', c.history_table)::regclass, ctx_sql, s.since,
+                                                  format('%L::timestamptz', s.since))
+                FROM koherent.tracked_config c, koherent._contexts_since(ctx) s(since)
+               WHERE c.id = _context_filter.config_id)
         ELSE coalesce((SELECT format('(h.history_context = ANY (%s)) IS TRUE AND %s', ctx_sql, r.cond)
                          FROM koherent._sealed_conditions(ctx) r WHERE r.config_id = _context_filter.config_id), 'false')
     END

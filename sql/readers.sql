@@ -195,6 +195,7 @@ DECLARE
     unsealed uuid[];
     sealed uuid[];
     branches text;
+    since timestamptz;
 BEGIN
     ctx := koherent._task_contexts(task_id, include_subtasks);
     IF ctx IS NULL OR cardinality(ctx) = 0 THEN
@@ -211,6 +212,7 @@ BEGIN
     -- the ranges branch takes only the sealed contexts: an unsealed one's entries can lie inside
     -- a sealed range (a transaction that committed after a seal), and come from the other branch
     sealed := ARRAY(SELECT u FROM unnest(ctx) u WHERE NOT (u = ANY (unsealed)));
+    since := koherent._contexts_since(unsealed);
     -- summarize what is complete and still unsummarized (src/brin.rs), so that the lookups
     -- below read no long unsummarized tail
     PERFORM koherent._summarize(to_regclass(format('koherent_history.%I', cfg.history_table))::oid)
@@ -221,8 +223,8 @@ BEGIN
                || ' WHERE (h.history_context = ANY ($1)) IS TRUE AND ' || r.cond AS b
           FROM koherent._sealed_conditions(sealed) r JOIN koherent.tracked_config cfg ON cfg.id = r.config_id
         UNION ALL
-        SELECT koherent._entry_select(cfg, 'provenance_entry', '$4')
-               || ' WHERE h.history_context = ANY ($2) AND h.history_date >= $3'
+        SELECT koherent._entry_select(cfg, 'provenance_entry', '$4') || ' WHERE '
+               || koherent._unsealed_condition(format('koherent_history.%I', cfg.history_table)::regclass, '$2', since, '$3')
           FROM koherent.tracked_config cfg WHERE cardinality(unsealed) > 0) x;
     IF branches IS NULL THEN
         RETURN;
@@ -230,7 +232,7 @@ BEGIN
     -- (unsealed contexts: their entries are dated at or after the oldest one began, see
     -- koherent._contexts_since)
     RETURN QUERY EXECUTE 'SELECT * FROM (' || branches || ') e ORDER BY 1'
-      USING sealed, unsealed, koherent._contexts_since(unsealed), ctx;
+      USING sealed, unsealed, since, ctx;
 END $$;
 COMMENT ON FUNCTION koherent.task_changes(text, boolean, text) IS
   'Every change one task made, across all tracked tables, in order; include_subtasks follows parent_task_id and root_task_id; organization keeps the transactions written in that organization.';

@@ -99,6 +99,19 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
        AND a.attname NOT LIKE 'old:%'
 $$;
 
+-- The same key as koherent._object_expr builds it (the same jsonb in about a fifth of the time:
+-- 10k keys of a bigint 10.4 -> 1.9 ms), for the readers that find entries by something else
+-- than their key (task_changes). The views keep _key_expr's form, which the planner hook reads
+-- (`row_key = '{...}'`, src/planner.rs).
+CREATE FUNCTION koherent._key_object_expr(cfg koherent.tracked_config) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT koherent._object_expr(array_agg(u.k::text ORDER BY u.o), array_agg(format('h.%I', u.k) ORDER BY u.o),
+                                 array_agg(a.atttypid ORDER BY u.o))
+      FROM unnest(cfg.pk_columns) WITH ORDINALITY u(k, o)
+      JOIN pg_attribute a ON a.attrelid = format('koherent_history.%I', cfg.history_table)::regclass
+                         AND a.attname = u.k AND a.attnum > 0 AND NOT a.attisdropped
+$$;
+
 -- How generated SQL names a tracked table. Function bodies (the exposed functions, dumped as
 -- text and restored elsewhere, where the table has another oid) name it, while it exists. Views
 -- use its oid, converted at run time: a regclass constant would make the view (an extension
@@ -133,7 +146,8 @@ BEGIN
         '%s AS row_data, '
         '%s%L::text AS table_ident%s FROM koherent_history.%I h%s',
         koherent._table_literal(cfg, attributed),
-        koherent._key_expr(cfg, '', 'h'),
+        -- (the readers by task, which name their contexts, take the faster form)
+        CASE WHEN contexts IS NULL THEN koherent._key_expr(cfg, '', 'h') ELSE koherent._key_object_expr(cfg) END,
         CASE WHEN attributed THEN 'c.db_role, ' ELSE '' END,
         koherent._row_data_expr(hist),
         CASE WHEN attributed THEN 'c.task_id, c.client_id AS agent_client_id, c.issuer, c.changed_by, ' ELSE '' END,
