@@ -54,7 +54,9 @@ $$;
 -- (their lookup index is small), for partitioned history (its partitions are pruned by date)
 -- and before PostgreSQL 14 (the lookup index is then a btree on history_context).
 CREATE FUNCTION koherent._recent_history(hist regclass, since timestamptz) RETURNS boolean
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- (the TIDs are looked up, whatever the session's planner settings: never a scan of history)
+SET enable_tidscan = on SET enable_seqscan = off AS $$
 DECLARE
     nblocks bigint;
     tail bigint;

@@ -1456,7 +1456,9 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 CREATE OR REPLACE FUNCTION koherent._recent_history(hist regclass, since timestamptz) RETURNS boolean
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- (the TIDs are looked up, whatever the session's planner settings: never a scan of history)
+SET enable_tidscan = on SET enable_seqscan = off AS $$
 DECLARE
     nblocks bigint;
     tail bigint;

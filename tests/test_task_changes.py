@@ -238,6 +238,11 @@ def test_unsealed_tasks_recent_by_the_range_index_old_by_the_lookup_index(item):
         ctx = item.one("SELECT koherent._task_contexts(%s, false)", [task])
         since = item.one("SELECT koherent._contexts_since(%s)", [ctx])
         assert item.one("SELECT koherent._recent_history(%s, %s)", [hist, since]) is recent, task
+        with item.conn() as c:  # (its own planner settings: TIDs looked up, never a scan)
+            c.execute("SET enable_tidscan = off")
+            assert c.execute("SELECT koherent._recent_history(%s, %s)", [hist, since]).fetchone()[0] is recent
+        with item.app() as c, pytest.raises(psycopg.errors.InsufficientPrivilege):
+            c.execute("SELECT koherent._recent_history(%s, %s)", [hist, since])
         cond = item.one("SELECT koherent._unsealed_condition(%s, %s, %s, %s)",
                         [hist, "'" + "{" + ",".join(str(u) for u in ctx) + "}'::uuid[]", since,
                          f"'{since.isoformat()}'::timestamptz"])
