@@ -1470,10 +1470,10 @@ BEGIN
         RETURN false;
     END IF;
     nblocks := pg_relation_size(hist) / current_setting('block_size')::int;
-    IF nblocks < 2048 THEN
+    IF nblocks < 16384 THEN
         RETURN false;
     END IF;
-    tail := greatest(nblocks / 128, 128);
+    tail := nblocks / 128;
     EXECUTE format('SELECT max(h.history_date) FROM %s h WHERE h.ctid = ANY ($1)', hist) INTO newest
       USING ARRAY(SELECT format('(%s,%s)', b, k)::tid
                     FROM generate_series(nblocks - tail, nblocks - tail + 3) b, generate_series(1, 8) k);

@@ -210,24 +210,24 @@ def test_a_context_committed_after_a_seal_inside_a_sealed_range_comes_once(item)
 def test_unsealed_tasks_recent_by_the_range_index_old_by_the_lookup_index(item):
     """An unsealed task's entries are dated at or after its first transaction began. When the
     history since then is a short tail of a large history table (koherent._recent_history: the
-    last 1/128 of its blocks), the readers by task read that tail through the range index by date
-    alone; otherwise (an older task, a small table) they look the contexts up in the lookup
+    last 1/128 of 16384 blocks or more), the readers by task read that tail through the range
+    index by date alone; otherwise (an older task, a small table) they look the contexts up in the lookup
     index's bloom filters. Either way the same entries as a scan of all history: task_changes,
     revert_plan, as_of_task and the audit export."""
     item.sql("CREATE TABLE wide (id int PRIMARY KEY, pad text)")
     item.sql("SELECT koherent.track('wide')")
     item.sql("ALTER TABLE koherent_history.wide SET (autovacuum_enabled = false)")
     hist = "koherent_history.wide"
-    item.sql("INSERT INTO wide SELECT g, repeat('x', 300) FROM generate_series(1, 10) g")
+    item.sql("INSERT INTO wide SELECT g, repeat('x', 1000) FROM generate_series(1, 10) g")
     write(item, "UPDATE wide SET pad = 'old' WHERE id <= 3", mint("old-task"))
     # small yet: no guess, the bloom filters (the lookup index is small)
     since = item.one("SELECT koherent._contexts_since(koherent._task_contexts('old-task', false))")
     assert item.one("SELECT koherent._recent_history(%s, %s)", [hist, since]) is False
-    item.sql("INSERT INTO wide SELECT g, repeat('x', 300) FROM generate_series(11, 70000) g")
+    item.sql("INSERT INTO wide SELECT g, repeat('x', 1000) FROM generate_series(11, 125000) g")
     blocks = item.one(f"SELECT pg_relation_size('{hist}') / 8192")
-    assert blocks > 2048, blocks
+    assert blocks > 16384, blocks
     write(item, "UPDATE wide SET pad = 'new' WHERE id BETWEEN 500 AND 504", mint("new-task"))
-    write(item, "DELETE FROM wide WHERE id = 69999", mint("new-task"))
+    write(item, "DELETE FROM wide WHERE id = 124999", mint("new-task"))
     item.sql("SELECT koherent._summarize(%s::regclass::oid)", [hist])
 
     range_index = item.one("SELECT koherent._range_index(%s)::text", [hist])
@@ -256,7 +256,7 @@ def test_unsealed_tasks_recent_by_the_range_index_old_by_the_lookup_index(item):
         plan_rows = item.sql("SELECT action, row_key FROM koherent.revert_plan(%s) ORDER BY row_key->>'id'", [task])
         if task == "new-task":
             assert sorted(plan_rows, key=lambda r: r[1]["id"]) == (
-                [("UPDATE", {"id": i}) for i in range(500, 505)] + [("INSERT", {"id": 69999})])
+                [("UPDATE", {"id": i}) for i in range(500, 505)] + [("INSERT", {"id": 124999})])
         else:
             assert sorted(plan_rows, key=lambda r: r[1]["id"]) == [("UPDATE", {"id": i}) for i in (1, 2, 3)]
         with item.conn(autocommit=False) as c:
@@ -266,8 +266,8 @@ def test_unsealed_tasks_recent_by_the_range_index_old_by_the_lookup_index(item):
         assert sorted(e["record"]["id"] for e in exported) == [r[0] for r in item.sql(ORACLE, [[task]])]
     # as of before the new task: its rows as they were
     assert item.sql("SELECT id, pad FROM koherent.as_of_task(NULL::wide, 'new-task') "
-                    "WHERE id IN (500, 69999) ORDER BY id") == [(500, "x" * 300), (69999, "x" * 300)]
-    assert item.sql("SELECT pad FROM koherent.as_of_task(NULL::wide, 'old-task') WHERE id = 1") == [("x" * 300,)]
+                    "WHERE id IN (500, 124999) ORDER BY id") == [(500, "x" * 1000), (124999, "x" * 1000)]
+    assert item.sql("SELECT pad FROM koherent.as_of_task(NULL::wide, 'old-task') WHERE id = 1") == [("x" * 1000,)]
 
 
 def test_task_changes_row_keys_equal_the_views_for_every_kind_of_key(item):
