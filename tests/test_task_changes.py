@@ -264,6 +264,16 @@ def test_unsealed_tasks_recent_by_the_range_index_old_by_the_lookup_index(item):
             cursor = dict(c.execute("SELECT kind, data FROM koherent.audit_export(%s)", [task]).fetchall())["entries"]
             exported = [json.loads(d) for (_, d) in c.execute(f'FETCH ALL FROM "{cursor}"').fetchall()]
         assert sorted(e["record"]["id"] for e in exported) == [r[0] for r in item.sql(ORACLE, [[task]])]
+    # and as the application role (revert_plan granted to it; as_of_task is everyone's): the
+    # helpers that choose the way run for it
+    item.sql(f"GRANT EXECUTE ON FUNCTION koherent.revert_plan(text, boolean) TO {APP_ROLE}")
+    item.sql(f"GRANT SELECT ON wide TO {APP_ROLE}")
+    with item.app() as c:
+        rows = c.execute("SELECT action, row_key FROM koherent.revert_plan('new-task')").fetchall()
+        assert sorted(rows, key=lambda r: r[1]["id"]) == (
+            [("UPDATE", {"id": i}) for i in range(500, 505)] + [("INSERT", {"id": 124999})])
+        assert c.execute("SELECT id, pad FROM koherent.as_of_task(NULL::wide, 'new-task') WHERE id = 500").fetchall() == [
+            (500, "x" * 1000)]
     # as of before the new task: its rows as they were
     assert item.sql("SELECT id, pad FROM koherent.as_of_task(NULL::wide, 'new-task') "
                     "WHERE id IN (500, 124999) ORDER BY id") == [(500, "x" * 1000), (124999, "x" * 1000)]
