@@ -160,7 +160,7 @@ BEGIN
               FROM koherent._sealed_conditions(ARRAY(SELECT u FROM unnest(ids) u WHERE NOT (u = ANY (unsealed)))) r
             UNION ALL
             SELECT x.id, 1, koherent._unsealed_condition(format('koherent_history.%I', x.history_table)::regclass, '$2',
-                                                         s.since, format('%L::timestamptz', s.since))
+                                                         s.since, koherent._timestamptz_literal(s.since))
               FROM koherent.tracked_config x, koherent._contexts_since(unsealed) s(since)
              WHERE cardinality(unsealed) > 0
                AND to_regclass(format('koherent_history.%I', x.history_table)) IS NOT NULL) w ON w.config_id = c.id

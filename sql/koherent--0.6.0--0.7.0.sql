@@ -2527,6 +2527,15 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(min(c.created_at), '-infinity') FROM koherent.transaction_auth_context c WHERE c.id = ANY (ctx)
 $$;
 
+-- A moment as SQL text that reads back as the same moment in any session: ISO digits in UTC
+-- (the session's DateStyle may write a zone abbreviation that input reads as another zone).
+CREATE FUNCTION koherent._timestamptz_literal(t timestamptz) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN t IS NULL THEN 'NULL::timestamptz'
+                WHEN NOT isfinite(t) THEN format('%L::timestamptz', t::text)
+                ELSE format('%L::timestamptz', to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00') END
+$$;
+
 -- The condition (alias h) that finds the entries of unsealed contexts `ctx_sql` that began at
 -- `since` or later in history table `hist`. When the history since then is a short tail of the
 -- table (koherent._recent_history), through the range index by date alone (the context test
@@ -2550,7 +2559,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         WHEN EXISTS (SELECT 1 FROM unnest(ctx) u(id)
                       WHERE NOT EXISTS (SELECT 1 FROM koherent.ledger_context l WHERE l.context_id = u.id))
         THEN (SELECT koherent._unsealed_condition(format('koherent_history.%I', c.history_table)::regclass, ctx_sql, s.since,
-                                                  format('%L::timestamptz', s.since))
+                                                  koherent._timestamptz_literal(s.since))
                 FROM koherent.tracked_config c, koherent._contexts_since(ctx) s(since)
                WHERE c.id = _context_filter.config_id)
         ELSE coalesce((SELECT format('(h.history_context = ANY (%s)) IS TRUE AND %s', ctx_sql, r.cond)
@@ -2721,7 +2730,7 @@ BEGIN
               FROM koherent._sealed_conditions(ARRAY(SELECT u FROM unnest(ids) u WHERE NOT (u = ANY (unsealed)))) r
             UNION ALL
             SELECT x.id, 1, koherent._unsealed_condition(format('koherent_history.%I', x.history_table)::regclass, '$2',
-                                                         s.since, format('%L::timestamptz', s.since))
+                                                         s.since, koherent._timestamptz_literal(s.since))
               FROM koherent.tracked_config x, koherent._contexts_since(unsealed) s(since)
              WHERE cardinality(unsealed) > 0
                AND to_regclass(format('koherent_history.%I', x.history_table)) IS NOT NULL) w ON w.config_id = c.id

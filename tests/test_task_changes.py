@@ -126,8 +126,9 @@ def test_revert_plan_as_of_task_and_export_read_sealed_tasks_alike(item):
     write(item, "INSERT INTO other VALUES ('x')", mint("bad"))
     ctx = [r[0] for r in item.sql("SELECT id FROM koherent.transaction_auth_context WHERE task_id = 'bad'")]
     # unsealed: by context (the lookup index), dated at or after the oldest of them began
-    since = item.one("SELECT min(created_at)::text FROM koherent.transaction_auth_context WHERE task_id = 'bad'")
-    assert item.one(f, [cfg["item"], ctx]) == f"h.history_context = ANY ($1) AND (h.history_date >= '{since}'::timestamptz) IS TRUE"
+    since = item.one("SELECT to_char(min(created_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') "
+                     "FROM koherent.transaction_auth_context WHERE task_id = 'bad'")
+    assert item.one(f, [cfg["item"], ctx]) == f"h.history_context = ANY ($1) AND (h.history_date >= '{since}+00'::timestamptz) IS TRUE"
     assert len(item.sql(plan)) == len(before_plan) + 1
 
 
@@ -274,6 +275,16 @@ def test_unsealed_tasks_recent_by_the_range_index_old_by_the_lookup_index(item):
             [("UPDATE", {"id": i}) for i in range(500, 505)] + [("INSERT", {"id": 124999})])
         assert c.execute("SELECT id, pad FROM koherent.as_of_task(NULL::wide, 'new-task') WHERE id = 500").fetchall() == [
             (500, "x" * 1000)]
+    # the moment reads back the same whatever the session's DateStyle and TimeZone (a zone
+    # abbreviation such as IST would be read as another zone's)
+    for tz in ("Asia/Kolkata", "Asia/Manila", "Pacific/Guam"):
+        with item.conn() as c:
+            c.execute(f"SET TimeZone = '{tz}'")
+            c.execute("SET DateStyle = 'SQL, DMY'")
+            assert c.execute("SELECT count(*) FROM koherent.revert_plan('new-task')").fetchone()[0] == 6, tz
+            assert c.execute("SELECT pad FROM koherent.as_of_task(NULL::wide, 'new-task') WHERE id = 500").fetchall() == [
+                ("x" * 1000,)], tz
+            assert c.execute("SELECT koherent._timestamptz_literal('-infinity')").fetchone()[0] == "'-infinity'::timestamptz"
     # as of before the new task: its rows as they were
     assert item.sql("SELECT id, pad FROM koherent.as_of_task(NULL::wide, 'new-task') "
                     "WHERE id IN (500, 124999) ORDER BY id") == [(500, "x" * 1000), (124999, "x" * 1000)]
