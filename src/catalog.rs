@@ -107,11 +107,20 @@ pub unsafe fn att_name(att: &pg_sys::FormData_pg_attribute) -> &str {
         .unwrap_or("")
 }
 
+/// Whether `att` is named `name`: its NUL-padded NameData compared as bytes (no strlen, no
+/// UTF-8 check: this runs for every column of the context row each transaction).
+pub fn att_is_named(att: &pg_sys::FormData_pg_attribute, name: &str) -> bool {
+    let (data, name) = (&att.attname.data, name.as_bytes());
+    name.len() < data.len()
+        && data[name.len()] == 0
+        && data.iter().zip(name).all(|(&a, &b)| a as u8 == b)
+}
+
 /// The 0-based index of live column `name` in `desc`.
 pub unsafe fn find_att(desc: &PgTupleDesc, name: &str) -> Option<usize> {
     (0..desc.len()).find(|&i| {
         let a = desc.get(i).expect("in range");
-        !a.attisdropped && att_name(a) == name
+        !a.attisdropped && att_is_named(a, name)
     })
 }
 

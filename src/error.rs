@@ -19,6 +19,8 @@ pub enum KoherentError {
     TaskAlreadyFixed { current: String },
     #[error("the transaction's context {current} is already written; its id cannot change now")]
     ContextAlreadyWritten { current: String },
+    #[error("the context id {id} given to koherent.set_context_id is already recorded by another transaction")]
+    ContextIdTaken { id: String },
     #[error("the key \"{kid}\" of issuer \"{issuer}\" that signed this transaction's token is no longer trusted")]
     KeyRevoked { issuer: String, kid: String },
     #[error("tokens of agent \"{client_id}\" may not be presented by role \"{role}\"")]
@@ -93,6 +95,7 @@ impl KoherentError {
                 ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION
             }
             KoherentError::UnpairedUpdate { .. } => ERRCODE_TRIGGERED_DATA_CHANGE_VIOLATION,
+            KoherentError::ContextIdTaken { .. } => ERRCODE_UNIQUE_VIOLATION,
             KoherentError::MergeMovesRows { .. } | KoherentError::MergeBehindTrigger { .. } => {
                 ERRCODE_FEATURE_NOT_SUPPORTED
             }
@@ -127,6 +130,7 @@ impl KoherentError {
             KoherentError::HistoryOutOfSync(_) => Some("reason: history_out_of_sync".into()),
             KoherentError::NoHistoryPartition { .. } => Some("reason: no_history_partition".into()),
             KoherentError::RevertTwice => Some("reason: revert_twice".into()),
+            KoherentError::ContextIdTaken { .. } => Some("reason: context_id_taken".into()),
             KoherentError::OrganizationMismatch { .. } => {
                 Some("reason: organization_mismatch".into())
             }
@@ -200,6 +204,9 @@ impl KoherentError {
             ),
             KoherentError::ContextAlreadyWritten { .. } => Some(
                 "Call koherent.set_context_id(uuid) before the transaction's first tracked write.",
+            ),
+            KoherentError::ContextIdTaken { .. } => Some(
+                "A context id names one transaction: give koherent.set_context_id a new uuid, or let koherent choose one.",
             ),
             _ => None,
         }

@@ -249,6 +249,45 @@ def test_context_metadata_and_caller_chosen_id(item):
     assert e.value.sqlstate == "22023"
 
 
+def test_caller_chosen_id_already_recorded(item):
+    """An id already recorded (a client reusing it, or another transaction's) is refused at the
+    first tracked write with a clear 23505 and nothing is written; with a task too (its first
+    write goes through the statement that also records the task)."""
+    my_id = uuid.uuid4()
+    with item.app(autocommit=False) as c:
+        c.execute("SELECT koherent.set_context_id(%s)", [my_id])
+        c.execute("INSERT INTO item (id) VALUES (1)")
+        c.commit()
+    for token in (None, mint("reused-id")):
+        with item.app(autocommit=False) as c:
+            if token:
+                c.execute("SELECT koherent.set_task(%s)", [token])
+            c.execute("SELECT koherent.set_context_id(%s)", [my_id])
+            with pytest.raises(psycopg.Error) as e:
+                c.execute("INSERT INTO item (id) VALUES (2)")
+            assert e.value.sqlstate == "23505"
+            assert str(my_id) in e.value.diag.message_primary
+            assert "set_context_id" in e.value.diag.message_primary
+            assert "new uuid" in e.value.diag.message_hint
+            assert e.value.diag.message_detail == "reason: context_id_taken"
+            c.rollback()
+    assert item.sql("SELECT id FROM item") == [(1,)]
+    assert item.sql("SELECT id FROM koherent.transaction_auth_context") == [(my_id,)]
+    assert item.one("SELECT count(*) FROM koherent.task") == 0
+    # an id of koherent's choosing, handed out by current_context_id(), is the same case
+    with item.app(autocommit=False) as c:
+        taken = c.execute("SELECT koherent.current_context_id()").fetchone()[0]
+        c.execute("INSERT INTO item (id) VALUES (3)")
+        c.commit()
+    with item.app(autocommit=False) as c:
+        c.execute("SELECT koherent.set_context_id(%s)", [taken])
+        with pytest.raises(psycopg.Error) as e:
+            c.execute("UPDATE item SET id = 4 WHERE id = 3")
+        assert e.value.sqlstate == "23505"
+        c.rollback()
+    assert item.sql("SELECT id FROM item ORDER BY id") == [(1,), (3,)]
+
+
 def test_require_task(db):
     db.sql("CREATE TABLE secret (id int PRIMARY KEY, v text)")
     db.sql("SELECT koherent.track('secret', require_task => true)")

@@ -48,6 +48,8 @@ struct Xact {
     /// (subtransaction that called set_task, task before it), to undo on ROLLBACK TO.
     task_undo: Vec<(pg_sys::SubTransactionId, Option<Rc<Task>>)>,
     context_id: Option<[u8; 16]>,
+    /// Whether `context_id` came from set_context_id (else koherent made it).
+    context_id_chosen: bool,
     written: Option<Written>,
     metadata: Map<String, Value>,
     /// The subtransaction whose revert wrote `metadata.reverts`: rolled back with it.
@@ -345,6 +347,7 @@ pub fn set_context_id(id: Uuid) {
             }
         }
         x.context_id = Some(bytes);
+        x.context_id_chosen = true;
     });
     warn_outside_block("koherent.set_context_id");
 }
@@ -463,6 +466,14 @@ pub fn write_context(require_task: bool, relid: pg_sys::Oid) -> Uuid {
         .raise();
     }
     let id = context_id();
+    if XACT.with(|x| x.borrow().context_id_chosen) && row::context_recorded(id) {
+        // (a clear refusal rather than the primary key's; two transactions racing with the
+        // same new id still meet the key)
+        KoherentError::ContextIdTaken {
+            id: Uuid::from_bytes(id).to_string(),
+        }
+        .raise();
+    }
     let metadata = XACT.with(|x| JsonB(Value::Object(x.borrow().metadata.clone())));
     let uuid = Uuid::from_bytes(id);
     let organization = write_organization(task.as_deref()).or_raise();
