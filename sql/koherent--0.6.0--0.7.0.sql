@@ -1423,6 +1423,7 @@ BEGIN
         PERFORM koherent._create_lookup_indexes(hist);
     END IF;
     PERFORM koherent._create_range_index(hist);
+    PERFORM koherent._unsummarize_empty(hist);
     -- row_index: true creates the row index, false drops it, NULL leaves an existing history
     -- table as it is and gives a new one (hname is set only when this call created it) the index.
     idx := koherent._row_index(hist);
@@ -1478,6 +1479,23 @@ BEGIN
       USING ARRAY(SELECT format('(%s,%s)', b, k)::tid
                     FROM generate_series(nblocks - tail, nblocks - tail + 3) b, generate_series(1, 8) k);
     RETURN coalesce(newest < since, false);
+END $$;
+
+CREATE OR REPLACE FUNCTION koherent._unsummarize_empty(hist regclass) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    ix regclass;
+BEGIN
+    IF (SELECT relkind FROM pg_class WHERE oid = hist) IS DISTINCT FROM 'r'
+       OR pg_relation_size(hist) <> 0 THEN
+        RETURN;
+    END IF;
+    FOR ix IN SELECT i.indexrelid::regclass
+                FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam
+               WHERE i.indrelid = hist AND a.amname = 'brin' AND pg_has_role(c.relowner, 'USAGE')
+               ORDER BY i.indexrelid LOOP
+        PERFORM brin_desummarize_range(ix, 0);
+    END LOOP;
 END $$;
 
 CREATE OR REPLACE FUNCTION koherent._create_range_index(hist regclass) RETURNS void
@@ -2899,6 +2917,7 @@ BEGIN
                        (SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = hist));
         EXECUTE format('ALTER TABLE %s ATTACH PARTITION koherent_history.%I FOR VALUES FROM (%L) TO (%L)',
                        hist, pname, lo, hi);
+        PERFORM koherent._unsummarize_empty(format('koherent_history.%I', pname)::regclass);
         made := made + 1;
         lo := hi;
     END LOOP;

@@ -138,6 +138,7 @@ BEGIN
                        (SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = hist));
         EXECUTE format('ALTER TABLE %s ATTACH PARTITION koherent_history.%I FOR VALUES FROM (%L) TO (%L)',
                        hist, pname, lo, hi);
+        PERFORM koherent._unsummarize_empty(format('koherent_history.%I', pname)::regclass);
         made := made + 1;
         lo := hi;
     END LOOP;

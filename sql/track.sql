@@ -112,6 +112,7 @@ BEGIN
         PERFORM koherent._create_lookup_indexes(hist);
     END IF;
     PERFORM koherent._create_range_index(hist);
+    PERFORM koherent._unsummarize_empty(hist);
     -- row_index: true creates the row index, false drops it, NULL leaves an existing history
     -- table as it is and gives a new one (hname is set only when this call created it) the index.
     idx := koherent._row_index(hist);

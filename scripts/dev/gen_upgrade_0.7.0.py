@@ -12,7 +12,7 @@ CHANGED = {"sql/views.sql": ["_object_expr", "_row_data_expr", "_key_object_expr
            "sql/revert.sql": ["_revert_threads_sql", "_image_expr", "_same_expr", "_source_json_expr", "_revert_fast_view", "_revert_fast_sql", "_revert_fast_plan_sql",
                               "_revert_plan_prepare", "_revert_plan", "revert_plan", "_revert_apply", "_revert_rows"],
            "sql/track.sql": ["track"],
-           "sql/indexes.sql": ["_range_index", "_has_lookup_index", "_recent_history", "_create_range_index"],
+           "sql/indexes.sql": ["_range_index", "_has_lookup_index", "_recent_history", "_unsummarize_empty", "_create_range_index"],
            "sql/readers.sql": ["_visible_entry", "_task_contexts", "task_changes"],
            "sql/tasks.sql": ["current_task", "set_user_resolver"],
            "sql/graphql.sql": ["_graphql_schema", "_expose_owner_check", "expose"]}
