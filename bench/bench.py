@@ -22,7 +22,10 @@ PORT = os.environ.get("BENCH_PORT", "5497")
 DB = os.environ.get("BENCH_DB", "bench")
 ROWS = int(os.environ.get("BENCH_ROWS", "100000"))
 REPS = int(os.environ.get("BENCH_REPS", "5"))
-PGBENCH_SECONDS = int(os.environ.get("BENCH_PGBENCH_SECONDS", "15"))
+PGBENCH_SECONDS = int(os.environ.get("BENCH_PGBENCH_SECONDS", "8"))
+# pgbench rounds: each runs every script of a comparison once, in alternating order; a ratio is
+# the median of the rounds' own ratios (as the bulk lines pair their runs)
+PGBENCH_ROUNDS = int(os.environ.get("BENCH_PGBENCH_ROUNDS", "4"))
 TOKEN = os.environ["BENCH_TOKEN"]
 # revert_and_as_of(): the task whose UPDATE is reverted, and the task that reverts it
 REVERT_TOKEN = os.environ["BENCH_REVERT_TOKEN"]          # tsk revert-task
@@ -138,20 +141,14 @@ def with_sealer(c, upd, task1):
         c.execute(f"INSERT INTO {t} SELECT g, 'name ' || g, g % 1000, g * 1.5, 'note', now() "
                   f"FROM generate_series(1, {ROWS}) g")
         c.execute(f"VACUUM ANALYZE {t}")
-    runs = {"plain": [], "tracked": [], "task1": []}
-    for _ in range(2):
-        runs["plain"].append(pgbench(upd.format(t="plain")))
-        runs["tracked"].append(pgbench(upd.format(t="tracked")))
-        runs["task1"].append(pgbench(task1))
-    p, t, w1 = (statistics.mean(runs[k]) for k in ("plain", "tracked", "task1"))
+    runs = pgbench_rounds({"plain": upd.format(t="plain"), "tracked": upd.format(t="tracked"), "task1": task1})
     time.sleep(2)
     after = c.execute("SELECT koherent.digest()").fetchone()[0]
     # (off again: the lines after this one measure alone)
     c.execute("ALTER SYSTEM SET koherent.seal_interval = 0")
     c.execute("SELECT pg_reload_conf()")
-    print(f"{'single-row update (sealer 1 s)':<28} untracked {p:8.0f} tps  tracked {t:8.0f} tps  ratio {p / t:5.2f}")
-    print(f"{'set_task + update (sealer)':<28} untracked {p:8.0f} tps  tracked {w1:8.0f} tps  ratio {p / w1:5.2f}"
-          "  (1 round trip)")
+    tps_line("single-row update (sealer 1 s)", runs["plain"], runs["tracked"])
+    tps_line("set_task + update (sealer)", runs["plain"], runs["task1"], "  (1 round trip)")
     print(f"{'sealer while writing':<28} {after['block'] - before['block']:>7} seals  "
           f"{after['entries'] - before['entries']:>9} entries  {after['contexts'] - before['contexts']:>7} transactions")
 
@@ -161,6 +158,29 @@ def paired(tracked, plain):
     one repetition to the next cancels out. Returns (median, min, max)."""
     r = [t / p for t, p in zip(tracked, plain)]
     return statistics.median(r), min(r), max(r)
+
+
+def pgbench_rounds(scripts):
+    """tps of each script (name -> script) in PGBENCH_ROUNDS rounds, the order reversed every
+    other round, so that the machine's drift hits every script alike."""
+    runs = {k: [] for k in scripts}
+    for r in range(PGBENCH_ROUNDS):
+        for k in (list(scripts) if r % 2 == 0 else list(scripts)[::-1]):
+            runs[k].append(pgbench(scripts[k]))
+    return runs
+
+
+def tps_ratio(base, other):
+    """(median tps of base, median tps of other, ratio base/other as the median of the rounds'
+    own ratios, its min, its max)."""
+    med = statistics.median
+    r, lo, hi = paired(base, other)
+    return med(base), med(other), r, lo, hi
+
+
+def tps_line(label, base, other, note=""):
+    p, t, r, lo, hi = tps_ratio(base, other)
+    print(f"{label:<28} untracked {p:8.0f} tps  tracked {t:8.0f} tps  ratio {r:5.2f} [{lo:4.2f}-{hi:4.2f}]{note}")
 
 
 def pgbench(script, seconds=PGBENCH_SECONDS):
@@ -212,34 +232,23 @@ def main():
     proto = ("\\set id random(1, %d)\nBEGIN;\nSELECT 1;\n"
              "UPDATE plain SET qty = qty + 1 WHERE id = :id;\nCOMMIT;\n" % ROWS)
     pgbench(upd.format(t="plain"), 3)  # warm up
-    runs = {"plain": [], "tracked": [], "task": [], "task1": [], "proto": []}
-    for _ in range(2):  # interleaved, so that drift of the machine hits every figure alike
-        runs["plain"].append(pgbench(upd.format(t="plain")))
-        runs["tracked"].append(pgbench(upd.format(t="tracked")))
-        runs["task"].append(pgbench(task))
-        runs["task1"].append(pgbench(task1))
-        runs["proto"].append(pgbench(proto))
-    p, t, w, w1, pr = (statistics.mean(runs[k]) for k in ("plain", "tracked", "task", "task1", "proto"))
-    print(f"{'single-row update (pgbench)':<28} untracked {p:8.0f} tps  tracked {t:8.0f} tps  ratio {p / t:5.2f}")
-    print(f"{'set_task + single-row update':<28} untracked {p:8.0f} tps  tracked {w:8.0f} tps  ratio {p / w:5.2f}"
-          "  (4 round trips)")
-    print(f"{'set_task + single-row update':<28} untracked {p:8.0f} tps  tracked {w1:8.0f} tps  ratio {p / w1:5.2f}"
-          "  (1 round trip)")
-    print(f"{'protocol alone (no koherent)':<28} untracked {p:8.0f} tps  4 trips  {pr:8.0f} tps  ratio {p / pr:5.2f}"
-          f"  (BEGIN; SELECT 1; UPDATE plain; COMMIT; koherent's share of the 4-trip figure: {pr / w:4.2f})")
+    runs = pgbench_rounds({"plain": upd.format(t="plain"), "tracked": upd.format(t="tracked"),
+                           "task": task, "task1": task1, "proto": proto})
+    tps_line("single-row update (pgbench)", runs["plain"], runs["tracked"])
+    tps_line("set_task + single-row update", runs["plain"], runs["task"], "  (4 round trips)")
+    tps_line("set_task + single-row update", runs["plain"], runs["task1"], "  (1 round trip)")
+    p, pr, r, lo, hi = tps_ratio(runs["plain"], runs["proto"])
+    share = paired(runs["proto"], runs["task"])[0]
+    print(f"{'protocol alone (no koherent)':<28} untracked {p:8.0f} tps  4 trips  {pr:8.0f} tps  ratio {r:5.2f} [{lo:4.2f}-{hi:4.2f}]"
+          f"  (BEGIN; SELECT 1; UPDATE plain; COMMIT; koherent's share of the 4-trip figure: {share:4.2f})")
     with conn() as c:
         fresh(c, "parted", True)
         c.execute("SELECT koherent.set_retention('parted', NULL, '1 month')")
         c.execute(f"INSERT INTO parted SELECT g, 'name ' || g, g % 1000, g * 1.5, 'note', now() "
                   f"FROM generate_series(1, {ROWS}) g")
         c.execute("VACUUM ANALYZE parted")
-    pl, pa = [], []
-    for _ in range(2):
-        pl.append(pgbench(upd.format(t="plain")))
-        pa.append(pgbench(upd.format(t="parted")))
-    pl, pa = statistics.mean(pl), statistics.mean(pa)
-    print(f"{'single-row (partitioned)':<28} untracked {pl:8.0f} tps  tracked {pa:8.0f} tps  ratio {pl / pa:5.2f}"
-          "  (history partitioned by month)")
+    runs = pgbench_rounds({"plain": upd.format(t="plain"), "parted": upd.format(t="parted")})
+    tps_line("single-row (partitioned)", runs["plain"], runs["parted"], "  (history partitioned by month)")
     print(f"{'cold token verification':<28} {micros:8.1f} us")
     with conn() as c:
         with_sealer(c, upd, task1)
