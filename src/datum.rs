@@ -162,6 +162,16 @@ pub fn text_datum(s: &str) -> pg_sys::Datum {
     }
 }
 
+/// The bytes of a flat (not toasted) varlena datum, header included: what [`palloc_copy`] makes
+/// a datum of again.
+///
+/// # Safety
+/// `d` points at a flat varlena.
+pub unsafe fn varlena_bytes(d: pg_sys::Datum) -> Vec<u8> {
+    let p = d.cast_mut_ptr::<pg_sys::varlena>();
+    std::slice::from_raw_parts(p as *const u8, pgrx::varsize_any(p)).to_vec()
+}
+
 /// A datum pointing at a palloc'd copy of `bytes` (a flat varlena, a uuid).
 pub unsafe fn palloc_copy(bytes: &[u8]) -> pg_sys::Datum {
     let p = pg_sys::palloc(bytes.len()) as *mut u8;

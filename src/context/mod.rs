@@ -466,16 +466,16 @@ pub fn write_context(require_task: bool, relid: pg_sys::Oid) -> Uuid {
         .raise();
     }
     let id = context_id();
+    let uuid = Uuid::from_bytes(id);
     if XACT.with(|x| x.borrow().context_id_chosen) && row::context_recorded(id) {
         // (a clear refusal rather than the primary key's; two transactions racing with the
         // same new id still meet the key)
         KoherentError::ContextIdTaken {
-            id: Uuid::from_bytes(id).to_string(),
+            id: uuid.to_string(),
         }
         .raise();
     }
     let metadata = XACT.with(|x| JsonB(Value::Object(x.borrow().metadata.clone())));
-    let uuid = Uuid::from_bytes(id);
     let organization = write_organization(task.as_deref()).or_raise();
     let mut identity = Identity {
         organization: organization.clone(),

@@ -10,7 +10,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use crate::catalog::koherent_oids;
-use crate::datum::{palloc_copy, text_datum};
+use crate::datum::{palloc_copy, text_datum, varlena_bytes};
 use crate::error::{KoherentError, OrRaise};
 use crate::security::outer_role_name;
 use crate::verify::Task;
@@ -230,11 +230,7 @@ unsafe fn client_addr() -> Option<pg_sys::Datum> {
             let fcinfo = pg_sys::palloc0(std::mem::size_of::<pg_sys::FunctionCallInfoBaseData>())
                 as pg_sys::FunctionCallInfo;
             let d = pg_sys::inet_client_addr(fcinfo);
-            let a = (!(*fcinfo).isnull).then(|| {
-                let p = d.cast_mut_ptr::<pg_sys::varlena>();
-                let len = pgrx::varsize_any(p);
-                std::slice::from_raw_parts(p as *const u8, len).to_vec()
-            });
+            let a = (!(*fcinfo).isnull).then(|| varlena_bytes(d));
             CLIENT_ADDR.with(|c| *c.borrow_mut() = Some(a.clone()));
             a
         }
@@ -308,12 +304,8 @@ fn metadata_datum(metadata: JsonB) -> pg_sys::Datum {
     }
     EMPTY_METADATA.with(|e| unsafe {
         let mut e = e.borrow_mut();
-        let bytes = e.get_or_insert_with(|| {
-            let d = metadata.into_datum().expect("a jsonb datum");
-            let v = d.cast_mut_ptr::<pg_sys::varlena>();
-            let len = pgrx::varsize_any(v);
-            std::slice::from_raw_parts(v as *const u8, len).to_vec()
-        });
+        let bytes =
+            e.get_or_insert_with(|| varlena_bytes(metadata.into_datum().expect("a jsonb datum")));
         palloc_copy(bytes)
     })
 }

@@ -44,10 +44,8 @@ impl Task {
                 .claims_json()
                 .into_datum()
                 .expect("jsonb_in returns a value");
-            let p = d.cast_mut_ptr::<pg_sys::varlena>();
-            let flat = pg_sys::pg_detoast_datum(p);
-            let bytes: Rc<[u8]> =
-                std::slice::from_raw_parts(flat as *const u8, pgrx::varsize_any(flat)).into();
+            let flat = pg_sys::pg_detoast_datum(d.cast_mut_ptr::<pg_sys::varlena>());
+            let bytes: Rc<[u8]> = crate::datum::varlena_bytes(pg_sys::Datum::from(flat)).into();
             bytes
         });
         FlatJsonb(bytes.clone())
