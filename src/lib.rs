@@ -41,6 +41,7 @@ mod image;
 mod insert;
 mod ledger;
 mod legacy;
+mod nodes;
 mod planner;
 mod revert;
 mod running;

@@ -24,6 +24,7 @@
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
+use crate::nodes::{list_len, list_ptr, tag};
 use crate::{ffi, guc};
 
 static mut PREV_SET_REL_PATHLIST: pg_sys::set_rel_pathlist_hook_type = None;
@@ -48,26 +49,6 @@ unsafe extern "C-unwind" fn set_rel_pathlist(
     }
     if let Some(prev) = PREV_SET_REL_PATHLIST {
         prev(root, rel, rti, rte);
-    }
-}
-
-unsafe fn list_len(l: *mut pg_sys::List) -> usize {
-    if l.is_null() {
-        0
-    } else {
-        (*l).length as usize
-    }
-}
-
-unsafe fn list_ptr<T>(l: *mut pg_sys::List, i: usize) -> *mut T {
-    (*(*l).elements.add(i)).ptr_value as *mut T
-}
-
-unsafe fn tag(node: *mut pg_sys::Node) -> pg_sys::NodeTag {
-    if node.is_null() {
-        pg_sys::NodeTag::T_Invalid
-    } else {
-        (*node).type_
     }
 }
 

@@ -225,6 +225,56 @@ def test_indexes_an_admin_adds_to_a_history_table_are_maintained(item):
     assert item.count("item") == 1
 
 
+def test_partial_indexes_by_kind_hold_every_entry_of_their_kind(item):
+    """The writer leaves out a partial index whose predicate rules out its statement's kind
+    (`history_kind = '<other kind>'` under a deterministic collation: koherent's key-change
+    index for an INSERT or DELETE) and evaluates every other predicate per entry: each index
+    holds exactly the entries its predicate selects (amcheck's heapallindexed finds any entry
+    missing), whatever the shape of the predicate and its collation."""
+    item.sql("CREATE EXTENSION IF NOT EXISTS amcheck")
+    item.sql("CREATE COLLATION IF NOT EXISTS koherent_test_ci "
+             "(provider = icu, locale = 'und-u-ks-level2', deterministic = false)")
+    h = "koherent_history.item"
+    indexes = {  # name: (predicate, the kinds it selects)
+        "p_deletes": ("history_kind = 'DELETE'", {"DELETE"}),
+        "p_creates_c": ("history_kind = 'CREATE' COLLATE \"C\"", {"CREATE"}),
+        "p_updates_const_first": ("'UPDATE' = history_kind AND qty IS NOT NULL", {"UPDATE"}),
+        "p_not_update": ("history_kind <> 'UPDATE'", {"CREATE", "DELETE"}),
+        "p_deletes_ci": ("history_kind = 'delete' COLLATE koherent_test_ci", {"DELETE"}),
+        "p_kinds_in": ("history_kind IN ('CREATE', 'DELETE')", {"CREATE", "DELETE"}),
+    }
+    for name, (pred, _) in indexes.items():
+        item.sql(f"CREATE INDEX {name} ON {h} (id) WHERE {pred}")
+    item.sql("INSERT INTO item (id, qty) VALUES (1, 1), (2, 2), (3, 3)")            # single batch
+    item.sql("INSERT INTO item (id, qty) SELECT g, g FROM generate_series(10, 2509) g")  # bulk, 3 batches
+    item.sql("UPDATE item SET qty = qty + 1 WHERE id <= 1500")
+    item.sql("UPDATE item SET id = id + 10000 WHERE id IN (1, 2)")                  # key changes
+    item.sql("DELETE FROM item WHERE id = 3 OR id BETWEEN 100 AND 1299")
+    item.sql(f"ANALYZE {h}")
+    kinds = dict(item.sql(f"SELECT history_kind, count(*) FROM {h} GROUP BY 1"))
+    assert kinds == {"CREATE": 2503, "UPDATE": 1496, "DELETE": 1201}, kinds
+    all_ix = item.sql(f"SELECT indexrelid::regclass::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                      f"JOIN pg_am a ON a.oid = c.relam WHERE i.indrelid = '{h}'::regclass AND a.amname = 'btree'")
+    assert len(all_ix) == len(indexes) + 2  # with the row index and the key-change index
+    for (ix,) in all_ix:
+        item.sql("SELECT bt_index_check(%s::regclass, heapallindexed => true)", [ix])  # raises if one is missing
+    with item.conn() as c:
+        c.execute("SET enable_seqscan = off")
+        c.execute("SET enable_bitmapscan = off")
+        for name, (pred, selects) in indexes.items():
+            q = f"SELECT count(*) FROM {h} WHERE {pred}"
+            plan = "\n".join(r[0] for r in c.execute("EXPLAIN (COSTS OFF) " + q).fetchall())
+            assert name in plan, plan
+            assert c.execute(q).fetchone()[0] == sum(kinds[k] for k in selects), name
+        q = (f"SELECT count(*) FROM {h} WHERE history_kind = 'UPDATE' "
+             f"AND ROW(\"old:id\") IS DISTINCT FROM ROW(id)")
+        assert "old:id_history_id_idx" in "\n".join(r[0] for r in c.execute("EXPLAIN (COSTS OFF) " + q).fetchall())
+        assert c.execute(q).fetchone()[0] == 2   # the key-change index: the two key-changing UPDATEs only
+    size = item.one("SELECT pg_relation_size(i.indexrelid) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                    f"WHERE i.indrelid = '{h}'::regclass AND c.relname LIKE '%%old:id%%'")
+    assert size <= 16384   # the metapage and one leaf: no INSERT or DELETE entry went in
+
+
 def test_a_rows_provenance_is_an_index_lookup_after_key_changes(item):
     """The life check of a row's provenance (a DELETE, TRUNCATE or key-changing UPDATE ends a
     key's history) is two index lookups: the row index and the key-change index, which holds

@@ -8,6 +8,7 @@ pub mod row;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::PgTupleDesc;
+use std::ffi::CStr;
 
 use crate::catalog::{att_name, find_att, rel_name};
 use crate::error::KoherentError;
@@ -28,6 +29,8 @@ pub struct Sink {
     bistate: pg_sys::BulkInsertState,
     cid: pg_sys::CommandId,
     route: Option<Route>,
+    /// The `history_kind` of every tuple, when the caller said (`set_kind`).
+    kind: Option<&'static CStr>,
 }
 
 /// Per attribute of a partition: the root's attribute it takes; and the buffers of one tuple's
@@ -119,7 +122,14 @@ impl Sink {
             },
             cid: pg_sys::GetCurrentCommandId(true),
             route,
+            kind: None,
         }
+    }
+
+    /// Every tuple this sink writes has `history_kind = kind` (a history trigger's statement):
+    /// partial indexes whose predicate rules it out are left alone (`index::insert_index_entries`).
+    pub fn set_kind(&mut self, kind: &'static CStr) {
+        self.kind = Some(kind);
     }
 
     /// Find the partition for a tuple of the root's layout (`values` / `nulls`) and make it
@@ -206,7 +216,7 @@ impl Sink {
             0,
             self.bistate,
         );
-        index::insert_index_entries(self.rri, &self.slots[..self.used], self.estate);
+        index::insert_index_entries(self.rri, &self.slots[..self.used], self.estate, self.kind);
         for &slot in &self.slots[..self.used] {
             pg_sys::ExecClearTuple(slot);
         }

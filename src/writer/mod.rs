@@ -148,6 +148,7 @@ unsafe fn record(td: *mut pg_sys::TriggerData, op: u32) {
         context::require_task(relid);
     }
     let mut sink = Sink::open(rel, rows >= BATCH as i64);
+    sink.set_kind(kind);
     let (sources, compared) = (&tp.sources, &tp.compared);
 
     let kind = pg_sys::Datum::from(pg_sys::cstring_to_text(kind.as_ptr()));
