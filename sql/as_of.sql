@@ -373,8 +373,9 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 CREATE FUNCTION koherent.as_of(tbl anyelement, at timestamptz) RETURNS SETOF anyelement
--- no SET search_path: koherent._acting() records the caller's own
-LANGUAGE plpgsql STABLE AS $$
+-- no SET search_path: koherent._acting() records the caller's own; bitmap scans on whatever the
+-- session says (the only way BRIN indexes are read: the entries since a moment or of a task)
+LANGUAGE plpgsql STABLE SET enable_bitmapscan = on AS $$
 DECLARE
     acting uuid := koherent._acting();  -- the role executing this function (SECURITY INVOKER)
     typed jsonb := koherent._as_of_typed(acting, pg_typeof(tbl)::regtype, at, NULL, NULL);
@@ -417,8 +418,9 @@ BEGIN
 END $$;
 
 CREATE FUNCTION koherent.as_of_task(tbl anyelement, task_id text) RETURNS SETOF anyelement
--- no SET search_path: koherent._acting() records the caller's own
-LANGUAGE plpgsql STABLE AS $$
+-- no SET search_path: koherent._acting() records the caller's own; bitmap scans on whatever the
+-- session says (the only way BRIN indexes are read: the entries since a moment or of a task)
+LANGUAGE plpgsql STABLE SET enable_bitmapscan = on AS $$
 DECLARE
     acting uuid := koherent._acting();
     info jsonb;

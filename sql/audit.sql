@@ -69,7 +69,8 @@ CREATE FUNCTION koherent.audit_export(task_id text DEFAULT NULL, include_subtask
                                       since timestamptz DEFAULT NULL, until timestamptz DEFAULT NULL)
 RETURNS TABLE (kind text, data text)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp SET max_parallel_workers_per_gather = 0 SET jit = off AS $$
+SET search_path = pg_catalog, pg_temp SET max_parallel_workers_per_gather = 0 SET jit = off
+SET enable_bitmapscan = on AS $$
 DECLARE
     keys text;
     records text;

@@ -624,6 +624,49 @@ BEGIN
     END IF;
 END $$;
 
+CREATE OR REPLACE FUNCTION koherent.as_of(tbl anyelement, at timestamptz) RETURNS SETOF anyelement
+-- no SET search_path: koherent._acting() records the caller's own; bitmap scans on whatever the
+-- session says (the only way BRIN indexes are read: the entries since a moment or of a task)
+LANGUAGE plpgsql STABLE SET enable_bitmapscan = on AS $$
+DECLARE
+    acting uuid := koherent._acting();  -- the role executing this function (SECURITY INVOKER)
+    typed jsonb := koherent._as_of_typed(acting, pg_typeof(tbl)::regtype, at, NULL, NULL);
+    info jsonb;
+BEGIN
+    IF typed IS NOT NULL THEN
+        RETURN QUERY EXECUTE koherent._as_of_typed_select(typed, pg_typeof(tbl)::regtype, false)
+                     USING at, false, tbl, acting, NULL::jsonb;
+        RETURN;
+    END IF;
+    info := koherent._as_of_rows(acting, pg_typeof(tbl)::regtype, at, NULL, NULL);
+    RETURN QUERY EXECUTE koherent._as_of_select(info) USING info;
+END $$;
+COMMENT ON FUNCTION koherent.as_of(anyelement, timestamptz) IS
+  'The rows of a tracked table as they were at a moment: SELECT * FROM koherent.as_of(NULL::public.item, ''2026-12-01 10:00+00''). Changes count at their statement''s start time; excluded columns show what the table has now.';
+
+CREATE OR REPLACE FUNCTION koherent.as_of_task(tbl anyelement, task_id text) RETURNS SETOF anyelement
+-- no SET search_path: koherent._acting() records the caller's own; bitmap scans on whatever the
+-- session says (the only way BRIN indexes are read: the entries since a moment or of a task)
+LANGUAGE plpgsql STABLE SET enable_bitmapscan = on AS $$
+DECLARE
+    acting uuid := koherent._acting();
+    info jsonb;
+BEGIN
+    IF task_id IS NULL THEN
+        RAISE EXCEPTION 'koherent: task_id must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    info := koherent._as_of_typed(acting, pg_typeof(tbl)::regtype, NULL, task_id, NULL);
+    IF info IS NOT NULL THEN
+        RETURN QUERY EXECUTE koherent._as_of_typed_select(info, pg_typeof(tbl)::regtype, false)
+                     USING (info->>'at')::timestamptz, true, tbl, acting, NULL::jsonb;
+        RETURN;
+    END IF;
+    info := koherent._as_of_rows(acting, pg_typeof(tbl)::regtype, NULL, task_id, NULL);
+    RETURN QUERY EXECUTE koherent._as_of_select(info) USING info;
+END $$;
+COMMENT ON FUNCTION koherent.as_of_task(anyelement, text) IS
+  'The rows of a tracked table just before a task''s first change (the state its run started from).';
+
 CREATE OR REPLACE FUNCTION koherent._revert_threads_sql(cfg koherent.tracked_config, entries text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT format($q$
@@ -750,7 +793,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 CREATE OR REPLACE FUNCTION koherent._revert_fast_view(acting uuid, cfg koherent.tracked_config, ctx uuid[]) RETURNS text
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp SET enable_seqscan = off AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp SET enable_seqscan = off SET enable_bitmapscan = on AS $$
 DECLARE
     hist text := format('koherent_history.%I', cfg.history_table);
     name text := 'koherent_revert_' || cfg.id;
@@ -971,7 +1014,7 @@ CREATE OR REPLACE FUNCTION koherent._revert_plan(acting uuid, ctx uuid[])
 RETURNS TABLE (table_name regclass, row_key jsonb, action text, current_data jsonb, restored_data jsonb,
                conflict text)
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
-SET jit = off SET enable_seqscan = off AS $$
+SET jit = off SET enable_seqscan = off SET enable_bitmapscan = on AS $$
 DECLARE
     fast jsonb := koherent._revert_plan_prepare(acting, ctx);
     f jsonb;
@@ -987,7 +1030,7 @@ CREATE OR REPLACE FUNCTION koherent.revert_plan(task_id text, include_subtasks b
 RETURNS TABLE (table_name regclass, row_key jsonb, action text, current_data jsonb, restored_data jsonb,
                conflict text)
 LANGUAGE plpgsql VOLATILE
-SET jit = off SET enable_seqscan = off AS $$
+SET jit = off SET enable_seqscan = off SET enable_bitmapscan = on AS $$
 DECLARE
     acting uuid := koherent._acting();  -- the role executing this function (SECURITY INVOKER)
     ctx uuid[] := koherent._revert_task_contexts(acting, task_id, include_subtasks);
@@ -1311,6 +1354,34 @@ BEGIN
     END LOOP;
 END $$;
 
+CREATE OR REPLACE FUNCTION koherent.revert_context_plan(context_id uuid)
+RETURNS TABLE (table_name regclass, row_key jsonb, action text, current_data jsonb, restored_data jsonb,
+               conflict text)
+LANGUAGE plpgsql VOLATILE SET enable_bitmapscan = on AS $$  -- (as revert_plan)
+DECLARE
+    acting uuid := koherent._acting();
+BEGIN
+    PERFORM koherent._revert_context_check(acting, context_id);
+    RETURN QUERY SELECT * FROM koherent._revert_plan(acting, ARRAY[context_id]);
+END $$;
+
+CREATE OR REPLACE FUNCTION koherent.revert_task(task_id text, include_subtasks boolean DEFAULT false,
+                                     on_conflict text DEFAULT 'abort') RETURNS jsonb
+-- no SET search_path: koherent._acting() records the caller's own, which the writes use; bitmap
+-- scans on whatever the session says (BRIN indexes are read by them alone)
+LANGUAGE sql VOLATILE SET enable_bitmapscan = on AS $$
+    SELECT koherent._revert_task(koherent._acting(), task_id, include_subtasks, on_conflict)
+$$;
+COMMENT ON FUNCTION koherent.revert_task(text, boolean, text) IS
+  'Undo a task''s changes, all or nothing, with the caller''s rights; on_conflict abort (default), skip or overwrite. Recorded like any write; the context''s metadata.reverts names what was reverted.';
+
+CREATE OR REPLACE FUNCTION koherent.revert_context(context_id uuid, on_conflict text DEFAULT 'abort') RETURNS jsonb
+LANGUAGE sql VOLATILE SET enable_bitmapscan = on AS $$  -- (as revert_task)
+    SELECT koherent._revert_context(koherent._acting(), context_id, on_conflict)
+$$;
+COMMENT ON FUNCTION koherent.revert_context(uuid, text) IS
+  'Undo one transaction''s changes (as revert_task).';
+
 CREATE OR REPLACE FUNCTION koherent.track(tbl regclass, exclude text[] DEFAULT '{}', require_task boolean DEFAULT false,
                                row_index boolean DEFAULT NULL)
 RETURNS void
@@ -1571,8 +1642,9 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 -- many contexts makes estimates large enough to trigger both); and no sequential scan of a
 -- history table: a task's ids lie beyond what its statistics know (or it has none yet), no
 -- btree on history_id lets the planner look further, so it expects no rows and would read all
--- history rather than the ranges (1M entries, a 10k-change task: 166 ms vs 34 ms)
-SET max_parallel_workers_per_gather = 0 SET jit = off SET enable_seqscan = off AS $$
+-- history rather than the ranges (1M entries, a 10k-change task: 166 ms vs 34 ms); bitmap scans
+-- on whatever the session says: they are the only way BRIN indexes are read
+SET max_parallel_workers_per_gather = 0 SET jit = off SET enable_seqscan = off SET enable_bitmapscan = on AS $$
 DECLARE
     ctx uuid[];
     unsealed uuid[];
@@ -2211,7 +2283,7 @@ CREATE FUNCTION koherent.seal() RETURNS jsonb
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD'
 SET IntervalStyle = 'postgres' SET extra_float_digits = 1 SET bytea_output = 'hex' SET lc_monetary = 'C'
-SET max_parallel_workers_per_gather = 0 SET jit = off AS $$
+SET max_parallel_workers_per_gather = 0 SET jit = off SET enable_bitmapscan = on AS $$
 DECLARE
     ctxs uuid[];
     since timestamptz;
@@ -2657,7 +2729,8 @@ CREATE FUNCTION koherent.audit_export(task_id text DEFAULT NULL, include_subtask
                                       since timestamptz DEFAULT NULL, until timestamptz DEFAULT NULL)
 RETURNS TABLE (kind text, data text)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp SET max_parallel_workers_per_gather = 0 SET jit = off AS $$
+SET search_path = pg_catalog, pg_temp SET max_parallel_workers_per_gather = 0 SET jit = off
+SET enable_bitmapscan = on AS $$
 DECLARE
     keys text;
     records text;

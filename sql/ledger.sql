@@ -257,7 +257,7 @@ CREATE FUNCTION koherent.seal() RETURNS jsonb
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD'
 SET IntervalStyle = 'postgres' SET extra_float_digits = 1 SET bytea_output = 'hex' SET lc_monetary = 'C'
-SET max_parallel_workers_per_gather = 0 SET jit = off AS $$
+SET max_parallel_workers_per_gather = 0 SET jit = off SET enable_bitmapscan = on AS $$
 DECLARE
     ctxs uuid[];
     since timestamptz;

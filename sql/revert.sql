@@ -212,7 +212,7 @@ $$;
 -- out when the contexts created and deleted it.
 -- (no sequential scan of the history table for the count: see koherent.task_changes)
 CREATE FUNCTION koherent._revert_fast_view(acting uuid, cfg koherent.tracked_config, ctx uuid[]) RETURNS text
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp SET enable_seqscan = off AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp SET enable_seqscan = off SET enable_bitmapscan = on AS $$
 DECLARE
     hist text := format('koherent_history.%I', cfg.history_table);
     name text := 'koherent_revert_' || cfg.id;
@@ -476,7 +476,7 @@ CREATE FUNCTION koherent._revert_plan(acting uuid, ctx uuid[])
 RETURNS TABLE (table_name regclass, row_key jsonb, action text, current_data jsonb, restored_data jsonb,
                conflict text)
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
-SET jit = off SET enable_seqscan = off AS $$
+SET jit = off SET enable_seqscan = off SET enable_bitmapscan = on AS $$
 DECLARE
     fast jsonb := koherent._revert_plan_prepare(acting, ctx);
     f jsonb;
@@ -788,7 +788,7 @@ CREATE FUNCTION koherent.revert_plan(task_id text, include_subtasks boolean DEFA
 RETURNS TABLE (table_name regclass, row_key jsonb, action text, current_data jsonb, restored_data jsonb,
                conflict text)
 LANGUAGE plpgsql VOLATILE
-SET jit = off SET enable_seqscan = off AS $$
+SET jit = off SET enable_seqscan = off SET enable_bitmapscan = on AS $$
 DECLARE
     acting uuid := koherent._acting();  -- the role executing this function (SECURITY INVOKER)
     ctx uuid[] := koherent._revert_task_contexts(acting, task_id, include_subtasks);
@@ -808,7 +808,7 @@ COMMENT ON FUNCTION koherent.revert_plan(text, boolean) IS
 CREATE FUNCTION koherent.revert_context_plan(context_id uuid)
 RETURNS TABLE (table_name regclass, row_key jsonb, action text, current_data jsonb, restored_data jsonb,
                conflict text)
-LANGUAGE plpgsql VOLATILE AS $$
+LANGUAGE plpgsql VOLATILE SET enable_bitmapscan = on AS $$  -- (as revert_plan)
 DECLARE
     acting uuid := koherent._acting();
 BEGIN
@@ -1031,8 +1031,9 @@ END $$;
 
 CREATE FUNCTION koherent.revert_task(task_id text, include_subtasks boolean DEFAULT false,
                                      on_conflict text DEFAULT 'abort') RETURNS jsonb
--- no SET search_path: koherent._acting() records the caller's own, which the writes use
-LANGUAGE sql VOLATILE AS $$
+-- no SET search_path: koherent._acting() records the caller's own, which the writes use; bitmap
+-- scans on whatever the session says (BRIN indexes are read by them alone)
+LANGUAGE sql VOLATILE SET enable_bitmapscan = on AS $$
     SELECT koherent._revert_task(koherent._acting(), task_id, include_subtasks, on_conflict)
 $$;
 COMMENT ON FUNCTION koherent.revert_task(text, boolean, text) IS
@@ -1049,7 +1050,7 @@ BEGIN
 END $$;
 
 CREATE FUNCTION koherent.revert_context(context_id uuid, on_conflict text DEFAULT 'abort') RETURNS jsonb
-LANGUAGE sql VOLATILE AS $$
+LANGUAGE sql VOLATILE SET enable_bitmapscan = on AS $$  -- (as revert_task)
     SELECT koherent._revert_context(koherent._acting(), context_id, on_conflict)
 $$;
 COMMENT ON FUNCTION koherent.revert_context(uuid, text) IS

@@ -310,3 +310,50 @@ def test_task_changes_row_keys_equal_the_views_for_every_kind_of_key(item):
     assert item.sql("SELECT row_key FROM koherent.task_changes('keys') ORDER BY history_id LIMIT 1") == [(
         {"a": 'x"y', "b": "00000000-0000-0000-0000-00000000000a", "c": 1.50, "d": "2026-01-01T00:00:00+00:00",
          "e": "[1,5)", "f": "ok", "g": True},)]
+
+
+def test_readers_keep_to_the_indexes_when_the_session_turns_bitmap_scans_off(item):
+    """BRIN indexes are read by bitmap scans only: a session with enable_bitmapscan = off (a
+    tuning left on, a pooler's default) must not turn koherent's readers by task and by moment
+    into sequential scans of all history. Each pins the planner setting itself; checked by the
+    transaction's own scan counters of the history table, before and after a seal."""
+    item.sql("ALTER TABLE koherent_history.item SET (autovacuum_enabled = false)")
+    item.sql("INSERT INTO item (id, qty) SELECT g, 0 FROM generate_series(1, 30000) g")
+    item.sql("SELECT koherent.seal()")
+    moment = item.one("SELECT clock_timestamp()")
+    write(item, "UPDATE item SET qty = 7 WHERE id BETWEEN 100 AND 104", mint("bitmap-off"))
+    item.sql("ANALYZE koherent_history.item")
+    blocks = item.one("SELECT pg_relation_size('koherent_history.item') / 8192")
+    assert blocks > 200
+    readers = [
+        ("SELECT count(*) FROM koherent.task_changes('bitmap-off')", 5),
+        ("SELECT count(*) FROM koherent.revert_plan('bitmap-off')", 5),
+        ("SELECT count(*) FILTER (WHERE qty = 0) FROM koherent.as_of_task(NULL::item, 'bitmap-off')", 30000),
+        ("SELECT count(*) FILTER (WHERE qty = 0) FROM koherent.as_of(NULL::item, %s)", 30000),
+        ("SELECT data FROM koherent.audit_export('bitmap-off') WHERE kind = 'entries'", 5),  # a cursor
+        ("SELECT ((koherent.revert_task('bitmap-off'))->>'updated')::int", 5),
+        ("SELECT count(*) FROM koherent.revert_context_plan(%s)", 5),
+        ("SELECT ((koherent.revert_context(%s))->>'updated')::int", 5),
+    ]
+    ctx = item.one("SELECT id FROM koherent.transaction_auth_context WHERE task_id = 'bitmap-off'")
+    for sealed in (False, True):
+        # (the first reader summarizes the BRIN ranges written since: scans of those ranges)
+        assert item.one("SELECT count(*) FROM koherent.task_changes('bitmap-off')") == 5
+        if sealed:
+            readers.insert(0, ("SELECT (koherent.seal())->'contexts'", 2))  # the chain's: the INSERT's, the task's
+        for query, expected in readers:
+            with item.conn(autocommit=False) as c:
+                if "audit_export" in query:
+                    c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                c.execute("SET LOCAL enable_bitmapscan = off")
+                arg = None if "%s" not in query else [moment] if "as_of" in query else [ctx]
+                got = c.execute(query, arg).fetchone()[0]
+                if "audit_export" in query:  # the entries' cursor, planned inside the function
+                    got = len(c.execute(f'FETCH ALL FROM "{got}"').fetchall())
+                seq, fetched = c.execute(
+                    "SELECT seq_scan, pg_stat_get_xact_blocks_fetched(relid) FROM pg_stat_xact_user_tables "
+                    "WHERE relid = 'koherent_history.item'::regclass").fetchone()
+                c.commit() if "seal" in query else c.rollback()
+            assert got == expected, (query, sealed, got)
+            # (at most the range index's last, unsummarized 128 pages and a few: not all history)
+            assert seq == 0 and fetched < blocks / 2, (query, sealed, seq, fetched, blocks)
