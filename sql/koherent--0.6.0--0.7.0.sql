@@ -2406,7 +2406,17 @@ BEGIN
                substring(l.entry_hashes FROM ((u.i - 1) * 8 + 1)::integer FOR 8) AS h8
           FROM koherent.ledger_context l, unnest(l.entry_configs, l.entry_ids) WITH ORDINALITY AS u(config, history_id, i)),
     names AS (SELECT c.id, format('%%I.%%I', c.schema_name, c.table_name) AS name FROM koherent.tracked_config c),
-    ev AS MATERIALIZED (SELECT e.id, e.config_id, e.range_to, r AS ids FROM koherent.retention_event e, unnest(e.id_ranges) r),
+    -- retention events that koherent.prune() could have written: a partition wholly in the past
+    -- when dropped, of a table whose history is partitioned (set_retention); only those explain
+    -- a missing entry
+    pe AS MATERIALIZED (
+        SELECT e.id FROM koherent.retention_event e
+         WHERE e.range_to <= e.dropped_at AND (e.range_from IS NULL OR e.range_from < e.range_to)
+           AND EXISTS (SELECT 1 FROM koherent.tracked_config c
+                         JOIN pg_catalog.pg_class r ON r.oid = to_regclass(format('koherent_history.%%I', c.history_table))
+                        WHERE c.id = e.config_id AND r.relkind = 'p')),
+    ev AS MATERIALIZED (SELECT e.id, e.config_id, e.range_from, e.range_to, r AS ids
+                          FROM koherent.retention_event e, unnest(e.id_ranges) r WHERE e.id IN (SELECT pe.id FROM pe)),
     -- retention events as the blocks sealed them
     sev AS MATERIALIZED (SELECT (s->>'id')::bigint AS id, b.block, s AS rec
                            FROM koherent.ledger_block b, jsonb_array_elements(coalesce(b.schema->'pruned', '[]')) s),
@@ -2425,11 +2435,16 @@ BEGIN
                     ELSE 'its recorded values differ from what was sealed' END AS detail,
                v.context AS other_context, coalesce(v.config, i.config) AS config,
                CASE WHEN v.history_id IS NULL
-                    -- (an entry is dated at or after its context began: a partition that ended
-                    -- before that cannot have held it)
+                    -- (an entry is dated at or after its context began, and before the block that
+                    -- sealed it: a partition that ended before the one or began after the other
+                    -- cannot have held it)
                     THEN (SELECT min(x.id) FROM ev x WHERE x.config_id = i.config AND x.ids @> i.history_id
                              AND x.range_to > (SELECT t.created_at FROM koherent.transaction_auth_context t
-                                                WHERE t.id = i.context)) END AS event
+                                                WHERE t.id = i.context)
+                             AND (x.range_from IS NULL
+                                  OR x.range_from <= (SELECT b.sealed_at FROM koherent.ledger_context l
+                                                        JOIN koherent.ledger_block b ON b.block = l.block
+                                                       WHERE l.context_id = i.context))) END AS event
           FROM (SELECT * FROM v
                  WHERE EXISTS (SELECT 1 FROM koherent.ledger_context l WHERE l.context_id = v.context)
                     OR EXISTS (SELECT 1 FROM i WHERE i.config = v.config AND i.history_id = v.history_id)) v
@@ -2446,9 +2461,10 @@ BEGIN
                       OR NOT EXISTS (SELECT 1 FROM sev WHERE sev.id = e.id AND sev.block = e.block
                                         AND sev.rec = koherent._ledger_retention_record(e))
                          THEN 'retention_changed'
-                    -- it covers no more sealed entries than it dropped, and no partition of its
-                    -- range is still there
-                    WHEN (SELECT count(*) FROM ep0 q WHERE q.event = e.id) > e.entries
+                    -- prune() could have written it (pe); it covers no more sealed entries than
+                    -- it dropped, and no partition of its range is still there
+                    WHEN NOT EXISTS (SELECT 1 FROM pe WHERE pe.id = e.id)
+                      OR (SELECT count(*) FROM ep0 q WHERE q.event = e.id) > e.entries
                       OR EXISTS (SELECT 1 FROM koherent.tracked_config c,
                                         koherent._partitions(to_regclass(format('koherent_history.%%I', c.history_table))) p
                                   WHERE c.id = e.config_id AND to_regclass(format('koherent_history.%%I', c.history_table)) IS NOT NULL

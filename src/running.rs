@@ -25,7 +25,8 @@
 //! koherent while a statement runs (its first call of any koherent function is the guard of
 //! that statement) cannot know what that statement, or one of its callers, is:
 //! [`current`] then says [`Running::Unknown`] and the guard decides from the top-level portal,
-//! and that statement's history date is its statement start timestamp.
+//! and that statement's history date is its statement start timestamp (or the transaction's
+//! start, when later: a procedure's statement after its COMMIT).
 //! `session_preload_libraries = 'koherent'` loads it before any statement.
 
 use pgrx::pg_sys;
@@ -76,7 +77,19 @@ pub fn current() -> Running {
 /// The history date of the statement whose history trigger fires now (see the module).
 pub fn statement_date() -> pg_sys::TimestampTz {
     let known = STATEMENTS.with(|s| s.borrow().finishing.last().copied());
-    known.unwrap_or_else(|| unsafe { pg_sys::GetCurrentStatementStartTimestamp() })
+    known.unwrap_or_else(unhooked_date)
+}
+
+/// The date of a statement whose start the hooks did not see: the client statement's start,
+/// but never before the transaction began. Inside a procedure, after a COMMIT, the client
+/// statement (the CALL) began before the transaction now writing, whose context row is dated at
+/// that transaction's start: every entry must be dated at or after its context began (the
+/// ledger's seal and the readers by task look unsealed contexts' entries up from there).
+fn unhooked_date() -> pg_sys::TimestampTz {
+    unsafe {
+        pg_sys::GetCurrentStatementStartTimestamp()
+            .max(pg_sys::GetCurrentTransactionStartTimestamp())
+    }
 }
 
 /// The history date of the innermost statement executing now (what SQL that records history
@@ -101,8 +114,8 @@ impl Statements {
 
 /// The date of a query: taken at its first run (when its changes begin; ExecutorStart can come
 /// long before, for a portal bound early). A query whose start this backend did not see (the
-/// library was loaded while it ran) is dated at the client statement's start, earlier than
-/// every date handed out since.
+/// library was loaded while it ran) is dated at the client statement's start (or its
+/// transaction's, when later: [`unhooked_date`]), not after any date handed out since.
 fn date_of(query: *mut pg_sys::QueryDesc) -> pg_sys::TimestampTz {
     let key = query as usize;
     STATEMENTS.with(|s| {
@@ -115,7 +128,7 @@ fn date_of(query: *mut pg_sys::QueryDesc) -> pg_sys::TimestampTz {
                 d
             }
             None => {
-                let d = unsafe { pg_sys::GetCurrentStatementStartTimestamp() };
+                let d = unhooked_date();
                 s.started.push((key, d));
                 d
             }

@@ -502,3 +502,26 @@ def test_every_kind_of_value_is_recorded_as_documented(item):
                         "ON g.id = c.config_id WHERE g.table_name = 'wide'"))
     assert upd["row"][str(wcols["c118"])] == -1 and upd["old"][str(wcols["c118"])] == 118
     assert upd["row"][str(wcols["c0"])] == -2 and upd["row"][str(wcols["c117"])] == 117
+
+
+def test_an_entry_written_in_a_procedure_after_its_commit_is_dated_in_its_own_transaction(item):
+    """A session that has not loaded koherent yet, and whose first tracked write runs in a
+    procedure after a COMMIT: the write's statement start is the CALL's, before the transaction
+    that writes (and its context row) began. Its entry is dated at its transaction's start, so
+    the readers by task find it, the seal seals it, verify_history finds history intact."""
+    item.sql("CREATE PROCEDURE write_after_commit(tok text) LANGUAGE plpgsql AS $$ BEGIN "
+             "PERFORM pg_sleep(0.2); COMMIT; PERFORM set_config('koherent.task_token', tok, true); "
+             "INSERT INTO item (id, qty) VALUES (11, 1); END $$")
+    item.sql(f"GRANT EXECUTE ON PROCEDURE write_after_commit(text) TO {APP_ROLE}")
+    with item.conn(user=APP_ROLE) as c:   # a new backend: koherent is loaded by the INSERT's trigger
+        assert c.execute("SELECT count(*) FROM pg_settings WHERE name = 'koherent.row_key_lookup'").fetchone()[0] == 0
+        c.execute("CALL write_after_commit(%s)", [mint("task-proc")])
+    date, created = item.sql("SELECT e.date, c.created_at FROM koherent.provenance_entry e "
+                             "JOIN koherent.transaction_auth_context c ON c.id = e.context_id WHERE e.task_id = 'task-proc'")[0]
+    assert date >= created
+    assert item.sql("SELECT kind, row_key FROM koherent.task_changes('task-proc')") == [("CREATE", {"id": 11})]
+    assert item.one("SELECT count(*) FROM koherent.revert_plan('task-proc')") == 1
+    sealed = item.one("SELECT koherent.seal()")
+    assert sealed["sealed_entries"] == 1
+    assert item.sql("SELECT * FROM koherent.verify_history()") == []
+    assert item.sql("SELECT kind, row_key FROM koherent.task_changes('task-proc')") == [("CREATE", {"id": 11})]

@@ -383,12 +383,50 @@ def test_tampering_behind_retention_is_caught(db):
     db.sql("SELECT koherent.seal()")
     assert db.sql("SELECT problem, history_id FROM koherent.verify_history() WHERE problem <> 'pruned'") == [
         ("entry_missing", kept)]
-    # ... or of a range that a partition still attached covers
+    # ... or of a range that a partition still attached covers (and that was not over when
+    # "dropped": prune() could not have written it, so it explains nothing)
     db.sql("INSERT INTO koherent.retention_event (config_id, partition_name, range_from, range_to, entries, id_ranges, "
            "dropped_at, dropped_by) SELECT config_id, 'forged', now() - interval '1 hour', now() + interval '1 hour', 1, "
            "ARRAY[int8range(%s, %s, '[]')], now(), 'postgres' FROM koherent.retention_event LIMIT 1", [kept, kept])
     db.sql("SELECT koherent.seal()")
-    assert db.sql("SELECT problem FROM koherent.verify_history() WHERE problem <> 'pruned'") == [("pruned_mismatch",)]
+    assert sorted(db.sql("SELECT problem, history_id FROM koherent.verify_history() WHERE problem <> 'pruned'")) == [
+        ("entry_missing", kept), ("pruned_mismatch", None)]
+    # 3. a forged event of a range beyond the partitions made ahead (in the future when "dropped")
+    db.sql("INSERT INTO koherent.retention_event (config_id, partition_name, range_from, range_to, entries, id_ranges, "
+           "dropped_at, dropped_by) SELECT config_id, 'pt_1_p20991201_000000', '2099-12-01', '2100-01-01', 1, "
+           "ARRAY[int8range(%s, %s, '[]')], now(), 'postgres' FROM koherent.retention_event LIMIT 1", [kept, kept])
+    db.sql("SELECT koherent.seal()")
+    problems = db.sql("SELECT problem, history_id, detail FROM koherent.verify_history() WHERE problem <> 'pruned'")
+    assert sorted(p[:2] for p in problems) == [
+        ("entry_missing", kept), ("pruned_mismatch", None), ("pruned_mismatch", None)], problems
+    assert any("pt_1_p20991201_000000" in p[2] for p in problems if p[0] == "pruned_mismatch")
+
+
+def test_a_forged_retention_event_hides_nothing_of_a_table_without_retention(item):
+    """A superuser deletes a sealed entry of a table whose history is not partitioned and forges a
+    retention event for it, sealed by the next block (also against an outside digest kept before):
+    prune() never wrote such an event, so the entry is entry_missing and the event pruned_mismatch."""
+    write(item, "INSERT INTO item (id, qty) VALUES (1, 1), (2, 2)", mint("task-a"))
+    write(item, "UPDATE item SET qty = 99 WHERE id = 1", mint("task-b"))
+    item.sql("SELECT koherent.seal()")
+    digest = item.one("SELECT koherent.digest()")
+    victim = item.one("SELECT max(history_id) FROM koherent_history.item")
+    with item.conn() as c:
+        c.execute("SET session_replication_role = replica")
+        c.execute("DELETE FROM koherent_history.item WHERE history_id = %s", [victim])
+    # a future range, then one from MINVALUE to now (over when "dropped", holding the entry's
+    # transaction and its seal): on a table whose history is not partitioned either way
+    for n, (range_from, range_to) in enumerate((("2099-12-01", "2100-01-01"), (None, None))):
+        range_to = range_to or item.one("SELECT now()")
+        item.sql("INSERT INTO koherent.retention_event (config_id, partition_name, range_from, range_to, entries, "
+                 "id_ranges, dropped_at, dropped_by) SELECT id, 'item_1_p', %s, %s, 1, ARRAY[int8range(%s, %s, '[]')], "
+                 "now(), 'postgres' FROM koherent.tracked_config", [range_from, range_to, victim, victim])
+        assert sorted(item.sql("SELECT problem, history_id FROM koherent.verify_history()")) == sorted(
+            [("entry_missing", victim), ("pruned_unsealed", None)] + [("pruned_mismatch", None)] * n)
+        item.sql("SELECT koherent.seal()")
+        problems = item.sql("SELECT problem, history_id FROM koherent.verify_history(%s)",
+                            [psycopg.types.json.Jsonb([digest])])
+        assert sorted(problems) == sorted([("entry_missing", victim)] + [("pruned_mismatch", None)] * (n + 1)), problems
 
 
 def test_an_honest_prune_does_not_swallow_an_entry_deleted_before(db):
