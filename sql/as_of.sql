@@ -195,11 +195,13 @@ BEGIN
         -- under the caller's policies): only the keys whose row the caller can read now, and of
         -- those, a key whose row was deleted or moved away since, a new row taking the key, shows
         -- nothing of its past (no row to check the policy against)
-        SELECT string_agg(format('t.%I = (p.k).%I', c, c), ' AND ') INTO keymatch FROM unnest(cfg.pk_columns) c;
+        SELECT string_agg(format('koherent_t.%I = (koherent_p.koherent_k).%I', c, c), ' AND ') INTO keymatch
+          FROM unnest(cfg.pk_columns) c;
         -- the client's statement gets the keys only, never the images; it answers which it can read
         visible := koherent._as_caller(acting, format(
-            'SELECT jsonb_agg(p.i) FROM (SELECT x.i, k FROM jsonb_array_elements($1) WITH ORDINALITY x(v, i), '
-            'LATERAL jsonb_populate_record(NULL::%1$s, x.v) k) p WHERE EXISTS (SELECT 1 FROM %1$s t WHERE %2$s)',
+            'SELECT jsonb_agg(koherent_p.i) FROM (SELECT koherent_x.i, koherent_k FROM jsonb_array_elements($1) '
+            'WITH ORDINALITY koherent_x(v, i), LATERAL jsonb_populate_record(NULL::%1$s, koherent_x.v) koherent_k) koherent_p '
+            'WHERE EXISTS (SELECT 1 FROM %1$s koherent_t WHERE %2$s)',
             tbl, keymatch), (SELECT jsonb_agg(r->'k' ORDER BY n) FROM jsonb_array_elements(rows) WITH ORDINALITY AS e(r, n)), false);
         SELECT coalesce(jsonb_agg(CASE WHEN (r->>'d')::boolean THEN r || '{"b": null}' ELSE r END ORDER BY n), '[]') INTO rows
           FROM jsonb_array_elements(rows) WITH ORDINALITY AS e(r, n)
@@ -360,16 +362,17 @@ $$;
 -- (merged over the row with the same key now, which gives the excluded columns).
 CREATE FUNCTION koherent._as_of_select(info jsonb) RETURNS text
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    -- (aliases no column of a table would be named: see koherent.row_as_of)
     SELECT format(
-        'SELECT t.* FROM %1$s t WHERE NOT EXISTS (SELECT 1 FROM jsonb_array_elements($1->''rows'') x, '
-        'LATERAL jsonb_populate_record(NULL::%1$s, x->''k'') k WHERE %2$s) '
+        'SELECT koherent_t.* FROM %1$s koherent_t WHERE NOT EXISTS (SELECT 1 FROM jsonb_array_elements($1->''rows'') koherent_x(v), '
+        'LATERAL jsonb_populate_record(NULL::%1$s, koherent_x.v->''k'') koherent_k WHERE %2$s) '
         'UNION ALL '
-        'SELECT r.* FROM (SELECT x, k FROM jsonb_array_elements($1->''rows'') x, '
-        'LATERAL jsonb_populate_record(NULL::%1$s, x->''k'') k WHERE x->''b'' <> ''null'') p '
-        'LEFT JOIN %1$s c ON %3$s CROSS JOIN LATERAL jsonb_populate_record(c, p.x->''b'') r',
+        'SELECT koherent_r.* FROM (SELECT koherent_x.v AS koherent_x, koherent_k FROM jsonb_array_elements($1->''rows'') koherent_x(v), '
+        'LATERAL jsonb_populate_record(NULL::%1$s, koherent_x.v->''k'') koherent_k WHERE koherent_x.v->''b'' <> ''null'') koherent_p '
+        'LEFT JOIN %1$s koherent_c ON %3$s CROSS JOIN LATERAL jsonb_populate_record(koherent_c, koherent_p.koherent_x->''b'') koherent_r',
         info->>'table',
-        (SELECT string_agg(format('t.%I = k.%I', c, c), ' AND ') FROM jsonb_array_elements_text(info->'pk') c),
-        (SELECT string_agg(format('c.%I = (p.k).%I', c, c), ' AND ') FROM jsonb_array_elements_text(info->'pk') c))
+        (SELECT string_agg(format('koherent_t.%I = koherent_k.%I', c, c), ' AND ') FROM jsonb_array_elements_text(info->'pk') c),
+        (SELECT string_agg(format('koherent_c.%I = (koherent_p.koherent_k).%I', c, c), ' AND ') FROM jsonb_array_elements_text(info->'pk') c))
 $$;
 
 CREATE FUNCTION koherent.as_of(tbl anyelement, at timestamptz) RETURNS SETOF anyelement
@@ -524,10 +527,14 @@ BEGIN
         END IF;
         image := info->'rows'->0->'b';
     END IF;
-    SELECT string_agg(format('c.%I = k.%I', c, c), ' AND ') INTO keymatch FROM jsonb_array_elements_text(info->'pk') c;
+    SELECT string_agg(format('koherent_c.%I = koherent_k.%I', c, c), ' AND ') INTO keymatch
+      FROM jsonb_array_elements_text(info->'pk') c;
     -- the row now (the caller's query: its rights), merged with its image then if it changed since
-    EXECUTE format('SELECT r.* FROM jsonb_populate_record(NULL::%1$s, $1) k LEFT JOIN %1$s c ON %2$s '
-                   'CROSS JOIN LATERAL jsonb_populate_record(c, $2) r WHERE c.ctid IS NOT NULL OR $2 IS NOT NULL',
+    -- (aliases no column of a table would be named: a whole-row reference by an alias that is
+    -- also a column's name would be read as that column)
+    EXECUTE format('SELECT koherent_r.* FROM jsonb_populate_record(NULL::%1$s, $1) koherent_k LEFT JOIN %1$s koherent_c ON %2$s '
+                   'CROSS JOIN LATERAL jsonb_populate_record(koherent_c, $2) koherent_r '
+                   'WHERE koherent_c.ctid IS NOT NULL OR $2 IS NOT NULL',
                    info->>'table', keymatch)
        INTO tbl USING row_key, image;  -- tbl: a variable of the table's row type
     GET DIAGNOSTICS n = ROW_COUNT;  -- (EXECUTE does not set FOUND)

@@ -480,11 +480,13 @@ BEGIN
         -- under the caller's policies): only the keys whose row the caller can read now, and of
         -- those, a key whose row was deleted or moved away since, a new row taking the key, shows
         -- nothing of its past (no row to check the policy against)
-        SELECT string_agg(format('t.%I = (p.k).%I', c, c), ' AND ') INTO keymatch FROM unnest(cfg.pk_columns) c;
+        SELECT string_agg(format('koherent_t.%I = (koherent_p.koherent_k).%I', c, c), ' AND ') INTO keymatch
+          FROM unnest(cfg.pk_columns) c;
         -- the client's statement gets the keys only, never the images; it answers which it can read
         visible := koherent._as_caller(acting, format(
-            'SELECT jsonb_agg(p.i) FROM (SELECT x.i, k FROM jsonb_array_elements($1) WITH ORDINALITY x(v, i), '
-            'LATERAL jsonb_populate_record(NULL::%1$s, x.v) k) p WHERE EXISTS (SELECT 1 FROM %1$s t WHERE %2$s)',
+            'SELECT jsonb_agg(koherent_p.i) FROM (SELECT koherent_x.i, koherent_k FROM jsonb_array_elements($1) '
+            'WITH ORDINALITY koherent_x(v, i), LATERAL jsonb_populate_record(NULL::%1$s, koherent_x.v) koherent_k) koherent_p '
+            'WHERE EXISTS (SELECT 1 FROM %1$s koherent_t WHERE %2$s)',
             tbl, keymatch), (SELECT jsonb_agg(r->'k' ORDER BY n) FROM jsonb_array_elements(rows) WITH ORDINALITY AS e(r, n)), false);
         SELECT coalesce(jsonb_agg(CASE WHEN (r->>'d')::boolean THEN r || '{"b": null}' ELSE r END ORDER BY n), '[]') INTO rows
           FROM jsonb_array_elements(rows) WITH ORDINALITY AS e(r, n)
@@ -666,6 +668,78 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION koherent.as_of_task(anyelement, text) IS
   'The rows of a tracked table just before a task''s first change (the state its run started from).';
+
+CREATE OR REPLACE FUNCTION koherent._as_of_select(info jsonb) RETURNS text
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    -- (aliases no column of a table would be named: see koherent.row_as_of)
+    SELECT format(
+        'SELECT koherent_t.* FROM %1$s koherent_t WHERE NOT EXISTS (SELECT 1 FROM jsonb_array_elements($1->''rows'') koherent_x(v), '
+        'LATERAL jsonb_populate_record(NULL::%1$s, koherent_x.v->''k'') koherent_k WHERE %2$s) '
+        'UNION ALL '
+        'SELECT koherent_r.* FROM (SELECT koherent_x.v AS koherent_x, koherent_k FROM jsonb_array_elements($1->''rows'') koherent_x(v), '
+        'LATERAL jsonb_populate_record(NULL::%1$s, koherent_x.v->''k'') koherent_k WHERE koherent_x.v->''b'' <> ''null'') koherent_p '
+        'LEFT JOIN %1$s koherent_c ON %3$s CROSS JOIN LATERAL jsonb_populate_record(koherent_c, koherent_p.koherent_x->''b'') koherent_r',
+        info->>'table',
+        (SELECT string_agg(format('koherent_t.%I = koherent_k.%I', c, c), ' AND ') FROM jsonb_array_elements_text(info->'pk') c),
+        (SELECT string_agg(format('koherent_c.%I = (koherent_p.koherent_k).%I', c, c), ' AND ') FROM jsonb_array_elements_text(info->'pk') c))
+$$;
+
+CREATE OR REPLACE FUNCTION koherent.row_as_of(tbl anyelement, row_key jsonb, at timestamptz) RETURNS anyelement
+-- no SET search_path: koherent._acting() records the caller's own
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    acting uuid := koherent._acting();
+    info jsonb;
+    keymatch text;
+    n bigint;
+    keyrow record;
+    image jsonb;
+BEGIN
+    IF row_key IS NULL THEN
+        RAISE EXCEPTION 'koherent: row_key must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    -- the key's typed values, converted here with the caller's rights (its own query filters
+    -- the typed path's entries by them)
+    keyrow := jsonb_populate_record(tbl, row_key);
+    info := koherent._row_as_of_lookup(acting, pg_typeof(tbl)::regtype, at, row_key);
+    IF info->>'s' = 'none' THEN
+        RETURN NULL;  -- no row had this key then
+    ELSIF info IS NOT NULL THEN
+        image := info->'b';  -- (null for "now")
+    ELSE
+        info := koherent._as_of_typed(acting, pg_typeof(tbl)::regtype, at, NULL, row_key);
+        IF info IS NOT NULL THEN
+            EXECUTE koherent._as_of_typed_select(info, pg_typeof(tbl)::regtype, true) INTO tbl USING at, false, keyrow, acting, row_key;
+            GET DIAGNOSTICS n = ROW_COUNT;
+            IF n = 0 THEN
+                RETURN NULL;
+            END IF;
+            RETURN tbl;
+        END IF;
+        info := koherent._as_of_rows(acting, pg_typeof(tbl)::regtype, at, NULL, row_key);
+        IF info->'rows'->0->'b' = 'null' THEN
+            RETURN NULL;  -- no row had this key then
+        END IF;
+        image := info->'rows'->0->'b';
+    END IF;
+    SELECT string_agg(format('koherent_c.%I = koherent_k.%I', c, c), ' AND ') INTO keymatch
+      FROM jsonb_array_elements_text(info->'pk') c;
+    -- the row now (the caller's query: its rights), merged with its image then if it changed since
+    -- (aliases no column of a table would be named: a whole-row reference by an alias that is
+    -- also a column's name would be read as that column)
+    EXECUTE format('SELECT koherent_r.* FROM jsonb_populate_record(NULL::%1$s, $1) koherent_k LEFT JOIN %1$s koherent_c ON %2$s '
+                   'CROSS JOIN LATERAL jsonb_populate_record(koherent_c, $2) koherent_r '
+                   'WHERE koherent_c.ctid IS NOT NULL OR $2 IS NOT NULL',
+                   info->>'table', keymatch)
+       INTO tbl USING row_key, image;  -- tbl: a variable of the table's row type
+    GET DIAGNOSTICS n = ROW_COUNT;  -- (EXECUTE does not set FOUND)
+    IF n = 0 THEN
+        RETURN NULL;
+    END IF;
+    RETURN tbl;
+END $$;
+COMMENT ON FUNCTION koherent.row_as_of(anyelement, jsonb, timestamptz) IS
+  'One row of a tracked table as it was at a moment (null if no row had that key then): an index lookup.';
 
 CREATE OR REPLACE FUNCTION koherent._revert_threads_sql(cfg koherent.tracked_config, entries text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -1135,7 +1209,8 @@ BEGIN
          WHERE (p->>'cfg_id')::int = cfg_id AND p->>'action' = 'DELETE';
         IF n > 0 THEN
             PERFORM koherent._revert_write(acting, format(
-                'DELETE FROM %1$s t USING jsonb_array_elements($1) p, LATERAL jsonb_populate_record(NULL::%1$s, p) koherent_k WHERE %2$s',
+                'DELETE FROM %1$s t USING jsonb_array_elements($1) koherent_p(v), '
+                'LATERAL jsonb_populate_record(NULL::%1$s, koherent_p.v) koherent_k WHERE %2$s',
                 tbl, keymatch), ks, n, 'delete', tbl);
             deleted := deleted + n;
         END IF;
@@ -1165,8 +1240,9 @@ BEGIN
                        FROM jsonb_array_elements(wave) p
                       GROUP BY p->'fields' ORDER BY (p->'fields')::text LOOP
                 PERFORM koherent._revert_write(acting, format(
-                    'UPDATE %1$s t SET %3$s FROM jsonb_array_elements($1) p, LATERAL jsonb_populate_record(NULL::%1$s, p->''k'') koherent_k, '
-                    'LATERAL jsonb_populate_record(NULL::%1$s, p->''r'') koherent_r WHERE %2$s', tbl, keymatch,
+                    'UPDATE %1$s t SET %3$s FROM jsonb_array_elements($1) koherent_p(v), '
+                    'LATERAL jsonb_populate_record(NULL::%1$s, koherent_p.v->''k'') koherent_k, '
+                    'LATERAL jsonb_populate_record(NULL::%1$s, koherent_p.v->''r'') koherent_r WHERE %2$s', tbl, keymatch,
                     (SELECT string_agg(format('%I = koherent_r.%I', f, f), ', ') FROM jsonb_array_elements_text(g.fields) f)),
                     g.rows, g.n, 'update', tbl);
                 updated := updated + g.n;
@@ -1188,10 +1264,10 @@ BEGIN
                   WHERE (p->>'cfg_id')::int = cfg_id AND p->>'action' = 'INSERT'
                   GROUP BY p->'fields' ORDER BY (p->'fields')::text LOOP
             PERFORM koherent._revert_write(acting, format(
-                'INSERT INTO %1$s (%2$s) OVERRIDING SYSTEM VALUE SELECT %3$s FROM jsonb_array_elements($1) p, '
-                'LATERAL jsonb_populate_record(NULL::%1$s, p) r', tbl,
+                'INSERT INTO %1$s (%2$s) OVERRIDING SYSTEM VALUE SELECT %3$s FROM jsonb_array_elements($1) koherent_p(v), '
+                'LATERAL jsonb_populate_record(NULL::%1$s, koherent_p.v) koherent_r', tbl,
                 (SELECT string_agg(format('%I', f), ', ') FROM jsonb_array_elements_text(g.fields) f),
-                (SELECT string_agg(format('r.%I', f), ', ') FROM jsonb_array_elements_text(g.fields) f)),
+                (SELECT string_agg(format('koherent_r.%I', f), ', ') FROM jsonb_array_elements_text(g.fields) f)),
                 g.rows, g.n, 'insert', tbl);
             inserted := inserted + g.n;
         END LOOP;
@@ -1271,8 +1347,8 @@ BEGIN
             -- keys a revert would move or reinsert rows to are taken
             IF lock THEN
                 PERFORM koherent._as_caller(acting, format(
-                    'SELECT to_jsonb(count(*)) FROM (SELECT 1 FROM %1$s t, jsonb_array_elements($1) p, '
-                    'LATERAL jsonb_populate_record(NULL::%1$s, coalesce(nullif(p->''akey'', ''null''), ''{}'')) koherent_k '
+                    'SELECT to_jsonb(count(*)) FROM (SELECT 1 FROM %1$s t, jsonb_array_elements($1) koherent_p(v), '
+                    'LATERAL jsonb_populate_record(NULL::%1$s, coalesce(nullif(koherent_p.v->''akey'', ''null''), ''{}'')) koherent_k '
                     'WHERE %2$s FOR UPDATE OF t) x', tbl, keymatch), keys, false);
             END IF;
             cur := koherent._as_caller(acting, format(

@@ -673,8 +673,8 @@ BEGIN
             -- keys a revert would move or reinsert rows to are taken
             IF lock THEN
                 PERFORM koherent._as_caller(acting, format(
-                    'SELECT to_jsonb(count(*)) FROM (SELECT 1 FROM %1$s t, jsonb_array_elements($1) p, '
-                    'LATERAL jsonb_populate_record(NULL::%1$s, coalesce(nullif(p->''akey'', ''null''), ''{}'')) koherent_k '
+                    'SELECT to_jsonb(count(*)) FROM (SELECT 1 FROM %1$s t, jsonb_array_elements($1) koherent_p(v), '
+                    'LATERAL jsonb_populate_record(NULL::%1$s, coalesce(nullif(koherent_p.v->''akey'', ''null''), ''{}'')) koherent_k '
                     'WHERE %2$s FOR UPDATE OF t) x', tbl, keymatch), keys, false);
             END IF;
             cur := koherent._as_caller(acting, format(
@@ -925,7 +925,8 @@ BEGIN
          WHERE (p->>'cfg_id')::int = cfg_id AND p->>'action' = 'DELETE';
         IF n > 0 THEN
             PERFORM koherent._revert_write(acting, format(
-                'DELETE FROM %1$s t USING jsonb_array_elements($1) p, LATERAL jsonb_populate_record(NULL::%1$s, p) koherent_k WHERE %2$s',
+                'DELETE FROM %1$s t USING jsonb_array_elements($1) koherent_p(v), '
+                'LATERAL jsonb_populate_record(NULL::%1$s, koherent_p.v) koherent_k WHERE %2$s',
                 tbl, keymatch), ks, n, 'delete', tbl);
             deleted := deleted + n;
         END IF;
@@ -955,8 +956,9 @@ BEGIN
                        FROM jsonb_array_elements(wave) p
                       GROUP BY p->'fields' ORDER BY (p->'fields')::text LOOP
                 PERFORM koherent._revert_write(acting, format(
-                    'UPDATE %1$s t SET %3$s FROM jsonb_array_elements($1) p, LATERAL jsonb_populate_record(NULL::%1$s, p->''k'') koherent_k, '
-                    'LATERAL jsonb_populate_record(NULL::%1$s, p->''r'') koherent_r WHERE %2$s', tbl, keymatch,
+                    'UPDATE %1$s t SET %3$s FROM jsonb_array_elements($1) koherent_p(v), '
+                    'LATERAL jsonb_populate_record(NULL::%1$s, koherent_p.v->''k'') koherent_k, '
+                    'LATERAL jsonb_populate_record(NULL::%1$s, koherent_p.v->''r'') koherent_r WHERE %2$s', tbl, keymatch,
                     (SELECT string_agg(format('%I = koherent_r.%I', f, f), ', ') FROM jsonb_array_elements_text(g.fields) f)),
                     g.rows, g.n, 'update', tbl);
                 updated := updated + g.n;
@@ -978,10 +980,10 @@ BEGIN
                   WHERE (p->>'cfg_id')::int = cfg_id AND p->>'action' = 'INSERT'
                   GROUP BY p->'fields' ORDER BY (p->'fields')::text LOOP
             PERFORM koherent._revert_write(acting, format(
-                'INSERT INTO %1$s (%2$s) OVERRIDING SYSTEM VALUE SELECT %3$s FROM jsonb_array_elements($1) p, '
-                'LATERAL jsonb_populate_record(NULL::%1$s, p) r', tbl,
+                'INSERT INTO %1$s (%2$s) OVERRIDING SYSTEM VALUE SELECT %3$s FROM jsonb_array_elements($1) koherent_p(v), '
+                'LATERAL jsonb_populate_record(NULL::%1$s, koherent_p.v) koherent_r', tbl,
                 (SELECT string_agg(format('%I', f), ', ') FROM jsonb_array_elements_text(g.fields) f),
-                (SELECT string_agg(format('r.%I', f), ', ') FROM jsonb_array_elements_text(g.fields) f)),
+                (SELECT string_agg(format('koherent_r.%I', f), ', ') FROM jsonb_array_elements_text(g.fields) f)),
                 g.rows, g.n, 'insert', tbl);
             inserted := inserted + g.n;
         END LOOP;
