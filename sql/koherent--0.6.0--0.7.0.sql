@@ -879,6 +879,13 @@ DECLARE
     moved boolean;
     broken boolean;
     epoch bigint;
+    -- a row's entries in the order its versions followed each other, as the row-by-row path and
+    -- as_of order them: by transaction (the order of their last entries: a transaction writing
+    -- a row another one wrote waited for its commit), then by date within one (a statement
+    -- nested in another, an AFTER ROW trigger's UPDATE of its own row, is dated later but
+    -- written first, so its entry's id is smaller)
+    ordered text := CASE WHEN cardinality(ctx) = 1 THEN 'h.history_date, h.history_id'
+                         ELSE 'h."koherent:cmax", h.history_date, h.history_id' END;
 BEGIN
     -- the view shows the caller every entry of the task in this table: only to a caller who may
     -- see them all (SELECT on the table, and no row-level security in the way, or an auditor)
@@ -901,12 +908,17 @@ BEGIN
         RETURN NULL;
     END IF;
     IF n <> keys THEN
+        -- (the task's entries of this table, with the last id of each one's transaction when
+        -- the task has more than one)
+        hist := CASE WHEN cardinality(ctx) = 1 THEN hist
+                     ELSE format('(SELECT h.*, max(h.history_id) OVER (PARTITION BY h.history_context) AS "koherent:cmax" '
+                                 'FROM %s h WHERE %s)', hist, filter) END;
         EXECUTE format('SELECT EXISTS (SELECT 1 FROM (SELECT h.history_kind AS kind, lag(h.history_id) OVER w AS prev, '
                        'lead(h.history_id) OVER w AS next FROM %s h WHERE %s '
-                       'WINDOW w AS (PARTITION BY %s ORDER BY h.history_id)) x '
+                       'WINDOW w AS (PARTITION BY %s ORDER BY %s)) x '
                        'WHERE (x.kind = ''CREATE'' AND x.prev IS NOT NULL) '
                        'OR (x.kind IN (''DELETE'', ''TRUNCATE'') AND x.next IS NOT NULL))',
-                       hist, koherent._context_filter(cfg.id, ctx, '$1'), keycols)
+                       hist, koherent._context_filter(cfg.id, ctx, '$1'), keycols, ordered)
            INTO broken USING ctx;
         IF broken THEN
             RETURN NULL;
@@ -939,7 +951,7 @@ BEGIN
                            first_value(h.history_id) OVER w AS "f:id", first_value(h.history_kind) OVER w AS "f:kind",
                            last_value(h.history_id) OVER w AS "l:id", %6$s
                       FROM %7$s h WHERE %8$s
-                    WINDOW w AS (PARTITION BY %9$s ORDER BY h.history_id ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)) x
+                    WINDOW w AS (PARTITION BY %9$s ORDER BY %10$s ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)) x
              WHERE x."h:id" = x."l:id" AND NOT (x."f:kind" = 'CREATE' AND x."h:kind" IN ('DELETE', 'TRUNCATE'))$v$,
             name,
             (SELECT string_agg(format('x.%I', 'k:' || k), ', ') FROM unnest(cfg.pk_columns) k),
@@ -959,7 +971,7 @@ BEGIN
                                       c.column_name, 'f:n:' || c.column_name, 'old:' || c.column_name, 'f:o:' || c.column_name),
                                ', ' ORDER BY c.attnum)
                FROM koherent.tracked_column c WHERE c.config_id = cfg.id AND c.live_until IS NULL),
-            hist, filter, keycols);
+            hist, filter, keycols, ordered);
     END IF;
     EXECUTE format('GRANT SELECT ON pg_temp.%I TO %I', name, (SELECT rolname FROM pg_roles WHERE oid = koherent._acting_role(acting)));
     RETURN 'pg_temp.' || quote_ident(name);

@@ -514,3 +514,40 @@ def test_typed_path_of_rows_changed_many_times_agrees_with_the_row_by_row_path(d
     fast, typed, by_row = paths("task-104")
     assert not fast and typed == by_row
     assert [(a, res) for _, _, a, _, res, _ in typed] == [("DELETE", None), ("INSERT", {"id": 1, "a": 1, "b": "b1", "c": 1.5})]
+
+
+def test_a_row_updated_again_by_its_own_after_trigger_is_reverted_on_both_paths(db):
+    """An AFTER ROW trigger that updates the row it fires on: its nested UPDATE is dated after the
+    statement that fired it but written first (a smaller history id). The typed path orders a
+    row's entries as the row-by-row path and as_of do (by transaction, then by date): the revert
+    restores the row as it was, with one transaction of the task or two."""
+    db.sql("CREATE TABLE nt (id int PRIMARY KEY, v int, touched int DEFAULT 0)")
+    db.sql("SELECT koherent.track('nt')")
+    db.sql("CREATE FUNCTION nt_touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+           "IF NEW.touched = OLD.touched THEN UPDATE nt SET touched = touched + 1 WHERE id = NEW.id; END IF; "
+           "RETURN NULL; END $$")
+    db.sql("CREATE TRIGGER nt_after AFTER UPDATE ON nt FOR EACH ROW EXECUTE FUNCTION nt_touch()")
+    db.sql("INSERT INTO nt VALUES (1, 1), (2, 2)")
+    cfg = db.one("SELECT id FROM koherent.tracked_config WHERE relid = 'nt'::regclass")
+    for task, writes in (("nt-one", [["UPDATE nt SET v = 10"]]),
+                         ("nt-two", [["UPDATE nt SET v = 20 WHERE id = 1"], ["UPDATE nt SET v = 30"]])):
+        before = db.sql("SELECT * FROM nt ORDER BY id")
+        token = mint(task)
+        for w in writes:
+            write(db, w, token)
+        assert db.sql("SELECT id, v FROM nt ORDER BY id") != [(r[0], r[1]) for r in before]
+        with db.conn(autocommit=False) as c:
+            acting = c.execute("SELECT koherent._acting()").fetchone()[0]
+            ctx = c.execute("SELECT koherent._revert_task_contexts(%s, %s, false)", [acting, task]).fetchone()[0]
+            view = c.execute("SELECT koherent._revert_fast_view(%s, c, %s) FROM koherent.tracked_config c "
+                             "WHERE c.id = %s", [acting, ctx, cfg]).fetchone()[0]
+            typed = c.execute("SELECT row_key, action, restored_data FROM koherent.revert_plan(%s) ORDER BY 1",
+                              [task]).fetchall()
+            by_row = c.execute("SELECT row_key, action, restored_data FROM koherent._revert_plan_rest(%s, %s, '{}') "
+                               "ORDER BY 1", [acting, ctx]).fetchall()
+        assert view == f"pg_temp.koherent_revert_{cfg}"   # the typed path took the table
+        want = [({"id": r[0]}, "UPDATE", {"v": r[1], "touched": r[2]}) for r in before]
+        assert typed == by_row == want, (typed, by_row)
+        r = revert(db, task, token=mint(task + "-undo"))
+        assert (r["updated"], r["conflicts"]) == (2, [])
+        assert db.sql("SELECT * FROM nt ORDER BY id") == before
