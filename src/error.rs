@@ -19,6 +19,12 @@ pub enum KoherentError {
     TaskAlreadyFixed { current: String },
     #[error("the transaction's context {current} is already written; its id cannot change now")]
     ContextAlreadyWritten { current: String },
+    #[error("this transaction's context records {what} \"{recorded}\", taken at its first tracked write; this write is under \"{given}\"")]
+    ContextChanged {
+        what: &'static str,
+        recorded: String,
+        given: String,
+    },
     #[error("the context id {id} given to koherent.set_context_id is already recorded by another transaction")]
     ContextIdTaken { id: String },
     #[error("the key \"{kid}\" of issuer \"{issuer}\" that signed this transaction's token is no longer trusted")]
@@ -101,6 +107,7 @@ impl KoherentError {
             }
             KoherentError::TaskAlreadyFixed { .. }
             | KoherentError::ContextAlreadyWritten { .. }
+            | KoherentError::ContextChanged { .. }
             | KoherentError::MoverUnknown { .. }
             | KoherentError::RevertTwice => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             KoherentError::HistoryOutOfSync(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -130,6 +137,7 @@ impl KoherentError {
             KoherentError::HistoryOutOfSync(_) => Some("reason: history_out_of_sync".into()),
             KoherentError::NoHistoryPartition { .. } => Some("reason: no_history_partition".into()),
             KoherentError::RevertTwice => Some("reason: revert_twice".into()),
+            KoherentError::ContextChanged { .. } => Some("reason: context_changed".into()),
             KoherentError::ContextIdTaken { .. } => Some("reason: context_id_taken".into()),
             KoherentError::OrganizationMismatch { .. } => {
                 Some("reason: organization_mismatch".into())
@@ -204,6 +212,9 @@ impl KoherentError {
             ),
             KoherentError::ContextAlreadyWritten { .. } => Some(
                 "Call koherent.set_context_id(uuid) before the transaction's first tracked write.",
+            ),
+            KoherentError::ContextChanged { .. } => Some(
+                "A transaction has one context: SET ROLE, koherent.app_user and koherent.organization take effect when set before its first tracked write; write under others in a new transaction.",
             ),
             KoherentError::ContextIdTaken { .. } => Some(
                 "A context id names one transaction: give koherent.set_context_id a new uuid, or let koherent choose one.",

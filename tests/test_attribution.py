@@ -418,3 +418,52 @@ def test_application_roles_cannot_weaken_verification(item, setting, value):
         with pytest.raises(psycopg.Error) as e:
             c.execute("SELECT set_config(%s, %s, false)", [setting, value])
         assert e.value.sqlstate == "42501"
+
+
+def test_role_app_user_or_organization_changed_after_the_first_write_is_refused(item):
+    """A transaction has one context, which records the role SET ROLE chose, koherent.app_user
+    and koherent.organization at its first tracked write: a later write under others would be
+    recorded under the first write's. Refused (55000 context_changed), nothing of it written;
+    changes before the first write, and writes under the same ones again, go through."""
+    item.sql("CREATE ROLE koherent_test_r1")
+    item.sql("CREATE ROLE koherent_test_r2")
+    try:
+        item.sql("GRANT SELECT, INSERT ON item TO koherent_test_r1, koherent_test_r2")
+        cases = [
+            ("SET LOCAL ROLE koherent_test_r1", "SET LOCAL ROLE koherent_test_r2", "role"),
+            ("SELECT set_config('koherent.app_user', 'ana@acme', true)",
+             "SELECT set_config('koherent.app_user', 'bob@acme', true)", "koherent.app_user"),
+            ("SELECT set_config('koherent.organization', 'acme', true)",
+             "SELECT set_config('koherent.organization', 'other', true)", "koherent.organization"),
+            ("SELECT 1", "SELECT set_config('koherent.app_user', 'late@acme', true)", "koherent.app_user"),
+        ]
+        for n, (first, then, what) in enumerate(cases):
+            with item.conn(autocommit=False) as c:
+                c.execute("SELECT set_config('koherent.app_user', 'early@acme', true)")  # before the first write
+                c.execute(first)
+                c.execute(f"INSERT INTO item (id, qty) VALUES ({100 + n}, 1)")
+                c.execute(f"INSERT INTO item (id, qty) VALUES ({200 + n}, 1)")  # the same again: fine
+                c.execute("RESET ROLE")
+                c.execute(then)
+                with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as e:
+                    c.execute(f"INSERT INTO item (id, qty) VALUES ({300 + n}, 1)")
+                assert e.value.diag.message_detail == "reason: context_changed"
+                assert what in e.value.diag.message_primary and "first tracked write" in e.value.diag.message_hint
+                c.rollback()
+            # (rolled back: nothing of the transaction is there)
+            assert item.one(f"SELECT count(*) FROM item WHERE id IN ({100 + n}, {200 + n}, {300 + n})") == 0
+        # committed: both writes under the first write's role and user, one context
+        with item.conn(autocommit=False) as c:
+            c.execute("SET LOCAL ROLE koherent_test_r1")
+            c.execute("SELECT set_config('koherent.app_user', 'ana@acme', true)")
+            c.execute("INSERT INTO item (id, qty) VALUES (1, 1)")
+            c.execute("INSERT INTO item (id, qty) VALUES (2, 1)")
+            c.commit()
+        assert item.sql("SELECT row_key->>'id', effective_role, app_user FROM koherent.provenance_entry "
+                        "ORDER BY history_id") == [("1", "koherent_test_r1", "ana@acme"),
+                                                   ("2", "koherent_test_r1", "ana@acme")]
+        assert item.one("SELECT count(DISTINCT context_id) FROM koherent.provenance_entry") == 1
+    finally:
+        item.sql("DROP OWNED BY koherent_test_r1, koherent_test_r2")
+        item.sql("DROP ROLE koherent_test_r1")
+        item.sql("DROP ROLE koherent_test_r2")

@@ -39,6 +39,73 @@ struct Written {
     task: Option<Rc<Task>>,
     /// The organization its task row records (for [`KNOWN_TASKS`]).
     task_organization: Option<String>,
+    /// What the context row took from the session at the first write.
+    inputs: Inputs,
+}
+
+/// What a context row takes from the session besides the task: the role `SET ROLE` chose
+/// (`effective_role`), and the application's `koherent.app_user` and `koherent.organization`.
+/// A transaction has one context, so a later write under others would be recorded under the
+/// first write's: refused instead ([`Inputs::check`]).
+#[derive(PartialEq)]
+struct Inputs {
+    outer_user: pg_sys::Oid,
+    app_user: Option<String>,
+    organization: Option<String>,
+}
+
+impl Inputs {
+    fn now() -> Inputs {
+        Inputs {
+            outer_user: unsafe { pg_sys::GetOuterUserId() },
+            app_user: guc::app_user(),
+            organization: guc::organization(),
+        }
+    }
+
+    /// Raise `context_changed` unless `now` is what the context row recorded.
+    fn check(&self, now: &Inputs) {
+        if self == now {
+            return;
+        }
+        let shown = |v: &Option<String>| v.clone().unwrap_or_else(|| "(none)".into());
+        let (what, recorded, given) = if self.outer_user != now.outer_user {
+            (
+                "role",
+                role_name(self.outer_user),
+                role_name(now.outer_user),
+            )
+        } else if self.app_user != now.app_user {
+            (
+                "koherent.app_user",
+                shown(&self.app_user),
+                shown(&now.app_user),
+            )
+        } else {
+            (
+                "koherent.organization",
+                shown(&self.organization),
+                shown(&now.organization),
+            )
+        };
+        KoherentError::ContextChanged {
+            what,
+            recorded,
+            given,
+        }
+        .raise()
+    }
+}
+
+fn role_name(oid: pg_sys::Oid) -> String {
+    unsafe {
+        let n = pg_sys::GetUserNameFromId(oid, true);
+        if n.is_null() {
+            format!("{}", u32::from(oid))
+        } else {
+            std::ffi::CStr::from_ptr(n).to_string_lossy().into_owned()
+        }
+    }
 }
 
 #[derive(Default)]
@@ -455,6 +522,13 @@ pub fn write_context(require_task: bool, relid: pg_sys::Oid) -> Uuid {
             .raise(),
             None => {}
         }
+        // (after the token's own checks: a role leaving a bound agent's is that refusal first)
+        let now = Inputs::now();
+        XACT.with(|x| {
+            if let Some(w) = x.borrow().written.as_ref() {
+                w.inputs.check(&now)
+            }
+        });
         return Uuid::from_bytes(id);
     }
 
@@ -476,6 +550,7 @@ pub fn write_context(require_task: bool, relid: pg_sys::Oid) -> Uuid {
         .raise();
     }
     let metadata = XACT.with(|x| JsonB(Value::Object(x.borrow().metadata.clone())));
+    let inputs = Inputs::now();
     let organization = write_organization(task.as_deref()).or_raise();
     let mut identity = Identity {
         organization: organization.clone(),
@@ -553,6 +628,7 @@ pub fn write_context(require_task: bool, relid: pg_sys::Oid) -> Uuid {
             subid,
             task,
             task_organization,
+            inputs,
         });
     });
     uuid
