@@ -6,8 +6,9 @@
 //! and the active portal names only the top-level statement: a MERGE inside a function, a DO
 //! block, a prepared statement or EXPLAIN ANALYZE looks like something else there.
 //!
-//! An `ExecutorRun` hook keeps a stack of the statements being executed: the command type of
-//! each and when it began. Row triggers of a statement fire inside its own `ExecutorRun`
+//! An `ExecutorRun` hook (and `ExecutorFinish`, where a data-modifying WITH query its main query
+//! did not read to the end runs) keeps a stack of the statements being executed: the command
+//! type of each and when it began. Row triggers of a statement fire inside its own `ExecutorRun`
 //! (nested statements have returned by then, and popped themselves on their way out, errors
 //! included), so the guard reads the command of the statement whose row it sees.
 //!
@@ -210,10 +211,24 @@ unsafe extern "C-unwind" fn executor_end(query: *mut pg_sys::QueryDesc) {
 }
 
 unsafe extern "C-unwind" fn executor_finish(query: *mut pg_sys::QueryDesc) {
-    as_finishing(date_of(query), || match PREV_EXECUTOR_FINISH {
-        Some(prev) => prev(query),
-        None => ffi::standard_ExecutorFinish(query),
-    })
+    let date = date_of(query);
+    // (a statement still executes while it finishes: a data-modifying WITH query that its main
+    // query did not read to the end runs to completion here, and the partition guard asks which
+    // statement moves its rows)
+    let depth = STATEMENTS.with(|s| {
+        let mut s = s.borrow_mut();
+        s.open.push(((*query).operation, date));
+        s.open.len() - 1
+    });
+    ffi::pg_try(
+        || {
+            as_finishing(date, || match PREV_EXECUTOR_FINISH {
+                Some(prev) => prev(query),
+                None => ffi::standard_ExecutorFinish(query),
+            })
+        },
+        || STATEMENTS.with(|s| s.borrow_mut().open.truncate(depth)),
+    )
 }
 
 unsafe extern "C-unwind" fn executor_run(

@@ -41,3 +41,24 @@ def test_nulls_and_partition_with_other_column_order(db):
     assert db.sql("SELECT history_kind, id, k, v, \"old:v\" FROM koherent_history.m ORDER BY history_id") == [
         ("CREATE", 1, "a", None, None), ("CREATE", 2, "b", 2.5, None),
         ("UPDATE", 2, "b", None, 2.5), ("UPDATE", 2, "b", 7, None)]
+
+
+def test_a_writable_with_query_moving_rows_between_partitions_is_recorded(db):
+    """A data-modifying WITH query that its main query does not read runs to completion while
+    the statement finishes: the partition guard knows which statement moves its rows then (not
+    a MERGE), so the move is recorded, under a main INSERT, DELETE or SELECT alike."""
+    db.sql("CREATE TABLE pq (id int, r text, v int, PRIMARY KEY (id, r)) PARTITION BY LIST (r)")
+    db.sql("CREATE TABLE pq_a PARTITION OF pq FOR VALUES IN ('a')")
+    db.sql("CREATE TABLE pq_b PARTITION OF pq FOR VALUES IN ('b')")
+    db.sql("SELECT koherent.track('pq')")
+    db.sql("INSERT INTO pq VALUES (1, 'a', 1), (3, 'a', 3), (5, 'a', 5)")
+    with db.conn() as c:
+        c.execute("SELECT koherent.current_context_id()")   # koherent is loaded in this session
+        c.execute("WITH u AS (UPDATE pq SET r = 'b' WHERE id = 1 RETURNING *) INSERT INTO pq VALUES (2, 'a', 2)")
+        c.execute("WITH u AS (UPDATE pq SET r = 'b' WHERE id = 3 RETURNING *) DELETE FROM pq WHERE id = 5")
+        c.execute("WITH u AS (UPDATE pq SET r = 'a' WHERE id = 1 RETURNING *) SELECT 1")
+    assert db.sql("SELECT id, r, v FROM pq ORDER BY id") == [(1, "a", 1), (2, "a", 2), (3, "b", 3)]
+    got = db.sql("SELECT kind, (row_key->>'id')::int, row_key->>'r' FROM koherent.provenance_entry "
+                 "ORDER BY history_id OFFSET 3")   # (after the first INSERT's three)
+    assert sorted(got) == sorted([("UPDATE", 1, "b"), ("CREATE", 2, "a"), ("UPDATE", 3, "b"), ("DELETE", 5, "a"),
+                                  ("UPDATE", 1, "a")]), got
