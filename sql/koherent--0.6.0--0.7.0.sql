@@ -623,6 +623,11 @@ BEGIN
                             array_to_string(cfg.pk_columns, ', ')
                 USING ERRCODE = 'invalid_parameter_value';
         END IF;
+        -- (a primary key column is never null: such a key names no row, and is a null argument)
+        IF EXISTS (SELECT 1 FROM jsonb_each(key) e WHERE jsonb_typeof(e.value) = 'null') THEN
+            RAISE EXCEPTION 'koherent: the row key % of % has a null column', key, tbl
+                USING ERRCODE = 'null_value_not_allowed';
+        END IF;
     END IF;
 END $$;
 

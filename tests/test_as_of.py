@@ -193,6 +193,7 @@ def test_bad_input(item):
         ("SELECT koherent.row_as_of(NULL::item, '{\"nope\": 1}', now())", "22023"),
         ("SELECT koherent.row_as_of(NULL::item, '[1]', now())", "22023"),
         ("SELECT koherent.row_as_of(NULL::item, NULL, now())", "22004"),
+        ("SELECT koherent.row_as_of(NULL::item, '{\"id\": null}', now())", "22004"),  # a key with a null column
     ]
     for q, state in cases:
         with pytest.raises(psycopg.Error) as e:
