@@ -467,3 +467,23 @@ def test_role_app_user_or_organization_changed_after_the_first_write_is_refused(
         item.sql("DROP OWNED BY koherent_test_r1, koherent_test_r2")
         item.sql("DROP ROLE koherent_test_r1")
         item.sql("DROP ROLE koherent_test_r2")
+
+
+def test_set_task_inside_a_procedure_applies_until_its_commit_without_a_warning(item):
+    """A procedure run by CALL outside a transaction block: set_task applies to the writes up to
+    the procedure's COMMIT (no warning that it has none), not after it."""
+    item.sql("CREATE PROCEDURE proc_task(tok text) LANGUAGE plpgsql AS $$ BEGIN "
+             "PERFORM koherent.set_task(tok); INSERT INTO item (id, qty) VALUES (1, 1); COMMIT; "
+             "INSERT INTO item (id, qty) VALUES (2, 2); END $$")
+    notices = []
+    with item.conn() as c:
+        c.add_notice_handler(lambda d: notices.append(d.message_primary))
+        c.execute("SELECT koherent.current_context_id()")
+        c.execute("CALL proc_task(%s)", [mint("task-in-proc")])
+    assert not [n for n in notices if "no lasting effect" in (n or "")], notices
+    assert item.sql("SELECT row_key->>'id', task_id FROM koherent.provenance_entry ORDER BY history_id") == [
+        ("1", "task-in-proc"), ("2", None)]
+    with item.conn() as c:   # outside a procedure, still the warning
+        c.add_notice_handler(lambda d: notices.append(d.message_primary))
+        c.execute("SELECT koherent.set_task(%s)", [mint("task-in-proc")])
+    assert any("no lasting effect" in (n or "") for n in notices), notices

@@ -211,7 +211,9 @@ fn in_transaction_block() -> bool {
 }
 
 fn warn_outside_block(what: &str) {
-    if !in_transaction_block() {
+    // (a procedure or DO block run outside a transaction block writes in transactions it ends
+    // with COMMIT: the call applies until then)
+    if !in_transaction_block() && !unsafe { pg_sys::SPI_inside_nonatomic_context() } {
         pgrx::pg_sys::panic::ErrorReport::new(
             PgSqlErrorCode::ERRCODE_NO_ACTIVE_SQL_TRANSACTION,
             format!("koherent: {what} outside a transaction block has no lasting effect"),
