@@ -862,6 +862,7 @@ DECLARE
     ks jsonb;
     moves jsonb;
     wave jsonb;
+    cycle boolean;
     fast jsonb := '{}';
     view text;
     tc koherent.tracked_config;
@@ -962,16 +963,26 @@ BEGIN
         wave := coalesce((SELECT jsonb_agg(p) FROM jsonb_array_elements(plan) p
                            WHERE (p->>'cfg_id')::int = cfg_id AND p->>'action' = 'UPDATE'
                              AND NOT (SELECT bool_or(p->'restored_data' ? c) FROM unnest(pk) c)), '[]');
+        cycle := false;
         LOOP
-            FOR g IN SELECT p->'fields' AS fields, jsonb_agg(jsonb_build_object('k', p->'at_key', 'r', p->'restored_data')) AS rows,
-                            count(*) AS n
-                       FROM jsonb_array_elements(wave) p
-                      GROUP BY p->'fields' ORDER BY (p->'fields')::text LOOP
+            -- (a cycle's rows are one group, one statement, whatever columns each restores: each
+            -- is matched at its key before any of them moves; a column a row does not restore
+            -- keeps its value)
+            FOR g IN SELECT x.fields, jsonb_agg(x.kr) AS rows, count(*) AS n
+                       FROM (SELECT CASE WHEN cycle THEN (SELECT jsonb_agg(DISTINCT f ORDER BY f) FROM jsonb_array_elements(wave) w,
+                                                                 jsonb_array_elements_text(w->'fields') f)
+                                        ELSE p->'fields' END AS fields,
+                                   jsonb_build_object('k', p->'at_key', 'r', p->'restored_data') AS kr
+                              FROM jsonb_array_elements(wave) p) x
+                      GROUP BY x.fields ORDER BY x.fields::text LOOP
                 PERFORM koherent._revert_write(acting, format(
                     'UPDATE %1$s t SET %3$s FROM jsonb_array_elements($1) koherent_p(v), '
                     'LATERAL jsonb_populate_record(NULL::%1$s, koherent_p.v->''k'') koherent_k, '
                     'LATERAL jsonb_populate_record(NULL::%1$s, koherent_p.v->''r'') koherent_r WHERE %2$s', tbl, keymatch,
-                    (SELECT string_agg(format('%I = koherent_r.%I', f, f), ', ') FROM jsonb_array_elements_text(g.fields) f)),
+                    (SELECT string_agg(CASE WHEN cycle
+                                            THEN format('%1$I = CASE WHEN koherent_p.v->''r'' ? %2$L THEN koherent_r.%1$I ELSE t.%1$I END', f, f)
+                                            ELSE format('%I = koherent_r.%I', f, f) END, ', ')
+                       FROM jsonb_array_elements_text(g.fields) f)),
                     g.rows, g.n, 'update', tbl);
                 updated := updated + g.n;
             END LOOP;
@@ -981,7 +992,8 @@ BEGIN
              WHERE NOT EXISTS (SELECT 1 FROM jsonb_array_elements(moves) o
                                 WHERE o->'at_key' = (SELECT jsonb_object_agg(c, coalesce(m->'restored_data'->c, m->'at_key'->c)) FROM unnest(pk) c)
                                   AND o <> m);
-            IF jsonb_array_length(wave) = 0 THEN
+            cycle := jsonb_array_length(wave) = 0;
+            IF cycle THEN
                 wave := moves;  -- a cycle
             END IF;
             SELECT coalesce(jsonb_agg(m), '[]') INTO moves FROM jsonb_array_elements(moves) m

@@ -113,6 +113,20 @@ def test_a_key_swap_and_a_shift_in_one_statement(item):
         c.execute("SELECT koherent.revert_task('task-swap')")
         c.commit()
     assert db.sql("SELECT id, a FROM sh ORDER BY id") == [(1, "a"), (2, "b"), (3, "c")]
+    # a swap and a 3-cycle in which the rows restore different columns: one statement per cycle
+    # (matched at their keys before any moves), each row writing back only what it restores
+    db.sql("CREATE TABLE sw (id int, v text, w text, CONSTRAINT sw_pk PRIMARY KEY (id) DEFERRABLE INITIALLY DEFERRED)")
+    db.sql("SELECT koherent.track('sw')")
+    write(db, "INSERT INTO sw VALUES (1, 'one', 'x1'), (2, 'two', 'x2'), (11, 'a', 'y1'), (12, 'b', 'y2'), (13, 'c', 'y3')")
+    seed = db.sql("SELECT * FROM sw ORDER BY id")
+    write(db, ["UPDATE sw SET id = 3 - id, v = CASE WHEN id = 1 THEN 'ONE' ELSE v END WHERE id < 3",
+               "UPDATE sw SET id = CASE id WHEN 11 THEN 12 WHEN 12 THEN 13 ELSE 11 END, "
+               "w = CASE WHEN id = 12 THEN 'changed' ELSE w END WHERE id > 10"], mint("task-cycles"))
+    assert db.sql("SELECT * FROM sw ORDER BY id") == [(1, "two", "x2"), (2, "ONE", "x1"), (11, "c", "y3"),
+                                                      (12, "a", "y1"), (13, "b", "changed")]
+    r = db.one("SELECT koherent.revert_task('task-cycles')")
+    assert (r["updated"], r["conflicts"]) == (5, []), r
+    assert db.sql("SELECT * FROM sw ORDER BY id") == seed
 
 
 def test_odd_column_names_and_values_equal_but_not_the_same(db):
