@@ -891,6 +891,7 @@ DECLARE
     -- written first, so its entry's id is smaller)
     ordered text := CASE WHEN cardinality(ctx) = 1 THEN 'h.history_date, h.history_id'
                          ELSE 'h."koherent:cmax", h.history_date, h.history_id' END;
+    entries text;
 BEGIN
     -- the view shows the caller every entry of the task in this table: only to a caller who may
     -- see them all (SELECT on the table, and no row-level security in the way, or an auditor)
@@ -913,18 +914,18 @@ BEGIN
         RETURN NULL;
     END IF;
     IF n <> keys THEN
-        -- (the task's entries of this table, with the last id of each one's transaction when
-        -- the task has more than one)
-        hist := CASE WHEN cardinality(ctx) = 1 THEN hist
-                     ELSE format('(SELECT h.*, max(h.history_id) OVER (PARTITION BY h.history_context) AS "koherent:cmax" '
-                                 'FROM %s h WHERE %s)', hist, filter) END;
+        -- (the task's entries of this table, alias h, with the last id of each one's transaction
+        -- when the task has more than one)
+        entries := CASE WHEN cardinality(ctx) = 1 THEN format('%s h WHERE %s', hist, filter)
+                        ELSE format('(SELECT h.*, max(h.history_id) OVER (PARTITION BY h.history_context) AS "koherent:cmax" '
+                                    'FROM %s h WHERE %s) h', hist, filter) END;
         EXECUTE format('SELECT EXISTS (SELECT 1 FROM (SELECT h.history_kind AS kind, lag(h.history_id) OVER w AS prev, '
-                       'lead(h.history_id) OVER w AS next FROM %s h WHERE %s '
+                       'lead(h.history_id) OVER w AS next FROM %s '
                        'WINDOW w AS (PARTITION BY %s ORDER BY %s)) x '
                        'WHERE (x.kind = ''CREATE'' AND x.prev IS NOT NULL) '
                        'OR (x.kind IN (''DELETE'', ''TRUNCATE'') AND x.next IS NOT NULL))',
-                       hist, koherent._context_filter(cfg.id, ctx, '$1'), keycols, ordered)
-           INTO broken USING ctx;
+                       entries, keycols, ordered)
+           INTO broken;
         IF broken THEN
             RETURN NULL;
         END IF;
@@ -955,8 +956,8 @@ BEGIN
               FROM (SELECT h.history_id AS "h:id", h.history_kind AS "h:kind", %5$s,
                            first_value(h.history_id) OVER w AS "f:id", first_value(h.history_kind) OVER w AS "f:kind",
                            last_value(h.history_id) OVER w AS "l:id", %6$s
-                      FROM %7$s h WHERE %8$s
-                    WINDOW w AS (PARTITION BY %9$s ORDER BY %10$s ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)) x
+                      FROM %7$s
+                    WINDOW w AS (PARTITION BY %8$s ORDER BY %9$s ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)) x
              WHERE x."h:id" = x."l:id" AND NOT (x."f:kind" = 'CREATE' AND x."h:kind" IN ('DELETE', 'TRUNCATE'))$v$,
             name,
             (SELECT string_agg(format('x.%I', 'k:' || k), ', ') FROM unnest(cfg.pk_columns) k),
@@ -976,7 +977,7 @@ BEGIN
                                       c.column_name, 'f:n:' || c.column_name, 'old:' || c.column_name, 'f:o:' || c.column_name),
                                ', ' ORDER BY c.attnum)
                FROM koherent.tracked_column c WHERE c.config_id = cfg.id AND c.live_until IS NULL),
-            hist, filter, keycols, ordered);
+            entries, keycols, ordered);
     END IF;
     EXECUTE format('GRANT SELECT ON pg_temp.%I TO %I', name, (SELECT rolname FROM pg_roles WHERE oid = koherent._acting_role(acting)));
     RETURN 'pg_temp.' || quote_ident(name);

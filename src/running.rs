@@ -215,20 +215,12 @@ unsafe extern "C-unwind" fn executor_finish(query: *mut pg_sys::QueryDesc) {
     // (a statement still executes while it finishes: a data-modifying WITH query that its main
     // query did not read to the end runs to completion here, and the partition guard asks which
     // statement moves its rows)
-    let depth = STATEMENTS.with(|s| {
-        let mut s = s.borrow_mut();
-        s.open.push(((*query).operation, date));
-        s.open.len() - 1
-    });
-    ffi::pg_try(
-        || {
-            as_finishing(date, || match PREV_EXECUTOR_FINISH {
-                Some(prev) => prev(query),
-                None => ffi::standard_ExecutorFinish(query),
-            })
-        },
-        || STATEMENTS.with(|s| s.borrow_mut().open.truncate(depth)),
-    )
+    as_open(query, date, || {
+        as_finishing(date, || match PREV_EXECUTOR_FINISH {
+            Some(prev) => prev(query),
+            None => ffi::standard_ExecutorFinish(query),
+        })
+    })
 }
 
 unsafe extern "C-unwind" fn executor_run(
@@ -237,19 +229,23 @@ unsafe extern "C-unwind" fn executor_run(
     count: u64,
     execute_once: bool,
 ) {
-    let date = date_of(query);
+    as_open(query, date_of(query), || match PREV_EXECUTOR_RUN {
+        Some(prev) => prev(query, direction, count, execute_once),
+        None => ffi::standard_ExecutorRun(query, direction, count, execute_once),
+    })
+}
+
+/// Run `f` with `query` (its command type, dated `date`) on top of the stack of statements
+/// executing, popped on the way out, errors included.
+unsafe fn as_open(query: *mut pg_sys::QueryDesc, date: pg_sys::TimestampTz, f: impl FnOnce()) {
     let depth = STATEMENTS.with(|s| {
         let mut s = s.borrow_mut();
         s.open.push(((*query).operation, date));
         s.open.len() - 1
     });
-    ffi::pg_try(
-        || match PREV_EXECUTOR_RUN {
-            Some(prev) => prev(query, direction, count, execute_once),
-            None => ffi::standard_ExecutorRun(query, direction, count, execute_once),
-        },
-        || STATEMENTS.with(|s| s.borrow_mut().open.truncate(depth)),
-    )
+    ffi::pg_try(f, || {
+        STATEMENTS.with(|s| s.borrow_mut().open.truncate(depth))
+    })
 }
 
 /// Utilities (COPY among them) are statements too: the history COPY records carries the

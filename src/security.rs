@@ -101,12 +101,13 @@ pub unsafe fn visible_to_caller(query: &str, key: pg_sys::Datum, typoid: pg_sys:
 /// The role the client acts as: `SET ROLE`'s (the history writer itself runs as the extension
 /// owner, so current_user inside it says nothing of the client).
 pub fn outer_role_name() -> String {
+    role_name(unsafe { pg_sys::GetOuterUserId() }).unwrap_or_default()
+}
+
+/// A role's name, or None for a role that no longer exists.
+pub fn role_name(oid: pg_sys::Oid) -> Option<String> {
     unsafe {
-        let r = pg_sys::GetUserNameFromId(pg_sys::GetOuterUserId(), true);
-        if r.is_null() {
-            String::new()
-        } else {
-            std::ffi::CStr::from_ptr(r).to_string_lossy().into_owned()
-        }
+        let r = pg_sys::GetUserNameFromId(oid, true);
+        (!r.is_null()).then(|| std::ffi::CStr::from_ptr(r).to_string_lossy().into_owned())
     }
 }

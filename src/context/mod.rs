@@ -27,7 +27,7 @@ use crate::catalog::rel_name;
 use crate::datum::FlatJsonb;
 use crate::error::{KoherentError, OrRaise};
 use crate::guc;
-use crate::security::outer_role_name;
+use crate::security::{outer_role_name, role_name};
 use crate::verify::{self, Task};
 use row::{
     insert_context_row, recorded_organization, recorded_organization_as_owner, statements, Identity,
@@ -69,12 +69,9 @@ impl Inputs {
             return;
         }
         let shown = |v: &Option<String>| v.clone().unwrap_or_else(|| "(none)".into());
+        let role = |oid: pg_sys::Oid| role_name(oid).unwrap_or_else(|| u32::from(oid).to_string());
         let (what, recorded, given) = if self.outer_user != now.outer_user {
-            (
-                "role",
-                role_name(self.outer_user),
-                role_name(now.outer_user),
-            )
+            ("role", role(self.outer_user), role(now.outer_user))
         } else if self.app_user != now.app_user {
             (
                 "koherent.app_user",
@@ -94,17 +91,6 @@ impl Inputs {
             given,
         }
         .raise()
-    }
-}
-
-fn role_name(oid: pg_sys::Oid) -> String {
-    unsafe {
-        let n = pg_sys::GetUserNameFromId(oid, true);
-        if n.is_null() {
-            format!("{}", u32::from(oid))
-        } else {
-            std::ffi::CStr::from_ptr(n).to_string_lossy().into_owned()
-        }
     }
 }
 
@@ -556,7 +542,7 @@ pub fn write_context(require_task: bool, relid: pg_sys::Oid) -> Uuid {
     let organization = write_organization(task.as_deref()).or_raise();
     let mut identity = Identity {
         organization: organization.clone(),
-        app_user: guc::app_user(),
+        app_user: inputs.app_user.clone(),
     };
     let mut task_organization = None;
     match task.as_deref() {
