@@ -24,6 +24,8 @@ LANGUAGE c STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'koherent_jsonb_object';
 -- (now take the condition that picks the entries, the contexts the entries are among)
 DROP FUNCTION koherent._revert_threads_sql(koherent.tracked_config);
 DROP FUNCTION koherent._entry_select(koherent.tracked_config, text);
+-- (takes the query that says whether the rows it did not write are as restored)
+DROP FUNCTION koherent._revert_write(uuid, text, jsonb, bigint, text, text);
 
 -- the token functions name no object of the caller's (set_task looks a task's organization up
 -- as the extension owner)
@@ -203,6 +205,45 @@ COMMENT ON FUNCTION koherent._task(koherent.provenance_entry_node) IS E'@omit';
         PERFORM koherent._regrant(f.proacl, f.proowner, f.sig);
     END LOOP;
 END $upgrade$;
+
+CREATE OR REPLACE FUNCTION koherent._rebuild_views(empty boolean DEFAULT false) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cfg koherent.tracked_config;
+    entries text[] := '{}';
+    changes text[] := '{}';
+    vals text;
+BEGIN
+    FOR cfg IN SELECT * FROM koherent.tracked_config WHERE NOT empty ORDER BY id LOOP
+        -- (a field changed when its values' binary images differ, as the writer compares them:
+        -- float 0 and -0, or json text that differs only in spacing, are equal as jsonb)
+        SELECT string_agg(format('(%L::text, %s, %s, %s::bigint, %s::bigint, NOT record_image_eq(ROW(h.%I), ROW(h.%I)))',
+                                 column_name,
+                                 koherent._json_expr(format('koherent_history.%I', cfg.history_table)::regclass, column_name),
+                                 koherent._json_expr(format('koherent_history.%I', cfg.history_table)::regclass, 'old:' || column_name),
+                                 live_from, coalesce(live_until::text, 'NULL'), column_name, 'old:' || column_name),
+                          ', ' ORDER BY attnum NULLS LAST, column_name)
+          INTO vals FROM koherent.tracked_column WHERE config_id = cfg.id;
+        entries := entries || koherent._entry_select(cfg, 'history_all');
+        IF vals IS NOT NULL THEN
+            changes := changes || format(
+                'SELECT h.history_id, f.field, '
+                'CASE h.history_kind WHEN ''CREATE'' THEN NULL WHEN ''UPDATE'' THEN f.old ELSE f.cur END AS old_value, '
+                'CASE WHEN h.history_kind IN (''DELETE'', ''TRUNCATE'') THEN NULL ELSE f.cur END AS new_value '
+                'FROM koherent_history.%I h CROSS JOIN LATERAL (VALUES %s) AS f(field, cur, old, live_from, live_until, differs) '
+                'WHERE h.history_id >= f.live_from AND (f.live_until IS NULL OR h.history_id < f.live_until) '
+                'AND (h.history_kind <> ''UPDATE'' OR f.differs)',
+                cfg.history_table, vals);
+        END IF;
+    END LOOP;
+    entries := entries || ('SELECT NULL::bigint AS history_id, NULL::regclass AS table_name, NULL::jsonb AS row_key, '
+                           'NULL::text AS kind, NULL::timestamptz AS date, NULL::uuid AS context_id, '
+                           'NULL::jsonb AS row_data, NULL::text AS table_ident WHERE false')::text;
+    changes := changes || ('SELECT NULL::bigint AS history_id, NULL::text AS field, NULL::jsonb AS old_value, '
+                           'NULL::jsonb AS new_value WHERE false')::text;
+    EXECUTE 'CREATE OR REPLACE VIEW koherent._history_all AS ' || array_to_string(entries, E'\nUNION ALL\n');
+    EXECUTE 'CREATE OR REPLACE VIEW koherent.effective_change AS ' || array_to_string(changes, E'\nUNION ALL\n');
+END $$;
 
 CREATE OR REPLACE FUNCTION koherent._object_expr(keys text[], exprs text[], typs oid[], keys_sql boolean DEFAULT false) RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -1273,7 +1314,18 @@ BEGIN
                                             THEN format('%1$I = CASE WHEN koherent_p.v->''r'' ? %2$L THEN koherent_r.%1$I ELSE t.%1$I END', f, f)
                                             ELSE format('%I = koherent_r.%I', f, f) END, ', ')
                        FROM jsonb_array_elements_text(g.fields) f)),
-                    g.rows, g.n, 'update', tbl);
+                    g.rows, g.n, 'update', tbl,
+                    -- (rows that moved: all of them now at their old keys, as restored, is the
+                    -- revert done, whichever write moved them)
+                    CASE WHEN (SELECT bool_or(g.fields ? c) FROM unnest(pk) c) THEN format(
+                        'SELECT to_jsonb(count(*)) FROM jsonb_array_elements($1) koherent_p(v), '
+                        'LATERAL jsonb_populate_record(NULL::%1$s, (koherent_p.v->''k'') || (koherent_p.v->''r'')) koherent_k, '
+                        'LATERAL jsonb_populate_record(NULL::%1$s, koherent_p.v->''r'') koherent_r '
+                        'WHERE EXISTS (SELECT 1 FROM %1$s t WHERE %2$s AND %3$s)', tbl, keymatch,
+                        (SELECT string_agg(format('(NOT koherent_p.v->''r'' ? %L OR %s)', f,
+                                                  koherent._same_expr(a.atttypid, format('t.%I', f), format('koherent_r.%I', f))), ' AND ')
+                           FROM jsonb_array_elements_text(g.fields) f
+                           JOIN pg_attribute a ON a.attrelid = tbl::regclass AND a.attname = f AND NOT a.attisdropped)) END);
                 updated := updated + g.n;
             END LOOP;
             EXIT WHEN jsonb_array_length(moves) = 0;
@@ -1487,6 +1539,57 @@ LANGUAGE sql VOLATILE SET enable_bitmapscan = on AS $$  -- (as revert_task)
 $$;
 COMMENT ON FUNCTION koherent.revert_context(uuid, text) IS
   'Undo one transaction''s changes (as revert_task).';
+
+CREATE OR REPLACE FUNCTION koherent._revert_write(acting uuid, query text, rows jsonb, expected bigint, verb text, tbl text,
+                                       settled text DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n bigint;
+    con text;
+    sch text;
+    rel text;
+    det text;
+BEGIN
+    BEGIN
+        n := (koherent._as_caller(acting, query, rows, true))::text::bigint;
+    EXCEPTION WHEN unique_violation THEN
+        GET STACKED DIAGNOSTICS con = CONSTRAINT_NAME, sch = SCHEMA_NAME, rel = TABLE_NAME, det = PG_EXCEPTION_DETAIL;
+        IF NOT koherent._is_key_index(tbl::regclass, sch, rel, con) THEN
+            RAISE;
+        END IF;
+        RAISE EXCEPTION 'koherent: the revert has 1 conflict(s); nothing was written'
+            USING ERRCODE = 'integrity_constraint_violation',
+                  DETAIL = format('%s %s %s: key_exists (taken by a transaction that committed while the revert waited for it)',
+                                  tbl, upper(verb), coalesce(substring(det FROM '^Key (.*) already exists'), '(hidden)')),
+                  HINT = 'Run the revert again: its plan shows the conflict; on_conflict => ''skip'' reverts the other rows.';
+    END;
+    IF n <> expected AND settled IS NOT NULL
+       AND (koherent._as_caller(acting, settled, rows, false))::text::bigint = expected THEN
+        RETURN;
+    END IF;
+    IF n <> expected THEN
+        RAISE EXCEPTION 'koherent: the revert could % only % of % rows of %; nothing was written', verb, n, expected, tbl
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = CASE WHEN (SELECT relrowsecurity FROM pg_class WHERE oid = tbl::regclass)
+                              THEN 'A row-level security policy of the reverting role hides the others from its writes.'
+                              ELSE 'The others were changed by a trigger or a foreign key action of the revert''s own writes.' END;
+    END IF;
+END $$;
+
+CREATE OR REPLACE FUNCTION koherent._is_key_index(tbl regclass, sch text, rel text, idx text) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (
+        SELECT 1 FROM pg_index i
+          JOIN pg_class x ON x.oid = i.indexrelid
+          JOIN pg_class r ON r.oid = i.indrelid
+          JOIN pg_namespace n ON n.oid = r.relnamespace
+          JOIN koherent.tracked_config c ON c.relid = tbl AND c.dropped_at IS NULL
+         WHERE x.relname = idx AND r.relname = rel AND n.nspname = sch AND i.indisunique AND i.indpred IS NULL
+           AND (i.indrelid = tbl OR i.indrelid IN (SELECT t.relid FROM pg_partition_tree(tbl) t))
+           AND (SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_attribute a
+                 WHERE a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey))
+               = (SELECT array_agg(k::text ORDER BY k::text) FROM unnest(c.pk_columns) k))
+$$;
 
 CREATE OR REPLACE FUNCTION koherent.track(tbl regclass, exclude text[] DEFAULT '{}', require_task boolean DEFAULT false,
                                row_index boolean DEFAULT NULL)

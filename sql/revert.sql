@@ -984,7 +984,18 @@ BEGIN
                                             THEN format('%1$I = CASE WHEN koherent_p.v->''r'' ? %2$L THEN koherent_r.%1$I ELSE t.%1$I END', f, f)
                                             ELSE format('%I = koherent_r.%I', f, f) END, ', ')
                        FROM jsonb_array_elements_text(g.fields) f)),
-                    g.rows, g.n, 'update', tbl);
+                    g.rows, g.n, 'update', tbl,
+                    -- (rows that moved: all of them now at their old keys, as restored, is the
+                    -- revert done, whichever write moved them)
+                    CASE WHEN (SELECT bool_or(g.fields ? c) FROM unnest(pk) c) THEN format(
+                        'SELECT to_jsonb(count(*)) FROM jsonb_array_elements($1) koherent_p(v), '
+                        'LATERAL jsonb_populate_record(NULL::%1$s, (koherent_p.v->''k'') || (koherent_p.v->''r'')) koherent_k, '
+                        'LATERAL jsonb_populate_record(NULL::%1$s, koherent_p.v->''r'') koherent_r '
+                        'WHERE EXISTS (SELECT 1 FROM %1$s t WHERE %2$s AND %3$s)', tbl, keymatch,
+                        (SELECT string_agg(format('(NOT koherent_p.v->''r'' ? %L OR %s)', f,
+                                                  koherent._same_expr(a.atttypid, format('t.%I', f), format('koherent_r.%I', f))), ' AND ')
+                           FROM jsonb_array_elements_text(g.fields) f
+                           JOIN pg_attribute a ON a.attrelid = tbl::regclass AND a.attname = f AND NOT a.attisdropped)) END);
                 updated := updated + g.n;
             END LOOP;
             EXIT WHEN jsonb_array_length(moves) = 0;
@@ -1023,17 +1034,64 @@ END $$;
 
 -- One of the revert's writes, as the client; it must write exactly the rows it was given (a
 -- row-level security policy the client is under may hide some from it: then nothing is written).
-CREATE FUNCTION koherent._revert_write(acting uuid, query text, rows jsonb, expected bigint, verb text, tbl text) RETURNS void
+-- `settled` (an UPDATE's): a query, as the client, of how many of the rows given are now as the
+-- revert restores them; when all are, fewer written is right (an earlier write of the revert
+-- moved them already: a parent's key moved back through ON UPDATE CASCADE into the children's
+-- keys). A key the revert writes back that a concurrent transaction took while the revert
+-- waited for it (its INSERT was not committed when the plan was made) is the plan's
+-- `key_exists`, reported as the plan's conflicts are.
+CREATE FUNCTION koherent._revert_write(acting uuid, query text, rows jsonb, expected bigint, verb text, tbl text,
+                                       settled text DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    n bigint := (koherent._as_caller(acting, query, rows, true))::text::bigint;
+    n bigint;
+    con text;
+    sch text;
+    rel text;
+    det text;
 BEGIN
+    BEGIN
+        n := (koherent._as_caller(acting, query, rows, true))::text::bigint;
+    EXCEPTION WHEN unique_violation THEN
+        GET STACKED DIAGNOSTICS con = CONSTRAINT_NAME, sch = SCHEMA_NAME, rel = TABLE_NAME, det = PG_EXCEPTION_DETAIL;
+        IF NOT koherent._is_key_index(tbl::regclass, sch, rel, con) THEN
+            RAISE;
+        END IF;
+        RAISE EXCEPTION 'koherent: the revert has 1 conflict(s); nothing was written'
+            USING ERRCODE = 'integrity_constraint_violation',
+                  DETAIL = format('%s %s %s: key_exists (taken by a transaction that committed while the revert waited for it)',
+                                  tbl, upper(verb), coalesce(substring(det FROM '^Key (.*) already exists'), '(hidden)')),
+                  HINT = 'Run the revert again: its plan shows the conflict; on_conflict => ''skip'' reverts the other rows.';
+    END;
+    IF n <> expected AND settled IS NOT NULL
+       AND (koherent._as_caller(acting, settled, rows, false))::text::bigint = expected THEN
+        RETURN;
+    END IF;
     IF n <> expected THEN
         RAISE EXCEPTION 'koherent: the revert could % only % of % rows of %; nothing was written', verb, n, expected, tbl
             USING ERRCODE = 'insufficient_privilege',
-                  HINT = 'A row-level security policy of the reverting role hides the others from its writes.';
+                  HINT = CASE WHEN (SELECT relrowsecurity FROM pg_class WHERE oid = tbl::regclass)
+                              THEN 'A row-level security policy of the reverting role hides the others from its writes.'
+                              ELSE 'The others were changed by a trigger or a foreign key action of the revert''s own writes.' END;
     END IF;
 END $$;
+
+-- Whether the unique index `idx` of relation `sch`.`rel` (a unique violation's constraint,
+-- schema and table) is tracked table `tbl`'s key (or a partition's copy of it).
+CREATE FUNCTION koherent._is_key_index(tbl regclass, sch text, rel text, idx text) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (
+        SELECT 1 FROM pg_index i
+          JOIN pg_class x ON x.oid = i.indexrelid
+          JOIN pg_class r ON r.oid = i.indrelid
+          JOIN pg_namespace n ON n.oid = r.relnamespace
+          JOIN koherent.tracked_config c ON c.relid = tbl AND c.dropped_at IS NULL
+         WHERE x.relname = idx AND r.relname = rel AND n.nspname = sch AND i.indisunique AND i.indpred IS NULL
+           AND (i.indrelid = tbl OR i.indrelid IN (SELECT t.relid FROM pg_partition_tree(tbl) t))
+           AND (SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_attribute a
+                 WHERE a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey))
+               = (SELECT array_agg(k::text ORDER BY k::text) FROM unnest(c.pk_columns) k))
+$$;
 
 -- revert_task and revert_context are SECURITY INVOKER: koherent._acting() records the role that
 -- executes them, and the definer functions below act for that role (src/revert/mod.rs).

@@ -170,11 +170,14 @@ DECLARE
     vals text;
 BEGIN
     FOR cfg IN SELECT * FROM koherent.tracked_config WHERE NOT empty ORDER BY id LOOP
-        SELECT string_agg(format('(%L::text, %s, %s, %s::bigint, %s::bigint)',
+        -- (a field changed when its values' binary images differ, as the writer compares them:
+        -- float 0 and -0, or json text that differs only in spacing, are equal as jsonb)
+        SELECT string_agg(format('(%L::text, %s, %s, %s::bigint, %s::bigint, NOT record_image_eq(ROW(h.%I), ROW(h.%I)))',
                                  column_name,
                                  koherent._json_expr(format('koherent_history.%I', cfg.history_table)::regclass, column_name),
                                  koherent._json_expr(format('koherent_history.%I', cfg.history_table)::regclass, 'old:' || column_name),
-                                 live_from, coalesce(live_until::text, 'NULL')), ', ' ORDER BY attnum NULLS LAST, column_name)
+                                 live_from, coalesce(live_until::text, 'NULL'), column_name, 'old:' || column_name),
+                          ', ' ORDER BY attnum NULLS LAST, column_name)
           INTO vals FROM koherent.tracked_column WHERE config_id = cfg.id;
         entries := entries || koherent._entry_select(cfg, 'history_all');
         IF vals IS NOT NULL THEN
@@ -182,9 +185,9 @@ BEGIN
                 'SELECT h.history_id, f.field, '
                 'CASE h.history_kind WHEN ''CREATE'' THEN NULL WHEN ''UPDATE'' THEN f.old ELSE f.cur END AS old_value, '
                 'CASE WHEN h.history_kind IN (''DELETE'', ''TRUNCATE'') THEN NULL ELSE f.cur END AS new_value '
-                'FROM koherent_history.%I h CROSS JOIN LATERAL (VALUES %s) AS f(field, cur, old, live_from, live_until) '
+                'FROM koherent_history.%I h CROSS JOIN LATERAL (VALUES %s) AS f(field, cur, old, live_from, live_until, differs) '
                 'WHERE h.history_id >= f.live_from AND (f.live_until IS NULL OR h.history_id < f.live_until) '
-                'AND (h.history_kind <> ''UPDATE'' OR f.cur::text IS DISTINCT FROM f.old::text)',
+                'AND (h.history_kind <> ''UPDATE'' OR f.differs)',
                 cfg.history_table, vals);
         END IF;
     END LOOP;

@@ -186,3 +186,24 @@ def test_keys_values_and_refusals(db):
     # the same through the view and the exposed row_data built by jsonb_build_object before
     assert db.sql("SELECT row_data FROM koherent.provenance_entry WHERE table_name = 'wide'::regclass "
                   "ORDER BY history_id") == [(r[2],) for r in rows]
+
+
+def test_effective_changes_are_the_fields_whose_values_differ_as_the_writer_compares_them(db):
+    """An UPDATE is recorded when a tracked column's value is not the same (binary image): its
+    effective changes list those fields, also where the values' JSON is equal (float 0 to -0, a
+    json value's spacing, a numeric's scale); a field set to the same value is not listed."""
+    db.sql("CREATE TABLE ec (id int PRIMARY KEY, f float8, j json, n numeric, t text, a int[])")
+    db.sql("SELECT koherent.track('ec')")
+    write(db, "INSERT INTO ec VALUES (1, 0, '{\"a\":1}', 1.0, 'x', '{1}')")
+    write(db, "UPDATE ec SET f = '-0', t = 'x', a = '{1}'")
+    write(db, "UPDATE ec SET j = '{\"a\": 1}', n = 1.00")
+    write(db, "UPDATE ec SET t = 'y', a = '[0:0]={1}'")
+    hids = [r[0] for r in db.sql("SELECT history_id FROM koherent.provenance_entry WHERE kind = 'UPDATE' "
+                                 "ORDER BY history_id")]
+    assert len(hids) == 3  # each UPDATE changed something
+    got = [db.sql("SELECT field, old_value, new_value FROM koherent.effective_change WHERE history_id = %s "
+                  "ORDER BY field", [h]) for h in hids]
+    # (jsonb keeps no -0, spacing or array bounds: the values shown are equal where only those differ)
+    assert got == [[("f", 0, 0)],
+                   [("j", {"a": 1}, {"a": 1}), ("n", 1.0, 1.0)],
+                   [("a", [1], [1]), ("t", "x", "y")]]

@@ -2,6 +2,8 @@
 would (the review of 0.6.0): no code a non-superuser writes runs with koherent's rights, and the
 answers stay right in the cases the review found wrong."""
 
+import threading
+import time
 import uuid
 
 import psycopg
@@ -271,3 +273,105 @@ def test_columns_named_like_the_readers_aliases(db):
         c.commit()
     assert (r["updated"], r["inserted"], r["deleted"], r["conflicts"]) == (2, 0, 0, []), r
     assert db.sql(f"SELECT {cols} FROM letters ORDER BY id") == seed
+
+
+def test_a_parents_key_moved_back_through_on_update_cascade_into_the_childrens_keys(db):
+    """A child table whose primary key holds a foreign key with ON UPDATE CASCADE: the task's
+    key change of the parent moved the children's keys too (recorded under the task). The revert
+    moves the parent back, which moves the children back through the cascade: they are then as
+    the revert restores them, and it is done (was 42501 'could update only 0 of 2 rows' with a
+    row-level security hint)."""
+    db.sql("CREATE TABLE cp (id int PRIMARY KEY, name text)")
+    db.sql("CREATE TABLE cc (pid int REFERENCES cp ON UPDATE CASCADE, n int, v text, PRIMARY KEY (pid, n))")
+    db.sql("SELECT koherent.track('cp'), koherent.track('cc')")
+    write(db, ["INSERT INTO cp VALUES (1, 'one'), (5, 'five')",
+               "INSERT INTO cc VALUES (1, 1, 'a'), (1, 2, 'b'), (5, 1, 'x')"], mint("task-seed"))
+    seed = (db.sql("SELECT * FROM cp ORDER BY id"), db.sql("SELECT * FROM cc ORDER BY pid, n"))
+    write(db, "UPDATE cp SET id = 2, name = 'two' WHERE id = 1", mint("task-move"))
+    assert db.sql("SELECT * FROM cc ORDER BY pid, n") == [(2, 1, "a"), (2, 2, "b"), (5, 1, "x")]
+    assert sorted(((t, k) for t, k, *_ in plan_of(db, "task-move")), key=str) == [
+        ("cc", {"n": 1, "pid": 2}), ("cc", {"n": 2, "pid": 2}), ("cp", {"id": 2})]
+    r = db.one("SELECT koherent.revert_task('task-move')")
+    assert (r["updated"], r["conflicts"]) == (3, []), r
+    assert (db.sql("SELECT * FROM cp ORDER BY id"), db.sql("SELECT * FROM cc ORDER BY pid, n")) == seed
+    # the children's moves back are recorded once, under the revert's context (the cascade's)
+    ctx = db.one("SELECT id FROM koherent.transaction_auth_context WHERE metadata ? 'reverts'")
+    assert db.sql("SELECT table_name::text, kind, row_key FROM koherent.provenance_entry WHERE context_id = %s "
+                  "ORDER BY 1, 3::text", [ctx]) == [
+        ("cc", "UPDATE", {"n": 1, "pid": 1}), ("cc", "UPDATE", {"n": 2, "pid": 1}), ("cp", "UPDATE", {"id": 1})]
+    # a child changed since in a column the task did not change: that later work is kept
+    write(db, "UPDATE cp SET id = 3 WHERE id = 1", mint("task-move2"))
+    write(db, "UPDATE cc SET v = 'later' WHERE pid = 3 AND n = 2", mint("task-later"))
+    r = db.one("SELECT koherent.revert_task('task-move2')")
+    assert (r["updated"], r["conflicts"]) == (3, []), r
+    assert db.sql("SELECT * FROM cc ORDER BY pid, n") == [(1, 1, "a"), (1, 2, "later"), (5, 1, "x")]
+    # a child hidden from the reverting role by a row-level security policy: the plan's
+    # not_visible (the cascade would move it all the same: foreign key actions bypass row-level
+    # security), nothing written
+    write(db, "UPDATE cp SET id = 4 WHERE id = 1", mint("task-move3"))
+    db.sql("ALTER TABLE cc ENABLE ROW LEVEL SECURITY")
+    db.sql("CREATE POLICY hide ON cc USING (n <> 2)")
+    db.sql(f"GRANT SELECT, UPDATE ON cp, cc TO {APP_ROLE}")
+    db.sql(f"GRANT EXECUTE ON FUNCTION koherent.revert_task(text, boolean, text) TO {APP_ROLE}")
+    with db.conn(user=APP_ROLE) as c, pytest.raises(psycopg.Error) as e:
+        c.execute("SELECT koherent.revert_task('task-move3')")
+    assert e.value.sqlstate == "23000" and e.value.diag.message_detail == "public.cc UPDATE (hidden): not_visible"
+    assert db.sql("SELECT * FROM cc ORDER BY pid, n") == [(4, 1, "a"), (4, 2, "later"), (5, 1, "x")]
+
+
+def plan_of(db, task):
+    return db.sql("SELECT table_name::text, row_key, action, conflict FROM koherent.revert_plan(%s)", [task])
+
+
+@pytest.mark.parametrize("path", ["typed", "row by row"])
+def test_a_key_taken_by_a_concurrent_insert_while_the_revert_waits_is_key_exists(db, path):
+    """The revert reinserts a row the task deleted (typed path) or moves a row back to the key
+    the task moved it from (row-by-row path) while another transaction's INSERT of that key is
+    not committed: the revert waits for it, and when it commits, fails as the plan's conflicts
+    do (23000, key_exists in the detail, a hint to run it again), under abort and under skip;
+    nothing is written. Run again, the plan shows the conflict, and skip reverts the rest."""
+    db.sql("CREATE TABLE kx (id int PRIMARY KEY, v text)")
+    db.sql("SELECT koherent.track('kx')")
+    db.sql(f"GRANT SELECT, INSERT, UPDATE, DELETE ON kx TO {APP_ROLE}")
+    db.sql(f"GRANT EXECUTE ON FUNCTION koherent.revert_task(text, boolean, text) TO {APP_ROLE}")
+    write(db, "INSERT INTO kx VALUES (1, 'a'), (2, 'b'), (3, 'c')", mint("task-seed"), user=APP_ROLE)
+    change = "DELETE FROM kx WHERE id = 2" if path == "typed" else "UPDATE kx SET id = 20 WHERE id = 2"
+    write(db, [change, "UPDATE kx SET v = 'C' WHERE id = 3"], mint("task-bad"), user=APP_ROLE)
+    after = db.sql("SELECT * FROM kx ORDER BY id")
+    for mode in ("abort", "skip"):
+        other = db.conn(user=APP_ROLE, autocommit=False)
+        other.execute("SELECT koherent.set_task(%s)", [mint("task-other")])
+        other.execute("INSERT INTO kx VALUES (2, 'other')")
+        result = {}
+
+        def run():
+            try:
+                with db.conn(user=APP_ROLE) as c:
+                    result["r"] = c.execute("SELECT koherent.revert_task('task-bad', false, %s)", [mode]).fetchone()[0]
+            except psycopg.Error as e:
+                result["e"] = e
+
+        t = threading.Thread(target=run)
+        t.start()
+        deadline = time.time() + 10
+        while db.one("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                     "AND query LIKE '%revert_task%'") == 0:
+            assert time.time() < deadline and t.is_alive(), result
+            time.sleep(0.05)
+        other.commit()
+        other.close()
+        t.join(10)
+        e = result["e"]
+        assert e.sqlstate == "23000", (e.sqlstate, str(e))
+        assert e.diag.message_primary == "koherent: the revert has 1 conflict(s); nothing was written"
+        assert "public.kx" in e.diag.message_detail and "(id)=(2): key_exists" in e.diag.message_detail
+        assert "again" in e.diag.message_hint
+        assert db.sql("SELECT * FROM kx ORDER BY id") == sorted(after + [(2, "other")])
+        assert db.one("SELECT count(*) FROM koherent.transaction_auth_context WHERE metadata ? 'reverts'") == 0
+        write(db, "DELETE FROM kx WHERE id = 2", mint("task-cleanup"), user=APP_ROLE)
+    # run again with the row there: the plan's key_exists; skip reverts the other row
+    write(db, "INSERT INTO kx VALUES (2, 'other')", mint("task-other"), user=APP_ROLE)
+    assert ("kx", "key_exists") in [(t, c) for t, _, _, c in plan_of(db, "task-bad")]
+    r = db.one("SELECT koherent.revert_task('task-bad', false, 'skip')")
+    assert r["skipped"] == 1 and r["updated"] == 1, r
+    assert db.one("SELECT v FROM kx WHERE id = 3") == "c"

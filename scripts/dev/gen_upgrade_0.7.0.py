@@ -5,14 +5,14 @@ after changing sql/ledger.sql, sql/audit.sql, sql/retention.sql or the functions
 import re
 
 ROOT = "."
-CHANGED = {"sql/views.sql": ["_object_expr", "_row_data_expr", "_key_object_expr", "_entry_select", "_table_literal"],
+CHANGED = {"sql/views.sql": ["_rebuild_views", "_object_expr", "_row_data_expr", "_key_object_expr", "_entry_select", "_table_literal"],
            "sql/columns.sql": ["_sync_history_columns"],
            "sql/as_of.sql": ["_as_of_builtin_key", "_as_of_key_filter", "_as_of_entry_columns", "_as_of_key",
                              "_as_of_rows", "_as_of_entries", "_row_as_of_lookup", "_task_started", "_as_of_check", "as_of", "as_of_task",
                              "_as_of_select", "row_as_of"],
            "sql/revert.sql": ["_revert_threads_sql", "_image_expr", "_same_expr", "_source_json_expr", "_revert_fast_view", "_revert_fast_sql", "_revert_fast_plan_sql",
                               "_revert_plan_prepare", "_revert_plan", "revert_plan", "_revert_apply", "_revert_rows",
-                              "revert_context_plan", "revert_task", "revert_context"],
+                              "revert_context_plan", "revert_task", "revert_context", "_revert_write", "_is_key_index"],
            "sql/track.sql": ["track"],
            "sql/indexes.sql": ["_range_index", "_has_lookup_index", "_recent_history", "_unsummarize_empty", "_create_range_index"],
            "sql/readers.sql": ["_visible_entry", "_task_contexts", "task_changes"],
@@ -54,6 +54,8 @@ LANGUAGE c STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'koherent_jsonb_object';
 -- (now take the condition that picks the entries, the contexts the entries are among)
 DROP FUNCTION koherent._revert_threads_sql(koherent.tracked_config);
 DROP FUNCTION koherent._entry_select(koherent.tracked_config, text);
+-- (takes the query that says whether the rows it did not write are as restored)
+DROP FUNCTION koherent._revert_write(uuid, text, jsonb, bigint, text, text);
 
 -- the token functions name no object of the caller's (set_task looks a task's organization up
 -- as the extension owner)
