@@ -171,6 +171,60 @@ def test_sqlalchemy_refused_token_writes_nothing(item):
     assert attribution(item) == []
 
 
+def test_sqlalchemy_autocommit_two_phase_and_async_engines(item):
+    """A connection in AUTOCOMMIT with a token set is refused at its begin (each statement would
+    be a transaction of its own, which the task does not reach: the writes were unattributed),
+    nothing written; a two-phase transaction runs under the token; an AsyncEngine is attributed
+    through its sync_engine."""
+    from koherent_pg import TaskError
+
+    engine = engine_for(item)
+    auto = sqlalchemy.create_engine(engine.url, isolation_level="AUTOCOMMIT")
+    attribute(auto)
+    try:
+        reset = current_token.set(mint("t-sa-auto"))
+        with pytest.raises(TaskError, match="AUTOCOMMIT"):
+            with auto.begin() as conn:
+                conn.execute(text("INSERT INTO item (id) VALUES (1)"))
+        with pytest.raises(TaskError, match="AUTOCOMMIT"):
+            with engine.connect() as conn:
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+                with conn.begin():
+                    conn.execute(text("INSERT INTO item (id) VALUES (2)"))
+        # (max_prepared_transactions may be 0: the transaction is rolled back before PREPARE)
+        with engine.connect() as conn:
+            tx = conn.begin_twophase()
+            assert conn.execute(text("SELECT (koherent.current_task()).task_id")).scalar() == "t-sa-auto"
+            conn.execute(text("INSERT INTO item (id) VALUES (3)"))
+            ctx = conn.execute(text("SELECT koherent.current_context_id()")).scalar()
+            tx.rollback()
+        assert ctx is not None
+        current_token.reset(reset)
+        # without a token, AUTOCOMMIT is used as ever
+        with auto.connect() as conn:
+            conn.execute(text("INSERT INTO item (id) VALUES (4)"))
+    finally:
+        engine.dispose()
+        auto.dispose()
+    assert attribution(item) == [("4", None)]
+
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    async def run():
+        aengine = create_async_engine(engine.url, pool_size=1, max_overflow=0)
+        attribute(aengine)
+        try:
+            reset = current_token.set(mint("t-sa-async"))
+            async with aengine.begin() as conn:
+                await conn.execute(text("INSERT INTO item (id) VALUES (5)"))
+            current_token.reset(reset)
+        finally:
+            await aengine.dispose()
+
+    asyncio.run(run())
+    assert attribution(item) == [("4", None), ("5", "t-sa-async")]
+
+
 def test_savepoints_inside_and_misuse_of_the_block(item):
     with item.conn(user=APP_ROLE) as c:
         with koherent_pg.task(c, mint("t-sp")):
@@ -213,3 +267,29 @@ def test_task_through_pgbouncer_transaction_pooling_never_leaks(item, pgbouncer)
         a.close()
         b.close()
     assert attribution(item) == expected
+
+
+def test_a_session_setting_left_on_a_pooled_server_connection_is_refused(item, pgbouncer):
+    """Through PgBouncer in transaction mode, client A sets koherent.app_user, organization and
+    task_token for the session (the server connection keeps them); client B's write on that
+    server connection is refused (55000 setting_carried_over), nothing written under A's
+    settings; once B resets them (or sets its own in its transaction) it writes as itself."""
+    a = psycopg.connect(host="127.0.0.1", port=pgbouncer, dbname=item.name, user=APP_ROLE,
+                        autocommit=True, prepare_threshold=None)
+    b = psycopg.connect(host="127.0.0.1", port=pgbouncer, dbname=item.name, user=APP_ROLE,
+                        autocommit=True, prepare_threshold=None)
+    try:
+        pid = a.execute("SELECT pg_backend_pid()").fetchone()[0]
+        a.execute("SET koherent.app_user = 'alice'")
+        a.execute("SELECT set_config('koherent.task_token', %s, false)", [mint("t-alice")])
+        assert b.execute("SELECT pg_backend_pid()").fetchone()[0] == pid   # the same server connection
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as e:
+            b.execute("INSERT INTO item (id) VALUES (1)")
+        assert e.value.diag.message_detail.startswith("reason: setting_carried_over")
+        b.execute("RESET ALL")
+        with koherent_pg.task(b, mint("t-bob")):
+            b.execute("INSERT INTO item (id) VALUES (2)")
+    finally:
+        a.close()
+        b.close()
+    assert item.sql("SELECT row_key->>'id', task_id, app_user FROM koherent.provenance_entry") == [("2", "t-bob", None)]

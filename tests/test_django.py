@@ -238,3 +238,83 @@ def test_through_pgbouncer_in_transaction_mode_nothing_leaks(project, atomic_req
         ("djangoapp_book", "UPDATE", "t-pooled-2"), ("djangoapp_author", "UPDATE", "t-pooled-2"),
         ("djangoapp_author", "CREATE", None), ("djangoapp_book", "CREATE", None),
         ("djangoapp_book", "UPDATE", None), ("djangoapp_author", "UPDATE", None)]
+
+
+def test_savepoints_rolled_back_keep_the_hooks_state_as_the_servers(project):
+    """ROLLBACK TO SAVEPOINT undoes a set_task made after the savepoint on the server; the hook
+    follows: a task set inside a savepoint that was rolled back is set again for the next write
+    (the write was attributed to the task outside the savepoint, or to none), and a savepoint
+    rolled back under another token than it was made under runs as it is."""
+    from django.db import connection, transaction
+
+    from djangoapp.models import Author
+    from koherent_pg.django import using_task
+
+    # 1. a nested atomic block under a token fails; the next write under the same token, in
+    #    the outer transaction begun with no token
+    with transaction.atomic():
+        with connection.cursor() as cur:
+            cur.execute("SELECT 1")
+        with pytest.raises(ValueError):
+            with transaction.atomic(), using_task(mint("t-batch")):
+                Author.objects.create(name="lost")
+                raise ValueError
+        with using_task(mint("t-batch")):
+            Author.objects.create(name="kept")
+    # 2. under t-outer, a savepoint; t-inner inside it, rolled back; the next write is t-inner's
+    with using_task(mint("t-outer")):
+        with transaction.atomic():
+            with connection.cursor() as cur:
+                cur.execute("SELECT 1")
+            sid = transaction.savepoint()
+            with using_task(mint("t-inner")):
+                Author.objects.create(name="rolled back")
+                transaction.savepoint_rollback(sid)
+                Author.objects.create(name="inner")
+    # 3. a write under t-one; a savepoint made and rolled back under another token: the
+    #    rollback itself sets nothing (set_task would fail there: the transaction wrote under
+    #    t-one); the next write under t-one stays in its context
+    with using_task(mint("t-one")):
+        with transaction.atomic():
+            Author.objects.create(name="one")
+            sid = transaction.savepoint()
+            with using_task(mint("t-two")):
+                transaction.savepoint_rollback(sid)
+            Author.objects.create(name="one again")
+    with connect(project) as c:
+        got = c.execute("SELECT e.row_data->>'name', e.task_id FROM koherent.provenance_entry e "
+                        "WHERE table_name = 'djangoapp_author'::regclass ORDER BY history_id").fetchall()
+    assert got == [("kept", "t-batch"), ("inner", "t-inner"), ("one", "t-one"), ("one again", "t-one")]
+
+
+def test_copy_through_djangos_cursor_runs_under_the_task(project):
+    """cursor.copy() bypasses Django's execute wrappers: the hook puts it under the task all the
+    same, in autocommit (a transaction of its own) and in an atomic block; a refused COPY is
+    Django's DatabaseError with the SQLSTATE on its cause, nothing written."""
+    from django.db import DatabaseError, connection, transaction
+
+    from koherent_pg.django import using_task
+
+    with using_task(mint("t-copy")):
+        with connection.cursor() as cur:
+            with cur.copy("COPY djangoapp_author (name) FROM STDIN") as cp:
+                cp.write_row(["auto"])
+        with transaction.atomic():
+            with connection.cursor() as cur:
+                with cur.copy("COPY djangoapp_author (name) FROM STDIN") as cp:
+                    cp.write_row(["atomic"])
+            with connection.cursor() as cur:
+                cur.execute("INSERT INTO djangoapp_author (name) VALUES ('after')")
+    with connect(project) as c:
+        got = c.execute("SELECT e.row_data->>'name', e.task_id FROM koherent.provenance_entry e "
+                        "WHERE table_name = 'djangoapp_author'::regclass ORDER BY history_id").fetchall()
+        ctxs = c.execute("SELECT count(DISTINCT context_id) FROM koherent.provenance_entry").fetchone()[0]
+    assert got == [("auto", "t-copy"), ("atomic", "t-copy"), ("after", "t-copy")] and ctxs == 2
+    with using_task(mint("t-copy-bad", exp=1_000_000_000)):
+        with pytest.raises(DatabaseError) as e:
+            with connection.cursor() as cur:
+                with cur.copy("COPY djangoapp_author (name) FROM STDIN") as cp:
+                    cp.write_row(["refused"])
+    assert e.value.__cause__.sqlstate == "28000"
+    with connect(project) as c:
+        assert c.execute("SELECT count(*) FROM djangoapp_author WHERE name = 'refused'").fetchone()[0] == 0
