@@ -25,6 +25,10 @@ pub enum KoherentError {
         recorded: String,
         given: String,
     },
+    #[error(
+        "{name} was set for the session by an earlier transaction (SET without LOCAL, or set_config(..., false)); koherent takes it only from the transaction that writes"
+    )]
+    SettingCarriedOver { name: &'static str },
     #[error("the context id {id} given to koherent.set_context_id is already recorded by another transaction")]
     ContextIdTaken { id: String },
     #[error("the key \"{kid}\" of issuer \"{issuer}\" that signed this transaction's token is no longer trusted")]
@@ -108,6 +112,7 @@ impl KoherentError {
             KoherentError::TaskAlreadyFixed { .. }
             | KoherentError::ContextAlreadyWritten { .. }
             | KoherentError::ContextChanged { .. }
+            | KoherentError::SettingCarriedOver { .. }
             | KoherentError::MoverUnknown { .. }
             | KoherentError::RevertTwice => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             KoherentError::HistoryOutOfSync(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -138,6 +143,9 @@ impl KoherentError {
             KoherentError::NoHistoryPartition { .. } => Some("reason: no_history_partition".into()),
             KoherentError::RevertTwice => Some("reason: revert_twice".into()),
             KoherentError::ContextChanged { .. } => Some("reason: context_changed".into()),
+            KoherentError::SettingCarriedOver { .. } => Some(
+                "reason: setting_carried_over (behind a transaction pooler a session's setting reaches the transactions of other clients on its server connection)".into(),
+            ),
             KoherentError::ContextIdTaken { .. } => Some("reason: context_id_taken".into()),
             KoherentError::OrganizationMismatch { .. } => {
                 Some("reason: organization_mismatch".into())
@@ -206,6 +214,9 @@ impl KoherentError {
             ),
             KoherentError::OrganizationMismatch { .. } => Some(
                 "A task id belongs to the organization it was first recorded in (the token's koherent.organization_claim, else koherent.organization): write it from that organization.",
+            ),
+            KoherentError::SettingCarriedOver { .. } => Some(
+                "Set it in the transaction that writes: SET LOCAL, or set_config(name, value, true). RESET clears the session's value.",
             ),
             KoherentError::RevertTwice => Some(
                 "Commit, then revert the next task in a transaction of its own: each revert's context records what it reverted.",

@@ -5,7 +5,7 @@
 //! | `koherent.audience` | text | unset | superuser, `ALTER DATABASE/ROLE ... SET` by a superuser |
 //! | `koherent.clock_skew` | int (s) | 0 | superuser, as above |
 //! | `koherent.accept_eddsa_alg` | bool | off | superuser, as above |
-//! | `koherent.task_token` | text | unset | anyone (it carries a token in, never a verdict out) |
+//! | `koherent.task_token` | text | unset | anyone (it carries a token in, never a verdict out); like `organization` and `app_user`, taken only from the writing transaction (a session value an earlier transaction set is refused: `setting_carried_over`) |
 //! | `koherent.seal_databases` | text | unset | postgresql.conf, read at server start: the databases a background sealer seals (comma-separated; koherent in `shared_preload_libraries`) |
 //! | `koherent.seal_interval` | int (s) | 60 | postgresql.conf (reload): how often the sealer calls `koherent.seal()`; 0 stops it |
 //! | `koherent.row_key_lookup` | bool | on | anyone: off stops the planner deriving `pk = value` from `row_key = '{...}'` (src/planner.rs) |
@@ -175,12 +175,18 @@ fn exact_setting(s: &GucSetting<Option<CString>>) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
+/// `koherent.organization`, `koherent.app_user`, `koherent.task_token`: what the transaction
+/// that writes says. A value set for the session by an earlier transaction (`SET` without
+/// `LOCAL`, `set_config(..., false)`) is refused (`setting_carried_over`): behind a transaction
+/// pooler it is another client's, whose server connection this transaction got. Values set in
+/// this transaction (at any level: `SET LOCAL`, `SET`, a function's `SET` clause) and defaults
+/// (`ALTER ROLE/DATABASE ... SET`, the connection's options, postgresql.conf) are taken.
 pub fn organization() -> Option<String> {
-    exact_setting(&ORGANIZATION)
+    exact_setting(&ORGANIZATION).inspect(|_| refuse_carried_over(c"koherent.organization"))
 }
 
 pub fn app_user() -> Option<String> {
-    exact_setting(&APP_USER)
+    exact_setting(&APP_USER).inspect(|_| refuse_carried_over(c"koherent.app_user"))
 }
 
 pub fn task_token() -> Option<String> {
@@ -189,6 +195,62 @@ pub fn task_token() -> Option<String> {
         .and_then(|c| c.into_string().ok())
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
+        .inspect(|_| refuse_carried_over(c"koherent.task_token"))
+}
+
+fn refuse_carried_over(name: &'static std::ffi::CStr) {
+    if carried_over(name) {
+        crate::error::KoherentError::SettingCarriedOver {
+            name: name.to_str().expect("ascii"),
+        }
+        .raise();
+    }
+}
+
+thread_local! {
+    /// Each setting's entry in PostgreSQL's GUC table, found once (a custom setting's entry
+    /// stays where it was made for the backend's life).
+    static ENTRIES: std::cell::RefCell<Vec<(&'static std::ffi::CStr, usize)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Whether the setting's value comes from a `SET` of an earlier transaction of this session: its
+/// source is the session's and no transaction level of this one set it (PostgreSQL keeps a
+/// stack of the values a setting had before each level of the open transaction changed it).
+fn carried_over(name: &'static std::ffi::CStr) -> bool {
+    use pgrx::pg_sys;
+    let entry = ENTRIES.with(|e| {
+        if let Some(&(_, p)) = e.borrow().iter().find(|(n, _)| *n == name) {
+            return p;
+        }
+        let p = unsafe { find_entry(name) } as usize;
+        if p != 0 {
+            e.borrow_mut().push((name, p));
+        }
+        p
+    });
+    if entry == 0 {
+        return false;
+    }
+    let g = entry as *const pg_sys::config_generic;
+    unsafe { (*g).stack.is_null() && (*g).source == pg_sys::GucSource::PGC_S_SESSION }
+}
+
+#[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
+unsafe fn find_entry(name: &std::ffi::CStr) -> *mut pgrx::pg_sys::config_generic {
+    let vars = pgrx::pg_sys::get_guc_variables();
+    for i in 0..pgrx::pg_sys::GetNumConfigOptions().max(0) as usize {
+        let g = *vars.add(i);
+        if !g.is_null() && std::ffi::CStr::from_ptr((*g).name) == name {
+            return g;
+        }
+    }
+    std::ptr::null_mut()
+}
+
+#[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15")))]
+unsafe fn find_entry(name: &std::ffi::CStr) -> *mut pgrx::pg_sys::config_generic {
+    pgrx::pg_sys::find_option(name.as_ptr(), false, true, pgrx::pg_sys::ERROR as _)
 }
 
 /// PostgREST's per-request headers (`request.headers`, a JSON object with lowercased names).

@@ -487,3 +487,50 @@ def test_set_task_inside_a_procedure_applies_until_its_commit_without_a_warning(
         c.add_notice_handler(lambda d: notices.append(d.message_primary))
         c.execute("SELECT koherent.set_task(%s)", [mint("task-in-proc")])
     assert any("no lasting effect" in (n or "") for n in notices), notices
+
+
+@pytest.mark.parametrize("name", ["koherent.app_user", "koherent.organization", "koherent.task_token"])
+def test_a_session_setting_carried_over_from_an_earlier_transaction_is_refused(item, name):
+    """koherent.app_user, koherent.organization and koherent.task_token are what the transaction
+    that writes says: a value set for the session by an earlier transaction (SET without LOCAL,
+    set_config(..., false); behind a transaction pooler, another client's) makes a tracked write
+    fail with 55000 setting_carried_over, nothing written. A value set in the writing transaction
+    (SET LOCAL, set_config(..., true), or SET in it), a role's default (ALTER ROLE ... SET) and a
+    RESET are taken."""
+    value = mint("t-carried") if name == "koherent.task_token" else "acme"
+    col = {"koherent.app_user": "app_user", "koherent.organization": "organization",
+           "koherent.task_token": "task_id"}[name]
+    shown = "t-carried" if name == "koherent.task_token" else "acme"
+    for how in ("SET {n} = '{v}'", "SELECT set_config('{n}', '{v}', false)"):
+        with item.conn(user=APP_ROLE) as c:   # autocommit: the SET is a transaction of its own
+            c.execute(how.format(n=name, v=value))
+            with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as e:
+                c.execute("INSERT INTO item (id, qty) VALUES (1, 1)")
+            assert e.value.diag.message_primary.startswith(f"koherent: {name} was set for the session by an earlier transaction")
+            assert e.value.diag.message_detail.startswith("reason: setting_carried_over")
+            assert "SET LOCAL" in e.value.diag.message_hint
+            # set again in the writing transaction (session-level or local): taken
+            c.execute("BEGIN")
+            c.execute(how.format(n=name, v=value))
+            c.execute("INSERT INTO item (id, qty) VALUES (2, 1)")
+            c.execute("COMMIT")
+            c.execute("BEGIN")
+            c.execute(f"SET LOCAL {name} = '{value}'")
+            c.execute("INSERT INTO item (id, qty) VALUES (3, 1)")
+            c.execute("COMMIT")
+            # RESET: the session's value is gone, the write is the transaction's own
+            c.execute(f"RESET {name}")
+            c.execute("INSERT INTO item (id, qty) VALUES (4, 1)")
+        assert item.sql(f"SELECT row_key->>'id', {col} FROM koherent.provenance_entry ORDER BY history_id") == [
+            ("2", shown), ("3", shown), ("4", None)]
+        item.sql("DELETE FROM item")
+        item.sql("DELETE FROM koherent_history.item")
+    # a role's default is no other client's: taken
+    if name != "koherent.task_token":
+        item.sql(f"ALTER ROLE {APP_ROLE} IN DATABASE {item.name} SET {name} = 'dflt'")
+        try:
+            with item.conn(user=APP_ROLE) as c:
+                c.execute("INSERT INTO item (id, qty) VALUES (5, 1)")
+            assert item.sql(f"SELECT {col} FROM koherent.provenance_entry WHERE row_key->>'id' = '5'") == [("dflt",)]
+        finally:
+            item.sql(f"ALTER ROLE {APP_ROLE} IN DATABASE {item.name} RESET {name}")
