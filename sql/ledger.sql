@@ -248,6 +248,34 @@ $$;
 COMMENT ON FUNCTION koherent.digest() IS
   'The latest block''s digest (null before the first seal): keep it outside the database; verify_history(digests) proves the chain still extends it.';
 
+-- Lock every history table in `mode` (ACCESS SHARE: writers go on; a change of a tracked
+-- table's columns in progress, which renames, retypes or retires its history table's columns,
+-- or a prune() dropping partitions, commits first). The statements after it read the columns,
+-- their epochs and the partitions as they are then. A history table dropped meanwhile is left
+-- out.
+CREATE FUNCTION koherent._lock_history(mode text) RETURNS void
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    tables text;
+BEGIN
+    IF mode IS DISTINCT FROM 'ACCESS SHARE' THEN
+        RAISE EXCEPTION 'koherent._lock_history: unknown mode %', mode USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOR attempt IN 1 .. 3 LOOP
+        SELECT string_agg(format('koherent_history.%I', c.history_table), ', ' ORDER BY c.id) INTO tables
+          FROM koherent.tracked_config c WHERE to_regclass(format('koherent_history.%I', c.history_table)) IS NOT NULL;
+        IF tables IS NULL THEN
+            RETURN;
+        END IF;
+        BEGIN
+            EXECUTE format('LOCK TABLE %s IN ACCESS SHARE MODE', tables);
+            RETURN;
+        EXCEPTION WHEN undefined_table THEN
+            NULL;  -- dropped between the list and the lock: list them again
+        END;
+    END LOOP;
+END $$;
+
 -- Seal every committed context not sealed yet into a new block (none when there is nothing to
 -- seal). The extension owner's (EXECUTE is not granted to anyone else); one sealer at a time.
 -- (jit = off in seal, verify_history and audit_export: their generated statements over every
@@ -272,9 +300,14 @@ BEGIN
     -- meanwhile and seal its contexts again
     IF current_setting('transaction_isolation') <> 'read committed' THEN
         RAISE EXCEPTION 'koherent: seal() runs in a READ COMMITTED transaction, not %', current_setting('transaction_isolation')
-            USING ERRCODE = 'invalid_transaction_state', HINT = 'Call it on its own, outside a transaction block, or in a READ COMMITTED one.';
+            USING ERRCODE = 'invalid_transaction_state',
+                  HINT = 'Call it in a READ COMMITTED transaction: BEGIN ISOLATION LEVEL READ COMMITTED; SELECT koherent.seal(); COMMIT (also where default_transaction_isolation is stricter).';
     END IF;
     LOCK TABLE koherent.ledger_block IN EXCLUSIVE MODE;
+    -- and every history table (ACCESS SHARE: writers go on): a change of a tracked table's
+    -- columns in progress (its history table's columns renamed, retyped, retired) is committed
+    -- first, and what follows reads the columns and their epochs as they are then
+    PERFORM koherent._lock_history('ACCESS SHARE');
     -- the committed contexts this snapshot sees that no block holds (never this transaction's
     -- own: it has not committed), in the order they began
     SELECT array_agg(c.id ORDER BY c.created_at, c.id), min(c.created_at) INTO ctxs, since
@@ -356,7 +389,7 @@ COMMENT ON FUNCTION koherent.seal() IS
 -- keeps 8 bytes of each entry's hash), its other entries are checked one by one.
 CREATE FUNCTION koherent.verify_history(digests jsonb DEFAULT NULL)
 RETURNS TABLE (problem text, table_name text, history_id bigint, context_id uuid, detail text)
-LANGUAGE plpgsql STABLE SECURITY DEFINER
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD'
 SET IntervalStyle = 'postgres' SET extra_float_digits = 1 SET bytea_output = 'hex' SET lc_monetary = 'C'
 SET max_parallel_workers_per_gather = 0 SET jit = off AS $$
@@ -367,6 +400,9 @@ BEGIN
         RAISE EXCEPTION 'koherent: digests must be a JSON array of what koherent.digest() returned'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    -- a change of columns or a prune() in progress commits first; in READ COMMITTED the
+    -- statements below then see it (in REPEATABLE READ the transaction's snapshot may predate it)
+    PERFORM koherent._lock_history('ACCESS SHARE');
     -- one read-only statement (it runs in a read-only transaction and on a standby): every
     -- entry's hash (v), every sealed entry's place (i), then the problems
     SELECT coalesce(string_agg(koherent._ledger_entries_sql(c, 'true'), ' UNION ALL ' ORDER BY c.id),

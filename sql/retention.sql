@@ -285,13 +285,15 @@ BEGIN
 END $$;
 
 -- Drop whole history partitions older than their table's keep (never a DELETE); see the README,
--- "Retention". Seals first (the ledger then keeps the hashes of what is dropped); then, without
--- any lock a writer waits for, locks each expired partition (SHARE: no writer writes there, its
--- dates are older than keep) and reads its entry count and id ranges; then per table takes the
--- history table's ACCESS EXCLUSIVE lock (waiting at most lock_timeout, 2 s when unset: a table
--- it cannot lock is skipped and pruned next time), detaches and drops its expired partitions
--- and records a retention event each; the closing seal covers the events. The locks of the
--- tables pruned are held until the transaction ends.
+-- "Retention". Seals first; then, without any lock a writer waits for, locks each expired
+-- partition (SHARE: it waits for the transactions that wrote there, and no new writer writes
+-- there, its dates are older than keep); then per table takes the history table's ACCESS
+-- EXCLUSIVE lock (waiting at most lock_timeout, 2 s when unset: a table it cannot lock is
+-- skipped and pruned next time), seals again (the transactions that committed while it waited:
+-- every entry dropped is sealed, the ledger keeps its hash), reads each expired partition's
+-- entry count and id ranges (now final), detaches and drops it and records a retention event;
+-- the closing seal covers the events. The locks of the tables pruned are held until the
+-- transaction ends.
 CREATE FUNCTION koherent.prune() RETURNS jsonb
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' AS $$
 DECLARE
@@ -327,9 +329,8 @@ BEGIN
             BEGIN
                 PERFORM set_config('lock_timeout', wait, true);
                 EXECUTE format('LOCK TABLE %s IN SHARE MODE', p.part);
-                pr := koherent._pruned_ranges(hist, p.part);
                 x := x || jsonb_build_object('part', p.part::oid, 'name', (SELECT relname FROM pg_class WHERE oid = p.part),
-                                             'lo', p.lo, 'hi', p.hi, 'entries', pr.entries, 'ranges', pr.ranges::text);
+                                             'lo', p.lo, 'hi', p.hi);
             EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
                 skipped := skipped || jsonb_build_object('table', format('%I.%I', c.schema_name, c.table_name),
                                                          'partition', p.part::text, 'reason', SQLERRM);
@@ -345,13 +346,16 @@ BEGIN
         BEGIN
             PERFORM set_config('lock_timeout', wait, true);
             EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', (t->>'hist')::oid::regclass);
+            -- (what committed while the locks were waited for: sealed before it is dropped)
+            PERFORM koherent.seal();
             FOR x IN SELECT * FROM jsonb_array_elements(t->'parts') LOOP
+                pr := koherent._pruned_ranges((t->>'hist')::oid::regclass, (x->>'part')::oid::regclass);
                 EXECUTE format('ALTER TABLE %s DETACH PARTITION %s', (t->>'hist')::oid::regclass, (x->>'part')::oid::regclass);
                 EXECUTE format('DROP TABLE %s', (x->>'part')::oid::regclass);
                 INSERT INTO koherent.retention_event (config_id, partition_name, range_from, range_to, entries,
                                                       id_ranges, dropped_at, dropped_by)
                 VALUES ((t->>'cfg')::int, x->>'name', (x->>'lo')::timestamptz, (x->>'hi')::timestamptz,
-                        (x->>'entries')::bigint, (x->>'ranges')::int8range[], now(), current_user)
+                        pr.entries, pr.ranges, now(), current_user)
                 RETURNING * INTO ev;
                 dropped := dropped || jsonb_build_object('table', t->>'table', 'partition', ev.partition_name,
                                                          'from', ev.range_from, 'to', ev.range_to,

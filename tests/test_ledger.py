@@ -4,6 +4,8 @@ direct DML on koherent's tables, and must be reported with its location."""
 
 import hashlib
 import json
+import threading
+import time
 
 import psycopg
 import pytest
@@ -525,3 +527,56 @@ def test_an_entry_written_in_a_procedure_after_its_commit_is_dated_in_its_own_tr
     assert sealed["sealed_entries"] == 1
     assert item.sql("SELECT * FROM koherent.verify_history()") == []
     assert item.sql("SELECT kind, row_key FROM koherent.task_changes('task-proc')") == [("CREATE", {"id": 11})]
+
+
+@pytest.mark.parametrize("ddl", ["ALTER TABLE it ALTER COLUMN qty TYPE bigint",
+                                 "ALTER TABLE it RENAME COLUMN note TO memo",
+                                 "ALTER TABLE it ADD COLUMN extra int"])
+def test_seal_and_verify_wait_for_a_change_of_columns_in_progress(db, ddl):
+    """A seal or verify_history started while another transaction changes a tracked table's
+    columns (its history table's columns retyped, renamed or retired) waits for it and reads
+    the columns as they are then: the seal hashes the entries' values (it hashed the retired
+    column's successor, empty, and verify reported entry_changed forever; a rename failed with
+    42703), and verify reports nothing (it reported entry_changed, or failed, while the change
+    was in progress)."""
+    db.sql("CREATE TABLE it (id int PRIMARY KEY, qty int, note text)")
+    db.sql("SELECT koherent.track('it')")
+    write(db, "INSERT INTO it VALUES (1, 1, 'n')")
+    db.sql("SELECT koherent.seal()")              # with a block sealed, a type change retires the column
+    write(db, ["UPDATE it SET qty = 42 WHERE id = 1", "INSERT INTO it VALUES (2, 7, 'm')"])
+    for what in ("SELECT koherent.seal()", "SELECT count(*) FROM koherent.verify_history()"):
+        a = db.conn(autocommit=False)
+        a.execute(ddl)
+        result = {}
+
+        def run():
+            try:
+                with db.conn() as c:
+                    result["r"] = c.execute(what).fetchone()[0]
+            except psycopg.Error as e:
+                result["e"] = e
+
+        t = threading.Thread(target=run)
+        t.start()
+        deadline = time.time() + 10
+        pattern = "%koherent.seal()%" if "seal" in what else "%verify_history%"
+        # (it waits where the change locked the history table: a column added or dropped
+        # leaves the history table's columns as they are)
+        while t.is_alive() and db.one("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                      "AND query LIKE %s", [pattern]) == 0:
+            assert time.time() < deadline, result
+            time.sleep(0.05)
+        assert t.is_alive() or "DROP" in ddl or "ADD" in ddl, (ddl, what, result)
+        a.commit()
+        a.close()
+        t.join(10)
+        assert "e" not in result, result
+        if "seal" in what:
+            assert result["r"]["sealed_entries"] == 2
+        else:
+            assert result["r"] == 0
+        assert db.sql("SELECT problem, history_id, detail FROM koherent.verify_history()") == []
+        if "seal" in what:
+            ddl = {"ALTER TABLE it ALTER COLUMN qty TYPE bigint": "ALTER TABLE it ALTER COLUMN qty TYPE numeric",
+                   "ALTER TABLE it RENAME COLUMN note TO memo": "ALTER TABLE it RENAME COLUMN memo TO note",
+                   "ALTER TABLE it ADD COLUMN extra int": "ALTER TABLE it DROP COLUMN extra"}[ddl]

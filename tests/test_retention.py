@@ -522,3 +522,68 @@ def test_names_in_bytes_and_tracking_again(db):
     with pytest.raises(psycopg.Error) as e:
         db.sql("SELECT koherent.set_retention('rt', NULL, '1000 years', 1000)")
     assert sqlstate(e) == "22023"
+
+
+def test_prune_seals_what_commits_while_it_waits_and_counts_after_its_locks(db):
+    """A transaction that wrote into an expired partition commits while prune() waits for that
+    partition's lock (after prune's first seal): prune seals it before dropping the partition
+    (it was dropped unsealed, no hash kept). The event's id ranges are read after the history
+    table's lock: a transaction that wrote the next partition with an id inside the dropped
+    one's span (a statement dated in the old partition took its id later) and commits while
+    prune waits is not counted as pruned (it was, and its entry could then be deleted
+    unnoticed). verify_history reports only `pruned`; deleting the kept entry is entry_missing."""
+    pruned_table(db, keep="2 seconds", width="2 seconds")
+    db.sql("CREATE TABLE other (id int PRIMARY KEY)")
+    db.sql("SELECT koherent.track('other')")
+    # the start of the next partition
+    start = db.one("SELECT min(hi) FROM koherent._partitions('koherent_history.pt') WHERE hi > clock_timestamp()")
+    sleep_past(start)
+    w1 = db.conn(autocommit=False)
+    w1.execute("INSERT INTO pt VALUES (1, 'a')")      # dated in partition P, left open
+    w1.execute("INSERT INTO other VALUES (1)")
+    ctx1 = w1.execute("SELECT koherent.current_context_id()").fetchone()[0]
+
+    def slow():   # dated in P, its id taken at its end, in P+1's time
+        with db.conn() as c:
+            c.execute("INSERT INTO pt SELECT 4, 'd' FROM pg_sleep(2.4)")
+
+    t3 = threading.Thread(target=slow)
+    t3.start()
+    sleep_past(start + datetime.timedelta(seconds=2.1))
+    w2 = db.conn(autocommit=False)
+    w2.execute("INSERT INTO pt VALUES (2, 'b')")      # dated in P+1 (kept), left open
+    t3.join(10)
+    sleep_past(start + datetime.timedelta(seconds=4.1))   # P has expired
+    result = {}
+
+    def prune():
+        with db.conn() as c:
+            result["r"] = c.execute("SELECT koherent.prune()").fetchone()[0]
+
+    t = threading.Thread(target=prune)
+    t.start()
+    deadline = time.time() + 10
+    while db.one("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                 "AND query LIKE %s", ["%koherent.prune()%"]) == 0:
+        assert time.time() < deadline and t.is_alive(), result
+        time.sleep(0.05)
+    w1.commit()   # while prune waits for P's lock
+    w1.close()
+    time.sleep(0.5)
+    w2.commit()   # while prune waits for the history table's
+    w2.close()
+    t.join(20)
+    assert [d["entries"] for d in result["r"]["dropped"] if d["entries"] > 0] == [2], result
+    # the first writer's context is sealed with both of its entries
+    assert db.one("SELECT entries FROM koherent.ledger_context WHERE context_id = %s", [ctx1]) == 2
+    kept = db.one("SELECT history_id FROM koherent_history.pt WHERE id = 2")
+    ranges = db.one("SELECT id_ranges::text FROM koherent.retention_event WHERE entries > 0")
+    assert not db.one("SELECT bool_or(%s::bigint <@ r) FROM koherent.retention_event, unnest(id_ranges) r", [kept]), ranges
+    db.sql("SELECT koherent.seal()")
+    pruned = ["pruned"] * len(result["r"]["dropped"])   # (one row per partition dropped)
+    assert [p for p, *_ in db.sql("SELECT * FROM koherent.verify_history()")] == pruned
+    with db.conn() as c:
+        c.execute("SET session_replication_role = replica")
+        c.execute("DELETE FROM koherent_history.pt WHERE history_id = %s", [kept])
+    got = db.sql("SELECT problem, history_id FROM koherent.verify_history() WHERE problem <> 'pruned'")
+    assert got == [("entry_missing", kept)]

@@ -29,7 +29,9 @@ def cluster():
     lib(f"stop_cluster {DIR}")
     shutil.rmtree(DIR, ignore_errors=True)
     lib(f"start_cluster {DIR} {PORT} \"shared_preload_libraries = 'koherent'\" "
-        f"\"koherent.seal_databases = '{DB}'\" \"koherent.seal_interval = 1\"")
+        f"\"koherent.seal_databases = '{DB}'\" \"koherent.seal_interval = 1\" "
+        # (the sealer runs READ COMMITTED, which seal() needs, whatever the server's default)
+        f"\"default_transaction_isolation = 'repeatable read'\"")
     yield
     lib(f"stop_cluster {DIR}")
     shutil.rmtree(DIR, ignore_errors=True)
@@ -42,6 +44,7 @@ def connect(dbname="postgres", autocommit=True):
 def test_changes_are_sealed_without_anyone_calling_seal(cluster):
     with connect() as c:
         assert c.execute("SELECT current_setting('koherent.seal_databases')").fetchone()[0] == DB
+        assert c.execute("SHOW default_transaction_isolation").fetchone()[0] == "repeatable read"
         assert c.execute("SELECT current_setting('koherent.seal_interval')").fetchone()[0] == "1s"
         c.execute(f"CREATE DATABASE {DB}")
     with connect(DB) as c:

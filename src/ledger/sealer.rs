@@ -38,6 +38,16 @@ pub extern "C-unwind" fn koherent_sealer_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let db = BackgroundWorker::get_extra().to_string();
     BackgroundWorker::connect_worker_to_spi(Some(&db), None);
+    // seal() runs in READ COMMITTED (it reads what committed after its lock): whatever the
+    // database's or the server's default_transaction_isolation, a reload included
+    unsafe {
+        pg_sys::SetConfigOption(
+            c"default_transaction_isolation".as_ptr(),
+            c"read committed".as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_OVERRIDE,
+        );
+    }
     log!(
         "koherent sealer: sealing database {db} every koherent.seal_interval ({} s)",
         guc::seal_interval()
