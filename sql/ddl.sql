@@ -113,6 +113,13 @@ BEGIN
     END IF;
 END $$;
 
+-- DDL refused on tracked tables before it runs (src/ddl.rs: ALTER COLUMN ... TYPE ... USING an
+-- expression, which would rewrite the rows' values without history)
+CREATE FUNCTION koherent._on_ddl_start() RETURNS event_trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'koherent_on_ddl_start';
+CREATE EVENT TRIGGER koherent_ddl_start ON ddl_command_start
+    WHEN TAG IN ('ALTER TABLE')
+    EXECUTE FUNCTION koherent._on_ddl_start();
 CREATE EVENT TRIGGER koherent_ddl_end ON ddl_command_end
     WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE')
     EXECUTE FUNCTION koherent._on_ddl_end();

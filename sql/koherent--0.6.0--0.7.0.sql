@@ -21,6 +21,12 @@ RETURNS TABLE ("cfg" integer, "lo" bigint, "hi" bigint)
 IMMUTABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', '_entry_spans_wrapper';
 CREATE FUNCTION koherent._jsonb_object(VARIADIC "any") RETURNS jsonb
 LANGUAGE c STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'koherent_jsonb_object';
+-- DDL refused on tracked tables before it runs (src/ddl.rs)
+CREATE FUNCTION koherent._on_ddl_start() RETURNS event_trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'koherent_on_ddl_start';
+CREATE EVENT TRIGGER koherent_ddl_start ON ddl_command_start
+    WHEN TAG IN ('ALTER TABLE')
+    EXECUTE FUNCTION koherent._on_ddl_start();
 -- (now take the condition that picks the entries, the contexts the entries are among)
 DROP FUNCTION koherent._revert_threads_sql(koherent.tracked_config);
 DROP FUNCTION koherent._entry_select(koherent.tracked_config, text);
@@ -2483,6 +2489,34 @@ $$;
 COMMENT ON FUNCTION koherent.digest() IS
   'The latest block''s digest (null before the first seal): keep it outside the database; verify_history(digests) proves the chain still extends it.';
 
+-- Lock every history table in `mode` (ACCESS SHARE: writers go on; a change of a tracked
+-- table's columns in progress, which renames, retypes or retires its history table's columns,
+-- or a prune() dropping partitions, commits first). The statements after it read the columns,
+-- their epochs and the partitions as they are then. A history table dropped meanwhile is left
+-- out.
+CREATE FUNCTION koherent._lock_history(mode text) RETURNS void
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    tables text;
+BEGIN
+    IF mode IS DISTINCT FROM 'ACCESS SHARE' THEN
+        RAISE EXCEPTION 'koherent._lock_history: unknown mode %', mode USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOR attempt IN 1 .. 3 LOOP
+        SELECT string_agg(format('koherent_history.%I', c.history_table), ', ' ORDER BY c.id) INTO tables
+          FROM koherent.tracked_config c WHERE to_regclass(format('koherent_history.%I', c.history_table)) IS NOT NULL;
+        IF tables IS NULL THEN
+            RETURN;
+        END IF;
+        BEGIN
+            EXECUTE format('LOCK TABLE %s IN ACCESS SHARE MODE', tables);
+            RETURN;
+        EXCEPTION WHEN undefined_table THEN
+            NULL;  -- dropped between the list and the lock: list them again
+        END;
+    END LOOP;
+END $$;
+
 -- Seal every committed context not sealed yet into a new block (none when there is nothing to
 -- seal). The extension owner's (EXECUTE is not granted to anyone else); one sealer at a time.
 -- (jit = off in seal, verify_history and audit_export: their generated statements over every
@@ -2507,9 +2541,14 @@ BEGIN
     -- meanwhile and seal its contexts again
     IF current_setting('transaction_isolation') <> 'read committed' THEN
         RAISE EXCEPTION 'koherent: seal() runs in a READ COMMITTED transaction, not %', current_setting('transaction_isolation')
-            USING ERRCODE = 'invalid_transaction_state', HINT = 'Call it on its own, outside a transaction block, or in a READ COMMITTED one.';
+            USING ERRCODE = 'invalid_transaction_state',
+                  HINT = 'Call it in a READ COMMITTED transaction: BEGIN ISOLATION LEVEL READ COMMITTED; SELECT koherent.seal(); COMMIT (also where default_transaction_isolation is stricter).';
     END IF;
     LOCK TABLE koherent.ledger_block IN EXCLUSIVE MODE;
+    -- and every history table (ACCESS SHARE: writers go on): a change of a tracked table's
+    -- columns in progress (its history table's columns renamed, retyped, retired) is committed
+    -- first, and what follows reads the columns and their epochs as they are then
+    PERFORM koherent._lock_history('ACCESS SHARE');
     -- the committed contexts this snapshot sees that no block holds (never this transaction's
     -- own: it has not committed), in the order they began
     SELECT array_agg(c.id ORDER BY c.created_at, c.id), min(c.created_at) INTO ctxs, since
@@ -2591,7 +2630,7 @@ COMMENT ON FUNCTION koherent.seal() IS
 -- keeps 8 bytes of each entry's hash), its other entries are checked one by one.
 CREATE FUNCTION koherent.verify_history(digests jsonb DEFAULT NULL)
 RETURNS TABLE (problem text, table_name text, history_id bigint, context_id uuid, detail text)
-LANGUAGE plpgsql STABLE SECURITY DEFINER
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD'
 SET IntervalStyle = 'postgres' SET extra_float_digits = 1 SET bytea_output = 'hex' SET lc_monetary = 'C'
 SET max_parallel_workers_per_gather = 0 SET jit = off AS $$
@@ -2602,6 +2641,9 @@ BEGIN
         RAISE EXCEPTION 'koherent: digests must be a JSON array of what koherent.digest() returned'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    -- a change of columns or a prune() in progress commits first; in READ COMMITTED the
+    -- statements below then see it (in REPEATABLE READ the transaction's snapshot may predate it)
+    PERFORM koherent._lock_history('ACCESS SHARE');
     -- one read-only statement (it runs in a read-only transaction and on a standby): every
     -- entry's hash (v), every sealed entry's place (i), then the problems
     SELECT coalesce(string_agg(koherent._ledger_entries_sql(c, 'true'), ' UNION ALL ' ORDER BY c.id),
@@ -3362,13 +3404,15 @@ BEGIN
 END $$;
 
 -- Drop whole history partitions older than their table's keep (never a DELETE); see the README,
--- "Retention". Seals first (the ledger then keeps the hashes of what is dropped); then, without
--- any lock a writer waits for, locks each expired partition (SHARE: no writer writes there, its
--- dates are older than keep) and reads its entry count and id ranges; then per table takes the
--- history table's ACCESS EXCLUSIVE lock (waiting at most lock_timeout, 2 s when unset: a table
--- it cannot lock is skipped and pruned next time), detaches and drops its expired partitions
--- and records a retention event each; the closing seal covers the events. The locks of the
--- tables pruned are held until the transaction ends.
+-- "Retention". Seals first; then, without any lock a writer waits for, locks each expired
+-- partition (SHARE: it waits for the transactions that wrote there, and no new writer writes
+-- there, its dates are older than keep); then per table takes the history table's ACCESS
+-- EXCLUSIVE lock (waiting at most lock_timeout, 2 s when unset: a table it cannot lock is
+-- skipped and pruned next time), seals again (the transactions that committed while it waited:
+-- every entry dropped is sealed, the ledger keeps its hash), reads each expired partition's
+-- entry count and id ranges (now final), detaches and drops it and records a retention event;
+-- the closing seal covers the events. The locks of the tables pruned are held until the
+-- transaction ends.
 CREATE FUNCTION koherent.prune() RETURNS jsonb
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' AS $$
 DECLARE
@@ -3404,9 +3448,8 @@ BEGIN
             BEGIN
                 PERFORM set_config('lock_timeout', wait, true);
                 EXECUTE format('LOCK TABLE %s IN SHARE MODE', p.part);
-                pr := koherent._pruned_ranges(hist, p.part);
                 x := x || jsonb_build_object('part', p.part::oid, 'name', (SELECT relname FROM pg_class WHERE oid = p.part),
-                                             'lo', p.lo, 'hi', p.hi, 'entries', pr.entries, 'ranges', pr.ranges::text);
+                                             'lo', p.lo, 'hi', p.hi);
             EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
                 skipped := skipped || jsonb_build_object('table', format('%I.%I', c.schema_name, c.table_name),
                                                          'partition', p.part::text, 'reason', SQLERRM);
@@ -3422,13 +3465,16 @@ BEGIN
         BEGIN
             PERFORM set_config('lock_timeout', wait, true);
             EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', (t->>'hist')::oid::regclass);
+            -- (what committed while the locks were waited for: sealed before it is dropped)
+            PERFORM koherent.seal();
             FOR x IN SELECT * FROM jsonb_array_elements(t->'parts') LOOP
+                pr := koherent._pruned_ranges((t->>'hist')::oid::regclass, (x->>'part')::oid::regclass);
                 EXECUTE format('ALTER TABLE %s DETACH PARTITION %s', (t->>'hist')::oid::regclass, (x->>'part')::oid::regclass);
                 EXECUTE format('DROP TABLE %s', (x->>'part')::oid::regclass);
                 INSERT INTO koherent.retention_event (config_id, partition_name, range_from, range_to, entries,
                                                       id_ranges, dropped_at, dropped_by)
                 VALUES ((t->>'cfg')::int, x->>'name', (x->>'lo')::timestamptz, (x->>'hi')::timestamptz,
-                        (x->>'entries')::bigint, (x->>'ranges')::int8range[], now(), current_user)
+                        pr.entries, pr.ranges, now(), current_user)
                 RETURNING * INTO ev;
                 dropped := dropped || jsonb_build_object('table', t->>'table', 'partition', ev.partition_name,
                                                          'from', ev.range_from, 'to', ev.range_to,

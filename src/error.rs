@@ -29,6 +29,10 @@ pub enum KoherentError {
         "{name} was set for the session by an earlier transaction (SET without LOCAL, or set_config(..., false)); koherent takes it only from the transaction that writes"
     )]
     SettingCarriedOver { name: &'static str },
+    #[error(
+        "ALTER COLUMN {column} TYPE ... USING an expression would rewrite the values of tracked table {table} without history"
+    )]
+    UnrecordedRewrite { table: String, column: String },
     #[error("the context id {id} given to koherent.set_context_id is already recorded by another transaction")]
     ContextIdTaken { id: String },
     #[error("the key \"{kid}\" of issuer \"{issuer}\" that signed this transaction's token is no longer trusted")]
@@ -106,9 +110,9 @@ impl KoherentError {
             }
             KoherentError::UnpairedUpdate { .. } => ERRCODE_TRIGGERED_DATA_CHANGE_VIOLATION,
             KoherentError::ContextIdTaken { .. } => ERRCODE_UNIQUE_VIOLATION,
-            KoherentError::MergeMovesRows { .. } | KoherentError::MergeBehindTrigger { .. } => {
-                ERRCODE_FEATURE_NOT_SUPPORTED
-            }
+            KoherentError::MergeMovesRows { .. }
+            | KoherentError::MergeBehindTrigger { .. }
+            | KoherentError::UnrecordedRewrite { .. } => ERRCODE_FEATURE_NOT_SUPPORTED,
             KoherentError::TaskAlreadyFixed { .. }
             | KoherentError::ContextAlreadyWritten { .. }
             | KoherentError::ContextChanged { .. }
@@ -139,6 +143,9 @@ impl KoherentError {
             KoherentError::MergeMovesRows { .. } => Some("reason: merge_moves_rows".into()),
             KoherentError::MergeBehindTrigger { .. } => Some("reason: merge_behind_trigger".into()),
             KoherentError::MoverUnknown { .. } => Some("reason: mover_unknown".into()),
+            KoherentError::UnrecordedRewrite { .. } => Some(
+                "reason: unrecorded_rewrite (no history trigger fires for a table rewrite; history's values of the column are converted by a plain cast)".into(),
+            ),
             KoherentError::HistoryOutOfSync(_) => Some("reason: history_out_of_sync".into()),
             KoherentError::NoHistoryPartition { .. } => Some("reason: no_history_partition".into()),
             KoherentError::RevertTwice => Some("reason: revert_twice".into()),
@@ -191,11 +198,14 @@ impl KoherentError {
             KoherentError::MergeMovesRows { .. } => Some(
                 "Move such rows with UPDATE (recorded), or with DELETE and INSERT.",
             ),
+            KoherentError::UnrecordedRewrite { .. } => Some(
+                "Change the values with UPDATE first (recorded), then ALTER COLUMN ... TYPE ... with no USING, or USING the column's plain cast to the new type.",
+            ),
             KoherentError::MergeBehindTrigger { .. } => Some(
                 "Triggers fire in name order: rename the trigger so that its name sorts before koherent_merge_guard, or update these rows with UPDATE.",
             ),
             KoherentError::NoHistoryPartition { .. } => Some(
-                "History partitions are made ahead by koherent.create_partitions() (run by the sealer worker, by koherent.prune() and by koherent.set_retention()); run it, or schedule koherent.prune().",
+                "History partitions are made ahead by koherent.create_partitions() (run by the sealer worker, by koherent.prune() and by koherent.set_retention()); run it, or schedule koherent.prune(). A statement that began before its date's partition expired and was dropped by koherent.prune() fails so too: run it again.",
             ),
             KoherentError::HistoryOutOfSync(_) => Some(
                 "Run koherent.track(<table>) again: it brings the history table and the triggers in line with the table.",

@@ -34,6 +34,7 @@ mod brin;
 mod catalog;
 mod context;
 mod datum;
+mod ddl;
 mod error;
 mod ffi;
 mod guc;

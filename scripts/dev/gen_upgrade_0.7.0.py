@@ -51,6 +51,12 @@ RETURNS TABLE ("cfg" integer, "lo" bigint, "hi" bigint)
 IMMUTABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', '_entry_spans_wrapper';
 CREATE FUNCTION koherent._jsonb_object(VARIADIC "any") RETURNS jsonb
 LANGUAGE c STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'koherent_jsonb_object';
+-- DDL refused on tracked tables before it runs (src/ddl.rs)
+CREATE FUNCTION koherent._on_ddl_start() RETURNS event_trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'koherent_on_ddl_start';
+CREATE EVENT TRIGGER koherent_ddl_start ON ddl_command_start
+    WHEN TAG IN ('ALTER TABLE')
+    EXECUTE FUNCTION koherent._on_ddl_start();
 -- (now take the condition that picks the entries, the contexts the entries are among)
 DROP FUNCTION koherent._revert_threads_sql(koherent.tracked_config);
 DROP FUNCTION koherent._entry_select(koherent.tracked_config, text);
