@@ -113,13 +113,52 @@ BEGIN
     END IF;
 END $$;
 
--- DDL refused on tracked tables before it runs (src/ddl.rs: ALTER COLUMN ... TYPE ... USING an
--- expression, which would rewrite the rows' values without history)
+-- Before DDL on a tracked table runs (src/ddl.rs): ALTER COLUMN ... TYPE ... USING an expression
+-- is refused (it would rewrite the rows' values without history); the rows of a partition
+-- attached, detached or dropped are recorded (koherent._record_partition_rows). The C function
+-- runs as the client (the type names of a USING are the client's); it records as the owner.
 CREATE FUNCTION koherent._on_ddl_start() RETURNS event_trigger
 LANGUAGE c AS 'MODULE_PATHNAME', 'koherent_on_ddl_start';
 CREATE EVENT TRIGGER koherent_ddl_start ON ddl_command_start
-    WHEN TAG IN ('ALTER TABLE')
+    WHEN TAG IN ('ALTER TABLE', 'DROP TABLE')
     EXECUTE FUNCTION koherent._on_ddl_start();
+
+-- The rows of partition `part` as entries of the tracked table that `parent` is (or is a
+-- partition of), `kind` CREATE (attached) or TRUNCATE (detached, dropped), in the current
+-- transaction's context, as TRUNCATE's copy records the rows it removes (a require_task table
+-- needs a task). Called before the statement that attaches, detaches or drops it (src/ddl.rs);
+-- not executable by anyone but the extension owner.
+CREATE FUNCTION koherent._record_partition_rows(parent oid, part oid, kind text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET jit = off AS $$
+DECLARE
+    cfg koherent.tracked_config;
+    cols text;
+    ocols text;
+BEGIN
+    IF kind NOT IN ('CREATE', 'TRUNCATE') THEN
+        RAISE EXCEPTION 'koherent._record_partition_rows: unknown kind %', kind USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT c.* INTO cfg FROM koherent.tracked_config c
+     WHERE c.dropped_at IS NULL AND c.active
+       AND c.relid IN (SELECT a.relid FROM pg_partition_ancestors(parent) a)
+     ORDER BY c.id LIMIT 1;
+    IF NOT FOUND OR to_regclass(format('koherent_history.%I', cfg.history_table)) IS NULL THEN
+        RETURN;
+    END IF;
+    SELECT string_agg(format('%I', column_name), ', ' ORDER BY attnum),
+           string_agg(format('o.%I', column_name), ', ' ORDER BY attnum)
+      INTO cols, ocols
+      FROM koherent.tracked_column WHERE config_id = cfg.id AND live_until IS NULL;
+    IF cfg.require_task THEN
+        PERFORM koherent._require_task(part);
+    END IF;
+    EXECUTE format('INSERT INTO koherent_history.%I (history_id, history_kind, history_date, history_context, %s) '
+                   'SELECT koherent._next_history_id(), %L, koherent._history_date(), '
+                   '(SELECT koherent._write_context($1, $2)), %s FROM %s o',
+                   cfg.history_table, cols, kind, ocols, part::regclass)
+      USING cfg.require_task, part;
+END $$;
+REVOKE ALL ON FUNCTION koherent._record_partition_rows(oid, oid, text) FROM PUBLIC;
 CREATE EVENT TRIGGER koherent_ddl_end ON ddl_command_end
     WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE')
     EXECUTE FUNCTION koherent._on_ddl_end();

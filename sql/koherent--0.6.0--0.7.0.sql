@@ -25,7 +25,7 @@ LANGUAGE c STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'koherent_jsonb_object';
 CREATE FUNCTION koherent._on_ddl_start() RETURNS event_trigger
 LANGUAGE c AS 'MODULE_PATHNAME', 'koherent_on_ddl_start';
 CREATE EVENT TRIGGER koherent_ddl_start ON ddl_command_start
-    WHEN TAG IN ('ALTER TABLE')
+    WHEN TAG IN ('ALTER TABLE', 'DROP TABLE')
     EXECUTE FUNCTION koherent._on_ddl_start();
 -- (now take the condition that picks the entries, the contexts the entries are among)
 DROP FUNCTION koherent._revert_threads_sql(koherent.tracked_config);
@@ -418,6 +418,37 @@ BEGIN
         VALUES (cfg_id, a.attname, a.attnum, a.type_sql, mark);
     END LOOP;
     PERFORM koherent._no_owner_statistics(hist::regclass);
+END $$;
+
+CREATE OR REPLACE FUNCTION koherent._record_partition_rows(parent oid, part oid, kind text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET jit = off AS $$
+DECLARE
+    cfg koherent.tracked_config;
+    cols text;
+    ocols text;
+BEGIN
+    IF kind NOT IN ('CREATE', 'TRUNCATE') THEN
+        RAISE EXCEPTION 'koherent._record_partition_rows: unknown kind %', kind USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT c.* INTO cfg FROM koherent.tracked_config c
+     WHERE c.dropped_at IS NULL AND c.active
+       AND c.relid IN (SELECT a.relid FROM pg_partition_ancestors(parent) a)
+     ORDER BY c.id LIMIT 1;
+    IF NOT FOUND OR to_regclass(format('koherent_history.%I', cfg.history_table)) IS NULL THEN
+        RETURN;
+    END IF;
+    SELECT string_agg(format('%I', column_name), ', ' ORDER BY attnum),
+           string_agg(format('o.%I', column_name), ', ' ORDER BY attnum)
+      INTO cols, ocols
+      FROM koherent.tracked_column WHERE config_id = cfg.id AND live_until IS NULL;
+    IF cfg.require_task THEN
+        PERFORM koherent._require_task(part);
+    END IF;
+    EXECUTE format('INSERT INTO koherent_history.%I (history_id, history_kind, history_date, history_context, %s) '
+                   'SELECT koherent._next_history_id(), %L, koherent._history_date(), '
+                   '(SELECT koherent._write_context($1, $2)), %s FROM %s o',
+                   cfg.history_table, cols, kind, ocols, part::regclass)
+      USING cfg.require_task, part;
 END $$;
 
 CREATE OR REPLACE FUNCTION koherent._as_of_builtin_key(cfg koherent.tracked_config) RETURNS boolean

@@ -9,6 +9,14 @@
 //! the table would disagree unnoticed (`as_of` mixing both). On a tracked table the expression
 //! must be the column itself or that plain cast; any other is refused (0A000 before anything
 //! runs): change the values with UPDATE first (recorded), then change the type.
+//!
+//! Partitions attached, detached or dropped change a tracked table's rows with no row trigger
+//! firing: `ATTACH PARTITION` adds the partition's rows, `DETACH PARTITION` and `DROP TABLE` of
+//! a partition remove them. Before such a statement runs, the rows are recorded in the tracked
+//! table's history as `CREATE` (attached) or `TRUNCATE` (detached, dropped) entries of the
+//! transaction, as TRUNCATE's copy records the rows it removes (`koherent._record_partition_rows`,
+//! run as the extension owner: history is not the client's to write). A statement that then
+//! fails takes them with it.
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -38,9 +46,16 @@ pub unsafe extern "C-unwind" fn koherent_on_ddl_start(
 }
 
 /// Refuse `stmt` when it is an ALTER TABLE of a tracked table that retypes a column with an
-/// expression other than the column or its plain cast to the new type.
+/// expression other than the column or its plain cast to the new type; record the rows of
+/// partitions it attaches, detaches or drops.
 unsafe fn check(stmt: *mut pg_sys::Node) {
-    if stmt.is_null() || (*stmt).type_ != pg_sys::NodeTag::T_AlterTableStmt {
+    if stmt.is_null() {
+        return;
+    }
+    if (*stmt).type_ == pg_sys::NodeTag::T_DropStmt {
+        return dropped_partitions(stmt as *mut pg_sys::DropStmt);
+    }
+    if (*stmt).type_ != pg_sys::NodeTag::T_AlterTableStmt {
         return;
     }
     let at = stmt as *mut pg_sys::AlterTableStmt;
@@ -48,6 +63,25 @@ unsafe fn check(stmt: *mut pg_sys::Node) {
         return;
     }
     let cmds = PgList::<pg_sys::AlterTableCmd>::from_pg((*at).cmds);
+    for cmd in cmds.iter_ptr() {
+        let kind = match (*cmd).subtype {
+            pg_sys::AlterTableType::AT_AttachPartition => c"CREATE",
+            pg_sys::AlterTableType::AT_DetachPartition => c"TRUNCATE",
+            _ => continue,
+        };
+        let pc = (*cmd).def as *mut pg_sys::PartitionCmd;
+        if pc.is_null() || (*pc).name.is_null() {
+            continue;
+        }
+        let parent = relation((*at).relation);
+        if parent == pg_sys::InvalidOid || !tracked(parent) {
+            continue;
+        }
+        let part = relation((*pc).name);
+        if part != pg_sys::InvalidOid {
+            record_partition_rows(parent, part, kind);
+        }
+    }
     let rewrite = cmds.iter_ptr().find(|&cmd| {
         (*cmd).subtype == pg_sys::AlterTableType::AT_AlterColumnType
             && !(*cmd).def.is_null()
@@ -63,13 +97,7 @@ unsafe fn check(stmt: *mut pg_sys::Node) {
             }
     });
     let Some(cmd) = rewrite else { return };
-    let relid = pg_sys::RangeVarGetRelidExtended(
-        (*at).relation,
-        pg_sys::NoLock as _,
-        pg_sys::RVROption::RVR_MISSING_OK,
-        None,
-        std::ptr::null_mut(),
-    );
+    let relid = relation((*at).relation);
     if relid == pg_sys::InvalidOid || !tracked(relid) {
         return;
     }
@@ -145,4 +173,102 @@ unsafe fn tracked(relid: pg_sys::Oid) -> bool {
         });
     pg_sys::RelationClose(rel);
     found
+}
+
+/// The relation a name names now, or InvalidOid (the statement itself reports a missing one).
+unsafe fn relation(rv: *mut pg_sys::RangeVar) -> pg_sys::Oid {
+    pg_sys::RangeVarGetRelidExtended(
+        rv,
+        pg_sys::NoLock as _,
+        pg_sys::RVROption::RVR_MISSING_OK,
+        None,
+        std::ptr::null_mut(),
+    )
+}
+
+/// `DROP TABLE` of partitions of a tracked table: their rows, as TRUNCATE entries.
+unsafe fn dropped_partitions(drop: *mut pg_sys::DropStmt) {
+    if (*drop).removeType != pg_sys::ObjectType::OBJECT_TABLE {
+        return;
+    }
+    let objects = PgList::<pg_sys::List>::from_pg((*drop).objects);
+    for names in objects.iter_ptr() {
+        let rv = pg_sys::makeRangeVarFromNameList(names);
+        let relid = relation(rv);
+        if relid != pg_sys::InvalidOid && pg_sys::get_rel_relispartition(relid) && tracked(relid) {
+            record_partition_rows(relid, relid, c"TRUNCATE");
+        }
+    }
+}
+
+/// Run `koherent._record_partition_rows(parent, part, kind)` as the extension owner.
+unsafe fn record_partition_rows(parent: pg_sys::Oid, part: pg_sys::Oid, kind: &CStr) {
+    let owner = extension_owner();
+    let mut user = pg_sys::InvalidOid;
+    let mut sec = 0;
+    pg_sys::GetUserIdAndSecContext(&mut user, &mut sec);
+    // (an error here aborts the (sub)transaction, which puts the user back)
+    pg_sys::SetUserIdAndSecContext(owner, sec | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
+    if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
+        KoherentError::Internal("SPI_connect failed".into()).raise();
+    }
+    let mut types = [pg_sys::OIDOID, pg_sys::OIDOID, pg_sys::TEXTOID];
+    let mut values = [
+        pg_sys::Datum::from(parent),
+        pg_sys::Datum::from(part),
+        pg_sys::Datum::from(pg_sys::cstring_to_text(kind.as_ptr())),
+    ];
+    let nulls = [b' ' as std::ffi::c_char; 3];
+    let rc = pg_sys::SPI_execute_with_args(
+        c"SELECT koherent._record_partition_rows($1, $2, $3)".as_ptr(),
+        3,
+        types.as_mut_ptr(),
+        values.as_mut_ptr(),
+        nulls.as_ptr(),
+        false,
+        0,
+    );
+    pg_sys::SPI_finish();
+    pg_sys::SetUserIdAndSecContext(user, sec);
+    if rc != pg_sys::SPI_OK_SELECT as i32 {
+        KoherentError::Internal(format!(
+            "koherent._record_partition_rows: SPI failed ({rc})"
+        ))
+        .raise();
+    }
+}
+
+/// The owner of the koherent extension (who owns history).
+unsafe fn extension_owner() -> pg_sys::Oid {
+    let ext = pg_sys::get_extension_oid(c"koherent".as_ptr(), false);
+    let rel = pg_sys::table_open(pg_sys::ExtensionRelationId, pg_sys::AccessShareLock as _);
+    let mut key = pg_sys::ScanKeyData::default();
+    pg_sys::ScanKeyInit(
+        &mut key,
+        pg_sys::Anum_pg_extension_oid as _,
+        pg_sys::BTEqualStrategyNumber as _,
+        pg_sys::RegProcedure::from(pg_sys::F_OIDEQ),
+        pg_sys::Datum::from(ext),
+    );
+    let scan = pg_sys::systable_beginscan(
+        rel,
+        pg_sys::Oid::from(pg_sys::ExtensionOidIndexId),
+        true,
+        std::ptr::null_mut(),
+        1,
+        &mut key,
+    );
+    let tuple = pg_sys::systable_getnext(scan);
+    let owner = if tuple.is_null() {
+        pg_sys::InvalidOid
+    } else {
+        let form = pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_extension>(tuple);
+        (*form).extowner
+    };
+    pg_sys::systable_endscan(scan);
+    pg_sys::table_close(rel, pg_sys::AccessShareLock as _);
+    if owner == pg_sys::InvalidOid {
+        KoherentError::Internal("the koherent extension has no owner".into()).raise();
+    }
+    owner
 }

@@ -62,3 +62,58 @@ def test_a_writable_with_query_moving_rows_between_partitions_is_recorded(db):
                  "ORDER BY history_id OFFSET 3")   # (after the first INSERT's three)
     assert sorted(got) == sorted([("UPDATE", 1, "b"), ("CREATE", 2, "a"), ("UPDATE", 3, "b"), ("DELETE", 5, "a"),
                                   ("UPDATE", 1, "a")]), got
+
+
+def test_partitions_attached_detached_or_dropped_are_recorded(db):
+    """ATTACH PARTITION adds a partition's rows to a tracked table, DETACH PARTITION and DROP
+    TABLE of a partition remove them, with no row trigger firing: the rows are recorded before
+    the statement runs, as CREATE (attached) or TRUNCATE (detached, dropped) entries of its
+    transaction and task, so the table as of any moment is what it was (the rows were missing
+    from history, or never left it). A require_task table needs a task for it (nothing changes
+    without); the table's owner does it under its own name and cannot record rows itself; the
+    ledger verifies."""
+    import psycopg
+    import pytest
+
+    from conftest import APP_ROLE, mint, write
+
+    db.sql("CREATE TABLE pp (id int, k int, v text, PRIMARY KEY (id, k)) PARTITION BY RANGE (k)")
+    db.sql("CREATE TABLE pp1 PARTITION OF pp FOR VALUES FROM (0) TO (10)")
+    db.sql("CREATE TABLE pp2 PARTITION OF pp FOR VALUES FROM (10) TO (20)")
+    db.sql("SELECT koherent.track('pp')")
+    for t in ("pp", "pp1", "pp2"):
+        db.sql(f"ALTER TABLE {t} OWNER TO {APP_ROLE}")
+    write(db, "INSERT INTO pp VALUES (1, 1, 'a'), (2, 5, 'b'), (3, 15, 'c')", mint("t-seed"), user=APP_ROLE)
+    with db.conn(user=APP_ROLE) as c:
+        c.execute("CREATE TABLE pp3 (id int, k int, v text, PRIMARY KEY (id, k))")
+        c.execute("INSERT INTO pp3 VALUES (4, 25, 'd'), (5, 26, 'e')")   # not tracked: no history
+    t0 = db.one("SELECT clock_timestamp()")
+    write(db, "ALTER TABLE pp ATTACH PARTITION pp3 FOR VALUES FROM (20) TO (30)", mint("t-attach"), user=APP_ROLE)
+    t1 = db.one("SELECT clock_timestamp()")
+    write(db, "ALTER TABLE pp DETACH PARTITION pp1", mint("t-detach"), user=APP_ROLE)
+    t2 = db.one("SELECT clock_timestamp()")
+    write(db, "DROP TABLE pp2", mint("t-drop"), user=APP_ROLE)
+    got = db.sql("SELECT kind, row_key->>'id', task_id, effective_role FROM koherent.provenance_entry "
+                 "WHERE table_name = 'pp'::regclass AND task_id <> 't-seed' ORDER BY history_id")
+    assert got == [("CREATE", "4", "t-attach", APP_ROLE), ("CREATE", "5", "t-attach", APP_ROLE),
+                   ("TRUNCATE", "1", "t-detach", APP_ROLE), ("TRUNCATE", "2", "t-detach", APP_ROLE),
+                   ("TRUNCATE", "3", "t-drop", APP_ROLE)]
+    as_of = lambda t: db.sql("SELECT id, k, v FROM koherent.as_of(NULL::pp, %s) ORDER BY id", [t])  # noqa: E731
+    assert as_of(t0) == [(1, 1, "a"), (2, 5, "b"), (3, 15, "c")]
+    assert as_of(t1) == [(1, 1, "a"), (2, 5, "b"), (3, 15, "c"), (4, 25, "d"), (5, 26, "e")]
+    assert as_of(t2) == [(3, 15, "c"), (4, 25, "d"), (5, 26, "e")]
+    assert as_of(db.one("SELECT clock_timestamp()")) == db.sql("SELECT id, k, v FROM pp ORDER BY id")
+    # the detached table is not pp's any more: its writes are not pp's history
+    before = db.one("SELECT count(*) FROM koherent.provenance_entry WHERE table_name = 'pp'::regclass")
+    write(db, "UPDATE pp1 SET v = 'outside'", user=APP_ROLE)
+    assert db.one("SELECT count(*) FROM koherent.provenance_entry WHERE table_name = 'pp'::regclass") == before
+    # the owner cannot record rows itself
+    with db.conn(user=APP_ROLE) as c, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        c.execute("SELECT koherent._record_partition_rows('pp'::regclass, 'pp3'::regclass, 'TRUNCATE')")
+    # require_task: a detach needs a task, and without one nothing changes
+    db.sql("SELECT koherent.track('pp', require_task => true)")
+    with db.conn(user=APP_ROLE) as c, pytest.raises(psycopg.errors.InvalidAuthorizationSpecification):
+        c.execute("ALTER TABLE pp DETACH PARTITION pp3")
+    assert db.one("SELECT count(*) FROM pg_inherits WHERE inhrelid = 'pp3'::regclass") == 1
+    db.sql("SELECT koherent.seal()")
+    assert db.sql("SELECT problem FROM koherent.verify_history()") == []
