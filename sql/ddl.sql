@@ -120,7 +120,7 @@ END $$;
 CREATE FUNCTION koherent._on_ddl_start() RETURNS event_trigger
 LANGUAGE c AS 'MODULE_PATHNAME', 'koherent_on_ddl_start';
 CREATE EVENT TRIGGER koherent_ddl_start ON ddl_command_start
-    WHEN TAG IN ('ALTER TABLE', 'DROP TABLE')
+    WHEN TAG IN ('ALTER TABLE', 'DROP TABLE', 'ALTER TYPE', 'DROP SCHEMA', 'DROP OWNED')
     EXECUTE FUNCTION koherent._on_ddl_start();
 
 -- The rows of partition `part` as entries of the tracked table that `parent` is (or is a

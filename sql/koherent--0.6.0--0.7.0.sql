@@ -25,7 +25,7 @@ LANGUAGE c STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'koherent_jsonb_object';
 CREATE FUNCTION koherent._on_ddl_start() RETURNS event_trigger
 LANGUAGE c AS 'MODULE_PATHNAME', 'koherent_on_ddl_start';
 CREATE EVENT TRIGGER koherent_ddl_start ON ddl_command_start
-    WHEN TAG IN ('ALTER TABLE', 'DROP TABLE')
+    WHEN TAG IN ('ALTER TABLE', 'DROP TABLE', 'ALTER TYPE', 'DROP SCHEMA', 'DROP OWNED')
     EXECUTE FUNCTION koherent._on_ddl_start();
 -- (now take the condition that picks the entries, the contexts the entries are among)
 DROP FUNCTION koherent._revert_threads_sql(koherent.tracked_config);
@@ -449,6 +449,24 @@ BEGIN
                    '(SELECT koherent._write_context($1, $2)), %s FROM %s o',
                    cfg.history_table, cols, kind, ocols, part::regclass)
       USING cfg.require_task, part;
+END $$;
+
+CREATE OR REPLACE FUNCTION koherent._drop_triggers(rel oid) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t name;
+BEGIN
+    -- by name, and by function whatever they are called now (an owner may rename one: left in
+    -- place, it would record every change a second time beside the one made again)
+    FOR t IN SELECT g.tgname FROM pg_trigger g JOIN pg_proc p ON p.oid = g.tgfoid
+              WHERE g.tgrelid = rel AND NOT g.tgisinternal
+                AND (g.tgname IN ('koherent_history_insert', 'koherent_history_update', 'koherent_history_delete',
+                                  'koherent_history_truncate', 'koherent_merge_guard')
+                     OR (p.pronamespace = 'koherent'::regnamespace
+                         AND (p.proname IN ('_history_trigger', '_merge_guard') OR p.proname LIKE '\_truncate\_copy\_%')))
+    LOOP
+        EXECUTE format('DROP TRIGGER %I ON %s', t, rel::regclass);
+    END LOOP;
 END $$;
 
 CREATE OR REPLACE FUNCTION koherent._as_of_builtin_key(cfg koherent.tracked_config) RETURNS boolean

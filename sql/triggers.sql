@@ -130,11 +130,15 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     t name;
 BEGIN
-    FOREACH t IN ARRAY ARRAY['koherent_history_insert', 'koherent_history_update',
-                             'koherent_history_delete', 'koherent_history_truncate',
-                             'koherent_merge_guard']::name[] LOOP
-        IF EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = rel AND tgname = t) THEN
-            EXECUTE format('DROP TRIGGER %I ON %s', t, rel::regclass);
-        END IF;
+    -- by name, and by function whatever they are called now (an owner may rename one: left in
+    -- place, it would record every change a second time beside the one made again)
+    FOR t IN SELECT g.tgname FROM pg_trigger g JOIN pg_proc p ON p.oid = g.tgfoid
+              WHERE g.tgrelid = rel AND NOT g.tgisinternal
+                AND (g.tgname IN ('koherent_history_insert', 'koherent_history_update', 'koherent_history_delete',
+                                  'koherent_history_truncate', 'koherent_merge_guard')
+                     OR (p.pronamespace = 'koherent'::regnamespace
+                         AND (p.proname IN ('_history_trigger', '_merge_guard') OR p.proname LIKE '\_truncate\_copy\_%')))
+    LOOP
+        EXECUTE format('DROP TRIGGER %I ON %s', t, rel::regclass);
     END LOOP;
 END $$;

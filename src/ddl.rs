@@ -7,12 +7,17 @@
 //! with the expression, and no history trigger fires: the rows' new values would be recorded
 //! nowhere, and history's values of `c` are converted by a plain cast (`c::t`), so history and
 //! the table would disagree unnoticed (`as_of` mixing both). On a tracked table the expression
-//! must be the column itself or that plain cast; any other is refused (0A000 before anything
-//! runs): change the values with UPDATE first (recorded), then change the type.
+//! must be the column itself or that plain cast, and the change must be between PostgreSQL's
+//! own types (a cast to or from another type may be a function of the type's owner, which
+//! history does not run); anything else is refused (0A000 before anything runs): change the
+//! values with UPDATE first (recorded), then change the type. `ALTER TYPE ... RENAME VALUE` of
+//! an enum that history holds would relabel every recorded value: refused too.
 //!
 //! Partitions attached, detached or dropped change a tracked table's rows with no row trigger
 //! firing: `ATTACH PARTITION` adds the partition's rows, `DETACH PARTITION` and `DROP TABLE` of
-//! a partition remove them. Before such a statement runs, the rows are recorded in the tracked
+//! a partition (also through `DROP SCHEMA ... CASCADE` and `DROP OWNED`) remove them. Before
+//! such a statement runs, under the locks it takes (so every transaction that wrote the
+//! partition has ended), the rows are recorded in the tracked
 //! table's history as `CREATE` (attached) or `TRUNCATE` (detached, dropped) entries of the
 //! transaction, as TRUNCATE's copy records the rows it removes (`koherent._record_partition_rows`,
 //! run as the extension owner: history is not the client's to write). A statement that then
@@ -55,6 +60,12 @@ unsafe fn check(stmt: *mut pg_sys::Node) {
     if (*stmt).type_ == pg_sys::NodeTag::T_DropStmt {
         return dropped_partitions(stmt as *mut pg_sys::DropStmt);
     }
+    if (*stmt).type_ == pg_sys::NodeTag::T_AlterEnumStmt {
+        return renamed_enum_value(stmt as *mut pg_sys::AlterEnumStmt);
+    }
+    if (*stmt).type_ == pg_sys::NodeTag::T_DropOwnedStmt {
+        return dropped_owned(stmt as *mut pg_sys::DropOwnedStmt);
+    }
     if (*stmt).type_ != pg_sys::NodeTag::T_AlterTableStmt {
         return;
     }
@@ -64,9 +75,9 @@ unsafe fn check(stmt: *mut pg_sys::Node) {
     }
     let cmds = PgList::<pg_sys::AlterTableCmd>::from_pg((*at).cmds);
     for cmd in cmds.iter_ptr() {
-        let kind = match (*cmd).subtype {
-            pg_sys::AlterTableType::AT_AttachPartition => c"CREATE",
-            pg_sys::AlterTableType::AT_DetachPartition => c"TRUNCATE",
+        let attach = match (*cmd).subtype {
+            pg_sys::AlterTableType::AT_AttachPartition => true,
+            pg_sys::AlterTableType::AT_DetachPartition => false,
             _ => continue,
         };
         let pc = (*cmd).def as *mut pg_sys::PartitionCmd;
@@ -78,34 +89,76 @@ unsafe fn check(stmt: *mut pg_sys::Node) {
             continue;
         }
         let part = relation((*pc).name);
-        if part != pg_sys::InvalidOid {
-            record_partition_rows(parent, part, kind);
+        if part == pg_sys::InvalidOid {
+            continue;
         }
-    }
-    let rewrite = cmds.iter_ptr().find(|&cmd| {
-        (*cmd).subtype == pg_sys::AlterTableType::AT_AlterColumnType
-            && !(*cmd).def.is_null()
-            && !(*cmd).name.is_null()
-            && {
-                let def = (*cmd).def as *mut pg_sys::ColumnDef;
-                !(*def).raw_default.is_null()
-                    && !plain(
-                        (*def).raw_default,
-                        CStr::from_ptr((*cmd).name),
-                        (*def).typeName,
-                    )
+        if !attach && (*pc).concurrent {
+            // (its rows would be recorded in its first transaction, and writes that began
+            // before it may still reach the partition until it finishes in its second)
+            KoherentError::DetachConcurrently {
+                table: crate::catalog::rel_name(parent),
             }
-    });
-    let Some(cmd) = rewrite else { return };
+            .raise();
+        }
+        // the statement's own locks first (PostgreSQL's order: the parent, then the partition),
+        // so that every transaction that wrote the partition has ended: what is recorded is
+        // what the statement adds or removes
+        let parent_lock = if attach {
+            pg_sys::ShareUpdateExclusiveLock
+        } else {
+            pg_sys::AccessExclusiveLock
+        };
+        pg_sys::LockRelationOid(parent, parent_lock as _);
+        pg_sys::LockRelationOid(part, pg_sys::AccessExclusiveLock as _);
+        record_partition_rows(parent, part, if attach { c"CREATE" } else { c"TRUNCATE" });
+    }
+    let retypes: Vec<*mut pg_sys::AlterTableCmd> = cmds
+        .iter_ptr()
+        .filter(|&cmd| {
+            (*cmd).subtype == pg_sys::AlterTableType::AT_AlterColumnType
+                && !(*cmd).def.is_null()
+                && !(*cmd).name.is_null()
+        })
+        .collect();
+    if retypes.is_empty() {
+        return;
+    }
     let relid = relation((*at).relation);
     if relid == pg_sys::InvalidOid || !tracked(relid) {
         return;
     }
-    KoherentError::UnrecordedRewrite {
-        table: crate::catalog::rel_name(relid),
-        column: CStr::from_ptr((*cmd).name).to_string_lossy().into_owned(),
+    for cmd in retypes {
+        let def = (*cmd).def as *mut pg_sys::ColumnDef;
+        let name = CStr::from_ptr((*cmd).name);
+        let by_expression =
+            !(*def).raw_default.is_null() && !plain((*def).raw_default, name, (*def).typeName);
+        if by_expression || owners_cast(relid, name, (*def).typeName) {
+            KoherentError::UnrecordedRewrite {
+                table: crate::catalog::rel_name(relid),
+                column: name.to_string_lossy().into_owned(),
+            }
+            .raise();
+        }
     }
-    .raise();
+}
+
+/// A type change of column `name` to or from a type that is not PostgreSQL's own (domains by
+/// their base type): its values are converted by casts the type's owner may define (a function
+/// of its own), which history does not run (it keeps the old values under a retired column).
+/// Between PostgreSQL's own types only a superuser can define a cast.
+unsafe fn owners_cast(relid: pg_sys::Oid, name: &CStr, typ: *mut pg_sys::TypeName) -> bool {
+    if typ.is_null() {
+        return false;
+    }
+    let attnum = pg_sys::get_attnum(relid, name.as_ptr());
+    if attnum == 0 {
+        return false; // (PostgreSQL reports the missing column)
+    }
+    let old = pg_sys::get_atttype(relid, attnum);
+    let (mut new, mut typmod) = (pg_sys::InvalidOid, -1);
+    pg_sys::typenameTypeIdAndMod(std::ptr::null_mut(), typ, &mut new, &mut typmod);
+    let builtin = |t: pg_sys::Oid| pg_sys::getBaseType(t).to_u32() < pg_sys::FirstNormalObjectId;
+    old != new && !(builtin(old) && builtin(new))
 }
 
 /// `expr` is column `name` itself, or `name::<type>` with the ALTER's own type.
@@ -153,8 +206,9 @@ unsafe fn field_name<'a>(field: *mut pg_sys::Node) -> Option<&'a CStr> {
         .then(|| CStr::from_ptr((*(field as *mut pg_sys::String)).sval))
 }
 
-/// The relation has koherent's history triggers (it, or the partitioned table it belongs to,
-/// is tracked): its trigger `koherent_history_update` runs a function of schema koherent.
+/// The relation has koherent's history writer among its triggers (it, or the partitioned
+/// table it belongs to, is tracked): a trigger running `koherent._history_trigger`, whatever
+/// the trigger is named (an owner may rename it).
 unsafe fn tracked(relid: pg_sys::Oid) -> bool {
     let koherent = pg_sys::get_namespace_oid(c"koherent".as_ptr(), true);
     if koherent == pg_sys::InvalidOid {
@@ -168,8 +222,10 @@ unsafe fn tracked(relid: pg_sys::Oid) -> bool {
     let found = !desc.is_null()
         && (0..(*desc).numtriggers as usize).any(|i| {
             let t = &*(*desc).triggers.add(i);
-            CStr::from_ptr(t.tgname) == c"koherent_history_update"
-                && pg_sys::get_func_namespace(t.tgfoid) == koherent
+            pg_sys::get_func_namespace(t.tgfoid) == koherent && {
+                let name = pg_sys::get_func_name(t.tgfoid);
+                !name.is_null() && CStr::from_ptr(name) == c"_history_trigger"
+            }
         });
     pg_sys::RelationClose(rel);
     found
@@ -186,8 +242,87 @@ unsafe fn relation(rv: *mut pg_sys::RangeVar) -> pg_sys::Oid {
     )
 }
 
+/// `DROP SCHEMA ... CASCADE`: the partitions of tracked tables in the schemas (whose tracked
+/// table is not: that one goes whole, its history kept), as `DROP TABLE` of each.
+unsafe fn dropped_schemas(drop: *mut pg_sys::DropStmt) {
+    if (*drop).behavior != pg_sys::DropBehavior::DROP_CASCADE {
+        return;
+    }
+    let mut schemas = Vec::new();
+    for name in PgList::<pg_sys::Node>::from_pg((*drop).objects).iter_ptr() {
+        if let Some(n) = field_name(name) {
+            let nsp = pg_sys::get_namespace_oid(n.as_ptr(), true);
+            if nsp != pg_sys::InvalidOid {
+                schemas.push(nsp);
+            }
+        }
+    }
+    doomed_partitions(c"c.relnamespace", &schemas);
+}
+
+/// `DROP OWNED BY ...`: the partitions of tracked tables the roles own (whose tracked table
+/// they do not), as `DROP TABLE` of each.
+unsafe fn dropped_owned(drop: *mut pg_sys::DropOwnedStmt) {
+    let mut roles = Vec::new();
+    for role in PgList::<pg_sys::RoleSpec>::from_pg((*drop).roles).iter_ptr() {
+        let oid = pg_sys::get_rolespec_oid(role, true);
+        if oid != pg_sys::InvalidOid {
+            roles.push(oid);
+        }
+    }
+    doomed_partitions(c"c.relowner", &roles);
+}
+
+/// Record the rows of every partition of a tracked table whose `column` (of pg_class `c`) is
+/// one of `oids` while its tracked table's is not, before they go.
+unsafe fn doomed_partitions(column: &CStr, oids: &[pg_sys::Oid]) {
+    if oids.is_empty()
+        || pg_sys::get_namespace_oid(c"koherent".as_ptr(), true) == pg_sys::InvalidOid
+    {
+        return;
+    }
+    let list = oids
+        .iter()
+        .map(|o| o.to_u32().to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let col = column.to_str().expect("ascii");
+    let query = std::ffi::CString::new(format!(
+        "SELECT c.oid FROM pg_catalog.pg_class c WHERE c.relispartition AND {col} IN ({list}) \
+         AND EXISTS (SELECT 1 FROM pg_catalog.pg_trigger g JOIN pg_catalog.pg_proc p ON p.oid = g.tgfoid \
+                      WHERE g.tgrelid = c.oid AND p.proname = '_history_trigger' \
+                        AND p.pronamespace = 'koherent'::pg_catalog.regnamespace) \
+         AND (SELECT {rcol} FROM pg_catalog.pg_class r WHERE r.oid = pg_catalog.pg_partition_root(c.oid)) \
+             NOT IN ({list})",
+        rcol = col.replace("c.", "r."),
+    ))
+    .expect("no NUL");
+    if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
+        KoherentError::Internal("SPI_connect failed".into()).raise();
+    }
+    let rc = pg_sys::SPI_execute(query.as_ptr(), true, 0);
+    let mut parts = Vec::new();
+    if rc == pg_sys::SPI_OK_SELECT as i32 {
+        let table = pg_sys::SPI_tuptable;
+        for i in 0..pg_sys::SPI_processed as usize {
+            let mut isnull = false;
+            let d = pg_sys::SPI_getbinval(*(*table).vals.add(i), (*table).tupdesc, 1, &mut isnull);
+            if !isnull {
+                parts.push(pg_sys::Oid::from(d.value() as u32));
+            }
+        }
+    }
+    pg_sys::SPI_finish();
+    for part in parts {
+        dropped_partition(part);
+    }
+}
+
 /// `DROP TABLE` of partitions of a tracked table: their rows, as TRUNCATE entries.
 unsafe fn dropped_partitions(drop: *mut pg_sys::DropStmt) {
+    if (*drop).removeType == pg_sys::ObjectType::OBJECT_SCHEMA {
+        return dropped_schemas(drop);
+    }
     if (*drop).removeType != pg_sys::ObjectType::OBJECT_TABLE {
         return;
     }
@@ -196,9 +331,22 @@ unsafe fn dropped_partitions(drop: *mut pg_sys::DropStmt) {
         let rv = pg_sys::makeRangeVarFromNameList(names);
         let relid = relation(rv);
         if relid != pg_sys::InvalidOid && pg_sys::get_rel_relispartition(relid) && tracked(relid) {
-            record_partition_rows(relid, relid, c"TRUNCATE");
+            dropped_partition(relid);
         }
     }
+}
+
+/// A partition of a tracked table about to be dropped: its rows, as TRUNCATE entries.
+unsafe fn dropped_partition(relid: pg_sys::Oid) {
+    // (DROP's own locks first, in its order: the parent, then the partition)
+    #[cfg(not(feature = "pg13"))]
+    let parent =
+        pg_sys::ffi::pg_guard_ffi_boundary(|| crate::ffi::get_partition_parent(relid, false));
+    #[cfg(feature = "pg13")]
+    let parent = pg_sys::ffi::pg_guard_ffi_boundary(|| crate::ffi::get_partition_parent(relid));
+    pg_sys::LockRelationOid(parent, pg_sys::AccessExclusiveLock as _);
+    pg_sys::LockRelationOid(relid, pg_sys::AccessExclusiveLock as _);
+    record_partition_rows(relid, relid, c"TRUNCATE");
 }
 
 /// Run `koherent._record_partition_rows(parent, part, kind)` as the extension owner.
@@ -271,4 +419,49 @@ unsafe fn extension_owner() -> pg_sys::Oid {
         KoherentError::Internal("the koherent extension has no owner".into()).raise();
     }
     owner
+}
+
+/// `ALTER TYPE ... RENAME VALUE` of an enum that history holds values of (the type, an array or
+/// a domain of it, in a history table): every recorded value would read as the new label, and a
+/// tracked table's rows would change with no entry. Refused.
+unsafe fn renamed_enum_value(stmt: *mut pg_sys::AlterEnumStmt) {
+    if (*stmt).oldVal.is_null() {
+        return; // ADD VALUE: nothing recorded changes
+    }
+    let typ = pg_sys::typenameTypeId(
+        std::ptr::null_mut(),
+        pg_sys::makeTypeNameFromNameList((*stmt).typeName),
+    );
+    if pg_sys::get_namespace_oid(c"koherent_history".as_ptr(), true) == pg_sys::InvalidOid {
+        return;
+    }
+    if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
+        KoherentError::Internal("SPI_connect failed".into()).raise();
+    }
+    let mut types = [pg_sys::OIDOID];
+    let mut values = [pg_sys::Datum::from(typ)];
+    let nulls = [b' ' as std::ffi::c_char; 1];
+    let rc = pg_sys::SPI_execute_with_args(
+        c"SELECT 1 FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
+          JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
+          WHERE c.relnamespace = 'koherent_history'::pg_catalog.regnamespace AND NOT a.attisdropped \
+          AND (t.oid = $1 OR t.typelem = $1 OR t.typbasetype = $1) LIMIT 1"
+            .as_ptr(),
+        1,
+        types.as_mut_ptr(),
+        values.as_mut_ptr(),
+        nulls.as_ptr(),
+        true,
+        1,
+    );
+    let used = rc == pg_sys::SPI_OK_SELECT as i32 && pg_sys::SPI_processed > 0;
+    pg_sys::SPI_finish();
+    if used {
+        KoherentError::EnumRenamed {
+            typ: CStr::from_ptr(pg_sys::format_type_be(typ))
+                .to_string_lossy()
+                .into_owned(),
+        }
+        .raise();
+    }
 }

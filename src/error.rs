@@ -26,13 +26,17 @@ pub enum KoherentError {
         given: String,
     },
     #[error(
-        "{name} was set for the session by an earlier transaction (SET without LOCAL, or set_config(..., false)); koherent takes it only from the transaction that writes"
+        "{name} was not set by this transaction (a session's SET of an earlier transaction, or a role's or database's default); koherent takes it only from the transaction that writes"
     )]
     SettingCarriedOver { name: &'static str },
     #[error(
-        "ALTER COLUMN {column} TYPE ... USING an expression would rewrite the values of tracked table {table} without history"
+        "ALTER COLUMN {column} TYPE ... would rewrite the values of tracked table {table} without history (by an expression, or by a cast to or from a type that is not PostgreSQL's own)"
     )]
     UnrecordedRewrite { table: String, column: String },
+    #[error("ALTER TYPE {typ} RENAME VALUE would change values history recorded")]
+    EnumRenamed { typ: String },
+    #[error("DETACH PARTITION CONCURRENTLY of tracked table {table} could not record the rows it removes")]
+    DetachConcurrently { table: String },
     #[error("the context id {id} given to koherent.set_context_id is already recorded by another transaction")]
     ContextIdTaken { id: String },
     #[error("the key \"{kid}\" of issuer \"{issuer}\" that signed this transaction's token is no longer trusted")]
@@ -112,7 +116,9 @@ impl KoherentError {
             KoherentError::ContextIdTaken { .. } => ERRCODE_UNIQUE_VIOLATION,
             KoherentError::MergeMovesRows { .. }
             | KoherentError::MergeBehindTrigger { .. }
-            | KoherentError::UnrecordedRewrite { .. } => ERRCODE_FEATURE_NOT_SUPPORTED,
+            | KoherentError::UnrecordedRewrite { .. }
+            | KoherentError::DetachConcurrently { .. }
+            | KoherentError::EnumRenamed { .. } => ERRCODE_FEATURE_NOT_SUPPORTED,
             KoherentError::TaskAlreadyFixed { .. }
             | KoherentError::ContextAlreadyWritten { .. }
             | KoherentError::ContextChanged { .. }
@@ -143,6 +149,12 @@ impl KoherentError {
             KoherentError::MergeMovesRows { .. } => Some("reason: merge_moves_rows".into()),
             KoherentError::MergeBehindTrigger { .. } => Some("reason: merge_behind_trigger".into()),
             KoherentError::MoverUnknown { .. } => Some("reason: mover_unknown".into()),
+            KoherentError::DetachConcurrently { .. } => {
+                Some("reason: detach_concurrently".into())
+            }
+            KoherentError::EnumRenamed { .. } => Some(
+                "reason: enum_renamed (history holds values of this type; every recorded value would read as the new label, the tracked tables' rows change with no entry)".into(),
+            ),
             KoherentError::UnrecordedRewrite { .. } => Some(
                 "reason: unrecorded_rewrite (no history trigger fires for a table rewrite; history's values of the column are converted by a plain cast)".into(),
             ),
@@ -151,7 +163,7 @@ impl KoherentError {
             KoherentError::RevertTwice => Some("reason: revert_twice".into()),
             KoherentError::ContextChanged { .. } => Some("reason: context_changed".into()),
             KoherentError::SettingCarriedOver { .. } => Some(
-                "reason: setting_carried_over (behind a transaction pooler a session's setting reaches the transactions of other clients on its server connection)".into(),
+                "reason: setting_carried_over (behind a transaction pooler a session's setting or a default reaches the transactions of other clients)".into(),
             ),
             KoherentError::ContextIdTaken { .. } => Some("reason: context_id_taken".into()),
             KoherentError::OrganizationMismatch { .. } => {
@@ -199,7 +211,13 @@ impl KoherentError {
                 "Move such rows with UPDATE (recorded), or with DELETE and INSERT.",
             ),
             KoherentError::UnrecordedRewrite { .. } => Some(
-                "Change the values with UPDATE first (recorded), then ALTER COLUMN ... TYPE ... with no USING, or USING the column's plain cast to the new type.",
+                "Change the values with UPDATE first (recorded), then ALTER COLUMN ... TYPE ... with no USING, or USING the column's plain cast to the new type; to or from a type that is not PostgreSQL's own: add a column of the new type, fill it with UPDATE, drop the old one.",
+            ),
+            KoherentError::EnumRenamed { .. } => Some(
+                "Add the new label (ALTER TYPE ... ADD VALUE), move the rows to it with UPDATE (recorded); the old label stays in the type.",
+            ),
+            KoherentError::DetachConcurrently { .. } => Some(
+                "Use DETACH PARTITION (its rows are recorded as it removes them): rows written through the table while a concurrent detach runs would escape history.",
             ),
             KoherentError::MergeBehindTrigger { .. } => Some(
                 "Triggers fire in name order: rename the trigger so that its name sorts before koherent_merge_guard, or update these rows with UPDATE.",
@@ -226,7 +244,7 @@ impl KoherentError {
                 "A task id belongs to the organization it was first recorded in (the token's koherent.organization_claim, else koherent.organization): write it from that organization.",
             ),
             KoherentError::SettingCarriedOver { .. } => Some(
-                "Set it in the transaction that writes: SET LOCAL, or set_config(name, value, true). RESET clears the session's value.",
+                "Set it in the transaction that writes: SET LOCAL, or set_config(name, value, true). RESET clears a session's value; ALTER ROLE/DATABASE ... RESET a default.",
             ),
             KoherentError::RevertTwice => Some(
                 "Commit, then revert the next task in a transaction of its own: each revert's context records what it reverted.",

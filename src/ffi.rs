@@ -39,6 +39,11 @@ extern "C-unwind" {
         dest: *mut pg_sys::DestReceiver,
         qc: *mut pg_sys::QueryCompletion,
     );
+    // catalog/partition.h (not in pgrx's bindings): a partition's parent
+    #[cfg(not(feature = "pg13"))]
+    pub fn get_partition_parent(relid: pg_sys::Oid, even_if_detached: bool) -> pg_sys::Oid;
+    #[cfg(feature = "pg13")]
+    pub fn get_partition_parent(relid: pg_sys::Oid) -> pg_sys::Oid;
     // utils/guc.h and executor/spi.h, unwrapped: koherent._as_caller calls them inside its own
     // PG_TRY (src/revert/mod.rs), so that an error reaches the client untouched.
     pub fn NewGUCNestLevel() -> std::ffi::c_int;

@@ -5,7 +5,7 @@
 //! | `koherent.audience` | text | unset | superuser, `ALTER DATABASE/ROLE ... SET` by a superuser |
 //! | `koherent.clock_skew` | int (s) | 0 | superuser, as above |
 //! | `koherent.accept_eddsa_alg` | bool | off | superuser, as above |
-//! | `koherent.task_token` | text | unset | anyone (it carries a token in, never a verdict out); like `organization` and `app_user`, taken only from the writing transaction (a session value an earlier transaction set is refused: `setting_carried_over`) |
+//! | `koherent.task_token` | text | unset | anyone (it carries a token in, never a verdict out); like `organization` and `app_user`, taken only from the writing transaction (a session value an earlier transaction set, or a role's or database's default, is refused: `setting_carried_over`) |
 //! | `koherent.seal_databases` | text | unset | postgresql.conf, read at server start: the databases a background sealer seals (comma-separated; koherent in `shared_preload_libraries`) |
 //! | `koherent.seal_interval` | int (s) | 60 | postgresql.conf (reload): how often the sealer calls `koherent.seal()`; 0 stops it |
 //! | `koherent.row_key_lookup` | bool | on | anyone: off stops the planner deriving `pk = value` from `row_key = '{...}'` (src/planner.rs) |
@@ -176,11 +176,13 @@ fn exact_setting(s: &GucSetting<Option<CString>>) -> Option<String> {
 }
 
 /// `koherent.organization`, `koherent.app_user`, `koherent.task_token`: what the transaction
-/// that writes says. A value set for the session by an earlier transaction (`SET` without
-/// `LOCAL`, `set_config(..., false)`) is refused (`setting_carried_over`): behind a transaction
-/// pooler it is another client's, whose server connection this transaction got. Values set in
-/// this transaction (at any level: `SET LOCAL`, `SET`, a function's `SET` clause) and defaults
-/// (`ALTER ROLE/DATABASE ... SET`, the connection's options, postgresql.conf) are taken.
+/// that writes says, and nothing else. A value this transaction did not set is refused
+/// (`setting_carried_over`): one set for the session by an earlier transaction (`SET` without
+/// `LOCAL`, `set_config(..., false)`) is, behind a transaction pooler, another client's, whose
+/// server connection this transaction got; a default (`ALTER ROLE/DATABASE ... SET`, which a
+/// role may set for itself, the connection's options, postgresql.conf) would be every
+/// client's. Values set in this transaction at any level (`SET LOCAL`, `SET`, a function's `SET`
+/// clause) are taken.
 pub fn organization() -> Option<String> {
     exact_setting(&ORGANIZATION).inspect(|_| refuse_carried_over(c"koherent.organization"))
 }
@@ -214,9 +216,9 @@ thread_local! {
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Whether the setting's value comes from a `SET` of an earlier transaction of this session: its
-/// source is the session's and no transaction level of this one set it (PostgreSQL keeps a
-/// stack of the values a setting had before each level of the open transaction changed it).
+/// Whether the setting's value was not set by this transaction: no transaction level of this
+/// one set it (PostgreSQL keeps a stack of the values a setting had before each level of the
+/// open transaction changed it), so it is a default or a session's value.
 fn carried_over(name: &'static std::ffi::CStr) -> bool {
     use pgrx::pg_sys;
     let entry = ENTRIES.with(|e| {
@@ -233,7 +235,7 @@ fn carried_over(name: &'static std::ffi::CStr) -> bool {
         return false;
     }
     let g = entry as *const pg_sys::config_generic;
-    unsafe { (*g).stack.is_null() && (*g).source == pg_sys::GucSource::PGC_S_SESSION }
+    unsafe { (*g).stack.is_null() }
 }
 
 #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]

@@ -495,8 +495,8 @@ def test_a_session_setting_carried_over_from_an_earlier_transaction_is_refused(i
     that writes says: a value set for the session by an earlier transaction (SET without LOCAL,
     set_config(..., false); behind a transaction pooler, another client's) makes a tracked write
     fail with 55000 setting_carried_over, nothing written. A value set in the writing transaction
-    (SET LOCAL, set_config(..., true), or SET in it), a role's default (ALTER ROLE ... SET) and a
-    RESET are taken."""
+    (SET LOCAL, set_config(..., true), or SET in it) and a RESET are taken; a role's default
+    (ALTER ROLE ... SET, which the role may set for itself) is refused."""
     value = mint("t-carried") if name == "koherent.task_token" else "acme"
     col = {"koherent.app_user": "app_user", "koherent.organization": "organization",
            "koherent.task_token": "task_id"}[name]
@@ -506,7 +506,7 @@ def test_a_session_setting_carried_over_from_an_earlier_transaction_is_refused(i
             c.execute(how.format(n=name, v=value))
             with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as e:
                 c.execute("INSERT INTO item (id, qty) VALUES (1, 1)")
-            assert e.value.diag.message_primary.startswith(f"koherent: {name} was set for the session by an earlier transaction")
+            assert e.value.diag.message_primary.startswith(f"koherent: {name} was not set by this transaction")
             assert e.value.diag.message_detail.startswith("reason: setting_carried_over")
             assert "SET LOCAL" in e.value.diag.message_hint
             # set again in the writing transaction (session-level or local): taken
@@ -525,12 +525,20 @@ def test_a_session_setting_carried_over_from_an_earlier_transaction_is_refused(i
             ("2", shown), ("3", shown), ("4", None)]
         item.sql("DELETE FROM item")
         item.sql("DELETE FROM koherent_history.item")
-    # a role's default is no other client's: taken
-    if name != "koherent.task_token":
-        item.sql(f"ALTER ROLE {APP_ROLE} IN DATABASE {item.name} SET {name} = 'dflt'")
-        try:
-            with item.conn(user=APP_ROLE) as c:
+    # a role's default, which the role may set for itself (ALTER ROLE ... SET), is every
+    # pooled client's: refused too; set in the transaction, taken
+    with item.conn(user=APP_ROLE) as c:
+        c.execute("SELECT koherent.current_context_id()")   # (the library defines the setting)
+        c.execute(f"ALTER ROLE {APP_ROLE} IN DATABASE {item.name} SET {name} = '{value}'")
+    try:
+        with item.conn(user=APP_ROLE) as c:
+            with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as e:
                 c.execute("INSERT INTO item (id, qty) VALUES (5, 1)")
-            assert item.sql(f"SELECT {col} FROM koherent.provenance_entry WHERE row_key->>'id' = '5'") == [("dflt",)]
-        finally:
-            item.sql(f"ALTER ROLE {APP_ROLE} IN DATABASE {item.name} RESET {name}")
+            assert e.value.diag.message_detail.startswith("reason: setting_carried_over")
+            c.execute("BEGIN")
+            c.execute(f"SET LOCAL {name} = '{value}'")
+            c.execute("INSERT INTO item (id, qty) VALUES (6, 1)")
+            c.execute("COMMIT")
+        assert item.sql(f"SELECT row_key->>'id', {col} FROM koherent.provenance_entry") == [("6", shown)]
+    finally:
+        item.sql(f"ALTER ROLE {APP_ROLE} IN DATABASE {item.name} RESET {name}")

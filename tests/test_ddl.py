@@ -275,3 +275,31 @@ def test_a_type_change_that_rewrites_values_with_an_expression_is_refused(db):
     db.sql("SELECT koherent.untrack('rw')")
     db.sql("ALTER TABLE rw ALTER COLUMN qty TYPE bigint USING qty * 10")
     assert db.sql("SELECT qty FROM rw ORDER BY id") == [(50,), (70,)]
+
+
+def test_a_recorded_enum_label_cannot_be_renamed(db):
+    """ALTER TYPE ... RENAME VALUE relabels every value of the enum in place: history's
+    recorded values would read as the new label and the tracked table's rows change with no
+    entry. Refused (0A000 enum_renamed) for an enum history holds (also as an array or a domain
+    of it); ADD VALUE, and a rename of an enum no history holds, go through."""
+    import pytest as _pytest
+
+    db.sql("CREATE TYPE st AS ENUM ('approved', 'rejected')")
+    db.sql("CREATE TYPE other AS ENUM ('x')")
+    db.sql("CREATE DOMAIN st_d AS st")
+    db.sql("CREATE TABLE e1 (id int PRIMARY KEY, s st)")
+    db.sql("CREATE TABLE e2 (id int PRIMARY KEY, s st_d[])")
+    db.sql("SELECT koherent.track('e1')")
+    db.sql("INSERT INTO e1 VALUES (1, 'rejected')")
+    db.sql("UPDATE e1 SET s = 'approved'")
+    with _pytest.raises(psycopg.errors.FeatureNotSupported) as e:
+        db.sql("ALTER TYPE st RENAME VALUE 'approved' TO 'denied'")
+    assert e.value.diag.message_detail.startswith("reason: enum_renamed") and "ADD VALUE" in e.value.diag.message_hint
+    db.sql("ALTER TYPE st ADD VALUE 'pending'")
+    db.sql("ALTER TYPE other RENAME VALUE 'x' TO 'y'")
+    assert [r[0] for r in db.sql("SELECT row_data->>'s' FROM koherent.provenance_entry ORDER BY history_id")] == [
+        "rejected", "approved"]
+    db.sql("SELECT koherent.untrack('e1')")
+    db.sql("SELECT koherent.track('e2')")   # (history of e1 is kept: still refused)
+    with _pytest.raises(psycopg.errors.FeatureNotSupported):
+        db.sql("ALTER TYPE st RENAME VALUE 'approved' TO 'denied'")

@@ -117,3 +117,83 @@ def test_partitions_attached_detached_or_dropped_are_recorded(db):
     assert db.one("SELECT count(*) FROM pg_inherits WHERE inhrelid = 'pp3'::regclass") == 1
     db.sql("SELECT koherent.seal()")
     assert db.sql("SELECT problem FROM koherent.verify_history()") == []
+
+
+def test_partition_moves_wait_for_writers_and_drops_by_schema_or_owner_are_recorded(db):
+    """A transaction writing a partition when it is attached or detached: the statement waits
+    for it (the rows are recorded under the statement's locks), so what it wrote is recorded as
+    added or removed (it was recorded before the lock: a row attached with no CREATE, a row
+    detached with no TRUNCATE). DETACH ... CONCURRENTLY of a tracked table is refused (0A000
+    detach_concurrently). DROP SCHEMA ... CASCADE and DROP OWNED of a partition record its rows
+    as DROP TABLE does. A renamed history trigger is still koherent's."""
+    import threading
+    import time
+
+    import psycopg
+    import pytest
+
+    from conftest import APP_ROLE, write
+
+    db.sql("CREATE TABLE pw (id int, k int, PRIMARY KEY (id, k)) PARTITION BY RANGE (k)")
+    db.sql("CREATE TABLE pw1 PARTITION OF pw FOR VALUES FROM (0) TO (10)")
+    db.sql("SELECT koherent.track('pw')")
+    db.sql("CREATE TABLE pw2 (id int, k int, PRIMARY KEY (id, k))")
+    db.sql("INSERT INTO pw2 VALUES (10, 15)")
+    db.sql(f"GRANT ALL ON pw, pw1, pw2 TO {APP_ROLE}")
+
+    def racing(writer_sql, ddl):
+        w = db.conn(user=APP_ROLE, autocommit=False)
+        w.execute(writer_sql)
+        done = {}
+
+        def run():
+            with db.conn() as c:
+                c.execute(ddl)
+                done["ok"] = True
+
+        t = threading.Thread(target=run)
+        t.start()
+        deadline = time.time() + 10
+        while db.one("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                     "AND query LIKE %s", [ddl[:25] + "%"]) == 0:
+            assert time.time() < deadline and t.is_alive()
+            time.sleep(0.05)
+        w.commit()
+        w.close()
+        t.join(10)
+        assert done == {"ok": True}
+
+    racing("INSERT INTO pw2 VALUES (11, 16)", "ALTER TABLE pw ATTACH PARTITION pw2 FOR VALUES FROM (10) TO (20)")
+    racing("INSERT INTO pw VALUES (12, 3)", "ALTER TABLE pw DETACH PARTITION pw1")
+    got = db.sql("SELECT kind, row_key->>'id' FROM koherent.provenance_entry WHERE table_name = 'pw'::regclass "
+                 "ORDER BY history_id")
+    assert got == [("CREATE", "10"), ("CREATE", "11"), ("CREATE", "12"), ("TRUNCATE", "12")]
+    with pytest.raises(psycopg.errors.FeatureNotSupported) as e:
+        db.sql("ALTER TABLE pw DETACH PARTITION pw2 CONCURRENTLY")
+    assert e.value.diag.message_detail == "reason: detach_concurrently"
+    # DROP SCHEMA ... CASCADE and DROP OWNED BY take partitions with them
+    db.sql("CREATE SCHEMA s1")
+    db.sql("CREATE TABLE s1.pw3 PARTITION OF pw FOR VALUES FROM (20) TO (30)")
+    db.sql("CREATE ROLE koherent_test_pw_owner")
+    try:
+        db.sql("CREATE TABLE pw4 PARTITION OF pw FOR VALUES FROM (30) TO (40)")
+        db.sql("ALTER TABLE pw4 OWNER TO koherent_test_pw_owner")
+        write(db, "INSERT INTO pw VALUES (20, 25), (30, 35)")
+        db.sql("DROP SCHEMA s1 CASCADE")
+        db.sql("DROP OWNED BY koherent_test_pw_owner")
+    finally:
+        db.sql("DROP ROLE koherent_test_pw_owner")
+    assert db.sql("SELECT kind, row_key->>'id' FROM koherent.provenance_entry WHERE table_name = 'pw'::regclass "
+                  "AND row_key->>'id' IN ('20', '30') ORDER BY history_id") == [
+        ("CREATE", "20"), ("CREATE", "30"), ("TRUNCATE", "20"), ("TRUNCATE", "30")]
+    # a renamed history trigger is still koherent's: a rewrite stays refused
+    db.sql("ALTER TRIGGER koherent_history_update ON pw RENAME TO renamed")
+    with pytest.raises(psycopg.errors.FeatureNotSupported):
+        db.sql("ALTER TABLE pw ALTER COLUMN id TYPE bigint USING id * 7")
+    # and the next ALTER TABLE puts the triggers back once (the renamed one goes): one entry
+    db.sql("ALTER TABLE pw ADD COLUMN note text")
+    before = db.one("SELECT count(*) FROM koherent.provenance_entry WHERE table_name = 'pw'::regclass")
+    write(db, "UPDATE pw SET note = 'x' WHERE id = 10")
+    assert db.one("SELECT count(*) FROM koherent.provenance_entry WHERE table_name = 'pw'::regclass") == before + 1
+    db.sql("SELECT koherent.seal()")
+    assert db.sql("SELECT problem FROM koherent.verify_history()") == []

@@ -8,6 +8,7 @@ ROOT = "."
 CHANGED = {"sql/views.sql": ["_rebuild_views", "_object_expr", "_row_data_expr", "_key_object_expr", "_entry_select", "_table_literal"],
            "sql/columns.sql": ["_sync_history_columns"],
            "sql/ddl.sql": ["_record_partition_rows"],
+           "sql/triggers.sql": ["_drop_triggers"],
            "sql/as_of.sql": ["_as_of_builtin_key", "_as_of_key_filter", "_as_of_entry_columns", "_as_of_key",
                              "_as_of_rows", "_as_of_entries", "_row_as_of_lookup", "_task_started", "_as_of_check", "as_of", "as_of_task",
                              "_as_of_select", "row_as_of"],
@@ -56,7 +57,7 @@ LANGUAGE c STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'koherent_jsonb_object';
 CREATE FUNCTION koherent._on_ddl_start() RETURNS event_trigger
 LANGUAGE c AS 'MODULE_PATHNAME', 'koherent_on_ddl_start';
 CREATE EVENT TRIGGER koherent_ddl_start ON ddl_command_start
-    WHEN TAG IN ('ALTER TABLE', 'DROP TABLE')
+    WHEN TAG IN ('ALTER TABLE', 'DROP TABLE', 'ALTER TYPE', 'DROP SCHEMA', 'DROP OWNED')
     EXECUTE FUNCTION koherent._on_ddl_start();
 -- (now take the condition that picks the entries, the contexts the entries are among)
 DROP FUNCTION koherent._revert_threads_sql(koherent.tracked_config);
