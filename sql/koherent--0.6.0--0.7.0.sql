@@ -2542,27 +2542,38 @@ COMMENT ON FUNCTION koherent.digest() IS
 -- table's columns in progress, which renames, retypes or retires its history table's columns,
 -- or a prune() dropping partitions, commits first). The statements after it read the columns,
 -- their epochs and the partitions as they are then. A history table dropped meanwhile is left
--- out.
+-- out. All at once without waiting; when one is busy, none is held while waiting for each busy
+-- one alone (a transaction altering two tracked tables would otherwise deadlock with a seal
+-- holding the first while it waits for the second), then all again.
 CREATE FUNCTION koherent._lock_history(mode text) RETURNS void
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    tables text;
+    tables text[];
+    t text;
 BEGIN
     IF mode IS DISTINCT FROM 'ACCESS SHARE' THEN
         RAISE EXCEPTION 'koherent._lock_history: unknown mode %', mode USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    FOR attempt IN 1 .. 3 LOOP
-        SELECT string_agg(format('koherent_history.%I', c.history_table), ', ' ORDER BY c.id) INTO tables
+    LOOP
+        SELECT array_agg(format('koherent_history.%I', c.history_table) ORDER BY c.id) INTO tables
           FROM koherent.tracked_config c WHERE to_regclass(format('koherent_history.%I', c.history_table)) IS NOT NULL;
         IF tables IS NULL THEN
             RETURN;
         END IF;
         BEGIN
-            EXECUTE format('LOCK TABLE %s IN ACCESS SHARE MODE', tables);
+            EXECUTE format('LOCK TABLE %s IN ACCESS SHARE MODE NOWAIT', array_to_string(tables, ', '));
             RETURN;
-        EXCEPTION WHEN undefined_table THEN
-            NULL;  -- dropped between the list and the lock: list them again
+        EXCEPTION WHEN lock_not_available OR undefined_table THEN
+            NULL;  -- (the subtransaction's locks are released)
         END;
+        FOREACH t IN ARRAY tables LOOP
+            BEGIN
+                EXECUTE format('LOCK TABLE %s IN ACCESS SHARE MODE', t);
+                RAISE EXCEPTION USING ERRCODE = 'P0004';  -- waited for it: let it go again
+            EXCEPTION WHEN assert_failure OR undefined_table THEN
+                NULL;
+            END;
+        END LOOP;
     END LOOP;
 END $$;
 

@@ -580,3 +580,39 @@ def test_seal_and_verify_wait_for_a_change_of_columns_in_progress(db, ddl):
             ddl = {"ALTER TABLE it ALTER COLUMN qty TYPE bigint": "ALTER TABLE it ALTER COLUMN qty TYPE numeric",
                    "ALTER TABLE it RENAME COLUMN note TO memo": "ALTER TABLE it RENAME COLUMN memo TO note",
                    "ALTER TABLE it ADD COLUMN extra int": "ALTER TABLE it DROP COLUMN extra"}[ddl]
+
+
+def test_a_seal_waiting_for_one_altered_table_holds_no_other(db):
+    """A transaction alters one tracked table, a seal starts (and waits for that table's
+    history), then the transaction alters a second tracked table: the seal holds no lock on the
+    second while it waits, so both go through (it deadlocked: 40P01, the seal failed)."""
+    db.sql("CREATE TABLE d1 (id int PRIMARY KEY)")
+    db.sql("CREATE TABLE d2 (id int PRIMARY KEY)")
+    db.sql("SELECT koherent.track('d1'), koherent.track('d2')")
+    write(db, ["INSERT INTO d1 VALUES (1)", "INSERT INTO d2 VALUES (1)"])
+    a = db.conn(autocommit=False)
+    a.execute("ALTER TABLE d2 ADD COLUMN x int")
+    result = {}
+
+    def seal():
+        try:
+            with db.conn() as c:
+                result["r"] = c.execute("SELECT koherent.seal()").fetchone()[0]
+        except psycopg.Error as e:
+            result["e"] = e
+
+    t = threading.Thread(target=seal)
+    t.start()
+    deadline = time.time() + 10
+    while db.one("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                 "AND query LIKE %s", ["%koherent.seal()%"]) == 0:
+        assert time.time() < deadline and t.is_alive(), result
+        time.sleep(0.05)
+    a.execute("SET lock_timeout = '5s'")
+    a.execute("ALTER TABLE d1 ADD COLUMN y int")   # (its history table is not the seal's)
+    a.commit()
+    a.close()
+    t.join(10)
+    assert "e" not in result, result
+    assert result["r"]["sealed_entries"] == 2
+    assert db.sql("SELECT problem FROM koherent.verify_history()") == []
