@@ -130,8 +130,8 @@ unsafe fn check(stmt: *mut pg_sys::Node) {
     for cmd in retypes {
         let def = (*cmd).def as *mut pg_sys::ColumnDef;
         let name = CStr::from_ptr((*cmd).name);
-        let by_expression =
-            !(*def).raw_default.is_null() && !plain((*def).raw_default, name, (*def).typeName);
+        let by_expression = !(*def).raw_default.is_null()
+            && !plain((*def).raw_default, name, (*def).typeName, (*at).relation);
         if by_expression || owners_cast(relid, name, (*def).typeName) {
             KoherentError::UnrecordedRewrite {
                 table: crate::catalog::rel_name(relid),
@@ -161,15 +161,28 @@ unsafe fn owners_cast(relid: pg_sys::Oid, name: &CStr, typ: *mut pg_sys::TypeNam
     old != new && !(builtin(old) && builtin(new))
 }
 
-/// `expr` is column `name` itself, or `name::<type>` with the ALTER's own type.
-unsafe fn plain(expr: *mut pg_sys::Node, name: &CStr, typ: *mut pg_sys::TypeName) -> bool {
+/// `expr` is column `name` itself (also qualified by the table's name as the ALTER gives it),
+/// or `name::<type>` with the ALTER's own type, either under a COLLATE (which changes no value).
+unsafe fn plain(
+    expr: *mut pg_sys::Node,
+    name: &CStr,
+    typ: *mut pg_sys::TypeName,
+    rv: *mut pg_sys::RangeVar,
+) -> bool {
     match (*expr).type_ {
-        pg_sys::NodeTag::T_ColumnRef => is_column(expr, name),
+        pg_sys::NodeTag::T_ColumnRef => is_column(expr, name, rv),
+        pg_sys::NodeTag::T_CollateClause => {
+            let arg = (*(expr as *mut pg_sys::CollateClause)).arg;
+            !arg.is_null() && plain(arg, name, typ, rv)
+        }
         pg_sys::NodeTag::T_TypeCast => {
             let cast = expr as *mut pg_sys::TypeCast;
             !(*cast).arg.is_null()
-                && (*(*cast).arg).type_ == pg_sys::NodeTag::T_ColumnRef
-                && is_column((*cast).arg, name)
+                && matches!(
+                    (*(*cast).arg).type_,
+                    pg_sys::NodeTag::T_ColumnRef | pg_sys::NodeTag::T_CollateClause
+                )
+                && plain((*cast).arg, name, std::ptr::null_mut(), rv)
                 && !typ.is_null()
                 && same_type((*cast).typeName, typ)
         }
@@ -185,13 +198,18 @@ unsafe fn same_type(a: *mut pg_sys::TypeName, b: *mut pg_sys::TypeName) -> bool 
     ta == tb && ma == mb
 }
 
-unsafe fn is_column(expr: *mut pg_sys::Node, name: &CStr) -> bool {
+unsafe fn is_column(expr: *mut pg_sys::Node, name: &CStr, rv: *mut pg_sys::RangeVar) -> bool {
     let fields = PgList::<pg_sys::Node>::from_pg((*(expr as *mut pg_sys::ColumnRef)).fields);
-    if fields.len() != 1 {
-        return false;
+    let names: Vec<Option<&CStr>> = fields.iter_ptr().map(|f| field_name(f)).collect();
+    let given = |p: *mut std::ffi::c_char| (!p.is_null()).then(|| CStr::from_ptr(p));
+    match names.as_slice() {
+        [Some(c)] => *c == name,
+        [Some(t), Some(c)] => *c == name && given((*rv).relname) == Some(*t),
+        [Some(n), Some(t), Some(c)] => {
+            *c == name && given((*rv).relname) == Some(*t) && given((*rv).schemaname) == Some(*n)
+        }
+        _ => false,
     }
-    let field = fields.get_ptr(0).expect("one field");
-    field_name(field).is_some_and(|f| f == name)
 }
 
 #[cfg(any(feature = "pg13", feature = "pg14"))]

@@ -246,7 +246,8 @@ def test_a_type_change_that_rewrites_values_with_an_expression_is_refused(db):
                'ALTER TABLE rw ALTER COLUMN "Note" TYPE int USING length("Note")',
                "ALTER TABLE rw ALTER COLUMN qty TYPE numeric USING qty::bigint",   # a cast to another type
                "ALTER TABLE rw ALTER COLUMN qty TYPE text USING 'forged'",
-               "ALTER TABLE rw ADD COLUMN extra int, ALTER COLUMN qty TYPE bigint USING id"]
+               "ALTER TABLE rw ADD COLUMN extra int, ALTER COLUMN qty TYPE bigint USING id",
+               "ALTER TABLE rw ALTER COLUMN qty TYPE bigint USING other.qty::bigint"]
     for statement in refused:
         for user in ("postgres", APP_ROLE):
             with db.conn(user=user) as c, pytest.raises(psycopg.errors.FeatureNotSupported) as e:
@@ -261,6 +262,8 @@ def test_a_type_change_that_rewrites_values_with_an_expression_is_refused(db):
                       "ALTER TABLE rw ALTER COLUMN qty TYPE numeric(12,2) USING qty::numeric(12, 2)",
                       "ALTER TABLE rw ALTER COLUMN qty TYPE numeric(12,2) USING (qty)",
                       'ALTER TABLE rw ALTER COLUMN "Note" TYPE varchar(9) USING "Note"::character varying(9)',
+                      'ALTER TABLE rw ALTER COLUMN "Note" TYPE text USING rw."Note" COLLATE "C"',
+                      "ALTER TABLE public.rw ALTER COLUMN qty TYPE numeric(14,2) USING public.rw.qty::numeric(14,2)",
                       "ALTER TABLE rw ALTER COLUMN qty TYPE bigint"]:
         with db.conn(user=APP_ROLE) as c:
             c.execute(statement)
