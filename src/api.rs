@@ -133,7 +133,7 @@ fn _text_out(value: pgrx::AnyElement) -> String {
 /// to_jsonb and casts of it run only built-in code.
 #[pg_extern(stable, parallel_safe, strict)]
 fn _is_builtin_type(typ: pg_sys::Oid) -> bool {
-    unsafe { pg_sys::getBaseType(typ).to_u32() < pg_sys::FirstNormalObjectId }
+    crate::catalog::is_builtin_type(typ)
 }
 
 /// Internal: a type's base type (domains, also of domains, resolved).

@@ -57,6 +57,12 @@ pub unsafe fn koherent_oids() -> KoherentOids {
     n
 }
 
+/// A type of PostgreSQL's own (a domain by its base type): only a superuser can define a cast
+/// between two of them.
+pub fn is_builtin_type(typ: pg_sys::Oid) -> bool {
+    unsafe { pg_sys::getBaseType(typ).to_u32() < pg_sys::FirstNormalObjectId }
+}
+
 /// The oid of relation `name` in schema `nsp`, or `HistoryOutOfSync` when it is missing.
 pub unsafe fn relation_oid(name: &str, nsp: pg_sys::Oid) -> Result<pg_sys::Oid, KoherentError> {
     let c =

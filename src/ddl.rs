@@ -157,7 +157,7 @@ unsafe fn owners_cast(relid: pg_sys::Oid, name: &CStr, typ: *mut pg_sys::TypeNam
     let old = pg_sys::get_atttype(relid, attnum);
     let (mut new, mut typmod) = (pg_sys::InvalidOid, -1);
     pg_sys::typenameTypeIdAndMod(std::ptr::null_mut(), typ, &mut new, &mut typmod);
-    let builtin = |t: pg_sys::Oid| pg_sys::getBaseType(t).to_u32() < pg_sys::FirstNormalObjectId;
+    let builtin = crate::catalog::is_builtin_type;
     old != new && !(builtin(old) && builtin(new))
 }
 
@@ -307,30 +307,17 @@ unsafe fn doomed_partitions(column: &CStr, oids: &[pg_sys::Oid]) {
     let col = column.to_str().expect("ascii");
     let query = std::ffi::CString::new(format!(
         "SELECT c.oid FROM pg_catalog.pg_class c WHERE c.relispartition AND {col} IN ({list}) \
-         AND EXISTS (SELECT 1 FROM pg_catalog.pg_trigger g JOIN pg_catalog.pg_proc p ON p.oid = g.tgfoid \
-                      WHERE g.tgrelid = c.oid AND p.proname = '_history_trigger' \
-                        AND p.pronamespace = 'koherent'::pg_catalog.regnamespace) \
          AND (SELECT {rcol} FROM pg_catalog.pg_class r WHERE r.oid = pg_catalog.pg_partition_root(c.oid)) \
              NOT IN ({list})",
         rcol = col.replace("c.", "r."),
     ))
     .expect("no NUL");
-    if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
-        KoherentError::Internal("SPI_connect failed".into()).raise();
-    }
-    let rc = pg_sys::SPI_execute(query.as_ptr(), true, 0);
-    let mut parts = Vec::new();
-    if rc == pg_sys::SPI_OK_SELECT as i32 {
-        let table = pg_sys::SPI_tuptable;
-        for i in 0..pg_sys::SPI_processed as usize {
-            let mut isnull = false;
-            let d = pg_sys::SPI_getbinval(*(*table).vals.add(i), (*table).tupdesc, 1, &mut isnull);
-            if !isnull {
-                parts.push(pg_sys::Oid::from(d.value() as u32));
-            }
-        }
-    }
-    pg_sys::SPI_finish();
+    let parts: Vec<pg_sys::Oid> = spi(&query, &[], true)
+        .into_iter()
+        .flatten()
+        .map(|d| pg_sys::Oid::from(d.value() as u32))
+        .filter(|&part| tracked(part))
+        .collect();
     for part in parts {
         dropped_partition(part);
     }
@@ -369,39 +356,19 @@ unsafe fn dropped_partition(relid: pg_sys::Oid) {
 
 /// Run `koherent._record_partition_rows(parent, part, kind)` as the extension owner.
 unsafe fn record_partition_rows(parent: pg_sys::Oid, part: pg_sys::Oid, kind: &CStr) {
-    let owner = extension_owner();
-    let mut user = pg_sys::InvalidOid;
-    let mut sec = 0;
-    pg_sys::GetUserIdAndSecContext(&mut user, &mut sec);
-    // (an error here aborts the (sub)transaction, which puts the user back)
-    pg_sys::SetUserIdAndSecContext(owner, sec | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
-    if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
-        KoherentError::Internal("SPI_connect failed".into()).raise();
-    }
-    let mut types = [pg_sys::OIDOID, pg_sys::OIDOID, pg_sys::TEXTOID];
-    let mut values = [
-        pg_sys::Datum::from(parent),
-        pg_sys::Datum::from(part),
-        pg_sys::Datum::from(pg_sys::cstring_to_text(kind.as_ptr())),
-    ];
-    let nulls = [b' ' as std::ffi::c_char; 3];
-    let rc = pg_sys::SPI_execute_with_args(
-        c"SELECT koherent._record_partition_rows($1, $2, $3)".as_ptr(),
-        3,
-        types.as_mut_ptr(),
-        values.as_mut_ptr(),
-        nulls.as_ptr(),
+    let _as_owner = crate::security::AsRole::enter(extension_owner());
+    spi(
+        c"SELECT koherent._record_partition_rows($1, $2, $3)",
+        &[
+            (pg_sys::OIDOID, pg_sys::Datum::from(parent)),
+            (pg_sys::OIDOID, pg_sys::Datum::from(part)),
+            (
+                pg_sys::TEXTOID,
+                pg_sys::Datum::from(pg_sys::cstring_to_text(kind.as_ptr())),
+            ),
+        ],
         false,
-        0,
     );
-    pg_sys::SPI_finish();
-    pg_sys::SetUserIdAndSecContext(user, sec);
-    if rc != pg_sys::SPI_OK_SELECT as i32 {
-        KoherentError::Internal(format!(
-            "koherent._record_partition_rows: SPI failed ({rc})"
-        ))
-        .raise();
-    }
 }
 
 /// The owner of the koherent extension (who owns history).
@@ -453,27 +420,15 @@ unsafe fn renamed_enum_value(stmt: *mut pg_sys::AlterEnumStmt) {
     if pg_sys::get_namespace_oid(c"koherent_history".as_ptr(), true) == pg_sys::InvalidOid {
         return;
     }
-    if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
-        KoherentError::Internal("SPI_connect failed".into()).raise();
-    }
-    let mut types = [pg_sys::OIDOID];
-    let mut values = [pg_sys::Datum::from(typ)];
-    let nulls = [b' ' as std::ffi::c_char; 1];
-    let rc = pg_sys::SPI_execute_with_args(
+    let used = !spi(
         c"SELECT 1 FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
           JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
           WHERE c.relnamespace = 'koherent_history'::pg_catalog.regnamespace AND NOT a.attisdropped \
-          AND (t.oid = $1 OR t.typelem = $1 OR t.typbasetype = $1) LIMIT 1"
-            .as_ptr(),
-        1,
-        types.as_mut_ptr(),
-        values.as_mut_ptr(),
-        nulls.as_ptr(),
+          AND (t.oid = $1 OR t.typelem = $1 OR t.typbasetype = $1) LIMIT 1",
+        &[(pg_sys::OIDOID, pg_sys::Datum::from(typ))],
         true,
-        1,
-    );
-    let used = rc == pg_sys::SPI_OK_SELECT as i32 && pg_sys::SPI_processed > 0;
-    pg_sys::SPI_finish();
+    )
+    .is_empty();
     if used {
         KoherentError::EnumRenamed {
             typ: CStr::from_ptr(pg_sys::format_type_be(typ))
@@ -482,4 +437,42 @@ unsafe fn renamed_enum_value(stmt: *mut pg_sys::AlterEnumStmt) {
         }
         .raise();
     }
+}
+
+/// Run `query` with parameters (type, value) through SPI: the first column of each row it
+/// returns (None for a null; by-value types only, read after SPI is finished).
+unsafe fn spi(
+    query: &CStr,
+    args: &[(pg_sys::Oid, pg_sys::Datum)],
+    read_only: bool,
+) -> Vec<Option<pg_sys::Datum>> {
+    if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
+        KoherentError::Internal("SPI_connect failed".into()).raise();
+    }
+    let mut types: Vec<pg_sys::Oid> = args.iter().map(|a| a.0).collect();
+    let mut values: Vec<pg_sys::Datum> = args.iter().map(|a| a.1).collect();
+    let nulls = vec![b' ' as std::ffi::c_char; args.len()];
+    let rc = pg_sys::SPI_execute_with_args(
+        query.as_ptr(),
+        args.len() as _,
+        types.as_mut_ptr(),
+        values.as_mut_ptr(),
+        nulls.as_ptr(),
+        read_only,
+        0,
+    );
+    let mut rows = Vec::new();
+    if rc == pg_sys::SPI_OK_SELECT as i32 {
+        let table = pg_sys::SPI_tuptable;
+        for i in 0..pg_sys::SPI_processed as usize {
+            let mut isnull = false;
+            let d = pg_sys::SPI_getbinval(*(*table).vals.add(i), (*table).tupdesc, 1, &mut isnull);
+            rows.push((!isnull).then_some(d));
+        }
+    }
+    pg_sys::SPI_finish();
+    if rc != pg_sys::SPI_OK_SELECT as i32 {
+        KoherentError::Internal(format!("SPI failed ({rc}): {}", query.to_string_lossy())).raise();
+    }
+    rows
 }

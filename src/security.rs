@@ -15,27 +15,24 @@ use std::ffi::CString;
 
 use crate::error::{KoherentError, OrRaise};
 
-/// Restores the user id and security context on drop (also when an ERROR unwinds through it;
-/// the transaction's abort would restore them as well).
-struct AsCaller {
+/// Acts as another role until dropped: restores the user id and security context on drop
+/// (also when an ERROR unwinds through it; the transaction's abort would restore them as well).
+pub struct AsRole {
     user: pg_sys::Oid,
     context: i32,
 }
 
-impl AsCaller {
-    unsafe fn enter() -> AsCaller {
+impl AsRole {
+    pub unsafe fn enter(role: pg_sys::Oid) -> AsRole {
         let mut user = pg_sys::InvalidOid;
         let mut context = 0;
         pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
-        pg_sys::SetUserIdAndSecContext(
-            pg_sys::GetOuterUserId(),
-            context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
-        );
-        AsCaller { user, context }
+        pg_sys::SetUserIdAndSecContext(role, context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
+        AsRole { user, context }
     }
 }
 
-impl Drop for AsCaller {
+impl Drop for AsRole {
     fn drop(&mut self) {
         unsafe { pg_sys::SetUserIdAndSecContext(self.user, self.context) };
     }
@@ -77,7 +74,7 @@ pub unsafe fn visible_to_caller(query: &str, key: pg_sys::Datum, typoid: pg_sys:
         // someone else: the client's role is not who runs this
         KoherentError::Restricted.raise();
     }
-    let _as_caller = AsCaller::enter();
+    let _as_caller = AsRole::enter(pg_sys::GetOuterUserId());
     // GUCs the check's code sets (a policy function's set_config) end with it
     let level = pg_sys::NewGUCNestLevel();
     if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
