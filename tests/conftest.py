@@ -160,6 +160,20 @@ def item(db):
     return db
 
 
+def wait_for_lock(db, pattern, thread, state=None, may_finish=False):
+    """Wait (10 s at most) until a backend whose query is LIKE `pattern` waits for a lock, the
+    `thread` that runs it alive all along (`state` shown when not); with `may_finish`, the
+    thread ending without having waited ends the wait too. Whether it waited."""
+    deadline = time.time() + 10
+    while db.one("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE %s",
+                 [pattern]) == 0:
+        if may_finish and not thread.is_alive():
+            return False
+        assert time.time() < deadline and thread.is_alive(), state
+        time.sleep(0.05)
+    return True
+
+
 def sqlstate(excinfo):
     return excinfo.value.sqlstate
 

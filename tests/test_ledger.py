@@ -5,12 +5,11 @@ direct DML on koherent's tables, and must be reported with its location."""
 import hashlib
 import json
 import threading
-import time
 
 import psycopg
 import pytest
 
-from conftest import APP_ROLE, ISSUER, mint, sqlstate, write
+from conftest import APP_ROLE, ISSUER, mint, sqlstate, write, wait_for_lock
 
 
 def verify(db, digests=None):
@@ -558,15 +557,11 @@ def test_seal_and_verify_wait_for_a_change_of_columns_in_progress(db, ddl):
 
         t = threading.Thread(target=run)
         t.start()
-        deadline = time.time() + 10
         pattern = "%koherent.seal()%" if "seal" in what else "%verify_history%"
         # (it waits where the change locked the history table: a column added or dropped
         # leaves the history table's columns as they are)
-        while t.is_alive() and db.one("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                                      "AND query LIKE %s", [pattern]) == 0:
-            assert time.time() < deadline, result
-            time.sleep(0.05)
-        assert t.is_alive() or "DROP" in ddl or "ADD" in ddl, (ddl, what, result)
+        waited = wait_for_lock(db, pattern, t, result, may_finish=True)
+        assert waited or "DROP" in ddl or "ADD" in ddl, (ddl, what, result)
         a.commit()
         a.close()
         t.join(10)
@@ -603,11 +598,7 @@ def test_a_seal_waiting_for_one_altered_table_holds_no_other(db):
 
     t = threading.Thread(target=seal)
     t.start()
-    deadline = time.time() + 10
-    while db.one("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                 "AND query LIKE %s", ["%koherent.seal()%"]) == 0:
-        assert time.time() < deadline and t.is_alive(), result
-        time.sleep(0.05)
+    wait_for_lock(db, "%koherent.seal()%", t, result)
     a.execute("SET lock_timeout = '5s'")
     a.execute("ALTER TABLE d1 ADD COLUMN y int")   # (its history table is not the seal's)
     a.commit()

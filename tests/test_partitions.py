@@ -127,12 +127,11 @@ def test_partition_moves_wait_for_writers_and_drops_by_schema_or_owner_are_recor
     detach_concurrently). DROP SCHEMA ... CASCADE and DROP OWNED of a partition record its rows
     as DROP TABLE does. A renamed history trigger is still koherent's."""
     import threading
-    import time
 
     import psycopg
     import pytest
 
-    from conftest import APP_ROLE, write
+    from conftest import APP_ROLE, wait_for_lock, write
 
     db.sql("CREATE TABLE pw (id int, k int, PRIMARY KEY (id, k)) PARTITION BY RANGE (k)")
     db.sql("CREATE TABLE pw1 PARTITION OF pw FOR VALUES FROM (0) TO (10)")
@@ -153,11 +152,7 @@ def test_partition_moves_wait_for_writers_and_drops_by_schema_or_owner_are_recor
 
         t = threading.Thread(target=run)
         t.start()
-        deadline = time.time() + 10
-        while db.one("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                     "AND query LIKE %s", [ddl[:25] + "%"]) == 0:
-            assert time.time() < deadline and t.is_alive()
-            time.sleep(0.05)
+        wait_for_lock(db, ddl[:25] + "%", t)
         w.commit()
         w.close()
         t.join(10)

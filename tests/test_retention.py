@@ -15,7 +15,7 @@ import time
 import psycopg
 import pytest
 
-from conftest import APP_ROLE, HOST, PORT, ROOT, entries, mint, sqlstate, write
+from conftest import APP_ROLE, HOST, PORT, ROOT, entries, mint, sqlstate, write, wait_for_lock
 
 CLI = os.environ.get("KOHERENT_CLI", os.path.join(ROOT, "target/release/koherent"))
 
@@ -562,11 +562,7 @@ def test_prune_seals_what_commits_while_it_waits_and_counts_after_its_locks(db):
 
     t = threading.Thread(target=prune)
     t.start()
-    deadline = time.time() + 10
-    while db.one("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                 "AND query LIKE %s", ["%koherent.prune()%"]) == 0:
-        assert time.time() < deadline and t.is_alive(), result
-        time.sleep(0.05)
+    wait_for_lock(db, "%koherent.prune()%", t, result)
     w1.commit()   # while prune waits for P's lock
     w1.close()
     time.sleep(0.5)

@@ -3,13 +3,12 @@ would (the review of 0.6.0): no code a non-superuser writes runs with koherent's
 answers stay right in the cases the review found wrong."""
 
 import threading
-import time
 import uuid
 
 import psycopg
 import pytest
 
-from conftest import APP_ROLE, connect, mint, write
+from conftest import APP_ROLE, connect, mint, write, wait_for_lock
 
 ESCALATE = """CREATE FUNCTION {s}.evil(x anyelement) RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN
     IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
@@ -353,11 +352,7 @@ def test_a_key_taken_by_a_concurrent_insert_while_the_revert_waits_is_key_exists
 
         t = threading.Thread(target=run)
         t.start()
-        deadline = time.time() + 10
-        while db.one("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                     "AND query LIKE '%revert_task%'") == 0:
-            assert time.time() < deadline and t.is_alive(), result
-            time.sleep(0.05)
+        wait_for_lock(db, "%revert_task%", t, result)
         other.commit()
         other.close()
         t.join(10)
